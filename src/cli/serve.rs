@@ -1,0 +1,40 @@
+//! `muster serve`: the control plane.
+
+use std::process::ExitCode;
+
+/// Flags of `muster serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// HTTP listen address.
+    #[arg(long, env = "MUSTER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Redis URL.
+    #[arg(long, env = "MUSTER_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Admin bearer token.
+    #[arg(long, env = "MUSTER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Serve without authentication (loopback listen addresses only).
+    #[arg(long)]
+    pub no_auth: bool,
+    /// Dispatcher workers (default: number of cores).
+    #[arg(long)]
+    pub dispatchers: Option<usize>,
+    /// Key namespace.
+    #[arg(long, env = "MUSTER_NAMESPACE", default_value = "muster")]
+    pub namespace: String,
+    /// Heartbeat interval told to agents, ms; a node is offline after 3 missed.
+    #[arg(long, default_value_t = 5000)]
+    pub heartbeat_interval_ms: u64,
+    /// Reaper interval (expired leases, due tasks), ms.
+    #[arg(long, default_value_t = 1000)]
+    pub reaper_interval_ms: u64,
+}
+
+/// Runs the control plane until SIGTERM / Ctrl-C.
+///
+/// # Errors
+/// Bad flags, Redis unusable, or a component that died.
+pub async fn run(_args: ServeArgs) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("not implemented yet")
+}

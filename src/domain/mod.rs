@@ -1,0 +1,606 @@
+//! Domain types: the task and node records, their states, and the JSON shapes of the
+//! HTTP contract (DESIGN.md). Server, agent and CLI all speak through these types.
+
+pub mod validate;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Lifecycle state of a task (DESIGN.md "Task lifecycle").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    /// Waits on dependencies.
+    Blocked,
+    /// Waits for its `run_at`.
+    Scheduled,
+    /// Queued and ready.
+    Pending,
+    /// In one node's inbox.
+    Assigned,
+    /// Leased by a node.
+    Running,
+    /// Failed an attempt, waits for its backoff.
+    Retrying,
+    /// Terminal: completed.
+    Succeeded,
+    /// Terminal: attempts exhausted or non-retryable failure.
+    Failed,
+    /// Terminal: cancelled.
+    Cancelled,
+}
+
+impl TaskState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [TaskState; 9] = [
+        TaskState::Blocked,
+        TaskState::Scheduled,
+        TaskState::Pending,
+        TaskState::Assigned,
+        TaskState::Running,
+        TaskState::Retrying,
+        TaskState::Succeeded,
+        TaskState::Failed,
+        TaskState::Cancelled,
+    ];
+
+    /// The name used in Redis and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Blocked => "blocked",
+            TaskState::Scheduled => "scheduled",
+            TaskState::Pending => "pending",
+            TaskState::Assigned => "assigned",
+            TaskState::Running => "running",
+            TaskState::Retrying => "retrying",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses the name used in Redis and in JSON.
+    pub fn parse(s: &str) -> Option<TaskState> {
+        TaskState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Terminal states are absorbing, except for an operator's retry.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled
+        )
+    }
+}
+
+impl std::fmt::Display for TaskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Retry backoff: exponential from `initial_ms`, capped at `max_ms`, with jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backoff {
+    /// Delay before the second attempt.
+    pub initial_ms: u64,
+    /// Upper bound of any delay.
+    pub max_ms: u64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial_ms: 1_000,
+            max_ms: 300_000,
+        }
+    }
+}
+
+/// Body of `POST /v1/tasks` and one item of `POST /v1/tasks/batch`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTask {
+    /// Handler name.
+    pub kind: String,
+    /// Queue, `default` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Any JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Value>,
+    /// 0..=9, higher first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
+    /// RFC 3339 time before which the task does not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<String>,
+    /// Delay from now before the task runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<i64>,
+    /// Attempts before the task fails for good (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<i64>,
+    /// Retry backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Backoff>,
+    /// Lease TTL (default 30000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<i64>,
+    /// Node tags that must all be present on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requires: Option<Vec<String>>,
+    /// How long a finished task is kept (default 7 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_ms: Option<i64>,
+    /// Task ids that must succeed first (reserved for the coordination issue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depends_on: Option<Vec<String>>,
+    /// Uniqueness key (reserved for the coordination issue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique_key: Option<String>,
+    /// Concurrency key (reserved for the coordination issue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_key: Option<String>,
+    /// Concurrency limit (reserved for the coordination issue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_limit: Option<i64>,
+}
+
+/// Body of `POST /v1/tasks/batch`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTaskBatch {
+    /// Up to 10,000 tasks, all validated first, stored all or nothing.
+    pub tasks: Vec<NewTask>,
+}
+
+/// Answer of `POST /v1/tasks/batch`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchCreated {
+    /// Ids in the order of the request.
+    pub ids: Vec<String>,
+}
+
+/// A task record as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    /// `<ULID>.<queue>`: the queue is part of the id so that lookups need no index.
+    pub id: String,
+    /// Queue name.
+    pub queue: String,
+    /// Handler name.
+    pub kind: String,
+    /// Payload as submitted.
+    pub payload: Value,
+    /// 0..=9.
+    pub priority: i64,
+    /// Current state.
+    pub state: TaskState,
+    /// Attempts started so far.
+    pub attempts: i64,
+    /// Attempts allowed.
+    pub max_attempts: i64,
+    /// Lease TTL in ms.
+    pub timeout_ms: i64,
+    /// Required node tags.
+    pub requires: Vec<String>,
+    /// Node that holds or last held the task.
+    pub node: Option<String>,
+    /// Result of the accepted completion.
+    pub result: Option<Value>,
+    /// Last error.
+    pub error: Option<String>,
+    /// Last progress reported by `extend`.
+    pub progress: Option<Value>,
+    /// Fence of the current or last lease (0 before the first).
+    pub fence: i64,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339, when the task becomes due.
+    pub run_at: Option<String>,
+    /// RFC 3339, start of the current or last attempt.
+    pub started_at: Option<String>,
+    /// RFC 3339.
+    pub finished_at: Option<String>,
+    /// RFC 3339, deadline of the current lease while running.
+    pub lease_expires_at: Option<String>,
+    /// Set when a cancel waits for the node to stop a running task.
+    #[serde(default)]
+    pub cancel_requested: bool,
+}
+
+/// Answer of `GET /v1/tasks`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskPage {
+    /// Tasks of this page.
+    pub items: Vec<Task>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// Kind of node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKind {
+    /// A program; the dispatcher pushes tasks to it.
+    #[default]
+    Machine,
+    /// A person; pulls one task at a time.
+    Human,
+}
+
+impl NodeKind {
+    /// Name in Redis and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeKind::Machine => "machine",
+            NodeKind::Human => "human",
+        }
+    }
+}
+
+/// Node status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    /// Heartbeating and taking work.
+    Active,
+    /// Finishing its work, taking no more.
+    Draining,
+    /// Missed its heartbeats.
+    Offline,
+}
+
+impl NodeStatus {
+    /// Name in Redis and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Active => "active",
+            NodeStatus::Draining => "draining",
+            NodeStatus::Offline => "offline",
+        }
+    }
+    /// Parses the name in Redis and JSON.
+    pub fn parse(s: &str) -> Option<NodeStatus> {
+        match s {
+            "active" => Some(NodeStatus::Active),
+            "draining" => Some(NodeStatus::Draining),
+            "offline" => Some(NodeStatus::Offline),
+            _ => None,
+        }
+    }
+}
+
+/// Body of `POST /v1/nodes`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterNode {
+    /// Human-readable name (host name, person).
+    pub name: String,
+    /// Queues served.
+    #[serde(default)]
+    pub queues: Vec<String>,
+    /// Tags matched against tasks' `requires`.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Tasks run at once (default 1).
+    #[serde(default)]
+    pub capacity: Option<i64>,
+    /// `machine` (default) or `human`.
+    #[serde(default)]
+    pub kind: Option<NodeKind>,
+}
+
+/// A node record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    /// Node id (ULID).
+    pub id: String,
+    /// Name given at registration.
+    pub name: String,
+    /// `machine` or `human`.
+    pub kind: NodeKind,
+    /// `active`, `draining` or `offline`.
+    pub status: NodeStatus,
+    /// Queues served.
+    pub queues: Vec<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Tasks run at once.
+    pub capacity: i64,
+    /// Tasks assigned to or running on the node now.
+    pub running: i64,
+    /// Completions accepted.
+    pub succeeded: i64,
+    /// Failed attempts (including expired leases).
+    pub failed: i64,
+    /// Mean run time of accepted completions, ms.
+    pub mean_run_ms: Option<f64>,
+    /// RFC 3339.
+    pub registered_at: String,
+    /// RFC 3339 of the last heartbeat or lease call.
+    pub last_seen_at: String,
+}
+
+/// Answer of `POST /v1/nodes`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeRegistered {
+    /// Node id.
+    pub id: String,
+    /// Bearer token valid only for this node's own agent routes. Shown once.
+    pub token: String,
+    /// How often to heartbeat.
+    pub heartbeat_interval_ms: u64,
+    /// The node as stored.
+    pub node: Node,
+}
+
+/// Answer of `GET /v1/nodes`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeList {
+    /// Nodes, newest first.
+    pub items: Vec<Node>,
+}
+
+/// Answer of `POST /v1/nodes/{id}/heartbeat`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// The node's status as the control plane sees it.
+    pub status: NodeStatus,
+    /// Running tasks the node must stop (they were cancelled).
+    pub cancel: Vec<String>,
+}
+
+/// Body of `POST /v1/nodes/{id}/lease`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    /// Most tasks to take (default 1, at most 1000).
+    #[serde(default)]
+    pub max: Option<i64>,
+    /// Long-poll up to this long when nothing is assigned (default 0, at most 60000).
+    #[serde(default)]
+    pub wait_ms: Option<i64>,
+}
+
+/// One granted lease.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Lease {
+    /// The task, state `running`.
+    pub task: Task,
+    /// Present this on extend / complete / fail. Encodes fence and nonce.
+    pub lease_token: String,
+    /// Fence number: pass it to downstream stores so they can fence stale writers.
+    pub fence: i64,
+    /// RFC 3339.
+    pub lease_expires_at: String,
+}
+
+/// Answer of `POST /v1/nodes/{id}/lease`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseReply {
+    /// Granted leases, possibly none.
+    pub leases: Vec<Lease>,
+}
+
+/// Body of `POST /v1/tasks/{id}/extend`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendRequest {
+    /// The lease's token.
+    pub lease_token: String,
+    /// Optional progress (any JSON).
+    #[serde(default)]
+    pub progress: Option<Value>,
+}
+
+/// Answer of `POST /v1/tasks/{id}/extend`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExtendReply {
+    /// RFC 3339 new deadline.
+    pub lease_expires_at: String,
+    /// True when the task was cancelled: stop it and report a failure.
+    pub cancel_requested: bool,
+}
+
+/// Body of `POST /v1/tasks/{id}/complete`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteRequest {
+    /// The lease's token.
+    pub lease_token: String,
+    /// Any JSON.
+    #[serde(default)]
+    pub result: Option<Value>,
+}
+
+/// Body of `POST /v1/tasks/{id}/fail`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailRequest {
+    /// The lease's token.
+    pub lease_token: String,
+    /// What went wrong.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// False fails the task for good (default true).
+    #[serde(default)]
+    pub retryable: Option<bool>,
+}
+
+/// Outcome of one report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportOutcome {
+    /// Same as `complete`.
+    Succeeded,
+    /// Same as `fail`.
+    Failed,
+}
+
+/// One item of `POST /v1/nodes/{id}/reports`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    /// Task id.
+    pub task_id: String,
+    /// The lease's token.
+    pub lease_token: String,
+    /// `succeeded` or `failed`.
+    pub outcome: ReportOutcome,
+    /// Result when succeeded.
+    #[serde(default)]
+    pub result: Option<Value>,
+    /// Error when failed.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// When failed: false fails for good (default true).
+    #[serde(default)]
+    pub retryable: Option<bool>,
+}
+
+/// Body of `POST /v1/nodes/{id}/reports`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportBatch {
+    /// Up to 10,000 reports.
+    pub reports: Vec<Report>,
+}
+
+/// Per-item answer of `POST /v1/nodes/{id}/reports`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReportResult {
+    /// Task id.
+    pub task_id: String,
+    /// The status the single-item route would have answered (200, 404, 409…).
+    pub status: u16,
+    /// Stable error code when not 200.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// The task's state after the report, when accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<TaskState>,
+}
+
+/// Answer of `POST /v1/nodes/{id}/reports`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReportBatchReply {
+    /// One per report, same order.
+    pub results: Vec<ReportResult>,
+}
+
+/// Task counts of a queue per state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueCounts {
+    /// `blocked`.
+    pub blocked: i64,
+    /// `scheduled`.
+    pub scheduled: i64,
+    /// `pending`.
+    pub pending: i64,
+    /// `assigned`.
+    pub assigned: i64,
+    /// `running`.
+    pub running: i64,
+    /// `retrying`.
+    pub retrying: i64,
+    /// `succeeded` (retained).
+    pub succeeded: i64,
+    /// `failed` (retained).
+    pub failed: i64,
+    /// `cancelled` (retained).
+    pub cancelled: i64,
+}
+
+/// A queue's state and settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueInfo {
+    /// Queue name.
+    pub name: String,
+    /// Paused queues are not dispatched.
+    pub paused: bool,
+    /// Share of capacity relative to other queues (default 1).
+    pub weight: i64,
+    /// Only human nodes take its tasks; nothing is pushed.
+    pub human_only: bool,
+    /// Counts per state.
+    pub counts: QueueCounts,
+    /// Age of the oldest pending task, ms.
+    pub oldest_pending_age_ms: Option<i64>,
+}
+
+/// Answer of `GET /v1/queues`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueList {
+    /// Queues by name.
+    pub items: Vec<QueueInfo>,
+}
+
+/// Body of `PUT /v1/queues/{name}`: every field optional, absent ones unchanged.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueUpdate {
+    /// 1..=1000.
+    #[serde(default)]
+    pub weight: Option<i64>,
+    /// Pause or resume.
+    #[serde(default)]
+    pub paused: Option<bool>,
+    /// Only human nodes.
+    #[serde(default)]
+    pub human_only: Option<bool>,
+}
+
+/// `application/problem+json` body (RFC 7807) with a stable `code`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Problem {
+    /// URI naming the problem type.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Short summary.
+    pub title: String,
+    /// HTTP status.
+    pub status: u16,
+    /// What happened and what to do.
+    pub detail: String,
+    /// Stable machine-readable code.
+    pub code: String,
+}
+
+/// Milliseconds since the Unix epoch to RFC 3339 (UTC, millisecond precision).
+pub fn rfc3339_ms(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.format(&fmt).unwrap_or_default()
+}
+
+/// Parses RFC 3339 into milliseconds since the Unix epoch.
+pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_round_trip_through_their_names() {
+        for st in TaskState::ALL {
+            assert_eq!(TaskState::parse(st.as_str()), Some(st));
+        }
+        assert_eq!(TaskState::parse("done"), None);
+    }
+
+    #[test]
+    fn rfc3339_round_trips_milliseconds() {
+        let ms = 1_790_000_000_123;
+        assert_eq!(parse_rfc3339_ms(&rfc3339_ms(ms)), Some(ms));
+        assert!(parse_rfc3339_ms("yesterday").is_none());
+    }
+}

@@ -1,0 +1,106 @@
+//! Parsing of names and ids that end up inside Redis keys. Everything user-supplied
+//! that becomes part of a key goes through here first (RELIABILITY.md S4).
+
+/// Longest queue name.
+pub const MAX_QUEUE_LEN: usize = 128;
+/// Longest kind.
+pub const MAX_KIND_LEN: usize = 256;
+/// Length of a ULID in text.
+pub const ULID_LEN: usize = 26;
+
+/// A queue name matches `[A-Za-z0-9._:-]{1,128}` and is neither `.` nor `..`.
+pub fn queue_name(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > MAX_QUEUE_LEN {
+        return Err(format!(
+            "queue name must be 1 to {MAX_QUEUE_LEN} characters, got {}",
+            s.len()
+        ));
+    }
+    if s == "." || s == ".." {
+        return Err("queue name cannot be '.' or '..'".into());
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+    {
+        return Err(format!(
+            "queue name may only contain A-Z a-z 0-9 . _ : - (found {c:?})"
+        ));
+    }
+    Ok(())
+}
+
+/// A kind is 1..=256 characters of printable text (no control characters).
+pub fn kind(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > MAX_KIND_LEN {
+        return Err(format!("kind must be 1 to {MAX_KIND_LEN} bytes"));
+    }
+    if s.chars().any(char::is_control) {
+        return Err("kind cannot contain control characters".into());
+    }
+    Ok(())
+}
+
+/// A node tag: like a queue name.
+pub fn tag(s: &str) -> Result<(), String> {
+    queue_name(s).map_err(|e| e.replace("queue name", "tag"))
+}
+
+/// True when `s` is a ULID in canonical text (Crockford base32, upper case).
+pub fn is_ulid(s: &str) -> bool {
+    s.len() == ULID_LEN
+        && s.bytes().all(|b| b.is_ascii_digit() || (b.is_ascii_uppercase() && !matches!(b, b'I' | b'L' | b'O' | b'U')))
+}
+
+/// A task id is `<ULID>.<queue>`; returns the queue.
+///
+/// Carrying the queue in the id gives `GET /v1/tasks/{id}` an O(1) lookup that also
+/// works on Redis Cluster, where every key of a task carries the queue's hash tag.
+pub fn task_queue(id: &str) -> Option<&str> {
+    let (ulid, queue) = (id.get(..ULID_LEN)?, id.get(ULID_LEN..)?);
+    let queue = queue.strip_prefix('.')?;
+    (is_ulid(ulid) && queue_name(queue).is_ok()).then_some(queue)
+}
+
+/// Makes a new task id for `queue`.
+pub fn new_task_id(queue: &str) -> String {
+    format!("{}.{queue}", ulid::Ulid::generate())
+}
+
+/// A node id is a ULID.
+pub fn node_id(s: &str) -> bool {
+    is_ulid(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_names_follow_the_key_grammar() {
+        for ok in ["default", "a", "emails.high", "x:y-z_1", &"q".repeat(128)] {
+            assert!(queue_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".", "..", "a b", "a*", "a{b}", "é", "a\nb", &"q".repeat(129)] {
+            assert!(queue_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn task_ids_carry_their_queue() {
+        let id = new_task_id("emails.high");
+        assert_eq!(task_queue(&id), Some("emails.high"));
+        assert_eq!(task_queue("nope"), None);
+        assert_eq!(task_queue("01ARZ3NDEKTSV4RRFFQ69G5FAV"), None);
+        assert_eq!(task_queue("01ARZ3NDEKTSV4RRFFQ69G5FAV.a*"), None);
+        assert_eq!(task_queue("01ARZ3NDEKTSV4RRFFQ69G5FAV.q"), Some("q"));
+    }
+
+    #[test]
+    fn kinds_reject_control_characters_and_empty() {
+        assert!(kind("resize").is_ok());
+        assert!(kind("").is_err());
+        assert!(kind("a\u{0}").is_err());
+        assert!(kind(&"k".repeat(257)).is_err());
+    }
+}

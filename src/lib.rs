@@ -1,0 +1,21 @@
+//! muster: a distributed task-processing platform on Redis.
+//!
+//! # Layout
+//! - [`domain`]: task and node types, states, the JSON shapes of the HTTP contract.
+//! - [`store`]: the Redis key schema and one Lua script per lifecycle transition.
+//! - [`api`]: the axum router, auth, problem+json errors.
+//! - [`dispatcher`], [`reconciler`], [`timers`]: the background components.
+//! - [`startup`]: [`startup::Application`] wires them together.
+//! - [`agent`]: the node agent. [`cli`]: the commands of the `muster` binary.
+
+pub mod agent;
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod dispatcher;
+pub mod domain;
+pub mod reconciler;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod timers;

@@ -1,0 +1,9 @@
+//! The `muster` binary: parses the command line and runs the chosen command.
+//! All logic lives in the library so that tests can drive it.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = muster::cli::Cli::parse();
+    muster::cli::main(cli)
+}

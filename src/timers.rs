@@ -1,0 +1,1 @@
+//! timers (in progress).
