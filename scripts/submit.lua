@@ -1,0 +1,49 @@
+-- submit.lua: store new tasks, all or nothing (single submit is a batch of one).
+-- KEYS[1..k]: queue prefixes "<ns>:{<queue>}:" (one per distinct queue in the batch)
+-- ARGV[1]: wake channel   ARGV[2]: idempotency key suffix or ""   ARGV[3]: its TTL ms
+-- ARGV[4]: n, then n records of 13 fields:
+--   key index (into KEYS), id, kind, payload, priority, run_at ms or "", delay ms or "",
+--   max_attempts, timeout_ms, backoff_initial, backoff_max, requires (csv), retention_ms
+-- Returns: {0, now} created; {1, now, "id,id,..."} an earlier submission with this
+-- idempotency key (nothing created).
+local channel, idem, idem_ttl, n = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local now = now_ms()
+local idem_key = KEYS[1] .. 'idem:' .. idem
+if idem ~= '' then
+  local prev = redis.call('GET', idem_key)
+  if prev then return {1, now, prev} end
+end
+local ids = {}
+local woken = {}
+for i = 0, n - 1 do
+  local b = 5 + i * 13
+  local p = KEYS[tonumber(ARGV[b])]
+  local id = ARGV[b + 1]
+  local priority = tonumber(ARGV[b + 4])
+  local run_at = tonumber(ARGV[b + 5])
+  local delay = tonumber(ARGV[b + 6])
+  if delay then run_at = now + delay end
+  local tkey = p .. 't:' .. id
+  local state = 'pending'
+  if run_at and run_at > now then state = 'scheduled' end
+  local seq = redis.call('INCR', p .. 'seq')
+  redis.call('HSET', tkey, 'id', id, 'kind', ARGV[b + 2], 'payload', ARGV[b + 3],
+    'priority', priority, 'state', state, 'attempts', 0, 'max_attempts', ARGV[b + 7],
+    'timeout_ms', ARGV[b + 8], 'backoff_initial', ARGV[b + 9], 'backoff_max', ARGV[b + 10],
+    'requires', ARGV[b + 11], 'retention_ms', ARGV[b + 12], 'fence', 0,
+    'created_at', now, 'run_at', run_at or now, 'seq', seq)
+  if state == 'scheduled' then
+    redis.call('ZADD', p .. 'scheduled', run_at, id)
+  else
+    redis.call('ZADD', p .. 'pending', pending_score(priority, seq), id)
+    woken[p] = true
+  end
+  stat(p, 'submitted')
+  emit(p, 'task.submitted', id, '', state)
+  ids[#ids + 1] = id
+end
+if idem ~= '' then
+  redis.call('SET', idem_key, table.concat(ids, ','), 'PX', idem_ttl)
+end
+for p, _ in pairs(woken) do redis.call('PUBLISH', channel, 'new ' .. p) end
+return {0, now}

@@ -1,0 +1,127 @@
+//! The key schema: one function per key, each with its Redis type. All keys of a queue
+//! share the hash tag `{<queue>}` so one script only ever touches one Cluster slot.
+//! Documented in `docs/redis-schema.md`; bump [`SCHEMA_VERSION`] on any change.
+
+/// Version of this schema, stored at [`Keys::schema`].
+pub const SCHEMA_VERSION: &str = "1";
+
+/// Key builder for one namespace.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    ns: String,
+}
+
+impl Keys {
+    /// Keys under namespace `ns` (default `muster`).
+    pub fn new(ns: &str) -> Keys {
+        Keys { ns: ns.to_string() }
+    }
+
+    /// The namespace.
+    pub fn ns(&self) -> &str {
+        &self.ns
+    }
+
+    /// STRING: schema version.
+    pub fn schema(&self) -> String {
+        format!("{}:schema", self.ns)
+    }
+
+    /// SET: names of every queue ever used.
+    pub fn queues(&self) -> String {
+        format!("{}:queues", self.ns)
+    }
+
+    /// ZSET: node id → last heartbeat (ms). Node keys share the tag `{~nodes}`
+    /// (`~` cannot occur in a queue name).
+    pub fn nodes(&self) -> String {
+        format!("{}:{{~nodes}}:all", self.ns)
+    }
+
+    /// HASH: one node's record.
+    pub fn node(&self, id: &str) -> String {
+        format!("{}:{{~nodes}}:node:{id}", self.ns)
+    }
+
+    /// PUB/SUB channel of wake-up hints (`new`, `assigned`, `done`).
+    pub fn wake_channel(&self) -> String {
+        format!("{}:wake", self.ns)
+    }
+
+    /// Prefix of every key of `queue`: `<ns>:{<queue>}:`. Scripts get it as KEYS[1].
+    pub fn queue_prefix(&self, queue: &str) -> String {
+        format!("{}:{{{queue}}}:", self.ns)
+    }
+
+    /// HASH: one task (`<prefix>t:<id>`).
+    pub fn task(&self, queue: &str, id: &str) -> String {
+        format!("{}t:{id}", self.queue_prefix(queue))
+    }
+
+    /// ZSET `pending` / `scheduled` / `retrying` / `running` / `succeeded` / `failed` /
+    /// `cancelled`: the index of one state (scores: priority+sequence, due time, lease
+    /// deadline, finish time).
+    pub fn state_index(&self, queue: &str, state: &str) -> String {
+        format!("{}{state}", self.queue_prefix(queue))
+    }
+
+    /// LIST: tasks assigned to `node`, not yet leased.
+    pub fn inbox(&self, queue: &str, node: &str) -> String {
+        format!("{}inbox:{node}", self.queue_prefix(queue))
+    }
+
+    /// HASH: node id → tasks of this queue assigned to or running on it.
+    pub fn load(&self, queue: &str) -> String {
+        format!("{}load", self.queue_prefix(queue))
+    }
+
+    /// SET: running tasks of this queue the node must stop.
+    pub fn cancels(&self, queue: &str, node: &str) -> String {
+        format!("{}cancels:{node}", self.queue_prefix(queue))
+    }
+
+    /// HASH: queue settings (paused, weight, human_only).
+    pub fn conf(&self, queue: &str) -> String {
+        format!("{}conf", self.queue_prefix(queue))
+    }
+
+    /// HASH: counters (submitted, succeeded, failed, retried, cancelled).
+    pub fn stats(&self, queue: &str) -> String {
+        format!("{}stats", self.queue_prefix(queue))
+    }
+
+    /// STREAM: lifecycle events, capped at about 10,000.
+    pub fn events(&self, queue: &str) -> String {
+        format!("{}events", self.queue_prefix(queue))
+    }
+
+    /// Extracts the queue from a prefix `<ns>:{<queue>}:` (as sent in wake-ups).
+    pub fn queue_of_prefix<'a>(&self, prefix: &'a str) -> Option<&'a str> {
+        let rest = prefix.strip_prefix(self.ns.as_str())?.strip_prefix(":{")?;
+        rest.strip_suffix("}:")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_queue_key_carries_the_queue_hash_tag() {
+        let k = Keys::new("muster");
+        for key in [
+            k.task("q1", "x"),
+            k.state_index("q1", "pending"),
+            k.inbox("q1", "n"),
+            k.load("q1"),
+            k.cancels("q1", "n"),
+            k.conf("q1"),
+            k.stats("q1"),
+            k.events("q1"),
+        ] {
+            assert!(key.starts_with("muster:{q1}:"), "{key}");
+        }
+        assert_eq!(k.queue_of_prefix(&k.queue_prefix("a.b")), Some("a.b"));
+        assert_eq!(k.queue_of_prefix("other:{a}:"), None);
+    }
+}
