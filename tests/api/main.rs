@@ -1,0 +1,3 @@
+//! One integration-test binary: every test drives real redis-server processes.
+
+mod helpers;
