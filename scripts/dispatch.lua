@@ -1,8 +1,10 @@
 -- dispatch.lua: assign pending tasks to nodes' inboxes.
 -- KEYS[1]: queue prefix
 -- ARGV[1]: wake channel   ARGV[2]: most tasks to assign   ARGV[3]: most pending to scan
--- ARGV[4]: node count m, then m records of 3 fields: node id, free slots, tags (csv),
---   ordered by preference (most free slots, then shortest mean run time).
+-- ARGV[4]: node count m, then m records of 3 fields: node id, budget, tags (csv),
+--   ordered by preference (most free slots, then shortest mean run time). The budget is
+--   the node's capacity minus its load in other queues; this queue's load is read here,
+--   atomically, so several dispatchers (or replicas) never overfill a node.
 -- Returns: {assigned, pending left}. Paused queues assign nothing.
 local p, channel, max, scan, m = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 if redis.call('HGET', p .. 'conf', 'paused') == '1' then
@@ -14,7 +16,8 @@ for i = 0, m - 1 do
   local b = 5 + i * 3
   local tags = {}
   for t in string.gmatch(ARGV[b + 2], '[^,]+') do tags[t] = true end
-  local free = tonumber(ARGV[b + 1])
+  local free = tonumber(ARGV[b + 1]) - (tonumber(redis.call('HGET', p .. 'load', ARGV[b])) or 0)
+  if free < 0 then free = 0 end
   nodes[#nodes + 1] = {id = ARGV[b], free = free, tags = tags, got = 0}
   total_free = total_free + free
 end
