@@ -1,1 +1,141 @@
-//! reconciler (in progress).
+//! The reconciler: one pub/sub listener per server. Wake-up hints published by the
+//! scripts (`new`, `assigned`, `done`) wake the dispatcher, lease long-polls and
+//! `/wait` callers at once; a periodic sweep repairs whatever a lost message left
+//! (pub/sub is lossy: nothing depends on it) and flushes node statistics.
+
+use crate::directory::Directory;
+use crate::hub::Hub;
+use crate::store::Store;
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How often the sweep runs.
+pub const SWEEP: Duration = Duration::from_millis(1000);
+
+/// The reconciler component.
+pub struct Reconciler {
+    store: Store,
+    hub: Arc<Hub>,
+    directory: Arc<Directory>,
+}
+
+impl Reconciler {
+    /// A reconciler over `store`.
+    pub fn new(store: Store, hub: Arc<Hub>, directory: Arc<Directory>) -> Reconciler {
+        Reconciler { store, hub, directory }
+    }
+
+    /// Handles one wake-up message.
+    pub fn handle(&self, msg: &str) {
+        let mut parts = msg.split(' ');
+        let kind = parts.next().unwrap_or("");
+        let queue = parts.next().and_then(|p| self.store.keys.queue_of_prefix(p));
+        match (kind, queue) {
+            ("new", Some(q)) => self.hub.mark_dirty(q),
+            ("assigned", Some(_)) => {
+                if let Some(node) = parts.next() {
+                    self.hub.wake_node(node);
+                }
+            }
+            ("done", Some(q)) => {
+                let _node = parts.next();
+                if let Some(id) = parts.next() {
+                    self.hub.wake_task(id);
+                }
+                // A slot freed on a node: this queue (and others) may dispatch more.
+                self.hub.mark_dirty(q);
+            }
+            _ => tracing::debug!(msg, "unknown wake-up message"),
+        }
+    }
+
+    /// One sweep: every queue is looked at again, every waiter re-reads, node
+    /// statistics are written.
+    pub async fn sweep_once(&self) {
+        match self.store.queues().await {
+            Ok(qs) => qs.iter().for_each(|q| self.hub.mark_dirty(q)),
+            Err(e) => tracing::debug!(error = %e, "sweep: cannot list queues"),
+        }
+        self.hub.wake_all();
+        self.directory.invalidate();
+        self.flush_stats().await;
+    }
+
+    /// Writes accumulated node statistics to the node hashes.
+    pub async fn flush_stats(&self) {
+        for (node, s) in self.hub.take_stats() {
+            if let Err(e) = self.store.add_node_stats(&node, s.succeeded, s.failed, s.run_ms, s.runs).await {
+                tracing::debug!(node_id = %node, error = %e, "cannot write node statistics, retrying later");
+                self.hub.add_stats(&node, s);
+            }
+        }
+    }
+
+    /// Listens and sweeps until `shutdown`; reconnects by itself.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        let sweeper = {
+            let this = this.clone();
+            let sd = shutdown.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(SWEEP);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = sd.cancelled() => break,
+                        _ = tick.tick() => this.sweep_once().await,
+                    }
+                }
+                this.flush_stats().await;
+            })
+        };
+        let channel = this.store.keys.wake_channel();
+        let mut backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            let sub = async {
+                let mut ps = this.store.client().get_async_pubsub().await?;
+                ps.subscribe(&channel).await?;
+                Ok::<_, redis::RedisError>(ps)
+            };
+            let ps = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = tokio::time::timeout(Duration::from_secs(2), sub) => r,
+            };
+            match ps {
+                Ok(Ok(ps)) => {
+                    backoff = Duration::from_millis(100);
+                    tracing::debug!("subscribed to wake-ups");
+                    // Whatever was published while we were away is repaired now.
+                    this.sweep_once().await;
+                    let mut stream = ps.into_on_message();
+                    loop {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            m = stream.next() => match m {
+                                Some(m) => {
+                                    if let Ok(s) = m.get_payload::<String>() {
+                                        this.handle(&s);
+                                    }
+                                }
+                                None => break,
+                            }
+                        }
+                    }
+                    if !shutdown.is_cancelled() {
+                        tracing::warn!("wake-up subscription lost; reconnecting");
+                    }
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "cannot subscribe to wake-ups; retrying"),
+                Err(_) => tracing::debug!("subscribing to wake-ups timed out; retrying"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+        let _ = sweeper.await;
+    }
+}

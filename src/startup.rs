@@ -1,13 +1,27 @@
 //! [`Application`]: binds the listener, connects to Redis, and runs the API with the
 //! dispatcher, reconciler and timers until shutdown.
 
+use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::directory::Directory;
+use crate::dispatcher::Dispatcher;
+use crate::hub::Hub;
+use crate::reconciler::Reconciler;
+use crate::store::{Store, token_sha};
+use crate::timers::Timers;
+use anyhow::Context;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// A built control plane, listening but not yet serving.
 pub struct Application {
     addr: SocketAddr,
+    listener: TcpListener,
+    state: AppState,
 }
 
 impl Application {
@@ -15,8 +29,38 @@ impl Application {
     ///
     /// # Errors
     /// Redis unreachable or unsuitable, or the address taken.
-    pub async fn build(_config: Config) -> anyhow::Result<Application> {
-        anyhow::bail!("not implemented yet")
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        if config.admin_token.is_none() && !config.no_auth {
+            anyhow::bail!("no admin token: set MUSTER_ADMIN_TOKEN (or --admin-token), or use --no-auth on a loopback address");
+        }
+        let store = Store::connect(&config.redis_url, &config.namespace, config.redis_timeout)
+            .await
+            .with_context(|| format!("cannot connect to redis at {}; start redis-server or pass --redis-url", config.redis_url))?;
+        let persistence = store.prepare().await.context("redis is not usable")?;
+        if !persistence {
+            tracing::warn!("redis persistence is off (no AOF, no RDB): a redis restart loses every task; enable appendonly yes");
+        }
+        let listener = TcpListener::bind(&config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}; pick another address with --listen", config.listen))?;
+        let addr = listener.local_addr()?;
+        if config.no_auth {
+            if !addr.ip().is_loopback() {
+                anyhow::bail!("--no-auth is only allowed on a loopback listen address, not {addr}");
+            }
+            tracing::warn!("AUTHENTICATION IS OFF (--no-auth): anyone who can reach {addr} controls this muster");
+        }
+        let hub = Hub::new();
+        let state = AppState {
+            store,
+            admin_sha: config.admin_token.as_deref().map(token_sha),
+            no_auth: config.no_auth,
+            hub,
+            directory: Arc::new(Directory::new(Duration::from_millis(500))),
+            persistence: Arc::new(AtomicBool::new(persistence)),
+            config: Arc::new(config),
+        };
+        Ok(Application { addr, listener, state })
     }
 
     /// The bound address (the real port when the config asked for port 0).
@@ -24,11 +68,66 @@ impl Application {
         self.addr
     }
 
+    /// The shared state (for tests).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
     /// Serves until `shutdown` is cancelled or a component dies.
     ///
     /// # Errors
     /// A component that died, named.
-    pub async fn run(self, _shutdown: CancellationToken) -> anyhow::Result<()> {
-        anyhow::bail!("not implemented yet")
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let st = self.state;
+        let cfg = st.config.clone();
+        let mut set = tokio::task::JoinSet::new();
+        let child = shutdown.child_token();
+
+        let dispatcher = Dispatcher::new(st.store.clone(), st.hub.clone(), st.directory.clone(), cfg.heartbeat_interval);
+        let sd = child.clone();
+        let workers = cfg.dispatchers;
+        set.spawn(async move {
+            dispatcher.run(workers, sd).await;
+            "dispatcher"
+        });
+        let reconciler = Reconciler::new(st.store.clone(), st.hub.clone(), st.directory.clone());
+        let sd = child.clone();
+        set.spawn(async move {
+            reconciler.run(sd).await;
+            "reconciler"
+        });
+        let timers = Timers::new(
+            st.store.clone(),
+            st.hub.clone(),
+            st.directory.clone(),
+            cfg.reaper_interval,
+            cfg.heartbeat_interval,
+        );
+        let sd = child.clone();
+        set.spawn(async move {
+            timers.run(sd).await;
+            "timers"
+        });
+        let app = api::router(st);
+        let sd = child.clone();
+        let listener = self.listener;
+        set.spawn(async move {
+            let res = axum::serve(listener, app).with_graceful_shutdown(async move { sd.cancelled().await }).await;
+            if let Err(e) = res {
+                tracing::error!(error = %e, "http server failed");
+            }
+            "http server"
+        });
+        tracing::info!(addr = %self.addr, "muster serving");
+        let first = set.join_next().await;
+        if !child.is_cancelled() {
+            let name = first.and_then(|r| r.ok()).unwrap_or("a component");
+            child.cancel();
+            // Give the rest a moment to stop at a safe point.
+            let _ = tokio::time::timeout(Duration::from_secs(10), async { while set.join_next().await.is_some() {} }).await;
+            anyhow::bail!("{name} stopped unexpectedly; shutting down");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), async { while set.join_next().await.is_some() {} }).await;
+        Ok(())
     }
 }

@@ -1,1 +1,106 @@
-//! timers (in progress).
+//! Timers: promote due scheduled/retrying tasks, expire leases past their deadline
+//! (a failed attempt), mark nodes offline after missed heartbeats (their inboxes go
+//! back to pending), and trim finished tasks past retention. Every step is an atomic
+//! script, so several replicas running timers together is safe.
+
+use crate::directory::Directory;
+use crate::domain::NodeStatus;
+use crate::hub::{Hub, NodeStats};
+use crate::store::{Store, StoreError};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The timers component.
+pub struct Timers {
+    store: Store,
+    hub: Arc<Hub>,
+    directory: Arc<Directory>,
+    interval: Duration,
+    offline_after: Duration,
+}
+
+/// What one round did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Round {
+    /// Tasks promoted to pending.
+    pub promoted: i64,
+    /// Leases expired.
+    pub expired: usize,
+    /// Nodes marked offline.
+    pub offline: usize,
+}
+
+impl Timers {
+    /// Timers ticking every `interval`; nodes go offline after 3 missed heartbeats.
+    pub fn new(store: Store, hub: Arc<Hub>, directory: Arc<Directory>, interval: Duration, heartbeat: Duration) -> Timers {
+        Timers { store, hub, directory, interval, offline_after: heartbeat * 3 }
+    }
+
+    /// One round over every queue and node.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn tick_once(&self) -> Result<Round, StoreError> {
+        let mut round = Round::default();
+        let queues = self.store.queues().await?;
+        for q in &queues {
+            let n = self.store.promote(q, 1000).await?;
+            if n > 0 {
+                round.promoted += n;
+                self.hub.mark_dirty(q);
+            }
+            let expired = self.store.expire(q, 1000).await?;
+            for (id, node, state) in &expired {
+                tracing::info!(task_id = %id, node_id = %node, new_state = %state, "lease expired");
+                self.hub.wake_task(id);
+                self.hub.add_stats(node, NodeStats { failed: 1, ..Default::default() });
+            }
+            if !expired.is_empty() {
+                round.expired += expired.len();
+                self.hub.mark_dirty(q);
+            }
+        }
+        let now = self.store.now_ms().await?;
+        let stale = self.store.stale_nodes(now - self.offline_after.as_millis() as i64).await?;
+        for id in stale {
+            let Some(rec) = self.store.node(&id).await? else { continue };
+            if rec.node.status == NodeStatus::Offline {
+                continue;
+            }
+            self.store.set_node_status(&id, NodeStatus::Offline).await?;
+            let n = self.store.requeue_node(&rec.node).await?;
+            tracing::warn!(node_id = %id, requeued = n, "node missed its heartbeats: offline");
+            round.offline += 1;
+            self.directory.invalidate();
+            for q in &rec.node.queues {
+                self.hub.mark_dirty(q);
+            }
+        }
+        Ok(round)
+    }
+
+    /// Ticks until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut rounds: u64 = 0;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.tick_once().await {
+                tracing::debug!(error = %e, "timer round failed; next round retries");
+            }
+            rounds += 1;
+            if rounds % 60 == 0 {
+                if let Ok(qs) = self.store.queues().await {
+                    for q in qs {
+                        let _ = self.store.trim_finished(&q, 1000).await;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,1 +1,119 @@
-//! HTTP API (in progress).
+//! The HTTP API v1 (DESIGN.md): the router, its state, and one module per resource.
+
+pub mod auth;
+pub mod error;
+pub mod nodes;
+pub mod queues;
+pub mod system;
+pub mod tasks;
+
+use crate::config::Config;
+use crate::directory::Directory;
+use crate::hub::Hub;
+use crate::store::Store;
+use axum::Router;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request};
+use axum::routing::{get, post};
+use error::ApiError;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+/// Largest request body (a batch of tasks).
+pub const MAX_BODY: usize = 32 * 1024 * 1024;
+/// Largest payload of one task (serialized JSON).
+pub const MAX_PAYLOAD: usize = 1024 * 1024;
+/// Most tasks in one batch, reports in one report batch.
+pub const MAX_BATCH: usize = 10_000;
+/// Longest long-poll.
+pub const MAX_WAIT_MS: i64 = 60_000;
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// Redis.
+    pub store: Store,
+    /// Settings.
+    pub config: Arc<Config>,
+    /// SHA-256 (hex) of the admin token.
+    pub admin_sha: Option<String>,
+    /// Authentication off (loopback only).
+    pub no_auth: bool,
+    /// Wake-ups.
+    pub hub: Arc<Hub>,
+    /// Node records cache.
+    pub directory: Arc<Directory>,
+    /// Redis persists data (AOF or RDB); shown by `/readyz`.
+    pub persistence: Arc<AtomicBool>,
+}
+
+/// `axum::Json` whose rejections come out as problem+json.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json<T>(pub T);
+
+impl<T, S> FromRequest<S> for Json<T>
+where
+    axum::Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Json(v)),
+            Err(r) => Err(match r {
+                JsonRejection::JsonDataError(e) => ApiError::invalid("invalid_body", e.body_text()),
+                JsonRejection::JsonSyntaxError(e) => ApiError::bad("malformed_json", e.body_text()),
+                JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
+                    "send the body as JSON with 'Content-Type: application/json'".into(),
+                ),
+                JsonRejection::BytesRejection(e) => {
+                    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                        ApiError::TooLarge(format!("the request body exceeds {MAX_BODY} bytes"))
+                    } else {
+                        ApiError::bad("unreadable_body", e.body_text())
+                    }
+                }
+                other => ApiError::bad("invalid_body", other.body_text()),
+            }),
+        }
+    }
+}
+
+impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
+    fn into_response(self) -> axum::response::Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(system::healthz))
+        .route("/readyz", get(system::readyz))
+        .route("/v1/tasks", post(tasks::tasks_create).get(tasks::tasks_list))
+        .route("/v1/tasks/batch", post(tasks::tasks_batch))
+        .route("/v1/tasks/{id}", get(tasks::tasks_get).delete(tasks::tasks_delete))
+        .route("/v1/tasks/{id}/wait", get(tasks::tasks_wait))
+        .route("/v1/tasks/{id}/cancel", post(tasks::tasks_cancel))
+        .route("/v1/tasks/{id}/retry", post(tasks::tasks_retry))
+        .route("/v1/tasks/{id}/extend", post(tasks::tasks_extend))
+        .route("/v1/tasks/{id}/complete", post(tasks::tasks_complete))
+        .route("/v1/tasks/{id}/fail", post(tasks::tasks_fail))
+        .route("/v1/nodes", post(nodes::nodes_register).get(nodes::nodes_list))
+        .route("/v1/nodes/{id}", get(nodes::nodes_get).delete(nodes::nodes_delete))
+        .route("/v1/nodes/{id}/heartbeat", post(nodes::nodes_heartbeat))
+        .route("/v1/nodes/{id}/drain", post(nodes::nodes_drain))
+        .route("/v1/nodes/{id}/lease", post(nodes::nodes_lease))
+        .route("/v1/nodes/{id}/reports", post(nodes::nodes_reports))
+        .route("/v1/queues", get(queues::queues_list))
+        .route("/v1/queues/{name}", get(queues::queues_get).put(queues::queues_put))
+        .route("/v1/queues/{name}/pause", post(queues::queues_pause))
+        .route("/v1/queues/{name}/resume", post(queues::queues_resume))
+        .fallback(system::not_found)
+        .method_not_allowed_fallback(system::method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(system::panic_response))
+        .with_state(state)
+}

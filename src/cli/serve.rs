@@ -1,6 +1,9 @@
 //! `muster serve`: the control plane.
 
+use crate::config::Config;
+use crate::startup::Application;
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// Flags of `muster serve`.
 #[derive(Debug, Clone, clap::Args)]
@@ -35,6 +38,20 @@ pub struct ServeArgs {
 ///
 /// # Errors
 /// Bad flags, Redis unusable, or a component that died.
-pub async fn run(_args: ServeArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = Config::new(args.listen, args.redis_url);
+    cfg.namespace = args.namespace;
+    cfg.admin_token = args.admin_token.filter(|t| !t.is_empty());
+    cfg.no_auth = args.no_auth;
+    if let Some(n) = args.dispatchers {
+        anyhow::ensure!(n >= 1, "--dispatchers must be at least 1");
+        cfg.dispatchers = n;
+    }
+    anyhow::ensure!(args.heartbeat_interval_ms >= 100, "--heartbeat-interval-ms must be at least 100");
+    anyhow::ensure!(args.reaper_interval_ms >= 10, "--reaper-interval-ms must be at least 10");
+    cfg.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms);
+    cfg.reaper_interval = Duration::from_millis(args.reaper_interval_ms);
+    let app = Application::build(cfg).await?;
+    app.run(crate::shutdown::on_signals()).await?;
+    Ok(ExitCode::SUCCESS)
 }

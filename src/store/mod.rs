@@ -168,6 +168,8 @@ pub struct NodeRecord {
     pub node: Node,
     /// SHA-256 (hex) of the node's token.
     pub token_sha: String,
+    /// Last heartbeat, ms (Redis clock).
+    pub last_seen_ms: i64,
 }
 
 /// Parsed lease token `<fence>.<nonce>`.
@@ -309,6 +311,7 @@ fn node_from_hash(h: &HashMap<String, String>, running: i64) -> Option<NodeRecor
             last_seen_at: rfc3339_ms(num("last_seen")),
         },
         token_sha: get("token_sha"),
+        last_seen_ms: num("last_seen"),
     })
 }
 

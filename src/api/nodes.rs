@@ -1,0 +1,295 @@
+//! Node routes and the agent protocol: register, list, heartbeat, drain, deregister,
+//! lease (long-poll) and batched reports.
+
+use super::auth::Principal;
+use super::error::{ApiError, ApiResult};
+use super::tasks::{after_report, error_text, result_json};
+use super::{AppState, Json, MAX_BATCH, MAX_WAIT_MS};
+use crate::domain::{
+    HeartbeatReply, Lease, LeaseReply, LeaseRequest, Node, NodeKind, NodeList, NodeRegistered, NodeStatus,
+    RegisterNode, ReportBatch, ReportBatchReply, ReportOutcome, ReportResult, rfc3339_ms, validate,
+};
+use crate::store::{NodeRecord, token_sha};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use std::time::Duration;
+
+async fn node_or_404(st: &AppState, id: &str) -> ApiResult<NodeRecord> {
+    st.directory
+        .get(&st.store, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no node {id}; register again with POST /v1/nodes")))
+}
+
+/// `POST /v1/nodes`: register a node; the answer carries its token, shown once.
+///
+/// # Errors
+/// 422 invalid fields.
+pub async fn nodes_register(
+    State(st): State<AppState>,
+    who: Principal,
+    Json(body): Json<RegisterNode>,
+) -> ApiResult<(StatusCode, Json<NodeRegistered>)> {
+    who.require_admin()?;
+    let bad = |m: String| ApiError::invalid("invalid_node", m);
+    if body.name.is_empty() || body.name.len() > 256 || body.name.chars().any(char::is_control) {
+        return Err(bad("name must be 1 to 256 printable characters".into()));
+    }
+    let queues = if body.queues.is_empty() { vec!["default".to_string()] } else { body.queues };
+    if queues.len() > 64 {
+        return Err(bad("at most 64 queues".into()));
+    }
+    for q in &queues {
+        validate::queue_name(q).map_err(|e| bad(format!("queues: {e}")))?;
+    }
+    if body.tags.len() > 64 {
+        return Err(bad("at most 64 tags".into()));
+    }
+    for t in &body.tags {
+        validate::tag(t).map_err(|e| bad(format!("tags: {e}")))?;
+    }
+    let capacity = body.capacity.unwrap_or(1);
+    if !(1..=10_000).contains(&capacity) {
+        return Err(bad("capacity must be 1 to 10000".into()));
+    }
+    let kind = body.kind.unwrap_or_default();
+    let mut queues_dedup = queues;
+    queues_dedup.sort();
+    queues_dedup.dedup();
+    let id = ulid::Ulid::generate().to_string();
+    let token = format!("{id}.{}", hex::encode(rand::random::<[u8; 32]>()));
+    let mut node = Node {
+        id: id.clone(),
+        name: body.name,
+        kind,
+        status: NodeStatus::Active,
+        queues: queues_dedup,
+        tags: body.tags,
+        capacity,
+        running: 0,
+        succeeded: 0,
+        failed: 0,
+        mean_run_ms: None,
+        registered_at: String::new(),
+        last_seen_at: String::new(),
+    };
+    let now = st.store.register_node(&node, &token_sha(&token)).await?;
+    node.registered_at = rfc3339_ms(now);
+    node.last_seen_at = rfc3339_ms(now);
+    st.directory.invalidate();
+    for q in &node.queues {
+        st.hub.mark_dirty(q);
+    }
+    tracing::info!(node_id = %id, name = %node.name, "node registered");
+    Ok((
+        StatusCode::CREATED,
+        Json(NodeRegistered {
+            id,
+            token,
+            heartbeat_interval_ms: st.config.heartbeat_interval.as_millis() as u64,
+            node,
+        }),
+    ))
+}
+
+/// `GET /v1/nodes`.
+///
+/// # Errors
+/// 503 Redis down.
+pub async fn nodes_list(State(st): State<AppState>, who: Principal) -> ApiResult<Json<NodeList>> {
+    who.require_admin()?;
+    let items = st.store.nodes().await?.into_iter().map(|r| r.node).collect();
+    Ok(Json(NodeList { items }))
+}
+
+/// `GET /v1/nodes/{id}` (admin or the node itself).
+///
+/// # Errors
+/// 404.
+pub async fn nodes_get(State(st): State<AppState>, who: Principal, Path(id): Path<String>) -> ApiResult<Json<Node>> {
+    who.require_node(&id)?;
+    let n = st.store.node(&id).await?.ok_or_else(|| ApiError::NotFound(format!("no node {id}")))?;
+    Ok(Json(n.node))
+}
+
+/// `DELETE /v1/nodes/{id}`: the node leaves; its inbox goes back to pending.
+///
+/// # Errors
+/// 404.
+pub async fn nodes_delete(State(st): State<AppState>, who: Principal, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    who.require_node(&id)?;
+    let rec = node_or_404(&st, &id).await?;
+    let n = st.store.delete_node(&rec.node).await?;
+    st.directory.invalidate();
+    for q in &rec.node.queues {
+        st.hub.mark_dirty(q);
+    }
+    st.hub.wake_node(&id);
+    tracing::info!(node_id = %id, requeued = n, "node deregistered");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/nodes/{id}/drain`: no new work; its inbox goes back to pending.
+///
+/// # Errors
+/// 404.
+pub async fn nodes_drain(State(st): State<AppState>, who: Principal, Path(id): Path<String>) -> ApiResult<Json<Node>> {
+    who.require_node(&id)?;
+    let rec = node_or_404(&st, &id).await?;
+    st.store.set_node_status(&id, NodeStatus::Draining).await?;
+    st.store.requeue_node(&rec.node).await?;
+    st.directory.invalidate();
+    for q in &rec.node.queues {
+        st.hub.mark_dirty(q);
+    }
+    st.hub.wake_node(&id);
+    let n = st.store.node(&id).await?.ok_or_else(|| ApiError::NotFound(format!("no node {id}")))?;
+    Ok(Json(n.node))
+}
+
+/// `POST /v1/nodes/{id}/heartbeat` → status and the running tasks to stop.
+///
+/// # Errors
+/// 404 (register again).
+pub async fn nodes_heartbeat(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<HeartbeatReply>> {
+    who.require_node(&id)?;
+    let rec = node_or_404(&st, &id).await?;
+    let (status, _) = st
+        .store
+        .heartbeat(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no node {id}; register again")))?;
+    if status != rec.node.status {
+        st.directory.invalidate();
+    }
+    let cancel = st.store.node_cancels(&rec.node).await?;
+    Ok(Json(HeartbeatReply { status, cancel }))
+}
+
+/// `POST /v1/nodes/{id}/lease` → up to `max` leases, long-polling up to `wait_ms`.
+///
+/// # Errors
+/// 404, 422 bad limits.
+pub async fn nodes_lease(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<LeaseReply>> {
+    who.require_node(&id)?;
+    // An empty body means the defaults.
+    let req: LeaseRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        LeaseRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            if e.is_syntax() || e.is_eof() {
+                ApiError::bad("malformed_json", format!("malformed JSON: {e}"))
+            } else {
+                ApiError::invalid("invalid_body", e.to_string())
+            }
+        })?
+    };
+    let max = req.max.unwrap_or(1);
+    if !(1..=1000).contains(&max) {
+        return Err(ApiError::invalid("invalid_lease", "max must be 1 to 1000"));
+    }
+    let wait_ms = req.wait_ms.unwrap_or(0);
+    if !(0..=MAX_WAIT_MS).contains(&wait_ms) {
+        return Err(ApiError::invalid("invalid_lease", format!("wait_ms must be 0 to {MAX_WAIT_MS}")));
+    }
+    let rec = node_or_404(&st, &id).await?;
+    // A lease call is also a sign of life.
+    if st.store.heartbeat(&id).await?.is_none() {
+        return Err(ApiError::NotFound(format!("no node {id}; register again")));
+    }
+    let human = rec.node.kind == NodeKind::Human;
+    let max = if human { 1 } else { max as usize };
+    let tags = rec.node.tags.join(",");
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms as u64);
+    let notify = st.hub.node(&id);
+    let res: ApiResult<Vec<Lease>> = async {
+        let mut out = Vec::new();
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if rec.node.status != NodeStatus::Draining {
+                for q in &rec.node.queues {
+                    if out.len() >= max {
+                        break;
+                    }
+                    let leased = st.store.lease(q, &id, max - out.len(), human, &tags).await?;
+                    out.extend(leased.into_iter().map(|l| Lease {
+                        fence: l.task.fence,
+                        lease_expires_at: rfc3339_ms(l.expires_ms),
+                        lease_token: l.token,
+                        task: l.task,
+                    }));
+                }
+            }
+            if !out.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(out);
+            }
+            let nap = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(nap) => {}
+            }
+        }
+    }
+    .await;
+    st.hub.release_node(&id, notify);
+    Ok(Json(LeaseReply { leases: res? }))
+}
+
+/// `POST /v1/nodes/{id}/reports`: many completions and failures in one call; each item
+/// answers what the single route would have.
+///
+/// # Errors
+/// 404 node, 422 too many reports.
+pub async fn nodes_reports(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+    Json(body): Json<ReportBatch>,
+) -> ApiResult<Json<ReportBatchReply>> {
+    who.require_node(&id)?;
+    if body.reports.len() > MAX_BATCH {
+        return Err(ApiError::invalid("batch_too_long", format!("at most {MAX_BATCH} reports per call")));
+    }
+    // Admin callers report on behalf of this node: the lease must be the node's.
+    let node = Some(id.as_str());
+    let futs = body.reports.into_iter().map(|r| {
+        let st = st.clone();
+        async move {
+            let res = match r.outcome {
+                ReportOutcome::Succeeded => match result_json(&r.result) {
+                    Ok(s) => st.store.complete(&r.task_id, node, &r.lease_token, &s).await.map_err(ApiError::from),
+                    Err(e) => Err(e),
+                },
+                ReportOutcome::Failed => st
+                    .store
+                    .fail(&r.task_id, node, &r.lease_token, &error_text(&r.error), r.retryable.unwrap_or(true))
+                    .await
+                    .map_err(ApiError::from),
+            };
+            match res {
+                Ok(rep) => {
+                    after_report(&st, &r.task_id, &rep);
+                    Ok(ReportResult { task_id: r.task_id, status: 200, code: None, state: Some(rep.state) })
+                }
+                Err(ApiError::Unavailable(e)) => Err(ApiError::Unavailable(e)),
+                Err(e) => {
+                    let p = e.problem();
+                    Ok(ReportResult { task_id: r.task_id, status: p.status, code: Some(p.code), state: None })
+                }
+            }
+        }
+    });
+    let results = futures::future::join_all(futs).await.into_iter().collect::<ApiResult<Vec<_>>>()?;
+    Ok(Json(ReportBatchReply { results }))
+}

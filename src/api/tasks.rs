@@ -1,0 +1,442 @@
+//! Task routes: submit (single, batch), read, list, wait, cancel, retry, delete, and
+//! the lease operations of the agent protocol (extend, complete, fail).
+
+use super::auth::Principal;
+use super::error::{ApiError, ApiResult};
+use super::{AppState, Json, MAX_BATCH, MAX_PAYLOAD, MAX_WAIT_MS};
+use crate::domain::{
+    BatchCreated, CompleteRequest, ExtendReply, ExtendRequest, FailRequest, NewTask, NewTaskBatch, Task, TaskPage,
+    TaskState, parse_rfc3339_ms, rfc3339_ms, validate,
+};
+use crate::hub::NodeStats;
+use crate::store::{Cancelled, PreparedTask, Reported, Submitted};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+use std::time::Duration;
+
+/// Default attempts.
+pub const DEFAULT_MAX_ATTEMPTS: i64 = 3;
+/// Default lease TTL.
+pub const DEFAULT_TIMEOUT_MS: i64 = 30_000;
+/// Default retention of finished tasks: 7 days.
+pub const DEFAULT_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
+/// How long an Idempotency-Key is remembered: 24 h.
+pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
+
+/// Validates a submission into a task ready to store. `at` names it in errors.
+///
+/// # Errors
+/// 422 naming the field and the rule.
+pub fn prepare(t: NewTask, at: &str) -> ApiResult<PreparedTask> {
+    let bad = |field: &str, msg: String| ApiError::invalid("invalid_task", format!("{at}{field}: {msg}"));
+    validate::kind(&t.kind).map_err(|e| bad("kind", e))?;
+    let queue = t.queue.unwrap_or_else(|| "default".into());
+    validate::queue_name(&queue).map_err(|e| bad("queue", e))?;
+    let priority = t.priority.unwrap_or(0);
+    if !(0..=9).contains(&priority) {
+        return Err(bad("priority", format!("must be 0 to 9 (higher runs first), got {priority}")));
+    }
+    let payload = serde_json::to_string(&t.payload.unwrap_or(serde_json::Value::Null))
+        .map_err(|e| bad("payload", e.to_string()))?;
+    if payload.len() > MAX_PAYLOAD {
+        return Err(ApiError::TooLarge(format!(
+            "{at}payload is {} bytes, the limit is {MAX_PAYLOAD}",
+            payload.len()
+        )));
+    }
+    if t.run_at.is_some() && t.delay_ms.is_some() {
+        return Err(bad("run_at", "give run_at or delay_ms, not both".into()));
+    }
+    let run_at_ms = match &t.run_at {
+        Some(s) => Some(parse_rfc3339_ms(s).ok_or_else(|| bad("run_at", format!("{s:?} is not an RFC 3339 time")))?),
+        None => None,
+    };
+    let delay_ms = t.delay_ms;
+    if let Some(d) = delay_ms {
+        if !(0..=365 * 24 * 3600 * 1000).contains(&d) {
+            return Err(bad("delay_ms", "must be 0 to one year".into()));
+        }
+    }
+    let max_attempts = t.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
+    if !(1..=1000).contains(&max_attempts) {
+        return Err(bad("max_attempts", "must be 1 to 1000".into()));
+    }
+    let timeout_ms = t.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+    if !(100..=7 * 24 * 3600 * 1000).contains(&timeout_ms) {
+        return Err(bad("timeout_ms", "must be 100 ms to 7 days".into()));
+    }
+    let backoff = t.backoff.unwrap_or_default();
+    if backoff.initial_ms > backoff.max_ms || backoff.max_ms > 7 * 24 * 3600 * 1000 {
+        return Err(bad("backoff", "need initial_ms <= max_ms <= 7 days".into()));
+    }
+    let requires = t.requires.unwrap_or_default();
+    if requires.len() > 64 {
+        return Err(bad("requires", "at most 64 tags".into()));
+    }
+    for tag in &requires {
+        validate::tag(tag).map_err(|e| bad("requires", e))?;
+    }
+    let retention_ms = t.retention_ms.unwrap_or(DEFAULT_RETENTION_MS);
+    if !(1000..=365 * 24 * 3600 * 1000).contains(&retention_ms) {
+        return Err(bad("retention_ms", "must be 1 s to one year".into()));
+    }
+    if t.depends_on.as_ref().is_some_and(|d| !d.is_empty())
+        || t.unique_key.is_some()
+        || t.concurrency_key.is_some()
+        || t.concurrency_limit.is_some()
+    {
+        return Err(ApiError::invalid(
+            "unsupported_field",
+            format!("{at}depends_on, unique_key and concurrency_* are not supported by this version yet"),
+        ));
+    }
+    Ok(PreparedTask {
+        id: validate::new_task_id(&queue),
+        queue,
+        kind: t.kind,
+        payload,
+        priority,
+        run_at_ms,
+        delay_ms,
+        max_attempts,
+        timeout_ms,
+        backoff,
+        requires,
+        retention_ms,
+    })
+}
+
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => {
+            let s = v
+                .to_str()
+                .ok()
+                .filter(|s| !s.is_empty() && s.len() <= 256)
+                .ok_or_else(|| ApiError::bad("bad_idempotency_key", "Idempotency-Key must be 1 to 256 visible ASCII characters"))?;
+            Ok(Some(s.to_string()))
+        }
+    }
+}
+
+async fn store_tasks(st: &AppState, tasks: &[PreparedTask], idem: Option<&str>) -> ApiResult<Submitted> {
+    let mut queues: Vec<&str> = tasks.iter().map(|t| t.queue.as_str()).collect();
+    queues.sort_unstable();
+    queues.dedup();
+    st.store.add_queues(&queues).await?;
+    let out = st.store.submit(tasks, idem, IDEMPOTENCY_TTL_MS).await?;
+    for q in queues {
+        st.hub.mark_dirty(q);
+    }
+    Ok(out)
+}
+
+/// `POST /v1/tasks`: submit one task.
+///
+/// # Errors
+/// 422 invalid task, 413 payload too large, 503 Redis down.
+pub async fn tasks_create(
+    State(st): State<AppState>,
+    who: Principal,
+    headers: HeaderMap,
+    Json(body): Json<NewTask>,
+) -> ApiResult<(StatusCode, Json<Task>)> {
+    who.require_admin()?;
+    let idem = idempotency_key(&headers)?;
+    let task = prepare(body, "")?;
+    match store_tasks(&st, std::slice::from_ref(&task), idem.as_deref()).await? {
+        Submitted::Created { .. } => Ok((StatusCode::CREATED, Json(st.store.task(&task.id).await?))),
+        Submitted::Duplicate { ids } => {
+            let id = ids.first().ok_or_else(|| ApiError::Internal(anyhow::anyhow!("empty idempotency record")))?;
+            Ok((StatusCode::CREATED, Json(st.store.task(id).await?)))
+        }
+    }
+}
+
+/// `POST /v1/tasks/batch`: up to 10,000 tasks, all validated first, stored all or nothing.
+///
+/// # Errors
+/// 422 naming the first invalid task, 503 Redis down.
+pub async fn tasks_batch(
+    State(st): State<AppState>,
+    who: Principal,
+    headers: HeaderMap,
+    Json(body): Json<NewTaskBatch>,
+) -> ApiResult<(StatusCode, Json<BatchCreated>)> {
+    who.require_admin()?;
+    let idem = idempotency_key(&headers)?;
+    if body.tasks.is_empty() {
+        return Err(ApiError::invalid("empty_batch", "tasks must hold at least one task"));
+    }
+    if body.tasks.len() > MAX_BATCH {
+        return Err(ApiError::invalid(
+            "batch_too_long",
+            format!("a batch holds at most {MAX_BATCH} tasks, got {}; split it", body.tasks.len()),
+        ));
+    }
+    let tasks = body
+        .tasks
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| prepare(t, &format!("tasks[{i}].")))
+        .collect::<ApiResult<Vec<_>>>()?;
+    let ids = match store_tasks(&st, &tasks, idem.as_deref()).await? {
+        Submitted::Created { .. } => tasks.into_iter().map(|t| t.id).collect(),
+        Submitted::Duplicate { ids } => ids,
+    };
+    Ok((StatusCode::CREATED, Json(BatchCreated { ids })))
+}
+
+/// `GET /v1/tasks/{id}`.
+///
+/// # Errors
+/// 404.
+pub async fn tasks_get(State(st): State<AppState>, who: Principal, Path(id): Path<String>) -> ApiResult<Json<Task>> {
+    who.require_admin()?;
+    Ok(Json(st.store.task(&id).await?))
+}
+
+/// Query of `GET /v1/tasks`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    queue: Option<String>,
+    state: Option<String>,
+    kind: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// `GET /v1/tasks?queue=&state=&kind=&limit=&cursor=`.
+///
+/// # Errors
+/// 400 for a bad filter or cursor.
+pub async fn tasks_list(
+    State(st): State<AppState>,
+    who: Principal,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<TaskPage>> {
+    who.require_admin()?;
+    let Query(q) = q.map_err(|e| ApiError::bad("bad_query", e.body_text()))?;
+    if let Some(queue) = &q.queue {
+        validate::queue_name(queue).map_err(|e| ApiError::bad("bad_query", e))?;
+    }
+    let state = match &q.state {
+        Some(s) => Some(TaskState::parse(s).ok_or_else(|| {
+            ApiError::bad("bad_query", format!("state must be one of blocked, scheduled, pending, assigned, running, retrying, succeeded, failed, cancelled; got {s:?}"))
+        })?),
+        None => None,
+    };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad("bad_query", "limit must be 1 to 1000"));
+    }
+    if let Some(k) = &q.kind {
+        validate::kind(k).map_err(|e| ApiError::bad("bad_query", e))?;
+    }
+    let page = st
+        .store
+        .page(q.queue.as_deref(), state, q.kind.as_deref(), limit, q.cursor.as_deref())
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::Protocol(_) => ApiError::bad("bad_cursor", "cursor is not one this server handed out"),
+            other => other.into(),
+        })?;
+    Ok(Json(page))
+}
+
+/// Query of `GET /v1/tasks/{id}/wait`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitQuery {
+    timeout_ms: Option<i64>,
+}
+
+/// `GET /v1/tasks/{id}/wait?timeout_ms=`: the task once terminal, or as it stands at the timeout.
+///
+/// # Errors
+/// 404, 400 for a bad timeout.
+pub async fn tasks_wait(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+    q: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Task>> {
+    who.require_admin()?;
+    let Query(q) = q.map_err(|e| ApiError::bad("bad_query", e.body_text()))?;
+    let timeout = q.timeout_ms.unwrap_or(30_000);
+    if !(0..=MAX_WAIT_MS).contains(&timeout) {
+        return Err(ApiError::bad("bad_query", format!("timeout_ms must be 0 to {MAX_WAIT_MS}")));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout as u64);
+    let notify = st.hub.task(&id);
+    let res = async {
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let task = st.store.task(&id).await?;
+            if task.state.is_terminal() || tokio::time::Instant::now() >= deadline {
+                return Ok(Json(task));
+            }
+            // Re-read at least every second: a lost wake-up costs little.
+            let nap = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(nap) => {}
+            }
+        }
+    }
+    .await;
+    st.hub.release_task(&id, notify);
+    res
+}
+
+/// `POST /v1/tasks/{id}/cancel`.
+///
+/// # Errors
+/// 404; 409 when already succeeded or failed.
+pub async fn tasks_cancel(State(st): State<AppState>, who: Principal, Path(id): Path<String>) -> ApiResult<Json<Task>> {
+    who.require_admin()?;
+    match st.store.cancel(&id).await? {
+        Cancelled::Done => st.hub.wake_task(&id),
+        Cancelled::Requested => {}
+    }
+    Ok(Json(st.store.task(&id).await?))
+}
+
+/// `POST /v1/tasks/{id}/retry`: a failed or cancelled task goes back to pending.
+///
+/// # Errors
+/// 404; 409 for other states.
+pub async fn tasks_retry(State(st): State<AppState>, who: Principal, Path(id): Path<String>) -> ApiResult<Json<Task>> {
+    who.require_admin()?;
+    st.store.retry(&id).await?;
+    if let Some(q) = validate::task_queue(&id) {
+        st.hub.mark_dirty(q);
+    }
+    Ok(Json(st.store.task(&id).await?))
+}
+
+/// `DELETE /v1/tasks/{id}`: finished tasks only.
+///
+/// # Errors
+/// 404; 409 when not finished.
+pub async fn tasks_delete(State(st): State<AppState>, who: Principal, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    who.require_admin()?;
+    st.store.delete(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn progress_json(p: &Option<serde_json::Value>) -> ApiResult<Option<String>> {
+    match p {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => {
+            let s = serde_json::to_string(v).map_err(|e| ApiError::invalid("invalid_body", e.to_string()))?;
+            if s.len() > 64 * 1024 {
+                return Err(ApiError::TooLarge("progress is limited to 64 KiB".into()));
+            }
+            Ok(Some(s))
+        }
+    }
+}
+
+/// `POST /v1/tasks/{id}/extend`: renew the lease (node token or admin).
+///
+/// # Errors
+/// 404; 409 when the token is not the current lease.
+pub async fn tasks_extend(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+    Json(body): Json<ExtendRequest>,
+) -> ApiResult<Json<ExtendReply>> {
+    let progress = progress_json(&body.progress)?;
+    let e = st.store.extend(&id, who.lease_node(), &body.lease_token, progress.as_deref()).await?;
+    Ok(Json(ExtendReply {
+        lease_expires_at: rfc3339_ms(e.expires_ms),
+        cancel_requested: e.cancel_requested,
+    }))
+}
+
+/// Records what a report did: wakes waiters and counts node statistics.
+pub(crate) fn after_report(st: &AppState, id: &str, r: &Reported) {
+    if r.state.is_terminal() {
+        st.hub.wake_task(id);
+    }
+    if let (Some(node), Some(run_ms)) = (&r.node, r.run_ms) {
+        let delta = if r.state == TaskState::Succeeded {
+            NodeStats { succeeded: 1, run_ms, runs: 1, ..Default::default() }
+        } else {
+            NodeStats { failed: 1, ..Default::default() }
+        };
+        st.hub.add_stats(node, delta);
+    }
+    if let Some(q) = validate::task_queue(id) {
+        // A slot freed (or a retry is due later): the dispatcher may have work.
+        st.hub.mark_dirty(q);
+    }
+}
+
+pub(crate) fn result_json(r: &Option<serde_json::Value>) -> ApiResult<String> {
+    let s = serde_json::to_string(r.as_ref().unwrap_or(&serde_json::Value::Null))
+        .map_err(|e| ApiError::invalid("invalid_body", e.to_string()))?;
+    if s.len() > MAX_PAYLOAD {
+        return Err(ApiError::TooLarge(format!("result is {} bytes, the limit is {MAX_PAYLOAD}", s.len())));
+    }
+    Ok(s)
+}
+
+pub(crate) fn error_text(e: &Option<String>) -> String {
+    let mut s = e.clone().unwrap_or_else(|| "failed".into());
+    if s.len() > 16 * 1024 {
+        let mut cut = 16 * 1024;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+/// `POST /v1/tasks/{id}/complete`: accept the result of the current lease.
+///
+/// # Errors
+/// 404; 409 when the token is stale or another node's.
+pub async fn tasks_complete(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+    Json(body): Json<CompleteRequest>,
+) -> ApiResult<Json<Task>> {
+    let result = result_json(&body.result)?;
+    let r = st.store.complete(&id, who.lease_node(), &body.lease_token, &result).await?;
+    after_report(&st, &id, &r);
+    Ok(Json(st.store.task(&id).await?))
+}
+
+/// `POST /v1/tasks/{id}/fail`: the current attempt failed.
+///
+/// # Errors
+/// 404; 409 when the token is stale or another node's.
+pub async fn tasks_fail(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+    Json(body): Json<FailRequest>,
+) -> ApiResult<Json<Task>> {
+    let r = st
+        .store
+        .fail(&id, who.lease_node(), &body.lease_token, &error_text(&body.error), body.retryable.unwrap_or(true))
+        .await?;
+    after_report(&st, &id, &r);
+    Ok(Json(st.store.task(&id).await?))
+}
+
+/// JSON for `{"status": ...}`-style answers.
+pub fn status(s: &str) -> serde_json::Value {
+    json!({ "status": s })
+}

@@ -1,0 +1,159 @@
+//! In-process wake-ups: who waits for what. Waiters for a task (`/wait`), for a node's
+//! inbox (lease long-polls) and the dispatcher's set of queues with work. Fed by local
+//! handlers directly and by the reconciler from pub/sub; everything here is a hint,
+//! waiters always re-read Redis (a lost wake-up costs at most one sweep interval).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+
+/// Node statistics waiting to be written to the node hashes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Accepted completions.
+    pub succeeded: i64,
+    /// Failed attempts.
+    pub failed: i64,
+    /// Run time of the accepted completions, ms.
+    pub run_ms: i64,
+    /// Completions counted in `run_ms`.
+    pub runs: i64,
+}
+
+/// The wake-up registry shared by the API, the dispatcher and the reconciler.
+#[derive(Debug, Default)]
+pub struct Hub {
+    tasks: Mutex<HashMap<String, Arc<Notify>>>,
+    nodes: Mutex<HashMap<String, Arc<Notify>>>,
+    // Queues with possibly dispatchable work, in FIFO order without duplicates.
+    dirty: Mutex<(VecDeque<String>, HashSet<String>)>,
+    /// Woken when `dirty` gains a queue.
+    pub dispatch: Notify,
+    stats: Mutex<HashMap<String, NodeStats>>,
+}
+
+fn notify_of(map: &Mutex<HashMap<String, Arc<Notify>>>, key: &str) -> Arc<Notify> {
+    let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
+    m.entry(key.to_string()).or_default().clone()
+}
+
+fn wake(map: &Mutex<HashMap<String, Arc<Notify>>>, key: &str) {
+    let n = map.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned();
+    if let Some(n) = n {
+        n.notify_waiters();
+    }
+}
+
+fn release(map: &Mutex<HashMap<String, Arc<Notify>>>, key: &str, n: Arc<Notify>) {
+    let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
+    // Two references: the map's and ours. Then nobody else waits.
+    if Arc::strong_count(&n) <= 2 {
+        m.remove(key);
+    }
+}
+
+impl Hub {
+    /// A new hub.
+    pub fn new() -> Arc<Hub> {
+        Arc::new(Hub::default())
+    }
+
+    /// The notifier of a task; call [`Hub::release_task`] when done waiting.
+    pub fn task(&self, id: &str) -> Arc<Notify> {
+        notify_of(&self.tasks, id)
+    }
+    /// Drops the notifier of a task when no one else waits on it.
+    pub fn release_task(&self, id: &str, n: Arc<Notify>) {
+        release(&self.tasks, id, n)
+    }
+    /// Wakes the waiters of a task.
+    pub fn wake_task(&self, id: &str) {
+        wake(&self.tasks, id)
+    }
+
+    /// The notifier of a node's inbox.
+    pub fn node(&self, id: &str) -> Arc<Notify> {
+        notify_of(&self.nodes, id)
+    }
+    /// Drops the notifier of a node when no one else waits on it.
+    pub fn release_node(&self, id: &str, n: Arc<Notify>) {
+        release(&self.nodes, id, n)
+    }
+    /// Wakes the lease long-polls of a node.
+    pub fn wake_node(&self, id: &str) {
+        wake(&self.nodes, id)
+    }
+
+    /// Wakes every waiter (the periodic sweep).
+    pub fn wake_all(&self) {
+        for map in [&self.tasks, &self.nodes] {
+            let all: Vec<Arc<Notify>> = map.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+            for n in all {
+                n.notify_waiters();
+            }
+        }
+    }
+
+    /// Marks a queue as having work for the dispatcher.
+    pub fn mark_dirty(&self, queue: &str) {
+        let mut d = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        if d.1.insert(queue.to_string()) {
+            d.0.push_back(queue.to_string());
+            drop(d);
+            self.dispatch.notify_one();
+        }
+    }
+
+    /// Takes the next queue with work, if any.
+    pub fn take_dirty(&self) -> Option<String> {
+        let mut d = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        let q = d.0.pop_front()?;
+        d.1.remove(&q);
+        if !d.0.is_empty() {
+            // Let another worker take the next one.
+            self.dispatch.notify_one();
+        }
+        Some(q)
+    }
+
+    /// Adds to a node's pending statistics.
+    pub fn add_stats(&self, node: &str, delta: NodeStats) {
+        let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let e = s.entry(node.to_string()).or_default();
+        e.succeeded += delta.succeeded;
+        e.failed += delta.failed;
+        e.run_ms += delta.run_ms;
+        e.runs += delta.runs;
+    }
+
+    /// Takes every node's pending statistics.
+    pub fn take_stats(&self) -> HashMap<String, NodeStats> {
+        std::mem::take(&mut *self.stats.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dirty_queues_come_out_once_in_order() {
+        let h = Hub::new();
+        h.mark_dirty("a");
+        h.mark_dirty("b");
+        h.mark_dirty("a");
+        assert_eq!(h.take_dirty().as_deref(), Some("a"));
+        assert_eq!(h.take_dirty().as_deref(), Some("b"));
+        assert_eq!(h.take_dirty(), None);
+    }
+
+    #[test]
+    fn stats_accumulate_until_taken() {
+        let h = Hub::new();
+        h.add_stats("n", NodeStats { succeeded: 1, run_ms: 5, runs: 1, ..Default::default() });
+        h.add_stats("n", NodeStats { failed: 1, ..Default::default() });
+        let s = h.take_stats();
+        assert_eq!(s["n"], NodeStats { succeeded: 1, failed: 1, run_ms: 5, runs: 1 });
+        assert!(h.take_stats().is_empty());
+    }
+}
