@@ -984,6 +984,9 @@ impl Store {
     /// # Errors
     /// Redis errors.
     pub async fn loads(&self, queues: &[String]) -> Result<HashMap<String, HashMap<String, i64>>> {
+        if queues.is_empty() {
+            return Ok(HashMap::new());
+        }
         let mut pipe = redis::pipe();
         for q in queues {
             pipe.hgetall(self.keys.load(q));
@@ -1078,6 +1081,9 @@ impl Store {
     pub async fn nodes(&self) -> Result<Vec<NodeRecord>> {
         let mut c = self.conn();
         let ids: Vec<String> = c.zrange(self.keys.nodes(), 0, -1).await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
         for id in &ids {
             pipe.hgetall(self.keys.node(id));
@@ -1140,6 +1146,9 @@ impl Store {
     /// # Errors
     /// Redis errors.
     pub async fn node_cancels(&self, node: &Node) -> Result<Vec<String>> {
+        if node.queues.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
         for q in &node.queues {
             pipe.smembers(self.keys.cancels(q, &node.id));
