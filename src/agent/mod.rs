@@ -778,3 +778,6 @@ mod tests {
         assert_eq!(b.name, "test");
     }
 }
+
+#[cfg(test)]
+mod engine_tests;
