@@ -1,0 +1,333 @@
+//! Tests of the agent engine against a small in-process mock of the control plane's
+//! agent routes (the real server is tested end to end elsewhere).
+
+use super::*;
+use crate::domain::{
+    ExtendReply, HeartbeatReply, LeaseReply, LeaseRequest, Node, NodeRegistered,
+    ReportBatchReply, ReportResult, Task, TaskState,
+};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+#[derive(Default)]
+struct Mock {
+    queue: Vec<Lease>,
+    reports: Vec<Report>,
+    report_calls: usize,
+    cancel: Vec<String>,
+    /// Task ids whose extend answers 409.
+    lost: Vec<String>,
+    registered: usize,
+    deregistered: Vec<String>,
+    max_asked: i64,
+    leased: Vec<String>,
+    /// Node ids the heartbeat answers 404 for.
+    forgotten: Vec<String>,
+    /// Node id of every lease call.
+    lease_nodes: Vec<String>,
+}
+
+type Shared = Arc<(Mutex<Mock>, tokio::sync::Notify)>;
+
+fn lease(id: &str, kind: &str, payload: Value, timeout_ms: i64, attempts: i64) -> Lease {
+    Lease {
+        task: Task {
+            id: id.into(),
+            queue: "default".into(),
+            kind: kind.into(),
+            payload,
+            priority: 0,
+            state: TaskState::Running,
+            attempts,
+            max_attempts: 3,
+            timeout_ms,
+            requires: vec![],
+            node: Some("n1".into()),
+            result: None,
+            error: None,
+            progress: None,
+            fence: 1,
+            created_at: "2026-01-01T00:00:00.000Z".into(),
+            run_at: None,
+            started_at: None,
+            finished_at: None,
+            lease_expires_at: None,
+            cancel_requested: false,
+        },
+        lease_token: format!("1.{id}"),
+        fence: 1,
+        lease_expires_at: "2026-01-01T00:00:30.000Z".into(),
+    }
+}
+
+fn problem(status: StatusCode, code: &str) -> Response {
+    let body = json!({"type": "about:blank", "title": code, "status": status.as_u16(), "detail": code, "code": code});
+    (status, [("content-type", "application/problem+json")], body.to_string()).into_response()
+}
+
+async fn register(State(m): State<Shared>, Json(body): Json<RegisterNode>) -> Response {
+    let n = {
+        let mut g = lock(&m.0);
+        g.registered += 1;
+        g.registered
+    };
+    let id = format!("node{n}");
+    let reg = NodeRegistered {
+        id: id.clone(),
+        token: format!("tok-{id}"),
+        heartbeat_interval_ms: 50,
+        node: Node {
+            id,
+            name: body.name,
+            kind: NodeKind::Machine,
+            status: NodeStatus::Active,
+            queues: body.queues,
+            tags: body.tags,
+            capacity: body.capacity.unwrap_or(1),
+            running: 0,
+            succeeded: 0,
+            failed: 0,
+            mean_run_ms: None,
+            registered_at: "2026-01-01T00:00:00.000Z".into(),
+            last_seen_at: "2026-01-01T00:00:00.000Z".into(),
+        },
+    };
+    (StatusCode::CREATED, Json(reg)).into_response()
+}
+
+async fn heartbeat(State(m): State<Shared>, Path(id): Path<String>) -> Response {
+    let mut g = lock(&m.0);
+    if g.forgotten.contains(&id) {
+        return problem(StatusCode::NOT_FOUND, "node_not_found");
+    }
+    let cancel = std::mem::take(&mut g.cancel);
+    Json(HeartbeatReply {
+        status: NodeStatus::Active,
+        cancel,
+    })
+    .into_response()
+}
+
+async fn lease_route(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    Json(req): Json<LeaseRequest>,
+) -> Json<LeaseReply> {
+    let max = req.max.unwrap_or(1);
+    lock(&m.0).lease_nodes.push(id);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms.unwrap_or(0) as u64);
+    loop {
+        let notified = m.1.notified();
+        {
+            let mut g = lock(&m.0);
+            g.max_asked = g.max_asked.max(max);
+            if !g.queue.is_empty() {
+                let n = (max as usize).min(g.queue.len());
+                let leases: Vec<Lease> = g.queue.drain(..n).collect();
+                g.leased.extend(leases.iter().map(|l| l.task.id.clone()));
+                return Json(LeaseReply { leases });
+            }
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return Json(LeaseReply { leases: vec![] });
+        }
+    }
+}
+
+async fn extend(State(m): State<Shared>, Path(id): Path<String>) -> Response {
+    let g = lock(&m.0);
+    if g.lost.contains(&id) {
+        return problem(StatusCode::CONFLICT, "lease_lost");
+    }
+    Json(ExtendReply {
+        lease_expires_at: "2026-01-01T00:00:30.000Z".into(),
+        cancel_requested: false,
+    })
+    .into_response()
+}
+
+async fn reports(State(m): State<Shared>, Json(batch): Json<ReportBatch>) -> Json<ReportBatchReply> {
+    let mut g = lock(&m.0);
+    g.report_calls += 1;
+    let results = batch
+        .reports
+        .iter()
+        .map(|r| ReportResult {
+            task_id: r.task_id.clone(),
+            status: 200,
+            code: None,
+            state: Some(TaskState::Succeeded),
+        })
+        .collect();
+    g.reports.extend(batch.reports);
+    Json(ReportBatchReply { results })
+}
+
+async fn deregister(State(m): State<Shared>, Path(id): Path<String>) -> StatusCode {
+    lock(&m.0).deregistered.push(id);
+    StatusCode::NO_CONTENT
+}
+
+async fn start_mock() -> (String, Shared) {
+    let shared: Shared = Arc::new((Mutex::new(Mock::default()), tokio::sync::Notify::new()));
+    let app = Router::new()
+        .route("/v1/nodes", post(register))
+        .route("/v1/nodes/{id}/heartbeat", post(heartbeat))
+        .route("/v1/nodes/{id}/lease", post(lease_route))
+        .route("/v1/nodes/{id}/reports", post(reports))
+        .route("/v1/nodes/{id}", delete(deregister))
+        .route("/v1/tasks/{id}/extend", post(extend))
+        .with_state(shared.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}"), shared)
+}
+
+fn push(m: &Shared, leases: Vec<Lease>) {
+    lock(&m.0).queue.extend(leases);
+    m.1.notify_waiters();
+}
+
+async fn wait_for(m: &Shared, what: &str, f: impl Fn(&Mock) -> bool) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while !f(&lock(&m.0)) {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn report_of<'a>(m: &'a Mock, id: &str) -> Option<&'a Report> {
+    m.reports.iter().find(|r| r.task_id == id)
+}
+
+fn config(server: String, capacity: u32, grace: Duration) -> AgentConfig {
+    AgentConfig {
+        // A dead URL first: the client must fail over to the mock.
+        servers: vec!["http://127.0.0.1:9".into(), server],
+        token: Some("admin".into()),
+        queues: vec!["default".into()],
+        capacity,
+        tags: vec![],
+        name: "test-agent".into(),
+        executor: Executor::Builtin,
+        grace,
+    }
+}
+
+#[tokio::test]
+async fn runs_reports_cancels_and_drops_lost_leases() {
+    let (url, m) = start_mock().await;
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(run(config(url, 3, Duration::from_secs(5)), shutdown.clone()));
+    wait_for(&m, "registration", |g| g.registered == 1).await;
+
+    push(
+        &m,
+        vec![
+            lease("t1", "echo", json!({"x": 1}), 5000, 1),
+            lease("t2", "sleep", json!({"ms": 20000}), 30000, 1),
+            lease("t3", "sleep", json!({"ms": 20000}), 300, 1),
+            lease("t4", "fail_once", json!({"text": "a"}), 5000, 1),
+        ],
+    );
+    {
+        let mut g = lock(&m.0);
+        g.lost.push("t3".into());
+        g.cancel.push("t2".into());
+    }
+    wait_for(&m, "reports of t1, t2, t4", |g| {
+        ["t1", "t2", "t4"].iter().all(|id| report_of(g, id).is_some())
+    })
+    .await;
+    // The lost lease also frees its slot, then nothing more is reported for it.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    {
+        let g = lock(&m.0);
+        let t1 = report_of(&g, "t1").expect("t1");
+        assert_eq!(t1.outcome, ReportOutcome::Succeeded);
+        assert_eq!(t1.result, Some(json!({"x": 1})));
+        assert_eq!(t1.lease_token, "1.t1");
+        let t2 = report_of(&g, "t2").expect("t2");
+        assert_eq!(t2.outcome, ReportOutcome::Failed);
+        assert_eq!(t2.error.as_deref(), Some("cancelled"));
+        assert_eq!(t2.retryable, Some(false));
+        let t4 = report_of(&g, "t4").expect("t4");
+        assert_eq!(t4.outcome, ReportOutcome::Failed);
+        assert_eq!(t4.retryable, Some(true));
+        assert!(report_of(&g, "t3").is_none(), "a lost lease must not be reported");
+        assert!(g.max_asked <= 3, "asked for {} with capacity 3", g.max_asked);
+    }
+
+    shutdown.cancel();
+    let r = tokio::time::timeout(Duration::from_secs(5), agent)
+        .await
+        .expect("agent stops")
+        .expect("join");
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(lock(&m.0).deregistered, vec!["node1".to_string()]);
+}
+
+#[tokio::test]
+async fn full_node_does_not_lease_and_shutdown_kills_after_grace() {
+    let (url, m) = start_mock().await;
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(run(config(url, 1, Duration::from_millis(200)), shutdown.clone()));
+    push(&m, vec![lease("long", "sleep", json!({"ms": 20000}), 30000, 1)]);
+    wait_for(&m, "the lease", |g| g.leased.len() == 1).await;
+    push(&m, vec![lease("queued", "echo", json!(1), 5000, 1)]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(lock(&m.0).leased.len(), 1, "a full node must not lease");
+
+    let t = Instant::now();
+    shutdown.cancel();
+    let r = tokio::time::timeout(Duration::from_secs(5), agent)
+        .await
+        .expect("agent stops")
+        .expect("join");
+    assert!(r.is_ok(), "{r:?}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    let g = lock(&m.0);
+    let rep = report_of(&g, "long").expect("killed task reported");
+    assert_eq!(rep.error.as_deref(), Some("agent shutting down"));
+    assert_eq!(rep.retryable, Some(true));
+    assert_eq!(g.leased, vec!["long".to_string()]);
+    assert_eq!(g.deregistered.len(), 1);
+}
+
+#[tokio::test]
+async fn many_outcomes_are_coalesced_into_few_report_calls() {
+    let (url, m) = start_mock().await;
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(run(config(url, 64, Duration::from_secs(5)), shutdown.clone()));
+    wait_for(&m, "registration", |g| g.registered == 1).await;
+    let leases = (0..200).map(|i| lease(&format!("n{i}"), "noop", Value::Null, 5000, 1)).collect();
+    push(&m, leases);
+    wait_for(&m, "200 reports", |g| g.reports.len() == 200).await;
+    let calls = lock(&m.0).report_calls;
+    assert!(calls < 200, "{calls} report calls for 200 outcomes");
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), agent).await.expect("agent stops");
+}
+
+#[tokio::test]
+async fn a_forgotten_node_registers_again() {
+    let (url, m) = start_mock().await;
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(run(config(url, 1, Duration::from_secs(5)), shutdown.clone()));
+    wait_for(&m, "registration", |g| g.registered == 1).await;
+    lock(&m.0).forgotten.push("node1".into());
+    wait_for(&m, "re-registration", |g| g.registered == 2).await;
+    push(&m, vec![lease("after", "echo", json!("hi"), 5000, 1)]);
+    wait_for(&m, "the report", |g| report_of(g, "after").is_some()).await;
+    assert_eq!(lock(&m.0).lease_nodes.last().map(String::as_str), Some("node2"));
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), agent).await.expect("agent stops");
+    assert_eq!(lock(&m.0).deregistered, vec!["node2".to_string()]);
+}
