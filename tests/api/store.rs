@@ -149,9 +149,15 @@ impl Kit {
         id
     }
 
-    /// Dispatches pending tasks of `q` to one node with `free` slots.
-    async fn dispatch_to(&self, q: &str, node: &str, free: i64) -> i64 {
-        self.store.dispatch(q, &[(node.to_string(), free, String::new())], 1000, 1000).await.expect("dispatch").0
+    /// Dispatches pending tasks of `q` to one node whose budget in `q` (capacity minus
+    /// its load in other queues) is `budget`; its load in `q` is subtracted by the script.
+    async fn dispatch_to(&self, q: &str, node: &str, budget: i64) -> i64 {
+        self.store.dispatch(q, &[(node.to_string(), budget, String::new())], 1000, 1000).await.expect("dispatch").0
+    }
+
+    async fn load_of(&self, q: &str, node: &str) -> i64 {
+        let loads = self.store.loads(&[q.to_string()]).await.expect("loads");
+        loads.get(q).and_then(|m| m.get(node)).copied().unwrap_or(0)
     }
 
     async fn lease(&self, q: &str, node: &str, max: usize) -> Vec<Leased> {
@@ -167,7 +173,8 @@ impl Kit {
 
     /// Assigns the pending `id` to `node` and leases it (no other task may be pending).
     async fn lease_again(&self, q: &str, id: &str, node: &str) -> Leased {
-        self.dispatch_to(q, node, 1).await;
+        let budget = self.load_of(q, node).await + 1;
+        assert_eq!(self.dispatch_to(q, node, budget).await, 1, "one task assigned");
         let mut l = self.lease(q, node, 1).await;
         assert_eq!(l.len(), 1, "one lease expected");
         let l = l.remove(0);
@@ -419,18 +426,34 @@ async fn promote_moves_a_scheduled_task_to_pending_once_it_is_due_and_not_before
 async fn dispatch_assigns_no_more_tasks_than_the_nodes_have_free_slots() {
     struct Case {
         name: &'static str,
+        /// Tasks of this queue already assigned to a node before the dispatch.
+        busy: &'static [(&'static str, i64)],
+        /// (node, budget: capacity minus load in other queues).
         nodes: &'static [(&'static str, i64)],
+        /// New assignments per node.
         want: &'static [(&'static str, usize)],
     }
     let table = [
-        Case { name: "one node, two slots", nodes: &[("n1", 2)], want: &[("n1", 2)] },
-        Case { name: "two nodes, most free first", nodes: &[("n1", 1), ("n2", 3)], want: &[("n1", 1), ("n2", 3)] },
-        Case { name: "no free slot", nodes: &[("n1", 0)], want: &[("n1", 0)] },
-        Case { name: "an overloaded node takes none and costs the others none", nodes: &[("n1", -2), ("n2", 3)], want: &[("n1", 0), ("n2", 3)] },
-        Case { name: "more slots than tasks", nodes: &[("n1", 10)], want: &[("n1", 5)] },
+        Case { name: "one node, two slots", busy: &[], nodes: &[("n1", 2)], want: &[("n1", 2)] },
+        Case { name: "two nodes, most free first", busy: &[], nodes: &[("n1", 1), ("n2", 3)], want: &[("n1", 1), ("n2", 3)] },
+        Case { name: "no free slot", busy: &[], nodes: &[("n1", 0)], want: &[("n1", 0)] },
+        Case { name: "a negative budget costs the others nothing", busy: &[], nodes: &[("n1", -2), ("n2", 3)], want: &[("n1", 0), ("n2", 3)] },
+        Case { name: "more slots than tasks", busy: &[], nodes: &[("n1", 10)], want: &[("n1", 5)] },
+        Case { name: "this queue's load uses up part of the budget", busy: &[("n1", 2)], nodes: &[("n1", 3)], want: &[("n1", 1)] },
+        Case {
+            name: "a load above the budget leaves no slot",
+            busy: &[("n1", 3), ("n2", 1)],
+            nodes: &[("n1", 1), ("n2", 3)],
+            want: &[("n1", 0), ("n2", 2)],
+        },
     ];
     for c in table {
         let mut k = Kit::new().await;
+        for (node, n) in c.busy {
+            let seed: Vec<PreparedTask> = (0..*n).map(|_| task("q")).collect();
+            k.submit(&seed).await;
+            assert_eq!(k.dispatch_to("q", node, *n).await, *n, "{}: seeding", c.name);
+        }
         let tasks: Vec<PreparedTask> = (0..5).map(|_| task("q")).collect();
         k.submit(&tasks).await;
         let events = k.xlen("q");
@@ -440,9 +463,10 @@ async fn dispatch_assigns_no_more_tasks_than_the_nodes_have_free_slots() {
         assert_eq!((assigned, left), (total as i64, 5 - total as i64), "{}", c.name);
         assert_eq!(k.zcard("q", "pending"), 5 - total, "{}", c.name);
         for (node, n) in c.want {
+            let busy = c.busy.iter().find(|(b, _)| b == node).map_or(0, |(_, n)| *n as usize);
             let inbox = k.inbox("q", node);
-            assert_eq!(inbox.len(), *n, "{}: inbox of {node}", c.name);
-            assert_eq!(k.load("q").get(*node).copied().unwrap_or(0), *n as i64, "{}: load of {node}", c.name);
+            assert_eq!(inbox.len(), busy + *n, "{}: inbox of {node}", c.name);
+            assert_eq!(k.load("q").get(*node).copied().unwrap_or(0), (busy + *n) as i64, "{}: load of {node}", c.name);
             for id in &inbox {
                 assert_eq!(k.field("q", id, "state"), "assigned", "{}", c.name);
                 assert_eq!(k.field("q", id, "node"), *node, "{}", c.name);
@@ -498,8 +522,10 @@ async fn concurrent_dispatch_calls_never_assign_a_task_twice() {
     let tasks: Vec<PreparedTask> = (0..200).map(|_| task("q")).collect();
     let ids: HashSet<String> = tasks.iter().map(|t| t.id.clone()).collect();
     k.submit(&tasks).await;
-    let nodes: Vec<(String, i64, String)> = (0..5).map(|i| (format!("n{i}"), 100, String::new())).collect();
-    // Every call believes every node has 100 free slots and asks for a few tasks.
+    // Budgets add up to exactly 200: a racing dispatcher must neither double-assign
+    // nor overfill a node.
+    let nodes: Vec<(String, i64, String)> = (0..5).map(|i| (format!("n{i}"), 40, String::new())).collect();
+    // Every call asks for a few tasks at once.
     let call = |max: usize| {
         let s = k.store.clone();
         let nodes = nodes.clone();
@@ -522,7 +548,8 @@ async fn concurrent_dispatch_calls_never_assign_a_task_twice() {
     let mut seen: HashMap<String, String> = HashMap::new();
     for (node, _, _) in &nodes {
         let inbox = k.inbox("q", node);
-        assert_eq!(k.load("q").get(node).copied().unwrap_or(0), inbox.len() as i64, "load of {node}");
+        assert_eq!(inbox.len(), 40, "inbox of {node}");
+        assert_eq!(k.load("q").get(node).copied().unwrap_or(0), 40, "load of {node}");
         for id in inbox {
             assert_eq!(k.field("q", &id, "node"), *node);
             if let Some(other) = seen.insert(id.clone(), node.clone()) {
@@ -1166,3 +1193,4 @@ async fn doctor_reports_every_kind_of_corruption() {
         );
     }
 }
+
