@@ -647,6 +647,21 @@ async fn lease_in_pull_mode_takes_pending_tasks_whose_required_tags_the_node_has
     k.assert_doctor_clean(&["q"]).await;
 }
 
+#[tokio::test]
+async fn lease_in_pull_mode_drops_a_pending_entry_whose_task_hash_is_gone() {
+    let mut k = Kit::new().await;
+    let real = k.submit_one(PreparedTask { priority: 0, ..task("q") }).await;
+    let ghost = new_task_id("q");
+    // An index entry without its hash, ahead of the real task.
+    let _: () = k.r.zadd(k.store.keys.state_index("q", "pending"), &ghost, 1).unwrap();
+    let l = k.store.lease("q", "human1", 1, true, "").await.unwrap();
+    assert_eq!(l.iter().map(|l| l.task.id.as_str()).collect::<Vec<_>>(), [real.as_str()]);
+    assert!(k.hash("q", &ghost).is_empty(), "lease made up a task hash for a ghost entry");
+    assert!(k.indexes("q", &ghost).is_empty(), "the ghost entry is still indexed");
+    assert_eq!(k.load("q"), HashMap::from([("human1".to_string(), 1)]));
+    k.assert_doctor_clean(&["q"]).await;
+}
+
 // ----- extend -----
 
 #[tokio::test]
@@ -1014,6 +1029,25 @@ async fn cancel_of_a_running_task_asks_its_node_and_the_task_ends_cancelled_when
         assert!(k.cancels("q", "n1").is_empty(), "{end:?}: cancels set not cleared");
         assert!(k.store.node_cancels(&n1).await.unwrap().is_empty(), "{end:?}");
         assert!(k.load("q").is_empty(), "{end:?}: load");
+
+        // The node's report repeated answers the same and writes nothing; after an
+        // expired lease the node's report was never accepted: a conflict.
+        let snap = k.snapshot();
+        match end {
+            End::NodeFails => {
+                let r = k.store.fail(&id, Some("n1"), &l.token, "stopped", true).await.unwrap();
+                assert_eq!((r.state, r.node), (TaskState::Cancelled, None), "{end:?}: repeat");
+            }
+            End::NodeCompletes => {
+                let r = k.store.complete(&id, Some("n1"), &l.token, "\"done anyway\"").await;
+                let r = r.unwrap_or_else(|e| panic!("{end:?}: a repeated accepted completion was refused: {e}"));
+                assert_eq!((r.state, r.node), (TaskState::Cancelled, None), "{end:?}: repeat");
+            }
+            End::LeaseExpires => {
+                assert_conflict(k.store.complete(&id, Some("n1"), &l.token, "1").await, "cancelled", "late complete");
+            }
+        }
+        assert_eq!(k.snapshot(), snap, "{end:?}: a repeat wrote keys");
     }
     k.assert_doctor_clean(&["q"]).await;
 }
