@@ -8,10 +8,14 @@
 -- {2, state} stale or foreign token: nothing written.
 local p, channel, id, node, fence, nonce = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local tkey = p .. 't:' .. id
-local h = redis.call('HMGET', tkey, 'state', 'node', 'fence', 'nonce', 'started_at', 'cancel_requested')
+local h = redis.call('HMGET', tkey, 'state', 'node', 'fence', 'nonce', 'started_at', 'cancel_requested',
+  'result')
 if not h[1] then return {1} end
 local same_lease = h[3] == fence and h[4] == nonce and (node == '' or h[2] == node)
-if h[1] == 'succeeded' and same_lease then return {3, h[1]} end
+-- A completion accepted while a cancel was pending ended the task cancelled (with its
+-- result kept; only a completion writes a result, and retry clears it): a repeat too.
+local completed = h[1] == 'succeeded' or (h[1] == 'cancelled' and h[7] ~= false)
+if completed and same_lease then return {3, h[1]} end
 if h[1] ~= 'running' or not same_lease then return {2, h[1]} end
 local now = now_ms()
 redis.call('ZREM', p .. 'running', id)

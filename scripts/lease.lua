@@ -32,8 +32,13 @@ if pull and #out < max and redis.call('HGET', p .. 'conf', 'paused') ~= '1' then
   local ids = redis.call('ZRANGE', p .. 'pending', 0, 99)
   for _, id in ipairs(ids) do
     if #out >= max then break end
-    local requires = redis.call('HGET', p .. 't:' .. id, 'requires') or ''
-    local ok = true
+    local requires = redis.call('HGET', p .. 't:' .. id, 'requires')
+    local ok = requires ~= false
+    if not ok then
+      -- An index entry without its hash: drop it, as dispatch does (never start a ghost).
+      redis.call('ZREM', p .. 'pending', id)
+      requires = ''
+    end
     for t in string.gmatch(requires, '[^,]+') do
       if not tags[t] then ok = false break end
     end

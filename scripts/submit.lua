@@ -7,6 +7,10 @@
 -- Returns: {0, now} created; {1, now, "id,id,..."} an earlier submission with this
 -- idempotency key (nothing created).
 local channel, idem, idem_ttl, n = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+-- Refuse before any write: Redis does not roll back a script that fails half-way.
+if idem ~= '' and not (idem_ttl and idem_ttl > 0) then
+  return redis.error_reply('ERR idempotency key TTL must be a positive number of ms')
+end
 local now = now_ms()
 local idem_key = KEYS[1] .. 'idem:' .. idem
 if idem ~= '' then

@@ -456,6 +456,12 @@ impl Store {
         if prefixes.is_empty() {
             return Err(StoreError::Protocol("empty submission".into()));
         }
+        // Before the tasks exist, so timers, listings and the doctor never miss a queue
+        // that holds tasks (the `queues` set has no hash tag, so the script cannot add it).
+        let mut names: Vec<&str> = tasks.iter().map(|t| t.queue.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        self.add_queues(&names).await?;
         for p in &prefixes {
             inv.key(p);
         }
