@@ -126,7 +126,6 @@ async fn store_tasks(st: &AppState, tasks: &[PreparedTask], idem: Option<&str>) 
     let mut queues: Vec<&str> = tasks.iter().map(|t| t.queue.as_str()).collect();
     queues.sort_unstable();
     queues.dedup();
-    st.store.add_queues(&queues).await?;
     let out = st.store.submit(tasks, idem, IDEMPOTENCY_TTL_MS).await?;
     for q in queues {
         st.hub.mark_dirty(q);

@@ -617,8 +617,10 @@ impl Store {
         Ok(n)
     }
 
-    /// Assigns up to `max` pending tasks of `queue` to `nodes` (id, free slots, tags),
-    /// preferring the node with most free slots. Returns (assigned, pending left).
+    /// Assigns up to `max` pending tasks of `queue` to `nodes` (id, budget, tags), where
+    /// the budget is the node's capacity minus its load in other queues (the script
+    /// subtracts this queue's load atomically), preferring the node with most free
+    /// slots. Returns (assigned, pending left).
     ///
     /// # Errors
     /// Redis errors.
