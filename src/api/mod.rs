@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod error;
 pub mod nodes;
+pub mod openapi;
 pub mod queues;
 pub mod system;
 pub mod tasks;
@@ -110,6 +111,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/queues/{name}", get(queues::queues_get).put(queues::queues_put))
         .route("/v1/queues/{name}/pause", post(queues::queues_pause))
         .route("/v1/queues/{name}/resume", post(queues::queues_resume))
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", <openapi::ApiDoc as utoipa::OpenApi>::openapi()))
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))

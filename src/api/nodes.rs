@@ -6,7 +6,7 @@ use super::error::{ApiError, ApiResult};
 use super::tasks::{after_report, error_text, result_json};
 use super::{AppState, Json, MAX_BATCH, MAX_WAIT_MS};
 use crate::domain::{
-    HeartbeatReply, Lease, LeaseReply, LeaseRequest, Node, NodeKind, NodeList, NodeRegistered, NodeStatus,
+    Problem, HeartbeatReply, Lease, LeaseReply, LeaseRequest, Node, NodeKind, NodeList, NodeRegistered, NodeStatus,
     RegisterNode, ReportBatch, ReportBatchReply, ReportOutcome, ReportResult, rfc3339_ms, validate,
 };
 use crate::store::{NodeRecord, token_sha};
@@ -21,6 +21,23 @@ async fn node_or_404(st: &AppState, id: &str) -> ApiResult<NodeRecord> {
         .ok_or_else(|| ApiError::NotFound(format!("no node {id}; register again with POST /v1/nodes")))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/nodes",
+    tag = "nodes",
+    summary = "Register a node; the answer carries its token",
+    request_body = RegisterNode,
+    responses(
+        (status = 201, body = NodeRegistered, description = "The node and its token"),
+        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
+        (status = 413, body = Problem, description = "Too large", content_type = "application/problem+json"),
+        (status = 415, body = Problem, description = "Not JSON", content_type = "application/problem+json"),
+        (status = 422, body = Problem, description = "Invalid", content_type = "application/problem+json"),
+        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
+        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
+        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+    )
+)]
 /// `POST /v1/nodes`: register a node; the answer carries its token, shown once.
 ///
 /// # Errors
@@ -92,6 +109,19 @@ pub async fn nodes_register(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/nodes",
+    tag = "nodes",
+    summary = "List nodes",
+    
+    responses(
+        (status = 200, body = NodeList, description = "Nodes"),
+        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
+        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
+        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+    )
+)]
 /// `GET /v1/nodes`.
 ///
 /// # Errors
@@ -102,6 +132,20 @@ pub async fn nodes_list(State(st): State<AppState>, who: Principal) -> ApiResult
     Ok(Json(NodeList { items }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/nodes/{id}",
+    tag = "nodes",
+    summary = "Read a node",
+    params(("id" = String, Path, description = "Node id")),
+    responses(
+        (status = 200, body = Node, description = "The node"),
+        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
+        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
+        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
+        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+    )
+)]
 /// `GET /v1/nodes/{id}` (admin or the node itself).
 ///
 /// # Errors
@@ -112,6 +156,20 @@ pub async fn nodes_get(State(st): State<AppState>, who: Principal, Path(id): Pat
     Ok(Json(n.node))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/nodes/{id}",
+    tag = "nodes",
+    summary = "Deregister a node; its inbox goes back to pending",
+    params(("id" = String, Path, description = "Node id")),
+    responses(
+        (status = 204, description = "Deregistered"),
+        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
+        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
+        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
+        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+    )
+)]
 /// `DELETE /v1/nodes/{id}`: the node leaves; its inbox goes back to pending.
 ///
 /// # Errors
@@ -129,6 +187,20 @@ pub async fn nodes_delete(State(st): State<AppState>, who: Principal, Path(id): 
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/nodes/{id}/drain",
+    tag = "nodes",
+    summary = "Drain a node: no new work, inbox back to pending",
+    params(("id" = String, Path, description = "Node id")),
+    responses(
+        (status = 200, body = Node, description = "The node, draining"),
+        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
+        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
+        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
+        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+    )
+)]
 /// `POST /v1/nodes/{id}/drain`: no new work; its inbox goes back to pending.
 ///
 /// # Errors
@@ -147,6 +219,20 @@ pub async fn nodes_drain(State(st): State<AppState>, who: Principal, Path(id): P
     Ok(Json(n.node))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/nodes/{id}/heartbeat",
+    tag = "agent protocol",
+    summary = "Heartbeat; answers the running tasks to stop",
+    params(("id" = String, Path, description = "Node id")),
+    responses(
+        (status = 200, body = HeartbeatReply, description = "Status and cancellations"),
+        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
+        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
+        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
+        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+    )
+)]
 /// `POST /v1/nodes/{id}/heartbeat` → status and the running tasks to stop.
 ///
 /// # Errors
@@ -170,6 +256,22 @@ pub async fn nodes_heartbeat(
     Ok(Json(HeartbeatReply { status, cancel }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/nodes/{id}/lease",
+    tag = "agent protocol",
+    summary = "Lease tasks, long-polling up to wait_ms",
+    request_body(content = Option<LeaseRequest>, description = "Empty means max 1, wait_ms 0"), params(("id" = String, Path, description = "Node id")),
+    responses(
+        (status = 200, body = LeaseReply, description = "Granted leases, possibly none"),
+        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
+        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
+        (status = 422, body = Problem, description = "Invalid", content_type = "application/problem+json"),
+        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
+        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
+        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+    )
+)]
 /// `POST /v1/nodes/{id}/lease` → up to `max` leases, long-polling up to `wait_ms`.
 ///
 /// # Errors
@@ -246,6 +348,24 @@ pub async fn nodes_lease(
     Ok(Json(LeaseReply { leases: res? }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/nodes/{id}/reports",
+    tag = "agent protocol",
+    summary = "Report many completions and failures",
+    request_body = ReportBatch, params(("id" = String, Path, description = "Node id")),
+    responses(
+        (status = 200, body = ReportBatchReply, description = "One result per report"),
+        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
+        (status = 413, body = Problem, description = "Too large", content_type = "application/problem+json"),
+        (status = 415, body = Problem, description = "Not JSON", content_type = "application/problem+json"),
+        (status = 422, body = Problem, description = "Invalid", content_type = "application/problem+json"),
+        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
+        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
+        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
+        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+    )
+)]
 /// `POST /v1/nodes/{id}/reports`: many completions and failures in one call; each item
 /// answers what the single route would have.
 ///

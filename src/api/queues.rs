@@ -3,9 +3,22 @@
 use super::auth::Principal;
 use super::error::{ApiError, ApiResult};
 use super::{AppState, Json};
-use crate::domain::{QueueInfo, QueueList, QueueUpdate, validate};
+use crate::domain::{Problem, QueueInfo, QueueList, QueueUpdate, validate};
 use axum::extract::{Path, State};
 
+#[utoipa::path(
+    get,
+    path = "/v1/queues",
+    tag = "queues",
+    summary = "List queues with counts",
+    
+    responses(
+        (status = 200, body = QueueList, description = "Queues"),
+        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
+        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
+        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+    )
+)]
 /// `GET /v1/queues`: every queue with counts per state.
 ///
 /// # Errors
@@ -27,6 +40,21 @@ async fn known(st: &AppState, name: &str) -> ApiResult<()> {
     Ok(())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/queues/{name}",
+    tag = "queues",
+    summary = "Read a queue",
+    params(("name" = String, Path, description = "Queue name")),
+    responses(
+        (status = 200, body = QueueInfo, description = "The queue"),
+        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
+        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
+        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
+        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
+        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+    )
+)]
 /// `GET /v1/queues/{name}`.
 ///
 /// # Errors
@@ -37,6 +65,23 @@ pub async fn queues_get(State(st): State<AppState>, who: Principal, Path(name): 
     Ok(Json(st.store.queue_info(&name).await?))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/queues/{name}",
+    tag = "queues",
+    summary = "Change a queue's settings",
+    request_body = QueueUpdate, params(("name" = String, Path, description = "Queue name")),
+    responses(
+        (status = 200, body = QueueInfo, description = "The queue"),
+        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
+        (status = 413, body = Problem, description = "Too large", content_type = "application/problem+json"),
+        (status = 415, body = Problem, description = "Not JSON", content_type = "application/problem+json"),
+        (status = 422, body = Problem, description = "Invalid", content_type = "application/problem+json"),
+        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
+        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
+        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+    )
+)]
 /// `PUT /v1/queues/{name}`: set weight, paused, human_only (absent fields unchanged).
 ///
 /// # Errors
@@ -68,6 +113,21 @@ async fn set_paused(st: AppState, name: String, paused: bool) -> ApiResult<Json<
     Ok(Json(st.store.queue_info(&name).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/queues/{name}/pause",
+    tag = "queues",
+    summary = "Pause dispatching",
+    params(("name" = String, Path, description = "Queue name")),
+    responses(
+        (status = 200, body = QueueInfo, description = "The queue"),
+        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
+        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
+        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
+        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
+        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+    )
+)]
 /// `POST /v1/queues/{name}/pause`: stop dispatching (running tasks go on).
 ///
 /// # Errors
@@ -77,6 +137,21 @@ pub async fn queues_pause(State(st): State<AppState>, who: Principal, Path(name)
     set_paused(st, name, true).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/queues/{name}/resume",
+    tag = "queues",
+    summary = "Resume dispatching",
+    params(("name" = String, Path, description = "Queue name")),
+    responses(
+        (status = 200, body = QueueInfo, description = "The queue"),
+        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
+        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
+        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
+        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
+        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+    )
+)]
 /// `POST /v1/queues/{name}/resume`.
 ///
 /// # Errors

@@ -5,7 +5,7 @@ use super::auth::Principal;
 use super::error::{ApiError, ApiResult};
 use super::{AppState, Json, MAX_BATCH, MAX_PAYLOAD, MAX_WAIT_MS};
 use crate::domain::{
-    BatchCreated, CompleteRequest, ExtendReply, ExtendRequest, FailRequest, NewTask, NewTaskBatch, Task, TaskPage,
+    Problem, BatchCreated, CompleteRequest, ExtendReply, ExtendRequest, FailRequest, NewTask, NewTaskBatch, Task, TaskPage,
     TaskState, parse_rfc3339_ms, rfc3339_ms, validate,
 };
 use crate::hub::NodeStats;
@@ -133,6 +133,23 @@ async fn store_tasks(st: &AppState, tasks: &[PreparedTask], idem: Option<&str>) 
     Ok(out)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tasks",
+    tag = "tasks",
+    summary = "Submit a task",
+    request_body = NewTask, params(("Idempotency-Key" = Option<String>, Header, description = "A repeat returns the first answer and creates nothing")),
+    responses(
+        (status = 201, body = Task, description = "The task"),
+        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
+        (status = 413, body = Problem, description = "Too large", content_type = "application/problem+json"),
+        (status = 415, body = Problem, description = "Not JSON", content_type = "application/problem+json"),
+        (status = 422, body = Problem, description = "Invalid", content_type = "application/problem+json"),
+        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
+        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
+        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+    )
+)]
 /// `POST /v1/tasks`: submit one task.
 ///
 /// # Errors
@@ -155,6 +172,23 @@ pub async fn tasks_create(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/batch",
+    tag = "tasks",
+    summary = "Submit up to 10,000 tasks, all or nothing",
+    request_body = NewTaskBatch, params(("Idempotency-Key" = Option<String>, Header, description = "A repeat returns the first answer and creates nothing")),
+    responses(
+        (status = 201, body = BatchCreated, description = "Ids in request order"),
+        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
+        (status = 413, body = Problem, description = "Too large", content_type = "application/problem+json"),
+        (status = 415, body = Problem, description = "Not JSON", content_type = "application/problem+json"),
+        (status = 422, body = Problem, description = "Invalid", content_type = "application/problem+json"),
+        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
+        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
+        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+    )
+)]
 /// `POST /v1/tasks/batch`: up to 10,000 tasks, all validated first, stored all or nothing.
 ///
 /// # Errors
@@ -189,6 +223,20 @@ pub async fn tasks_batch(
     Ok((StatusCode::CREATED, Json(BatchCreated { ids })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{id}",
+    tag = "tasks",
+    summary = "Read a task",
+    params(("id" = String, Path, description = "Task id")),
+    responses(
+        (status = 200, body = Task, description = "The task"),
+        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
+        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
+        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
+        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+    )
+)]
 /// `GET /v1/tasks/{id}`.
 ///
 /// # Errors
@@ -199,16 +247,36 @@ pub async fn tasks_get(State(st): State<AppState>, who: Principal, Path(id): Pat
 }
 
 /// Query of `GET /v1/tasks`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only this queue.
     queue: Option<String>,
+    /// Only this state.
     state: Option<String>,
+    /// Only this kind.
     kind: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
     limit: Option<usize>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tasks",
+    tag = "tasks",
+    summary = "List tasks",
+    params(ListQuery),
+    responses(
+        (status = 200, body = TaskPage, description = "A page of tasks"),
+        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
+        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
+        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
+        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+    )
+)]
 /// `GET /v1/tasks?queue=&state=&kind=&limit=&cursor=`.
 ///
 /// # Errors
@@ -248,12 +316,29 @@ pub async fn tasks_list(
 }
 
 /// Query of `GET /v1/tasks/{id}/wait`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct WaitQuery {
+    /// Longest wait, 0 to 60000 ms (default 30000).
     timeout_ms: Option<i64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{id}/wait",
+    tag = "tasks",
+    summary = "Wait until a task is finished (or the timeout)",
+    params(("id" = String, Path, description = "Task id"), WaitQuery),
+    responses(
+        (status = 200, body = Task, description = "The task, finished or as it stands at the timeout"),
+        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
+        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
+        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
+        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
+        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+    )
+)]
 /// `GET /v1/tasks/{id}/wait?timeout_ms=`: the task once terminal, or as it stands at the timeout.
 ///
 /// # Errors
@@ -294,6 +379,21 @@ pub async fn tasks_wait(
     res
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/cancel",
+    tag = "tasks",
+    summary = "Cancel a task",
+    params(("id" = String, Path, description = "Task id")),
+    responses(
+        (status = 200, body = Task, description = "The task (cancelled, or cancel_requested while its node stops it)"),
+        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
+        (status = 409, body = Problem, description = "Conflicts with the current state", content_type = "application/problem+json"),
+        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
+        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
+        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+    )
+)]
 /// `POST /v1/tasks/{id}/cancel`.
 ///
 /// # Errors
@@ -307,6 +407,21 @@ pub async fn tasks_cancel(State(st): State<AppState>, who: Principal, Path(id): 
     Ok(Json(st.store.task(&id).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/retry",
+    tag = "tasks",
+    summary = "Send a failed or cancelled task back to pending",
+    params(("id" = String, Path, description = "Task id")),
+    responses(
+        (status = 200, body = Task, description = "The task, pending"),
+        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
+        (status = 409, body = Problem, description = "Conflicts with the current state", content_type = "application/problem+json"),
+        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
+        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
+        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+    )
+)]
 /// `POST /v1/tasks/{id}/retry`: a failed or cancelled task goes back to pending.
 ///
 /// # Errors
@@ -320,6 +435,21 @@ pub async fn tasks_retry(State(st): State<AppState>, who: Principal, Path(id): P
     Ok(Json(st.store.task(&id).await?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/tasks/{id}",
+    tag = "tasks",
+    summary = "Delete a finished task",
+    params(("id" = String, Path, description = "Task id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
+        (status = 409, body = Problem, description = "Conflicts with the current state", content_type = "application/problem+json"),
+        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
+        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
+        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+    )
+)]
 /// `DELETE /v1/tasks/{id}`: finished tasks only.
 ///
 /// # Errors
@@ -343,6 +473,25 @@ fn progress_json(p: &Option<serde_json::Value>) -> ApiResult<Option<String>> {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/extend",
+    tag = "agent protocol",
+    summary = "Renew a lease (and report progress)",
+    request_body = ExtendRequest, params(("id" = String, Path, description = "Task id")),
+    responses(
+        (status = 200, body = ExtendReply, description = "New deadline"),
+        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
+        (status = 413, body = Problem, description = "Too large", content_type = "application/problem+json"),
+        (status = 415, body = Problem, description = "Not JSON", content_type = "application/problem+json"),
+        (status = 422, body = Problem, description = "Invalid", content_type = "application/problem+json"),
+        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
+        (status = 409, body = Problem, description = "Conflicts with the current state", content_type = "application/problem+json"),
+        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
+        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
+        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+    )
+)]
 /// `POST /v1/tasks/{id}/extend`: renew the lease (node token or admin).
 ///
 /// # Errors
@@ -401,6 +550,25 @@ pub(crate) fn error_text(e: &Option<String>) -> String {
     s
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/complete",
+    tag = "agent protocol",
+    summary = "Complete the current lease with a result",
+    request_body = CompleteRequest, params(("id" = String, Path, description = "Task id")),
+    responses(
+        (status = 200, body = Task, description = "The task"),
+        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
+        (status = 413, body = Problem, description = "Too large", content_type = "application/problem+json"),
+        (status = 415, body = Problem, description = "Not JSON", content_type = "application/problem+json"),
+        (status = 422, body = Problem, description = "Invalid", content_type = "application/problem+json"),
+        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
+        (status = 409, body = Problem, description = "Conflicts with the current state", content_type = "application/problem+json"),
+        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
+        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
+        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+    )
+)]
 /// `POST /v1/tasks/{id}/complete`: accept the result of the current lease.
 ///
 /// # Errors
@@ -417,6 +585,25 @@ pub async fn tasks_complete(
     Ok(Json(st.store.task(&id).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/fail",
+    tag = "agent protocol",
+    summary = "Fail the current attempt",
+    request_body = FailRequest, params(("id" = String, Path, description = "Task id")),
+    responses(
+        (status = 200, body = Task, description = "The task"),
+        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
+        (status = 413, body = Problem, description = "Too large", content_type = "application/problem+json"),
+        (status = 415, body = Problem, description = "Not JSON", content_type = "application/problem+json"),
+        (status = 422, body = Problem, description = "Invalid", content_type = "application/problem+json"),
+        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
+        (status = 409, body = Problem, description = "Conflicts with the current state", content_type = "application/problem+json"),
+        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
+        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
+        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+    )
+)]
 /// `POST /v1/tasks/{id}/fail`: the current attempt failed.
 ///
 /// # Errors

@@ -4,10 +4,11 @@
 pub mod validate;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use serde_json::Value;
 
 /// Lifecycle state of a task (DESIGN.md "Task lifecycle").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskState {
     /// Waits on dependencies.
@@ -80,7 +81,7 @@ impl std::fmt::Display for TaskState {
 }
 
 /// Retry backoff: exponential from `initial_ms`, capped at `max_ms`, with jitter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Backoff {
     /// Delay before the second attempt.
@@ -99,7 +100,7 @@ impl Default for Backoff {
 }
 
 /// Body of `POST /v1/tasks` and one item of `POST /v1/tasks/batch`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTask {
     /// Handler name.
@@ -149,7 +150,7 @@ pub struct NewTask {
 }
 
 /// Body of `POST /v1/tasks/batch`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTaskBatch {
     /// Up to 10,000 tasks, all validated first, stored all or nothing.
@@ -157,14 +158,14 @@ pub struct NewTaskBatch {
 }
 
 /// Answer of `POST /v1/tasks/batch`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BatchCreated {
     /// Ids in the order of the request.
     pub ids: Vec<String>,
 }
 
 /// A task record as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Task {
     /// `<ULID>.<queue>`: the queue is part of the id so that lookups need no index.
     pub id: String,
@@ -212,7 +213,7 @@ pub struct Task {
 }
 
 /// Answer of `GET /v1/tasks`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TaskPage {
     /// Tasks of this page.
     pub items: Vec<Task>,
@@ -221,7 +222,7 @@ pub struct TaskPage {
 }
 
 /// Kind of node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeKind {
     /// A program; the dispatcher pushes tasks to it.
@@ -242,7 +243,7 @@ impl NodeKind {
 }
 
 /// Node status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeStatus {
     /// Heartbeating and taking work.
@@ -274,7 +275,7 @@ impl NodeStatus {
 }
 
 /// Body of `POST /v1/nodes`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterNode {
     /// Human-readable name (host name, person).
@@ -294,7 +295,7 @@ pub struct RegisterNode {
 }
 
 /// A node record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Node {
     /// Node id (ULID).
     pub id: String,
@@ -325,7 +326,7 @@ pub struct Node {
 }
 
 /// Answer of `POST /v1/nodes`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NodeRegistered {
     /// Node id.
     pub id: String,
@@ -338,14 +339,14 @@ pub struct NodeRegistered {
 }
 
 /// Answer of `GET /v1/nodes`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NodeList {
     /// Nodes, newest first.
     pub items: Vec<Node>,
 }
 
 /// Answer of `POST /v1/nodes/{id}/heartbeat`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HeartbeatReply {
     /// The node's status as the control plane sees it.
     pub status: NodeStatus,
@@ -354,7 +355,7 @@ pub struct HeartbeatReply {
 }
 
 /// Body of `POST /v1/nodes/{id}/lease`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseRequest {
     /// Most tasks to take (default 1, at most 1000).
@@ -366,7 +367,7 @@ pub struct LeaseRequest {
 }
 
 /// One granted lease.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Lease {
     /// The task, state `running`.
     pub task: Task,
@@ -379,14 +380,14 @@ pub struct Lease {
 }
 
 /// Answer of `POST /v1/nodes/{id}/lease`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LeaseReply {
     /// Granted leases, possibly none.
     pub leases: Vec<Lease>,
 }
 
 /// Body of `POST /v1/tasks/{id}/extend`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExtendRequest {
     /// The lease's token.
@@ -397,7 +398,7 @@ pub struct ExtendRequest {
 }
 
 /// Answer of `POST /v1/tasks/{id}/extend`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ExtendReply {
     /// RFC 3339 new deadline.
     pub lease_expires_at: String,
@@ -406,7 +407,7 @@ pub struct ExtendReply {
 }
 
 /// Body of `POST /v1/tasks/{id}/complete`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteRequest {
     /// The lease's token.
@@ -417,7 +418,7 @@ pub struct CompleteRequest {
 }
 
 /// Body of `POST /v1/tasks/{id}/fail`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailRequest {
     /// The lease's token.
@@ -431,7 +432,7 @@ pub struct FailRequest {
 }
 
 /// Outcome of one report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ReportOutcome {
     /// Same as `complete`.
@@ -441,7 +442,7 @@ pub enum ReportOutcome {
 }
 
 /// One item of `POST /v1/nodes/{id}/reports`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Report {
     /// Task id.
@@ -462,7 +463,7 @@ pub struct Report {
 }
 
 /// Body of `POST /v1/nodes/{id}/reports`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReportBatch {
     /// Up to 10,000 reports.
@@ -470,7 +471,7 @@ pub struct ReportBatch {
 }
 
 /// Per-item answer of `POST /v1/nodes/{id}/reports`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ReportResult {
     /// Task id.
     pub task_id: String,
@@ -485,14 +486,14 @@ pub struct ReportResult {
 }
 
 /// Answer of `POST /v1/nodes/{id}/reports`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ReportBatchReply {
     /// One per report, same order.
     pub results: Vec<ReportResult>,
 }
 
 /// Task counts of a queue per state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct QueueCounts {
     /// `blocked`.
     pub blocked: i64,
@@ -515,7 +516,7 @@ pub struct QueueCounts {
 }
 
 /// A queue's state and settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct QueueInfo {
     /// Queue name.
     pub name: String,
@@ -532,14 +533,14 @@ pub struct QueueInfo {
 }
 
 /// Answer of `GET /v1/queues`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct QueueList {
     /// Queues by name.
     pub items: Vec<QueueInfo>,
 }
 
 /// Body of `PUT /v1/queues/{name}`: every field optional, absent ones unchanged.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueueUpdate {
     /// 1..=1000.
@@ -554,7 +555,7 @@ pub struct QueueUpdate {
 }
 
 /// `application/problem+json` body (RFC 7807) with a stable `code`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Problem {
     /// URI naming the problem type.
     #[serde(rename = "type")]
