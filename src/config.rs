@@ -13,6 +13,8 @@ pub struct Config {
     pub namespace: String,
     /// Admin bearer token; `None` only with `no_auth`.
     pub admin_token: Option<String>,
+    /// More tokens with their roles (`read`, `submit`, `agent`, `admin`).
+    pub tokens: Vec<(crate::api::auth::Role, String)>,
     /// Serve without authentication (loopback only).
     pub no_auth: bool,
     /// Dispatcher workers.
@@ -33,6 +35,7 @@ impl Config {
             redis_url: redis_url.into(),
             namespace: "muster".into(),
             admin_token: None,
+            tokens: Vec::new(),
             no_auth: false,
             dispatchers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             heartbeat_interval: Duration::from_secs(5),

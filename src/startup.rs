@@ -54,6 +54,7 @@ impl Application {
         let state = AppState {
             store,
             admin_sha: config.admin_token.as_deref().map(token_sha),
+            tokens: Arc::new(config.tokens.iter().map(|(r, t)| (token_sha(t), *r)).collect()),
             no_auth: config.no_auth,
             hub,
             directory: Arc::new(Directory::new(Duration::from_millis(500))),

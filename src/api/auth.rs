@@ -1,6 +1,8 @@
-//! Bearer-token authentication. Tokens are compared as SHA-256 hashes in constant
-//! time; the admin token may do everything, a node token only its own node's agent
-//! routes. Node tokens are `<node id>.<secret>`; only their hash is stored.
+//! Bearer-token authentication and roles. Tokens are compared as SHA-256 hashes in
+//! constant time and never stored or logged in clear. Roles: `admin` (everything),
+//! `submit` (submit and cancel tasks, and read), `read` (GET routes), `agent` (register
+//! nodes). A node token (`<node id>.<secret>`, returned once by `POST /v1/nodes`) only
+//! works for that node's own agent routes.
 
 use super::AppState;
 use super::error::ApiError;
@@ -9,46 +11,122 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use subtle::ConstantTimeEq;
 
+/// A token's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// GET routes.
+    Read,
+    /// Submit and cancel tasks, and read.
+    Submit,
+    /// Register nodes.
+    Agent,
+    /// Everything.
+    Admin,
+}
+
+impl Role {
+    /// Parses `admin`, `submit`, `read` or `agent`.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "submit" => Some(Role::Submit),
+            "read" => Some(Role::Read),
+            "agent" => Some(Role::Agent),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Submit => "submit",
+            Role::Agent => "agent",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Whether this role includes `need`.
+    pub fn grants(self, need: Role) -> bool {
+        match self {
+            Role::Admin => true,
+            Role::Submit => matches!(need, Role::Submit | Role::Read),
+            Role::Read => need == Role::Read,
+            Role::Agent => need == Role::Agent,
+        }
+    }
+}
+
+/// Parses `role:token` (as given to `--token` / `MUSTER_TOKENS`).
+///
+/// # Errors
+/// A one-line message naming the bad entry.
+pub fn parse_role_token(s: &str) -> Result<(Role, String), String> {
+    let (r, t) = s.split_once(':').ok_or_else(|| "a token entry must be ROLE:TOKEN".to_string())?;
+    let role = Role::parse(r.trim()).ok_or_else(|| format!("unknown role {r:?}: use admin, submit, read or agent"))?;
+    let t = t.trim();
+    if t.len() < 16 {
+        return Err(format!("the {r} token is too short: use at least 16 characters"));
+    }
+    Ok((role, t.to_string()))
+}
+
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
-    /// The admin token (or `--no-auth`).
-    Admin,
+    /// A role token (the admin token, or `--no-auth`, is `Role(Admin)`).
+    Role(Role),
     /// A node's own token.
     Node(String),
 }
 
 impl Principal {
+    /// The admin principal.
+    #[allow(non_upper_case_globals)]
+    pub const Admin: Principal = Principal::Role(Role::Admin);
+
+    /// Requires a role that includes `need`.
+    ///
+    /// # Errors
+    /// 403 otherwise.
+    pub fn require(&self, need: Role) -> Result<(), ApiError> {
+        match self {
+            Principal::Role(r) if r.grants(need) => Ok(()),
+            Principal::Role(r) => Err(ApiError::Forbidden(format!(
+                "a {} token may not do this; it needs the {} role",
+                r.name(),
+                need.name()
+            ))),
+            Principal::Node(_) => Err(ApiError::Forbidden(
+                "a node token may only call its own node's agent routes".into(),
+            )),
+        }
+    }
+
     /// Admin only.
     ///
     /// # Errors
-    /// 403 for node tokens.
+    /// 403 for everyone else.
     pub fn require_admin(&self) -> Result<(), ApiError> {
-        match self {
-            Principal::Admin => Ok(()),
-            Principal::Node(_) => Err(ApiError::Forbidden(
-                "a node token may only call its own node's agent routes; use an admin token".into(),
-            )),
-        }
+        self.require(Role::Admin)
     }
 
     /// Admin or the node `id` itself.
     ///
     /// # Errors
-    /// 403 for another node's token.
+    /// 403 for another node's token or a non-admin role.
     pub fn require_node(&self, id: &str) -> Result<(), ApiError> {
         match self {
-            Principal::Admin => Ok(()),
             Principal::Node(n) if n == id => Ok(()),
             Principal::Node(_) => Err(ApiError::Forbidden("this token belongs to another node".into())),
+            other => other.require(Role::Admin),
         }
     }
 
     /// The node to check leases against: `None` for admin (any lease holder).
     pub fn lease_node(&self) -> Option<&str> {
         match self {
-            Principal::Admin => None,
             Principal::Node(n) => Some(n),
+            Principal::Role(_) => None,
         }
     }
 }
@@ -81,6 +159,10 @@ impl FromRequestParts<AppState> for Principal {
                 return Ok(Principal::Admin);
             }
         }
+        // Constant time per comparison; the list is short and fixed.
+        if let Some((_, role)) = state.tokens.iter().find(|(h, _)| eq_sha(&sha, h)) {
+            return Ok(Principal::Role(*role));
+        }
         if let Some((node_id, _)) = token.split_once('.') {
             if crate::domain::validate::node_id(node_id) {
                 if let Some(rec) = state.directory.get(&state.store, node_id).await? {
@@ -91,5 +173,31 @@ impl FromRequestParts<AppState> for Principal {
             }
         }
         Err(ApiError::Unauthorized("unknown token".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_grant_what_the_table_says() {
+        assert!(Role::Admin.grants(Role::Agent));
+        assert!(Role::Submit.grants(Role::Read));
+        assert!(!Role::Submit.grants(Role::Admin));
+        assert!(!Role::Read.grants(Role::Submit));
+        assert!(!Role::Agent.grants(Role::Read));
+        assert!(Principal::Node("n".into()).require(Role::Read).is_err());
+        assert!(Principal::Node("n".into()).require_node("n").is_ok());
+        assert!(Principal::Node("n".into()).require_node("m").is_err());
+        assert!(Principal::Role(Role::Read).require_node("n").is_err());
+    }
+
+    #[test]
+    fn role_token_entries_parse_or_explain() {
+        assert_eq!(parse_role_token("read:0123456789abcdef"), Ok((Role::Read, "0123456789abcdef".into())));
+        assert!(parse_role_token("reader:0123456789abcdef").unwrap_err().contains("unknown role"));
+        assert!(parse_role_token("read:short").unwrap_err().contains("too short"));
+        assert!(parse_role_token("0123456789abcdef").is_err());
     }
 }

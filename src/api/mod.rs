@@ -38,6 +38,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// SHA-256 (hex) of the admin token.
     pub admin_sha: Option<String>,
+    /// Role tokens: (SHA-256 hex, role).
+    pub tokens: Arc<Vec<(String, auth::Role)>>,
     /// Authentication off (loopback only).
     pub no_auth: bool,
     /// Wake-ups.

@@ -1,7 +1,7 @@
 //! Node routes and the agent protocol: register, list, heartbeat, drain, deregister,
 //! lease (long-poll) and batched reports.
 
-use super::auth::Principal;
+use super::auth::{Principal, Role};
 use super::error::{ApiError, ApiResult};
 use super::tasks::{after_report, error_text, result_json};
 use super::{AppState, Json, MAX_BATCH, MAX_WAIT_MS};
@@ -47,7 +47,7 @@ pub async fn nodes_register(
     who: Principal,
     Json(body): Json<RegisterNode>,
 ) -> ApiResult<(StatusCode, Json<NodeRegistered>)> {
-    who.require_admin()?;
+    who.require(Role::Agent)?;
     let bad = |m: String| ApiError::invalid("invalid_node", m);
     if body.name.is_empty() || body.name.len() > 256 || body.name.chars().any(char::is_control) {
         return Err(bad("name must be 1 to 256 printable characters".into()));
@@ -127,7 +127,7 @@ pub async fn nodes_register(
 /// # Errors
 /// 503 Redis down.
 pub async fn nodes_list(State(st): State<AppState>, who: Principal) -> ApiResult<Json<NodeList>> {
-    who.require_admin()?;
+    who.require(Role::Read)?;
     let items = st.store.nodes().await?.into_iter().map(|r| r.node).collect();
     Ok(Json(NodeList { items }))
 }
@@ -151,7 +151,9 @@ pub async fn nodes_list(State(st): State<AppState>, who: Principal) -> ApiResult
 /// # Errors
 /// 404.
 pub async fn nodes_get(State(st): State<AppState>, who: Principal, Path(id): Path<String>) -> ApiResult<Json<Node>> {
-    who.require_node(&id)?;
+    if who.require_node(&id).is_err() {
+        who.require(Role::Read)?;
+    }
     let n = st.store.node(&id).await?.ok_or_else(|| ApiError::NotFound(format!("no node {id}")))?;
     Ok(Json(n.node))
 }

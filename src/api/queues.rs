@@ -1,6 +1,6 @@
 //! Queue routes: list with counts, read, settings, pause and resume.
 
-use super::auth::Principal;
+use super::auth::{Principal, Role};
 use super::error::{ApiError, ApiResult};
 use super::{AppState, Json};
 use crate::domain::{Problem, QueueInfo, QueueList, QueueUpdate, validate};
@@ -24,7 +24,7 @@ use axum::extract::{Path, State};
 /// # Errors
 /// 503 Redis down.
 pub async fn queues_list(State(st): State<AppState>, who: Principal) -> ApiResult<Json<QueueList>> {
-    who.require_admin()?;
+    who.require(Role::Read)?;
     let mut items = Vec::new();
     for q in st.store.queues().await? {
         items.push(st.store.queue_info(&q).await?);
@@ -60,7 +60,7 @@ async fn known(st: &AppState, name: &str) -> ApiResult<()> {
 /// # Errors
 /// 404 unknown queue.
 pub async fn queues_get(State(st): State<AppState>, who: Principal, Path(name): Path<String>) -> ApiResult<Json<QueueInfo>> {
-    who.require_admin()?;
+    who.require(Role::Read)?;
     known(&st, &name).await?;
     Ok(Json(st.store.queue_info(&name).await?))
 }

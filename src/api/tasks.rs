@@ -1,7 +1,7 @@
 //! Task routes: submit (single, batch), read, list, wait, cancel, retry, delete, and
 //! the lease operations of the agent protocol (extend, complete, fail).
 
-use super::auth::Principal;
+use super::auth::{Principal, Role};
 use super::error::{ApiError, ApiResult};
 use super::{AppState, Json, MAX_BATCH, MAX_PAYLOAD, MAX_WAIT_MS};
 use crate::domain::{
@@ -160,7 +160,7 @@ pub async fn tasks_create(
     headers: HeaderMap,
     Json(body): Json<NewTask>,
 ) -> ApiResult<(StatusCode, Json<Task>)> {
-    who.require_admin()?;
+    who.require(Role::Submit)?;
     let idem = idempotency_key(&headers)?;
     let task = prepare(body, "")?;
     match store_tasks(&st, std::slice::from_ref(&task), idem.as_deref()).await? {
@@ -199,7 +199,7 @@ pub async fn tasks_batch(
     headers: HeaderMap,
     Json(body): Json<NewTaskBatch>,
 ) -> ApiResult<(StatusCode, Json<BatchCreated>)> {
-    who.require_admin()?;
+    who.require(Role::Submit)?;
     let idem = idempotency_key(&headers)?;
     if body.tasks.is_empty() {
         return Err(ApiError::invalid("empty_batch", "tasks must hold at least one task"));
@@ -242,7 +242,7 @@ pub async fn tasks_batch(
 /// # Errors
 /// 404.
 pub async fn tasks_get(State(st): State<AppState>, who: Principal, Path(id): Path<String>) -> ApiResult<Json<Task>> {
-    who.require_admin()?;
+    who.require(Role::Read)?;
     Ok(Json(st.store.task(&id).await?))
 }
 
@@ -286,7 +286,7 @@ pub async fn tasks_list(
     who: Principal,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<TaskPage>> {
-    who.require_admin()?;
+    who.require(Role::Read)?;
     let Query(q) = q.map_err(|e| ApiError::bad("bad_query", e.body_text()))?;
     if let Some(queue) = &q.queue {
         validate::queue_name(queue).map_err(|e| ApiError::bad("bad_query", e))?;
@@ -349,7 +349,7 @@ pub async fn tasks_wait(
     Path(id): Path<String>,
     q: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Task>> {
-    who.require_admin()?;
+    who.require(Role::Read)?;
     let Query(q) = q.map_err(|e| ApiError::bad("bad_query", e.body_text()))?;
     let timeout = q.timeout_ms.unwrap_or(30_000);
     if !(0..=MAX_WAIT_MS).contains(&timeout) {
@@ -399,7 +399,7 @@ pub async fn tasks_wait(
 /// # Errors
 /// 404; 409 when already succeeded or failed.
 pub async fn tasks_cancel(State(st): State<AppState>, who: Principal, Path(id): Path<String>) -> ApiResult<Json<Task>> {
-    who.require_admin()?;
+    who.require(Role::Submit)?;
     match st.store.cancel(&id).await? {
         Cancelled::Done => st.hub.wake_task(&id),
         Cancelled::Requested => {}

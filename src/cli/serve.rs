@@ -17,6 +17,10 @@ pub struct ServeArgs {
     /// Admin bearer token.
     #[arg(long, env = "MUSTER_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// More tokens as ROLE:TOKEN (roles: admin, submit, read, agent); repeat, or
+    /// comma-separate in MUSTER_TOKENS.
+    #[arg(long = "token", env = "MUSTER_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    pub tokens: Vec<String>,
     /// Serve without authentication (loopback listen addresses only).
     #[arg(long)]
     pub no_auth: bool,
@@ -43,6 +47,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     cfg.namespace = args.namespace;
     cfg.admin_token = args.admin_token.filter(|t| !t.is_empty());
     cfg.no_auth = args.no_auth;
+    for t in args.tokens.iter().filter(|t| !t.trim().is_empty()) {
+        cfg.tokens.push(crate::api::auth::parse_role_token(t).map_err(|e| anyhow::anyhow!("--token: {e}"))?);
+    }
     if let Some(n) = args.dispatchers {
         anyhow::ensure!(n >= 1, "--dispatchers must be at least 1");
         cfg.dispatchers = n;
