@@ -119,6 +119,7 @@ impl Dispatcher {
         let args: Vec<(String, i64, String)> = rows.iter().map(|r| (r.0.clone(), r.1, r.4.clone())).collect();
         let (assigned, left) = self.store.dispatch(queue, &args, max, max * 2 + 64).await?;
         if assigned > 0 {
+            crate::metrics::METRICS.assigned.with_label_values(&[queue]).inc_by(assigned as u64);
             for r in &rows {
                 self.hub.wake_node(&r.0);
             }

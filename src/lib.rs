@@ -15,6 +15,7 @@ pub mod config;
 pub mod directory;
 pub mod dispatcher;
 pub mod hub;
+pub mod metrics;
 pub mod domain;
 pub mod reconciler;
 pub mod shutdown;

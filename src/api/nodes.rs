@@ -327,6 +327,13 @@ pub async fn nodes_lease(
                         break;
                     }
                     let leased = st.store.lease(q, &id, max - out.len(), human, &tags).await?;
+                    for l in &leased {
+                        let due = l.task.run_at.as_deref().and_then(crate::domain::parse_rfc3339_ms);
+                        let started = l.task.started_at.as_deref().and_then(crate::domain::parse_rfc3339_ms);
+                        if let (Some(d), Some(s)) = (due, started) {
+                            crate::metrics::METRICS.wait.with_label_values(&[q.as_str()]).observe((s - d).max(0) as f64 / 1000.0);
+                        }
+                    }
                     out.extend(leased.into_iter().map(|l| Lease {
                         fence: l.task.fence,
                         lease_expires_at: rfc3339_ms(l.expires_ms),

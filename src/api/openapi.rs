@@ -30,7 +30,7 @@ impl Modify for BearerAuth {
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     paths(
-        system::healthz, system::readyz,
+        system::healthz, system::readyz, system::metrics,
         tasks::tasks_create, tasks::tasks_batch, tasks::tasks_list, tasks::tasks_get, tasks::tasks_delete,
         tasks::tasks_wait, tasks::tasks_cancel, tasks::tasks_retry,
         tasks::tasks_extend, tasks::tasks_complete, tasks::tasks_fail,

@@ -101,3 +101,94 @@ pub fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("handler panicked");
     ApiError::Internal(anyhow::anyhow!("panic")).into_response()
 }
+
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "system",
+    summary = "Prometheus metrics (read role)",
+    responses(
+        (status = 200, body = String, content_type = "text/plain", description = "Prometheus text format"),
+        (status = 401, body = Problem, content_type = "application/problem+json", description = "No or unknown token"),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "The token may not do this"),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "Redis unavailable; retry after Retry-After")
+    )
+)]
+/// `GET /metrics`: Prometheus text. Queue and node figures come from Redis.
+///
+/// # Errors
+/// 503 Redis down.
+pub async fn metrics(State(st): State<AppState>, who: super::auth::Principal) -> Result<Response, ApiError> {
+    use crate::metrics::{METRICS, label};
+    use std::fmt::Write;
+    who.require(super::auth::Role::Read)?;
+    let mut out = String::new();
+    let queues = st.store.queues().await?;
+    let mut depth = String::new();
+    let mut counters = String::new();
+    let mut oldest = String::new();
+    for q in &queues {
+        let info = st.store.queue_info(q).await?;
+        let c = &info.counts;
+        for (state, v) in [
+            ("scheduled", c.scheduled),
+            ("pending", c.pending),
+            ("assigned", c.assigned),
+            ("running", c.running),
+            ("retrying", c.retrying),
+            ("succeeded", c.succeeded),
+            ("failed", c.failed),
+            ("cancelled", c.cancelled),
+        ] {
+            let _ = writeln!(depth, "muster_queue_tasks{{queue=\"{}\",state=\"{state}\"}} {v}", label(q));
+        }
+        if let Some(age) = info.oldest_pending_age_ms {
+            let _ = writeln!(oldest, "muster_queue_oldest_pending_seconds{{queue=\"{}\"}} {}", label(q), age as f64 / 1000.0);
+        }
+        let stats = st.store.queue_stats(q).await?;
+        for name in ["submitted", "succeeded", "failed", "retried", "cancelled"] {
+            let _ = writeln!(
+                counters,
+                "muster_tasks_{name}_total{{queue=\"{}\"}} {}",
+                label(q),
+                stats.get(name).copied().unwrap_or(0)
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP muster_queue_tasks Tasks per queue and state (finished ones while retained).");
+    let _ = writeln!(out, "# TYPE muster_queue_tasks gauge");
+    out.push_str(&depth);
+    let _ = writeln!(out, "# HELP muster_queue_oldest_pending_seconds Age of the oldest pending task.");
+    let _ = writeln!(out, "# TYPE muster_queue_oldest_pending_seconds gauge");
+    out.push_str(&oldest);
+    for name in ["submitted", "succeeded", "failed", "retried", "cancelled"] {
+        let _ = writeln!(out, "# TYPE muster_tasks_{name}_total counter");
+        for line in counters.lines().filter(|l| l.starts_with(&format!("muster_tasks_{name}_total"))) {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    let nodes = st.store.nodes().await?;
+    let active = nodes.iter().filter(|n| n.node.status == crate::domain::NodeStatus::Active).count();
+    let _ = writeln!(out, "# HELP muster_nodes_active Nodes with status active.");
+    let _ = writeln!(out, "# TYPE muster_nodes_active gauge");
+    let _ = writeln!(out, "muster_nodes_active {active}");
+    out.push_str(&METRICS.render());
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
+
+/// Middleware: records every request's duration under its route template.
+pub async fn track_http(
+    matched: Option<axum::extract::MatchedPath>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = req.method().as_str().to_string();
+    let route = matched.map(|m| m.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let start = std::time::Instant::now();
+    let res = next.run(req).await;
+    crate::metrics::METRICS
+        .http
+        .with_label_values(&[method.as_str(), route.as_str(), res.status().as_str()])
+        .observe(start.elapsed().as_secs_f64());
+    res
+}

@@ -516,6 +516,11 @@ pub(crate) fn after_report(st: &AppState, id: &str, r: &Reported) {
         st.hub.wake_task(id);
     }
     if let (Some(node), Some(run_ms)) = (&r.node, r.run_ms) {
+        if r.state == TaskState::Succeeded {
+            if let Some(q) = validate::task_queue(id) {
+                crate::metrics::METRICS.run.with_label_values(&[q]).observe(run_ms as f64 / 1000.0);
+            }
+        }
         let delta = if r.state == TaskState::Succeeded {
             NodeStats { succeeded: 1, run_ms, runs: 1, ..Default::default() }
         } else {

@@ -973,6 +973,15 @@ impl Store {
         Ok(())
     }
 
+    /// A queue's counters (`submitted`, `succeeded`, `failed`, `retried`, `cancelled`).
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn queue_stats(&self, queue: &str) -> Result<HashMap<String, i64>> {
+        let mut c = self.conn();
+        Ok(c.hgetall(self.keys.stats(queue)).await?)
+    }
+
     /// Settings of a queue: (weight, paused, human_only).
     ///
     /// # Errors
