@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod events;
 pub mod nodes;
 pub mod openapi;
 pub mod queues;
@@ -110,6 +111,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/nodes/{id}/drain", post(nodes::nodes_drain))
         .route("/v1/nodes/{id}/lease", post(nodes::nodes_lease))
         .route("/v1/nodes/{id}/reports", post(nodes::nodes_reports))
+        .route("/v1/events", get(events::events))
         .route("/v1/queues", get(queues::queues_list))
         .route("/v1/queues/{name}", get(queues::queues_get).put(queues::queues_put))
         .route("/v1/queues/{name}/pause", post(queues::queues_pause))

@@ -2,7 +2,7 @@
 //! Served at `/openapi.json`, committed as `openapi/openapi.json` (a test keeps them
 //! equal); Swagger UI at `/docs` with assets compiled into the binary (no CDN).
 
-use super::{nodes, queues, system, tasks};
+use super::{events, nodes, queues, system, tasks};
 use crate::domain;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -37,6 +37,7 @@ impl Modify for BearerAuth {
         nodes::nodes_register, nodes::nodes_list, nodes::nodes_get, nodes::nodes_delete,
         nodes::nodes_heartbeat, nodes::nodes_drain, nodes::nodes_lease, nodes::nodes_reports,
         queues::queues_list, queues::queues_get, queues::queues_put, queues::queues_pause, queues::queues_resume,
+        events::events,
     ),
     components(schemas(domain::Problem, domain::TaskState, domain::NodeStatus, domain::NodeKind, domain::Backoff)),
     tags(
@@ -44,7 +45,8 @@ impl Modify for BearerAuth {
         (name = "nodes", description = "Nodes that run tasks"),
         (name = "agent protocol", description = "What node agents call (node tokens)"),
         (name = "queues", description = "Queue state and settings"),
-        (name = "system", description = "Health"),
+        (name = "events", description = "Server-sent events"),
+        (name = "system", description = "Health and metrics"),
     )
 )]
 pub struct ApiDoc;

@@ -1,0 +1,227 @@
+//! `GET /v1/events`: server-sent events (`task.*`) read from the queues' capped event
+//! streams. At-least-once and resumable: each event's id is `<stream id>@<queue>`;
+//! with `Last-Event-ID` the stream of that queue resumes right after it and every other
+//! queue one second before it (Redis's clock is shared), so a reconnecting client misses
+//! nothing and drops duplicates by id. Memory is bounded: one batch in flight per client.
+
+use super::auth::{Principal, Role};
+use super::error::{ApiError, ApiResult};
+use super::AppState;
+use crate::domain::{Problem, validate};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::Stream;
+use redis::Value;
+use serde::Deserialize;
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::time::Duration;
+
+/// Query of `GET /v1/events`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Only this queue.
+    queue: Option<String>,
+    /// Only this task (implies its queue).
+    task: Option<String>,
+}
+
+/// One event as sent in `data:`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct TaskEvent {
+    /// `<stream id>@<queue>`; also the SSE `id:`.
+    pub id: String,
+    /// `task.submitted`, `task.assigned`, `task.running`, `task.succeeded`, `task.failed`,
+    /// `task.retrying`, `task.cancelled`, …; also the SSE `event:`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Queue.
+    pub queue: String,
+    /// Task id.
+    pub task: String,
+    /// Node involved, if any.
+    pub node: Option<String>,
+    /// Task state after the event.
+    pub state: String,
+    /// Event time (ms since the epoch, Redis clock).
+    pub ts: i64,
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// Parses an XREAD reply into events.
+fn parse_xread(v: Value, keys: &HashMap<String, String>) -> Vec<TaskEvent> {
+    let mut out = Vec::new();
+    let Value::Array(streams) = v else { return out };
+    for s in streams {
+        let Value::Array(pair) = s else { continue };
+        let (Some(key), Some(Value::Array(entries))) = (pair.first().and_then(text), pair.get(1).cloned()) else {
+            continue;
+        };
+        let Some(queue) = keys.get(&key) else { continue };
+        for e in entries {
+            let Value::Array(e) = e else { continue };
+            let (Some(sid), Some(Value::Array(fields))) = (e.first().and_then(text), e.get(1)) else { continue };
+            let mut f: HashMap<String, String> = HashMap::new();
+            let mut it = fields.iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                if let (Some(k), Some(v)) = (text(k), text(v)) {
+                    f.insert(k, v);
+                }
+            }
+            let ts = parse_id(&sid).map(|(ms, _)| ms as i64).unwrap_or(0);
+            out.push(TaskEvent {
+                id: format!("{sid}@{queue}"),
+                type_: f.remove("type").unwrap_or_default(),
+                queue: queue.clone(),
+                task: f.remove("task").unwrap_or_default(),
+                node: f.remove("node").filter(|n| !n.is_empty()),
+                state: f.remove("state").unwrap_or_default(),
+                ts,
+            });
+        }
+    }
+    // One order across queues: by stream id (shared Redis clock).
+    out.sort_by_key(|e| e.id.split('@').next().and_then(parse_id).unwrap_or((0, 0)));
+    out
+}
+
+struct Cursor {
+    st: AppState,
+    conn: Option<redis::aio::MultiplexedConnection>,
+    fixed_queue: Option<String>,
+    task: Option<String>,
+    /// Last id read per queue.
+    ids: HashMap<String, String>,
+    /// Where queues first seen later start.
+    start_id: String,
+    buf: VecDeque<TaskEvent>,
+}
+
+impl Cursor {
+    async fn fill(&mut self) -> Result<(), redis::RedisError> {
+        if self.conn.is_none() {
+            let cfg = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(5)));
+            self.conn = Some(self.st.store.client().get_multiplexed_async_connection_with_config(&cfg).await?);
+        }
+        let queues = match &self.fixed_queue {
+            Some(q) => vec![q.clone()],
+            None => self.st.store.queues().await.map_err(|e| match e {
+                crate::store::StoreError::Unavailable(e) | crate::store::StoreError::Redis(e) => e,
+                other => redis::RedisError::from((redis::ErrorKind::Client, "store", other.to_string())),
+            })?,
+        };
+        if queues.is_empty() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return Ok(());
+        }
+        let mut keys = HashMap::new();
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT").arg(500).arg("BLOCK").arg(1000).arg("STREAMS");
+        for q in &queues {
+            let k = self.st.store.keys.events(q);
+            cmd.arg(&k);
+            keys.insert(k, q.clone());
+        }
+        for q in &queues {
+            let id = self.ids.entry(q.clone()).or_insert_with(|| self.start_id.clone());
+            cmd.arg(id.as_str());
+        }
+        let conn = self.conn.as_mut().ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Client, "no connection")))?;
+        let v: Value = cmd.query_async(conn).await?;
+        for e in parse_xread(v, &keys) {
+            if let Some(sid) = e.id.split('@').next() {
+                self.ids.insert(e.queue.clone(), sid.to_string());
+            }
+            if self.task.as_ref().is_none_or(|t| *t == e.task) {
+                self.buf.push_back(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "events",
+    summary = "Server-sent task events, resumable with Last-Event-ID",
+    params(EventsQuery, ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
+    responses(
+        (status = 200, body = TaskEvent, content_type = "text/event-stream", description = "A stream of events; `data:` holds one TaskEvent"),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "Malformed request"),
+        (status = 401, body = Problem, content_type = "application/problem+json", description = "No or unknown token"),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "The token may not do this"),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "Redis unavailable; retry after Retry-After")
+    )
+)]
+/// `GET /v1/events?queue=&task=`.
+///
+/// # Errors
+/// 400 bad filter or Last-Event-ID, 503 Redis down.
+pub async fn events(
+    State(st): State<AppState>,
+    who: Principal,
+    headers: HeaderMap,
+    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    who.require(Role::Read)?;
+    let Query(q) = q.map_err(|e| ApiError::bad("bad_query", e.body_text()))?;
+    if let Some(queue) = &q.queue {
+        validate::queue_name(queue).map_err(|e| ApiError::bad("bad_query", e))?;
+    }
+    let mut fixed_queue = q.queue.clone();
+    if let Some(t) = &q.task {
+        let tq = validate::task_queue(t).ok_or_else(|| ApiError::bad("bad_query", "task is not a task id"))?;
+        if fixed_queue.as_deref().is_some_and(|fq| fq != tq) {
+            return Err(ApiError::bad("bad_query", "that task is not in that queue"));
+        }
+        fixed_queue = Some(tq.to_string());
+    }
+    let mut ids = HashMap::new();
+    let start_id = match headers.get("last-event-id").map(|v| v.to_str().unwrap_or("")) {
+        Some(last) => {
+            let (sid, queue) = last.split_once('@').unwrap_or((last, ""));
+            let (ms, _) = parse_id(sid).ok_or_else(|| {
+                ApiError::bad("bad_last_event_id", "Last-Event-ID must be an id this server sent (<ms>-<seq>@<queue>)")
+            })?;
+            if validate::queue_name(queue).is_ok() {
+                ids.insert(queue.to_string(), sid.to_string());
+            }
+            format!("{}-0", ms.saturating_sub(1000))
+        }
+        None => format!("{}-0", st.store.now_ms().await?),
+    };
+    let cursor = Cursor { st, conn: None, fixed_queue, task: q.task, ids, start_id, buf: VecDeque::new() };
+    let stream = futures::stream::unfold(cursor, |mut c| async move {
+        loop {
+            if let Some(e) = c.buf.pop_front() {
+                let ev = Event::default()
+                    .id(e.id.clone())
+                    .event(e.type_.clone())
+                    .data(serde_json::to_string(&e).unwrap_or_default());
+                return Some((Ok(ev), c));
+            }
+            if let Err(err) = c.fill().await {
+                tracing::debug!(error = %err, "event stream read failed; retrying");
+                c.conn = None;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
