@@ -18,6 +18,7 @@ pub mod hub;
 pub mod metrics;
 pub mod domain;
 pub mod reconciler;
+pub mod server;
 pub mod shutdown;
 pub mod startup;
 pub mod store;

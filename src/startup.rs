@@ -113,10 +113,7 @@ impl Application {
         let sd = child.clone();
         let listener = self.listener;
         set.spawn(async move {
-            let res = axum::serve(listener, app).with_graceful_shutdown(async move { sd.cancelled().await }).await;
-            if let Err(e) = res {
-                tracing::error!(error = %e, "http server failed");
-            }
+            crate::server::serve(listener, app, sd).await;
             "http server"
         });
         tracing::info!(addr = %self.addr, "muster serving");

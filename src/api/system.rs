@@ -192,3 +192,25 @@ pub async fn track_http(
         .observe(start.elapsed().as_secs_f64());
     res
 }
+
+/// Middleware: refuses request heads larger than [`crate::server::MAX_HEAD`] with 431.
+pub async fn limit_head(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let size: usize = req.uri().to_string().len()
+        + req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>();
+    if size > crate::server::MAX_HEAD {
+        let p = Problem {
+            type_: "https://muster.dev/problems/header_too_large".into(),
+            title: "Request Header Fields Too Large".into(),
+            status: 431,
+            detail: format!("the request head is {size} bytes; the limit is {}", crate::server::MAX_HEAD),
+            code: "header_too_large".into(),
+        };
+        return (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            [(axum::http::header::CONTENT_TYPE, "application/problem+json")],
+            serde_json::to_vec(&p).unwrap_or_default(),
+        )
+            .into_response();
+    }
+    next.run(req).await
+}
