@@ -17,6 +17,8 @@ pub struct Config {
     pub tokens: Vec<(crate::api::auth::Role, String)>,
     /// Serve without authentication (loopback only).
     pub no_auth: bool,
+    /// Per-token rate limit: (requests per second, burst).
+    pub rate_limit: Option<(f64, f64)>,
     /// Dispatcher workers.
     pub dispatchers: usize,
     /// Interval agents are told to heartbeat at; a node is offline after 3 missed.
@@ -37,6 +39,7 @@ impl Config {
             admin_token: None,
             tokens: Vec::new(),
             no_auth: false,
+            rate_limit: None,
             dispatchers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             heartbeat_interval: Duration::from_secs(5),
             reaper_interval: Duration::from_millis(1000),

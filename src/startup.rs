@@ -56,6 +56,7 @@ impl Application {
             admin_sha: config.admin_token.as_deref().map(token_sha),
             tokens: Arc::new(config.tokens.iter().map(|(r, t)| (token_sha(t), *r)).collect()),
             no_auth: config.no_auth,
+            limiter: config.rate_limit.map(|(r, b)| Arc::new(crate::api::limit::RateLimiter::new(r, b))),
             hub,
             directory: Arc::new(Directory::new(Duration::from_millis(500))),
             persistence: Arc::new(AtomicBool::new(persistence)),

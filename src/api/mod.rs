@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod error;
 pub mod events;
+pub mod limit;
 pub mod nodes;
 pub mod openapi;
 pub mod queues;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub tokens: Arc<Vec<(String, auth::Role)>>,
     /// Authentication off (loopback only).
     pub no_auth: bool,
+    /// Per-token rate limit, when configured.
+    pub limiter: Option<Arc<limit::RateLimiter>>,
     /// Wake-ups.
     pub hub: Arc<Hub>,
     /// Node records cache.
@@ -120,6 +123,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), limit::rate_limit))
         .route_layer(axum::middleware::from_fn(system::track_http))
         .layer(axum::middleware::from_fn(system::limit_head))
         .layer(tower_http::trace::TraceLayer::new_for_http())

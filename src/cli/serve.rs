@@ -21,6 +21,12 @@ pub struct ServeArgs {
     /// comma-separate in MUSTER_TOKENS.
     #[arg(long = "token", env = "MUSTER_TOKENS", value_delimiter = ',', hide_env_values = true)]
     pub tokens: Vec<String>,
+    /// Per-token rate limit in requests per second (off when absent); past it: 429.
+    #[arg(long, env = "MUSTER_RATE_LIMIT")]
+    pub rate_limit: Option<f64>,
+    /// Burst allowed above the rate (default: twice the rate).
+    #[arg(long)]
+    pub rate_burst: Option<f64>,
     /// Serve without authentication (loopback listen addresses only).
     #[arg(long)]
     pub no_auth: bool,
@@ -47,6 +53,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     cfg.namespace = args.namespace;
     cfg.admin_token = args.admin_token.filter(|t| !t.is_empty());
     cfg.no_auth = args.no_auth;
+    if let Some(r) = args.rate_limit {
+        anyhow::ensure!(r > 0.0, "--rate-limit must be above 0");
+        cfg.rate_limit = Some((r, args.rate_burst.unwrap_or(2.0 * r)));
+    }
     for t in args.tokens.iter().filter(|t| !t.trim().is_empty()) {
         cfg.tokens.push(crate::api::auth::parse_role_token(t).map_err(|e| anyhow::anyhow!("--token: {e}"))?);
     }
