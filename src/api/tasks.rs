@@ -133,6 +133,34 @@ async fn store_tasks(st: &AppState, tasks: &[PreparedTask], idem: Option<&str>) 
     Ok(out)
 }
 
+/// The record `submit.lua` just wrote, built without reading it back.
+fn created(t: PreparedTask, now_ms: i64) -> Task {
+    let run_at = t.delay_ms.map(|d| now_ms + d).or(t.run_at_ms).unwrap_or(now_ms);
+    Task {
+        id: t.id,
+        queue: t.queue,
+        kind: t.kind,
+        payload: serde_json::from_str(&t.payload).unwrap_or(serde_json::Value::Null),
+        priority: t.priority,
+        state: if run_at > now_ms { TaskState::Scheduled } else { TaskState::Pending },
+        attempts: 0,
+        max_attempts: t.max_attempts,
+        timeout_ms: t.timeout_ms,
+        requires: t.requires,
+        node: None,
+        result: None,
+        error: None,
+        progress: None,
+        fence: 0,
+        created_at: rfc3339_ms(now_ms),
+        run_at: Some(rfc3339_ms(run_at)),
+        started_at: None,
+        finished_at: None,
+        lease_expires_at: None,
+        cancel_requested: false,
+    }
+}
+
 #[utoipa::path(
     post,
     path = "/v1/tasks",
@@ -164,7 +192,7 @@ pub async fn tasks_create(
     let idem = idempotency_key(&headers)?;
     let task = prepare(body, "")?;
     match store_tasks(&st, std::slice::from_ref(&task), idem.as_deref()).await? {
-        Submitted::Created { .. } => Ok((StatusCode::CREATED, Json(st.store.task(&task.id).await?))),
+        Submitted::Created { now_ms } => Ok((StatusCode::CREATED, Json(created(task, now_ms)))),
         Submitted::Duplicate { ids } => {
             let id = ids.first().ok_or_else(|| ApiError::Internal(anyhow::anyhow!("empty idempotency record")))?;
             Ok((StatusCode::CREATED, Json(st.store.task(id).await?)))
