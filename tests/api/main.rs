@@ -1,3 +1,6 @@
 //! One integration-test binary: every test drives real redis-server processes.
 
 mod helpers;
+
+mod cluster;
+mod flow;
