@@ -346,13 +346,32 @@ impl Http {
             if let Some(c) = &cursor {
                 path.push_str(&format!("&cursor={c}"));
             }
-            let page: muster::domain::TaskPage = self.get(&path).await.expect(200).json();
+            // A busy debug-build server may time out on Redis (503): retry like a client.
+            let mut tries = 0;
+            let r = loop {
+                let r = self.get(&path).await;
+                tries += 1;
+                if r.status != 503 || tries >= 10 {
+                    break r;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            let page: muster::domain::TaskPage = r.expect(200).json();
             out.extend(page.items);
             match page.next_cursor {
                 Some(c) => cursor = Some(c),
                 None => return out,
             }
         }
+    }
+
+    /// `GET /v1/queues/{name}`: the queue's counts per state (cheap to poll).
+    pub async fn queue_counts(&self, queue: &str) -> muster::domain::QueueCounts {
+        let r = self.get(&format!("/v1/queues/{queue}")).await;
+        if r.status == 503 {
+            return muster::domain::QueueCounts::default();
+        }
+        r.expect(200).json::<muster::domain::QueueInfo>().counts
     }
 
     /// Waits until the task is terminal (polling), panicking after `timeout`.
@@ -483,10 +502,11 @@ impl Proc {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// The last 8 KiB of its output.
+    /// The last 8 KiB (or `MUSTER_TEST_LOG_BYTES`) of its output.
     pub fn log(&self) -> String {
         let s = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let start = s.len().saturating_sub(8192);
+        let keep = std::env::var("MUSTER_TEST_LOG_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(8192);
+        let start = s.len().saturating_sub(keep);
         let start = (start..s.len()).find(|i| s.is_char_boundary(*i)).unwrap_or(s.len());
         format!("--- {} log ---\n{}", self.name, &s[start..])
     }
