@@ -61,7 +61,7 @@ impl StreamTail {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_serve_processes_on_one_redis_run_5000_tasks_each_assigned_exactly_once() {
     const N: usize = 5000;
-    let redis = shared_redis();
+    let redis = e2e_redis();
     let ns = unique_ns();
     let mut s1 = spawn_serve_process(&redis.url(), &ns).await;
     let mut s2 = spawn_serve_process(&redis.url(), &ns).await;

@@ -166,10 +166,10 @@ impl TestApp {
     }
 }
 
-/// Starts a control plane on the shared Redis under a fresh namespace, with short
+/// Starts a control plane on [`e2e_redis`] under a fresh namespace, with short
 /// timers (heartbeat 500 ms, reaper 250 ms).
 pub async fn spawn_app() -> TestApp {
-    spawn_app_on(&shared_redis().url(), &unique_ns()).await
+    spawn_app_on(&e2e_redis().url(), &unique_ns()).await
 }
 
 /// Starts a control plane on `redis_url` under `ns`.
@@ -639,4 +639,62 @@ impl ManualNode {
             .json::<muster::domain::LeaseReply>()
             .leases
     }
+}
+
+/// A redis-server that cannot outlive the test binary: it runs under a `sh` that
+/// kills it as soon as its stdin (a pipe held by this process) closes, which the
+/// kernel does when the test binary exits for any reason. A `static` is never
+/// dropped, so [`shared_redis`]'s server stays behind after every run; this one does not.
+pub struct WatchedRedis {
+    _sh: Child,
+    /// The port.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl WatchedRedis {
+    fn start() -> WatchedRedis {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let sh = Command::new("sh")
+            .arg("-c")
+            .arg("redis-server \"$@\" & pid=$!; read -r _; kill -9 $pid")
+            .arg("sh")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sh and redis-server on PATH");
+        let r = WatchedRedis { _sh: sh, port, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let client = redis::Client::open(r.url()).expect("url");
+        loop {
+            if let Ok(mut c) = client.get_connection() {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    return r;
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not answer PING on port {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A blocking connection for assertions.
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url()).expect("url").get_connection().expect("connection")
+    }
+}
+
+/// The redis-server the end-to-end tests share (one per test binary, gone with it).
+pub fn e2e_redis() -> &'static WatchedRedis {
+    static R: OnceLock<WatchedRedis> = OnceLock::new();
+    R.get_or_init(WatchedRedis::start)
 }
