@@ -86,11 +86,17 @@ async fn two_serve_processes_on_one_redis_run_5000_tasks_each_assigned_exactly_o
     let ids: Vec<String> = ids1.into_iter().chain(ids2).collect();
     assert_eq!(ids.len(), N);
 
-    eventually(Duration::from_secs(120), "5000 tasks succeeded", || async {
-        let c = api2.queue_counts("default").await;
-        (c.succeeded == N as i64).then_some(())
-    })
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        for s in [&mut s1, &mut s2] {
+            assert!(s.proc.running(), "{} exited under the test (killed from outside?)\n{}", s.proc.name, s.proc.log());
+        }
+        if api2.queue_counts("default").await.succeeded == N as i64 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "5000 tasks not succeeded after 120 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let done = api1.all_tasks("default", Some("succeeded")).await;
     assert_eq!(done.len(), N);
     let by_id: HashMap<&str, &Task> = done.iter().map(|t| (t.id.as_str(), t)).collect();

@@ -354,6 +354,8 @@ async fn node_tokens_only_work_for_their_own_node_and_never_on_admin_routes() {
     assert_eq!(r.problem(409), "lease_conflict");
     let r = b.api.post(&format!("/v1/tasks/{}/fail", t.id), &json!({ "lease_token": lease.lease_token })).await;
     assert_eq!(r.problem(409), "lease_conflict");
+    let r = b.api.post(&format!("/v1/tasks/{}/extend", t.id), &json!({ "lease_token": lease.lease_token })).await;
+    assert_eq!(r.problem(409), "lease_conflict");
     // Through B's report route too.
     let r = b
         .api

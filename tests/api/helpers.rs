@@ -145,6 +145,7 @@ pub struct TestApp {
     /// The namespace it serves.
     pub ns: String,
     /// The Redis URL it uses.
+    #[allow(dead_code)]
     pub redis_url: String,
     /// Its store (for assertions and `doctor`).
     pub store: muster::store::Store,
@@ -487,6 +488,7 @@ impl Proc {
     }
 
     /// The process id.
+    #[allow(dead_code)]
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -597,6 +599,7 @@ pub struct ManualNode {
     /// Node id.
     pub id: String,
     /// Node token.
+    #[allow(dead_code)]
     pub token: String,
     /// A client sending the node token.
     pub api: Http,
