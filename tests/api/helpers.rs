@@ -566,10 +566,10 @@ pub async fn spawn_serve_process(redis_url: &str, ns: &str) -> ServeProc {
             if !proc.running() {
                 break;
             }
-            if let Ok(r) = http.req(reqwest::Method::GET, "/healthz").send().await {
-                if r.status().is_success() {
-                    return ServeProc { proc, url };
-                }
+            if let Ok(r) = http.req(reqwest::Method::GET, "/healthz").send().await
+                && r.status().is_success()
+            {
+                return ServeProc { proc, url };
             }
             assert!(Instant::now() < deadline, "muster serve did not come up\n{}", proc.log());
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -675,10 +675,10 @@ impl WatchedRedis {
         let deadline = Instant::now() + Duration::from_secs(10);
         let client = redis::Client::open(r.url()).expect("url");
         loop {
-            if let Ok(mut c) = client.get_connection() {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return r;
-                }
+            if let Ok(mut c) = client.get_connection()
+                && redis::cmd("PING").query::<String>(&mut c).is_ok()
+            {
+                return r;
             }
             assert!(Instant::now() < deadline, "redis-server did not answer PING on port {port}");
             std::thread::sleep(Duration::from_millis(20));
