@@ -661,7 +661,7 @@ impl WatchedRedis {
         let port = free_port();
         let sh = Command::new("sh")
             .arg("-c")
-            .arg("redis-server \"$@\" & pid=$!; read -r _; kill -9 $pid")
+            .arg("redis-server \"$@\" & pid=$!; read -r _; kill -9 $pid; wait $pid")
             .arg("sh")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
