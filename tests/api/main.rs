@@ -1,4 +1,6 @@
 //! One integration-test binary: every test drives real redis-server processes.
 
+mod cluster;
+mod flow;
 mod helpers;
 mod store;
