@@ -104,10 +104,10 @@ impl Drop for RedisGuard {
     }
 }
 
-/// The shared redis-server of this test binary.
-pub fn shared_redis() -> &'static RedisGuard {
-    static R: OnceLock<RedisGuard> = OnceLock::new();
-    R.get_or_init(RedisGuard::start)
+/// The shared redis-server of this test binary (one per binary; it dies with the
+/// binary, see [`WatchedRedis`]).
+pub fn shared_redis() -> &'static WatchedRedis {
+    e2e_redis()
 }
 
 /// A namespace no other test uses.
