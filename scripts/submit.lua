@@ -1,9 +1,10 @@
 -- submit.lua: store new tasks, all or nothing (single submit is a batch of one).
 -- KEYS[1..k]: queue prefixes "<ns>:{<queue>}:" (one per distinct queue in the batch)
 -- ARGV[1]: wake channel   ARGV[2]: idempotency key suffix or ""   ARGV[3]: its TTL ms
--- ARGV[4]: n, then n records of 13 fields:
+-- ARGV[4]: n, then n records of 14 fields:
 --   key index (into KEYS), id, kind, payload, priority, run_at ms or "", delay ms or "",
---   max_attempts, timeout_ms, backoff_initial, backoff_max, requires (csv), retention_ms
+--   max_attempts, timeout_ms, backoff_initial, backoff_max, requires (csv), retention_ms,
+--   max_run_ms or ""
 -- Returns: {0, now} created; {1, now, "id,id,..."} an earlier submission with this
 -- idempotency key (nothing created).
 local channel, idem, idem_ttl, n = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -20,7 +21,7 @@ end
 local ids = {}
 local woken = {}
 for i = 0, n - 1 do
-  local b = 5 + i * 13
+  local b = 5 + i * 14
   local p = KEYS[tonumber(ARGV[b])]
   local id = ARGV[b + 1]
   local priority = tonumber(ARGV[b + 4])
@@ -35,7 +36,7 @@ for i = 0, n - 1 do
     'priority', priority, 'state', state, 'attempts', 0, 'max_attempts', ARGV[b + 7],
     'timeout_ms', ARGV[b + 8], 'backoff_initial', ARGV[b + 9], 'backoff_max', ARGV[b + 10],
     'requires', ARGV[b + 11], 'retention_ms', ARGV[b + 12], 'fence', 0,
-    'created_at', now, 'run_at', run_at or now, 'seq', seq)
+    'created_at', now, 'run_at', run_at or now, 'seq', seq, 'max_run_ms', ARGV[b + 13])
   if state == 'scheduled' then
     redis.call('ZADD', p .. 'scheduled', run_at, id)
   else

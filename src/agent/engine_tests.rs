@@ -45,6 +45,7 @@ fn lease(id: &str, kind: &str, payload: Value, timeout_ms: i64, attempts: i64) -
             attempts,
             max_attempts: 3,
             timeout_ms,
+            max_run_ms: Some(timeout_ms),
             requires: vec![],
             node: Some("n1".into()),
             result: None,

@@ -1,6 +1,7 @@
 //! Executors: how one leased task runs. A shell command (`sh -c`, payload on stdin,
-//! result on stdout), an HTTP webhook, or the built-in handlers. Every executor is
-//! bounded by the task's `timeout_ms`.
+//! result on stdout), an HTTP webhook, or the built-in handlers. `timeout_ms` is the
+//! lease TTL, renewed while the handler runs; the handler itself is only bounded by the
+//! task's optional `max_run_ms` (killed past it, a retryable failure).
 
 use super::Executor;
 use super::builtin::run_builtin;
@@ -13,8 +14,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 /// How much of stderr (or of an HTTP error body) goes into the error message.
 pub const ERROR_TAIL_BYTES: usize = 2048;
 
-/// Timeout used when a task carries no usable `timeout_ms`.
-pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+/// Run-time bound when a task carries no `max_run_ms`: in effect, none.
+pub const UNBOUNDED_MS: u64 = 365 * 24 * 3600 * 1000;
 
 /// Why one attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,12 +36,20 @@ impl ExecError {
     }
 }
 
-/// The task's timeout, falling back to [`DEFAULT_TIMEOUT_MS`] when it is not positive.
+/// The lease TTL (`timeout_ms`), 30 s when it is not positive.
+pub fn lease_ttl(lease: &Lease) -> Duration {
+    let ms = u64::try_from(lease.task.timeout_ms).ok().filter(|ms| *ms > 0).unwrap_or(30_000);
+    Duration::from_millis(ms)
+}
+
+/// How long one attempt may run: the task's `max_run_ms`, else [`UNBOUNDED_MS`].
 pub fn task_timeout(lease: &Lease) -> Duration {
-    let ms = u64::try_from(lease.task.timeout_ms)
-        .ok()
+    let ms = lease
+        .task
+        .max_run_ms
+        .and_then(|ms| u64::try_from(ms).ok())
         .filter(|ms| *ms > 0)
-        .unwrap_or(DEFAULT_TIMEOUT_MS);
+        .unwrap_or(UNBOUNDED_MS);
     Duration::from_millis(ms)
 }
 
@@ -291,6 +300,7 @@ mod tests {
                 attempts: 2,
                 max_attempts: 3,
                 timeout_ms,
+                max_run_ms: Some(timeout_ms),
                 requires: vec![],
                 node: None,
                 result: None,

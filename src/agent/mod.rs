@@ -569,7 +569,7 @@ async fn run_task(agent: Arc<Agent>, lease: Lease, permit: OwnedSemaphorePermit)
 /// Renews the lease every third of the TTL until the task is stopped; returns after
 /// stopping it (lease lost or cancel requested).
 async fn renew_loop(agent: &Agent, lease: &Lease, handle: &TaskHandle) {
-    let ttl = exec::task_timeout(lease);
+    let ttl = exec::lease_ttl(lease);
     let every = (ttl / 3).max(Duration::from_millis(20));
     // Our own estimate of the lease deadline, kept conservative.
     let mut deadline = Instant::now() + ttl;

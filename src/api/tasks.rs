@@ -67,6 +67,12 @@ pub fn prepare(t: NewTask, at: &str) -> ApiResult<PreparedTask> {
     if !(100..=7 * 24 * 3600 * 1000).contains(&timeout_ms) {
         return Err(bad("timeout_ms", "must be 100 ms to 7 days".into()));
     }
+    let max_run_ms = t.max_run_ms;
+    if let Some(m) = max_run_ms {
+        if !(100..=7 * 24 * 3600 * 1000).contains(&m) {
+            return Err(bad("max_run_ms", "must be 100 ms to 7 days".into()));
+        }
+    }
     let backoff = t.backoff.unwrap_or_default();
     if backoff.initial_ms > backoff.max_ms || backoff.max_ms > 7 * 24 * 3600 * 1000 {
         return Err(bad("backoff", "need initial_ms <= max_ms <= 7 days".into()));
@@ -102,6 +108,7 @@ pub fn prepare(t: NewTask, at: &str) -> ApiResult<PreparedTask> {
         delay_ms,
         max_attempts,
         timeout_ms,
+        max_run_ms,
         backoff,
         requires,
         retention_ms,
@@ -146,6 +153,7 @@ fn created(t: PreparedTask, now_ms: i64) -> Task {
         attempts: 0,
         max_attempts: t.max_attempts,
         timeout_ms: t.timeout_ms,
+        max_run_ms: t.max_run_ms,
         requires: t.requires,
         node: None,
         result: None,

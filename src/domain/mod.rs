@@ -126,9 +126,13 @@ pub struct NewTask {
     /// Retry backoff.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<Backoff>,
-    /// Lease TTL (default 30000).
+    /// Lease TTL (default 30000); agents renew it while the handler runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<i64>,
+    /// Hard limit on one attempt's run time: the agent kills the handler past it and
+    /// fails the attempt (retryable). Unlimited when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_run_ms: Option<i64>,
     /// Node tags that must all be present on the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requires: Option<Vec<String>>,
@@ -185,6 +189,9 @@ pub struct Task {
     pub max_attempts: i64,
     /// Lease TTL in ms.
     pub timeout_ms: i64,
+    /// Hard limit on one attempt's run time, ms.
+    #[serde(default)]
+    pub max_run_ms: Option<i64>,
     /// Required node tags.
     pub requires: Vec<String>,
     /// Node that holds or last held the task.

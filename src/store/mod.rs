@@ -98,6 +98,8 @@ pub struct PreparedTask {
     pub max_attempts: i64,
     /// Lease TTL.
     pub timeout_ms: i64,
+    /// Hard run-time limit of one attempt.
+    pub max_run_ms: Option<i64>,
     /// Backoff.
     pub backoff: Backoff,
     /// Required tags.
@@ -267,6 +269,7 @@ pub fn task_from_hash(queue: &str, h: &HashMap<String, String>) -> Option<Task> 
         attempts: num("attempts").unwrap_or(0),
         max_attempts: num("max_attempts").unwrap_or(1),
         timeout_ms: num("timeout_ms").unwrap_or(30_000),
+        max_run_ms: num("max_run_ms"),
         requires: get("requires")
             .map(|r| r.split(',').map(str::to_string).collect())
             .unwrap_or_default(),
@@ -425,7 +428,7 @@ impl Store {
     pub async fn submit(&self, tasks: &[PreparedTask], idem: Option<&str>, idem_ttl_ms: i64) -> Result<Submitted> {
         let mut prefixes: Vec<String> = Vec::new();
         let mut inv = self.scripts.submit.prepare_invoke();
-        let mut args: Vec<String> = Vec::with_capacity(4 + tasks.len() * 13);
+        let mut args: Vec<String> = Vec::with_capacity(4 + tasks.len() * 14);
         args.push(self.channel());
         args.push(idem.map(|k| hex::encode(sha2::Sha256::digest_str(k))).unwrap_or_default());
         args.push(idem_ttl_ms.to_string());
@@ -452,6 +455,7 @@ impl Store {
             args.push(t.backoff.max_ms.to_string());
             args.push(t.requires.join(","));
             args.push(t.retention_ms.to_string());
+            args.push(t.max_run_ms.map(|v| v.to_string()).unwrap_or_default());
         }
         if prefixes.is_empty() {
             return Err(StoreError::Protocol("empty submission".into()));

@@ -218,16 +218,12 @@ async fn a_task_whose_agent_is_killed_mid_task_is_retried_on_another_agent_and_s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: the agent's executors cap a task's run time at its lease TTL (timeout_ms) \
-            although it renews the lease (src/agent/exec.rs Runner::run / run_command / run_http)"]
 async fn a_task_longer_than_its_lease_ttl_whose_agent_is_killed_is_retried_and_succeeds() {
     // The scenario as specified: sleep 3000 with a 1500 ms lease TTL.
     kill_mid_task_then_retry(3000, 1500).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: the agent's executors cap a task's run time at its lease TTL (timeout_ms) \
-            although it renews the lease (src/agent/exec.rs Runner::run / run_command / run_http)"]
 async fn a_task_running_longer_than_its_lease_ttl_succeeds_while_its_agent_renews_the_lease() {
     let app = spawn_app().await;
     let mut agent = spawn_agent_process(&[&app.url], &["--builtin", "--capacity", "1"]);
@@ -562,4 +558,22 @@ async fn while_redis_is_down_submissions_get_503_with_retry_after_and_serving_re
     assert_doctor_clean(&app.store).await;
     drop(app);
     drop(redis);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_running_past_max_run_ms_is_killed_and_the_attempt_retried() {
+    let app = spawn_app().await;
+    let mut agent = spawn_agent_process(&[&app.url], &["--exec", "sleep 30", "--capacity", "1"]);
+    let t = app
+        .api
+        .submit(json!({
+            "kind": "slow", "timeout_ms": 1000, "max_run_ms": 300, "max_attempts": 2,
+            "backoff": { "initial_ms": 100, "max_ms": 100 }
+        }))
+        .await;
+    let done = app.api.wait_terminal(&t.id, Duration::from_secs(15)).await;
+    agent.kill9();
+    assert_eq!(done.state, TaskState::Failed, "{done:?}");
+    assert_eq!(done.attempts, 2, "{done:?}");
+    assert!(done.error.as_deref().unwrap_or("").contains("timed out"), "{done:?}");
 }

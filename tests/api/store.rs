@@ -186,6 +186,7 @@ impl Kit {
 /// A task of `queue` with plain defaults (3 attempts, 30 s lease, no tags).
 fn task(queue: &str) -> PreparedTask {
     PreparedTask {
+        max_run_ms: None,
         id: new_task_id(queue),
         queue: queue.to_string(),
         kind: "echo".into(),
