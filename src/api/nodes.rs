@@ -150,6 +150,7 @@ pub async fn nodes_list(State(st): State<AppState>, who: Principal) -> ApiResult
 ///
 /// # Errors
 /// 404.
+#[tracing::instrument(skip_all, fields(node_id = %id))]
 pub async fn nodes_get(State(st): State<AppState>, who: Principal, Path(id): Path<String>) -> ApiResult<Json<Node>> {
     if who.require_node(&id).is_err() {
         who.require(Role::Read)?;
@@ -176,6 +177,7 @@ pub async fn nodes_get(State(st): State<AppState>, who: Principal, Path(id): Pat
 ///
 /// # Errors
 /// 404.
+#[tracing::instrument(skip_all, fields(node_id = %id))]
 pub async fn nodes_delete(State(st): State<AppState>, who: Principal, Path(id): Path<String>) -> ApiResult<StatusCode> {
     who.require_node(&id)?;
     let rec = node_or_404(&st, &id).await?;
@@ -207,6 +209,7 @@ pub async fn nodes_delete(State(st): State<AppState>, who: Principal, Path(id): 
 ///
 /// # Errors
 /// 404.
+#[tracing::instrument(skip_all, fields(node_id = %id))]
 pub async fn nodes_drain(State(st): State<AppState>, who: Principal, Path(id): Path<String>) -> ApiResult<Json<Node>> {
     who.require_node(&id)?;
     let rec = node_or_404(&st, &id).await?;
@@ -239,6 +242,7 @@ pub async fn nodes_drain(State(st): State<AppState>, who: Principal, Path(id): P
 ///
 /// # Errors
 /// 404 (register again).
+#[tracing::instrument(skip_all, fields(node_id = %id))]
 pub async fn nodes_heartbeat(
     State(st): State<AppState>,
     who: Principal,
@@ -278,6 +282,7 @@ pub async fn nodes_heartbeat(
 ///
 /// # Errors
 /// 404, 422 bad limits.
+#[tracing::instrument(skip_all, fields(node_id = %id))]
 pub async fn nodes_lease(
     State(st): State<AppState>,
     who: Principal,
@@ -380,6 +385,7 @@ pub async fn nodes_lease(
 ///
 /// # Errors
 /// 404 node, 422 too many reports.
+#[tracing::instrument(skip_all, fields(node_id = %id))]
 pub async fn nodes_reports(
     State(st): State<AppState>,
     who: Principal,

@@ -277,6 +277,7 @@ pub async fn tasks_batch(
 ///
 /// # Errors
 /// 404.
+#[tracing::instrument(skip_all, fields(task_id = %id))]
 pub async fn tasks_get(State(st): State<AppState>, who: Principal, Path(id): Path<String>) -> ApiResult<Json<Task>> {
     who.require(Role::Read)?;
     Ok(Json(st.store.task(&id).await?))
@@ -379,6 +380,7 @@ pub struct WaitQuery {
 ///
 /// # Errors
 /// 404, 400 for a bad timeout.
+#[tracing::instrument(skip_all, fields(task_id = %id))]
 pub async fn tasks_wait(
     State(st): State<AppState>,
     who: Principal,
@@ -434,6 +436,7 @@ pub async fn tasks_wait(
 ///
 /// # Errors
 /// 404; 409 when already succeeded or failed.
+#[tracing::instrument(skip_all, fields(task_id = %id))]
 pub async fn tasks_cancel(State(st): State<AppState>, who: Principal, Path(id): Path<String>) -> ApiResult<Json<Task>> {
     who.require(Role::Submit)?;
     match st.store.cancel(&id).await? {
@@ -462,6 +465,7 @@ pub async fn tasks_cancel(State(st): State<AppState>, who: Principal, Path(id): 
 ///
 /// # Errors
 /// 404; 409 for other states.
+#[tracing::instrument(skip_all, fields(task_id = %id))]
 pub async fn tasks_retry(State(st): State<AppState>, who: Principal, Path(id): Path<String>) -> ApiResult<Json<Task>> {
     who.require_admin()?;
     st.store.retry(&id).await?;
@@ -490,6 +494,7 @@ pub async fn tasks_retry(State(st): State<AppState>, who: Principal, Path(id): P
 ///
 /// # Errors
 /// 404; 409 when not finished.
+#[tracing::instrument(skip_all, fields(task_id = %id))]
 pub async fn tasks_delete(State(st): State<AppState>, who: Principal, Path(id): Path<String>) -> ApiResult<StatusCode> {
     who.require_admin()?;
     st.store.delete(&id).await?;
@@ -532,6 +537,7 @@ fn progress_json(p: &Option<serde_json::Value>) -> ApiResult<Option<String>> {
 ///
 /// # Errors
 /// 404; 409 when the token is not the current lease.
+#[tracing::instrument(skip_all, fields(task_id = %id))]
 pub async fn tasks_extend(
     State(st): State<AppState>,
     who: Principal,
@@ -614,6 +620,7 @@ pub(crate) fn error_text(e: &Option<String>) -> String {
 ///
 /// # Errors
 /// 404; 409 when the token is stale or another node's.
+#[tracing::instrument(skip_all, fields(task_id = %id))]
 pub async fn tasks_complete(
     State(st): State<AppState>,
     who: Principal,
@@ -649,6 +656,7 @@ pub async fn tasks_complete(
 ///
 /// # Errors
 /// 404; 409 when the token is stale or another node's.
+#[tracing::instrument(skip_all, fields(task_id = %id))]
 pub async fn tasks_fail(
     State(st): State<AppState>,
     who: Principal,
