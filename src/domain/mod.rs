@@ -102,6 +102,7 @@ impl Default for Backoff {
 /// Body of `POST /v1/tasks` and one item of `POST /v1/tasks/batch`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"kind": "resize", "queue": "images", "payload": {"url": "https://example.com/a.png", "width": 640}, "priority": 5, "max_attempts": 3, "timeout_ms": 30000}))]
 pub struct NewTask {
     /// Handler name.
     pub kind: String,
@@ -156,6 +157,7 @@ pub struct NewTask {
 /// Body of `POST /v1/tasks/batch`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"tasks": [{"kind": "resize", "payload": {"n": 1}}, {"kind": "resize", "payload": {"n": 2}, "priority": 9}]}))]
 pub struct NewTaskBatch {
     /// Up to 10,000 tasks, all validated first, stored all or nothing.
     pub tasks: Vec<NewTask>,
@@ -163,6 +165,7 @@ pub struct NewTaskBatch {
 
 /// Answer of `POST /v1/tasks/batch`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"ids": ["01JD8XK2ZQ8M3V6T1XW0Q2E7AB.default", "01JD8XK2ZQ8M3V6T1XW0Q2E7AC.default"]}))]
 pub struct BatchCreated {
     /// Ids in the order of the request.
     pub ids: Vec<String>,
@@ -170,6 +173,7 @@ pub struct BatchCreated {
 
 /// A task record as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"id": "01JD8XK2ZQ8M3V6T1XW0Q2E7AB.images", "queue": "images", "kind": "resize", "payload": {"url": "https://example.com/a.png"}, "priority": 5, "state": "succeeded", "attempts": 1, "max_attempts": 3, "timeout_ms": 30000, "max_run_ms": null, "requires": [], "node": "01JD8XJ9Q1Y3G2C4B5D6E7F8G9", "result": {"bytes": 48213}, "error": null, "progress": null, "fence": 1, "created_at": "2026-11-27T06:24:36.546Z", "run_at": "2026-11-27T06:24:36.546Z", "started_at": "2026-11-27T06:24:36.909Z", "finished_at": "2026-11-27T06:24:37.301Z", "lease_expires_at": null, "cancel_requested": false}))]
 pub struct Task {
     /// `<ULID>.<queue>`: the queue is part of the id so that lookups need no index.
     pub id: String,
@@ -284,6 +288,7 @@ impl NodeStatus {
 /// Body of `POST /v1/nodes`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "worker-1", "queues": ["images"], "tags": ["gpu"], "capacity": 8, "kind": "machine"}))]
 pub struct RegisterNode {
     /// Human-readable name (host name, person).
     pub name: String,
@@ -364,6 +369,7 @@ pub struct HeartbeatReply {
 /// Body of `POST /v1/nodes/{id}/lease`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"max": 8, "wait_ms": 20000}))]
 pub struct LeaseRequest {
     /// Most tasks to take (default 1, at most 1000).
     #[serde(default)]
@@ -396,6 +402,7 @@ pub struct LeaseReply {
 /// Body of `POST /v1/tasks/{id}/extend`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"lease_token": "1.5b4c177b96fb3d0fb4032c58", "progress": {"done": 40, "total": 100}}))]
 pub struct ExtendRequest {
     /// The lease's token.
     pub lease_token: String,
@@ -416,6 +423,7 @@ pub struct ExtendReply {
 /// Body of `POST /v1/tasks/{id}/complete`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"lease_token": "1.5b4c177b96fb3d0fb4032c58", "result": {"bytes": 48213}}))]
 pub struct CompleteRequest {
     /// The lease's token.
     pub lease_token: String,
@@ -427,6 +435,7 @@ pub struct CompleteRequest {
 /// Body of `POST /v1/tasks/{id}/fail`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"lease_token": "1.5b4c177b96fb3d0fb4032c58", "error": "upstream timed out", "retryable": true}))]
 pub struct FailRequest {
     /// The lease's token.
     pub lease_token: String,
@@ -472,6 +481,7 @@ pub struct Report {
 /// Body of `POST /v1/nodes/{id}/reports`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"reports": [{"task_id": "01JD8XK2ZQ8M3V6T1XW0Q2E7AB.images", "lease_token": "1.5b4c177b96fb3d0fb4032c58", "outcome": "succeeded", "result": {"bytes": 48213}}]}))]
 pub struct ReportBatch {
     /// Up to 10,000 reports.
     pub reports: Vec<Report>,
@@ -549,6 +559,7 @@ pub struct QueueList {
 /// Body of `PUT /v1/queues/{name}`: every field optional, absent ones unchanged.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"weight": 2, "paused": false}))]
 pub struct QueueUpdate {
     /// 1..=1000.
     #[serde(default)]
@@ -563,6 +574,7 @@ pub struct QueueUpdate {
 
 /// `application/problem+json` body (RFC 7807) with a stable `code`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"type": "https://muster.dev/problems/lease_conflict", "title": "Conflict", "status": 409, "detail": "the lease token is not the task's current lease", "code": "lease_conflict"}))]
 pub struct Problem {
     /// URI naming the problem type.
     #[serde(rename = "type")]
