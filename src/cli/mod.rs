@@ -81,7 +81,11 @@ pub fn main(cli: Cli) -> ExitCode {
             // One line: the error and its causes.
             let mut msg = format!("error: {e}");
             for cause in e.chain().skip(1) {
-                msg.push_str(&format!(": {cause}"));
+                // Error types often repeat their source in their own message.
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg.push_str(&format!(": {c}"));
+                }
             }
             eprintln!("{msg}");
             ExitCode::FAILURE
