@@ -2,3 +2,5 @@
 
 mod helpers;
 mod store;
+mod security;
+mod events;
