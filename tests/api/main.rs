@@ -4,3 +4,5 @@ mod cluster;
 mod flow;
 mod helpers;
 mod store;
+mod security;
+mod events;

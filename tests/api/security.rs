@@ -1,0 +1,944 @@
+//! Security tests of the HTTP API (RELIABILITY.md S1–S3, S5, S7, S9): the auth table
+//! driven by `openapi/openapi.json`, node isolation, size limits with a keyspace audit,
+//! secrets hygiene, the per-token rate limit and the header-read timeout.
+
+use crate::helpers::{RedisGuard, SecApp, dump_namespace, raw_chunked_post, raw_request, shared_redis, spawn_sec_app};
+use serde_json::{Value, json};
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+// ----- calling the API as someone -----
+
+/// Who calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    Anonymous,
+    Admin,
+    Read,
+    Submit,
+    Agent,
+    NodeA,
+    NodeB,
+}
+
+struct Tokens {
+    node_a: String,
+    node_b: String,
+}
+
+fn token_of(app: &SecApp, t: &Tokens, who: Who) -> Option<String> {
+    match who {
+        Who::Anonymous => None,
+        Who::Admin => Some(app.admin.clone()),
+        Who::Read => Some(app.read.clone()),
+        Who::Submit => Some(app.submit.clone()),
+        Who::Agent => Some(app.agent.clone()),
+        Who::NodeA => Some(t.node_a.clone()),
+        Who::NodeB => Some(t.node_b.clone()),
+    }
+}
+
+/// One answer: status, headers, body (not read for event streams).
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+}
+
+/// Calls `method path` with a raw `Authorization` header value (or none).
+async fn call_raw(app: &SecApp, method: &str, path: &str, auth: Option<&str>, body: Option<&Value>) -> Answer {
+    let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut rb = app.http.request(m, app.url(path)).timeout(Duration::from_secs(20));
+    if let Some(a) = auth {
+        rb = rb.header("Authorization", a);
+    }
+    if let Some(b) = body {
+        rb = rb.json(b);
+    }
+    let r = rb.send().await.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let is_stream = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("text/event-stream"));
+    // An event stream never ends: drop it after the head.
+    let body = if is_stream { String::new() } else { r.text().await.unwrap_or_default() };
+    Answer { status, headers, body }
+}
+
+async fn call(app: &SecApp, t: &Tokens, who: Who, method: &str, path: &str, body: Option<&Value>) -> Answer {
+    let auth = token_of(app, t, who).map(|k| format!("Bearer {k}"));
+    call_raw(app, method, path, auth.as_deref(), body).await
+}
+
+fn is_problem(a: &Answer) -> bool {
+    a.header("content-type").starts_with("application/problem+json")
+        && serde_json::from_str::<Value>(&a.body).is_ok_and(|v| v["status"].as_u64() == Some(u64::from(a.status)))
+}
+
+/// Every (METHOD, path template) of the committed spec.
+fn spec_operations() -> BTreeSet<(String, String)> {
+    let spec: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json")).expect("spec"),
+    )
+    .expect("spec json");
+    let mut ops = BTreeSet::new();
+    for (path, item) in spec["paths"].as_object().expect("paths") {
+        for method in item.as_object().expect("path item").keys() {
+            if ["get", "put", "post", "delete", "patch", "head", "options"].contains(&method.as_str()) {
+                ops.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    ops
+}
+
+/// One row of the auth table: a route with concrete path and body, and the calls to
+/// make in order with the exact status each must get.
+struct Row {
+    method: &'static str,
+    template: &'static str,
+    path: String,
+    body: Option<Value>,
+    checks: Vec<(Who, u16)>,
+}
+
+fn row(method: &'static str, template: &'static str, path: String, body: Option<Value>, checks: &[(Who, u16)]) -> Row {
+    Row { method, template, path, body, checks: checks.to_vec() }
+}
+
+const PUBLIC: [&str; 2] = ["/healthz", "/readyz"];
+
+// ----- S1/S2: the auth table -----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_table_covers_every_route_in_the_spec() {
+    use Who::*;
+    let app = spawn_sec_app(&shared_redis().url(), |_| {}).await;
+    let (q, idle) = ("sec-auth-q", "sec-auth-idle");
+    let (node_a, tok_a) = app.register_node("a", &[q]).await;
+    let (_node_b, tok_b) = app.register_node("b", &["sec-auth-b"]).await;
+    let (node_c, _) = app.register_node("c", &["sec-auth-c"]).await;
+    let (node_d, _) = app.register_node("d", &["sec-auth-d"]).await;
+    let t = Tokens { node_a: tok_a.clone(), node_b: tok_b.clone() };
+
+    // Two tasks leased to A (extend + complete, fail); three idle ones (read, cancel+retry, delete).
+    let t1 = app.submit_task(q, json!({"n": 1})).await;
+    let t5 = app.submit_task(q, json!({"n": 5})).await;
+    let leases: HashMap<String, String> = app.lease_n(&node_a, &tok_a, 2, Duration::from_secs(10)).await.into_iter().collect();
+    assert_eq!(leases.len(), 2, "node A leases both tasks");
+    let (l1, l5) = (leases[&t1].clone(), leases[&t5].clone());
+    let t2 = app.submit_task(idle, json!({"n": 2})).await;
+    let t3 = app.submit_task(idle, json!({"n": 3})).await;
+    let t4 = app.submit_task(idle, json!({"n": 4})).await;
+    let r = call(&app, &t, Admin, "POST", &format!("/v1/tasks/{t4}/cancel"), None).await;
+    assert_eq!(r.status, 200, "cancel t4 in setup");
+    let missing_task = format!("01ARZ3NDEKTSV4RRFFQ69G5FAV.{idle}");
+
+    let new_task = json!({"kind": "k", "queue": idle});
+    let rows = vec![
+        row("GET", "/healthz", "/healthz".into(), None, &[(Anonymous, 200), (Admin, 200), (NodeA, 200)]),
+        row("GET", "/readyz", "/readyz".into(), None, &[(Anonymous, 200), (Read, 200)]),
+        row("GET", "/metrics", "/metrics".into(), None, &[(Agent, 403), (NodeA, 403), (Read, 200), (Admin, 200)]),
+        row("GET", "/v1/events", format!("/v1/events?queue={idle}"), None, &[(Agent, 403), (NodeA, 403), (Read, 200)]),
+        row("GET", "/v1/nodes", "/v1/nodes".into(), None, &[(Agent, 403), (NodeA, 403), (Read, 200)]),
+        row(
+            "POST",
+            "/v1/nodes",
+            "/v1/nodes".into(),
+            Some(json!({"name": "e", "queues": ["sec-auth-e"]})),
+            &[(Read, 403), (Submit, 403), (NodeA, 403), (Agent, 201), (Admin, 201)],
+        ),
+        row(
+            "GET",
+            "/v1/nodes/{id}",
+            format!("/v1/nodes/{node_a}"),
+            None,
+            &[(Agent, 403), (NodeB, 403), (Read, 200), (NodeA, 200)],
+        ),
+        row(
+            "DELETE",
+            "/v1/nodes/{id}",
+            format!("/v1/nodes/{node_c}"),
+            None,
+            &[(Read, 403), (Submit, 403), (Agent, 403), (NodeA, 403), (Admin, 204), (Admin, 404)],
+        ),
+        row(
+            "POST",
+            "/v1/nodes/{id}/drain",
+            format!("/v1/nodes/{node_d}/drain"),
+            None,
+            &[(Read, 403), (Submit, 403), (Agent, 403), (NodeA, 403), (Admin, 200)],
+        ),
+        row(
+            "POST",
+            "/v1/nodes/{id}/heartbeat",
+            format!("/v1/nodes/{node_a}/heartbeat"),
+            None,
+            &[(Read, 403), (Submit, 403), (Agent, 403), (NodeB, 403), (NodeA, 200), (Admin, 200)],
+        ),
+        row(
+            "POST",
+            "/v1/nodes/{id}/lease",
+            format!("/v1/nodes/{node_a}/lease"),
+            Some(json!({"max": 1, "wait_ms": 0})),
+            &[(Read, 403), (Submit, 403), (Agent, 403), (NodeB, 403), (NodeA, 200)],
+        ),
+        row(
+            "POST",
+            "/v1/nodes/{id}/reports",
+            format!("/v1/nodes/{node_a}/reports"),
+            Some(json!({"reports": []})),
+            &[(Read, 403), (Submit, 403), (Agent, 403), (NodeB, 403), (NodeA, 200)],
+        ),
+        row("GET", "/v1/queues", "/v1/queues".into(), None, &[(Agent, 403), (NodeA, 403), (Read, 200)]),
+        row(
+            "GET",
+            "/v1/queues/{name}",
+            format!("/v1/queues/{idle}"),
+            None,
+            &[(Agent, 403), (NodeA, 403), (Read, 200)],
+        ),
+        row(
+            "PUT",
+            "/v1/queues/{name}",
+            "/v1/queues/sec-auth-put".into(),
+            Some(json!({"weight": 2})),
+            &[(Read, 403), (Submit, 403), (Agent, 403), (NodeA, 403), (Admin, 200)],
+        ),
+        row(
+            "POST",
+            "/v1/queues/{name}/pause",
+            format!("/v1/queues/{idle}/pause"),
+            None,
+            &[(Read, 403), (Submit, 403), (Agent, 403), (NodeA, 403), (Admin, 200)],
+        ),
+        row(
+            "POST",
+            "/v1/queues/{name}/resume",
+            format!("/v1/queues/{idle}/resume"),
+            None,
+            &[(Read, 403), (Submit, 403), (Agent, 403), (NodeA, 403), (Admin, 200)],
+        ),
+        row("GET", "/v1/tasks", format!("/v1/tasks?queue={idle}"), None, &[(Agent, 403), (NodeA, 403), (Read, 200)]),
+        row(
+            "POST",
+            "/v1/tasks",
+            "/v1/tasks".into(),
+            Some(new_task.clone()),
+            &[(Read, 403), (Agent, 403), (NodeA, 403), (Submit, 201), (Admin, 201)],
+        ),
+        row(
+            "POST",
+            "/v1/tasks/batch",
+            "/v1/tasks/batch".into(),
+            Some(json!({"tasks": [new_task.clone(), new_task.clone()]})),
+            &[(Read, 403), (Agent, 403), (NodeA, 403), (Submit, 201)],
+        ),
+        row("GET", "/v1/tasks/{id}", format!("/v1/tasks/{t2}"), None, &[(Agent, 403), (NodeA, 403), (Read, 200)]),
+        row(
+            "GET",
+            "/v1/tasks/{id}/wait",
+            format!("/v1/tasks/{t2}/wait?timeout_ms=0"),
+            None,
+            &[(Agent, 403), (NodeA, 403), (Read, 200)],
+        ),
+        row(
+            "POST",
+            "/v1/tasks/{id}/cancel",
+            format!("/v1/tasks/{t3}/cancel"),
+            None,
+            &[(Read, 403), (Agent, 403), (NodeA, 403), (Submit, 200)],
+        ),
+        row(
+            "POST",
+            "/v1/tasks/{id}/retry",
+            format!("/v1/tasks/{t3}/retry"),
+            None,
+            // Retried once (cancelled → pending), then 409: pending is not retryable.
+            &[(Read, 403), (Submit, 403), (Agent, 403), (NodeA, 403), (Admin, 200), (Admin, 409)],
+        ),
+        row(
+            "DELETE",
+            "/v1/tasks/{id}",
+            format!("/v1/tasks/{t4}"),
+            None,
+            &[(Read, 403), (Submit, 403), (Agent, 403), (NodeA, 403), (Admin, 204), (Admin, 404)],
+        ),
+        row(
+            "POST",
+            "/v1/tasks/{id}/extend",
+            format!("/v1/tasks/{t1}/extend"),
+            Some(json!({"lease_token": l1})),
+            // Another node: 409 lease_conflict by design (S2); the holder: 200.
+            // Role tokens (read/submit/agent): see `role_tokens_cannot_use_lease_routes` (bug).
+            &[(NodeB, 409), (NodeA, 200)],
+        ),
+        row(
+            "POST",
+            "/v1/tasks/{id}/complete",
+            format!("/v1/tasks/{t1}/complete"),
+            Some(json!({"lease_token": l1, "result": {"ok": true}})),
+            // A repeat of the accepted completion with the same lease answers the same (200).
+            &[(NodeB, 409), (NodeA, 200), (NodeA, 200), (NodeB, 409)],
+        ),
+        row(
+            "POST",
+            "/v1/tasks/{id}/fail",
+            format!("/v1/tasks/{t5}/fail"),
+            Some(json!({"lease_token": l5, "error": "boom", "retryable": false})),
+            &[(NodeB, 409), (NodeA, 200)],
+        ),
+    ];
+
+    // The table covers exactly the spec.
+    let spec = spec_operations();
+    let table: BTreeSet<(String, String)> = rows.iter().map(|r| (r.method.to_string(), r.template.to_string())).collect();
+    assert_eq!(rows.len(), table.len(), "one row per operation");
+    assert_eq!(
+        table,
+        spec,
+        "the auth table and openapi/openapi.json disagree: missing rows {:?}, rows not in the spec {:?}",
+        spec.difference(&table).collect::<Vec<_>>(),
+        table.difference(&spec).collect::<Vec<_>>()
+    );
+
+    // (a)–(c): no, malformed and wrong credentials → 401 with WWW-Authenticate: Bearer.
+    let fake_node = format!("{node_a}.{}", "0".repeat(64));
+    let bad_auth: Vec<Option<String>> = vec![
+        None,
+        Some("Basic x".into()),
+        Some(format!("Basic {}", app.admin)),
+        Some("Bearer ".into()),
+        Some("Bearer".into()),
+        Some(format!("Token {}", app.admin)),
+        Some(format!("Bearer{}", app.admin)),
+        Some("Bearer wrong-token-0123456789abcdef".into()),
+        Some(format!("Bearer {}x", app.admin)),
+        Some(format!("Bearer {fake_node}")),
+    ];
+    let mut checked = 0;
+    for r in &rows {
+        let public = PUBLIC.contains(&r.template);
+        for auth in &bad_auth {
+            let a = call_raw(&app, r.method, &r.path, auth.as_deref(), r.body.as_ref()).await;
+            checked += 1;
+            if public {
+                assert_eq!(a.status, 200, "{} {} with {auth:?} is public", r.method, r.path);
+                continue;
+            }
+            assert_eq!(a.status, 401, "{} {} with Authorization {auth:?}: {}", r.method, r.path, a.body);
+            assert!(
+                a.header("www-authenticate").starts_with("Bearer"),
+                "{} {} 401 without 'WWW-Authenticate: Bearer': {:?}",
+                r.method,
+                r.path,
+                a.headers
+            );
+            assert!(is_problem(&a), "{} {} 401 is not problem+json: {}", r.method, r.path, a.body);
+        }
+        // No cookie auth.
+        if !public {
+            let m = reqwest::Method::from_bytes(r.method.as_bytes()).expect("method");
+            let mut rb = app.http.request(m, app.url(&r.path)).header("Cookie", format!("token={}; session={}", app.admin, app.admin));
+            if let Some(b) = &r.body {
+                rb = rb.json(b);
+            }
+            let s = rb.send().await.expect("send").status().as_u16();
+            assert_eq!(s, 401, "{} {} accepted a cookie", r.method, r.path);
+        }
+    }
+
+    // (d)–(e): each row's calls in order, exact statuses.
+    for r in &rows {
+        for &(who, want) in &r.checks {
+            let a = call(&app, &t, who, r.method, &r.path, r.body.as_ref()).await;
+            assert_eq!(a.status, want, "{} {} as {who:?}: {}", r.method, r.path, a.body);
+            checked += 1;
+            if want >= 400 {
+                assert!(is_problem(&a), "{} {} as {who:?}: not problem+json: {}", r.method, r.path, a.body);
+            }
+            if want == 409 && ["/extend", "/complete", "/fail"].iter().any(|e| r.template.ends_with(e)) {
+                assert!(a.body.contains("lease_conflict"), "{}", a.body);
+            }
+        }
+    }
+    // Every non-public row refuses some weaker principal with 403, or is a lease route.
+    for r in &rows {
+        let has_403 = r.checks.iter().any(|c| c.1 == 403);
+        let has_2xx = r.checks.iter().any(|c| (200..300).contains(&c.1));
+        assert!(has_2xx, "{} {} has no allowed call", r.method, r.template);
+        assert!(
+            has_403 || PUBLIC.contains(&r.template) || r.template.starts_with("/v1/tasks/{id}/"),
+            "{} {} has no 403 row",
+            r.method,
+            r.template
+        );
+    }
+
+    // Domain 4xx with the right role.
+    let a = call(&app, &t, Admin, "GET", &format!("/v1/tasks/{missing_task}"), None).await;
+    assert_eq!(a.status, 404, "{}", a.body);
+    let a = call(&app, &t, Admin, "DELETE", &format!("/v1/tasks/{t2}"), None).await;
+    assert_eq!(a.status, 409, "deleting a pending task: {}", a.body);
+    let a = call(&app, &t, Admin, "GET", "/v1/queues/sec-auth-unknown", None).await;
+    assert_eq!(a.status, 404, "{}", a.body);
+
+    // Nothing answers outside the spec: unknown paths are 404 problem+json, with or without a token.
+    for p in ["/v1/nope", "/v1/tasks/x/nope", "/admin", "/v2/tasks", "/v1/nodes/x/y/z", "/debug/pprof"] {
+        for who in [Anonymous, Admin] {
+            let a = call(&app, &t, who, "GET", p, None).await;
+            assert_eq!(a.status, 404, "GET {p} as {who:?}: {}", a.body);
+            assert!(is_problem(&a), "GET {p}: not problem+json: {}", a.body);
+        }
+    }
+    // A known path with an unknown method: 405 problem+json.
+    let a = call(&app, &t, Admin, "PATCH", "/v1/tasks", None).await;
+    assert_eq!(a.status, 405, "{}", a.body);
+    assert!(is_problem(&a), "{}", a.body);
+    // The state the calls left: t1 succeeded, t5 failed, t3 pending again.
+    assert_eq!(app.task(&t1).await["state"], "succeeded");
+    assert_eq!(app.task(&t5).await["state"], "failed");
+    assert_eq!(app.task(&t3).await["state"], "pending");
+    eprintln!("auth table: {} operations, {checked} calls checked", rows.len());
+}
+
+/// S2 (BFLA): the lease routes accept a node token (its own leases) or admin. A read,
+/// submit or agent role token must get 403, whatever lease token it carries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: tasks_extend/complete/fail never check the caller's role; any role token acts as admin (src/api/tasks.rs)"]
+async fn role_tokens_cannot_use_lease_routes() {
+    let app = spawn_sec_app(&shared_redis().url(), |_| {}).await;
+    let q = "sec-bfla";
+    let (node, tok) = app.register_node("a", &[q]).await;
+    let id = app.submit_task(q, json!({})).await;
+    let leases = app.lease_n(&node, &tok, 1, Duration::from_secs(10)).await;
+    let lease = leases.first().expect("a lease").1.clone();
+    let t = Tokens { node_a: tok.clone(), node_b: String::new() };
+    let before = app.task(&id).await;
+    let mut wrong = Vec::new();
+    for who in [Who::Read, Who::Submit, Who::Agent] {
+        for (route, body) in [
+            ("extend", json!({"lease_token": lease, "progress": {"pwned": true}})),
+            ("fail", json!({"lease_token": lease, "error": "pwned", "retryable": false})),
+            ("complete", json!({"lease_token": lease, "result": "pwned"})),
+        ] {
+            let a = call(&app, &t, who, "POST", &format!("/v1/tasks/{id}/{route}"), Some(&body)).await;
+            if a.status != 403 {
+                wrong.push(format!("{who:?} {route} → {} {}", a.status, a.body.chars().take(120).collect::<String>()));
+            }
+        }
+    }
+    let after = app.task(&id).await;
+    assert!(wrong.is_empty(), "role tokens used lease routes: {wrong:#?}");
+    assert_eq!(before["state"], after["state"]);
+    assert_eq!(after["progress"], before["progress"]);
+}
+
+/// Found by schemathesis (scripts/fuzz.sh, ST201): a JSON array is accepted where the
+/// spec says the body is an object, because serde lets a derived struct deserialize from
+/// a sequence of its fields in order. `PUT /v1/queues/0` with `[null, null]` answers 200
+/// and creates queue `0`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: api::Json accepts JSON arrays for object bodies (serde struct-from-seq), e.g. PUT /v1/queues/{name} with [null, null] → 200 (src/api/mod.rs)"]
+async fn json_bodies_must_be_objects() {
+    let app = spawn_sec_app(&shared_redis().url(), |_| {}).await;
+    let mut wrong = Vec::new();
+    for (method, path, body) in [
+        ("PUT", "/v1/queues/sec-array", json!([null, null])),
+        ("PUT", "/v1/queues/sec-array2", json!([5, true, false])),
+        ("POST", "/v1/tasks", json!(["k", "sec-array3"])),
+        ("POST", "/v1/nodes", json!(["array-node", ["sec-array4"], [], 1])),
+        ("POST", "/v1/tasks/batch", json!([[["k", "sec-array5"]]])),
+    ] {
+        let a = call_raw(&app, method, path, Some(&format!("Bearer {}", app.admin)), Some(&body)).await;
+        if a.status != 422 && a.status != 400 {
+            wrong.push(format!("{method} {path} {body} → {} {}", a.status, a.body.chars().take(100).collect::<String>()));
+        }
+    }
+    let r = call_raw(&app, "GET", "/v1/queues", Some(&format!("Bearer {}", app.admin)), None).await;
+    assert!(wrong.is_empty(), "array bodies accepted: {wrong:#?}\nqueues now: {}", r.body);
+}
+
+/// Found by schemathesis (ST202): the spec declares the lease body optional and nullable
+/// (`Option<LeaseRequest>`), and an empty body means the defaults, but a JSON `null` body
+/// is refused with 422.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: POST /v1/nodes/{id}/lease refuses a JSON null body the spec allows (src/api/nodes.rs nodes_lease)"]
+async fn lease_accepts_a_null_body() {
+    let app = spawn_sec_app(&shared_redis().url(), |_| {}).await;
+    let (node, token) = app.register_node("n", &["sec-null"]).await;
+    let empty = call_raw(&app, "POST", &format!("/v1/nodes/{node}/lease"), Some(&format!("Bearer {token}")), None).await;
+    assert_eq!(empty.status, 200, "empty body: {}", empty.body);
+    let null = call_raw(&app, "POST", &format!("/v1/nodes/{node}/lease"), Some(&format!("Bearer {token}")), Some(&Value::Null)).await;
+    assert_eq!(null.status, 200, "null body: {}", null.body);
+}
+
+// ----- S2: node isolation -----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_tokens_are_confined_to_their_node() {
+    let app = spawn_sec_app(&shared_redis().url(), |_| {}).await;
+    let q = "sec-iso";
+    let (a, tok_a) = app.register_node("a", &[q]).await;
+    let (b, tok_b) = app.register_node("b", &["sec-iso-b"]).await;
+    let t = Tokens { node_a: tok_a.clone(), node_b: tok_b.clone() };
+    let id = app.submit_task(q, json!({"x": 1})).await;
+    let leases = app.lease_n(&a, &tok_a, 1, Duration::from_secs(10)).await;
+    assert_eq!(leases.len(), 1, "A leases the task");
+    let (leased, lease) = leases[0].clone();
+    assert_eq!(leased, id);
+
+    // B on A's node routes: 403.
+    for (method, path, body) in [
+        ("POST", format!("/v1/nodes/{a}/heartbeat"), None),
+        ("POST", format!("/v1/nodes/{a}/lease"), Some(json!({"max": 1}))),
+        ("POST", format!("/v1/nodes/{a}/reports"), Some(json!({"reports": [{"task_id": id, "lease_token": lease, "outcome": "succeeded"}]}))),
+        ("POST", format!("/v1/nodes/{a}/drain"), None),
+        ("DELETE", format!("/v1/nodes/{a}"), None),
+        ("GET", format!("/v1/nodes/{a}"), None),
+    ] {
+        let r = call(&app, &t, Who::NodeB, method, &path, body.as_ref()).await;
+        assert_eq!(r.status, 403, "B: {method} {path}: {}", r.body);
+        assert!(is_problem(&r), "{}", r.body);
+    }
+    // B's token on admin and submit routes: 403.
+    for (method, path, body) in [
+        ("POST", "/v1/tasks".to_string(), Some(json!({"kind": "k", "queue": q}))),
+        ("POST", format!("/v1/tasks/{id}/cancel"), None),
+        ("POST", format!("/v1/tasks/{id}/retry"), None),
+        ("PUT", format!("/v1/queues/{q}"), Some(json!({"paused": true}))),
+        ("GET", "/v1/tasks".to_string(), None),
+        ("POST", "/v1/nodes".to_string(), Some(json!({"name": "evil"}))),
+    ] {
+        let r = call(&app, &t, Who::NodeB, method, &path, body.as_ref()).await;
+        assert_eq!(r.status, 403, "B: {method} {path}: {}", r.body);
+    }
+
+    // B with A's lease token on the task routes: 409 lease_conflict, task unchanged.
+    let before = app.task(&id).await;
+    for (route, body) in [
+        ("extend", json!({"lease_token": lease, "progress": {"b": true}})),
+        ("complete", json!({"lease_token": lease, "result": "from B"})),
+        ("fail", json!({"lease_token": lease, "error": "from B", "retryable": false})),
+    ] {
+        let r = call(&app, &t, Who::NodeB, "POST", &format!("/v1/tasks/{id}/{route}"), Some(&body)).await;
+        assert_eq!(r.status, 409, "B {route}: {}", r.body);
+        let p: Value = serde_json::from_str(&r.body).expect("problem");
+        assert_eq!(p["code"], "lease_conflict", "B {route}: {}", r.body);
+    }
+    // B reporting A's task through its own reports route: per-item 409.
+    let r = call(
+        &app,
+        &t,
+        Who::NodeB,
+        "POST",
+        &format!("/v1/nodes/{b}/reports"),
+        Some(&json!({"reports": [{"task_id": id, "lease_token": lease, "outcome": "succeeded", "result": "B"}]})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: Value = serde_json::from_str(&r.body).expect("json");
+    assert_eq!(v["results"][0]["status"], 409, "{}", r.body);
+    assert_eq!(v["results"][0]["code"], "lease_conflict", "{}", r.body);
+
+    let after = app.task(&id).await;
+    for f in ["state", "node", "fence", "attempts", "progress", "result", "error", "lease_expires_at"] {
+        assert_eq!(before[f], after[f], "field {f} changed after B's attempts");
+    }
+    assert_eq!(after["state"], "running");
+    assert_eq!(after["node"].as_str(), Some(a.as_str()));
+
+    // A still completes it.
+    let r = call(&app, &t, Who::NodeA, "POST", &format!("/v1/tasks/{id}/complete"), Some(&json!({"lease_token": lease, "result": "A"}))).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let done = app.task(&id).await;
+    assert_eq!(done["state"], "succeeded");
+    assert_eq!(done["result"], "A");
+}
+
+// ----- S3: size limits -----
+
+/// What a rejected request must leave unchanged.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    dbsize: i64,
+    keys: Vec<(String, String)>,
+}
+
+fn snapshot(conn: &mut redis::Connection, ns: &str) -> (Snapshot, i64) {
+    let dbsize: i64 = redis::cmd("DBSIZE").query(conn).expect("dbsize");
+    let info: String = redis::cmd("INFO").arg("memory").query(conn).expect("info");
+    let used = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory");
+    (Snapshot { dbsize, keys: dump_namespace(conn, ns) }, used)
+}
+
+/// A task body whose payload serializes to exactly `n` bytes (a JSON string).
+fn task_with_payload_len(queue: &str, n: usize) -> Vec<u8> {
+    assert!(n >= 2);
+    let payload = "a".repeat(n - 2);
+    let body = json!({"kind": "big", "queue": queue, "payload": payload});
+    assert_eq!(serde_json::to_string(&body["payload"]).expect("json").len(), n);
+    serde_json::to_vec(&body).expect("json")
+}
+
+async fn post_bytes(app: &SecApp, path: &str, body: Vec<u8>) -> Answer {
+    let r = app
+        .http
+        .post(app.url(path))
+        .bearer_auth(&app.admin)
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("send");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    Answer { status, headers, body: r.text().await.unwrap_or_default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn size_limits_reject_and_store_nothing() {
+    // A private redis: DBSIZE is this test's alone.
+    let redis = RedisGuard::start();
+    let app = spawn_sec_app(&redis.url(), |_| {}).await;
+    let mut conn = app.redis();
+    let q = "sec-size";
+    const L: usize = 1024 * 1024;
+    // Let startup writes settle.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // L+1 with Content-Length: 413, nothing stored.
+    let (before, mem0) = snapshot(&mut conn, &app.ns);
+    let a = post_bytes(&app, "/v1/tasks", task_with_payload_len(q, L + 1)).await;
+    assert_eq!(a.status, 413, "{}", a.body);
+    assert!(is_problem(&a), "{}", a.body);
+    assert!(!a.body.contains("\"id\""), "no task id issued: {}", a.body);
+    // L+1 chunked: 413, nothing stored.
+    let c = raw_chunked_post(app.addr, "/v1/tasks", &app.admin, &task_with_payload_len(q, L + 1), 64 * 1024).await.expect("chunked");
+    assert_eq!(c.status, 413, "chunked L+1: {}", String::from_utf8_lossy(&c.body));
+    assert!(c.header("content-type").unwrap_or("").starts_with("application/problem+json"));
+    // A batch of 10,001: 422, nothing stored.
+    let tasks: Vec<Value> = (0..10_001).map(|i| json!({"kind": "k", "queue": q, "payload": i})).collect();
+    let a = post_bytes(&app, "/v1/tasks/batch", serde_json::to_vec(&json!({"tasks": tasks})).expect("json")).await;
+    assert_eq!(a.status, 422, "{}", a.body);
+    assert!(is_problem(&a) && a.body.contains("batch_too_long"), "{}", a.body);
+    // A batch whose last task is one byte over: 413, none of the others stored.
+    let mut tasks: Vec<Value> = (0..3).map(|i| json!({"kind": "k", "queue": q, "payload": i})).collect();
+    tasks.push(serde_json::from_slice(&task_with_payload_len(q, L + 1)).expect("json"));
+    let a = post_bytes(&app, "/v1/tasks/batch", serde_json::to_vec(&json!({"tasks": tasks})).expect("json")).await;
+    assert_eq!(a.status, 413, "{}", a.body);
+    // JSON nesting depth 1,000: 400, never 5xx.
+    let deep = format!("{}{}", "[".repeat(1000), "]".repeat(1000));
+    for (path, body) in [
+        ("/v1/tasks", format!(r#"{{"kind":"k","queue":"{q}","payload":{deep}}}"#)),
+        ("/v1/tasks/batch", format!(r#"{{"tasks":[{{"kind":"k","queue":"{q}","payload":{deep}}}]}}"#)),
+        ("/v1/tasks", format!(r#"{{"kind":"k","queue":"{q}","payload":{}{}}}"#, "{\"a\":".repeat(1000), "}".repeat(1000))),
+    ] {
+        let a = post_bytes(&app, path, body.into_bytes()).await;
+        assert_eq!(a.status, 400, "depth bomb on {path}: {}", a.body);
+        assert!(is_problem(&a), "{}", a.body);
+    }
+    // A 65 KiB header: 431.
+    let big = "a".repeat(65 * 1024);
+    let req = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n");
+    let r = raw_request(app.addr, req.as_bytes(), Duration::from_secs(5)).await.expect("an answer to a 65 KiB header");
+    assert_eq!(r.status, 431, "65 KiB header");
+    let req = format!("GET /v1/queues HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nX-Big: {big}\r\nConnection: close\r\n\r\n", app.admin);
+    let r = raw_request(app.addr, req.as_bytes(), Duration::from_secs(5)).await.expect("answer");
+    assert_eq!(r.status, 431, "65 KiB header on an authenticated route");
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (after, mem1) = snapshot(&mut conn, &app.ns);
+    assert_eq!(before, after, "rejected requests changed the keyspace");
+    assert!(mem1 - mem0 < 1024 * 1024, "used_memory grew by {} bytes", mem1 - mem0);
+
+    // Exactly L with Content-Length, and again chunked: 201, stored.
+    let a = post_bytes(&app, "/v1/tasks", task_with_payload_len(q, L)).await;
+    assert_eq!(a.status, 201, "{}", &a.body[..a.body.len().min(300)]);
+    let id1 = serde_json::from_str::<Value>(&a.body).expect("task")["id"].as_str().expect("id").to_string();
+    let c = raw_chunked_post(app.addr, "/v1/tasks", &app.admin, &task_with_payload_len(q, L), 64 * 1024).await.expect("chunked");
+    assert_eq!(c.status, 201, "chunked L");
+    let id2 = serde_json::from_slice::<Value>(&c.body).expect("task")["id"].as_str().expect("id").to_string();
+    for id in [id1, id2] {
+        assert_eq!(app.task(&id).await["payload"].as_str().map(str::len), Some(L - 2));
+    }
+    let dbsize: i64 = redis::cmd("DBSIZE").query(&mut conn).expect("dbsize");
+    assert!(dbsize > before.dbsize, "the accepted tasks are stored");
+}
+
+// ----- S7: secrets hygiene -----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_never_appear_in_clear_in_redis_or_answers() {
+    let app = spawn_sec_app(&shared_redis().url(), |_| {}).await;
+    let q = "sec-secrets";
+    let canary = format!("canary-{}-{}", app.ns, std::process::id());
+    let (node, token) = app.register_node("secret-node", &[q]).await;
+    let secret_part = token.split_once('.').expect("node token is <id>.<secret>").1.to_string();
+    let id = app.submit_task(q, json!({"secret": canary})).await;
+    // Touch the token paths: heartbeat, lease, complete.
+    let r = app.http.post(app.url(&format!("/v1/nodes/{node}/heartbeat"))).bearer_auth(&token).send().await.expect("hb");
+    assert_eq!(r.status(), 200);
+    let leases = app.lease_n(&node, &token, 1, Duration::from_secs(10)).await;
+    assert_eq!(leases.first().map(|l| l.0.as_str()), Some(id.as_str()));
+    let r = app
+        .http
+        .post(app.url(&format!("/v1/tasks/{id}/complete")))
+        .bearer_auth(&token)
+        .json(&json!({"lease_token": leases[0].1, "result": {"ok": true}}))
+        .send()
+        .await
+        .expect("complete");
+    assert_eq!(r.status(), 200);
+    // An error body about a task carrying the canary must not echo it.
+    let r = app
+        .http
+        .post(app.url("/v1/tasks"))
+        .bearer_auth(&app.submit)
+        .json(&json!({"kind": "k", "queue": q, "priority": 99, "payload": {"secret": canary}}))
+        .send()
+        .await
+        .expect("bad submit");
+    assert_eq!(r.status(), 422);
+    let body = r.text().await.expect("body");
+    assert!(!body.contains(&canary), "error body echoes the canary: {body}");
+
+    let dump = dump_namespace(&mut app.redis(), &app.ns);
+    assert!(!dump.is_empty());
+    let all: String = dump.iter().map(|(k, v)| format!("{k} => {v}\n")).collect();
+    // The dump is real: the payload canary and the token's SHA-256 are in it.
+    assert!(all.contains(&canary), "the dump misses the task payload");
+    let sha = muster::store::token_sha(&token);
+    assert!(all.contains(&sha), "the node token's SHA-256 is not stored");
+    for (what, secret) in [
+        ("node token", token.as_str()),
+        ("node token secret", secret_part.as_str()),
+        ("admin token", app.admin.as_str()),
+        ("read token", app.read.as_str()),
+        ("submit token", app.submit.as_str()),
+        ("agent token", app.agent.as_str()),
+    ] {
+        for (k, v) in &dump {
+            assert!(!k.contains(secret) && !v.contains(secret), "the {what} is stored in clear under {k}");
+        }
+    }
+    // The canary only sits in the task hash, not in events, indexes or stats.
+    for (k, v) in &dump {
+        if v.contains(&canary) {
+            assert!(k.contains(&format!(":t:{id}")), "the payload canary leaked into {k}");
+        }
+    }
+    // List and read answers carry no token.
+    for path in ["/v1/nodes".to_string(), format!("/v1/nodes/{node}"), "/v1/queues".to_string(), "/metrics".to_string()] {
+        let r = app.http.get(app.url(&path)).bearer_auth(&app.admin).send().await.expect("get");
+        assert_eq!(r.status(), 200, "{path}");
+        let body = r.text().await.expect("body");
+        assert!(!body.contains(&secret_part), "{path} shows the node token");
+        assert!(!body.contains(&sha), "{path} shows the node token's hash");
+        assert!(!body.contains(&app.admin), "{path} shows the admin token");
+        assert!(!body.contains(&canary), "{path} shows the payload canary");
+    }
+}
+
+// ----- S5: rate limit -----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_stops_a_flooding_token_and_spares_others() {
+    // Five submit tokens: a flood slower than the 1 s the gate is about (a busy 2-core
+    // machine) is redone with a fresh bucket, at most four times.
+    let flooders: Vec<String> = (0..5).map(|i| format!("flood-{i}-{}-0123456789abcdef", std::process::id())).collect();
+    let extra = flooders.clone();
+    let app = spawn_sec_app(&shared_redis().url(), move |c| {
+        c.rate_limit = Some((50.0, 100.0));
+        c.tokens.extend(extra.into_iter().map(|t| (muster::api::auth::Role::Submit, t)));
+    })
+    .await;
+    // Baseline latency of the polite token's route (admin token: its own bucket).
+    let mut base = Vec::new();
+    for _ in 0..20 {
+        let t0 = Instant::now();
+        let r = app.http.get(app.url("/v1/queues")).bearer_auth(&app.admin).send().await.expect("baseline");
+        assert_eq!(r.status(), 200);
+        base.push(t0.elapsed());
+    }
+    base.sort();
+
+    let polite = {
+        let http = app.http.clone();
+        let url = app.url("/v1/queues");
+        let token = app.read.clone();
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            let mut lat = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            for _ in 0..40 {
+                tick.tick().await;
+                let t0 = Instant::now();
+                let r = http.get(&url).bearer_auth(&token).send().await.expect("polite");
+                lat.push(t0.elapsed());
+                statuses.push((r.status().as_u16(), r.headers().get("retry-after").is_some()));
+            }
+            (statuses, lat)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // 1,000 requests as fast as this machine allows: 10 connections, each with 100
+    // pipelined HTTP/1.1 requests written at once (a reqwest loop on 2 busy cores takes
+    // longer than the second the gate is about). The limiter sits in front of every
+    // route and counts every request with a token; the flood uses the cheapest route,
+    // so the pace is set by the limiter and not by Redis.
+    let mut attempt = 0;
+    let (flood, elapsed) = loop {
+        let t0 = Instant::now();
+        let floods: Vec<_> =
+            (0..10).map(|_| tokio::spawn(pipelined(app.addr, "/healthz", flooders[attempt].clone(), 100))).collect();
+        let mut flood: Vec<(u16, Option<String>)> = Vec::new();
+        for f in floods {
+            flood.extend(f.await.expect("flood task"));
+        }
+        let elapsed = t0.elapsed();
+        let ok = flood.iter().filter(|(s, _)| *s == 200).count();
+        // Whatever the pace, the bucket never lets more through than burst + rate × time.
+        let allowed = 100.0 + 50.0 * elapsed.as_secs_f64() + 2.0;
+        assert!((ok as f64) <= allowed, "{ok} passed in {elapsed:?}, the bucket allows {allowed:.0}");
+        attempt += 1;
+        if elapsed <= Duration::from_millis(950) || attempt == flooders.len() {
+            break (flood, elapsed);
+        }
+        eprintln!("rate limit: flood {attempt} took {elapsed:?}, too slow for the gate; again with a fresh token");
+    };
+    let (statuses, lat) = polite.await.expect("polite task");
+    let limited = flood.iter().filter(|(s, _)| *s == 429).count();
+    let ok = flood.iter().filter(|(s, _)| *s == 200).count();
+    let polite_429 = statuses.iter().filter(|(s, _)| *s == 429).count();
+    let mut lat = lat;
+    lat.sort();
+    eprintln!(
+        "rate limit: flood of 1000 in {elapsed:?}: {limited} × 429, {ok} × 200; polite: {} requests, {polite_429} × 429, \
+         p99 {:?} (baseline p99 {:?}, report only)",
+        statuses.len(),
+        lat[lat.len() - 1],
+        base[base.len() - 1]
+    );
+    assert_eq!(flood.len(), 1000, "every flood request answered");
+    assert_eq!(ok + limited, 1000, "only 200 or 429: {:?}", flood.iter().filter(|(s, _)| *s != 200 && *s != 429).take(3).collect::<Vec<_>>());
+    assert!(elapsed <= Duration::from_secs(1), "this machine could not send 1,000 requests within 1 s ({elapsed:?})");
+    assert!(limited >= 850, "only {limited} × 429 for 1000 requests in {elapsed:?}");
+    for (s, ra) in &flood {
+        if *s == 429 {
+            let secs: u64 = ra.as_deref().and_then(|v| v.parse().ok()).expect("429 with a numeric Retry-After");
+            assert!((1..=2).contains(&secs), "Retry-After {secs}");
+        }
+    }
+    assert_eq!(polite_429, 0, "the polite token was limited: {statuses:?}");
+    assert!(statuses.iter().all(|(s, _)| *s == 200), "{statuses:?}");
+}
+
+/// Sends `n` pipelined `GET path` requests on one connection; returns each answer's
+/// status and Retry-After.
+async fn pipelined(addr: std::net::SocketAddr, path: &'static str, token: String, n: usize) -> Vec<(u16, Option<String>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let one = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n");
+    s.write_all(one.repeat(n).as_bytes()).await.expect("write");
+    let mut raw: Vec<u8> = Vec::new();
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while out.len() < n {
+        // Parse every complete answer in `raw`.
+        while let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_string();
+            let status: u16 = head.split(' ').nth(1).and_then(|v| v.parse().ok()).expect("status line");
+            let header = |name: &str| {
+                head.lines().find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                })
+            };
+            let len: usize = header("content-length").and_then(|v| v.parse().ok()).expect("content-length");
+            if raw.len() < end + 4 + len {
+                break;
+            }
+            out.push((status, header("retry-after")));
+            raw.drain(..end + 4 + len);
+        }
+        if out.len() >= n {
+            break;
+        }
+        let k = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf)).await.expect("flood answers in time").expect("read");
+        assert!(k > 0, "the server closed a pipelined connection after {} answers", out.len());
+        raw.extend_from_slice(&buf[..k]);
+    }
+    out
+}
+
+// ----- S9: slowloris -----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_at_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_sec_app(&shared_redis().url(), |_| {}).await;
+    let addr = app.addr;
+    let start = Instant::now();
+    // One client sends a request line and stops; ten trickle a header byte per second.
+    let mut slow = Vec::new();
+    for i in 0..11 {
+        slow.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let t0 = Instant::now();
+            s.write_all(b"GET /healthz HTTP/1.1\r\n").await.expect("write");
+            let mut buf = [0u8; 1024];
+            let mut got = Vec::new();
+            let header = b"X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+            let mut k = 0;
+            loop {
+                let read = tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await;
+                match read {
+                    Ok(Ok(0)) | Ok(Err(_)) => return (t0.elapsed(), got),
+                    Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                    Err(_) => {
+                        if t0.elapsed() > Duration::from_secs(20) {
+                            return (t0.elapsed(), got);
+                        }
+                        if i > 0 && k < header.len() {
+                            // A write error means the server closed: the next read says so.
+                            let _ = s.write_all(&header[k..=k]).await;
+                            k += 1;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    // Meanwhile a normal request answers at once, several times.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let r = app.http.get(app.url("/healthz")).send().await.expect("normal request");
+        assert_eq!(r.status(), 200);
+        assert!(t0.elapsed() < Duration::from_secs(1), "a normal request took {:?}", t0.elapsed());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    for h in slow {
+        let (closed_after, got) = h.await.expect("slow client");
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            closed_after >= Duration::from_millis(9_500) && closed_after <= Duration::from_secs(12),
+            "a slow client was closed after {closed_after:?} (answer {text:?})"
+        );
+        assert!(!text.contains("200 OK"), "a slow client got an answer: {text}");
+    }
+    eprintln!("slowloris: 11 slow clients closed; test took {:?}", start.elapsed());
+}
