@@ -122,6 +122,18 @@ impl Principal {
         }
     }
 
+    /// Lease operations (extend, complete, fail): a node token, or admin acting for any
+    /// node.
+    ///
+    /// # Errors
+    /// 403 for other role tokens.
+    pub fn require_lease_holder(&self) -> Result<(), ApiError> {
+        match self {
+            Principal::Node(_) => Ok(()),
+            other => other.require(Role::Admin),
+        }
+    }
+
     /// The node to check leases against: `None` for admin (any lease holder).
     pub fn lease_node(&self) -> Option<&str> {
         match self {

@@ -60,14 +60,21 @@ pub struct Json<T>(pub T);
 
 impl<T, S> FromRequest<S> for Json<T>
 where
-    axum::Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    T: serde::de::DeserializeOwned,
     S: Send + Sync,
 {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Json(v)),
+        // Through a Value first: every body of this API is an object, and serde would
+        // otherwise also read a struct from an array of its fields.
+        match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(axum::Json(v)) => {
+                if !v.is_object() {
+                    return Err(ApiError::invalid("invalid_body", "the body must be a JSON object"));
+                }
+                serde_json::from_value(v).map(Json).map_err(|e| ApiError::invalid("invalid_body", e.to_string()))
+            }
             Err(r) => Err(match r {
                 JsonRejection::JsonDataError(e) => ApiError::invalid("invalid_body", e.body_text()),
                 JsonRejection::JsonSyntaxError(e) => ApiError::bad("malformed_json", e.body_text()),

@@ -294,13 +294,15 @@ pub async fn nodes_lease(
     let req: LeaseRequest = if body.iter().all(u8::is_ascii_whitespace) {
         LeaseRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            if e.is_syntax() || e.is_eof() {
-                ApiError::bad("malformed_json", format!("malformed JSON: {e}"))
-            } else {
-                ApiError::invalid("invalid_body", e.to_string())
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad("malformed_json", format!("malformed JSON: {e}")))?;
+        match v {
+            serde_json::Value::Null => LeaseRequest::default(),
+            v @ serde_json::Value::Object(_) => {
+                serde_json::from_value(v).map_err(|e| ApiError::invalid("invalid_body", e.to_string()))?
             }
-        })?
+            _ => return Err(ApiError::invalid("invalid_body", "the body must be a JSON object or null")),
+        }
     };
     let max = req.max.unwrap_or(1);
     if !(1..=1000).contains(&max) {

@@ -544,6 +544,7 @@ pub async fn tasks_extend(
     Path(id): Path<String>,
     Json(body): Json<ExtendRequest>,
 ) -> ApiResult<Json<ExtendReply>> {
+    who.require_lease_holder()?;
     let progress = progress_json(&body.progress)?;
     let e = st.store.extend(&id, who.lease_node(), &body.lease_token, progress.as_deref()).await?;
     Ok(Json(ExtendReply {
@@ -627,6 +628,7 @@ pub async fn tasks_complete(
     Path(id): Path<String>,
     Json(body): Json<CompleteRequest>,
 ) -> ApiResult<Json<Task>> {
+    who.require_lease_holder()?;
     let result = result_json(&body.result)?;
     let r = st.store.complete(&id, who.lease_node(), &body.lease_token, &result).await?;
     after_report(&st, &id, &r);
@@ -663,6 +665,7 @@ pub async fn tasks_fail(
     Path(id): Path<String>,
     Json(body): Json<FailRequest>,
 ) -> ApiResult<Json<Task>> {
+    who.require_lease_holder()?;
     let r = st
         .store
         .fail(&id, who.lease_node(), &body.lease_token, &error_text(&body.error), body.retryable.unwrap_or(true))
