@@ -24,8 +24,10 @@ use std::time::Duration;
 #[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Only this queue.
+    #[param(pattern = r"^(?!\.{1,2}$)[A-Za-z0-9._:-]{1,128}$")]
     queue: Option<String>,
     /// Only this task (implies its queue).
+    #[param(pattern = r"^[0-9A-HJKMNP-TV-Z]{26}\.[A-Za-z0-9._:-]{1,128}$")]
     task: Option<String>,
 }
 

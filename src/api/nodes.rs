@@ -137,7 +137,7 @@ pub async fn nodes_list(State(st): State<AppState>, who: Principal) -> ApiResult
     path = "/v1/nodes/{id}",
     tag = "nodes",
     summary = "Read a node",
-    params(("id" = String, Path, description = "Node id")),
+    params(("id" = String, Path, description = "Node id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}$")),
     responses(
         (status = 200, body = Node, description = "The node"),
         (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
@@ -164,7 +164,7 @@ pub async fn nodes_get(State(st): State<AppState>, who: Principal, Path(id): Pat
     path = "/v1/nodes/{id}",
     tag = "nodes",
     summary = "Deregister a node; its inbox goes back to pending",
-    params(("id" = String, Path, description = "Node id")),
+    params(("id" = String, Path, description = "Node id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}$")),
     responses(
         (status = 204, description = "Deregistered"),
         (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
@@ -196,7 +196,7 @@ pub async fn nodes_delete(State(st): State<AppState>, who: Principal, Path(id): 
     path = "/v1/nodes/{id}/drain",
     tag = "nodes",
     summary = "Drain a node: no new work, inbox back to pending",
-    params(("id" = String, Path, description = "Node id")),
+    params(("id" = String, Path, description = "Node id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}$")),
     responses(
         (status = 200, body = Node, description = "The node, draining"),
         (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
@@ -229,7 +229,7 @@ pub async fn nodes_drain(State(st): State<AppState>, who: Principal, Path(id): P
     path = "/v1/nodes/{id}/heartbeat",
     tag = "agent protocol",
     summary = "Heartbeat; answers the running tasks to stop",
-    params(("id" = String, Path, description = "Node id")),
+    params(("id" = String, Path, description = "Node id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}$")),
     responses(
         (status = 200, body = HeartbeatReply, description = "Status and cancellations"),
         (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
@@ -267,7 +267,7 @@ pub async fn nodes_heartbeat(
     path = "/v1/nodes/{id}/lease",
     tag = "agent protocol",
     summary = "Lease tasks, long-polling up to wait_ms",
-    request_body(content = Option<LeaseRequest>, description = "Empty means max 1, wait_ms 0"), params(("id" = String, Path, description = "Node id")),
+    request_body(content = Option<LeaseRequest>, description = "Empty means max 1, wait_ms 0"), params(("id" = String, Path, description = "Node id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}$")),
     responses(
         (status = 200, body = LeaseReply, description = "Granted leases, possibly none"),
         (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
@@ -369,7 +369,7 @@ pub async fn nodes_lease(
     path = "/v1/nodes/{id}/reports",
     tag = "agent protocol",
     summary = "Report many completions and failures",
-    request_body = ReportBatch, params(("id" = String, Path, description = "Node id")),
+    request_body = ReportBatch, params(("id" = String, Path, description = "Node id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}$")),
     responses(
         (status = 200, body = ReportBatchReply, description = "One result per report"),
         (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),

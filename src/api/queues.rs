@@ -45,7 +45,7 @@ async fn known(st: &AppState, name: &str) -> ApiResult<()> {
     path = "/v1/queues/{name}",
     tag = "queues",
     summary = "Read a queue",
-    params(("name" = String, Path, description = "Queue name")),
+    params(("name" = String, Path, description = "Queue name", pattern = r"^(?!\.{1,2}$)[A-Za-z0-9._:-]{1,128}$")),
     responses(
         (status = 200, body = QueueInfo, description = "The queue"),
         (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
@@ -70,7 +70,7 @@ pub async fn queues_get(State(st): State<AppState>, who: Principal, Path(name): 
     path = "/v1/queues/{name}",
     tag = "queues",
     summary = "Change a queue's settings",
-    request_body = QueueUpdate, params(("name" = String, Path, description = "Queue name")),
+    request_body = QueueUpdate, params(("name" = String, Path, description = "Queue name", pattern = r"^(?!\.{1,2}$)[A-Za-z0-9._:-]{1,128}$")),
     responses(
         (status = 200, body = QueueInfo, description = "The queue"),
         (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
@@ -118,7 +118,7 @@ async fn set_paused(st: AppState, name: String, paused: bool) -> ApiResult<Json<
     path = "/v1/queues/{name}/pause",
     tag = "queues",
     summary = "Pause dispatching",
-    params(("name" = String, Path, description = "Queue name")),
+    params(("name" = String, Path, description = "Queue name", pattern = r"^(?!\.{1,2}$)[A-Za-z0-9._:-]{1,128}$")),
     responses(
         (status = 200, body = QueueInfo, description = "The queue"),
         (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
@@ -142,7 +142,7 @@ pub async fn queues_pause(State(st): State<AppState>, who: Principal, Path(name)
     path = "/v1/queues/{name}/resume",
     tag = "queues",
     summary = "Resume dispatching",
-    params(("name" = String, Path, description = "Queue name")),
+    params(("name" = String, Path, description = "Queue name", pattern = r"^(?!\.{1,2}$)[A-Za-z0-9._:-]{1,128}$")),
     responses(
         (status = 200, body = QueueInfo, description = "The queue"),
         (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),

@@ -174,7 +174,7 @@ fn created(t: PreparedTask, now_ms: i64) -> Task {
     path = "/v1/tasks",
     tag = "tasks",
     summary = "Submit a task",
-    request_body = NewTask, params(("Idempotency-Key" = Option<String>, Header, description = "A repeat returns the first answer and creates nothing")),
+    request_body = NewTask, params(("Idempotency-Key" = Option<String>, Header, description = "A repeat returns the first answer and creates nothing", pattern = r"^[!-~]{1,256}$")),
     responses(
         (status = 201, body = Task, description = "The task"),
         (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
@@ -213,7 +213,7 @@ pub async fn tasks_create(
     path = "/v1/tasks/batch",
     tag = "tasks",
     summary = "Submit up to 10,000 tasks, all or nothing",
-    request_body = NewTaskBatch, params(("Idempotency-Key" = Option<String>, Header, description = "A repeat returns the first answer and creates nothing")),
+    request_body = NewTaskBatch, params(("Idempotency-Key" = Option<String>, Header, description = "A repeat returns the first answer and creates nothing", pattern = r"^[!-~]{1,256}$")),
     responses(
         (status = 201, body = BatchCreated, description = "Ids in request order"),
         (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
@@ -264,7 +264,7 @@ pub async fn tasks_batch(
     path = "/v1/tasks/{id}",
     tag = "tasks",
     summary = "Read a task",
-    params(("id" = String, Path, description = "Task id")),
+    params(("id" = String, Path, description = "Task id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}\.[A-Za-z0-9._:-]{1,128}$")),
     responses(
         (status = 200, body = Task, description = "The task"),
         (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
@@ -289,14 +289,19 @@ pub async fn tasks_get(State(st): State<AppState>, who: Principal, Path(id): Pat
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only this queue.
+    #[param(pattern = r"^(?!\.{1,2}$)[A-Za-z0-9._:-]{1,128}$")]
     queue: Option<String>,
     /// Only this state.
+    #[param(value_type = Option<TaskState>)]
     state: Option<String>,
     /// Only this kind.
+    #[param(min_length = 1, max_length = 256, pattern = r"^[^\x00-\x1F\x7F]+$")]
     kind: Option<String>,
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^[0-9]{1,9}:[0-9]{1,9}:[0-9]{1,12}$")]
     cursor: Option<String>,
 }
 
@@ -358,6 +363,7 @@ pub async fn tasks_list(
 #[into_params(parameter_in = Query)]
 pub struct WaitQuery {
     /// Longest wait, 0 to 60000 ms (default 30000).
+    #[param(minimum = 0, maximum = 60_000)]
     timeout_ms: Option<i64>,
 }
 
@@ -366,7 +372,7 @@ pub struct WaitQuery {
     path = "/v1/tasks/{id}/wait",
     tag = "tasks",
     summary = "Wait until a task is finished (or the timeout)",
-    params(("id" = String, Path, description = "Task id"), WaitQuery),
+    params(("id" = String, Path, description = "Task id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}\.[A-Za-z0-9._:-]{1,128}$"), WaitQuery),
     responses(
         (status = 200, body = Task, description = "The task, finished or as it stands at the timeout"),
         (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
@@ -422,7 +428,7 @@ pub async fn tasks_wait(
     path = "/v1/tasks/{id}/cancel",
     tag = "tasks",
     summary = "Cancel a task",
-    params(("id" = String, Path, description = "Task id")),
+    params(("id" = String, Path, description = "Task id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}\.[A-Za-z0-9._:-]{1,128}$")),
     responses(
         (status = 200, body = Task, description = "The task (cancelled, or cancel_requested while its node stops it)"),
         (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
@@ -451,7 +457,7 @@ pub async fn tasks_cancel(State(st): State<AppState>, who: Principal, Path(id): 
     path = "/v1/tasks/{id}/retry",
     tag = "tasks",
     summary = "Send a failed or cancelled task back to pending",
-    params(("id" = String, Path, description = "Task id")),
+    params(("id" = String, Path, description = "Task id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}\.[A-Za-z0-9._:-]{1,128}$")),
     responses(
         (status = 200, body = Task, description = "The task, pending"),
         (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
@@ -480,7 +486,7 @@ pub async fn tasks_retry(State(st): State<AppState>, who: Principal, Path(id): P
     path = "/v1/tasks/{id}",
     tag = "tasks",
     summary = "Delete a finished task",
-    params(("id" = String, Path, description = "Task id")),
+    params(("id" = String, Path, description = "Task id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}\.[A-Za-z0-9._:-]{1,128}$")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
@@ -519,7 +525,7 @@ fn progress_json(p: &Option<serde_json::Value>) -> ApiResult<Option<String>> {
     path = "/v1/tasks/{id}/extend",
     tag = "agent protocol",
     summary = "Renew a lease (and report progress)",
-    request_body = ExtendRequest, params(("id" = String, Path, description = "Task id")),
+    request_body = ExtendRequest, params(("id" = String, Path, description = "Task id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}\.[A-Za-z0-9._:-]{1,128}$")),
     responses(
         (status = 200, body = ExtendReply, description = "New deadline"),
         (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
@@ -603,7 +609,7 @@ pub(crate) fn error_text(e: &Option<String>) -> String {
     path = "/v1/tasks/{id}/complete",
     tag = "agent protocol",
     summary = "Complete the current lease with a result",
-    request_body = CompleteRequest, params(("id" = String, Path, description = "Task id")),
+    request_body = CompleteRequest, params(("id" = String, Path, description = "Task id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}\.[A-Za-z0-9._:-]{1,128}$")),
     responses(
         (status = 200, body = Task, description = "The task"),
         (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
@@ -640,7 +646,7 @@ pub async fn tasks_complete(
     path = "/v1/tasks/{id}/fail",
     tag = "agent protocol",
     summary = "Fail the current attempt",
-    request_body = FailRequest, params(("id" = String, Path, description = "Task id")),
+    request_body = FailRequest, params(("id" = String, Path, description = "Task id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}\.[A-Za-z0-9._:-]{1,128}$")),
     responses(
         (status = 200, body = Task, description = "The task"),
         (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),

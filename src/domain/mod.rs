@@ -85,8 +85,10 @@ impl std::fmt::Display for TaskState {
 #[serde(deny_unknown_fields)]
 pub struct Backoff {
     /// Delay before the second attempt.
+    #[schema(maximum = 604_800_000)]
     pub initial_ms: u64,
     /// Upper bound of any delay.
+    #[schema(maximum = 604_800_000)]
     pub max_ms: u64,
 }
 
@@ -99,58 +101,77 @@ impl Default for Backoff {
     }
 }
 
+/// A queue name or node tag: `[A-Za-z0-9._:-]{1,128}`, not `.` or `..` (schema only).
+#[derive(ToSchema)]
+#[schema(pattern = r"^(?!\.{1,2}$)[A-Za-z0-9._:-]{1,128}$")]
+pub struct Name(pub String);
+
 /// Body of `POST /v1/tasks` and one item of `POST /v1/tasks/batch`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"kind": "resize", "queue": "images", "payload": {"url": "https://example.com/a.png", "width": 640}, "priority": 5, "max_attempts": 3, "timeout_ms": 30000}))]
 pub struct NewTask {
     /// Handler name.
+    #[schema(min_length = 1, max_length = 256, pattern = r"^[^\x00-\x1F\x7F]+$")]
     pub kind: String,
     /// Queue, `default` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Name>)]
     pub queue: Option<String>,
     /// Any JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<Value>,
     /// 0..=9, higher first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 9)]
     pub priority: Option<i64>,
     /// RFC 3339 time before which the task does not run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub run_at: Option<String>,
     /// Delay from now before the task runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 31_536_000_000_i64)]
     pub delay_ms: Option<i64>,
     /// Attempts before the task fails for good (default 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_attempts: Option<i64>,
     /// Retry backoff.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<Backoff>,
     /// Lease TTL (default 30000); agents renew it while the handler runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 100, maximum = 604_800_000)]
     pub timeout_ms: Option<i64>,
     /// Hard limit on one attempt's run time: the agent kills the handler past it and
     /// fails the attempt (retryable). Unlimited when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 100, maximum = 604_800_000)]
     pub max_run_ms: Option<i64>,
     /// Node tags that must all be present on the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Name>>, max_items = 64)]
     pub requires: Option<Vec<String>>,
     /// How long a finished task is kept (default 7 days).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1000, maximum = 31_536_000_000_i64)]
     pub retention_ms: Option<i64>,
     /// Task ids that must succeed first (reserved for the coordination issue).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
     pub depends_on: Option<Vec<String>>,
     /// Uniqueness key (reserved for the coordination issue).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
     pub unique_key: Option<String>,
     /// Concurrency key (reserved for the coordination issue).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
     pub concurrency_key: Option<String>,
     /// Concurrency limit (reserved for the coordination issue).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
     pub concurrency_limit: Option<i64>,
 }
 
@@ -160,6 +181,7 @@ pub struct NewTask {
 #[schema(example = json!({"tasks": [{"kind": "resize", "payload": {"n": 1}}, {"kind": "resize", "payload": {"n": 2}, "priority": 9}]}))]
 pub struct NewTaskBatch {
     /// Up to 10,000 tasks, all validated first, stored all or nothing.
+    #[schema(min_items = 1, max_items = 10_000)]
     pub tasks: Vec<NewTask>,
 }
 
@@ -291,15 +313,19 @@ impl NodeStatus {
 #[schema(example = json!({"name": "worker-1", "queues": ["images"], "tags": ["gpu"], "capacity": 8, "kind": "machine"}))]
 pub struct RegisterNode {
     /// Human-readable name (host name, person).
+    #[schema(min_length = 1, max_length = 256, pattern = r"^[^\x00-\x1F\x7F]+$")]
     pub name: String,
     /// Queues served.
     #[serde(default)]
+    #[schema(value_type = Vec<Name>, max_items = 64)]
     pub queues: Vec<String>,
     /// Tags matched against tasks' `requires`.
     #[serde(default)]
+    #[schema(value_type = Vec<Name>, max_items = 64)]
     pub tags: Vec<String>,
     /// Tasks run at once (default 1).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 10_000)]
     pub capacity: Option<i64>,
     /// `machine` (default) or `human`.
     #[serde(default)]
@@ -373,9 +399,11 @@ pub struct HeartbeatReply {
 pub struct LeaseRequest {
     /// Most tasks to take (default 1, at most 1000).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000)]
     pub max: Option<i64>,
     /// Long-poll up to this long when nothing is assigned (default 0, at most 60000).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 60_000)]
     pub wait_ms: Option<i64>,
 }
 
@@ -484,6 +512,7 @@ pub struct Report {
 #[schema(example = json!({"reports": [{"task_id": "01JD8XK2ZQ8M3V6T1XW0Q2E7AB.images", "lease_token": "1.5b4c177b96fb3d0fb4032c58", "outcome": "succeeded", "result": {"bytes": 48213}}]}))]
 pub struct ReportBatch {
     /// Up to 10,000 reports.
+    #[schema(max_items = 10_000)]
     pub reports: Vec<Report>,
 }
 
@@ -563,6 +592,7 @@ pub struct QueueList {
 pub struct QueueUpdate {
     /// 1..=1000.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000)]
     pub weight: Option<i64>,
     /// Pause or resume.
     #[serde(default)]
