@@ -85,24 +85,25 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
 /// redis-server left behind by one that was killed hard.
 async fn check_not_running(data_dir: &Path, dev_pid_file: &Path) -> anyhow::Result<()> {
     let read_pid = |p: &Path| std::fs::read_to_string(p).ok().and_then(|s| s.trim().parse::<u32>().ok());
-    if let Some(pid) = read_pid(dev_pid_file) {
-        if pid != std::process::id() && local::process_matches(pid, "muster") {
-            anyhow::bail!(
-                "another muster dev (pid {pid}) is using {}; stop it or pass another --data-dir",
-                data_dir.display()
-            );
-        }
+    if let Some(pid) = read_pid(dev_pid_file)
+        && pid != std::process::id()
+        && local::process_matches(pid, "muster")
+    {
+        anyhow::bail!(
+            "another muster dev (pid {pid}) is using {}; stop it or pass another --data-dir",
+            data_dir.display()
+        );
     }
-    if let Some(pid) = read_pid(&data_dir.join("redis.pid")) {
-        if local::process_matches(pid, "redis-server") {
-            tracing::warn!(pid, "stopping a redis-server left behind by an earlier muster dev");
-            local::send_signal(pid, "TERM");
-            for _ in 0..100 {
-                if !local::process_matches(pid, "redis-server") {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+    if let Some(pid) = read_pid(&data_dir.join("redis.pid"))
+        && local::process_matches(pid, "redis-server")
+    {
+        tracing::warn!(pid, "stopping a redis-server left behind by an earlier muster dev");
+        local::send_signal(pid, "TERM");
+        for _ in 0..100 {
+            if !local::process_matches(pid, "redis-server") {
+                break;
             }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
     Ok(())
