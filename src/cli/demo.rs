@@ -126,15 +126,15 @@ impl Stack {
             w.stop().await;
         }
         self.server_stop.cancel();
-        if let Some(mut h) = self.server.take() {
-            if tokio::time::timeout(Duration::from_secs(15), &mut h).await.is_err() {
-                h.abort();
-            }
+        if let Some(mut h) = self.server.take()
+            && tokio::time::timeout(Duration::from_secs(15), &mut h).await.is_err()
+        {
+            h.abort();
         }
-        if let Some((url, ns)) = self.cleanup_ns.take() {
-            if let Err(e) = delete_namespace(&url, &ns).await {
-                tracing::warn!(error = %e, namespace = %ns, "could not remove the demo's keys");
-            }
+        if let Some((url, ns)) = self.cleanup_ns.take()
+            && let Err(e) = delete_namespace(&url, &ns).await
+        {
+            tracing::warn!(error = %e, namespace = %ns, "could not remove the demo's keys");
         }
         if let Some(r) = self.redis.take() {
             r.stop().await;
@@ -475,7 +475,7 @@ async fn track_progress(
         pb.set_draw_target(ProgressDrawTarget::hidden());
     }
     pb.set_style(
-        ProgressStyle::with_template("{spinner} {elapsed_precise} [{bar:30}] {pos}/{len} tasks {per_sec:.1} {msg}")
+        ProgressStyle::with_template("{spinner} {elapsed} [{bar:24}] {pos}/{len} tasks {wide_msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
@@ -484,7 +484,7 @@ async fn track_progress(
     let may_kill = !args.no_chaos && stack.agents.len() >= 2;
     let mut last_done = 0;
     let mut last_change = Instant::now();
-    let mut tick: u64 = 0;
+    let run_started = Instant::now();
     let res = loop {
         let queues: QueueList = match api.get("/v1/queues").await {
             Ok(q) => q,
@@ -496,37 +496,36 @@ async fn track_progress(
             .unwrap_or((0, 0));
         let done = succeeded + failed;
         pb.set_position(done.min(total));
-        if tick % 3 == 0 || done >= total {
-            if let Ok(nodes) = api.get::<NodeList>("/v1/nodes").await {
-                let mut parts = Vec::new();
-                for a in &stack.agents {
-                    if let Some(n) = nodes.items.iter().find(|n| n.name == a.name) {
-                        let dead = if killed.as_ref().is_some_and(|k| k.0 == a.name) { " (killed)" } else { "" };
-                        parts.push(format!("{}: {}{dead}", a.name.trim_start_matches("demo-"), n.succeeded));
-                    }
+        if let Ok(nodes) = api.get::<NodeList>("/v1/nodes").await {
+            let mut parts = Vec::new();
+            for a in &stack.agents {
+                if let Some(n) = nodes.items.iter().find(|n| n.name == a.name) {
+                    let dead = if killed.as_ref().is_some_and(|k| k.0 == a.name) { " (killed)" } else { "" };
+                    parts.push(format!("{}:{}{dead}", a.name.trim_start_matches("demo-"), n.succeeded));
                 }
-                pb.set_message(parts.join("  "));
-                if may_kill && killed.is_none() && done * 100 >= total * args.kill_at_percent {
-                    // Kill an agent that holds leases right now, so that recovery is real.
-                    let victim = stack
-                        .agents
-                        .iter()
-                        .position(|a| nodes.items.iter().any(|n| n.name == a.name && n.running > 0))
-                        .unwrap_or(0);
-                    let a = &mut stack.agents[victim];
-                    a.kill().await;
-                    let pct = done * 100 / total.max(1);
-                    let line = format!(
-                        "killed {} (pid {}) with SIGKILL at {pct}% done: its leases expire within {:.1}s and its tasks run again elsewhere",
-                        a.name,
-                        a.pid,
-                        (TASK_TIMEOUT_MS as f64 + REAPER_MS as f64) / 1000.0
-                    );
-                    if !say.quiet {
-                        pb.suspend(|| say.line(&line));
-                    }
-                    killed = Some((a.name.clone(), pct));
+            }
+            let rate = done as f64 / run_started.elapsed().as_secs_f64().max(1e-3);
+            pb.set_message(format!("{rate:.1}/s  {}", parts.join(" ")));
+            if may_kill && killed.is_none() && done * 100 >= total * args.kill_at_percent {
+                // Kill an agent that holds leases right now, so that recovery is real.
+                let victim = stack
+                    .agents
+                    .iter()
+                    .position(|a| nodes.items.iter().any(|n| n.name == a.name && n.running > 0))
+                    .unwrap_or(0);
+                let a = &mut stack.agents[victim];
+                a.kill().await;
+                let pct = done * 100 / total.max(1);
+                let line = format!(
+                    "killed {} (pid {}) with SIGKILL at {pct}% done: its leases expire within {:.1}s and its tasks run again elsewhere",
+                    a.name,
+                    a.pid,
+                    (TASK_TIMEOUT_MS as f64 + REAPER_MS as f64) / 1000.0
+                );
+                if !say.quiet {
+                    pb.suspend(|| say.line(&line));
                 }
+                killed = Some((a.name.clone(), pct));
             }
         }
         if done >= total {
@@ -541,7 +540,6 @@ async fn track_progress(
                 STALL_TIMEOUT.as_secs()
             ));
         }
-        tick += 1;
         tokio::time::sleep(POLL).await;
     };
     pb.finish_and_clear();
@@ -549,26 +547,30 @@ async fn track_progress(
     Ok(killed)
 }
 
-/// Fetches every task of the demo queue and merges the word counts of the succeeded
-/// ones. Returns (words, total, retries, succeeded, others).
-async fn fan_in(api: &Api, ids: &[String]) -> anyhow::Result<(HashMap<String, u64>, u64, u64, u64, u64)> {
-    let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
-    let mut seen = HashSet::new();
-    let mut merged: HashMap<String, u64> = HashMap::new();
-    let (mut total, mut retries, mut succeeded) = (0u64, 0u64, 0u64);
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut path = format!("/v1/tasks?queue={QUEUE}&limit=1000");
-        if let Some(c) = &cursor {
-            path.push_str("&cursor=");
-            path.push_str(&urlencode(c));
-        }
-        let page: TaskPage = api.get(&path).await.context("cannot list the finished tasks")?;
+/// Tasks listed per page in the fan-in (a page of results is a few MB of JSON).
+const FAN_IN_PAGE: usize = 100;
+
+/// The merged results of the fan-in so far.
+#[derive(Default)]
+struct FanIn {
+    wanted: HashSet<String>,
+    seen: HashSet<String>,
+    words: HashMap<String, u64>,
+    total: u64,
+    retries: u64,
+    succeeded: u64,
+}
+
+impl FanIn {
+    /// Decodes one page of `GET /v1/tasks` and merges its results; returns the next
+    /// cursor. CPU work: run it off the async threads.
+    fn absorb(&mut self, body: &[u8]) -> anyhow::Result<Option<String>> {
+        let page: TaskPage = serde_json::from_slice(body).context("GET /v1/tasks: unexpected answer")?;
         for t in page.items {
-            if !wanted.contains(t.id.as_str()) || !seen.insert(t.id.clone()) {
+            if !self.wanted.contains(&t.id) || !self.seen.insert(t.id.clone()) {
                 continue;
             }
-            retries += t.attempts.saturating_sub(1).max(0) as u64;
+            self.retries += t.attempts.saturating_sub(1).max(0) as u64;
             if t.state != TaskState::Succeeded {
                 continue;
             }
@@ -579,27 +581,53 @@ async fn fan_in(api: &Api, ids: &[String]) -> anyhow::Result<(HashMap<String, u6
                 .with_context(|| format!("task {} has no word counts in its result", t.id))?;
             for (w, c) in words {
                 let c = c.as_u64().with_context(|| format!("task {}: count of {w} is not a number", t.id))?;
-                *merged.entry(w.clone()).or_insert(0) += c;
+                *self.words.entry(w.clone()).or_insert(0) += c;
             }
-            total += result
+            self.total += result
                 .get("total")
                 .and_then(Value::as_u64)
                 .with_context(|| format!("task {} has no total in its result", t.id))?;
-            succeeded += 1;
+            self.succeeded += 1;
         }
-        match page.next_cursor {
-            Some(c) if !c.is_empty() => cursor = Some(c),
-            _ => break,
+        Ok(page.next_cursor.filter(|c| !c.is_empty()))
+    }
+}
+
+/// Fetches every task of the demo queue and merges the word counts of the succeeded
+/// ones. Returns (words, total, retries, succeeded, others).
+async fn fan_in(api: &Api, ids: &[String]) -> anyhow::Result<(HashMap<String, u64>, u64, u64, u64, u64)> {
+    let mut acc = FanIn {
+        wanted: ids.iter().cloned().collect(),
+        ..FanIn::default()
+    };
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/v1/tasks?queue={QUEUE}&limit={FAN_IN_PAGE}");
+        if let Some(c) = &cursor {
+            path.push_str("&cursor=");
+            path.push_str(&urlencode(c));
+        }
+        let body = api.get_bytes(&path).await.context("cannot list the finished tasks")?;
+        let (back, next) = tokio::task::spawn_blocking(move || {
+            let next = acc.absorb(&body);
+            (acc, next)
+        })
+        .await
+        .context("the fan-in panicked")?;
+        acc = back;
+        match next? {
+            Some(c) => cursor = Some(c),
+            None => break,
         }
     }
-    let others = seen.len() as u64 - succeeded;
     anyhow::ensure!(
-        seen.len() == ids.len(),
+        acc.seen.len() == ids.len(),
         "listed {} of the {} submitted tasks",
-        seen.len(),
+        acc.seen.len(),
         ids.len()
     );
-    Ok((merged, total, retries, succeeded, others))
+    let others = acc.seen.len() as u64 - acc.succeeded;
+    Ok((acc.words, acc.total, acc.retries, acc.succeeded, others))
 }
 
 fn urlencode(s: &str) -> String {
@@ -669,6 +697,22 @@ impl Api {
         Self::decode(resp, "GET", path).await
     }
 
+    async fn get_bytes(&self, path: &str) -> anyhow::Result<axum::body::Bytes> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("GET {path}"))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.with_context(|| format!("GET {path}"))?;
+        if !status.is_success() {
+            anyhow::bail!("GET {path}: {}", crate::cli::client::format_error_answer(status.as_u16(), &bytes));
+        }
+        Ok(bytes)
+    }
+
     async fn post<B: serde::Serialize, T: serde::de::DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
         let resp = self
             .http
@@ -699,7 +743,7 @@ fn group(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
