@@ -214,7 +214,6 @@ async fn demo(args: &DemoArgs, work: &WorkDir, stack: &mut Stack) -> anyhow::Res
     let (redis_url, namespace) = match &args.redis_url {
         Some(url) => {
             let ns = format!("muster-demo-{}", &local::random_hex_token()[..12]);
-            stack.cleanup_ns = Some((url.clone(), ns.clone()));
             (url.clone(), ns)
         }
         None => {
@@ -230,6 +229,9 @@ async fn demo(args: &DemoArgs, work: &WorkDir, stack: &mut Stack) -> anyhow::Res
     cfg.heartbeat_interval = Duration::from_millis(HEARTBEAT_MS);
     cfg.reaper_interval = Duration::from_millis(REAPER_MS);
     let app = Application::build(cfg).await?;
+    if args.redis_url.is_some() {
+        stack.cleanup_ns = Some((redis_url.clone(), namespace.clone()));
+    }
     let server_url = format!("http://{}", app.local_addr());
     stack.server = Some(tokio::spawn(app.run(stack.server_stop.clone())));
 
