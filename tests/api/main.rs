@@ -1,8 +1,9 @@
 //! One integration-test binary: every test drives real redis-server processes.
 
 mod cluster;
+mod dev_demo;
+mod events;
 mod flow;
 mod helpers;
-mod store;
 mod security;
-mod events;
+mod store;
