@@ -25,6 +25,9 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// How often expired leases and due tasks are looked for.
     pub reaper_interval: Duration,
+    /// Longest a long-poll (`/wait`, `lease`) is held, whatever the client asks (at
+    /// most 60 s); answering earlier is always allowed by the contract.
+    pub max_wait: Duration,
     /// Redis command timeout; past it the API answers 503.
     pub redis_timeout: Duration,
 }
@@ -44,6 +47,7 @@ impl Config {
             heartbeat_interval: Duration::from_secs(5),
             reaper_interval: Duration::from_millis(1000),
             redis_timeout: Duration::from_secs(1),
+            max_wait: Duration::from_secs(60),
         }
     }
 }

@@ -320,7 +320,7 @@ pub async fn nodes_lease(
     let human = rec.node.kind == NodeKind::Human;
     let max = if human { 1 } else { max as usize };
     let tags = rec.node.tags.join(",");
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms as u64);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms as u64).min(st.config.max_wait);
     let notify = st.hub.node(&id);
     let res: ApiResult<Vec<Lease>> = async {
         let mut out = Vec::new();

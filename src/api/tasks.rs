@@ -399,7 +399,7 @@ pub async fn tasks_wait(
     if !(0..=MAX_WAIT_MS).contains(&timeout) {
         return Err(ApiError::bad("bad_query", format!("timeout_ms must be 0 to {MAX_WAIT_MS}")));
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout as u64);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout as u64).min(st.config.max_wait);
     let notify = st.hub.task(&id);
     let res = async {
         loop {

@@ -39,6 +39,9 @@ pub struct ServeArgs {
     /// Heartbeat interval told to agents, ms; a node is offline after 3 missed.
     #[arg(long, default_value_t = 5000)]
     pub heartbeat_interval_ms: u64,
+    /// Longest a long-poll is held, ms (clients may ask for up to 60000).
+    #[arg(long, default_value_t = 60_000)]
+    pub max_wait_ms: u64,
     /// Reaper interval (expired leases, due tasks), ms.
     #[arg(long, default_value_t = 1000)]
     pub reaper_interval_ms: u64,
@@ -68,6 +71,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.reaper_interval_ms >= 10, "--reaper-interval-ms must be at least 10");
     cfg.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms);
     cfg.reaper_interval = Duration::from_millis(args.reaper_interval_ms);
+    anyhow::ensure!(args.max_wait_ms <= 60_000, "--max-wait-ms must be at most 60000");
+    cfg.max_wait = Duration::from_millis(args.max_wait_ms);
     let app = Application::build(cfg).await?;
     app.run(crate::shutdown::on_signals()).await?;
     Ok(ExitCode::SUCCESS)
