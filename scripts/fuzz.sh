@@ -100,8 +100,8 @@ echo "fuzz: schemathesis ${ARGS[*]}" | sed "s/$TOKEN/\$TOKEN/g" >&2
 set +e
 # From the scratch dir: schemathesis and hypothesis leave .schemathesis/ and .hypothesis/ behind.
 (cd "$WORK" && "$ST" "${ARGS[@]}") 2>&1 | sed "s/$TOKEN/\$TOKEN/g" | tee "$WORK/schemathesis.log"
-cp "$WORK/schemathesis.log" "${TMPDIR:-/tmp}/muster-fuzz-last.log" 2>/dev/null || true
 STATUS=${PIPESTATUS[0]}
+cp "$WORK/schemathesis.log" "${TMPDIR:-/tmp}/muster-fuzz-last.log" 2>/dev/null || true
 set -e
 
 # Case and failure counts, as schemathesis summarised them.
@@ -121,8 +121,20 @@ if grep -qi "error\|panic" "$WORK/muster.log"; then
     echo "fuzz: muster logged errors:" >&2
     grep -i "error\|panic" "$WORK/muster.log" | head -20 >&2
 fi
-if [ "$STATUS" -ne 0 ]; then
+# Schemathesis also exits non-zero for its own runtime errors (on this Python, hypothesis
+# sometimes fails to describe a lambda: "AST constructor recursion depth mismatch"); those
+# are reported but only checks that failed against muster fail the run.
+FAILURES=$(grep -cE "^\s*(❌ )?ST[0-9]+ " "$WORK/schemathesis.log" || true)
+if [ "$STATUS" -ne 0 ] && [ "$FAILURES" -gt 0 ]; then
     echo "fuzz: FAILED (schemathesis exit $STATUS)" >&2
     exit "$STATUS"
+fi
+if [ "$STATUS" -ne 0 ]; then
+    if grep -q "Runtime Error" "$WORK/schemathesis.log" && ! grep -qE "^(Network|Connection) Error" "$WORK/schemathesis.log"; then
+        echo "fuzz: schemathesis reported only tool runtime errors (not muster's); passing" >&2
+    else
+        echo "fuzz: FAILED (schemathesis exit $STATUS)" >&2
+        exit "$STATUS"
+    fi
 fi
 echo "fuzz: passed" >&2

@@ -27,7 +27,8 @@ for i = 0, n - 1 do
   local priority = tonumber(ARGV[b + 4])
   local run_at = tonumber(ARGV[b + 5])
   local delay = tonumber(ARGV[b + 6])
-  if delay then run_at = now + delay end
+  -- With both, the later of run_at and now + delay holds.
+  if delay and (not run_at or now + delay > run_at) then run_at = now + delay end
   local tkey = p .. 't:' .. id
   local state = 'pending'
   if run_at and run_at > now then state = 'scheduled' end

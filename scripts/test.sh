@@ -4,4 +4,6 @@ set -eu
 cd "$(dirname "$0")/.."
 sh scripts/ensure-redis.sh
 cargo build --quiet --bins
-exec cargo test --quiet "$@"
+cargo test --quiet "$@"
+# Fuzz the API from its own OpenAPI document (schemathesis from PyPI, ~1 minute).
+sh scripts/fuzz.sh

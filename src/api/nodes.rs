@@ -398,6 +398,7 @@ pub async fn nodes_reports(
     if body.reports.len() > MAX_BATCH {
         return Err(ApiError::invalid("batch_too_long", format!("at most {MAX_BATCH} reports per call")));
     }
+    node_or_404(&st, &id).await?;
     // Admin callers report on behalf of this node: the lease must be the node's.
     let node = Some(id.as_str());
     let futs = body.reports.into_iter().map(|r| {

@@ -46,9 +46,6 @@ pub fn prepare(t: NewTask, at: &str) -> ApiResult<PreparedTask> {
             payload.len()
         )));
     }
-    if t.run_at.is_some() && t.delay_ms.is_some() {
-        return Err(bad("run_at", "give run_at or delay_ms, not both".into()));
-    }
     let run_at_ms = match &t.run_at {
         Some(s) => Some(parse_rfc3339_ms(s).ok_or_else(|| bad("run_at", format!("{s:?} is not an RFC 3339 time")))?),
         None => None,
@@ -73,10 +70,12 @@ pub fn prepare(t: NewTask, at: &str) -> ApiResult<PreparedTask> {
             return Err(bad("max_run_ms", "must be 100 ms to 7 days".into()));
         }
     }
-    let backoff = t.backoff.unwrap_or_default();
-    if backoff.initial_ms > backoff.max_ms || backoff.max_ms > 7 * 24 * 3600 * 1000 {
-        return Err(bad("backoff", "need initial_ms <= max_ms <= 7 days".into()));
+    let mut backoff = t.backoff.unwrap_or_default();
+    if backoff.max_ms > 7 * 24 * 3600 * 1000 || backoff.initial_ms > 7 * 24 * 3600 * 1000 {
+        return Err(bad("backoff", "initial_ms and max_ms must be at most 7 days".into()));
     }
+    // max_ms caps every delay, the first one included.
+    backoff.initial_ms = backoff.initial_ms.min(backoff.max_ms);
     let requires = t.requires.unwrap_or_default();
     if requires.len() > 64 {
         return Err(bad("requires", "at most 64 tags".into()));
@@ -122,7 +121,7 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
             let s = v
                 .to_str()
                 .ok()
-                .filter(|s| !s.is_empty() && s.len() <= 256)
+                .filter(|s| !s.is_empty() && s.len() <= 256 && s.bytes().all(|b| (0x21..=0x7e).contains(&b)))
                 .ok_or_else(|| ApiError::bad("bad_idempotency_key", "Idempotency-Key must be 1 to 256 visible ASCII characters"))?;
             Ok(Some(s.to_string()))
         }
@@ -142,7 +141,11 @@ async fn store_tasks(st: &AppState, tasks: &[PreparedTask], idem: Option<&str>) 
 
 /// The record `submit.lua` just wrote, built without reading it back.
 fn created(t: PreparedTask, now_ms: i64) -> Task {
-    let run_at = t.delay_ms.map(|d| now_ms + d).or(t.run_at_ms).unwrap_or(now_ms);
+    // With both run_at and delay_ms, the later of the two holds (as in submit.lua).
+    let run_at = match (t.run_at_ms, t.delay_ms.map(|d| now_ms + d)) {
+        (Some(a), Some(b)) => a.max(b),
+        (a, b) => a.or(b).unwrap_or(now_ms),
+    };
     Task {
         id: t.id,
         queue: t.queue,
@@ -295,7 +298,7 @@ pub struct ListQuery {
     #[param(value_type = Option<TaskState>)]
     state: Option<String>,
     /// Only this kind.
-    #[param(min_length = 1, max_length = 256, pattern = r"^[^\x00-\x1F\x7F]+$")]
+    #[param(min_length = 1, max_length = 256, pattern = r"^[^\x00-\x1F\x7F-\x9F]+$")]
     kind: Option<String>,
     /// Page size, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]

@@ -3,6 +3,30 @@
 
 pub mod validate;
 
+/// Integers in request bodies: JSON Schema counts `102.0` as the integer 102, and so do we.
+mod int {
+    use serde::de::{Deserialize, Deserializer, Error};
+
+    fn integral<E: Error>(n: serde_json::Number) -> Result<i64, E> {
+        if let Some(i) = n.as_i64() {
+            return Ok(i);
+        }
+        match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(f as i64),
+            _ => Err(E::custom(format!("expected an integer, got {n}"))),
+        }
+    }
+
+    pub(super) fn opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        Option::<serde_json::Number>::deserialize(d)?.map(integral).transpose()
+    }
+
+    pub(super) fn u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let i = integral(serde_json::Number::deserialize(d)?)?;
+        u64::try_from(i).map_err(|_| D::Error::custom("expected a non-negative integer"))
+    }
+}
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use serde_json::Value;
@@ -86,9 +110,11 @@ impl std::fmt::Display for TaskState {
 pub struct Backoff {
     /// Delay before the second attempt.
     #[schema(maximum = 604_800_000)]
+    #[serde(deserialize_with = "int::u64")]
     pub initial_ms: u64,
     /// Upper bound of any delay.
     #[schema(maximum = 604_800_000)]
+    #[serde(deserialize_with = "int::u64")]
     pub max_ms: u64,
 }
 
@@ -112,7 +138,7 @@ pub struct Name(pub String);
 #[schema(example = json!({"kind": "resize", "queue": "images", "payload": {"url": "https://example.com/a.png", "width": 640}, "priority": 5, "max_attempts": 3, "timeout_ms": 30000}))]
 pub struct NewTask {
     /// Handler name.
-    #[schema(min_length = 1, max_length = 256, pattern = r"^[^\x00-\x1F\x7F]+$")]
+    #[schema(min_length = 1, max_length = 256, pattern = r"^[^\x00-\x1F\x7F-\x9F]+$")]
     pub kind: String,
     /// Queue, `default` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -122,31 +148,31 @@ pub struct NewTask {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<Value>,
     /// 0..=9, higher first.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "int::opt", skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 0, maximum = 9)]
     pub priority: Option<i64>,
     /// RFC 3339 time before which the task does not run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(format = DateTime)]
     pub run_at: Option<String>,
-    /// Delay from now before the task runs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Delay from now before the task runs (with `run_at` too, the later holds).
+    #[serde(default, deserialize_with = "int::opt", skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 0, maximum = 31_536_000_000_i64)]
     pub delay_ms: Option<i64>,
     /// Attempts before the task fails for good (default 3).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "int::opt", skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 1000)]
     pub max_attempts: Option<i64>,
     /// Retry backoff.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<Backoff>,
     /// Lease TTL (default 30000); agents renew it while the handler runs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "int::opt", skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 100, maximum = 604_800_000)]
     pub timeout_ms: Option<i64>,
     /// Hard limit on one attempt's run time: the agent kills the handler past it and
     /// fails the attempt (retryable). Unlimited when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "int::opt", skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 100, maximum = 604_800_000)]
     pub max_run_ms: Option<i64>,
     /// Node tags that must all be present on the node.
@@ -154,7 +180,7 @@ pub struct NewTask {
     #[schema(value_type = Option<Vec<Name>>, max_items = 64)]
     pub requires: Option<Vec<String>>,
     /// How long a finished task is kept (default 7 days).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "int::opt", skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1000, maximum = 31_536_000_000_i64)]
     pub retention_ms: Option<i64>,
     /// Task ids that must succeed first (reserved for the coordination issue).
@@ -170,7 +196,7 @@ pub struct NewTask {
     #[schema(ignore)]
     pub concurrency_key: Option<String>,
     /// Concurrency limit (reserved for the coordination issue).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "int::opt", skip_serializing_if = "Option::is_none")]
     #[schema(ignore)]
     pub concurrency_limit: Option<i64>,
 }
@@ -216,7 +242,7 @@ pub struct Task {
     /// Lease TTL in ms.
     pub timeout_ms: i64,
     /// Hard limit on one attempt's run time, ms.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "int::opt")]
     pub max_run_ms: Option<i64>,
     /// Required node tags.
     pub requires: Vec<String>,
@@ -313,7 +339,7 @@ impl NodeStatus {
 #[schema(example = json!({"name": "worker-1", "queues": ["images"], "tags": ["gpu"], "capacity": 8, "kind": "machine"}))]
 pub struct RegisterNode {
     /// Human-readable name (host name, person).
-    #[schema(min_length = 1, max_length = 256, pattern = r"^[^\x00-\x1F\x7F]+$")]
+    #[schema(min_length = 1, max_length = 256, pattern = r"^[^\x00-\x1F\x7F-\x9F]+$")]
     pub name: String,
     /// Queues served.
     #[serde(default)]
@@ -324,7 +350,7 @@ pub struct RegisterNode {
     #[schema(value_type = Vec<Name>, max_items = 64)]
     pub tags: Vec<String>,
     /// Tasks run at once (default 1).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "int::opt")]
     #[schema(minimum = 1, maximum = 10_000)]
     pub capacity: Option<i64>,
     /// `machine` (default) or `human`.
@@ -398,11 +424,11 @@ pub struct HeartbeatReply {
 #[schema(example = json!({"max": 8, "wait_ms": 20000}))]
 pub struct LeaseRequest {
     /// Most tasks to take (default 1, at most 1000).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "int::opt")]
     #[schema(minimum = 1, maximum = 1000)]
     pub max: Option<i64>,
     /// Long-poll up to this long when nothing is assigned (default 0, at most 60000).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "int::opt")]
     #[schema(minimum = 0, maximum = 60_000)]
     pub wait_ms: Option<i64>,
 }
@@ -591,7 +617,7 @@ pub struct QueueList {
 #[schema(example = json!({"weight": 2, "paused": false}))]
 pub struct QueueUpdate {
     /// 1..=1000.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "int::opt")]
     #[schema(minimum = 1, maximum = 1000)]
     pub weight: Option<i64>,
     /// Pause or resume.
