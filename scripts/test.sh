@@ -6,4 +6,4 @@ sh scripts/ensure-redis.sh
 cargo build --quiet --bins
 cargo test --quiet "$@"
 # Fuzz the API from its own OpenAPI document (schemathesis from PyPI, ~1 minute).
-sh scripts/fuzz.sh
+bash scripts/fuzz.sh
