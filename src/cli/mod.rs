@@ -5,6 +5,7 @@ pub mod bench;
 pub mod client;
 pub mod demo;
 pub mod dev;
+pub mod local;
 pub mod doctor;
 pub mod serve;
 
