@@ -239,6 +239,7 @@ fn proc_status_kb(key: &str) -> u64 {
 #[derive(Debug, Clone, Default)]
 struct RedisSnap {
     calls: HashMap<String, u64>,
+    usec: HashMap<String, u64>,
     cpu_secs: f64,
     used_memory: u64,
 }
@@ -271,7 +272,13 @@ impl Probe {
                     .find_map(|kv| kv.strip_prefix("calls="))
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0);
+                let usec = rest
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix("usec="))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
                 s.calls.insert(name.to_string(), calls);
+                s.usec.insert(name.to_string(), usec);
             }
         }
         let field = |text: &str, key: &str| -> f64 {
@@ -306,6 +313,9 @@ struct Cost {
     redis_scripts_per_task: f64,
     /// Redis commands by name, per task (INFO excluded).
     redis_commands_by_name: std::collections::BTreeMap<String, f64>,
+    /// Redis time per task by command (`INFO commandstats` usec), µs; a script's time
+    /// includes the commands it ran, which are also listed under their own names.
+    redis_usec_per_task_by_name: std::collections::BTreeMap<String, f64>,
     /// Redis CPU (user + sys) per task, µs.
     redis_cpu_us_per_task: f64,
     /// Redis CPU, share of one core.
@@ -322,6 +332,13 @@ fn cost(a: &Snap, b: &Snap, tasks: u64) -> Cost {
     let mut by_name = std::collections::BTreeMap::new();
     let mut total = 0u64;
     let mut scripts = 0u64;
+    let mut usec_by_name = std::collections::BTreeMap::new();
+    for (name, us) in &b.redis.usec {
+        let d = us.saturating_sub(a.redis.usec.get(name).copied().unwrap_or(0));
+        if d > 0 && name != "info" {
+            usec_by_name.insert(name.clone(), round(d as f64 / t, 2));
+        }
+    }
     for (name, calls) in &b.redis.calls {
         if name == "info" {
             continue;
@@ -344,6 +361,7 @@ fn cost(a: &Snap, b: &Snap, tasks: u64) -> Cost {
         redis_commands_per_task: round(total as f64 / t, 2),
         redis_scripts_per_task: round(scripts as f64 / t, 2),
         redis_commands_by_name: by_name,
+        redis_usec_per_task_by_name: usec_by_name,
         redis_cpu_us_per_task: round(rcpu * 1e6 / t, 2),
         redis_cpu_percent: round(rcpu * 100.0 / secs, 1),
         process_cpu_us_per_task: round(pcpu * 1e6 / t, 2),
