@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 /// Flags of `muster bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Tasks per measurement (default 50,000; 5,000 with --quick).
+    /// Tasks per measurement (default 50,000; 2,000 with --quick).
     #[arg(short = 'n', long)]
     pub n: Option<u64>,
     /// Use this Redis instead of a private one (a fresh key namespace is used and
@@ -50,7 +50,8 @@ pub struct BenchArgs {
     /// Print JSON (progress still goes to stderr).
     #[arg(long)]
     pub json: bool,
-    /// Short run for smoke tests: N = 5,000, 3 s per latency rate, 1 s idle.
+    /// Short run for smoke tests (well under a minute even in a debug build): N = 2,000,
+    /// latency at 200/s only for 2 s, census of 1,000 tasks, 1 s idle.
     #[arg(long)]
     pub quick: bool,
     /// In-process bench agents (nodes).
@@ -77,10 +78,10 @@ pub struct BenchArgs {
     /// Concurrent clients of the single-submit run.
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
-    /// Offered rates of the latency runs, tasks/s.
-    #[arg(long, value_delimiter = ',', default_value = "200,1000")]
-    pub rates: Vec<u64>,
-    /// Seconds per latency rate (default 10; 3 with --quick).
+    /// Offered rates of the latency runs, tasks/s (default 200,1000; 200 with --quick).
+    #[arg(long, value_delimiter = ',')]
+    pub rates: Option<Vec<u64>>,
+    /// Seconds per latency rate (default 10; 2 with --quick).
     #[arg(long)]
     pub latency_secs: Option<f64>,
     /// Long-polling agents of the idle measurement (0 skips it).
@@ -90,7 +91,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub idle_secs: Option<f64>,
     /// Tasks of the command census (end-to-end under `redis-cli MONITOR`, untimed, to
-    /// split round trips from commands run inside scripts); default min(N, 5,000), 0 skips.
+    /// split round trips from commands run inside scripts); default min(N, 5,000)
+    /// (1,000 with --quick), 0 skips.
     #[arg(long)]
     pub census_n: Option<u64>,
 }
@@ -115,7 +117,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!((0..=60_000).contains(&args.wait_ms), "--wait-ms must be 0 to 60000");
     anyhow::ensure!((1..=10_000).contains(&args.batch), "--batch must be 1 to 10000");
     anyhow::ensure!(args.batch_concurrency >= 1 && args.clients >= 1, "concurrency must be at least 1");
-    anyhow::ensure!(args.rates.iter().all(|r| *r >= 1), "--rates must be at least 1 each");
+    anyhow::ensure!(args.rates.iter().flatten().all(|r| *r >= 1), "--rates must be at least 1 each");
     if args.redis_url.is_none() && local::find_on_path("redis-server").is_none() {
         anyhow::bail!(local::NO_REDIS_SERVER);
     }
@@ -466,24 +468,44 @@ struct Api {
     http: reqwest::Client,
     base: String,
     admin: String,
+    /// Requests answered 503/429 and retried.
+    retries: Arc<AtomicU64>,
 }
 
 impl Api {
+    /// POSTs JSON and parses the answer. A 503 or 429 (Redis slower than the server's
+    /// timeout, typically on a busy machine or in a debug build) is retried after a short
+    /// pause, as a client would, and counted in `http_retries`.
     async fn post_json<T: serde::de::DeserializeOwned>(&self, path: &str, token: &str, body: Vec<u8>) -> anyhow::Result<T> {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(token)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await?;
-        let status = r.status();
-        if !status.is_success() {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let r = self
+                .http
+                .post(format!("{}{path}", self.base))
+                .bearer_auth(token)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone())
+                .send()
+                .await?;
+            let status = r.status();
+            if status.is_success() {
+                return Ok(r.json::<T>().await?);
+            }
+            if (status == reqwest::StatusCode::SERVICE_UNAVAILABLE || status == reqwest::StatusCode::TOO_MANY_REQUESTS) && attempt < 20 {
+                self.retries.fetch_add(1, Ordering::Relaxed);
+                let wait = r
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map_or(Duration::from_millis(100), |s| Duration::from_secs(s).min(Duration::from_millis(500)));
+                tokio::time::sleep(wait).await;
+                continue;
+            }
             let text = r.text().await.unwrap_or_default();
             anyhow::bail!("POST {path}: {status}: {}", text.chars().take(300).collect::<String>());
         }
-        Ok(r.json::<T>().await?)
     }
 
     async fn queue_counts(&self, queue: &str) -> anyhow::Result<Value> {
@@ -777,6 +799,7 @@ struct Report {
     redis_memory_bytes_per_pending_task_beyond_payload: f64,
     idle: Value,
     census: Value,
+    calibration: Value,
     server_rss_kb: u64,
     server_peak_rss_kb: u64,
     targets: Vec<Target>,
@@ -810,9 +833,10 @@ fn date_utc() -> String {
 // The run.
 
 async fn bench(args: &BenchArgs, stack: &mut Stack) -> anyhow::Result<Report> {
-    let n = args.n.unwrap_or(if args.quick { 5_000 } else { 50_000 }).max(1);
+    let n = args.n.unwrap_or(if args.quick { 2_000 } else { 50_000 }).max(1);
     let single_n = args.single_n.unwrap_or((n / 5).clamp(1, 10_000));
-    let lat_secs = args.latency_secs.unwrap_or(if args.quick { 3.0 } else { 10.0 });
+    let lat_secs = args.latency_secs.unwrap_or(if args.quick { 2.0 } else { 10.0 });
+    let rates = args.rates.clone().unwrap_or_else(|| if args.quick { vec![200] } else { vec![200, 1000] });
     let idle_secs = args.idle_secs.unwrap_or(if args.quick { 1.0 } else { 5.0 });
     let say = |s: String| {
         eprintln!("{s}");
@@ -857,7 +881,7 @@ async fn bench(args: &BenchArgs, stack: &mut Stack) -> anyhow::Result<Report> {
         .pool_max_idle_per_host(1024)
         .timeout(Duration::from_secs(120))
         .build()?;
-    let api = Api { http, base: base.clone(), admin: token.clone() };
+    let api = Api { http, base: base.clone(), admin: token.clone(), retries: Arc::new(AtomicU64::new(0)) };
     let t_base = Instant::now();
     say(format!(
         "muster bench: N={n}, {} in-process no-op bench agents x {} lease loops (max {}, wait_ms {}); \
@@ -865,6 +889,33 @@ async fn bench(args: &BenchArgs, stack: &mut Stack) -> anyhow::Result<Report> {
         args.agents, args.loops, args.lease_max, args.wait_ms
     ));
     say(format!("redis: {redis_desc}, version {redis_version}; server: in-process at {base}"));
+
+    // 1b. Calibration: one hop to Redis (PING) and one HTTP round trip (GET /healthz),
+    // sequential; on a busy machine these show how much scheduling alone costs.
+    let calibration = {
+        let mut ping = Vec::with_capacity(2000);
+        for _ in 0..2000 {
+            let t = Instant::now();
+            let _: String = redis::cmd("PING").query_async(&mut probe.conn).await?;
+            ping.push(t.elapsed().as_nanos() as u64);
+        }
+        let mut hz = Vec::with_capacity(2000);
+        for _ in 0..2000 {
+            let t = Instant::now();
+            api.http.get(format!("{base}/healthz")).send().await?.bytes().await?;
+            hz.push(t.elapsed().as_nanos() as u64);
+        }
+        ping.sort_unstable();
+        hz.sort_unstable();
+        let la = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        json!({
+            "redis_ping_p50_ms": round(percentile(&ping, 0.5), 3),
+            "redis_ping_p99_ms": round(percentile(&ping, 0.99), 3),
+            "http_healthz_p50_ms": round(percentile(&hz, 0.5), 3),
+            "http_healthz_p99_ms": round(percentile(&hz, 0.99), 3),
+            "loadavg_at_start": la.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        })
+    };
 
     // 2. Batch submit, no agents: rate, commands per submitted task, memory per pending task.
     let pb = bar(n, "submit: POST /v1/tasks/batch");
@@ -922,7 +973,7 @@ async fn bench(args: &BenchArgs, stack: &mut Stack) -> anyhow::Result<Report> {
     let e2e_counts = api.queue_counts("bench-e2e").await?;
 
     // 5b. Command census: the same path under MONITOR (untimed).
-    let census_n = args.census_n.unwrap_or(n.min(5_000));
+    let census_n = args.census_n.unwrap_or(n.min(if args.quick { 1_000 } else { 5_000 }));
     let census = if census_n > 0 && local::find_on_path("redis-cli").is_some() {
         let pb = bar(census_n, "census: end-to-end under MONITOR");
         let r = census(&api, &redis_url, census_n, args, stack, t_base, &pb).await;
@@ -947,7 +998,7 @@ async fn bench(args: &BenchArgs, stack: &mut Stack) -> anyhow::Result<Report> {
         wait_done(&c, done_before, &pb).await?;
     }
     let mut latency = Vec::new();
-    for &r in &args.rates {
+    for &r in &rates {
         let total = ((r as f64 * lat_secs).round() as u64).max(LAT_SKIP + 1);
         let pb = bar(total, &format!("latency: {r}/s for {lat_secs}s"));
         lock(&c.latency).clear();
@@ -1076,6 +1127,7 @@ async fn bench(args: &BenchArgs, stack: &mut Stack) -> anyhow::Result<Report> {
     }
 
     let checks = json!({
+        "http_retries_after_503": api.retries.load(Ordering::Relaxed),
         "process_queue_counts": process_counts,
         "end_to_end_queue_counts": e2e_counts,
     });
@@ -1116,6 +1168,7 @@ async fn bench(args: &BenchArgs, stack: &mut Stack) -> anyhow::Result<Report> {
         server_rss_kb: proc_status_kb("VmRSS:"),
         server_peak_rss_kb: proc_status_kb("VmHWM:"),
         census,
+        calibration,
         targets,
         checks,
     })
@@ -1282,6 +1335,20 @@ fn print_report(r: &Report) {
         "CPU during end-to-end".to_string(),
         format!("Redis {:.0}% of a core, muster process {:.0}% (server + agents + load generator)", r.cost_end_to_end.redis_cpu_percent, r.cost_end_to_end.process_cpu_percent),
     ]);
+    t.add_row(vec![
+        "calibration: Redis PING / GET /healthz, sequential".to_string(),
+        format!(
+            "p50 {} / {} ms, p99 {} / {} ms (load average at start {})",
+            r.calibration["redis_ping_p50_ms"],
+            r.calibration["http_healthz_p50_ms"],
+            r.calibration["redis_ping_p99_ms"],
+            r.calibration["http_healthz_p99_ms"],
+            r.calibration["loadavg_at_start"].as_str().unwrap_or("")
+        ),
+    ]);
+    if let Some(n) = r.checks["http_retries_after_503"].as_u64().filter(|n| *n > 0) {
+        t.add_row(vec!["requests answered 503 and retried".to_string(), format!("{n} (Redis slower than the server's 1 s timeout)")]);
+    }
     t.add_row(vec!["muster process RSS (now / peak)".to_string(), format!("{} MiB / {} MiB", r.server_rss_kb / 1024, r.server_peak_rss_kb / 1024)]);
     if let Some(top) = r.census.get("top_level_per_task") {
         let list = |v: &Value| {
