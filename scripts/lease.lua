@@ -2,7 +2,8 @@
 -- KEYS[1]: queue prefix
 -- ARGV[1]: wake channel   ARGV[2]: node id   ARGV[3]: most tasks
 -- ARGV[4]: "1" when the node pulls from pending itself (human nodes), else "0"
--- ARGV[5]: the node's tags (csv, for pull)   ARGV[6..]: one fresh random nonce per task
+-- ARGV[5]: the node's tags (csv, for pull)   ARGV[6]: a fresh random hex seed; each
+--   lease's nonce is the seed followed by its index (unguessable, unique per lease)
 -- Returns: a list of task records, each a flat HGETALL array, state running with
 -- fence incremented, a new nonce and lease_expires = now + timeout_ms.
 local p, node, max, pull = KEYS[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
@@ -13,7 +14,7 @@ local function start(id)
   local timeout = tonumber(redis.call('HGET', tkey, 'timeout_ms')) or 30000
   local fence = redis.call('HINCRBY', tkey, 'fence', 1)
   redis.call('HINCRBY', tkey, 'attempts', 1)
-  redis.call('HSET', tkey, 'state', 'running', 'node', node, 'nonce', ARGV[5 + #out + 1],
+  redis.call('HSET', tkey, 'state', 'running', 'node', node, 'nonce', ARGV[6] .. string.format('%04x', #out),
     'started_at', now, 'lease_expires', now + timeout)
   redis.call('ZADD', p .. 'running', now + timeout, id)
   emit(p, 'task.running', id, node, 'running')

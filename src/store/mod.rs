@@ -645,10 +645,11 @@ impl Store {
     /// # Errors
     /// Redis errors.
     pub async fn lease(&self, queue: &str, node: &str, max: usize, pull: bool, tags: &str) -> Result<Vec<Leased>> {
-        let nonces: Vec<String> = (0..max).map(|_| hex::encode(rand::random::<[u8; 12]>())).collect();
+        // One seed per call, not one nonce per possible lease: most calls lease few.
+        let seed = hex::encode(rand::random::<[u8; 12]>());
         let mut inv = self.scripts.lease.key(self.keys.queue_prefix(queue));
         inv.arg(self.channel()).arg(node).arg(max).arg(if pull { "1" } else { "0" }).arg(tags);
-        inv.arg(&nonces);
+        inv.arg(&seed);
         let mut c = self.conn();
         let rows = array(inv.invoke_async(&mut c).await?)?;
         let mut out = Vec::with_capacity(rows.len());
