@@ -6,6 +6,7 @@
 //! prints the measured figures; `MUSTER_FAULTS_LONG=1` runs the long one. Scenarios
 //! take a lock and run one at a time: they measure recovery times.
 
+mod agents;
 mod handlers;
 pub mod harness;
 mod model;
