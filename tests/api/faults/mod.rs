@@ -7,6 +7,7 @@
 //! take a lock and run one at a time: they measure recovery times.
 
 mod agents;
+mod control_plane;
 mod handlers;
 pub mod harness;
 mod model;
