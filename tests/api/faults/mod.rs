@@ -11,3 +11,4 @@ mod control_plane;
 mod handlers;
 pub mod harness;
 mod model;
+mod redis_faults;
