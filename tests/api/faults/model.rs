@@ -80,7 +80,7 @@ fn prepared(rng: &mut StdRng) -> PreparedTask {
         delay_ms: None,
         max_attempts: rng.random_range(1..=3),
         // Short leases expire between steps; long ones only when time is advanced far.
-        timeout_ms: if short { 15 } else { 60_000 },
+        timeout_ms: if short { 10 } else { 60_000 },
         max_run_ms: None,
         backoff: Backoff { initial_ms: 2, max_ms: 4 },
         requires: vec![],
@@ -156,7 +156,7 @@ impl World {
             66..=75 => self.fail().await,
             76..=80 => self.cancel().await,
             81..=89 => {
-                let ms = if self.rng.random_bool(0.8) { 20 } else { 5 };
+                let ms = if self.rng.random_bool(0.8) { 12 } else { 3 };
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 self.note("advance", format!("{ms} ms"));
             }
