@@ -134,7 +134,8 @@ async fn r6(pause: Duration, queue: &'static str, short: bool, gate_redispatch: 
     let probe_tail = EventTail::start(&redis.url(), &ns, probe_q);
     let names: Vec<String> = (0..2).map(|i| format!("{queue}-agent-{i}")).collect();
     // Handlers outlive the pause; the lease is renewed every TTL/3.
-    let sleep = format!("sleep {}", (pause.as_millis() as f64 / 1000.0 + 2.0).ceil());
+    let extra = if gate_redispatch { 6.0 } else { 2.0 };
+    let sleep = format!("sleep {}", (pause.as_millis() as f64 / 1000.0 + extra).ceil());
     let mut agents: Vec<FProc> =
         names.iter().map(|n| agent(n, &[&serve.url], &["--queue", queue, "--capacity", "4", "--exec", &sleep], false)).collect();
     agents.push(agent(&format!("{queue}-probe-agent"), &[&serve.url], &["--queue", probe_q, "--capacity", "4", "--builtin"], false));
@@ -175,12 +176,62 @@ async fn r6(pause: Duration, queue: &'static str, short: bool, gate_redispatch: 
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let running_ids: Vec<String> = all_tasks(&store, queue).await.into_iter().map(|t| t.id).collect();
+    let expiry = |t: &muster::domain::Task| t.lease_expires_at.as_deref().and_then(muster::domain::parse_rfc3339_ms);
+    if gate_redispatch {
+        // Pause 0.1 s before task 0's next renewal (renewals every TTL/3 = 1 s): that
+        // renewal then times out (1 s Redis timeout) while Redis is still paused, the
+        // worst case for the lease.
+        let first = store.task(&running_ids[0]).await.expect("task");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while expiry(&store.task(&running_ids[0]).await.expect("task")) == expiry(&first) {
+            assert!(Instant::now() < deadline, "no renewal seen");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(TTL_MS / 3 - 100)).await;
+    }
+    let before: std::collections::HashMap<String, Option<i64>> = {
+        let mut m = std::collections::HashMap::new();
+        for id in &running_ids {
+            m.insert(id.clone(), expiry(&store.task(id).await.expect("task")));
+        }
+        m
+    };
     redis.pause();
     let paused = Instant::now();
     tokio::time::sleep(pause).await;
     redis.resume();
     let paused_for = paused.elapsed();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Lease margin left when each lease is first renewed after the pause (the renewal
+    // happened at new expiry - TTL, Redis clock): a healthy agent renews well before
+    // the deadline; TTL/6 is the floor asked here.
+    let mut last = before.clone();
+    let mut margins: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_millis(TTL_MS) && margins.len() < running_ids.len() {
+        for id in &running_ids {
+            if margins.contains_key(id) {
+                continue;
+            }
+            let Ok(t) = store.task(id).await else { continue };
+            let now = expiry(&t);
+            if t.state == TaskState::Succeeded {
+                continue;
+            } else if t.state != TaskState::Running || t.attempts != 1 {
+                // The lease expired.
+                margins.insert(id.clone(), i64::MIN);
+            } else if now != last[id] {
+                let (old, new) = (last[id].unwrap_or(0), now.unwrap_or(0));
+                if before[id] != now {
+                    margins.insert(id.clone(), old - (new - TTL_MS as i64));
+                }
+                last.insert(id.clone(), now);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let worst_margin = margins.values().copied().min().unwrap_or(i64::MIN);
+    tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     for p in probes {
         p.await.expect("probe");
@@ -200,8 +251,9 @@ async fn r6(pause: Duration, queue: &'static str, short: bool, gate_redispatch: 
     let label = if short { "short (0.4 x TTL)" } else { "long (2 x TTL)" };
     eprintln!(
         "R6 {label} figures: paused={paused_for:?} tasks={} redispatched={redispatched} worst_read={worst_read:?} \
-         worst_submit={worst_submit:?} read_statuses={statuses:?} http500={http500} drain={drained:?} {} probes: {}",
+         worst_submit={worst_submit:?} worst_lease_margin_at_first_renewal_after_pause_ms={} read_statuses={statuses:?} http500={http500} drain={drained:?} {} probes: {}",
         tasks.len(),
+        if worst_margin == i64::MIN { "expired".to_string() } else { worst_margin.to_string() },
         check.line(),
         probe_check.line()
     );
@@ -213,6 +265,10 @@ async fn r6(pause: Duration, queue: &'static str, short: bool, gate_redispatch: 
     // No request hangs past the 1 s Redis timeout (+ slack).
     assert!(worst_read <= Duration::from_millis(1500) && worst_submit <= Duration::from_millis(1500), "R6 {label}: a request hung ({worst_read:?} / {worst_submit:?})");
     if short && gate_redispatch {
+        assert!(
+            worst_margin >= (TTL_MS / 6) as i64,
+            "R6 {label}: after the pause a lease was renewed with only {worst_margin} ms left (or expired); margins {margins:?}"
+        );
         assert_eq!(redispatched, 0, "R6 {label}: a short pause re-dispatched tasks: {tasks:#?}");
         assert!(tasks.iter().all(|t| t.fence == 1));
     }
