@@ -3,6 +3,7 @@
 mod cluster;
 mod dev_demo;
 mod events;
+mod faults;
 mod flow;
 mod helpers;
 mod security;
