@@ -604,8 +604,15 @@ async fn renew_loop(agent: &Agent, lease: &Lease, handle: &TaskHandle) {
                     handle.stop(StopReason::LeaseLost);
                     return;
                 }
-                let retry = e.retry_after().unwrap_or(Duration::from_secs(1));
-                next = retry.min(every).min(deadline - now);
+                // Retry soon, well inside what is left of the lease: a Retry-After
+                // that lands on the deadline races the reaper (a Redis blip would
+                // expire healthy leases).
+                let left = deadline - now;
+                next = e
+                    .retry_after()
+                    .unwrap_or(Duration::from_millis(200))
+                    .min(Duration::from_millis(200))
+                    .min(left / 4);
                 tracing::warn!(error = %e, retry_in_ms = next.as_millis() as u64, "lease renewal failed");
             }
         }

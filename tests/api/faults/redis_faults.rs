@@ -284,8 +284,6 @@ async fn r6_redis_paused_for_less_than_the_ttl_loses_nothing_and_never_hangs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "bug: a Redis pause of 0.4 x TTL expires leases (src/agent/mod.rs renew_loop retries a failed \
-            renewal only after min(Retry-After 1 s, TTL/3), so the retry lands on the lease deadline)"]
 async fn r6_redis_paused_for_less_than_the_ttl_re_dispatches_nothing() {
     let _serial = serial().await;
     r6(Duration::from_millis(TTL_MS * 4 / 10), "r6b", true, true).await;
