@@ -15,7 +15,10 @@ pub struct Directory {
 impl Directory {
     /// A cache whose snapshot is refreshed after `max_age`.
     pub fn new(max_age: Duration) -> Directory {
-        Directory { max_age, inner: Mutex::new(None) }
+        Directory {
+            max_age,
+            inner: Mutex::new(None),
+        }
     }
 
     /// Forgets the snapshot (a node registered, changed or left).
@@ -28,7 +31,12 @@ impl Directory {
     /// # Errors
     /// Redis errors while refreshing.
     pub async fn all(&self, store: &Store) -> Result<std::sync::Arc<Vec<NodeRecord>>, StoreError> {
-        if let Some((at, v)) = self.inner.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        if let Some((at, v)) = self
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
             if at.elapsed() < self.max_age {
                 return Ok(v.clone());
             }

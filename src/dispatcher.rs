@@ -31,8 +31,18 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// A dispatcher over `store`.
-    pub fn new(store: Store, hub: Arc<Hub>, directory: Arc<Directory>, heartbeat_interval: Duration) -> Dispatcher {
-        Dispatcher { store, hub, directory, fresh_for: heartbeat_interval * 3 }
+    pub fn new(
+        store: Store,
+        hub: Arc<Hub>,
+        directory: Arc<Directory>,
+        heartbeat_interval: Duration,
+    ) -> Dispatcher {
+        Dispatcher {
+            store,
+            hub,
+            directory,
+            fresh_for: heartbeat_interval * 3,
+        }
     }
 
     /// Runs `workers` workers until `shutdown`.
@@ -93,7 +103,10 @@ impl Dispatcher {
         if candidates.is_empty() {
             return Ok(0);
         }
-        let mut all_queues: Vec<String> = candidates.iter().flat_map(|n| n.node.queues.iter().cloned()).collect();
+        let mut all_queues: Vec<String> = candidates
+            .iter()
+            .flat_map(|n| n.node.queues.iter().cloned())
+            .collect();
         all_queues.sort();
         all_queues.dedup();
         let loads = self.store.loads(&all_queues).await?;
@@ -102,10 +115,22 @@ impl Dispatcher {
         let mut rows: Vec<(String, i64, i64, f64, String)> = candidates
             .iter()
             .map(|n| {
-                let elsewhere: i64 = n.node.queues.iter().filter(|q| *q != queue).map(|q| load_of(q, &n.node.id)).sum();
+                let elsewhere: i64 = n
+                    .node
+                    .queues
+                    .iter()
+                    .filter(|q| *q != queue)
+                    .map(|q| load_of(q, &n.node.id))
+                    .sum();
                 let budget = n.node.capacity - elsewhere;
                 let free = budget - load_of(queue, &n.node.id);
-                (n.node.id.clone(), budget, free, n.node.mean_run_ms.unwrap_or(0.0), n.node.tags.join(","))
+                (
+                    n.node.id.clone(),
+                    budget,
+                    free,
+                    n.node.mean_run_ms.unwrap_or(0.0),
+                    n.node.tags.join(","),
+                )
             })
             .filter(|r| r.2 > 0)
             .collect();
@@ -116,10 +141,16 @@ impl Dispatcher {
         rows.sort_by(|a, b| b.2.cmp(&a.2).then(a.3.total_cmp(&b.3)));
         let total_free: i64 = rows.iter().map(|r| r.2).sum();
         let max = (BATCH * weight.max(1) as usize).min(total_free as usize);
-        let args: Vec<(String, i64, String)> = rows.iter().map(|r| (r.0.clone(), r.1, r.4.clone())).collect();
+        let args: Vec<(String, i64, String)> = rows
+            .iter()
+            .map(|r| (r.0.clone(), r.1, r.4.clone()))
+            .collect();
         let (assigned, left) = self.store.dispatch(queue, &args, max, max * 2 + 64).await?;
         if assigned > 0 {
-            crate::metrics::METRICS.assigned.with_label_values(&[queue]).inc_by(assigned as u64);
+            crate::metrics::METRICS
+                .assigned
+                .with_label_values(&[queue])
+                .inc_by(assigned as u64);
             for r in &rows {
                 self.hub.wake_node(&r.0);
             }

@@ -38,7 +38,11 @@ fn notify_of(map: &Mutex<HashMap<String, Arc<Notify>>>, key: &str) -> Arc<Notify
 }
 
 fn wake(map: &Mutex<HashMap<String, Arc<Notify>>>, key: &str) {
-    let n = map.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned();
+    let n = map
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(key)
+        .cloned();
     if let Some(n) = n {
         n.notify_waiters();
     }
@@ -87,7 +91,12 @@ impl Hub {
     /// Wakes every waiter (the periodic sweep).
     pub fn wake_all(&self) {
         for map in [&self.tasks, &self.nodes] {
-            let all: Vec<Arc<Notify>> = map.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+            let all: Vec<Arc<Notify>> = map
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .cloned()
+                .collect();
             for n in all {
                 n.notify_waiters();
             }
@@ -150,10 +159,32 @@ mod tests {
     #[test]
     fn stats_accumulate_until_taken() {
         let h = Hub::new();
-        h.add_stats("n", NodeStats { succeeded: 1, run_ms: 5, runs: 1, ..Default::default() });
-        h.add_stats("n", NodeStats { failed: 1, ..Default::default() });
+        h.add_stats(
+            "n",
+            NodeStats {
+                succeeded: 1,
+                run_ms: 5,
+                runs: 1,
+                ..Default::default()
+            },
+        );
+        h.add_stats(
+            "n",
+            NodeStats {
+                failed: 1,
+                ..Default::default()
+            },
+        );
         let s = h.take_stats();
-        assert_eq!(s["n"], NodeStats { succeeded: 1, failed: 1, run_ms: 5, runs: 1 });
+        assert_eq!(
+            s["n"],
+            NodeStats {
+                succeeded: 1,
+                failed: 1,
+                run_ms: 5,
+                runs: 1
+            }
+        );
         assert!(h.take_stats().is_empty());
     }
 }

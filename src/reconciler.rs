@@ -24,14 +24,20 @@ pub struct Reconciler {
 impl Reconciler {
     /// A reconciler over `store`.
     pub fn new(store: Store, hub: Arc<Hub>, directory: Arc<Directory>) -> Reconciler {
-        Reconciler { store, hub, directory }
+        Reconciler {
+            store,
+            hub,
+            directory,
+        }
     }
 
     /// Handles one wake-up message.
     pub fn handle(&self, msg: &str) {
         let mut parts = msg.split(' ');
         let kind = parts.next().unwrap_or("");
-        let queue = parts.next().and_then(|p| self.store.keys.queue_of_prefix(p));
+        let queue = parts
+            .next()
+            .and_then(|p| self.store.keys.queue_of_prefix(p));
         match (kind, queue) {
             ("new", Some(q)) => self.hub.mark_dirty(q),
             ("assigned", Some(_)) => {
@@ -66,7 +72,11 @@ impl Reconciler {
     /// Writes accumulated node statistics to the node hashes.
     pub async fn flush_stats(&self) {
         for (node, s) in self.hub.take_stats() {
-            if let Err(e) = self.store.add_node_stats(&node, s.succeeded, s.failed, s.run_ms, s.runs).await {
+            if let Err(e) = self
+                .store
+                .add_node_stats(&node, s.succeeded, s.failed, s.run_ms, s.runs)
+                .await
+            {
                 tracing::debug!(node_id = %node, error = %e, "cannot write node statistics, retrying later");
                 self.hub.add_stats(&node, s);
             }

@@ -37,7 +37,9 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationTok
             },
         };
         let _ = stream.set_nodelay(true);
-        let svc = app.clone().map_request(|r: hyper::Request<Incoming>| r.map(axum::body::Body::new));
+        let svc = app
+            .clone()
+            .map_request(|r: hyper::Request<Incoming>| r.map(axum::body::Body::new));
         let svc = TowerToHyperService::new(svc);
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -53,7 +55,10 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationTok
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("some requests did not finish within {DRAIN:?} of shutdown");
     }
 }

@@ -31,38 +31,64 @@ impl Application {
     /// Redis unreachable or unsuitable, or the address taken.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         if config.admin_token.is_none() && !config.no_auth {
-            anyhow::bail!("no admin token: set MUSTER_ADMIN_TOKEN (or --admin-token), or use --no-auth on a loopback address");
+            anyhow::bail!(
+                "no admin token: set MUSTER_ADMIN_TOKEN (or --admin-token), or use --no-auth on a loopback address"
+            );
         }
         let store = Store::connect(&config.redis_url, &config.namespace, config.redis_timeout)
             .await
-            .with_context(|| format!("cannot connect to redis at {}; start redis-server or pass --redis-url", config.redis_url))?;
+            .with_context(|| {
+                format!(
+                    "cannot connect to redis at {}; start redis-server or pass --redis-url",
+                    config.redis_url
+                )
+            })?;
         let persistence = store.prepare().await.context("redis is not usable")?;
         if !persistence {
-            tracing::warn!("redis persistence is off (no AOF, no RDB): a redis restart loses every task; enable appendonly yes");
+            tracing::warn!(
+                "redis persistence is off (no AOF, no RDB): a redis restart loses every task; enable appendonly yes"
+            );
         }
-        let listener = TcpListener::bind(&config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}; pick another address with --listen", config.listen))?;
+        let listener = TcpListener::bind(&config.listen).await.with_context(|| {
+            format!(
+                "cannot listen on {}; pick another address with --listen",
+                config.listen
+            )
+        })?;
         let addr = listener.local_addr()?;
         if config.no_auth {
             if !addr.ip().is_loopback() {
                 anyhow::bail!("--no-auth is only allowed on a loopback listen address, not {addr}");
             }
-            tracing::warn!("AUTHENTICATION IS OFF (--no-auth): anyone who can reach {addr} controls this muster");
+            tracing::warn!(
+                "AUTHENTICATION IS OFF (--no-auth): anyone who can reach {addr} controls this muster"
+            );
         }
         let hub = Hub::new();
         let state = AppState {
             store,
             admin_sha: config.admin_token.as_deref().map(token_sha),
-            tokens: Arc::new(config.tokens.iter().map(|(r, t)| (token_sha(t), *r)).collect()),
+            tokens: Arc::new(
+                config
+                    .tokens
+                    .iter()
+                    .map(|(r, t)| (token_sha(t), *r))
+                    .collect(),
+            ),
             no_auth: config.no_auth,
-            limiter: config.rate_limit.map(|(r, b)| Arc::new(crate::api::limit::RateLimiter::new(r, b))),
+            limiter: config
+                .rate_limit
+                .map(|(r, b)| Arc::new(crate::api::limit::RateLimiter::new(r, b))),
             hub,
             directory: Arc::new(Directory::new(Duration::from_millis(500))),
             persistence: Arc::new(AtomicBool::new(persistence)),
             config: Arc::new(config),
         };
-        Ok(Application { addr, listener, state })
+        Ok(Application {
+            addr,
+            listener,
+            state,
+        })
     }
 
     /// The bound address (the real port when the config asked for port 0).
@@ -85,7 +111,12 @@ impl Application {
         let mut set = tokio::task::JoinSet::new();
         let child = shutdown.child_token();
 
-        let dispatcher = Dispatcher::new(st.store.clone(), st.hub.clone(), st.directory.clone(), cfg.heartbeat_interval);
+        let dispatcher = Dispatcher::new(
+            st.store.clone(),
+            st.hub.clone(),
+            st.directory.clone(),
+            cfg.heartbeat_interval,
+        );
         let sd = child.clone();
         let workers = cfg.dispatchers;
         set.spawn(async move {
@@ -123,10 +154,16 @@ impl Application {
             let name = first.and_then(|r| r.ok()).unwrap_or("a component");
             child.cancel();
             // Give the rest a moment to stop at a safe point.
-            let _ = tokio::time::timeout(Duration::from_secs(10), async { while set.join_next().await.is_some() {} }).await;
+            let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                while set.join_next().await.is_some() {}
+            })
+            .await;
             anyhow::bail!("{name} stopped unexpectedly; shutting down");
         }
-        let _ = tokio::time::timeout(Duration::from_secs(10), async { while set.join_next().await.is_some() {} }).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while set.join_next().await.is_some() {}
+        })
+        .await;
         Ok(())
     }
 }

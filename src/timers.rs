@@ -33,8 +33,20 @@ pub struct Round {
 
 impl Timers {
     /// Timers ticking every `interval`; nodes go offline after 3 missed heartbeats.
-    pub fn new(store: Store, hub: Arc<Hub>, directory: Arc<Directory>, interval: Duration, heartbeat: Duration) -> Timers {
-        Timers { store, hub, directory, interval, offline_after: heartbeat * 3 }
+    pub fn new(
+        store: Store,
+        hub: Arc<Hub>,
+        directory: Arc<Directory>,
+        interval: Duration,
+        heartbeat: Duration,
+    ) -> Timers {
+        Timers {
+            store,
+            hub,
+            directory,
+            interval,
+            offline_after: heartbeat * 3,
+        }
     }
 
     /// One round over every queue and node.
@@ -54,7 +66,13 @@ impl Timers {
             for (id, node, state) in &expired {
                 tracing::info!(task_id = %id, node_id = %node, new_state = %state, "lease expired");
                 self.hub.wake_task(id);
-                self.hub.add_stats(node, NodeStats { failed: 1, ..Default::default() });
+                self.hub.add_stats(
+                    node,
+                    NodeStats {
+                        failed: 1,
+                        ..Default::default()
+                    },
+                );
             }
             if !expired.is_empty() {
                 round.expired += expired.len();
@@ -62,9 +80,14 @@ impl Timers {
             }
         }
         let now = self.store.now_ms().await?;
-        let stale = self.store.stale_nodes(now - self.offline_after.as_millis() as i64).await?;
+        let stale = self
+            .store
+            .stale_nodes(now - self.offline_after.as_millis() as i64)
+            .await?;
         for id in stale {
-            let Some(rec) = self.store.node(&id).await? else { continue };
+            let Some(rec) = self.store.node(&id).await? else {
+                continue;
+            };
             if rec.node.status == NodeStatus::Offline {
                 continue;
             }

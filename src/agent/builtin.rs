@@ -74,7 +74,9 @@ async fn sleep(payload: &Value) -> Result<Value, BuiltinError> {
         Some(v) => v
             .as_u64()
             .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
-            .ok_or_else(|| BuiltinError::fatal("sleep: payload.ms must be a non-negative number"))?,
+            .ok_or_else(|| {
+                BuiltinError::fatal("sleep: payload.ms must be a non-negative number")
+            })?,
     };
     tokio::time::sleep(Duration::from_millis(ms)).await;
     Ok(json!({ "slept_ms": ms }))
@@ -95,7 +97,10 @@ fn fail(payload: &Value) -> BuiltinError {
 pub fn count_words(text: &str) -> (BTreeMap<String, u64>, u64) {
     let mut words: BTreeMap<String, u64> = BTreeMap::new();
     let mut total = 0;
-    for w in text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
+    for w in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
         *words.entry(w.to_lowercase()).or_insert(0) += 1;
         total += 1;
     }
@@ -137,7 +142,9 @@ fn opt_u64(payload: &Value, field: &str) -> Result<Option<u64>, BuiltinError> {
     match payload.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v.as_u64().map(Some).ok_or_else(|| {
-            BuiltinError::fatal(format!("wordcount: payload.{field} must be a non-negative integer"))
+            BuiltinError::fatal(format!(
+                "wordcount: payload.{field} must be a non-negative integer"
+            ))
         }),
     }
 }
@@ -177,8 +184,16 @@ mod tests {
         let r = run_builtin("sleep", &json!({"ms": 50}), 1).await;
         assert_eq!(r, Ok(json!({"slept_ms": 50})));
         assert!(t.elapsed() >= Duration::from_millis(50));
-        assert_eq!(run_builtin("sleep", &json!({}), 1).await, Ok(json!({"slept_ms": 0})));
-        assert!(!run_builtin("sleep", &json!({"ms": "x"}), 1).await.unwrap_err().retryable);
+        assert_eq!(
+            run_builtin("sleep", &json!({}), 1).await,
+            Ok(json!({"slept_ms": 0}))
+        );
+        assert!(
+            !run_builtin("sleep", &json!({"ms": "x"}), 1)
+                .await
+                .unwrap_err()
+                .retryable
+        );
     }
 
     #[tokio::test]
@@ -210,7 +225,10 @@ mod tests {
     #[tokio::test]
     async fn unknown_kind_fails_for_good() {
         let e = run_builtin("teleport", &Value::Null, 1).await.unwrap_err();
-        assert_eq!(e, BuiltinError::fatal("unknown kind teleport for the built-in executor"));
+        assert_eq!(
+            e,
+            BuiltinError::fatal("unknown kind teleport for the built-in executor")
+        );
     }
 
     #[test]
@@ -231,7 +249,10 @@ mod tests {
     #[tokio::test]
     async fn wordcount_counts_text() {
         let r = run_builtin("wordcount", &json!({"text": "Hello, hello world!"}), 1).await;
-        assert_eq!(r, Ok(json!({"words": {"hello": 2, "world": 1}, "total": 3})));
+        assert_eq!(
+            r,
+            Ok(json!({"words": {"hello": 2, "world": 1}, "total": 3}))
+        );
         let r = run_builtin("wordcount", &json!({"text": ""}), 1).await;
         assert_eq!(r, Ok(json!({"words": {}, "total": 0})));
     }
@@ -241,7 +262,12 @@ mod tests {
         let mut f = tempfile::NamedTempFile::new().expect("temp file");
         f.write_all(b"alpha beta gamma delta").expect("write");
         let path = f.path().to_str().expect("utf-8 path").to_string();
-        let r = run_builtin("wordcount", &json!({"path": path, "offset": 6, "len": 10}), 1).await;
+        let r = run_builtin(
+            "wordcount",
+            &json!({"path": path, "offset": 6, "len": 10}),
+            1,
+        )
+        .await;
         assert_eq!(r, Ok(json!({"words": {"beta": 1, "gamma": 1}, "total": 2})));
         let r = run_builtin("wordcount", &json!({"path": path}), 1).await;
         assert_eq!(r.expect("whole file")["total"], json!(4));
@@ -251,7 +277,11 @@ mod tests {
 
     #[tokio::test]
     async fn wordcount_rejects_bad_payloads() {
-        for p in [json!({}), json!({"text": 3}), json!({"path": "/x", "len": -1})] {
+        for p in [
+            json!({}),
+            json!({"text": 3}),
+            json!({"path": "/x", "len": -1}),
+        ] {
             let e = run_builtin("wordcount", &p, 1).await.unwrap_err();
             assert!(!e.retryable, "{p}");
         }

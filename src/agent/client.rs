@@ -3,8 +3,8 @@
 //! `application/problem+json` errors.
 
 use crate::domain::{
-    ExtendReply, ExtendRequest, HeartbeatReply, LeaseReply, LeaseRequest, NodeRegistered,
-    Problem, RegisterNode, ReportBatch, ReportBatchReply,
+    ExtendReply, ExtendRequest, HeartbeatReply, LeaseReply, LeaseRequest, NodeRegistered, Problem,
+    RegisterNode, ReportBatch, ReportBatchReply,
 };
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -68,7 +68,9 @@ impl ClientError {
     pub fn is_transient(&self) -> bool {
         match self {
             ClientError::Transport { .. } => true,
-            ClientError::Status { status, .. } => *status >= 500 || *status == 408 || *status == 429,
+            ClientError::Status { status, .. } => {
+                *status >= 500 || *status == 408 || *status == 429
+            }
             ClientError::Decode { .. } => false,
         }
     }
@@ -130,18 +132,34 @@ impl Client {
         admin_token: Option<&str>,
         body: &RegisterNode,
     ) -> Result<NodeRegistered, ClientError> {
-        self.call(Method::POST, "/v1/nodes".into(), admin_token, Some(body), CALL_TIMEOUT)
-            .await
+        self.call(
+            Method::POST,
+            "/v1/nodes".into(),
+            admin_token,
+            Some(body),
+            CALL_TIMEOUT,
+        )
+        .await
     }
 
     /// `POST /v1/nodes/{id}/heartbeat`.
     ///
     /// # Errors
     /// See [`ClientError`].
-    pub async fn heartbeat(&self, node_id: &str, token: &str) -> Result<HeartbeatReply, ClientError> {
+    pub async fn heartbeat(
+        &self,
+        node_id: &str,
+        token: &str,
+    ) -> Result<HeartbeatReply, ClientError> {
         let path = format!("/v1/nodes/{node_id}/heartbeat");
-        self.call(Method::POST, path, Some(token), Some(&serde_json::json!({})), CALL_TIMEOUT)
-            .await
+        self.call(
+            Method::POST,
+            path,
+            Some(token),
+            Some(&serde_json::json!({})),
+            CALL_TIMEOUT,
+        )
+        .await
     }
 
     /// `POST /v1/nodes/{id}/lease`, long-polling up to `wait_ms`.
@@ -161,7 +179,8 @@ impl Client {
             wait_ms: Some(i64::try_from(wait_ms).unwrap_or(i64::MAX)),
         };
         let timeout = Duration::from_millis(wait_ms) + LONG_POLL_SLACK;
-        self.call(Method::POST, path, Some(token), Some(&body), timeout).await
+        self.call(Method::POST, path, Some(token), Some(&body), timeout)
+            .await
     }
 
     /// `POST /v1/tasks/{id}/extend`.
@@ -175,7 +194,8 @@ impl Client {
         body: &ExtendRequest,
     ) -> Result<ExtendReply, ClientError> {
         let path = format!("/v1/tasks/{task_id}/extend");
-        self.call(Method::POST, path, Some(token), Some(body), CALL_TIMEOUT).await
+        self.call(Method::POST, path, Some(token), Some(body), CALL_TIMEOUT)
+            .await
     }
 
     /// `POST /v1/nodes/{id}/reports`.
@@ -189,7 +209,8 @@ impl Client {
         body: &ReportBatch,
     ) -> Result<ReportBatchReply, ClientError> {
         let path = format!("/v1/nodes/{node_id}/reports");
-        self.call(Method::POST, path, Some(token), Some(body), CALL_TIMEOUT).await
+        self.call(Method::POST, path, Some(token), Some(body), CALL_TIMEOUT)
+            .await
     }
 
     /// `DELETE /v1/nodes/{id}`.
@@ -198,9 +219,15 @@ impl Client {
     /// See [`ClientError`].
     pub async fn deregister(&self, node_id: &str, token: &str) -> Result<(), ClientError> {
         let path = format!("/v1/nodes/{node_id}");
-        self.call::<(), serde::de::IgnoredAny>(Method::DELETE, path, Some(token), None, CALL_TIMEOUT)
-            .await
-            .map(|_| ())
+        self.call::<(), serde::de::IgnoredAny>(
+            Method::DELETE,
+            path,
+            Some(token),
+            None,
+            CALL_TIMEOUT,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// One call, moving on to the next server on connection errors (each server is
@@ -299,7 +326,14 @@ async fn decode<R: DeserializeOwned>(
         });
     }
     let (code, detail) = match serde_json::from_slice::<Problem>(&bytes) {
-        Ok(p) => (Some(p.code), if p.detail.is_empty() { p.title } else { p.detail }),
+        Ok(p) => (
+            Some(p.code),
+            if p.detail.is_empty() {
+                p.title
+            } else {
+                p.detail
+            },
+        ),
         Err(_) => {
             let text = String::from_utf8_lossy(&bytes);
             let text = text.trim();

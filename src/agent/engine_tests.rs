@@ -3,8 +3,8 @@
 
 use super::*;
 use crate::domain::{
-    ExtendReply, HeartbeatReply, LeaseReply, LeaseRequest, Node, NodeRegistered,
-    ReportBatchReply, ReportResult, Task, TaskState,
+    ExtendReply, HeartbeatReply, LeaseReply, LeaseRequest, Node, NodeRegistered, ReportBatchReply,
+    ReportResult, Task, TaskState,
 };
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -67,7 +67,12 @@ fn lease(id: &str, kind: &str, payload: Value, timeout_ms: i64, attempts: i64) -
 
 fn problem(status: StatusCode, code: &str) -> Response {
     let body = json!({"type": "about:blank", "title": code, "status": status.as_u16(), "detail": code, "code": code});
-    (status, [("content-type", "application/problem+json")], body.to_string()).into_response()
+    (
+        status,
+        [("content-type", "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 async fn register(State(m): State<Shared>, Json(body): Json<RegisterNode>) -> Response {
@@ -120,7 +125,8 @@ async fn lease_route(
 ) -> Json<LeaseReply> {
     let max = req.max.unwrap_or(1);
     lock(&m.0).lease_nodes.push(id);
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms.unwrap_or(0) as u64);
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(req.wait_ms.unwrap_or(0) as u64);
     loop {
         let notified = m.1.notified();
         {
@@ -151,7 +157,10 @@ async fn extend(State(m): State<Shared>, Path(id): Path<String>) -> Response {
     .into_response()
 }
 
-async fn reports(State(m): State<Shared>, Json(batch): Json<ReportBatch>) -> Json<ReportBatchReply> {
+async fn reports(
+    State(m): State<Shared>,
+    Json(batch): Json<ReportBatch>,
+) -> Json<ReportBatchReply> {
     let mut g = lock(&m.0);
     g.report_calls += 1;
     let results = batch
@@ -183,7 +192,9 @@ async fn start_mock() -> (String, Shared) {
         .route("/v1/nodes/{id}", delete(deregister))
         .route("/v1/tasks/{id}/extend", post(extend))
         .with_state(shared.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -226,7 +237,10 @@ fn config(server: String, capacity: u32, grace: Duration) -> AgentConfig {
 async fn runs_reports_cancels_and_drops_lost_leases() {
     let (url, m) = start_mock().await;
     let shutdown = CancellationToken::new();
-    let agent = tokio::spawn(run(config(url, 3, Duration::from_secs(5)), shutdown.clone()));
+    let agent = tokio::spawn(run(
+        config(url, 3, Duration::from_secs(5)),
+        shutdown.clone(),
+    ));
     wait_for(&m, "registration", |g| g.registered == 1).await;
 
     push(
@@ -244,7 +258,9 @@ async fn runs_reports_cancels_and_drops_lost_leases() {
         g.cancel.push("t2".into());
     }
     wait_for(&m, "reports of t1, t2, t4", |g| {
-        ["t1", "t2", "t4"].iter().all(|id| report_of(g, id).is_some())
+        ["t1", "t2", "t4"]
+            .iter()
+            .all(|id| report_of(g, id).is_some())
     })
     .await;
     // The lost lease also frees its slot, then nothing more is reported for it.
@@ -262,8 +278,15 @@ async fn runs_reports_cancels_and_drops_lost_leases() {
         let t4 = report_of(&g, "t4").expect("t4");
         assert_eq!(t4.outcome, ReportOutcome::Failed);
         assert_eq!(t4.retryable, Some(true));
-        assert!(report_of(&g, "t3").is_none(), "a lost lease must not be reported");
-        assert!(g.max_asked <= 3, "asked for {} with capacity 3", g.max_asked);
+        assert!(
+            report_of(&g, "t3").is_none(),
+            "a lost lease must not be reported"
+        );
+        assert!(
+            g.max_asked <= 3,
+            "asked for {} with capacity 3",
+            g.max_asked
+        );
     }
 
     shutdown.cancel();
@@ -279,8 +302,14 @@ async fn runs_reports_cancels_and_drops_lost_leases() {
 async fn full_node_does_not_lease_and_shutdown_kills_after_grace() {
     let (url, m) = start_mock().await;
     let shutdown = CancellationToken::new();
-    let agent = tokio::spawn(run(config(url, 1, Duration::from_millis(200)), shutdown.clone()));
-    push(&m, vec![lease("long", "sleep", json!({"ms": 20000}), 30000, 1)]);
+    let agent = tokio::spawn(run(
+        config(url, 1, Duration::from_millis(200)),
+        shutdown.clone(),
+    ));
+    push(
+        &m,
+        vec![lease("long", "sleep", json!({"ms": 20000}), 30000, 1)],
+    );
     wait_for(&m, "the lease", |g| g.leased.len() == 1).await;
     push(&m, vec![lease("queued", "echo", json!(1), 5000, 1)]);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -306,29 +335,44 @@ async fn full_node_does_not_lease_and_shutdown_kills_after_grace() {
 async fn many_outcomes_are_coalesced_into_few_report_calls() {
     let (url, m) = start_mock().await;
     let shutdown = CancellationToken::new();
-    let agent = tokio::spawn(run(config(url, 64, Duration::from_secs(5)), shutdown.clone()));
+    let agent = tokio::spawn(run(
+        config(url, 64, Duration::from_secs(5)),
+        shutdown.clone(),
+    ));
     wait_for(&m, "registration", |g| g.registered == 1).await;
-    let leases = (0..200).map(|i| lease(&format!("n{i}"), "noop", Value::Null, 5000, 1)).collect();
+    let leases = (0..200)
+        .map(|i| lease(&format!("n{i}"), "noop", Value::Null, 5000, 1))
+        .collect();
     push(&m, leases);
     wait_for(&m, "200 reports", |g| g.reports.len() == 200).await;
     let calls = lock(&m.0).report_calls;
     assert!(calls < 200, "{calls} report calls for 200 outcomes");
     shutdown.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), agent).await.expect("agent stops");
+    let _ = tokio::time::timeout(Duration::from_secs(5), agent)
+        .await
+        .expect("agent stops");
 }
 
 #[tokio::test]
 async fn a_forgotten_node_registers_again() {
     let (url, m) = start_mock().await;
     let shutdown = CancellationToken::new();
-    let agent = tokio::spawn(run(config(url, 1, Duration::from_secs(5)), shutdown.clone()));
+    let agent = tokio::spawn(run(
+        config(url, 1, Duration::from_secs(5)),
+        shutdown.clone(),
+    ));
     wait_for(&m, "registration", |g| g.registered == 1).await;
     lock(&m.0).forgotten.push("node1".into());
     wait_for(&m, "re-registration", |g| g.registered == 2).await;
     push(&m, vec![lease("after", "echo", json!("hi"), 5000, 1)]);
     wait_for(&m, "the report", |g| report_of(g, "after").is_some()).await;
-    assert_eq!(lock(&m.0).lease_nodes.last().map(String::as_str), Some("node2"));
+    assert_eq!(
+        lock(&m.0).lease_nodes.last().map(String::as_str),
+        Some("node2")
+    );
     shutdown.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), agent).await.expect("agent stops");
+    let _ = tokio::time::timeout(Duration::from_secs(5), agent)
+        .await
+        .expect("agent stops");
     assert_eq!(lock(&m.0).deregistered, vec!["node2".to_string()]);
 }

@@ -38,7 +38,10 @@ impl ExecError {
 
 /// The lease TTL (`timeout_ms`), 30 s when it is not positive.
 pub fn lease_ttl(lease: &Lease) -> Duration {
-    let ms = u64::try_from(lease.task.timeout_ms).ok().filter(|ms| *ms > 0).unwrap_or(30_000);
+    let ms = u64::try_from(lease.task.timeout_ms)
+        .ok()
+        .filter(|ms| *ms > 0)
+        .unwrap_or(30_000);
     Duration::from_millis(ms)
 }
 
@@ -366,7 +369,10 @@ mod tests {
         // A background grandchild that would write the marker if it survived.
         let cmd = format!("(sleep 1; echo alive > {path}) & sleep 5");
         let t = std::time::Instant::now();
-        let e = exec(&cmd).run(&lease("k", Value::Null, 200)).await.unwrap_err();
+        let e = exec(&cmd)
+            .run(&lease("k", Value::Null, 200))
+            .await
+            .unwrap_err();
         assert_eq!(e.message, "timed out after 200 ms");
         assert!(e.retryable);
         assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
@@ -377,7 +383,9 @@ mod tests {
 
     #[tokio::test]
     async fn non_json_stdout_is_a_string_and_empty_is_null() {
-        let r = exec("echo '  hello world  '").run(&lease("k", Value::Null, 5000)).await;
+        let r = exec("echo '  hello world  '")
+            .run(&lease("k", Value::Null, 5000))
+            .await;
         assert_eq!(r, Ok(json!("hello world")));
         let r = exec("true").run(&lease("k", Value::Null, 5000)).await;
         assert_eq!(r, Ok(Value::Null));
@@ -388,15 +396,23 @@ mod tests {
     #[tokio::test]
     async fn a_command_ignoring_a_large_stdin_still_succeeds() {
         let big = Value::String("x".repeat(1 << 20));
-        let r = exec("echo '{\"ok\":true}'").run(&lease("k", big, 5000)).await;
+        let r = exec("echo '{\"ok\":true}'")
+            .run(&lease("k", big, 5000))
+            .await;
         assert_eq!(r, Ok(json!({"ok": true})));
     }
 
     #[tokio::test]
     async fn builtin_runs_in_process_with_the_timeout() {
         let r = Runner::new(Executor::Builtin).expect("runner");
-        assert_eq!(r.run(&lease("echo", json!({"x": 1}), 1000)).await, Ok(json!({"x": 1})));
-        let e = r.run(&lease("sleep", json!({"ms": 5000}), 100)).await.unwrap_err();
+        assert_eq!(
+            r.run(&lease("echo", json!({"x": 1}), 1000)).await,
+            Ok(json!({"x": 1}))
+        );
+        let e = r
+            .run(&lease("sleep", json!({"ms": 5000}), 100))
+            .await
+            .unwrap_err();
         assert_eq!(e.message, "timed out after 100 ms");
         let e = r.run(&lease("nope", Value::Null, 1000)).await.unwrap_err();
         assert!(!e.retryable);

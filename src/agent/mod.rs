@@ -18,8 +18,7 @@ pub mod client;
 pub mod exec;
 
 use crate::domain::{
-    ExtendRequest, Lease, NodeKind, NodeStatus, RegisterNode, Report, ReportBatch,
-    ReportOutcome,
+    ExtendRequest, Lease, NodeKind, NodeStatus, RegisterNode, Report, ReportBatch, ReportOutcome,
 };
 use client::{Client, ClientError};
 use std::collections::HashMap;
@@ -93,7 +92,11 @@ pub fn default_name() -> String {
         .ok()
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.trim().is_empty()))
+        .or_else(|| {
+            std::env::var("HOSTNAME")
+                .ok()
+                .filter(|h| !h.trim().is_empty())
+        })
         .unwrap_or_else(|| "agent".to_string());
     format!("{}-{}", host, std::process::id())
 }
@@ -139,19 +142,28 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         grace_ms = agent.config.grace.as_millis() as u64,
         "shutting down: leasing stopped, waiting for running tasks"
     );
-    if tokio::time::timeout(agent.config.grace, tasks.wait()).await.is_err() {
+    if tokio::time::timeout(agent.config.grace, tasks.wait())
+        .await
+        .is_err()
+    {
         let handles: Vec<Arc<TaskHandle>> = lock(&agent.running).values().cloned().collect();
         tracing::warn!(node_id = %node_id, killed = handles.len(), "grace over: killing the remaining tasks");
         for h in handles {
             h.stop(StopReason::Shutdown);
         }
-        if tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::error!(node_id = %node_id, "tasks did not stop after the kill");
         }
     }
     reporter_stop.cancel();
     let mut reporter = reporter;
-    if tokio::time::timeout(FINAL_FLUSH_TIMEOUT, &mut reporter).await.is_err() {
+    if tokio::time::timeout(FINAL_FLUSH_TIMEOUT, &mut reporter)
+        .await
+        .is_err()
+    {
         tracing::error!(node_id = %node_id, "could not flush the last reports in time; dropping them");
         reporter.abort();
     }
@@ -197,7 +209,10 @@ pub async fn run_cli(args: crate::cli::agent::AgentArgs) -> anyhow::Result<ExitC
         queues: args.queues,
         capacity: args.capacity,
         tags: args.tags,
-        name: args.name.filter(|n| !n.trim().is_empty()).unwrap_or_else(default_name),
+        name: args
+            .name
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(default_name),
         executor,
         grace: Duration::from_secs(args.grace_secs),
     };
@@ -334,7 +349,9 @@ fn register_body(config: &AgentConfig) -> RegisterNode {
 }
 
 async fn register_node(client: &Client, config: &AgentConfig) -> Result<Session, ClientError> {
-    let reg = client.register(config.token.as_deref(), &register_body(config)).await?;
+    let reg = client
+        .register(config.token.as_deref(), &register_body(config))
+        .await?;
     let heartbeat = match reg.heartbeat_interval_ms {
         0 => DEFAULT_HEARTBEAT,
         ms => Duration::from_millis(ms.max(100)),
@@ -439,7 +456,9 @@ async fn lease_loop(agent: &Arc<Agent>, tasks: &TaskTracker, shutdown: &Cancella
                 Err(_) => return,
             },
         };
-        let max = u32::try_from(slots.available_permits()).unwrap_or(u32::MAX).saturating_add(1);
+        let max = u32::try_from(slots.available_permits())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
         let s = agent.session();
         let asked = Instant::now();
         let res = tokio::select! {
@@ -465,7 +484,9 @@ async fn lease_loop(agent: &Arc<Agent>, tasks: &TaskTracker, shutdown: &Cancella
                 backoff.reset();
                 let mut first = Some(first);
                 for lease in reply.leases {
-                    let permit = first.take().or_else(|| slots.clone().try_acquire_owned().ok());
+                    let permit = first
+                        .take()
+                        .or_else(|| slots.clone().try_acquire_owned().ok());
                     match permit {
                         Some(p) => {
                             tasks.spawn(run_task(agent.clone(), lease, p));
@@ -663,9 +684,15 @@ async fn report_loop(
                 pending.drain(..n);
                 for r in reply.results {
                     match r.status {
-                        200..=299 => tracing::debug!(node_id = %s.id, task_id = %r.task_id, state = ?r.state, "report accepted"),
-                        404 | 409 => tracing::debug!(node_id = %s.id, task_id = %r.task_id, status = r.status, code = ?r.code, "report refused: lease lost"),
-                        _ => tracing::warn!(node_id = %s.id, task_id = %r.task_id, status = r.status, code = ?r.code, "report refused"),
+                        200..=299 => {
+                            tracing::debug!(node_id = %s.id, task_id = %r.task_id, state = ?r.state, "report accepted")
+                        }
+                        404 | 409 => {
+                            tracing::debug!(node_id = %s.id, task_id = %r.task_id, status = r.status, code = ?r.code, "report refused: lease lost")
+                        }
+                        _ => {
+                            tracing::warn!(node_id = %s.id, task_id = %r.task_id, status = r.status, code = ?r.code, "report refused")
+                        }
                     }
                 }
             }

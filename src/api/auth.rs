@@ -61,11 +61,16 @@ impl Role {
 /// # Errors
 /// A one-line message naming the bad entry.
 pub fn parse_role_token(s: &str) -> Result<(Role, String), String> {
-    let (r, t) = s.split_once(':').ok_or_else(|| "a token entry must be ROLE:TOKEN".to_string())?;
-    let role = Role::parse(r.trim()).ok_or_else(|| format!("unknown role {r:?}: use admin, submit, read or agent"))?;
+    let (r, t) = s
+        .split_once(':')
+        .ok_or_else(|| "a token entry must be ROLE:TOKEN".to_string())?;
+    let role = Role::parse(r.trim())
+        .ok_or_else(|| format!("unknown role {r:?}: use admin, submit, read or agent"))?;
     let t = t.trim();
     if t.len() < 16 {
-        return Err(format!("the {r} token is too short: use at least 16 characters"));
+        return Err(format!(
+            "the {r} token is too short: use at least 16 characters"
+        ));
     }
     Ok((role, t.to_string()))
 }
@@ -117,7 +122,9 @@ impl Principal {
     pub fn require_node(&self, id: &str) -> Result<(), ApiError> {
         match self {
             Principal::Node(n) if n == id => Ok(()),
-            Principal::Node(_) => Err(ApiError::Forbidden("this token belongs to another node".into())),
+            Principal::Node(_) => Err(ApiError::Forbidden(
+                "this token belongs to another node".into(),
+            )),
             other => other.require(Role::Admin),
         }
     }
@@ -150,21 +157,31 @@ fn eq_sha(a: &str, b: &str) -> bool {
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         if state.no_auth {
             return Ok(Principal::Admin);
         }
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::Unauthorized("missing 'Authorization: Bearer <token>' header".into()))?;
+            .ok_or_else(|| {
+                ApiError::Unauthorized("missing 'Authorization: Bearer <token>' header".into())
+            })?;
         let token = header
             .to_str()
             .ok()
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| ApiError::Unauthorized("the Authorization header must be 'Bearer <token>'".into()))?;
+            .ok_or_else(|| {
+                ApiError::Unauthorized("the Authorization header must be 'Bearer <token>'".into())
+            })?;
         let sha = token_sha(token);
         if let Some(admin) = &state.admin_sha {
             if eq_sha(&sha, admin) {
@@ -207,9 +224,20 @@ mod tests {
 
     #[test]
     fn role_token_entries_parse_or_explain() {
-        assert_eq!(parse_role_token("read:0123456789abcdef"), Ok((Role::Read, "0123456789abcdef".into())));
-        assert!(parse_role_token("reader:0123456789abcdef").unwrap_err().contains("unknown role"));
-        assert!(parse_role_token("read:short").unwrap_err().contains("too short"));
+        assert_eq!(
+            parse_role_token("read:0123456789abcdef"),
+            Ok((Role::Read, "0123456789abcdef".into()))
+        );
+        assert!(
+            parse_role_token("reader:0123456789abcdef")
+                .unwrap_err()
+                .contains("unknown role")
+        );
+        assert!(
+            parse_role_token("read:short")
+                .unwrap_err()
+                .contains("too short")
+        );
         assert!(parse_role_token("0123456789abcdef").is_err());
     }
 }

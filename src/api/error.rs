@@ -59,31 +59,58 @@ pub enum ApiError {
 impl ApiError {
     /// 400 shorthand.
     pub fn bad(code: &'static str, detail: impl Into<String>) -> ApiError {
-        ApiError::BadRequest { code, detail: detail.into() }
+        ApiError::BadRequest {
+            code,
+            detail: detail.into(),
+        }
     }
     /// 422 shorthand.
     pub fn invalid(code: &'static str, detail: impl Into<String>) -> ApiError {
-        ApiError::Invalid { code, detail: detail.into() }
+        ApiError::Invalid {
+            code,
+            detail: detail.into(),
+        }
     }
     /// 409 shorthand.
     pub fn conflict(code: &'static str, detail: impl Into<String>) -> ApiError {
-        ApiError::Conflict { code, detail: detail.into() }
+        ApiError::Conflict {
+            code,
+            detail: detail.into(),
+        }
     }
 
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, "Bad Request", code),
-            ApiError::Invalid { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Unprocessable Content", code),
+            ApiError::Invalid { code, .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Unprocessable Content",
+                code,
+            ),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized", "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden", "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "Not Found", "not_found"),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, "Conflict", code),
-            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "Content Too Large", "too_large"),
-            ApiError::UnsupportedMediaType(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported Media Type", "unsupported_media_type")
-            }
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable", "unavailable"),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", "internal"),
+            ApiError::TooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Content Too Large",
+                "too_large",
+            ),
+            ApiError::UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Unsupported Media Type",
+                "unsupported_media_type",
+            ),
+            ApiError::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable",
+                "unavailable",
+            ),
+            ApiError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal Server Error",
+                "internal",
+            ),
         }
     }
 
@@ -91,7 +118,9 @@ impl ApiError {
     pub fn problem(&self) -> Problem {
         let (status, title, code) = self.parts();
         let detail = match self {
-            ApiError::Unavailable(_) => "redis is unreachable; retry after the time in Retry-After".to_string(),
+            ApiError::Unavailable(_) => {
+                "redis is unreachable; retry after the time in Retry-After".to_string()
+            }
             ApiError::Internal(_) => "an internal error occurred; it has been logged".to_string(),
             other => other.to_string(),
         };
@@ -116,9 +145,10 @@ impl From<StoreError> for ApiError {
                      the lease expired or belongs to another node; stop working on it"
                 ),
             ),
-            StoreError::IllegalTransition { from } => {
-                ApiError::conflict("illegal_transition", format!("not allowed while the task is {from}"))
-            }
+            StoreError::IllegalTransition { from } => ApiError::conflict(
+                "illegal_transition",
+                format!("not allowed while the task is {from}"),
+            ),
             e @ StoreError::Unavailable(_) => ApiError::Unavailable(e),
             other => ApiError::Internal(other.into()),
         }
@@ -133,17 +163,24 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(e) => tracing::warn!(error = %e, "redis unavailable"),
             _ => {}
         }
-        let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut res = (status, body).into_response();
         let h = res.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         match self {
             ApiError::Unavailable(_) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ApiError::Unauthorized(_) => {
-                h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"muster\""));
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"muster\""),
+                );
             }
             _ => {}
         }

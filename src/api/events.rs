@@ -4,9 +4,9 @@
 //! queue one second before it (Redis's clock is shared), so a reconnecting client misses
 //! nothing and drops duplicates by id. Memory is bounded: one batch in flight per client.
 
+use super::AppState;
 use super::auth::{Principal, Role};
 use super::error::{ApiError, ApiResult};
-use super::AppState;
 use crate::domain::{Problem, validate};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -71,13 +71,20 @@ fn parse_xread(v: Value, keys: &HashMap<String, String>) -> Vec<TaskEvent> {
     let Value::Array(streams) = v else { return out };
     for s in streams {
         let Value::Array(pair) = s else { continue };
-        let (Some(key), Some(Value::Array(entries))) = (pair.first().and_then(text), pair.get(1).cloned()) else {
+        let (Some(key), Some(Value::Array(entries))) =
+            (pair.first().and_then(text), pair.get(1).cloned())
+        else {
             continue;
         };
-        let Some(queue) = keys.get(&key) else { continue };
+        let Some(queue) = keys.get(&key) else {
+            continue;
+        };
         for e in entries {
             let Value::Array(e) = e else { continue };
-            let (Some(sid), Some(Value::Array(fields))) = (e.first().and_then(text), e.get(1)) else { continue };
+            let (Some(sid), Some(Value::Array(fields))) = (e.first().and_then(text), e.get(1))
+            else {
+                continue;
+            };
             let mut f: HashMap<String, String> = HashMap::new();
             let mut it = fields.iter();
             while let (Some(k), Some(v)) = (it.next(), it.next()) {
@@ -117,14 +124,23 @@ struct Cursor {
 impl Cursor {
     async fn fill(&mut self) -> Result<(), redis::RedisError> {
         if self.conn.is_none() {
-            let cfg = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(5)));
-            self.conn = Some(self.st.store.client().get_multiplexed_async_connection_with_config(&cfg).await?);
+            let cfg = redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(Duration::from_secs(5)));
+            self.conn = Some(
+                self.st
+                    .store
+                    .client()
+                    .get_multiplexed_async_connection_with_config(&cfg)
+                    .await?,
+            );
         }
         let queues = match &self.fixed_queue {
             Some(q) => vec![q.clone()],
             None => self.st.store.queues().await.map_err(|e| match e {
                 crate::store::StoreError::Unavailable(e) | crate::store::StoreError::Redis(e) => e,
-                other => redis::RedisError::from((redis::ErrorKind::Client, "store", other.to_string())),
+                other => {
+                    redis::RedisError::from((redis::ErrorKind::Client, "store", other.to_string()))
+                }
             })?,
         };
         if queues.is_empty() {
@@ -133,17 +149,27 @@ impl Cursor {
         }
         let mut keys = HashMap::new();
         let mut cmd = redis::cmd("XREAD");
-        cmd.arg("COUNT").arg(500).arg("BLOCK").arg(1000).arg("STREAMS");
+        cmd.arg("COUNT")
+            .arg(500)
+            .arg("BLOCK")
+            .arg(1000)
+            .arg("STREAMS");
         for q in &queues {
             let k = self.st.store.keys.events(q);
             cmd.arg(&k);
             keys.insert(k, q.clone());
         }
         for q in &queues {
-            let id = self.ids.entry(q.clone()).or_insert_with(|| self.start_id.clone());
+            let id = self
+                .ids
+                .entry(q.clone())
+                .or_insert_with(|| self.start_id.clone());
             cmd.arg(id.as_str());
         }
-        let conn = self.conn.as_mut().ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Client, "no connection")))?;
+        let conn = self
+            .conn
+            .as_mut()
+            .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Client, "no connection")))?;
         let v: Value = cmd.query_async(conn).await?;
         for e in parse_xread(v, &keys) {
             if let Some(sid) = e.id.split('@').next() {
@@ -188,18 +214,25 @@ pub async fn events(
     }
     let mut fixed_queue = q.queue.clone();
     if let Some(t) = &q.task {
-        let tq = validate::task_queue(t).ok_or_else(|| ApiError::bad("bad_query", "task is not a task id"))?;
+        let tq = validate::task_queue(t)
+            .ok_or_else(|| ApiError::bad("bad_query", "task is not a task id"))?;
         if fixed_queue.as_deref().is_some_and(|fq| fq != tq) {
             return Err(ApiError::bad("bad_query", "that task is not in that queue"));
         }
         fixed_queue = Some(tq.to_string());
     }
     let mut ids = HashMap::new();
-    let start_id = match headers.get("last-event-id").map(|v| v.to_str().unwrap_or("")) {
+    let start_id = match headers
+        .get("last-event-id")
+        .map(|v| v.to_str().unwrap_or(""))
+    {
         Some(last) => {
             let (sid, queue) = last.split_once('@').unwrap_or((last, ""));
             let (ms, _) = parse_id(sid).ok_or_else(|| {
-                ApiError::bad("bad_last_event_id", "Last-Event-ID must be an id this server sent (<ms>-<seq>@<queue>)")
+                ApiError::bad(
+                    "bad_last_event_id",
+                    "Last-Event-ID must be an id this server sent (<ms>-<seq>@<queue>)",
+                )
             })?;
             if validate::queue_name(queue).is_ok() {
                 ids.insert(queue.to_string(), sid.to_string());
@@ -208,7 +241,15 @@ pub async fn events(
         }
         None => format!("{}-0", st.store.now_ms().await?),
     };
-    let cursor = Cursor { st, conn: None, fixed_queue, task: q.task, ids, start_id, buf: VecDeque::new() };
+    let cursor = Cursor {
+        st,
+        conn: None,
+        fixed_queue,
+        task: q.task,
+        ids,
+        start_id,
+        buf: VecDeque::new(),
+    };
     let stream = futures::stream::unfold(cursor, |mut c| async move {
         loop {
             if let Some(e) = c.buf.pop_front() {

@@ -21,7 +21,11 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// `rate` requests per second, bursts of `burst`.
     pub fn new(rate: f64, burst: f64) -> RateLimiter {
-        RateLimiter { rate, burst: burst.max(1.0), buckets: Mutex::new(HashMap::new()) }
+        RateLimiter {
+            rate,
+            burst: burst.max(1.0),
+            buckets: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Takes one token for `key`; `Err(seconds)` to wait when empty.
@@ -47,7 +51,10 @@ impl RateLimiter {
 
 /// Middleware: applies the limiter to requests that carry a bearer token.
 pub async fn rate_limit(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    if let (Some(rl), Some(h)) = (&st.limiter, req.headers().get(axum::http::header::AUTHORIZATION)) {
+    if let (Some(rl), Some(h)) = (
+        &st.limiter,
+        req.headers().get(axum::http::header::AUTHORIZATION),
+    ) {
         let key = crate::store::token_sha(h.to_str().unwrap_or(""));
         if let Err(wait) = rl.take(&key) {
             let secs = wait.ceil().max(1.0) as u64;

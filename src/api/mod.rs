@@ -71,9 +71,14 @@ where
         match axum::Json::<serde_json::Value>::from_request(req, state).await {
             Ok(axum::Json(v)) => {
                 if !v.is_object() {
-                    return Err(ApiError::invalid("invalid_body", "the body must be a JSON object"));
+                    return Err(ApiError::invalid(
+                        "invalid_body",
+                        "the body must be a JSON object",
+                    ));
                 }
-                serde_json::from_value(v).map(Json).map_err(|e| ApiError::invalid("invalid_body", e.to_string()))
+                serde_json::from_value(v)
+                    .map(Json)
+                    .map_err(|e| ApiError::invalid("invalid_body", e.to_string()))
             }
             Err(r) => Err(match r {
                 JsonRejection::JsonDataError(e) => ApiError::invalid("invalid_body", e.body_text()),
@@ -106,34 +111,57 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))
         .route("/metrics", get(system::metrics))
-        .route("/v1/tasks", post(tasks::tasks_create).get(tasks::tasks_list))
+        .route(
+            "/v1/tasks",
+            post(tasks::tasks_create).get(tasks::tasks_list),
+        )
         .route("/v1/tasks/batch", post(tasks::tasks_batch))
-        .route("/v1/tasks/{id}", get(tasks::tasks_get).delete(tasks::tasks_delete))
+        .route(
+            "/v1/tasks/{id}",
+            get(tasks::tasks_get).delete(tasks::tasks_delete),
+        )
         .route("/v1/tasks/{id}/wait", get(tasks::tasks_wait))
         .route("/v1/tasks/{id}/cancel", post(tasks::tasks_cancel))
         .route("/v1/tasks/{id}/retry", post(tasks::tasks_retry))
         .route("/v1/tasks/{id}/extend", post(tasks::tasks_extend))
         .route("/v1/tasks/{id}/complete", post(tasks::tasks_complete))
         .route("/v1/tasks/{id}/fail", post(tasks::tasks_fail))
-        .route("/v1/nodes", post(nodes::nodes_register).get(nodes::nodes_list))
-        .route("/v1/nodes/{id}", get(nodes::nodes_get).delete(nodes::nodes_delete))
+        .route(
+            "/v1/nodes",
+            post(nodes::nodes_register).get(nodes::nodes_list),
+        )
+        .route(
+            "/v1/nodes/{id}",
+            get(nodes::nodes_get).delete(nodes::nodes_delete),
+        )
         .route("/v1/nodes/{id}/heartbeat", post(nodes::nodes_heartbeat))
         .route("/v1/nodes/{id}/drain", post(nodes::nodes_drain))
         .route("/v1/nodes/{id}/lease", post(nodes::nodes_lease))
         .route("/v1/nodes/{id}/reports", post(nodes::nodes_reports))
         .route("/v1/events", get(events::events))
         .route("/v1/queues", get(queues::queues_list))
-        .route("/v1/queues/{name}", get(queues::queues_get).put(queues::queues_put))
+        .route(
+            "/v1/queues/{name}",
+            get(queues::queues_get).put(queues::queues_put),
+        )
         .route("/v1/queues/{name}/pause", post(queues::queues_pause))
         .route("/v1/queues/{name}/resume", post(queues::queues_resume))
-        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", <openapi::ApiDoc as utoipa::OpenApi>::openapi()))
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url(
+            "/openapi.json",
+            <openapi::ApiDoc as utoipa::OpenApi>::openapi(),
+        ))
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), limit::rate_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limit::rate_limit,
+        ))
         .route_layer(axum::middleware::from_fn(system::track_http))
         .layer(axum::middleware::from_fn(system::limit_head))
         .layer(tower_http::trace::TraceLayer::new_for_http())
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(system::panic_response))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            system::panic_response,
+        ))
         .with_state(state)
 }

@@ -6,8 +6,9 @@ use super::error::{ApiError, ApiResult};
 use super::tasks::{after_report, error_text, result_json};
 use super::{AppState, Json, MAX_BATCH, MAX_WAIT_MS};
 use crate::domain::{
-    Problem, HeartbeatReply, Lease, LeaseReply, LeaseRequest, Node, NodeKind, NodeList, NodeRegistered, NodeStatus,
-    RegisterNode, ReportBatch, ReportBatchReply, ReportOutcome, ReportResult, rfc3339_ms, validate,
+    HeartbeatReply, Lease, LeaseReply, LeaseRequest, Node, NodeKind, NodeList, NodeRegistered,
+    NodeStatus, Problem, RegisterNode, ReportBatch, ReportBatchReply, ReportOutcome, ReportResult,
+    rfc3339_ms, validate,
 };
 use crate::store::{NodeRecord, token_sha};
 use axum::extract::{Path, State};
@@ -15,10 +16,9 @@ use axum::http::StatusCode;
 use std::time::Duration;
 
 async fn node_or_404(st: &AppState, id: &str) -> ApiResult<NodeRecord> {
-    st.directory
-        .get(&st.store, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no node {id}; register again with POST /v1/nodes")))
+    st.directory.get(&st.store, id).await?.ok_or_else(|| {
+        ApiError::NotFound(format!("no node {id}; register again with POST /v1/nodes"))
+    })
 }
 
 #[utoipa::path(
@@ -52,7 +52,11 @@ pub async fn nodes_register(
     if body.name.is_empty() || body.name.len() > 256 || body.name.chars().any(char::is_control) {
         return Err(bad("name must be 1 to 256 printable characters".into()));
     }
-    let queues = if body.queues.is_empty() { vec!["default".to_string()] } else { body.queues };
+    let queues = if body.queues.is_empty() {
+        vec!["default".to_string()]
+    } else {
+        body.queues
+    };
     if queues.len() > 64 {
         return Err(bad("at most 64 queues".into()));
     }
@@ -128,7 +132,13 @@ pub async fn nodes_register(
 /// 503 Redis down.
 pub async fn nodes_list(State(st): State<AppState>, who: Principal) -> ApiResult<Json<NodeList>> {
     who.require(Role::Read)?;
-    let items = st.store.nodes().await?.into_iter().map(|r| r.node).collect();
+    let items = st
+        .store
+        .nodes()
+        .await?
+        .into_iter()
+        .map(|r| r.node)
+        .collect();
     Ok(Json(NodeList { items }))
 }
 
@@ -151,11 +161,19 @@ pub async fn nodes_list(State(st): State<AppState>, who: Principal) -> ApiResult
 /// # Errors
 /// 404.
 #[tracing::instrument(skip_all, fields(node_id = %id))]
-pub async fn nodes_get(State(st): State<AppState>, who: Principal, Path(id): Path<String>) -> ApiResult<Json<Node>> {
+pub async fn nodes_get(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Node>> {
     if who.require_node(&id).is_err() {
         who.require(Role::Read)?;
     }
-    let n = st.store.node(&id).await?.ok_or_else(|| ApiError::NotFound(format!("no node {id}")))?;
+    let n = st
+        .store
+        .node(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no node {id}")))?;
     Ok(Json(n.node))
 }
 
@@ -178,7 +196,11 @@ pub async fn nodes_get(State(st): State<AppState>, who: Principal, Path(id): Pat
 /// # Errors
 /// 404.
 #[tracing::instrument(skip_all, fields(node_id = %id))]
-pub async fn nodes_delete(State(st): State<AppState>, who: Principal, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn nodes_delete(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     who.require_node(&id)?;
     let rec = node_or_404(&st, &id).await?;
     let n = st.store.delete_node(&rec.node).await?;
@@ -210,7 +232,11 @@ pub async fn nodes_delete(State(st): State<AppState>, who: Principal, Path(id): 
 /// # Errors
 /// 404.
 #[tracing::instrument(skip_all, fields(node_id = %id))]
-pub async fn nodes_drain(State(st): State<AppState>, who: Principal, Path(id): Path<String>) -> ApiResult<Json<Node>> {
+pub async fn nodes_drain(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Node>> {
     who.require_node(&id)?;
     let rec = node_or_404(&st, &id).await?;
     st.store.set_node_status(&id, NodeStatus::Draining).await?;
@@ -220,7 +246,11 @@ pub async fn nodes_drain(State(st): State<AppState>, who: Principal, Path(id): P
         st.hub.mark_dirty(q);
     }
     st.hub.wake_node(&id);
-    let n = st.store.node(&id).await?.ok_or_else(|| ApiError::NotFound(format!("no node {id}")))?;
+    let n = st
+        .store
+        .node(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no node {id}")))?;
     Ok(Json(n.node))
 }
 
@@ -298,10 +328,14 @@ pub async fn nodes_lease(
             .map_err(|e| ApiError::bad("malformed_json", format!("malformed JSON: {e}")))?;
         match v {
             serde_json::Value::Null => LeaseRequest::default(),
-            v @ serde_json::Value::Object(_) => {
-                serde_json::from_value(v).map_err(|e| ApiError::invalid("invalid_body", e.to_string()))?
+            v @ serde_json::Value::Object(_) => serde_json::from_value(v)
+                .map_err(|e| ApiError::invalid("invalid_body", e.to_string()))?,
+            _ => {
+                return Err(ApiError::invalid(
+                    "invalid_body",
+                    "the body must be a JSON object or null",
+                ));
             }
-            _ => return Err(ApiError::invalid("invalid_body", "the body must be a JSON object or null")),
         }
     };
     let max = req.max.unwrap_or(1);
@@ -310,7 +344,10 @@ pub async fn nodes_lease(
     }
     let wait_ms = req.wait_ms.unwrap_or(0);
     if !(0..=MAX_WAIT_MS).contains(&wait_ms) {
-        return Err(ApiError::invalid("invalid_lease", format!("wait_ms must be 0 to {MAX_WAIT_MS}")));
+        return Err(ApiError::invalid(
+            "invalid_lease",
+            format!("wait_ms must be 0 to {MAX_WAIT_MS}"),
+        ));
     }
     let rec = node_or_404(&st, &id).await?;
     // A lease call is also a sign of life.
@@ -320,7 +357,8 @@ pub async fn nodes_lease(
     let human = rec.node.kind == NodeKind::Human;
     let max = if human { 1 } else { max as usize };
     let tags = rec.node.tags.join(",");
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms as u64).min(st.config.max_wait);
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(wait_ms as u64).min(st.config.max_wait);
     let notify = st.hub.node(&id);
     let res: ApiResult<Vec<Lease>> = async {
         let mut out = Vec::new();
@@ -333,12 +371,26 @@ pub async fn nodes_lease(
                     if out.len() >= max {
                         break;
                     }
-                    let leased = st.store.lease(q, &id, max - out.len(), human, &tags).await?;
+                    let leased = st
+                        .store
+                        .lease(q, &id, max - out.len(), human, &tags)
+                        .await?;
                     for l in &leased {
-                        let due = l.task.run_at.as_deref().and_then(crate::domain::parse_rfc3339_ms);
-                        let started = l.task.started_at.as_deref().and_then(crate::domain::parse_rfc3339_ms);
+                        let due = l
+                            .task
+                            .run_at
+                            .as_deref()
+                            .and_then(crate::domain::parse_rfc3339_ms);
+                        let started = l
+                            .task
+                            .started_at
+                            .as_deref()
+                            .and_then(crate::domain::parse_rfc3339_ms);
                         if let (Some(d), Some(s)) = (due, started) {
-                            crate::metrics::METRICS.wait.with_label_values(&[q.as_str()]).observe((s - d).max(0) as f64 / 1000.0);
+                            crate::metrics::METRICS
+                                .wait
+                                .with_label_values(&[q.as_str()])
+                                .observe((s - d).max(0) as f64 / 1000.0);
                         }
                     }
                     out.extend(leased.into_iter().map(|l| Lease {
@@ -396,7 +448,10 @@ pub async fn nodes_reports(
 ) -> ApiResult<Json<ReportBatchReply>> {
     who.require_node(&id)?;
     if body.reports.len() > MAX_BATCH {
-        return Err(ApiError::invalid("batch_too_long", format!("at most {MAX_BATCH} reports per call")));
+        return Err(ApiError::invalid(
+            "batch_too_long",
+            format!("at most {MAX_BATCH} reports per call"),
+        ));
     }
     node_or_404(&st, &id).await?;
     // Admin callers report on behalf of this node: the lease must be the node's.
@@ -406,28 +461,51 @@ pub async fn nodes_reports(
         async move {
             let res = match r.outcome {
                 ReportOutcome::Succeeded => match result_json(&r.result) {
-                    Ok(s) => st.store.complete(&r.task_id, node, &r.lease_token, &s).await.map_err(ApiError::from),
+                    Ok(s) => st
+                        .store
+                        .complete(&r.task_id, node, &r.lease_token, &s)
+                        .await
+                        .map_err(ApiError::from),
                     Err(e) => Err(e),
                 },
                 ReportOutcome::Failed => st
                     .store
-                    .fail(&r.task_id, node, &r.lease_token, &error_text(&r.error), r.retryable.unwrap_or(true))
+                    .fail(
+                        &r.task_id,
+                        node,
+                        &r.lease_token,
+                        &error_text(&r.error),
+                        r.retryable.unwrap_or(true),
+                    )
                     .await
                     .map_err(ApiError::from),
             };
             match res {
                 Ok(rep) => {
                     after_report(&st, &r.task_id, &rep);
-                    Ok(ReportResult { task_id: r.task_id, status: 200, code: None, state: Some(rep.state) })
+                    Ok(ReportResult {
+                        task_id: r.task_id,
+                        status: 200,
+                        code: None,
+                        state: Some(rep.state),
+                    })
                 }
                 Err(ApiError::Unavailable(e)) => Err(ApiError::Unavailable(e)),
                 Err(e) => {
                     let p = e.problem();
-                    Ok(ReportResult { task_id: r.task_id, status: p.status, code: Some(p.code), state: None })
+                    Ok(ReportResult {
+                        task_id: r.task_id,
+                        status: p.status,
+                        code: Some(p.code),
+                        state: None,
+                    })
                 }
             }
         }
     });
-    let results = futures::future::join_all(futs).await.into_iter().collect::<ApiResult<Vec<_>>>()?;
+    let results = futures::future::join_all(futs)
+        .await
+        .into_iter()
+        .collect::<ApiResult<Vec<_>>>()?;
     Ok(Json(ReportBatchReply { results }))
 }

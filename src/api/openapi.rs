@@ -103,7 +103,10 @@ mod tests {
             ("post", "/v1/queues/{name}/pause"),
             ("post", "/v1/queues/{name}/resume"),
         ] {
-            assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is not documented");
+            assert!(
+                paths.get(path).and_then(|p| p.get(method)).is_some(),
+                "{method} {path} is not documented"
+            );
         }
     }
 }

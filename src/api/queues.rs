@@ -35,7 +35,9 @@ pub async fn queues_list(State(st): State<AppState>, who: Principal) -> ApiResul
 async fn known(st: &AppState, name: &str) -> ApiResult<()> {
     validate::queue_name(name).map_err(|e| ApiError::bad("bad_queue_name", e))?;
     if !st.store.queues().await?.iter().any(|q| q == name) {
-        return Err(ApiError::NotFound(format!("no queue {name:?}; queues appear when a task or node uses them, or with PUT")));
+        return Err(ApiError::NotFound(format!(
+            "no queue {name:?}; queues appear when a task or node uses them, or with PUT"
+        )));
     }
     Ok(())
 }
@@ -59,7 +61,11 @@ async fn known(st: &AppState, name: &str) -> ApiResult<()> {
 ///
 /// # Errors
 /// 404 unknown queue.
-pub async fn queues_get(State(st): State<AppState>, who: Principal, Path(name): Path<String>) -> ApiResult<Json<QueueInfo>> {
+pub async fn queues_get(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(name): Path<String>,
+) -> ApiResult<Json<QueueInfo>> {
     who.require(Role::Read)?;
     known(&st, &name).await?;
     Ok(Json(st.store.queue_info(&name).await?))
@@ -96,7 +102,10 @@ pub async fn queues_put(
     validate::queue_name(&name).map_err(|e| ApiError::bad("bad_queue_name", e))?;
     if let Some(w) = body.weight {
         if !(1..=1000).contains(&w) {
-            return Err(ApiError::invalid("invalid_queue", "weight must be 1 to 1000"));
+            return Err(ApiError::invalid(
+                "invalid_queue",
+                "weight must be 1 to 1000",
+            ));
         }
     }
     st.store.update_queue(&name, &body).await?;
@@ -107,7 +116,13 @@ pub async fn queues_put(
 async fn set_paused(st: AppState, name: String, paused: bool) -> ApiResult<Json<QueueInfo>> {
     known(&st, &name).await?;
     st.store
-        .update_queue(&name, &QueueUpdate { paused: Some(paused), ..Default::default() })
+        .update_queue(
+            &name,
+            &QueueUpdate {
+                paused: Some(paused),
+                ..Default::default()
+            },
+        )
         .await?;
     st.hub.mark_dirty(&name);
     Ok(Json(st.store.queue_info(&name).await?))
@@ -132,7 +147,11 @@ async fn set_paused(st: AppState, name: String, paused: bool) -> ApiResult<Json<
 ///
 /// # Errors
 /// 404 unknown queue.
-pub async fn queues_pause(State(st): State<AppState>, who: Principal, Path(name): Path<String>) -> ApiResult<Json<QueueInfo>> {
+pub async fn queues_pause(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(name): Path<String>,
+) -> ApiResult<Json<QueueInfo>> {
     who.require_admin()?;
     set_paused(st, name, true).await
 }
@@ -156,7 +175,11 @@ pub async fn queues_pause(State(st): State<AppState>, who: Principal, Path(name)
 ///
 /// # Errors
 /// 404 unknown queue.
-pub async fn queues_resume(State(st): State<AppState>, who: Principal, Path(name): Path<String>) -> ApiResult<Json<QueueInfo>> {
+pub async fn queues_resume(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(name): Path<String>,
+) -> ApiResult<Json<QueueInfo>> {
     who.require_admin()?;
     set_paused(st, name, false).await
 }

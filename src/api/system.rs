@@ -2,13 +2,13 @@
 
 use super::AppState;
 use super::error::ApiError;
+use crate::domain::Problem;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use crate::domain::Problem;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 use std::sync::atomic::Ordering;
+use utoipa::ToSchema;
 
 #[utoipa::path(
     get,
@@ -22,7 +22,9 @@ use std::sync::atomic::Ordering;
 )]
 /// `GET /healthz`: the process is up.
 pub async fn healthz() -> axum::Json<Health> {
-    axum::Json(Health { status: "ok".into() })
+    axum::Json(Health {
+        status: "ok".into(),
+    })
 }
 
 /// Answer of `/healthz`.
@@ -82,7 +84,11 @@ pub async fn not_found() -> ApiError {
 
 /// Known route, wrong method.
 pub async fn method_not_allowed() -> Response {
-    let mut r = ApiError::bad("method_not_allowed", "this method is not allowed on this route").into_response();
+    let mut r = ApiError::bad(
+        "method_not_allowed",
+        "this method is not allowed on this route",
+    )
+    .into_response();
     *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
     if let Ok(v) = serde_json::to_vec(&crate::domain::Problem {
         type_: "https://muster.dev/problems/method_not_allowed".into(),
@@ -118,7 +124,10 @@ pub fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 ///
 /// # Errors
 /// 503 Redis down.
-pub async fn metrics(State(st): State<AppState>, who: super::auth::Principal) -> Result<Response, ApiError> {
+pub async fn metrics(
+    State(st): State<AppState>,
+    who: super::auth::Principal,
+) -> Result<Response, ApiError> {
     use crate::metrics::{METRICS, label};
     use std::fmt::Write;
     who.require(super::auth::Role::Read)?;
@@ -140,10 +149,19 @@ pub async fn metrics(State(st): State<AppState>, who: super::auth::Principal) ->
             ("failed", c.failed),
             ("cancelled", c.cancelled),
         ] {
-            let _ = writeln!(depth, "muster_queue_tasks{{queue=\"{}\",state=\"{state}\"}} {v}", label(q));
+            let _ = writeln!(
+                depth,
+                "muster_queue_tasks{{queue=\"{}\",state=\"{state}\"}} {v}",
+                label(q)
+            );
         }
         if let Some(age) = info.oldest_pending_age_ms {
-            let _ = writeln!(oldest, "muster_queue_oldest_pending_seconds{{queue=\"{}\"}} {}", label(q), age as f64 / 1000.0);
+            let _ = writeln!(
+                oldest,
+                "muster_queue_oldest_pending_seconds{{queue=\"{}\"}} {}",
+                label(q),
+                age as f64 / 1000.0
+            );
         }
         let stats = st.store.queue_stats(q).await?;
         for name in ["submitted", "succeeded", "failed", "retried", "cancelled"] {
@@ -155,25 +173,44 @@ pub async fn metrics(State(st): State<AppState>, who: super::auth::Principal) ->
             );
         }
     }
-    let _ = writeln!(out, "# HELP muster_queue_tasks Tasks per queue and state (finished ones while retained).");
+    let _ = writeln!(
+        out,
+        "# HELP muster_queue_tasks Tasks per queue and state (finished ones while retained)."
+    );
     let _ = writeln!(out, "# TYPE muster_queue_tasks gauge");
     out.push_str(&depth);
-    let _ = writeln!(out, "# HELP muster_queue_oldest_pending_seconds Age of the oldest pending task.");
+    let _ = writeln!(
+        out,
+        "# HELP muster_queue_oldest_pending_seconds Age of the oldest pending task."
+    );
     let _ = writeln!(out, "# TYPE muster_queue_oldest_pending_seconds gauge");
     out.push_str(&oldest);
     for name in ["submitted", "succeeded", "failed", "retried", "cancelled"] {
         let _ = writeln!(out, "# TYPE muster_tasks_{name}_total counter");
-        for line in counters.lines().filter(|l| l.starts_with(&format!("muster_tasks_{name}_total"))) {
+        for line in counters
+            .lines()
+            .filter(|l| l.starts_with(&format!("muster_tasks_{name}_total")))
+        {
             let _ = writeln!(out, "{line}");
         }
     }
     let nodes = st.store.nodes().await?;
-    let active = nodes.iter().filter(|n| n.node.status == crate::domain::NodeStatus::Active).count();
+    let active = nodes
+        .iter()
+        .filter(|n| n.node.status == crate::domain::NodeStatus::Active)
+        .count();
     let _ = writeln!(out, "# HELP muster_nodes_active Nodes with status active.");
     let _ = writeln!(out, "# TYPE muster_nodes_active gauge");
     let _ = writeln!(out, "muster_nodes_active {active}");
     out.push_str(&METRICS.render());
-    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
+        .into_response())
 }
 
 /// Middleware: records every request's duration under its route template.
@@ -183,7 +220,9 @@ pub async fn track_http(
     next: axum::middleware::Next,
 ) -> Response {
     let method = req.method().as_str().to_string();
-    let route = matched.map(|m| m.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let route = matched
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
     let start = std::time::Instant::now();
     let res = next.run(req).await;
     crate::metrics::METRICS
@@ -196,13 +235,20 @@ pub async fn track_http(
 /// Middleware: refuses request heads larger than [`crate::server::MAX_HEAD`] with 431.
 pub async fn limit_head(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let size: usize = req.uri().to_string().len()
-        + req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>();
+        + req
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
     if size > crate::server::MAX_HEAD {
         let p = Problem {
             type_: "https://muster.dev/problems/header_too_large".into(),
             title: "Request Header Fields Too Large".into(),
             status: 431,
-            detail: format!("the request head is {size} bytes; the limit is {}", crate::server::MAX_HEAD),
+            detail: format!(
+                "the request head is {size} bytes; the limit is {}",
+                crate::server::MAX_HEAD
+            ),
             code: "header_too_large".into(),
         };
         return (

@@ -5,8 +5,8 @@ use super::auth::{Principal, Role};
 use super::error::{ApiError, ApiResult};
 use super::{AppState, Json, MAX_BATCH, MAX_PAYLOAD, MAX_WAIT_MS};
 use crate::domain::{
-    Problem, BatchCreated, CompleteRequest, ExtendReply, ExtendRequest, FailRequest, NewTask, NewTaskBatch, Task, TaskPage,
-    TaskState, parse_rfc3339_ms, rfc3339_ms, validate,
+    BatchCreated, CompleteRequest, ExtendReply, ExtendRequest, FailRequest, NewTask, NewTaskBatch,
+    Problem, Task, TaskPage, TaskState, parse_rfc3339_ms, rfc3339_ms, validate,
 };
 use crate::hub::NodeStats;
 use crate::store::{Cancelled, PreparedTask, Reported, Submitted};
@@ -30,13 +30,17 @@ pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
 /// # Errors
 /// 422 naming the field and the rule.
 pub fn prepare(t: NewTask, at: &str) -> ApiResult<PreparedTask> {
-    let bad = |field: &str, msg: String| ApiError::invalid("invalid_task", format!("{at}{field}: {msg}"));
+    let bad =
+        |field: &str, msg: String| ApiError::invalid("invalid_task", format!("{at}{field}: {msg}"));
     validate::kind(&t.kind).map_err(|e| bad("kind", e))?;
     let queue = t.queue.unwrap_or_else(|| "default".into());
     validate::queue_name(&queue).map_err(|e| bad("queue", e))?;
     let priority = t.priority.unwrap_or(0);
     if !(0..=9).contains(&priority) {
-        return Err(bad("priority", format!("must be 0 to 9 (higher runs first), got {priority}")));
+        return Err(bad(
+            "priority",
+            format!("must be 0 to 9 (higher runs first), got {priority}"),
+        ));
     }
     let payload = serde_json::to_string(&t.payload.unwrap_or(serde_json::Value::Null))
         .map_err(|e| bad("payload", e.to_string()))?;
@@ -47,7 +51,10 @@ pub fn prepare(t: NewTask, at: &str) -> ApiResult<PreparedTask> {
         )));
     }
     let run_at_ms = match &t.run_at {
-        Some(s) => Some(parse_rfc3339_ms(s).ok_or_else(|| bad("run_at", format!("{s:?} is not an RFC 3339 time")))?),
+        Some(s) => Some(
+            parse_rfc3339_ms(s)
+                .ok_or_else(|| bad("run_at", format!("{s:?} is not an RFC 3339 time")))?,
+        ),
         None => None,
     };
     let delay_ms = t.delay_ms;
@@ -72,7 +79,10 @@ pub fn prepare(t: NewTask, at: &str) -> ApiResult<PreparedTask> {
     }
     let mut backoff = t.backoff.unwrap_or_default();
     if backoff.max_ms > 7 * 24 * 3600 * 1000 || backoff.initial_ms > 7 * 24 * 3600 * 1000 {
-        return Err(bad("backoff", "initial_ms and max_ms must be at most 7 days".into()));
+        return Err(bad(
+            "backoff",
+            "initial_ms and max_ms must be at most 7 days".into(),
+        ));
     }
     // max_ms caps every delay, the first one included.
     backoff.initial_ms = backoff.initial_ms.min(backoff.max_ms);
@@ -94,7 +104,9 @@ pub fn prepare(t: NewTask, at: &str) -> ApiResult<PreparedTask> {
     {
         return Err(ApiError::invalid(
             "unsupported_field",
-            format!("{at}depends_on, unique_key and concurrency_* are not supported by this version yet"),
+            format!(
+                "{at}depends_on, unique_key and concurrency_* are not supported by this version yet"
+            ),
         ));
     }
     Ok(PreparedTask {
@@ -121,14 +133,25 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
             let s = v
                 .to_str()
                 .ok()
-                .filter(|s| !s.is_empty() && s.len() <= 256 && s.bytes().all(|b| (0x21..=0x7e).contains(&b)))
-                .ok_or_else(|| ApiError::bad("bad_idempotency_key", "Idempotency-Key must be 1 to 256 visible ASCII characters"))?;
+                .filter(|s| {
+                    !s.is_empty() && s.len() <= 256 && s.bytes().all(|b| (0x21..=0x7e).contains(&b))
+                })
+                .ok_or_else(|| {
+                    ApiError::bad(
+                        "bad_idempotency_key",
+                        "Idempotency-Key must be 1 to 256 visible ASCII characters",
+                    )
+                })?;
             Ok(Some(s.to_string()))
         }
     }
 }
 
-async fn store_tasks(st: &AppState, tasks: &[PreparedTask], idem: Option<&str>) -> ApiResult<Submitted> {
+async fn store_tasks(
+    st: &AppState,
+    tasks: &[PreparedTask],
+    idem: Option<&str>,
+) -> ApiResult<Submitted> {
     let mut queues: Vec<&str> = tasks.iter().map(|t| t.queue.as_str()).collect();
     queues.sort_unstable();
     queues.dedup();
@@ -152,7 +175,11 @@ fn created(t: PreparedTask, now_ms: i64) -> Task {
         kind: t.kind,
         payload: serde_json::from_str(&t.payload).unwrap_or(serde_json::Value::Null),
         priority: t.priority,
-        state: if run_at > now_ms { TaskState::Scheduled } else { TaskState::Pending },
+        state: if run_at > now_ms {
+            TaskState::Scheduled
+        } else {
+            TaskState::Pending
+        },
         attempts: 0,
         max_attempts: t.max_attempts,
         timeout_ms: t.timeout_ms,
@@ -205,7 +232,9 @@ pub async fn tasks_create(
     match store_tasks(&st, std::slice::from_ref(&task), idem.as_deref()).await? {
         Submitted::Created { now_ms } => Ok((StatusCode::CREATED, Json(created(task, now_ms)))),
         Submitted::Duplicate { ids } => {
-            let id = ids.first().ok_or_else(|| ApiError::Internal(anyhow::anyhow!("empty idempotency record")))?;
+            let id = ids
+                .first()
+                .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("empty idempotency record")))?;
             Ok((StatusCode::CREATED, Json(st.store.task(id).await?)))
         }
     }
@@ -241,12 +270,18 @@ pub async fn tasks_batch(
     who.require(Role::Submit)?;
     let idem = idempotency_key(&headers)?;
     if body.tasks.is_empty() {
-        return Err(ApiError::invalid("empty_batch", "tasks must hold at least one task"));
+        return Err(ApiError::invalid(
+            "empty_batch",
+            "tasks must hold at least one task",
+        ));
     }
     if body.tasks.len() > MAX_BATCH {
         return Err(ApiError::invalid(
             "batch_too_long",
-            format!("a batch holds at most {MAX_BATCH} tasks, got {}; split it", body.tasks.len()),
+            format!(
+                "a batch holds at most {MAX_BATCH} tasks, got {}; split it",
+                body.tasks.len()
+            ),
         ));
     }
     let tasks = body
@@ -281,7 +316,11 @@ pub async fn tasks_batch(
 /// # Errors
 /// 404.
 #[tracing::instrument(skip_all, fields(task_id = %id))]
-pub async fn tasks_get(State(st): State<AppState>, who: Principal, Path(id): Path<String>) -> ApiResult<Json<Task>> {
+pub async fn tasks_get(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Task>> {
     who.require(Role::Read)?;
     Ok(Json(st.store.task(&id).await?))
 }
@@ -298,7 +337,11 @@ pub struct ListQuery {
     #[param(value_type = Option<TaskState>)]
     state: Option<String>,
     /// Only this kind.
-    #[param(min_length = 1, max_length = 256, pattern = r"^[^\x00-\x1F\x7F-\x9F]+$")]
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1F\x7F-\x9F]+$"
+    )]
     kind: Option<String>,
     /// Page size, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -351,10 +394,18 @@ pub async fn tasks_list(
     }
     let page = st
         .store
-        .page(q.queue.as_deref(), state, q.kind.as_deref(), limit, q.cursor.as_deref())
+        .page(
+            q.queue.as_deref(),
+            state,
+            q.kind.as_deref(),
+            limit,
+            q.cursor.as_deref(),
+        )
         .await
         .map_err(|e| match e {
-            crate::store::StoreError::Protocol(_) => ApiError::bad("bad_cursor", "cursor is not one this server handed out"),
+            crate::store::StoreError::Protocol(_) => {
+                ApiError::bad("bad_cursor", "cursor is not one this server handed out")
+            }
             other => other.into(),
         })?;
     Ok(Json(page))
@@ -400,9 +451,13 @@ pub async fn tasks_wait(
     let Query(q) = q.map_err(|e| ApiError::bad("bad_query", e.body_text()))?;
     let timeout = q.timeout_ms.unwrap_or(30_000);
     if !(0..=MAX_WAIT_MS).contains(&timeout) {
-        return Err(ApiError::bad("bad_query", format!("timeout_ms must be 0 to {MAX_WAIT_MS}")));
+        return Err(ApiError::bad(
+            "bad_query",
+            format!("timeout_ms must be 0 to {MAX_WAIT_MS}"),
+        ));
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout as u64).min(st.config.max_wait);
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(timeout as u64).min(st.config.max_wait);
     let notify = st.hub.task(&id);
     let res = async {
         loop {
@@ -446,7 +501,11 @@ pub async fn tasks_wait(
 /// # Errors
 /// 404; 409 when already succeeded or failed.
 #[tracing::instrument(skip_all, fields(task_id = %id))]
-pub async fn tasks_cancel(State(st): State<AppState>, who: Principal, Path(id): Path<String>) -> ApiResult<Json<Task>> {
+pub async fn tasks_cancel(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Task>> {
     who.require(Role::Submit)?;
     match st.store.cancel(&id).await? {
         Cancelled::Done => st.hub.wake_task(&id),
@@ -475,7 +534,11 @@ pub async fn tasks_cancel(State(st): State<AppState>, who: Principal, Path(id): 
 /// # Errors
 /// 404; 409 for other states.
 #[tracing::instrument(skip_all, fields(task_id = %id))]
-pub async fn tasks_retry(State(st): State<AppState>, who: Principal, Path(id): Path<String>) -> ApiResult<Json<Task>> {
+pub async fn tasks_retry(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Task>> {
     who.require_admin()?;
     st.store.retry(&id).await?;
     if let Some(q) = validate::task_queue(&id) {
@@ -504,7 +567,11 @@ pub async fn tasks_retry(State(st): State<AppState>, who: Principal, Path(id): P
 /// # Errors
 /// 404; 409 when not finished.
 #[tracing::instrument(skip_all, fields(task_id = %id))]
-pub async fn tasks_delete(State(st): State<AppState>, who: Principal, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn tasks_delete(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     who.require_admin()?;
     st.store.delete(&id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -514,7 +581,8 @@ fn progress_json(p: &Option<serde_json::Value>) -> ApiResult<Option<String>> {
     match p {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(v) => {
-            let s = serde_json::to_string(v).map_err(|e| ApiError::invalid("invalid_body", e.to_string()))?;
+            let s = serde_json::to_string(v)
+                .map_err(|e| ApiError::invalid("invalid_body", e.to_string()))?;
             if s.len() > 64 * 1024 {
                 return Err(ApiError::TooLarge("progress is limited to 64 KiB".into()));
             }
@@ -555,7 +623,15 @@ pub async fn tasks_extend(
 ) -> ApiResult<Json<ExtendReply>> {
     who.require_lease_holder()?;
     let progress = progress_json(&body.progress)?;
-    let e = st.store.extend(&id, who.lease_node(), &body.lease_token, progress.as_deref()).await?;
+    let e = st
+        .store
+        .extend(
+            &id,
+            who.lease_node(),
+            &body.lease_token,
+            progress.as_deref(),
+        )
+        .await?;
     Ok(Json(ExtendReply {
         lease_expires_at: rfc3339_ms(e.expires_ms),
         cancel_requested: e.cancel_requested,
@@ -570,13 +646,24 @@ pub(crate) fn after_report(st: &AppState, id: &str, r: &Reported) {
     if let (Some(node), Some(run_ms)) = (&r.node, r.run_ms) {
         if r.state == TaskState::Succeeded {
             if let Some(q) = validate::task_queue(id) {
-                crate::metrics::METRICS.run.with_label_values(&[q]).observe(run_ms as f64 / 1000.0);
+                crate::metrics::METRICS
+                    .run
+                    .with_label_values(&[q])
+                    .observe(run_ms as f64 / 1000.0);
             }
         }
         let delta = if r.state == TaskState::Succeeded {
-            NodeStats { succeeded: 1, run_ms, runs: 1, ..Default::default() }
+            NodeStats {
+                succeeded: 1,
+                run_ms,
+                runs: 1,
+                ..Default::default()
+            }
         } else {
-            NodeStats { failed: 1, ..Default::default() }
+            NodeStats {
+                failed: 1,
+                ..Default::default()
+            }
         };
         st.hub.add_stats(node, delta);
     }
@@ -590,7 +677,10 @@ pub(crate) fn result_json(r: &Option<serde_json::Value>) -> ApiResult<String> {
     let s = serde_json::to_string(r.as_ref().unwrap_or(&serde_json::Value::Null))
         .map_err(|e| ApiError::invalid("invalid_body", e.to_string()))?;
     if s.len() > MAX_PAYLOAD {
-        return Err(ApiError::TooLarge(format!("result is {} bytes, the limit is {MAX_PAYLOAD}", s.len())));
+        return Err(ApiError::TooLarge(format!(
+            "result is {} bytes, the limit is {MAX_PAYLOAD}",
+            s.len()
+        )));
     }
     Ok(s)
 }
@@ -639,7 +729,10 @@ pub async fn tasks_complete(
 ) -> ApiResult<Json<Task>> {
     who.require_lease_holder()?;
     let result = result_json(&body.result)?;
-    let r = st.store.complete(&id, who.lease_node(), &body.lease_token, &result).await?;
+    let r = st
+        .store
+        .complete(&id, who.lease_node(), &body.lease_token, &result)
+        .await?;
     after_report(&st, &id, &r);
     Ok(Json(st.store.task(&id).await?))
 }
@@ -677,7 +770,13 @@ pub async fn tasks_fail(
     who.require_lease_holder()?;
     let r = st
         .store
-        .fail(&id, who.lease_node(), &body.lease_token, &error_text(&body.error), body.retryable.unwrap_or(true))
+        .fail(
+            &id,
+            who.lease_node(),
+            &body.lease_token,
+            &error_text(&body.error),
+            body.retryable.unwrap_or(true),
+        )
         .await?;
     after_report(&st, &id, &r);
     Ok(Json(st.store.task(&id).await?))

@@ -6,7 +6,12 @@ use std::process::ExitCode;
 #[derive(Debug, Clone, clap::Args)]
 pub struct AgentArgs {
     /// Control-plane URL; repeat for fail-over between replicas.
-    #[arg(long = "server", env = "MUSTER_SERVER", default_value = "http://127.0.0.1:8080", value_delimiter = ',')]
+    #[arg(
+        long = "server",
+        env = "MUSTER_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        value_delimiter = ','
+    )]
     pub servers: Vec<String>,
     /// Token allowed to register nodes (the admin token).
     #[arg(long, env = "MUSTER_TOKEN")]

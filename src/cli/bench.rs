@@ -113,11 +113,26 @@ const IDLE_WAIT_MS: i64 = crate::agent::LEASE_WAIT_MS as i64;
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.agents >= 1, "--agents must be at least 1");
     anyhow::ensure!(args.loops >= 1, "--loops must be at least 1");
-    anyhow::ensure!((1..=1000).contains(&args.lease_max), "--lease-max must be 1 to 1000");
-    anyhow::ensure!((0..=60_000).contains(&args.wait_ms), "--wait-ms must be 0 to 60000");
-    anyhow::ensure!((1..=10_000).contains(&args.batch), "--batch must be 1 to 10000");
-    anyhow::ensure!(args.batch_concurrency >= 1 && args.clients >= 1, "concurrency must be at least 1");
-    anyhow::ensure!(args.rates.iter().flatten().all(|r| *r >= 1), "--rates must be at least 1 each");
+    anyhow::ensure!(
+        (1..=1000).contains(&args.lease_max),
+        "--lease-max must be 1 to 1000"
+    );
+    anyhow::ensure!(
+        (0..=60_000).contains(&args.wait_ms),
+        "--wait-ms must be 0 to 60000"
+    );
+    anyhow::ensure!(
+        (1..=10_000).contains(&args.batch),
+        "--batch must be 1 to 10000"
+    );
+    anyhow::ensure!(
+        args.batch_concurrency >= 1 && args.clients >= 1,
+        "concurrency must be at least 1"
+    );
+    anyhow::ensure!(
+        args.rates.iter().flatten().all(|r| *r >= 1),
+        "--rates must be at least 1 each"
+    );
     if args.redis_url.is_none() && local::find_on_path("redis-server").is_none() {
         anyhow::bail!(local::NO_REDIS_SERVER);
     }
@@ -154,7 +169,10 @@ impl Stack {
         }
         self.server_stop.cancel();
         if let Some(mut h) = self.server.take() {
-            if tokio::time::timeout(Duration::from_secs(15), &mut h).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(15), &mut h)
+                .await
+                .is_err()
+            {
                 h.abort();
             }
         }
@@ -204,7 +222,12 @@ fn clk_tck() -> f64 {
         .arg("CLK_TCK")
         .output()
         .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
         .filter(|v| *v > 0.0)
         .unwrap_or(100.0)
 }
@@ -261,14 +284,21 @@ struct Probe {
 
 impl Probe {
     async fn info(&mut self, section: &str) -> anyhow::Result<String> {
-        Ok(redis::cmd("INFO").arg(section).query_async::<String>(&mut self.conn).await?)
+        Ok(redis::cmd("INFO")
+            .arg(section)
+            .query_async::<String>(&mut self.conn)
+            .await?)
     }
 
     async fn redis(&mut self) -> anyhow::Result<RedisSnap> {
         let mut s = RedisSnap::default();
         for line in self.info("commandstats").await?.lines() {
             // cmdstat_evalsha:calls=1,usec=2,...
-            if let Some((name, rest)) = line.trim().strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) {
+            if let Some((name, rest)) = line
+                .trim()
+                .strip_prefix("cmdstat_")
+                .and_then(|l| l.split_once(':'))
+            {
                 let calls = rest
                     .split(',')
                     .find_map(|kv| kv.strip_prefix("calls="))
@@ -298,7 +328,11 @@ impl Probe {
 
     async fn snap(&mut self) -> anyhow::Result<Snap> {
         let redis = self.redis().await?;
-        Ok(Snap { at: Instant::now(), cpu: proc_cpu_secs(self.tck), redis })
+        Ok(Snap {
+            at: Instant::now(),
+            cpu: proc_cpu_secs(self.tck),
+            redis,
+        })
     }
 }
 
@@ -350,7 +384,10 @@ fn cost(a: &Snap, b: &Snap, tasks: u64) -> Cost {
             continue;
         }
         total += d;
-        if matches!(name.as_str(), "evalsha" | "eval" | "fcall" | "evalsha_ro" | "eval_ro") {
+        if matches!(
+            name.as_str(),
+            "evalsha" | "eval" | "fcall" | "evalsha_ro" | "eval_ro"
+        ) {
             scripts += d;
         }
         by_name.insert(name.clone(), round(d as f64 / t, 3));
@@ -476,7 +513,12 @@ impl Api {
     /// POSTs JSON and parses the answer. A 503 or 429 (Redis slower than the server's
     /// timeout, typically on a busy machine or in a debug build) is retried after a short
     /// pause, as a client would, and counted in `http_retries`.
-    async fn post_json<T: serde::de::DeserializeOwned>(&self, path: &str, token: &str, body: Vec<u8>) -> anyhow::Result<T> {
+    async fn post_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        token: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<T> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -492,19 +534,27 @@ impl Api {
             if status.is_success() {
                 return Ok(r.json::<T>().await?);
             }
-            if (status == reqwest::StatusCode::SERVICE_UNAVAILABLE || status == reqwest::StatusCode::TOO_MANY_REQUESTS) && attempt < 20 {
+            if (status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                || status == reqwest::StatusCode::TOO_MANY_REQUESTS)
+                && attempt < 20
+            {
                 self.retries.fetch_add(1, Ordering::Relaxed);
                 let wait = r
                     .headers()
                     .get(reqwest::header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<u64>().ok())
-                    .map_or(Duration::from_millis(100), |s| Duration::from_secs(s).min(Duration::from_millis(500)));
+                    .map_or(Duration::from_millis(100), |s| {
+                        Duration::from_secs(s).min(Duration::from_millis(500))
+                    });
                 tokio::time::sleep(wait).await;
                 continue;
             }
             let text = r.text().await.unwrap_or_default();
-            anyhow::bail!("POST {path}: {status}: {}", text.chars().take(300).collect::<String>());
+            anyhow::bail!(
+                "POST {path}: {status}: {}",
+                text.chars().take(300).collect::<String>()
+            );
         }
     }
 
@@ -548,7 +598,9 @@ impl Agents {
             let api = api.clone();
             async move { api.post_json::<Registered>("/v1/nodes", &api.admin, serde_json::to_vec(&body)?).await }
         });
-        let nodes = futures::future::try_join_all(regs).await.context("cannot register the bench agents")?;
+        let nodes = futures::future::try_join_all(regs)
+            .await
+            .context("cannot register the bench agents")?;
         let mut set = tokio::task::JoinSet::new();
         let lease_body = serde_json::to_vec(&json!({"max": max, "wait_ms": wait_ms}))?;
         for n in &nodes {
@@ -563,7 +615,11 @@ impl Agents {
                 ));
             }
         }
-        Ok(Agents { stop, loops: set, nodes })
+        Ok(Agents {
+            stop,
+            loops: set,
+            nodes,
+        })
     }
 
     /// Stops the loops and deregisters the nodes.
@@ -581,7 +637,14 @@ impl Agents {
 }
 
 /// One lease loop of a bench agent: lease, "run" (nothing), report all in one call.
-async fn lease_loop(api: Api, id: String, token: String, body: Vec<u8>, c: Arc<Counters>, stop: CancellationToken) {
+async fn lease_loop(
+    api: Api,
+    id: String,
+    token: String,
+    body: Vec<u8>,
+    c: Arc<Counters>,
+    stop: CancellationToken,
+) {
     let lease_path = format!("/v1/nodes/{id}/lease");
     let report_path = format!("/v1/nodes/{id}/reports");
     loop {
@@ -605,7 +668,8 @@ async fn lease_loop(api: Api, id: String, token: String, body: Vec<u8>, c: Arc<C
         }
         let now = Instant::now();
         lock(&c.first_lease).get_or_insert(now);
-        c.leased.fetch_add(reply.leases.len() as u64, Ordering::Relaxed);
+        c.leased
+            .fetch_add(reply.leases.len() as u64, Ordering::Relaxed);
         if c.record_latency.load(Ordering::Relaxed) {
             let since = now.duration_since(c.base).as_nanos() as u64;
             let mut lat = lock(&c.latency);
@@ -621,13 +685,23 @@ async fn lease_loop(api: Api, id: String, token: String, body: Vec<u8>, c: Arc<C
             reports: reply
                 .leases
                 .iter()
-                .map(|l| ReportOut { task_id: &l.task.id, lease_token: &l.lease_token, outcome: "succeeded", result: None })
+                .map(|l| ReportOut {
+                    task_id: &l.task.id,
+                    lease_token: &l.lease_token,
+                    outcome: "succeeded",
+                    result: None,
+                })
                 .collect(),
         };
-        let Ok(bytes) = serde_json::to_vec(&reports) else { continue };
+        let Ok(bytes) = serde_json::to_vec(&reports) else {
+            continue;
+        };
         // Reports must not be lost: retry a few times, even while stopping.
         for attempt in 0..5 {
-            match api.post_json::<ReportsReply>(&report_path, &token, bytes.clone()).await {
+            match api
+                .post_json::<ReportsReply>(&report_path, &token, bytes.clone())
+                .await
+            {
                 Ok(r) => {
                     let ok = r.results.iter().filter(|s| s.status == 200).count() as u64;
                     let bad = r.results.len() as u64 - ok;
@@ -670,7 +744,14 @@ fn bar(len: u64, msg: &str) -> ProgressBar {
 
 /// Submits `n` tasks to `queue` in batches, `concurrency` requests in flight; returns
 /// the time from the first request to the last answer.
-async fn submit_batches(api: &Api, queue: &str, n: u64, batch: usize, concurrency: usize, pb: &ProgressBar) -> anyhow::Result<Duration> {
+async fn submit_batches(
+    api: &Api,
+    queue: &str,
+    n: u64,
+    batch: usize,
+    concurrency: usize,
+    pb: &ProgressBar,
+) -> anyhow::Result<Duration> {
     let starts: Vec<u64> = (0..n).step_by(batch).collect();
     let t0 = Instant::now();
     let mut s = futures::stream::iter(starts)
@@ -683,7 +764,11 @@ async fn submit_batches(api: &Api, queue: &str, n: u64, batch: usize, concurrenc
                 let body = serde_json::to_vec(&json!({ "tasks": tasks }))?;
                 let r: Value = api.post_json("/v1/tasks/batch", &api.admin, body).await?;
                 let got = r.get("ids").and_then(Value::as_array).map_or(0, Vec::len) as u64;
-                anyhow::ensure!(got == to - from, "batch answered {got} ids for {} tasks", to - from);
+                anyhow::ensure!(
+                    got == to - from,
+                    "batch answered {got} ids for {} tasks",
+                    to - from
+                );
                 Ok::<u64, anyhow::Error>(got)
             }
         })
@@ -695,7 +780,13 @@ async fn submit_batches(api: &Api, queue: &str, n: u64, batch: usize, concurrenc
 }
 
 /// Submits `n` tasks one per request from `clients` concurrent clients.
-async fn submit_singles(api: &Api, queue: &str, n: u64, clients: usize, pb: &ProgressBar) -> anyhow::Result<Duration> {
+async fn submit_singles(
+    api: &Api,
+    queue: &str,
+    n: u64,
+    clients: usize,
+    pb: &ProgressBar,
+) -> anyhow::Result<Duration> {
     let next = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
     let workers = (0..clients).map(|_| {
@@ -757,7 +848,11 @@ struct Rate {
 
 fn rate(tasks: u64, d: Duration) -> Rate {
     let secs = d.as_secs_f64().max(1e-9);
-    Rate { tasks, secs: round(secs, 3), per_sec: round(tasks as f64 / secs, 0) }
+    Rate {
+        tasks,
+        secs: round(secs, 3),
+        per_sec: round(tasks as f64 / secs, 0),
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -817,7 +912,12 @@ fn percentile(sorted: &[u64], q: f64) -> f64 {
 fn machine() -> Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|x| x.1.trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|x| x.1.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     json!({"cores": cores, "cpu": cpu})
@@ -833,10 +933,21 @@ fn date_utc() -> String {
 // The run.
 
 async fn bench(args: &BenchArgs, stack: &mut Stack) -> anyhow::Result<Report> {
-    let n = args.n.unwrap_or(if args.quick { 2_000 } else { 50_000 }).max(1);
+    let n = args
+        .n
+        .unwrap_or(if args.quick { 2_000 } else { 50_000 })
+        .max(1);
     let single_n = args.single_n.unwrap_or((n / 5).clamp(1, 10_000));
-    let lat_secs = args.latency_secs.unwrap_or(if args.quick { 2.0 } else { 10.0 });
-    let rates = args.rates.clone().unwrap_or_else(|| if args.quick { vec![200] } else { vec![200, 1000] });
+    let lat_secs = args
+        .latency_secs
+        .unwrap_or(if args.quick { 2.0 } else { 10.0 });
+    let rates = args.rates.clone().unwrap_or_else(|| {
+        if args.quick {
+            vec![200]
+        } else {
+            vec![200, 1000]
+        }
+    });
     let idle_secs = args.idle_secs.unwrap_or(if args.quick { 1.0 } else { 5.0 });
     let say = |s: String| {
         eprintln!("{s}");
@@ -848,27 +959,45 @@ async fn bench(args: &BenchArgs, stack: &mut Stack) -> anyhow::Result<Report> {
         Some(url) => {
             let ns = format!("muster-bench-{}", &local::random_hex_token()[..12]);
             stack.cleanup_ns = Some((url.clone(), ns.clone()));
-            (url.clone(), ns, format!("{url} (namespace removed afterwards; other clients count in the Redis figures)"))
+            (
+                url.clone(),
+                ns,
+                format!(
+                    "{url} (namespace removed afterwards; other clients count in the Redis figures)"
+                ),
+            )
         }
         None => {
-            let dir = std::env::temp_dir().join(format!("muster-bench-{}", &local::random_hex_token()[..12]));
+            let dir = std::env::temp_dir()
+                .join(format!("muster-bench-{}", &local::random_hex_token()[..12]));
             stack.dir = Some(dir.clone());
             // Persistence off (no RDB snapshots, no AOF): throughput, not durability.
             let r = PrivateRedis::start(&dir, &["--save", "", "--appendonly", "no"]).await?;
             let url = r.url();
             stack.redis = Some(r);
-            (url, "muster".to_string(), "private redis-server, persistence off (--save '' --appendonly no)".to_string())
+            (
+                url,
+                "muster".to_string(),
+                "private redis-server, persistence off (--save '' --appendonly no)".to_string(),
+            )
         }
     };
     let mut probe = Probe {
-        conn: redis::Client::open(redis_url.as_str())?.get_multiplexed_async_connection().await?,
+        conn: redis::Client::open(redis_url.as_str())?
+            .get_multiplexed_async_connection()
+            .await?,
         tck: clk_tck(),
     };
     let redis_version = probe
         .info("server")
         .await
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("redis_version:").map(|v| v.trim().to_string())))
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("redis_version:")
+                    .map(|v| v.trim().to_string())
+            })
+        })
         .unwrap_or_default();
     let mut cfg = Config::new("127.0.0.1:0", redis_url.clone());
     cfg.namespace = namespace.clone();
@@ -881,14 +1010,21 @@ async fn bench(args: &BenchArgs, stack: &mut Stack) -> anyhow::Result<Report> {
         .pool_max_idle_per_host(1024)
         .timeout(Duration::from_secs(120))
         .build()?;
-    let api = Api { http, base: base.clone(), admin: token.clone(), retries: Arc::new(AtomicU64::new(0)) };
+    let api = Api {
+        http,
+        base: base.clone(),
+        admin: token.clone(),
+        retries: Arc::new(AtomicU64::new(0)),
+    };
     let t_base = Instant::now();
     say(format!(
         "muster bench: N={n}, {} in-process no-op bench agents x {} lease loops (max {}, wait_ms {}); \
          the agents run in this process, so the figures measure muster, not process spawning",
         args.agents, args.loops, args.lease_max, args.wait_ms
     ));
-    say(format!("redis: {redis_desc}, version {redis_version}; server: in-process at {base}"));
+    say(format!(
+        "redis: {redis_desc}, version {redis_version}; server: in-process at {base}"
+    ));
 
     // 1b. Calibration: one hop to Redis (PING) and one HTTP round trip (GET /healthz),
     // sequential; on a busy machine these show how much scheduling alone costs.
@@ -902,7 +1038,12 @@ async fn bench(args: &BenchArgs, stack: &mut Stack) -> anyhow::Result<Report> {
         let mut hz = Vec::with_capacity(2000);
         for _ in 0..2000 {
             let t = Instant::now();
-            api.http.get(format!("{base}/healthz")).send().await?.bytes().await?;
+            api.http
+                .get(format!("{base}/healthz"))
+                .send()
+                .await?
+                .bytes()
+                .await?;
             hz.push(t.elapsed().as_nanos() as u64);
         }
         ping.sort_unstable();
@@ -920,28 +1061,60 @@ async fn bench(args: &BenchArgs, stack: &mut Stack) -> anyhow::Result<Report> {
     // 2. Batch submit, no agents: rate, commands per submitted task, memory per pending task.
     let pb = bar(n, "submit: POST /v1/tasks/batch");
     let s0 = probe.snap().await?;
-    let d = submit_batches(&api, "bench-batch", n, args.batch, args.batch_concurrency, &pb).await?;
+    let d = submit_batches(
+        &api,
+        "bench-batch",
+        n,
+        args.batch,
+        args.batch_concurrency,
+        &pb,
+    )
+    .await?;
     let s1 = probe.snap().await?;
     pb.finish();
     let submit_batch = rate(n, d);
     let cost_submit_batch = cost(&s0, &s1, n);
-    let mem_per_task = round((s1.redis.used_memory as f64 - s0.redis.used_memory as f64) / n as f64, 1);
+    let mem_per_task = round(
+        (s1.redis.used_memory as f64 - s0.redis.used_memory as f64) / n as f64,
+        1,
+    );
     let pbytes = payload_bytes();
 
     // 3. Single submit, no agents.
-    let pb = bar(single_n, &format!("submit: POST /v1/tasks x{}", args.clients));
+    let pb = bar(
+        single_n,
+        &format!("submit: POST /v1/tasks x{}", args.clients),
+    );
     let d = submit_singles(&api, "bench-single", single_n, args.clients, &pb).await?;
     pb.finish();
     let submit_single = rate(single_n, d);
 
     // 4. Process only: N pre-submitted, then the agents start.
     let pb = bar(n, "process: pre-submitting");
-    submit_batches(&api, "bench-process", n, args.batch, args.batch_concurrency, &pb).await?;
+    submit_batches(
+        &api,
+        "bench-process",
+        n,
+        args.batch,
+        args.batch_concurrency,
+        &pb,
+    )
+    .await?;
     pb.finish_and_clear();
     let pb = bar(n, "process: pre-submitted, draining");
     let c = Counters::new(t_base);
     let s0 = probe.snap().await?;
-    let agents = Agents::start(&api, "bench-process", args.agents, args.loops, args.lease_max, args.wait_ms, &c, stack).await?;
+    let agents = Agents::start(
+        &api,
+        "bench-process",
+        args.agents,
+        args.loops,
+        args.lease_max,
+        args.wait_ms,
+        &c,
+        stack,
+    )
+    .await?;
     let last = wait_done(&c, n, &pb).await?;
     let s1 = probe.snap().await?;
     pb.finish();
@@ -954,7 +1127,17 @@ async fn bench(args: &BenchArgs, stack: &mut Stack) -> anyhow::Result<Report> {
 
     // 5. End to end: agents idle and long-polling, then N submitted in batches.
     let c = Counters::new(t_base);
-    let agents = Agents::start(&api, "bench-e2e", args.agents, args.loops, args.lease_max, args.wait_ms, &c, stack).await?;
+    let agents = Agents::start(
+        &api,
+        "bench-e2e",
+        args.agents,
+        args.loops,
+        args.lease_max,
+        args.wait_ms,
+        &c,
+        stack,
+    )
+    .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pb = bar(n, "end-to-end: submit -> succeeded");
     let s0 = probe.snap().await?;
@@ -962,7 +1145,9 @@ async fn bench(args: &BenchArgs, stack: &mut Stack) -> anyhow::Result<Report> {
     let sub_api = api.clone();
     let sub_pb = ProgressBar::hidden();
     let (batch, conc) = (args.batch, args.batch_concurrency);
-    let submitter = tokio::spawn(async move { submit_batches(&sub_api, "bench-e2e", n, batch, conc, &sub_pb).await });
+    let submitter = tokio::spawn(async move {
+        submit_batches(&sub_api, "bench-e2e", n, batch, conc, &sub_pb).await
+    });
     let last = wait_done(&c, n, &pb).await?;
     let s1 = probe.snap().await?;
     submitter.await.context("the submitter panicked")??;
@@ -973,7 +1158,9 @@ async fn bench(args: &BenchArgs, stack: &mut Stack) -> anyhow::Result<Report> {
     let e2e_counts = api.queue_counts("bench-e2e").await?;
 
     // 5b. Command census: the same path under MONITOR (untimed).
-    let census_n = args.census_n.unwrap_or(n.min(if args.quick { 1_000 } else { 5_000 }));
+    let census_n = args
+        .census_n
+        .unwrap_or(n.min(if args.quick { 1_000 } else { 5_000 }));
     let census = if census_n > 0 && local::find_on_path("redis-cli").is_some() {
         let pb = bar(census_n, "census: end-to-end under MONITOR");
         let r = census(&api, &redis_url, census_n, args, stack, t_base, &pb).await;
@@ -988,7 +1175,17 @@ async fn bench(args: &BenchArgs, stack: &mut Stack) -> anyhow::Result<Report> {
 
     // 6. Latency at fixed offered rates.
     let c = Counters::new(t_base);
-    let agents = Agents::start(&api, "bench-lat", args.agents, args.loops, args.lease_max, args.wait_ms, &c, stack).await?;
+    let agents = Agents::start(
+        &api,
+        "bench-lat",
+        args.agents,
+        args.loops,
+        args.lease_max,
+        args.wait_ms,
+        &c,
+        stack,
+    )
+    .await?;
     // Warm-up: a few tasks through the whole path.
     let mut done_before = 0u64;
     {
@@ -1030,7 +1227,11 @@ async fn bench(args: &BenchArgs, stack: &mut Stack) -> anyhow::Result<Report> {
         c.record_latency.store(false, Ordering::Relaxed);
         pb.set_position(total);
         pb.finish();
-        let mut v: Vec<u64> = lock(&c.latency).iter().filter(|(i, _)| *i >= LAT_SKIP).map(|x| x.1).collect();
+        let mut v: Vec<u64> = lock(&c.latency)
+            .iter()
+            .filter(|(i, _)| *i >= LAT_SKIP)
+            .map(|x| x.1)
+            .collect();
         v.sort_unstable();
         latency.push(Latency {
             offered_per_sec: r,
@@ -1047,10 +1248,23 @@ async fn bench(args: &BenchArgs, stack: &mut Stack) -> anyhow::Result<Report> {
     // 7. Idle: many agents long-polling, nothing to do.
     let idle = if args.idle_agents > 0 {
         let c = Counters::new(t_base);
-        let pb = ProgressBar::new_spinner().with_message(format!("idle: {} agents long-polling for {idle_secs}s", args.idle_agents));
+        let pb = ProgressBar::new_spinner().with_message(format!(
+            "idle: {} agents long-polling for {idle_secs}s",
+            args.idle_agents
+        ));
         pb.set_draw_target(ProgressDrawTarget::stderr());
         pb.enable_steady_tick(Duration::from_millis(100));
-        let agents = Agents::start(&api, "bench-idle", args.idle_agents, 1, 1, IDLE_WAIT_MS, &c, stack).await?;
+        let agents = Agents::start(
+            &api,
+            "bench-idle",
+            args.idle_agents,
+            1,
+            1,
+            IDLE_WAIT_MS,
+            &c,
+            stack,
+        )
+        .await?;
         tokio::time::sleep(Duration::from_millis(1000)).await;
         let s0 = probe.snap().await?;
         tokio::time::sleep(Duration::from_secs_f64(idle_secs)).await;
@@ -1206,20 +1420,44 @@ async fn census(
         let mut inner: std::collections::BTreeMap<String, u64> = Default::default();
         while let Ok(Some(l)) = lines.next_line().await {
             // 1700000000.123456 [0 127.0.0.1:5555] "evalsha" "…"   or   [0 lua] "HSET" …
-            let Some((client, rest)) = l.split_once("] ") else { continue };
+            let Some((client, rest)) = l.split_once("] ") else {
+                continue;
+            };
             let cmd = rest.split('"').nth(1).unwrap_or("").to_ascii_lowercase();
             if cmd == "info" || cmd == "monitor" {
                 continue;
             }
-            let map = if client.ends_with(" lua") { &mut inner } else { &mut top };
+            let map = if client.ends_with(" lua") {
+                &mut inner
+            } else {
+                &mut top
+            };
             *map.entry(cmd).or_default() += 1;
         }
         (top, inner)
     });
     let c = Counters::new(t_base);
-    let agents = Agents::start(api, "bench-census", args.agents, args.loops, args.lease_max, args.wait_ms, &c, stack).await?;
+    let agents = Agents::start(
+        api,
+        "bench-census",
+        args.agents,
+        args.loops,
+        args.lease_max,
+        args.wait_ms,
+        &c,
+        stack,
+    )
+    .await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    submit_batches(api, "bench-census", n, args.batch, args.batch_concurrency, &ProgressBar::hidden()).await?;
+    submit_batches(
+        api,
+        "bench-census",
+        n,
+        args.batch,
+        args.batch_concurrency,
+        &ProgressBar::hidden(),
+    )
+    .await?;
     wait_done(&c, n, pb).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = child.start_kill();
@@ -1228,7 +1466,10 @@ async fn census(
     agents.stop(api).await;
     let per = |m: &std::collections::BTreeMap<String, u64>| -> (f64, Value) {
         let total: u64 = m.values().sum();
-        let by: serde_json::Map<String, Value> = m.iter().map(|(k, v)| (k.clone(), json!(round(*v as f64 / n as f64, 3)))).collect();
+        let by: serde_json::Map<String, Value> = m
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(round(*v as f64 / n as f64, 3))))
+            .collect();
         (round(total as f64 / n as f64, 2), Value::Object(by))
     };
     let (t, tb) = per(&top);
@@ -1272,7 +1513,15 @@ fn print_report(r: &Report) {
         s["n"], s["agents"], s["loops_per_agent"], s["lease_max"], s["wait_ms"]
     );
     let mut t = Table::new();
-    t.set_header(vec!["measurement", "tasks", "seconds", "tasks/s", "Redis cmds/task", "Redis CPU µs/task", "muster CPU µs/task"]);
+    t.set_header(vec![
+        "measurement",
+        "tasks",
+        "seconds",
+        "tasks/s",
+        "Redis cmds/task",
+        "Redis CPU µs/task",
+        "muster CPU µs/task",
+    ]);
     let row = |t: &mut Table, name: String, rt: &Rate, c: Option<&Cost>| {
         t.add_row(vec![
             name,
@@ -1284,11 +1533,39 @@ fn print_report(r: &Report) {
             c.map_or("".into(), |c| format!("{:.1}", c.process_cpu_us_per_task)),
         ]);
     };
-    row(&mut t, format!("submit, POST /v1/tasks/batch ({} per call, {} in flight)", s["batch"], s["batch_concurrency"]), &r.submit_batch, Some(&r.cost_submit_batch));
-    row(&mut t, format!("submit, POST /v1/tasks ({} clients)", s["single_clients"]), &r.submit_single, None);
-    row(&mut t, "process only (pre-submitted; first lease -> last report)".into(), &r.process_only, Some(&r.cost_process_only));
-    row(&mut t, "process only, incl. agent start-up".into(), &r.process_only_incl_agent_start, None);
-    row(&mut t, "end-to-end (first submit -> last succeeded)".into(), &r.end_to_end, Some(&r.cost_end_to_end));
+    row(
+        &mut t,
+        format!(
+            "submit, POST /v1/tasks/batch ({} per call, {} in flight)",
+            s["batch"], s["batch_concurrency"]
+        ),
+        &r.submit_batch,
+        Some(&r.cost_submit_batch),
+    );
+    row(
+        &mut t,
+        format!("submit, POST /v1/tasks ({} clients)", s["single_clients"]),
+        &r.submit_single,
+        None,
+    );
+    row(
+        &mut t,
+        "process only (pre-submitted; first lease -> last report)".into(),
+        &r.process_only,
+        Some(&r.cost_process_only),
+    );
+    row(
+        &mut t,
+        "process only, incl. agent start-up".into(),
+        &r.process_only_incl_agent_start,
+        None,
+    );
+    row(
+        &mut t,
+        "end-to-end (first submit -> last succeeded)".into(),
+        &r.end_to_end,
+        Some(&r.cost_end_to_end),
+    );
     for i in 3..7 {
         if let Some(c) = t.column_mut(i) {
             c.set_cell_alignment(CellAlignment::Right);
@@ -1300,7 +1577,15 @@ fn print_report(r: &Report) {
     println!("{t}");
 
     let mut t = Table::new();
-    t.set_header(vec!["submit -> start latency", "achieved/s", "samples", "p50 ms", "p99 ms", "p99.9 ms", "max ms"]);
+    t.set_header(vec![
+        "submit -> start latency",
+        "achieved/s",
+        "samples",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+    ]);
     for l in &r.latency {
         t.add_row(vec![
             format!("{}/s offered, POST /v1/tasks", l.offered_per_sec),
@@ -1320,20 +1605,50 @@ fn print_report(r: &Report) {
         "Redis memory per pending task".to_string(),
         format!(
             "{:.0} B ({:.0} B beyond the {} B payload)",
-            r.redis_memory_bytes_per_pending_task, r.redis_memory_bytes_per_pending_task_beyond_payload, r.payload_bytes
+            r.redis_memory_bytes_per_pending_task,
+            r.redis_memory_bytes_per_pending_task_beyond_payload,
+            r.payload_bytes
         ),
     ]);
     let top = |c: &Cost| {
         let mut v: Vec<_> = c.redis_commands_by_name.iter().collect();
         v.sort_by(|a, b| b.1.total_cmp(a.1));
-        v.iter().take(6).map(|(k, x)| format!("{k} {x:.2}")).collect::<Vec<_>>().join(", ")
+        v.iter()
+            .take(6)
+            .map(|(k, x)| format!("{k} {x:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
-    t.add_row(vec!["Redis commands/task, end-to-end".to_string(), format!("{:.2} ({})", r.cost_end_to_end.redis_commands_per_task, top(&r.cost_end_to_end))]);
-    t.add_row(vec!["Redis commands/task, batch submit".to_string(), format!("{:.2} ({})", r.cost_submit_batch.redis_commands_per_task, top(&r.cost_submit_batch))]);
-    t.add_row(vec!["Redis commands/task, process only".to_string(), format!("{:.2} ({})", r.cost_process_only.redis_commands_per_task, top(&r.cost_process_only))]);
+    t.add_row(vec![
+        "Redis commands/task, end-to-end".to_string(),
+        format!(
+            "{:.2} ({})",
+            r.cost_end_to_end.redis_commands_per_task,
+            top(&r.cost_end_to_end)
+        ),
+    ]);
+    t.add_row(vec![
+        "Redis commands/task, batch submit".to_string(),
+        format!(
+            "{:.2} ({})",
+            r.cost_submit_batch.redis_commands_per_task,
+            top(&r.cost_submit_batch)
+        ),
+    ]);
+    t.add_row(vec![
+        "Redis commands/task, process only".to_string(),
+        format!(
+            "{:.2} ({})",
+            r.cost_process_only.redis_commands_per_task,
+            top(&r.cost_process_only)
+        ),
+    ]);
     t.add_row(vec![
         "CPU during end-to-end".to_string(),
-        format!("Redis {:.0}% of a core, muster process {:.0}% (server + agents + load generator)", r.cost_end_to_end.redis_cpu_percent, r.cost_end_to_end.process_cpu_percent),
+        format!(
+            "Redis {:.0}% of a core, muster process {:.0}% (server + agents + load generator)",
+            r.cost_end_to_end.redis_cpu_percent, r.cost_end_to_end.process_cpu_percent
+        ),
     ]);
     t.add_row(vec![
         "calibration: Redis PING / GET /healthz, sequential".to_string(),
@@ -1346,15 +1661,39 @@ fn print_report(r: &Report) {
             r.calibration["loadavg_at_start"].as_str().unwrap_or("")
         ),
     ]);
-    if let Some(n) = r.checks["http_retries_after_503"].as_u64().filter(|n| *n > 0) {
-        t.add_row(vec!["requests answered 503 and retried".to_string(), format!("{n} (Redis slower than the server's 1 s timeout)")]);
+    if let Some(n) = r.checks["http_retries_after_503"]
+        .as_u64()
+        .filter(|n| *n > 0)
+    {
+        t.add_row(vec![
+            "requests answered 503 and retried".to_string(),
+            format!("{n} (Redis slower than the server's 1 s timeout)"),
+        ]);
     }
-    t.add_row(vec!["muster process RSS (now / peak)".to_string(), format!("{} MiB / {} MiB", r.server_rss_kb / 1024, r.server_peak_rss_kb / 1024)]);
+    t.add_row(vec![
+        "muster process RSS (now / peak)".to_string(),
+        format!(
+            "{} MiB / {} MiB",
+            r.server_rss_kb / 1024,
+            r.server_peak_rss_kb / 1024
+        ),
+    ]);
     if let Some(top) = r.census.get("top_level_per_task") {
         let list = |v: &Value| {
-            let mut x: Vec<(String, f64)> = v.as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_f64().unwrap_or(0.0))).collect()).unwrap_or_default();
+            let mut x: Vec<(String, f64)> = v
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_f64().unwrap_or(0.0)))
+                        .collect()
+                })
+                .unwrap_or_default();
             x.sort_by(|a, b| b.1.total_cmp(&a.1));
-            x.iter().take(8).map(|(k, v)| format!("{k} {v:.2}")).collect::<Vec<_>>().join(", ")
+            x.iter()
+                .take(8)
+                .map(|(k, v)| format!("{k} {v:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         t.add_row(vec![
             format!("command census ({} tasks under MONITOR)", r.census["tasks"]),
@@ -1380,7 +1719,12 @@ fn print_report(r: &Report) {
     let mut t = Table::new();
     t.set_header(vec!["target (issue #5)", "goal", "measured", "met"]);
     for x in &r.targets {
-        t.add_row(vec![x.name.clone(), x.target.clone(), x.measured.clone(), if x.met { "yes".into() } else { "NO".into() }]);
+        t.add_row(vec![
+            x.name.clone(),
+            x.target.clone(),
+            x.measured.clone(),
+            if x.met { "yes".into() } else { "NO".into() },
+        ]);
     }
     println!("{t}");
 }

@@ -16,7 +16,9 @@
 use crate::agent::builtin::count_words;
 use crate::cli::local::{self, ChildProc, PrivateRedis, Watchdog};
 use crate::config::Config;
-use crate::domain::{Backoff, BatchCreated, NewTask, NewTaskBatch, NodeList, QueueList, TaskPage, TaskState};
+use crate::domain::{
+    Backoff, BatchCreated, NewTask, NewTaskBatch, NodeList, QueueList, TaskPage, TaskState,
+};
 use crate::startup::Application;
 use anyhow::Context as _;
 use comfy_table::{CellAlignment, Table};
@@ -87,7 +89,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.agents >= 1, "--agents must be at least 1");
     anyhow::ensure!(args.capacity >= 1, "--capacity must be at least 1");
     anyhow::ensure!(args.chunk_kib >= 4, "--chunk-kib must be at least 4");
-    anyhow::ensure!(args.kill_at_percent <= 100, "--kill-at-percent must be 0 to 100");
+    anyhow::ensure!(
+        args.kill_at_percent <= 100,
+        "--kill-at-percent must be 0 to 100"
+    );
     if args.redis_url.is_none() && local::find_on_path("redis-server").is_none() {
         anyhow::bail!(local::NO_REDIS_SERVER);
     }
@@ -127,7 +132,9 @@ impl Stack {
         }
         self.server_stop.cancel();
         if let Some(mut h) = self.server.take()
-            && tokio::time::timeout(Duration::from_secs(15), &mut h).await.is_err()
+            && tokio::time::timeout(Duration::from_secs(15), &mut h)
+                .await
+                .is_err()
         {
             h.abort();
         }
@@ -149,8 +156,10 @@ struct WorkDir {
 
 impl WorkDir {
     fn create() -> anyhow::Result<WorkDir> {
-        let path = std::env::temp_dir().join(format!("muster-demo-{}", &local::random_hex_token()[..12]));
-        std::fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        let path =
+            std::env::temp_dir().join(format!("muster-demo-{}", &local::random_hex_token()[..12]));
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
         Ok(WorkDir { path })
     }
 }
@@ -240,8 +249,24 @@ async fn demo(args: &DemoArgs, work: &WorkDir, stack: &mut Stack) -> anyhow::Res
         let name = format!("demo-agent-{i}");
         let log = std::fs::File::create(work.path.join(format!("{name}.log")))?;
         let child = tokio::process::Command::new(&exe)
-            .args(["agent", "--server", &server_url, "--token", &token, "--builtin", "--queue", QUEUE])
-            .args(["--capacity", &args.capacity.to_string(), "--name", &name, "--grace-secs", "5"])
+            .args([
+                "agent",
+                "--server",
+                &server_url,
+                "--token",
+                &token,
+                "--builtin",
+                "--queue",
+                QUEUE,
+            ])
+            .args([
+                "--capacity",
+                &args.capacity.to_string(),
+                "--name",
+                &name,
+                "--grace-secs",
+                "5",
+            ])
             .env("RUST_LOG", "warn")
             .env_remove("MUSTER_SERVER")
             .env_remove("MUSTER_TOKEN")
@@ -278,7 +303,10 @@ async fn demo(args: &DemoArgs, work: &WorkDir, stack: &mut Stack) -> anyhow::Res
             let text = read_chunk(&corpus_path, offset, len)?;
             ("fail_once", json!({ "text": text }))
         } else {
-            ("wordcount", json!({ "path": corpus_path.to_string_lossy(), "offset": offset, "len": len }))
+            (
+                "wordcount",
+                json!({ "path": corpus_path.to_string_lossy(), "offset": offset, "len": len }),
+            )
         };
         tasks.push(NewTask {
             kind: kind.to_string(),
@@ -299,15 +327,27 @@ async fn demo(args: &DemoArgs, work: &WorkDir, stack: &mut Stack) -> anyhow::Res
     let mut ids = Vec::with_capacity(tasks.len());
     for part in tasks.chunks(10_000) {
         let created: BatchCreated = api
-            .post("/v1/tasks/batch", &NewTaskBatch { tasks: part.to_vec() })
+            .post(
+                "/v1/tasks/batch",
+                &NewTaskBatch {
+                    tasks: part.to_vec(),
+                },
+            )
             .await
             .context("cannot submit the chunk tasks")?;
         ids.extend(created.ids);
     }
-    anyhow::ensure!(ids.len() as u64 == total, "submitted {total} tasks but got {} ids", ids.len());
-    let mut msg = format!("submitted {total} wordcount tasks (priorities 0-9) with POST /v1/tasks/batch");
+    anyhow::ensure!(
+        ids.len() as u64 == total,
+        "submitted {total} tasks but got {} ids",
+        ids.len()
+    );
+    let mut msg =
+        format!("submitted {total} wordcount tasks (priorities 0-9) with POST /v1/tasks/batch");
     if let Some(i) = fail_once_at {
-        msg.push_str(&format!("; chunk {i} is a fail_once task (its first attempt fails)"));
+        msg.push_str(&format!(
+            "; chunk {i} is a fail_once task (its first attempt fails)"
+        ));
     }
     say.line(msg);
 
@@ -392,14 +432,23 @@ async fn demo(args: &DemoArgs, work: &WorkDir, stack: &mut Stack) -> anyhow::Res
         };
         let rows: Vec<(&str, String)> = vec![
             ("tasks", format!("{total} ({succeeded} succeeded)")),
-            ("nodes", format!("{} agent processes x capacity {}", args.agents, args.capacity)),
+            (
+                "nodes",
+                format!(
+                    "{} agent processes x capacity {}",
+                    args.agents, args.capacity
+                ),
+            ),
             ("retries", retries.to_string()),
             ("agent killed", killed_cell),
             ("duration", format!("{secs:.2}s")),
             ("tasks/s", format!("{:.1}", total as f64 / secs)),
             ("corpus", format!("{mb:.1} MiB")),
             ("throughput", format!("{:.1} MiB/s", mb / secs)),
-            ("direct check (no muster)", format!("{direct_secs:.2}s on {threads} threads")),
+            (
+                "direct check (no muster)",
+                format!("{direct_secs:.2}s on {threads} threads"),
+            ),
         ];
         for (k, v) in rows {
             s.add_row(vec![k.to_string(), v]);
@@ -439,9 +488,18 @@ async fn wait_for_agents(api: &Api, stack: &mut Stack, work: &WorkDir) -> anyhow
     loop {
         for a in &mut stack.agents {
             if let Some(status) = a.child.try_wait()? {
-                let log = std::fs::read_to_string(work.path.join(format!("{}.log", a.name))).unwrap_or_default();
-                let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
-                anyhow::bail!("agent {} exited at start ({status}): {}", a.name, last.trim());
+                let log = std::fs::read_to_string(work.path.join(format!("{}.log", a.name)))
+                    .unwrap_or_default();
+                let last = log
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("no output");
+                anyhow::bail!(
+                    "agent {} exited at start ({status}): {}",
+                    a.name,
+                    last.trim()
+                );
             }
         }
         let nodes: NodeList = api.get("/v1/nodes").await?;
@@ -454,7 +512,10 @@ async fn wait_for_agents(api: &Api, stack: &mut Stack, work: &WorkDir) -> anyhow
             return Ok(());
         }
         if Instant::now() > deadline {
-            anyhow::bail!("only {up} of {} agents registered within 30s", stack.agents.len());
+            anyhow::bail!(
+                "only {up} of {} agents registered within 30s",
+                stack.agents.len()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -492,7 +553,11 @@ async fn track_progress(
             Ok(q) => q,
             Err(e) => break Err(e),
         };
-        let counts = queues.items.iter().find(|q| q.name == QUEUE).map(|q| q.counts.clone());
+        let counts = queues
+            .items
+            .iter()
+            .find(|q| q.name == QUEUE)
+            .map(|q| q.counts.clone());
         let (succeeded, failed) = counts
             .map(|c| (c.succeeded as u64, (c.failed + c.cancelled) as u64))
             .unwrap_or((0, 0));
@@ -502,8 +567,16 @@ async fn track_progress(
             let mut parts = Vec::new();
             for a in &stack.agents {
                 if let Some(n) = nodes.items.iter().find(|n| n.name == a.name) {
-                    let dead = if killed.as_ref().is_some_and(|k| k.0 == a.name) { " (killed)" } else { "" };
-                    parts.push(format!("{}:{}{dead}", a.name.trim_start_matches("demo-"), n.succeeded));
+                    let dead = if killed.as_ref().is_some_and(|k| k.0 == a.name) {
+                        " (killed)"
+                    } else {
+                        ""
+                    };
+                    parts.push(format!(
+                        "{}:{}{dead}",
+                        a.name.trim_start_matches("demo-"),
+                        n.succeeded
+                    ));
                 }
             }
             let rate = done as f64 / run_started.elapsed().as_secs_f64().max(1e-3);
@@ -513,7 +586,12 @@ async fn track_progress(
                 let victim = stack
                     .agents
                     .iter()
-                    .position(|a| nodes.items.iter().any(|n| n.name == a.name && n.running > 0))
+                    .position(|a| {
+                        nodes
+                            .items
+                            .iter()
+                            .any(|n| n.name == a.name && n.running > 0)
+                    })
                     .unwrap_or(0);
                 let a = &mut stack.agents[victim];
                 a.kill().await;
@@ -567,7 +645,8 @@ impl FanIn {
     /// Decodes one page of `GET /v1/tasks` and merges its results; returns the next
     /// cursor. CPU work: run it off the async threads.
     fn absorb(&mut self, body: &[u8]) -> anyhow::Result<Option<String>> {
-        let page: TaskPage = serde_json::from_slice(body).context("GET /v1/tasks: unexpected answer")?;
+        let page: TaskPage =
+            serde_json::from_slice(body).context("GET /v1/tasks: unexpected answer")?;
         for t in page.items {
             if !self.wanted.contains(&t.id) || !self.seen.insert(t.id.clone()) {
                 continue;
@@ -582,7 +661,9 @@ impl FanIn {
                 .and_then(Value::as_object)
                 .with_context(|| format!("task {} has no word counts in its result", t.id))?;
             for (w, c) in words {
-                let c = c.as_u64().with_context(|| format!("task {}: count of {w} is not a number", t.id))?;
+                let c = c
+                    .as_u64()
+                    .with_context(|| format!("task {}: count of {w} is not a number", t.id))?;
                 *self.words.entry(w.clone()).or_insert(0) += c;
             }
             self.total += result
@@ -597,7 +678,10 @@ impl FanIn {
 
 /// Fetches every task of the demo queue and merges the word counts of the succeeded
 /// ones. Returns (words, total, retries, succeeded, others).
-async fn fan_in(api: &Api, ids: &[String]) -> anyhow::Result<(HashMap<String, u64>, u64, u64, u64, u64)> {
+async fn fan_in(
+    api: &Api,
+    ids: &[String],
+) -> anyhow::Result<(HashMap<String, u64>, u64, u64, u64, u64)> {
     let mut acc = FanIn {
         wanted: ids.iter().cloned().collect(),
         ..FanIn::default()
@@ -609,7 +693,10 @@ async fn fan_in(api: &Api, ids: &[String]) -> anyhow::Result<(HashMap<String, u6
             path.push_str("&cursor=");
             path.push_str(&urlencode(c));
         }
-        let body = api.get_bytes(&path).await.context("cannot list the finished tasks")?;
+        let body = api
+            .get_bytes(&path)
+            .await
+            .context("cannot list the finished tasks")?;
         let (back, next) = tokio::task::spawn_blocking(move || {
             let next = acc.absorb(&body);
             (acc, next)
@@ -710,12 +797,19 @@ impl Api {
         let status = resp.status();
         let bytes = resp.bytes().await.with_context(|| format!("GET {path}"))?;
         if !status.is_success() {
-            anyhow::bail!("GET {path}: {}", crate::cli::client::format_error_answer(status.as_u16(), &bytes));
+            anyhow::bail!(
+                "GET {path}: {}",
+                crate::cli::client::format_error_answer(status.as_u16(), &bytes)
+            );
         }
         Ok(bytes)
     }
 
-    async fn post<B: serde::Serialize, T: serde::de::DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
+    async fn post<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
         let resp = self
             .http
             .post(format!("{}{path}", self.base))
@@ -727,16 +821,24 @@ impl Api {
         Self::decode(resp, "POST", path).await
     }
 
-    async fn decode<T: serde::de::DeserializeOwned>(resp: reqwest::Response, method: &str, path: &str) -> anyhow::Result<T> {
+    async fn decode<T: serde::de::DeserializeOwned>(
+        resp: reqwest::Response,
+        method: &str,
+        path: &str,
+    ) -> anyhow::Result<T> {
         let status = resp.status();
-        let bytes = resp.bytes().await.with_context(|| format!("{method} {path}"))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .with_context(|| format!("{method} {path}"))?;
         if !status.is_success() {
             anyhow::bail!(
                 "{method} {path}: {}",
                 crate::cli::client::format_error_answer(status.as_u16(), &bytes)
             );
         }
-        serde_json::from_slice(&bytes).with_context(|| format!("{method} {path}: unexpected answer"))
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("{method} {path}: unexpected answer"))
     }
 }
 
@@ -758,8 +860,11 @@ fn group(n: u64) -> String {
 /// [`count_words`] on its own thread, and the counts summed. Returns the counts, the
 /// total and the number of threads.
 fn direct_count(path: &Path) -> anyhow::Result<(BTreeMap<String, u64>, u64, usize)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 16);
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 16);
     let mut pieces = Vec::with_capacity(threads);
     let mut rest = text.as_str();
     for i in (1..=threads).rev() {
@@ -767,7 +872,10 @@ fn direct_count(path: &Path) -> anyhow::Result<(BTreeMap<String, u64>, u64, usiz
         let cut = if i == 1 {
             rest.len()
         } else {
-            rest.as_bytes()[want..].iter().position(|&b| b == b'\n').map_or(rest.len(), |p| want + p + 1)
+            rest.as_bytes()[want..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(rest.len(), |p| want + p + 1)
         };
         let (piece, tail) = rest.split_at(cut);
         pieces.push(piece);
@@ -775,7 +883,10 @@ fn direct_count(path: &Path) -> anyhow::Result<(BTreeMap<String, u64>, u64, usiz
     }
     let counted: Vec<(BTreeMap<String, u64>, u64)> = std::thread::scope(|s| {
         let handles: Vec<_> = pieces.iter().map(|p| s.spawn(|| count_words(p))).collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
     });
     let mut words = BTreeMap::new();
     let mut total = 0;
@@ -790,7 +901,8 @@ fn direct_count(path: &Path) -> anyhow::Result<(BTreeMap<String, u64>, u64, usiz
 
 fn read_chunk(path: &Path, offset: u64, len: u64) -> anyhow::Result<String> {
     use std::io::{Read as _, Seek as _};
-    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     f.seek(std::io::SeekFrom::Start(offset))?;
     let mut buf = Vec::with_capacity(len as usize);
     f.take(len).read_to_end(&mut buf)?;
@@ -821,24 +933,28 @@ impl SplitMix64 {
 
 /// The most common English words, ranked first so that the answer reads naturally.
 const COMMON: &[&str] = &[
-    "the", "of", "and", "to", "a", "in", "is", "it", "that", "was", "for", "on", "are", "with", "as", "i", "his",
-    "they", "be", "at", "one", "have", "this", "from", "or", "had", "by", "word", "but", "what", "some", "we", "can",
-    "out", "other", "were", "all", "there", "when", "up", "use", "your", "how", "said", "an", "each", "she", "which",
-    "do", "their", "time", "if", "will", "way", "about", "many", "then", "them", "write", "would", "like", "so",
-    "these", "her", "long", "make", "thing", "see", "him", "two", "has", "look", "more", "day", "could", "go", "come",
-    "did", "number", "sound", "no", "most", "people", "my", "over", "know", "water", "than", "call", "first", "who",
-    "may", "down", "side", "been", "now", "find", "any", "new", "work", "part", "take", "get", "place", "made", "live",
-    "where", "after", "back", "little", "only", "round", "man", "year", "came", "show", "every", "good", "me", "give",
-    "our", "under", "name", "very", "through", "just", "form", "sentence", "great", "think", "say", "help", "low",
-    "line", "differ", "turn", "cause", "much", "mean", "before", "move", "right", "boy", "old", "too", "same", "tell",
-    "does", "set", "three", "want", "air", "well", "also", "play", "small", "end", "put", "home", "read", "hand",
-    "port", "large", "spell", "add", "even", "land", "here", "must", "big", "high", "such", "follow", "act", "why",
-    "ask", "men", "change", "went", "light", "kind", "off", "need", "house", "picture", "try", "us", "again",
-    "animal", "point", "mother", "world", "near", "build", "self", "earth", "father", "head", "stand", "own", "page",
-    "should", "country", "found", "answer", "school", "grow", "study", "still", "learn", "plant", "cover", "food",
-    "sun", "four", "between", "state", "keep", "eye", "never", "last", "let", "thought", "city", "tree", "cross",
-    "farm", "hard", "start", "might", "story", "saw", "far", "sea", "draw", "left", "late", "run", "while", "press",
-    "close", "night", "real", "life", "few", "north", "queue", "task", "node", "redis", "lease", "retry",
+    "the", "of", "and", "to", "a", "in", "is", "it", "that", "was", "for", "on", "are", "with",
+    "as", "i", "his", "they", "be", "at", "one", "have", "this", "from", "or", "had", "by", "word",
+    "but", "what", "some", "we", "can", "out", "other", "were", "all", "there", "when", "up",
+    "use", "your", "how", "said", "an", "each", "she", "which", "do", "their", "time", "if",
+    "will", "way", "about", "many", "then", "them", "write", "would", "like", "so", "these", "her",
+    "long", "make", "thing", "see", "him", "two", "has", "look", "more", "day", "could", "go",
+    "come", "did", "number", "sound", "no", "most", "people", "my", "over", "know", "water",
+    "than", "call", "first", "who", "may", "down", "side", "been", "now", "find", "any", "new",
+    "work", "part", "take", "get", "place", "made", "live", "where", "after", "back", "little",
+    "only", "round", "man", "year", "came", "show", "every", "good", "me", "give", "our", "under",
+    "name", "very", "through", "just", "form", "sentence", "great", "think", "say", "help", "low",
+    "line", "differ", "turn", "cause", "much", "mean", "before", "move", "right", "boy", "old",
+    "too", "same", "tell", "does", "set", "three", "want", "air", "well", "also", "play", "small",
+    "end", "put", "home", "read", "hand", "port", "large", "spell", "add", "even", "land", "here",
+    "must", "big", "high", "such", "follow", "act", "why", "ask", "men", "change", "went", "light",
+    "kind", "off", "need", "house", "picture", "try", "us", "again", "animal", "point", "mother",
+    "world", "near", "build", "self", "earth", "father", "head", "stand", "own", "page", "should",
+    "country", "found", "answer", "school", "grow", "study", "still", "learn", "plant", "cover",
+    "food", "sun", "four", "between", "state", "keep", "eye", "never", "last", "let", "thought",
+    "city", "tree", "cross", "farm", "hard", "start", "might", "story", "saw", "far", "sea",
+    "draw", "left", "late", "run", "while", "press", "close", "night", "real", "life", "few",
+    "north", "queue", "task", "node", "redis", "lease", "retry",
 ];
 
 /// Words in the vocabulary.
@@ -851,8 +967,8 @@ const TABLE_BITS: u32 = 20;
 /// The vocabulary: [`COMMON`] first, then made-up words from syllables.
 fn vocabulary(rng: &mut SplitMix64) -> Vec<String> {
     const ONSETS: &[&str] = &[
-        "b", "c", "d", "f", "g", "h", "j", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "z", "br", "cr", "dr",
-        "fl", "gr", "pl", "pr", "sh", "st", "th", "tr", "ch",
+        "b", "c", "d", "f", "g", "h", "j", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "z",
+        "br", "cr", "dr", "fl", "gr", "pl", "pr", "sh", "st", "th", "tr", "ch",
     ];
     const NUCLEI: &[&str] = &["a", "e", "i", "o", "u", "ai", "ea", "ou", "io", "y"];
     const CODAS: &[&str] = &["", "", "", "n", "r", "s", "t", "l", "m", "nd", "st", "ck"];
@@ -876,14 +992,20 @@ fn vocabulary(rng: &mut SplitMix64) -> Vec<String> {
 /// A table of word indexes in which word `r` fills a share of the slots proportional
 /// to `1 / (r + 1)^s`: a uniform slot is a Zipf-distributed word.
 fn zipf_table(n: usize) -> Vec<u16> {
-    let weights: Vec<f64> = (0..n).map(|r| 1.0 / ((r + 1) as f64).powf(ZIPF_S)).collect();
+    let weights: Vec<f64> = (0..n)
+        .map(|r| 1.0 / ((r + 1) as f64).powf(ZIPF_S))
+        .collect();
     let sum: f64 = weights.iter().sum();
     let slots = 1usize << TABLE_BITS;
     let mut table = Vec::with_capacity(slots);
     let mut cum = 0.0;
     for (r, w) in weights.iter().enumerate() {
         cum += w / sum;
-        let end = if r + 1 == n { slots } else { ((cum * slots as f64).round() as usize).min(slots) };
+        let end = if r + 1 == n {
+            slots
+        } else {
+            ((cum * slots as f64).round() as usize).min(slots)
+        };
         // Every word gets at least one slot.
         let end = end.max(table.len() + 1).min(slots);
         table.resize(end, r as u16);
@@ -894,11 +1016,17 @@ fn zipf_table(n: usize) -> Vec<u16> {
 /// Writes about `size` bytes of text to `path`: lines of words drawn from a Zipf
 /// distribution, in sentences (capitalised, with commas and full stops). Returns the
 /// chunks as (offset, len), each ending on a line boundary, of about `chunk` bytes.
-fn generate_corpus(path: &Path, size: u64, seed: u64, chunk: u64) -> anyhow::Result<Vec<(u64, u64)>> {
+fn generate_corpus(
+    path: &Path,
+    size: u64,
+    seed: u64,
+    chunk: u64,
+) -> anyhow::Result<Vec<(u64, u64)>> {
     let mut rng = SplitMix64(seed);
     let vocab = vocabulary(&mut rng);
     let table = zipf_table(vocab.len());
-    let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     let mut chunks = Vec::new();
     let (mut written, mut chunk_start) = (0u64, 0u64);

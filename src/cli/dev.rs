@@ -53,8 +53,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     if using_private && local::find_on_path("redis-server").is_none() {
         anyhow::bail!(local::NO_REDIS_SERVER);
     }
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            args.data_dir.display()
+        )
+    })?;
     let data_dir = std::path::absolute(&args.data_dir)?;
     let dev_pid_file = data_dir.join("dev.pid");
     check_not_running(&data_dir, &dev_pid_file).await?;
@@ -84,7 +88,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
 /// Refuses a data directory that another `muster dev` is using, and stops a
 /// redis-server left behind by one that was killed hard.
 async fn check_not_running(data_dir: &Path, dev_pid_file: &Path) -> anyhow::Result<()> {
-    let read_pid = |p: &Path| std::fs::read_to_string(p).ok().and_then(|s| s.trim().parse::<u32>().ok());
+    let read_pid = |p: &Path| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+    };
     if let Some(pid) = read_pid(dev_pid_file)
         && pid != std::process::id()
         && local::process_matches(pid, "muster")
@@ -97,7 +105,10 @@ async fn check_not_running(data_dir: &Path, dev_pid_file: &Path) -> anyhow::Resu
     if let Some(pid) = read_pid(&data_dir.join("redis.pid"))
         && local::process_matches(pid, "redis-server")
     {
-        tracing::warn!(pid, "stopping a redis-server left behind by an earlier muster dev");
+        tracing::warn!(
+            pid,
+            "stopping a redis-server left behind by an earlier muster dev"
+        );
         local::send_signal(pid, "TERM");
         for _ in 0..100 {
             if !local::process_matches(pid, "redis-server") {
@@ -150,7 +161,15 @@ async fn run_stack(
         });
     }
 
-    print_banner(args, &server_url, token, redis_url, redis, data_dir, &executor);
+    print_banner(
+        args,
+        &server_url,
+        token,
+        redis_url,
+        redis,
+        data_dir,
+        &executor,
+    );
 
     let mut server_done = None;
     tokio::select! {
@@ -199,7 +218,11 @@ async fn run_stack(
         Some(Err(e)) => anyhow::bail!("the control plane panicked: {e}"),
         _ => {}
     }
-    Ok(if forced { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if forced {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn print_banner(
@@ -221,7 +244,10 @@ fn print_banner(
     };
     let exec_line = match executor {
         Executor::Exec(cmd) => format!("runs `{cmd}` per task"),
-        _ => format!("built-in kinds: {}", crate::agent::builtin::KINDS.join(", ")),
+        _ => format!(
+            "built-in kinds: {}",
+            crate::agent::builtin::KINDS.join(", ")
+        ),
     };
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "muster dev is running");
@@ -238,8 +264,14 @@ fn print_banner(
     let _ = writeln!(out, "token: {token}");
     let _ = writeln!(out);
     let _ = writeln!(out, "Try it from another shell:");
-    let _ = writeln!(out, "  export MUSTER_SERVER={server_url} MUSTER_TOKEN={token}");
-    let _ = writeln!(out, "  muster submit --kind echo --payload '{{\"hi\":1}}' --wait");
+    let _ = writeln!(
+        out,
+        "  export MUSTER_SERVER={server_url} MUSTER_TOKEN={token}"
+    );
+    let _ = writeln!(
+        out,
+        "  muster submit --kind echo --payload '{{\"hi\":1}}' --wait"
+    );
     let _ = writeln!(out);
     let _ = writeln!(out, "Ctrl-C stops everything.");
     let _ = out.flush();

@@ -9,7 +9,11 @@ use std::time::Duration;
 #[derive(Debug, Clone, clap::Args)]
 pub struct DoctorArgs {
     /// Redis to check.
-    #[arg(long, env = "MUSTER_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "MUSTER_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub redis_url: String,
     /// Key namespace.
     #[arg(long, env = "MUSTER_NAMESPACE", default_value = "muster")]
@@ -26,7 +30,12 @@ pub struct DoctorArgs {
 pub async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     let store = Store::connect(&args.redis_url, &args.namespace, Duration::from_secs(5))
         .await
-        .with_context(|| format!("cannot connect to redis at {}; pass --redis-url", args.redis_url))?;
+        .with_context(|| {
+            format!(
+                "cannot connect to redis at {}; pass --redis-url",
+                args.redis_url
+            )
+        })?;
     let report = store.doctor().await.context("reading the keyspace")?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -41,5 +50,9 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
             report.violations.len()
         );
     }
-    Ok(if report.violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if report.violations.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -26,12 +26,17 @@ pub fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
-        .find(|p| p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false))
+        .find(|p| {
+            p.metadata()
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
 }
 
 /// A free loopback port (bound, then released).
 pub fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free loopback port")?;
+    let l =
+        std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free loopback port")?;
     Ok(l.local_addr()?.port())
 }
 
@@ -171,7 +176,8 @@ impl PrivateRedis {
     pub async fn start(dir: &Path, extra: &[&str]) -> anyhow::Result<PrivateRedis> {
         let bin = find_on_path("redis-server").ok_or_else(|| anyhow::anyhow!(NO_REDIS_SERVER))?;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let dir = std::path::absolute(dir).with_context(|| format!("bad directory {}", dir.display()))?;
+        let dir =
+            std::path::absolute(dir).with_context(|| format!("bad directory {}", dir.display()))?;
         let mut last_err = None;
         // The port is free when picked but may be taken before redis binds it: retry.
         for _ in 0..3 {
@@ -232,7 +238,10 @@ impl PrivateRedis {
                 let _ = child.start_kill();
                 let _ = child.wait().await;
                 redis.watchdog.stop().await;
-                anyhow::bail!("redis-server on port {port} did not answer PING within {READY_TIMEOUT:?}; see {}", log.display());
+                anyhow::bail!(
+                    "redis-server on port {port} did not answer PING within {READY_TIMEOUT:?}; see {}",
+                    log.display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -281,7 +290,10 @@ impl PrivateRedis {
             match tokio::time::timeout(STOP_TIMEOUT, child.wait()).await {
                 Ok(_) => {}
                 Err(_) => {
-                    tracing::warn!(pid = self.pid, "redis-server did not stop in time; killing it");
+                    tracing::warn!(
+                        pid = self.pid,
+                        "redis-server did not stop in time; killing it"
+                    );
                     let _ = child.start_kill();
                     let _ = child.wait().await;
                 }
@@ -302,7 +314,10 @@ pub async fn ping(url: &str) -> bool {
         let mut c = client.get_multiplexed_async_connection().await.ok()?;
         redis::cmd("PING").query_async::<String>(&mut c).await.ok()
     };
-    matches!(tokio::time::timeout(Duration::from_secs(1), fut).await, Ok(Some(_)))
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), fut).await,
+        Ok(Some(_))
+    )
 }
 
 /// Sends SHUTDOWN; true when it was sent (the connection closes, which is the answer).
@@ -316,12 +331,18 @@ async fn shutdown_cmd(url: &str) -> bool {
         let _ = redis::cmd("SHUTDOWN").query_async::<()>(&mut c).await;
         Some(())
     };
-    matches!(tokio::time::timeout(Duration::from_secs(3), fut).await, Ok(Some(())))
+    matches!(
+        tokio::time::timeout(Duration::from_secs(3), fut).await,
+        Ok(Some(()))
+    )
 }
 
 fn last_log_line(log: &Path) -> Option<String> {
     let text = std::fs::read_to_string(log).ok()?;
-    text.lines().rev().find(|l| !l.trim().is_empty()).map(|l| l.trim().to_string())
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| l.trim().to_string())
 }
 
 /// A running child process of muster (an agent), killed on drop.
@@ -341,7 +362,10 @@ impl ChildProc {
             return;
         }
         send_signal(self.pid, "TERM");
-        if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.child.wait())
+            .await
+            .is_err()
+        {
             let _ = self.child.start_kill();
             let _ = self.child.wait().await;
         }

@@ -5,8 +5,8 @@ pub mod bench;
 pub mod client;
 pub mod demo;
 pub mod dev;
-pub mod local;
 pub mod doctor;
+pub mod local;
 pub mod serve;
 
 use clap::{Parser, Subcommand};
@@ -55,7 +55,10 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Submit(_) | Command::Task(_) | Command::Queues(_) | Command::Nodes(_)
     );
     crate::telemetry::init(&cli.log_format, quiet);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

@@ -12,14 +12,23 @@ pub struct ServeArgs {
     #[arg(long, env = "MUSTER_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
     /// Redis URL.
-    #[arg(long, env = "MUSTER_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "MUSTER_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub redis_url: String,
     /// Admin bearer token.
     #[arg(long, env = "MUSTER_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// More tokens as ROLE:TOKEN (roles: admin, submit, read, agent); repeat, or
     /// comma-separate in MUSTER_TOKENS.
-    #[arg(long = "token", env = "MUSTER_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long = "token",
+        env = "MUSTER_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub tokens: Vec<String>,
     /// Per-token rate limit in requests per second (off when absent); past it: 429.
     #[arg(long, env = "MUSTER_RATE_LIMIT")]
@@ -61,17 +70,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         cfg.rate_limit = Some((r, args.rate_burst.unwrap_or(2.0 * r)));
     }
     for t in args.tokens.iter().filter(|t| !t.trim().is_empty()) {
-        cfg.tokens.push(crate::api::auth::parse_role_token(t).map_err(|e| anyhow::anyhow!("--token: {e}"))?);
+        cfg.tokens.push(
+            crate::api::auth::parse_role_token(t).map_err(|e| anyhow::anyhow!("--token: {e}"))?,
+        );
     }
     if let Some(n) = args.dispatchers {
         anyhow::ensure!(n >= 1, "--dispatchers must be at least 1");
         cfg.dispatchers = n;
     }
-    anyhow::ensure!(args.heartbeat_interval_ms >= 100, "--heartbeat-interval-ms must be at least 100");
-    anyhow::ensure!(args.reaper_interval_ms >= 10, "--reaper-interval-ms must be at least 10");
+    anyhow::ensure!(
+        args.heartbeat_interval_ms >= 100,
+        "--heartbeat-interval-ms must be at least 100"
+    );
+    anyhow::ensure!(
+        args.reaper_interval_ms >= 10,
+        "--reaper-interval-ms must be at least 10"
+    );
     cfg.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms);
     cfg.reaper_interval = Duration::from_millis(args.reaper_interval_ms);
-    anyhow::ensure!(args.max_wait_ms <= 60_000, "--max-wait-ms must be at most 60000");
+    anyhow::ensure!(
+        args.max_wait_ms <= 60_000,
+        "--max-wait-ms must be at most 60000"
+    );
     cfg.max_wait = Duration::from_millis(args.max_wait_ms);
     let app = Application::build(cfg).await?;
     app.run(crate::shutdown::on_signals()).await?;

@@ -18,7 +18,9 @@ mod int {
     }
 
     pub(super) fn opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-        Option::<serde_json::Number>::deserialize(d)?.map(integral).transpose()
+        Option::<serde_json::Number>::deserialize(d)?
+            .map(integral)
+            .transpose()
     }
 
     pub(super) fn u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -28,8 +30,8 @@ mod int {
 }
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 /// Lifecycle state of a task (DESIGN.md "Task lifecycle").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -138,7 +140,11 @@ pub struct Name(pub String);
 #[schema(example = json!({"kind": "resize", "queue": "images", "payload": {"url": "https://example.com/a.png", "width": 640}, "priority": 5, "max_attempts": 3, "timeout_ms": 30000}))]
 pub struct NewTask {
     /// Handler name.
-    #[schema(min_length = 1, max_length = 256, pattern = r"^[^\x00-\x1F\x7F-\x9F]+$")]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1F\x7F-\x9F]+$"
+    )]
     pub kind: String,
     /// Queue, `default` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -148,7 +154,11 @@ pub struct NewTask {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<Value>,
     /// 0..=9, higher first.
-    #[serde(default, deserialize_with = "int::opt", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "int::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(minimum = 0, maximum = 9)]
     pub priority: Option<i64>,
     /// RFC 3339 time before which the task does not run.
@@ -156,23 +166,39 @@ pub struct NewTask {
     #[schema(format = DateTime)]
     pub run_at: Option<String>,
     /// Delay from now before the task runs (with `run_at` too, the later holds).
-    #[serde(default, deserialize_with = "int::opt", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "int::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(minimum = 0, maximum = 31_536_000_000_i64)]
     pub delay_ms: Option<i64>,
     /// Attempts before the task fails for good (default 3).
-    #[serde(default, deserialize_with = "int::opt", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "int::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(minimum = 1, maximum = 1000)]
     pub max_attempts: Option<i64>,
     /// Retry backoff.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<Backoff>,
     /// Lease TTL (default 30000); agents renew it while the handler runs.
-    #[serde(default, deserialize_with = "int::opt", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "int::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(minimum = 100, maximum = 604_800_000)]
     pub timeout_ms: Option<i64>,
     /// Hard limit on one attempt's run time: the agent kills the handler past it and
     /// fails the attempt (retryable). Unlimited when absent.
-    #[serde(default, deserialize_with = "int::opt", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "int::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(minimum = 100, maximum = 604_800_000)]
     pub max_run_ms: Option<i64>,
     /// Node tags that must all be present on the node.
@@ -180,7 +206,11 @@ pub struct NewTask {
     #[schema(value_type = Option<Vec<Name>>, max_items = 64)]
     pub requires: Option<Vec<String>>,
     /// How long a finished task is kept (default 7 days).
-    #[serde(default, deserialize_with = "int::opt", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "int::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(minimum = 1000, maximum = 31_536_000_000_i64)]
     pub retention_ms: Option<i64>,
     /// Task ids that must succeed first (reserved for the coordination issue).
@@ -196,7 +226,11 @@ pub struct NewTask {
     #[schema(ignore)]
     pub concurrency_key: Option<String>,
     /// Concurrency limit (reserved for the coordination issue).
-    #[serde(default, deserialize_with = "int::opt", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "int::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(ignore)]
     pub concurrency_limit: Option<i64>,
 }
@@ -339,7 +373,11 @@ impl NodeStatus {
 #[schema(example = json!({"name": "worker-1", "queues": ["images"], "tags": ["gpu"], "capacity": 8, "kind": "machine"}))]
 pub struct RegisterNode {
     /// Human-readable name (host name, person).
-    #[schema(min_length = 1, max_length = 256, pattern = r"^[^\x00-\x1F\x7F-\x9F]+$")]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1F\x7F-\x9F]+$"
+    )]
     pub name: String,
     /// Queues served.
     #[serde(default)]

@@ -49,7 +49,10 @@ pub fn tag(s: &str) -> Result<(), String> {
 /// True when `s` is a ULID in canonical text (Crockford base32, upper case).
 pub fn is_ulid(s: &str) -> bool {
     s.len() == ULID_LEN
-        && s.bytes().all(|b| b.is_ascii_digit() || (b.is_ascii_uppercase() && !matches!(b, b'I' | b'L' | b'O' | b'U')))
+        && s.bytes().all(|b| {
+            b.is_ascii_digit()
+                || (b.is_ascii_uppercase() && !matches!(b, b'I' | b'L' | b'O' | b'U'))
+        })
 }
 
 /// A task id is `<ULID>.<queue>`; returns the queue.
@@ -81,7 +84,17 @@ mod tests {
         for ok in ["default", "a", "emails.high", "x:y-z_1", &"q".repeat(128)] {
             assert!(queue_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ".", "..", "a b", "a*", "a{b}", "é", "a\nb", &"q".repeat(129)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a b",
+            "a*",
+            "a{b}",
+            "é",
+            "a\nb",
+            &"q".repeat(129),
+        ] {
             assert!(queue_name(bad).is_err(), "{bad:?}");
         }
     }

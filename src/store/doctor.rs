@@ -45,7 +45,8 @@ impl Store {
         let loads: HashMap<String, i64> = c.hgetall(k.load(q)).await?;
         // Inboxes: scan for inbox keys (nodes may be gone).
         let inbox_prefix = k.inbox(q, "");
-        let inbox_keys: Vec<String> = scan(&mut c, &format!("{}*", glob_escape(&inbox_prefix))).await?;
+        let inbox_keys: Vec<String> =
+            scan(&mut c, &format!("{}*", glob_escape(&inbox_prefix))).await?;
         let mut inboxes: HashMap<String, Vec<String>> = HashMap::new();
         for key in inbox_keys {
             let node = key[inbox_prefix.len()..].to_string();
@@ -54,7 +55,8 @@ impl Store {
         }
         // Tasks.
         let task_prefix = k.task(q, "");
-        let task_keys: Vec<String> = scan(&mut c, &format!("{}*", glob_escape(&task_prefix))).await?;
+        let task_keys: Vec<String> =
+            scan(&mut c, &format!("{}*", glob_escape(&task_prefix))).await?;
         let mut counted: HashMap<String, i64> = HashMap::new();
         let mut states: HashMap<String, String> = HashMap::new();
         for key in &task_keys {
@@ -64,8 +66,15 @@ impl Store {
             let state = h.get("state").cloned().unwrap_or_default();
             let node = h.get("node").cloned().unwrap_or_default();
             states.insert(id.to_string(), state.clone());
-            let in_z: Vec<&str> = ZSETS.into_iter().filter(|z| members[z].contains_key(id)).collect();
-            let in_inbox: Vec<&String> = inboxes.iter().filter(|(_, ids)| ids.iter().any(|x| x == id)).map(|(n, _)| n).collect();
+            let in_z: Vec<&str> = ZSETS
+                .into_iter()
+                .filter(|z| members[z].contains_key(id))
+                .collect();
+            let in_inbox: Vec<&String> = inboxes
+                .iter()
+                .filter(|(_, ids)| ids.iter().any(|x| x == id))
+                .map(|(n, _)| n)
+                .collect();
             let indexes = in_z.len() + in_inbox.len();
             match state.as_str() {
                 "pending" | "scheduled" | "retrying" | "running" => {
@@ -76,7 +85,9 @@ impl Store {
                     }
                     if state == "running" {
                         if node.is_empty() || h.get("lease_expires").is_none_or(|v| v.is_empty()) {
-                            report.violations.push(format!("task {id} is running without a lease"));
+                            report
+                                .violations
+                                .push(format!("task {id} is running without a lease"));
                         }
                         *counted.entry(node.clone()).or_default() += 1;
                     }
@@ -96,21 +107,27 @@ impl Store {
                         ));
                     }
                 }
-                other => report.violations.push(format!("task {id} has unknown state {other:?}")),
+                other => report
+                    .violations
+                    .push(format!("task {id} has unknown state {other:?}")),
             }
         }
         // Index entries without a matching hash.
         for z in ZSETS {
             for id in members[z].keys() {
                 if !states.contains_key(id) {
-                    report.violations.push(format!("{q}:{z} holds {id}, which has no task hash"));
+                    report
+                        .violations
+                        .push(format!("{q}:{z} holds {id}, which has no task hash"));
                 }
             }
         }
         for (node, ids) in &inboxes {
             for id in ids {
                 if !states.contains_key(id) {
-                    report.violations.push(format!("{q} inbox of {node} holds {id}, which has no task hash"));
+                    report.violations.push(format!(
+                        "{q} inbox of {node} holds {id}, which has no task hash"
+                    ));
                 }
             }
         }
@@ -119,9 +136,14 @@ impl Store {
         nodes.sort();
         nodes.dedup();
         for n in nodes {
-            let (have, want) = (loads.get(n).copied().unwrap_or(0), counted.get(n).copied().unwrap_or(0));
+            let (have, want) = (
+                loads.get(n).copied().unwrap_or(0),
+                counted.get(n).copied().unwrap_or(0),
+            );
             if have != want {
-                report.violations.push(format!("{q} load of node {n} is {have}, tasks say {want}"));
+                report
+                    .violations
+                    .push(format!("{q} load of node {n} is {have}, tasks say {want}"));
             }
         }
         Ok(())

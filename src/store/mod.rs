@@ -178,8 +178,11 @@ pub struct NodeRecord {
 pub fn parse_lease_token(token: &str) -> Option<(i64, &str)> {
     let (fence, nonce) = token.split_once('.')?;
     let fence: i64 = fence.parse().ok()?;
-    (fence > 0 && !nonce.is_empty() && nonce.len() <= 64 && nonce.bytes().all(|b| b.is_ascii_hexdigit()))
-        .then_some((fence, nonce))
+    (fence > 0
+        && !nonce.is_empty()
+        && nonce.len() <= 64
+        && nonce.bytes().all(|b| b.is_ascii_hexdigit()))
+    .then_some((fence, nonce))
 }
 
 /// Handle on the muster keyspace of one Redis.
@@ -195,7 +198,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("ns", &self.keys.ns()).finish()
+        f.debug_struct("Store")
+            .field("ns", &self.keys.ns())
+            .finish()
     }
 }
 
@@ -221,7 +226,9 @@ fn array(v: Value) -> Result<Vec<Value>> {
     match v {
         Value::Array(a) => Ok(a),
         Value::Nil => Ok(Vec::new()),
-        other => Err(StoreError::Protocol(format!("expected an array, got {other:?}"))),
+        other => Err(StoreError::Protocol(format!(
+            "expected an array, got {other:?}"
+        ))),
     }
 }
 
@@ -256,7 +263,9 @@ fn state_of(code_state: Option<&Value>) -> String {
 pub fn task_from_hash(queue: &str, h: &HashMap<String, String>) -> Option<Task> {
     let get = |k: &str| h.get(k).filter(|v| !v.is_empty());
     let num = |k: &str| get(k).and_then(|v| v.parse::<i64>().ok());
-    let json = |k: &str| get(k).map(|v| serde_json::from_str(v).unwrap_or(serde_json::Value::String(v.clone())));
+    let json = |k: &str| {
+        get(k).map(|v| serde_json::from_str(v).unwrap_or(serde_json::Value::String(v.clone())))
+    };
     let ts = |k: &str| num(k).map(rfc3339_ms);
     let state = TaskState::parse(get("state")?)?;
     Some(Task {
@@ -282,7 +291,11 @@ pub fn task_from_hash(queue: &str, h: &HashMap<String, String>) -> Option<Task> 
         run_at: ts("run_at"),
         started_at: ts("started_at"),
         finished_at: ts("finished_at"),
-        lease_expires_at: if state == TaskState::Running { ts("lease_expires") } else { None },
+        lease_expires_at: if state == TaskState::Running {
+            ts("lease_expires")
+        } else {
+            None
+        },
         cancel_requested: get("cancel_requested").is_some_and(|v| v == "1"),
     })
 }
@@ -301,7 +314,11 @@ fn node_from_hash(h: &HashMap<String, String>, running: i64) -> Option<NodeRecor
         node: Node {
             id: h.get("id")?.clone(),
             name: get("name"),
-            kind: if get("kind") == "human" { NodeKind::Human } else { NodeKind::Machine },
+            kind: if get("kind") == "human" {
+                NodeKind::Human
+            } else {
+                NodeKind::Machine
+            },
             status: NodeStatus::parse(&get("status")).unwrap_or(NodeStatus::Offline),
             queues: list("queues"),
             tags: list("tags"),
@@ -373,7 +390,10 @@ impl Store {
                 v
             )));
         }
-        let policy = self.config_get("maxmemory-policy").await.unwrap_or_default();
+        let policy = self
+            .config_get("maxmemory-policy")
+            .await
+            .unwrap_or_default();
         if policy.starts_with("allkeys") {
             return Err(StoreError::Unfit(format!(
                 "redis maxmemory-policy is '{policy}': it may evict tasks; set it to noeviction \
@@ -390,7 +410,11 @@ impl Store {
 
     async fn config_get(&self, name: &str) -> Result<String> {
         let mut c = self.conn();
-        let v: Vec<String> = redis::cmd("CONFIG").arg("GET").arg(name).query_async(&mut c).await?;
+        let v: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg(name)
+            .query_async(&mut c)
+            .await?;
         Ok(v.get(1).cloned().unwrap_or_default())
     }
 
@@ -425,12 +449,20 @@ impl Store {
     ///
     /// # Errors
     /// Redis errors.
-    pub async fn submit(&self, tasks: &[PreparedTask], idem: Option<&str>, idem_ttl_ms: i64) -> Result<Submitted> {
+    pub async fn submit(
+        &self,
+        tasks: &[PreparedTask],
+        idem: Option<&str>,
+        idem_ttl_ms: i64,
+    ) -> Result<Submitted> {
         let mut prefixes: Vec<String> = Vec::new();
         let mut inv = self.scripts.submit.prepare_invoke();
         let mut args: Vec<String> = Vec::with_capacity(4 + tasks.len() * 14);
         args.push(self.channel());
-        args.push(idem.map(|k| hex::encode(sha2::Sha256::digest_str(k))).unwrap_or_default());
+        args.push(
+            idem.map(|k| hex::encode(sha2::Sha256::digest_str(k)))
+                .unwrap_or_default(),
+        );
         args.push(idem_ttl_ms.to_string());
         args.push(tasks.len().to_string());
         for t in tasks {
@@ -594,8 +626,15 @@ impl Store {
         let loads: HashMap<String, i64> = c.hgetall(self.keys.load(queue)).await?;
         let mut out = Vec::new();
         for node in loads.keys() {
-            let ids: Vec<String> = c.lrange(self.keys.inbox(queue, node), 0, limit as isize).await?;
-            out.extend(self.tasks(queue, &ids).await?.into_iter().filter(|t| t.state == TaskState::Assigned));
+            let ids: Vec<String> = c
+                .lrange(self.keys.inbox(queue, node), 0, limit as isize)
+                .await?;
+            out.extend(
+                self.tasks(queue, &ids)
+                    .await?
+                    .into_iter()
+                    .filter(|t| t.state == TaskState::Assigned),
+            );
             if out.len() >= limit {
                 out.truncate(limit);
                 break;
@@ -628,7 +667,13 @@ impl Store {
     ///
     /// # Errors
     /// Redis errors.
-    pub async fn dispatch(&self, queue: &str, nodes: &[(String, i64, String)], max: usize, scan: usize) -> Result<(i64, i64)> {
+    pub async fn dispatch(
+        &self,
+        queue: &str,
+        nodes: &[(String, i64, String)],
+        max: usize,
+        scan: usize,
+    ) -> Result<(i64, i64)> {
         let mut inv = self.scripts.dispatch.key(self.keys.queue_prefix(queue));
         inv.arg(self.channel()).arg(max).arg(scan).arg(nodes.len());
         for (id, free, tags) in nodes {
@@ -636,7 +681,10 @@ impl Store {
         }
         let mut c = self.conn();
         let v = array(inv.invoke_async(&mut c).await?)?;
-        Ok((v.first().and_then(int).unwrap_or(0), v.get(1).and_then(int).unwrap_or(0)))
+        Ok((
+            v.first().and_then(int).unwrap_or(0),
+            v.get(1).and_then(int).unwrap_or(0),
+        ))
     }
 
     /// Leases up to `max` tasks of `queue` to `node` from its inbox (and, with `pull`,
@@ -644,20 +692,35 @@ impl Store {
     ///
     /// # Errors
     /// Redis errors.
-    pub async fn lease(&self, queue: &str, node: &str, max: usize, pull: bool, tags: &str) -> Result<Vec<Leased>> {
+    pub async fn lease(
+        &self,
+        queue: &str,
+        node: &str,
+        max: usize,
+        pull: bool,
+        tags: &str,
+    ) -> Result<Vec<Leased>> {
         // One seed per call, not one nonce per possible lease: most calls lease few.
         let seed = hex::encode(rand::random::<[u8; 12]>());
         let mut inv = self.scripts.lease.key(self.keys.queue_prefix(queue));
-        inv.arg(self.channel()).arg(node).arg(max).arg(if pull { "1" } else { "0" }).arg(tags);
+        inv.arg(self.channel())
+            .arg(node)
+            .arg(max)
+            .arg(if pull { "1" } else { "0" })
+            .arg(tags);
         inv.arg(&seed);
         let mut c = self.conn();
         let rows = array(inv.invoke_async(&mut c).await?)?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let h = flat_map(row)?;
-            let task = task_from_hash(queue, &h).ok_or_else(|| StoreError::Protocol("bad task hash".into()))?;
+            let task = task_from_hash(queue, &h)
+                .ok_or_else(|| StoreError::Protocol("bad task hash".into()))?;
             let nonce = h.get("nonce").cloned().unwrap_or_default();
-            let expires_ms = h.get("lease_expires").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let expires_ms = h
+                .get("lease_expires")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
             out.push(Leased {
                 token: format!("{}.{nonce}", task.fence),
                 task,
@@ -671,9 +734,17 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::NotFound`], [`StoreError::LeaseConflict`].
-    pub async fn extend(&self, id: &str, node: Option<&str>, token: &str, progress: Option<&str>) -> Result<Extended> {
+    pub async fn extend(
+        &self,
+        id: &str,
+        node: Option<&str>,
+        token: &str,
+        progress: Option<&str>,
+    ) -> Result<Extended> {
         let queue = validate::task_queue(id).ok_or(StoreError::NotFound)?;
-        let (fence, nonce) = parse_lease_token(token).ok_or(StoreError::LeaseConflict { state: "unknown".into() })?;
+        let (fence, nonce) = parse_lease_token(token).ok_or(StoreError::LeaseConflict {
+            state: "unknown".into(),
+        })?;
         let mut c = self.conn();
         let (code, rest) = coded(
             self.scripts
@@ -693,21 +764,32 @@ impl Store {
                 cancel_requested: rest.get(1).and_then(int) == Some(1),
             }),
             1 => Err(StoreError::NotFound),
-            _ => Err(StoreError::LeaseConflict { state: state_of(rest.first()) }),
+            _ => Err(StoreError::LeaseConflict {
+                state: state_of(rest.first()),
+            }),
         }
     }
 
     fn reported(code: i64, rest: &[Value]) -> Result<Reported> {
-        let state = || TaskState::parse(&state_of(rest.first())).ok_or_else(|| StoreError::Protocol("bad state".into()));
+        let state = || {
+            TaskState::parse(&state_of(rest.first()))
+                .ok_or_else(|| StoreError::Protocol("bad state".into()))
+        };
         match code {
             0 => Ok(Reported {
                 state: state()?,
                 run_ms: rest.get(1).and_then(int),
                 node: rest.get(2).and_then(text),
             }),
-            3 => Ok(Reported { state: state()?, run_ms: None, node: None }),
+            3 => Ok(Reported {
+                state: state()?,
+                run_ms: None,
+                node: None,
+            }),
             1 => Err(StoreError::NotFound),
-            _ => Err(StoreError::LeaseConflict { state: state_of(rest.first()) }),
+            _ => Err(StoreError::LeaseConflict {
+                state: state_of(rest.first()),
+            }),
         }
     }
 
@@ -716,9 +798,17 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::NotFound`], [`StoreError::LeaseConflict`].
-    pub async fn complete(&self, id: &str, node: Option<&str>, token: &str, result: &str) -> Result<Reported> {
+    pub async fn complete(
+        &self,
+        id: &str,
+        node: Option<&str>,
+        token: &str,
+        result: &str,
+    ) -> Result<Reported> {
         let queue = validate::task_queue(id).ok_or(StoreError::NotFound)?;
-        let (fence, nonce) = parse_lease_token(token).ok_or(StoreError::LeaseConflict { state: "unknown".into() })?;
+        let (fence, nonce) = parse_lease_token(token).ok_or(StoreError::LeaseConflict {
+            state: "unknown".into(),
+        })?;
         let mut c = self.conn();
         let (code, rest) = coded(
             self.scripts
@@ -740,9 +830,18 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::NotFound`], [`StoreError::LeaseConflict`].
-    pub async fn fail(&self, id: &str, node: Option<&str>, token: &str, error: &str, retryable: bool) -> Result<Reported> {
+    pub async fn fail(
+        &self,
+        id: &str,
+        node: Option<&str>,
+        token: &str,
+        error: &str,
+        retryable: bool,
+    ) -> Result<Reported> {
         let queue = validate::task_queue(id).ok_or(StoreError::NotFound)?;
-        let (fence, nonce) = parse_lease_token(token).ok_or(StoreError::LeaseConflict { state: "unknown".into() })?;
+        let (fence, nonce) = parse_lease_token(token).ok_or(StoreError::LeaseConflict {
+            state: "unknown".into(),
+        })?;
         let mut c = self.conn();
         let (code, rest) = coded(
             self.scripts
@@ -803,7 +902,9 @@ impl Store {
             0 if state_of(rest.first()) == "requested" => Ok(Cancelled::Requested),
             0 => Ok(Cancelled::Done),
             1 => Err(StoreError::NotFound),
-            _ => Err(StoreError::IllegalTransition { from: state_of(rest.first()) }),
+            _ => Err(StoreError::IllegalTransition {
+                from: state_of(rest.first()),
+            }),
         }
     }
 
@@ -826,7 +927,9 @@ impl Store {
         match code {
             0 => Ok(()),
             1 => Err(StoreError::NotFound),
-            _ => Err(StoreError::IllegalTransition { from: state_of(rest.first()) }),
+            _ => Err(StoreError::IllegalTransition {
+                from: state_of(rest.first()),
+            }),
         }
     }
 
@@ -848,7 +951,9 @@ impl Store {
         match code {
             0 => Ok(()),
             1 => Err(StoreError::NotFound),
-            _ => Err(StoreError::IllegalTransition { from: state_of(rest.first()) }),
+            _ => Err(StoreError::IllegalTransition {
+                from: state_of(rest.first()),
+            }),
         }
     }
 
@@ -887,7 +992,12 @@ impl Store {
                 pipe.exists(self.keys.task(queue, id));
             }
             let exists: Vec<bool> = pipe.query_async(&mut c).await?;
-            let gone: Vec<&String> = ids.iter().zip(exists).filter(|(_, e)| !e).map(|(i, _)| i).collect();
+            let gone: Vec<&String> = ids
+                .iter()
+                .zip(exists)
+                .filter(|(_, e)| !e)
+                .map(|(i, _)| i)
+                .collect();
             if !gone.is_empty() {
                 let _: i64 = c.zrem(&key, gone.as_slice()).await?;
                 removed += gone.len();
@@ -905,7 +1015,15 @@ impl Store {
     pub async fn queue_info(&self, queue: &str) -> Result<QueueInfo> {
         let k = &self.keys;
         let mut pipe = redis::pipe();
-        for st in ["scheduled", "pending", "running", "retrying", "succeeded", "failed", "cancelled"] {
+        for st in [
+            "scheduled",
+            "pending",
+            "running",
+            "retrying",
+            "succeeded",
+            "failed",
+            "cancelled",
+        ] {
             pipe.zcard(k.state_index(queue, st));
         }
         pipe.hgetall(k.load(queue));
@@ -973,7 +1091,12 @@ impl Store {
         if !fields.is_empty() {
             let mut c = self.conn();
             let _: () = c.hset_multiple(self.keys.conf(queue), &fields).await?;
-            let _: i64 = c.publish(self.channel(), format!("new {}", self.keys.queue_prefix(queue))).await?;
+            let _: i64 = c
+                .publish(
+                    self.channel(),
+                    format!("new {}", self.keys.queue_prefix(queue)),
+                )
+                .await?;
         }
         Ok(())
     }
@@ -1131,7 +1254,9 @@ impl Store {
     /// Redis errors.
     pub async fn set_node_status(&self, id: &str, status: NodeStatus) -> Result<()> {
         let mut c = self.conn();
-        let _: () = c.hset(self.keys.node(id), "status", status.as_str()).await?;
+        let _: () = c
+            .hset(self.keys.node(id), "status", status.as_str())
+            .await?;
         Ok(())
     }
 
@@ -1184,7 +1309,14 @@ impl Store {
     ///
     /// # Errors
     /// Redis errors.
-    pub async fn add_node_stats(&self, id: &str, succeeded: i64, failed: i64, run_ms: i64, runs: i64) -> Result<()> {
+    pub async fn add_node_stats(
+        &self,
+        id: &str,
+        succeeded: i64,
+        failed: i64,
+        run_ms: i64,
+        runs: i64,
+    ) -> Result<()> {
         let key = self.keys.node(id);
         let mut c = self.conn();
         // Only existing nodes: HINCRBY would resurrect a deleted node's hash.
@@ -1207,7 +1339,9 @@ impl Store {
     /// Redis errors.
     pub async fn stale_nodes(&self, before_ms: i64) -> Result<Vec<String>> {
         let mut c = self.conn();
-        let ids: Vec<String> = c.zrangebyscore(self.keys.nodes(), "-inf", before_ms).await?;
+        let ids: Vec<String> = c
+            .zrangebyscore(self.keys.nodes(), "-inf", before_ms)
+            .await?;
         Ok(ids)
     }
 
@@ -1235,7 +1369,11 @@ impl Store {
         let (mut qi, mut si, mut off) = match cursor {
             Some(c) => {
                 let mut it = c.split(':').map(|p| p.parse::<usize>().ok());
-                match (it.next().flatten(), it.next().flatten(), it.next().flatten()) {
+                match (
+                    it.next().flatten(),
+                    it.next().flatten(),
+                    it.next().flatten(),
+                ) {
                     (Some(a), Some(b), Some(c)) => (a, b, c),
                     _ => return Err(StoreError::Protocol("bad cursor".into())),
                 }
@@ -1249,7 +1387,12 @@ impl Store {
                 let st = states[si];
                 if st == TaskState::Assigned {
                     if off == 0 {
-                        items.extend(self.assigned_tasks(&queues[qi], want).await?.into_iter().filter(|t| kind.is_none_or(|k| k == t.kind)));
+                        items.extend(
+                            self.assigned_tasks(&queues[qi], want)
+                                .await?
+                                .into_iter()
+                                .filter(|t| kind.is_none_or(|k| k == t.kind)),
+                        );
                     }
                     si += 1;
                     off = 0;
@@ -1267,7 +1410,11 @@ impl Store {
                 if items.len() >= limit {
                     let more = qi < queues.len() && si < states.len() || qi + 1 < queues.len();
                     let next_cursor = more.then(|| {
-                        if si >= states.len() { format!("{}:0:0", qi + 1) } else { format!("{qi}:{si}:{off}") }
+                        if si >= states.len() {
+                            format!("{}:0:0", qi + 1)
+                        } else {
+                            format!("{qi}:{si}:{off}")
+                        }
                     });
                     return Ok(TaskPage { items, next_cursor });
                 }
@@ -1276,7 +1423,10 @@ impl Store {
             si = 0;
             off = 0;
         }
-        Ok(TaskPage { items, next_cursor: None })
+        Ok(TaskPage {
+            items,
+            next_cursor: None,
+        })
     }
 }
 

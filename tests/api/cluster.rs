@@ -21,7 +21,10 @@ impl StreamTail {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {
-            let mut c = redis::Client::open(url).expect("url").get_connection().expect("connection");
+            let mut c = redis::Client::open(url)
+                .expect("url")
+                .get_connection()
+                .expect("connection");
             let mut last = "0-0".to_string();
             let mut out = Vec::new();
             loop {
@@ -70,9 +73,18 @@ async fn two_serve_processes_on_one_redis_run_5000_tasks_each_assigned_exactly_o
     let tail = StreamTail::start(redis.url(), format!("{ns}:{{default}}:events"));
 
     let mut agents = vec![
-        spawn_agent_process(&[&s1.url], &["--builtin", "--capacity", "16", "--name", "a1"]),
-        spawn_agent_process(&[&s2.url], &["--builtin", "--capacity", "16", "--name", "a2"]),
-        spawn_agent_process(&[&s2.url, &s1.url], &["--builtin", "--capacity", "16", "--name", "a3"]),
+        spawn_agent_process(
+            &[&s1.url],
+            &["--builtin", "--capacity", "16", "--name", "a1"],
+        ),
+        spawn_agent_process(
+            &[&s2.url],
+            &["--builtin", "--capacity", "16", "--name", "a2"],
+        ),
+        spawn_agent_process(
+            &[&s2.url, &s1.url],
+            &["--builtin", "--capacity", "16", "--name", "a3"],
+        ),
     ];
     eventually(Duration::from_secs(30), "3 nodes registered", || async {
         (api1.nodes().await.len() == 3).then_some(())
@@ -89,19 +101,29 @@ async fn two_serve_processes_on_one_redis_run_5000_tasks_each_assigned_exactly_o
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
         for s in [&mut s1, &mut s2] {
-            assert!(s.proc.running(), "{} exited under the test (killed from outside?)\n{}", s.proc.name, s.proc.log());
+            assert!(
+                s.proc.running(),
+                "{} exited under the test (killed from outside?)\n{}",
+                s.proc.name,
+                s.proc.log()
+            );
         }
         if api2.queue_counts("default").await.succeeded == N as i64 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "5000 tasks not succeeded after 120 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "5000 tasks not succeeded after 120 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let done = api1.all_tasks("default", Some("succeeded")).await;
     assert_eq!(done.len(), N);
     let by_id: HashMap<&str, &Task> = done.iter().map(|t| (t.id.as_str(), t)).collect();
     for (i, id) in ids.iter().enumerate() {
-        let t = by_id.get(id.as_str()).unwrap_or_else(|| panic!("task {i} not succeeded"));
+        let t = by_id
+            .get(id.as_str())
+            .unwrap_or_else(|| panic!("task {i} not succeeded"));
         assert_eq!(t.state, TaskState::Succeeded);
         assert_eq!(t.attempts, 1, "task {i} ran more than once: {t:?}");
         assert_eq!(t.fence, 1, "task {i} was leased more than once: {t:?}");
@@ -109,7 +131,10 @@ async fn two_serve_processes_on_one_redis_run_5000_tasks_each_assigned_exactly_o
     }
     let nodes = api1.nodes().await;
     let total: i64 = nodes.iter().map(|n| n.succeeded).sum();
-    assert!(total <= N as i64, "node stats count more completions than tasks: {nodes:?}");
+    assert!(
+        total <= N as i64,
+        "node stats count more completions than tasks: {nodes:?}"
+    );
 
     for a in &mut agents {
         a.kill9();
@@ -125,9 +150,24 @@ async fn two_serve_processes_on_one_redis_run_5000_tasks_each_assigned_exactly_o
         let n = |typ: &str| count.get(&(typ, id.as_str())).copied().unwrap_or(0);
         // The stream was read from its very start: every submission is there.
         assert_eq!(n("task.submitted"), 1, "submission events of {id}");
-        assert_eq!(n("task.assigned"), 1, "{id} was assigned {} times", n("task.assigned"));
-        assert_eq!(n("task.running"), 1, "{id} was leased {} times", n("task.running"));
-        assert_eq!(n("task.succeeded"), 1, "{id} was completed {} times", n("task.succeeded"));
+        assert_eq!(
+            n("task.assigned"),
+            1,
+            "{id} was assigned {} times",
+            n("task.assigned")
+        );
+        assert_eq!(
+            n("task.running"),
+            1,
+            "{id} was leased {} times",
+            n("task.running")
+        );
+        assert_eq!(
+            n("task.succeeded"),
+            1,
+            "{id} was completed {} times",
+            n("task.succeeded")
+        );
     }
     let assigned = events.iter().filter(|e| e.0 == "task.assigned").count();
     assert_eq!(assigned, N, "assignment events");
@@ -140,7 +180,10 @@ async fn two_serve_processes_on_one_redis_run_5000_tasks_each_assigned_exactly_o
             *left.entry(task).or_default() += 1;
         }
     }
-    assert!(left.values().all(|n| *n == 1), "a task assigned twice in XRANGE");
+    assert!(
+        left.values().all(|n| *n == 1),
+        "a task assigned twice in XRANGE"
+    );
 
     s1.proc.kill9();
     s2.proc.kill9();

@@ -67,12 +67,18 @@ impl Dev {
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Ok(Some(status)) = self.child.try_wait() {
-                        panic!("muster dev exited ({status}) before printing its token: {}", self.diagnostics());
+                        panic!(
+                            "muster dev exited ({status}) before printing its token: {}",
+                            self.diagnostics()
+                        );
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let status = self.child.wait().expect("wait");
-                    panic!("muster dev closed stdout ({status}): {}", self.diagnostics());
+                    panic!(
+                        "muster dev closed stdout ({status}): {}",
+                        self.diagnostics()
+                    );
                 }
             }
         }
@@ -101,7 +107,11 @@ impl Dev {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "muster dev did not exit within {limit:?} of SIG{signal}: {}", self.diagnostics());
+            assert!(
+                Instant::now() < deadline,
+                "muster dev did not exit within {limit:?} of SIG{signal}: {}",
+                self.diagnostics()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -161,7 +171,10 @@ fn dev_runs_tasks_and_ctrl_c_leaves_no_process_behind() {
     let mut dev = Dev::start(&listen, data.path(), 2, &logs.path().join("dev1.err"));
     let token = dev.wait_token();
     assert_eq!(token.len(), 32, "token {token:?}");
-    assert!(token.chars().all(|c| c.is_ascii_hexdigit()), "token {token:?}");
+    assert!(
+        token.chars().all(|c| c.is_ascii_hexdigit()),
+        "token {token:?}"
+    );
     let banner = dev.seen.join("\n");
     assert!(banner.contains(&format!("{server}/docs")), "{banner}");
     assert!(banner.contains(&server), "{banner}");
@@ -173,7 +186,10 @@ fn dev_runs_tasks_and_ctrl_c_leaves_no_process_behind() {
         .trim()
         .parse()
         .expect("a port");
-    assert!(TcpStream::connect(("127.0.0.1", redis_port)).is_ok(), "private redis is up");
+    assert!(
+        TcpStream::connect(("127.0.0.1", redis_port)).is_ok(),
+        "private redis is up"
+    );
 
     // A task runs on the local agents.
     let out = run(Command::new(muster_bin()).args([
@@ -191,14 +207,28 @@ fn dev_runs_tasks_and_ctrl_c_leaves_no_process_behind() {
         "30000",
         "--json",
     ]));
-    assert!(out.status.success(), "submit: {} {}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "submit: {} {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     let task: Value = serde_json::from_slice(&out.stdout).expect("task JSON");
     assert_eq!(task["state"], "succeeded", "{task}");
     assert_eq!(task["result"], json!({"x": 1}), "{task}");
     let task_id = task["id"].as_str().expect("id").to_string();
     // Plain `--wait` prints the result.
     let out = run(Command::new(muster_bin()).args([
-        "submit", "--server", &server, "--token", &token, "--kind", "echo", "--payload", r#"{"x":1}"#, "--wait",
+        "submit",
+        "--server",
+        &server,
+        "--token",
+        &token,
+        "--kind",
+        "echo",
+        "--payload",
+        r#"{"x":1}"#,
+        "--wait",
     ]));
     assert!(out.status.success(), "submit: {}", text(&out.stderr));
     let result: Value = serde_json::from_slice(&out.stdout).expect("result JSON");
@@ -213,7 +243,11 @@ fn dev_runs_tasks_and_ctrl_c_leaves_no_process_behind() {
 
     // Ctrl-C stops everything.
     let status = dev.stop("INT", Duration::from_secs(60));
-    assert!(status.success(), "muster dev exited with {status}: {}", dev.diagnostics());
+    assert!(
+        status.success(),
+        "muster dev exited with {status}: {}",
+        dev.diagnostics()
+    );
     for (pid, cmd) in &children {
         assert!(
             !Path::new(&format!("/proc/{pid}")).exists(),
@@ -225,7 +259,10 @@ fn dev_runs_tasks_and_ctrl_c_leaves_no_process_behind() {
         TcpStream::connect(("127.0.0.1", redis_port)).is_err(),
         "the private redis-server still listens on {redis_port}"
     );
-    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "the API still listens on {port}");
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the API still listens on {port}"
+    );
 
     // A restart reuses the token and the data: the task survived.
     let mut dev2 = Dev::start(&listen, data.path(), 0, &logs.path().join("dev2.err"));
@@ -244,7 +281,11 @@ fn dev_runs_tasks_and_ctrl_c_leaves_no_process_behind() {
         .parse()
         .expect("a port");
     let status = dev2.stop("TERM", Duration::from_secs(60));
-    assert!(status.success(), "muster dev exited with {status}: {}", dev2.diagnostics());
+    assert!(
+        status.success(),
+        "muster dev exited with {status}: {}",
+        dev2.diagnostics()
+    );
     assert!(TcpStream::connect(("127.0.0.1", redis_port2)).is_err());
 }
 
@@ -253,14 +294,23 @@ fn dev_and_demo_without_redis_server_say_how_to_get_it() {
     let empty = tempfile::tempdir().expect("temp dir");
     let data = tempfile::tempdir().expect("temp dir");
     for args in [
-        vec!["dev", "--listen", "127.0.0.1:0", "--data-dir", data.path().to_str().expect("utf-8")],
+        vec![
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.path().to_str().expect("utf-8"),
+        ],
         vec!["demo", "--size-mb", "1"],
     ] {
         let out = run(Command::new(muster_bin())
             .args(&args)
             .env("PATH", empty.path())
             .env_remove("MUSTER_REDIS_URL"));
-        assert!(!out.status.success(), "{args:?} succeeded without redis-server");
+        assert!(
+            !out.status.success(),
+            "{args:?} succeeded without redis-server"
+        );
         let err = text(&out.stderr);
         let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
         assert_eq!(lines.len(), 1, "{args:?}: one line expected, got {err:?}");
@@ -268,7 +318,11 @@ fn dev_and_demo_without_redis_server_say_how_to_get_it() {
         assert!(line.contains("redis-server"), "{line}");
         assert!(line.contains("apt-get install -y redis-server"), "{line}");
         assert!(line.contains("--redis-url"), "{line}");
-        assert!(text(&out.stdout).trim().is_empty(), "{args:?}: stdout {:?}", text(&out.stdout));
+        assert!(
+            text(&out.stdout).trim().is_empty(),
+            "{args:?}: stdout {:?}",
+            text(&out.stdout)
+        );
     }
 }
 
@@ -306,8 +360,14 @@ fn demo_counts_50_mb_of_words_right_despite_a_killed_agent_and_a_failure() {
         .env("RUST_LOG", "warn")
         .env_remove("MUSTER_REDIS_URL"));
     let took = started.elapsed();
-    assert!(out.status.success(), "demo failed: {} {}", text(&out.stdout), text(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)));
+    assert!(
+        out.status.success(),
+        "demo failed: {} {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)));
     eprintln!("demo took {took:?}: {v}");
 
     assert_eq!(v["verified"], true, "{v}");
@@ -317,17 +377,32 @@ fn demo_counts_50_mb_of_words_right_despite_a_killed_agent_and_a_failure() {
     assert_eq!(v["succeeded"].as_u64(), Some(tasks), "{v}");
     // The fail_once chunk and the killed agent's leases each cost at least one retry.
     assert!(v["retries"].as_u64().expect("retries") >= 2, "{v}");
-    assert!(v["killed_agent"].as_str().is_some_and(|n| n.starts_with("demo-agent-")), "{v}");
-    assert!(v["corpus_bytes"].as_u64().expect("bytes") >= 50 * 1024 * 1024, "{v}");
+    assert!(
+        v["killed_agent"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("demo-agent-")),
+        "{v}"
+    );
+    assert!(
+        v["corpus_bytes"].as_u64().expect("bytes") >= 50 * 1024 * 1024,
+        "{v}"
+    );
 
     // Recompute the answer from the corpus the demo kept.
     let path = v["corpus"].as_str().expect("corpus path");
     assert!(Path::new(path).starts_with(corpus.path()), "{path}");
     let bytes = std::fs::read(path).expect("read the corpus");
-    assert_eq!(bytes.len() as u64, v["corpus_bytes"].as_u64().expect("bytes"));
+    assert_eq!(
+        bytes.len() as u64,
+        v["corpus_bytes"].as_u64().expect("bytes")
+    );
     let (words, total) = count_ascii_words(&bytes);
     assert_eq!(v["total_words"].as_u64(), Some(total), "{v}");
-    assert_eq!(v["distinct_words"].as_u64(), Some(words.len() as u64), "{v}");
+    assert_eq!(
+        v["distinct_words"].as_u64(),
+        Some(words.len() as u64),
+        "{v}"
+    );
     let mut top: Vec<(String, u64)> = words
         .into_iter()
         .map(|(w, c)| (String::from_utf8(w).expect("ascii"), c))

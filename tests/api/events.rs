@@ -32,9 +32,15 @@ impl SseParser {
     fn feed(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) {
         self.raw.extend_from_slice(bytes);
         if self.head.is_none() {
-            let Some(end) = self.raw.windows(4).position(|w| w == b"\r\n\r\n") else { return };
+            let Some(end) = self.raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+                return;
+            };
             let head = String::from_utf8_lossy(&self.raw[..end]).to_ascii_lowercase();
-            let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let status = head
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
             let chunked = head.contains("transfer-encoding: chunked");
             self.head = Some((status, chunked));
             self.raw.drain(..end + 4);
@@ -54,8 +60,12 @@ impl SseParser {
                 while self.raw.starts_with(b"\r\n") {
                     self.raw.drain(..2);
                 }
-                let Some(p) = self.raw.windows(2).position(|w| w == b"\r\n") else { break };
-                let size = usize::from_str_radix(String::from_utf8_lossy(&self.raw[..p]).trim(), 16).unwrap_or(0);
+                let Some(p) = self.raw.windows(2).position(|w| w == b"\r\n") else {
+                    break;
+                };
+                let size =
+                    usize::from_str_radix(String::from_utf8_lossy(&self.raw[..p]).trim(), 16)
+                        .unwrap_or(0);
                 self.raw.drain(..p + 2);
                 if size == 0 {
                     break;
@@ -68,7 +78,9 @@ impl SseParser {
         // SSE lines.
         while let Some(p) = self.body.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.body.drain(..=p).collect();
-            let line = String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']).to_string();
+            let line = String::from_utf8_lossy(&line)
+                .trim_end_matches(['\n', '\r'])
+                .to_string();
             if line.is_empty() {
                 let (id, event, data) = std::mem::take(&mut self.cur);
                 if !data.is_empty() {
@@ -91,7 +103,13 @@ impl SseParser {
 
 /// One consumer session: connects (resuming after `last_id`), reads for `dur`, then
 /// drops the connection mid-stream. Returns the events it saw, in order.
-async fn sse_session(addr: SocketAddr, token: &str, queue: &str, last_id: Option<&str>, dur: Duration) -> Vec<SseEvent> {
+async fn sse_session(
+    addr: SocketAddr,
+    token: &str,
+    queue: &str,
+    last_id: Option<&str>,
+    dur: Duration,
+) -> Vec<SseEvent> {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let mut req = format!(
         "GET /v1/events?queue={queue} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n"
@@ -116,15 +134,25 @@ async fn sse_session(addr: SocketAddr, token: &str, queue: &str, last_id: Option
             assert_eq!(status, 200, "GET /v1/events answered {status}");
         }
     }
-    assert!(p.head.is_some(), "no answer head from /v1/events within {dur:?}");
+    assert!(
+        p.head.is_some(),
+        "no answer head from /v1/events within {dur:?}"
+    );
     out
 }
 
 /// A node that leases and completes everything in `queue` until `stop`.
-async fn agent_loop(app: Arc<SecApp>, queue: String, stop: Arc<AtomicBool>, done: Arc<Mutex<HashSet<String>>>) {
+async fn agent_loop(
+    app: Arc<SecApp>,
+    queue: String,
+    stop: Arc<AtomicBool>,
+    done: Arc<Mutex<HashSet<String>>>,
+) {
     let (node, token) = app.register_node("sse-agent", &[queue.as_str()]).await;
     loop {
-        let leases = app.lease_n(&node, &token, 20, Duration::from_millis(300)).await;
+        let leases = app
+            .lease_n(&node, &token, 20, Duration::from_millis(300))
+            .await;
         if leases.is_empty() && stop.load(Ordering::Relaxed) {
             return;
         }
@@ -156,14 +184,21 @@ async fn sse_consumer_resumed_with_last_event_id_misses_no_completion() {
     seen.extend(sse_session(app.addr, &app.read, &q, None, Duration::from_millis(300)).await);
     sessions += 1;
 
-    let agent = tokio::spawn(agent_loop(app.clone(), q.clone(), stop.clone(), done.clone()));
+    let agent = tokio::spawn(agent_loop(
+        app.clone(),
+        q.clone(),
+        stop.clone(),
+        done.clone(),
+    ));
     let mut producer = Some({
         let app = app.clone();
         let q = q.clone();
         tokio::spawn(async move {
             let mut ids = Vec::new();
             for _ in 0..40 {
-                let tasks: Vec<Value> = (0..10).map(|i| json!({"kind": "sse", "queue": q, "payload": i})).collect();
+                let tasks: Vec<Value> = (0..10)
+                    .map(|i| json!({"kind": "sse", "queue": q, "payload": i}))
+                    .collect();
                 let r = app
                     .http
                     .post(app.url("/v1/tasks/batch"))
@@ -174,7 +209,13 @@ async fn sse_consumer_resumed_with_last_event_id_misses_no_completion() {
                     .expect("batch");
                 assert_eq!(r.status().as_u16(), 201);
                 let v: Value = r.json().await.expect("json");
-                ids.extend(v["ids"].as_array().expect("ids").iter().map(|i| i.as_str().expect("id").to_string()));
+                ids.extend(
+                    v["ids"]
+                        .as_array()
+                        .expect("ids")
+                        .iter()
+                        .map(|i| i.as_str().expect("id").to_string()),
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             ids
@@ -195,12 +236,20 @@ async fn sse_consumer_resumed_with_last_event_id_misses_no_completion() {
         }
         if let Some(sub) = &submitted {
             let completed = done.lock().unwrap().len();
-            let succeeded: HashSet<&str> = seen.iter().filter(|e| e.event == "task.succeeded").map(|e| e.id.as_str()).collect();
+            let succeeded: HashSet<&str> = seen
+                .iter()
+                .filter(|e| e.event == "task.succeeded")
+                .map(|e| e.id.as_str())
+                .collect();
             if completed == sub.len() && succeeded.len() >= sub.len() && sessions >= 6 {
                 break;
             }
         }
-        assert!(t0.elapsed() < Duration::from_secs(40), "timed out: {sessions} sessions, {} events", seen.len());
+        assert!(
+            t0.elapsed() < Duration::from_secs(40),
+            "timed out: {sessions} sessions, {} events",
+            seen.len()
+        );
     }
     stop.store(true, Ordering::Relaxed);
     agent.await.expect("agent");
@@ -215,7 +264,11 @@ async fn sse_consumer_resumed_with_last_event_id_misses_no_completion() {
     let mut conflicting = 0;
     for e in &seen {
         assert!(!e.id.is_empty(), "an event without an id: {e:?}");
-        assert!(e.id.ends_with(&format!("@{q}")), "id {} does not name the queue", e.id);
+        assert!(
+            e.id.ends_with(&format!("@{q}")),
+            "id {} does not name the queue",
+            e.id
+        );
         if let Some(prev) = unique.insert(e.id.clone(), e.clone()) {
             if prev.data != e.data {
                 conflicting += 1;
@@ -227,19 +280,44 @@ async fn sse_consumer_resumed_with_last_event_id_misses_no_completion() {
     let mut per_task: HashMap<String, usize> = HashMap::new();
     for e in unique.values() {
         let d: Value = serde_json::from_str(&e.data).expect("data is JSON");
-        assert_eq!(d["id"].as_str(), Some(e.id.as_str()), "data.id matches the SSE id");
-        assert_eq!(d["type"].as_str(), Some(e.event.as_str()), "data.type matches the SSE event");
+        assert_eq!(
+            d["id"].as_str(),
+            Some(e.id.as_str()),
+            "data.id matches the SSE id"
+        );
+        assert_eq!(
+            d["type"].as_str(),
+            Some(e.event.as_str()),
+            "data.type matches the SSE event"
+        );
         assert_eq!(d["queue"].as_str(), Some(q.as_str()));
         if e.event == "task.succeeded" {
             assert_eq!(d["state"], "succeeded");
-            *per_task.entry(d["task"].as_str().expect("task").to_string()).or_default() += 1;
+            *per_task
+                .entry(d["task"].as_str().expect("task").to_string())
+                .or_default() += 1;
         }
     }
-    let missed: Vec<&String> = done.iter().filter(|id| !per_task.contains_key(*id)).collect();
-    assert!(missed.is_empty(), "{} completions missed after {sessions} sessions: {:?}", missed.len(), missed.iter().take(5).collect::<Vec<_>>());
+    let missed: Vec<&String> = done
+        .iter()
+        .filter(|id| !per_task.contains_key(*id))
+        .collect();
+    assert!(
+        missed.is_empty(),
+        "{} completions missed after {sessions} sessions: {:?}",
+        missed.len(),
+        missed.iter().take(5).collect::<Vec<_>>()
+    );
     let doubled: Vec<(&String, &usize)> = per_task.iter().filter(|(_, n)| **n != 1).collect();
-    assert!(doubled.is_empty(), "tasks with more than one task.succeeded event: {doubled:?}");
-    assert_eq!(per_task.len(), done.len(), "task.succeeded for a task nobody completed");
+    assert!(
+        doubled.is_empty(),
+        "tasks with more than one task.succeeded event: {doubled:?}"
+    );
+    assert_eq!(
+        per_task.len(),
+        done.len(),
+        "task.succeeded for a task nobody completed"
+    );
     eprintln!(
         "sse resume: {sessions} sessions ({} resumes), {} tasks, {raw} events received, {} unique, {duplicates} raw duplicates",
         sessions - 1,
@@ -249,30 +327,74 @@ async fn sse_consumer_resumed_with_last_event_id_misses_no_completion() {
     assert!(sessions >= 6, "at least 5 resumes");
 
     // /metrics agrees.
-    let r = app.http.get(app.url("/metrics")).bearer_auth(&app.read).send().await.expect("metrics");
+    let r = app
+        .http
+        .get(app.url("/metrics"))
+        .bearer_auth(&app.read)
+        .send()
+        .await
+        .expect("metrics");
     assert_eq!(r.status().as_u16(), 200);
-    let ct = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let ct = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     assert!(ct.starts_with("text/plain"), "content type {ct}");
     let text = r.text().await.expect("text");
     let value = |name: &str| -> Option<f64> {
-        text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
     };
     let n = submitted.len() as f64;
-    assert_eq!(value(&format!("muster_tasks_succeeded_total{{queue=\"{q}\"}} ")), Some(n), "succeeded counter");
-    assert_eq!(value(&format!("muster_tasks_submitted_total{{queue=\"{q}\"}} ")), Some(n), "submitted counter");
-    assert_eq!(value(&format!("muster_tasks_failed_total{{queue=\"{q}\"}} ")), Some(0.0), "failed counter");
-    assert_eq!(value(&format!("muster_queue_tasks{{queue=\"{q}\",state=\"succeeded\"}} ")), Some(n), "succeeded depth");
+    assert_eq!(
+        value(&format!("muster_tasks_succeeded_total{{queue=\"{q}\"}} ")),
+        Some(n),
+        "succeeded counter"
+    );
+    assert_eq!(
+        value(&format!("muster_tasks_submitted_total{{queue=\"{q}\"}} ")),
+        Some(n),
+        "submitted counter"
+    );
+    assert_eq!(
+        value(&format!("muster_tasks_failed_total{{queue=\"{q}\"}} ")),
+        Some(0.0),
+        "failed counter"
+    );
+    assert_eq!(
+        value(&format!(
+            "muster_queue_tasks{{queue=\"{q}\",state=\"succeeded\"}} "
+        )),
+        Some(n),
+        "succeeded depth"
+    );
     assert!(text.contains("# TYPE muster_tasks_succeeded_total counter"));
-    let http_lines: Vec<&str> = text.lines().filter(|l| l.starts_with("muster_http_request_duration_seconds")).collect();
-    assert!(!http_lines.is_empty(), "no muster_http_request_duration_seconds lines");
+    let http_lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("muster_http_request_duration_seconds"))
+        .collect();
     assert!(
-        http_lines.iter().any(|l| l.contains("/v1/tasks/batch") && l.contains("_count")),
+        !http_lines.is_empty(),
+        "no muster_http_request_duration_seconds lines"
+    );
+    assert!(
+        http_lines
+            .iter()
+            .any(|l| l.contains("/v1/tasks/batch") && l.contains("_count")),
         "no HTTP duration for the batch route: {:?}",
         &http_lines[..http_lines.len().min(5)]
     );
     // Every sample line parses as `name{labels} value`.
-    for l in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for l in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let v = l.rsplit_once(' ').map(|(_, v)| v).unwrap_or("");
-        assert!(v.parse::<f64>().is_ok() || v == "+Inf", "not a Prometheus sample: {l}");
+        assert!(
+            v.parse::<f64>().is_ok() || v == "+Inf",
+            "not a Prometheus sample: {l}"
+        );
     }
 }

@@ -93,7 +93,10 @@ impl RedisGuard {
 
     /// A blocking connection for assertions.
     pub fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url()).expect("url").get_connection().expect("connection")
+        redis::Client::open(self.url())
+            .expect("url")
+            .get_connection()
+            .expect("connection")
     }
 }
 
@@ -113,7 +116,11 @@ pub fn shared_redis() -> &'static WatchedRedis {
 /// A namespace no other test uses.
 pub fn unique_ns() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("t{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "t{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Path of the built `muster` binary.
@@ -123,9 +130,10 @@ pub fn muster_bin() -> PathBuf {
 
 /// A store on the shared Redis under a fresh namespace.
 pub async fn store() -> muster::store::Store {
-    let s = muster::store::Store::connect(&shared_redis().url(), &unique_ns(), Duration::from_secs(2))
-        .await
-        .expect("connect");
+    let s =
+        muster::store::Store::connect(&shared_redis().url(), &unique_ns(), Duration::from_secs(2))
+            .await
+            .expect("connect");
     s.prepare().await.expect("prepare");
     s
 }
@@ -181,7 +189,9 @@ pub async fn spawn_app_on(redis_url: &str, ns: &str) -> TestApp {
     cfg.heartbeat_interval = Duration::from_millis(500);
     cfg.reaper_interval = Duration::from_millis(250);
     cfg.dispatchers = 2;
-    let app = muster::startup::Application::build(cfg).await.expect("control plane starts");
+    let app = muster::startup::Application::build(cfg)
+        .await
+        .expect("control plane starts");
     let url = format!("http://{}", app.local_addr());
     let store = app.state().store.clone();
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -217,28 +227,47 @@ pub struct Resp {
 impl Resp {
     /// The body as `T`, panicking with the body on a mismatch.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> T {
-        serde_json::from_value(self.body.clone())
-            .unwrap_or_else(|e| panic!("unexpected body ({e}) for status {}: {}", self.status, self.text))
+        serde_json::from_value(self.body.clone()).unwrap_or_else(|e| {
+            panic!(
+                "unexpected body ({e}) for status {}: {}",
+                self.status, self.text
+            )
+        })
     }
 
     /// A header as text.
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
     }
 
     /// Asserts the status, showing the body when it differs.
     #[track_caller]
     pub fn expect(self, status: u16) -> Resp {
-        assert_eq!(self.status, status, "unexpected status; body: {}", self.text);
+        assert_eq!(
+            self.status, status,
+            "unexpected status; body: {}",
+            self.text
+        );
         self
     }
 
     /// Asserts a problem+json error with this status and a non-empty `code`; returns the code.
     #[track_caller]
     pub fn problem(&self, status: u16) -> String {
-        assert_eq!(self.status, status, "unexpected status; body: {}", self.text);
+        assert_eq!(
+            self.status, status,
+            "unexpected status; body: {}",
+            self.text
+        );
         let ct = self.header("content-type").unwrap_or_default();
-        assert!(ct.starts_with("application/problem+json"), "content-type {ct:?}, body {}", self.text);
+        assert!(
+            ct.starts_with("application/problem+json"),
+            "content-type {ct:?}, body {}",
+            self.text
+        );
         let p: muster::domain::Problem = self.json();
         assert_eq!(p.status, status, "problem.status");
         assert!(!p.code.is_empty(), "problem without a code: {}", self.text);
@@ -263,12 +292,20 @@ impl Http {
             .pool_max_idle_per_host(8)
             .build()
             .expect("http client");
-        Http { client, base: base.trim_end_matches('/').to_string(), token: token.map(str::to_string) }
+        Http {
+            client,
+            base: base.trim_end_matches('/').to_string(),
+            token: token.map(str::to_string),
+        }
     }
 
     /// The same server with another token (or none).
     pub fn with_token(&self, token: Option<&str>) -> Http {
-        Http { client: self.client.clone(), base: self.base.clone(), token: token.map(str::to_string) }
+        Http {
+            client: self.client.clone(),
+            base: self.base.clone(),
+            token: token.map(str::to_string),
+        }
     }
 
     /// A request builder with the token set.
@@ -287,7 +324,12 @@ impl Http {
         let headers = r.headers().clone();
         let text = r.text().await.expect("HTTP body");
         let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
-        Resp { status, headers, body, text }
+        Resp {
+            status,
+            headers,
+            body,
+            text,
+        }
     }
 
     /// GET.
@@ -297,7 +339,8 @@ impl Http {
 
     /// POST a JSON body.
     pub async fn post(&self, path: &str, body: &serde_json::Value) -> Resp {
-        self.send(self.req(reqwest::Method::POST, path).json(body)).await
+        self.send(self.req(reqwest::Method::POST, path).json(body))
+            .await
     }
 
     /// POST a raw body as `application/json`.
@@ -321,18 +364,28 @@ impl Http {
 
     /// `POST /v1/tasks/batch`, expecting 201; the ids.
     pub async fn submit_batch(&self, tasks: Vec<serde_json::Value>) -> Vec<String> {
-        let r = self.post("/v1/tasks/batch", &serde_json::json!({ "tasks": tasks })).await.expect(201);
+        let r = self
+            .post("/v1/tasks/batch", &serde_json::json!({ "tasks": tasks }))
+            .await
+            .expect(201);
         r.json::<muster::domain::BatchCreated>().ids
     }
 
     /// `GET /v1/tasks/{id}`, expecting 200.
     pub async fn task(&self, id: &str) -> muster::domain::Task {
-        self.get(&format!("/v1/tasks/{id}")).await.expect(200).json()
+        self.get(&format!("/v1/tasks/{id}"))
+            .await
+            .expect(200)
+            .json()
     }
 
     /// `GET /v1/nodes`, expecting 200.
     pub async fn nodes(&self) -> Vec<muster::domain::Node> {
-        self.get("/v1/nodes").await.expect(200).json::<muster::domain::NodeList>().items
+        self.get("/v1/nodes")
+            .await
+            .expect(200)
+            .json::<muster::domain::NodeList>()
+            .items
     }
 
     /// Every task of `queue` (optionally in `state`), following cursors.
@@ -383,7 +436,10 @@ impl Http {
             if t.state.is_terminal() {
                 return t;
             }
-            assert!(Instant::now() < deadline, "task {id} not terminal after {timeout:?}: {t:?}");
+            assert!(
+                Instant::now() < deadline,
+                "task {id} not terminal after {timeout:?}: {t:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -400,7 +456,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -408,7 +467,11 @@ where
 /// Asserts the invariant checker finds nothing under the store's namespace.
 pub async fn assert_doctor_clean(store: &muster::store::Store) {
     let report = store.doctor().await.expect("doctor runs");
-    assert!(report.violations.is_empty(), "doctor found violations: {:#?}", report.violations);
+    assert!(
+        report.violations.is_empty(),
+        "doctor found violations: {:#?}",
+        report.violations
+    );
 }
 
 /// Asserts `muster doctor --redis-url URL --namespace NS` exits 0.
@@ -445,9 +508,18 @@ pub fn ns_keys(conn: &mut redis::Connection, ns: &str) -> Vec<String> {
 }
 
 /// Events of a queue's stream as `(type, task, node)`, oldest first (XRANGE - +).
-pub fn stream_events(conn: &mut redis::Connection, ns: &str, queue: &str) -> Vec<(String, String, String)> {
+pub fn stream_events(
+    conn: &mut redis::Connection,
+    ns: &str,
+    queue: &str,
+) -> Vec<(String, String, String)> {
     let key = format!("{ns}:{{{queue}}}:events");
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE").arg(&key).arg("-").arg("+").query(conn).expect("xrange");
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(&key)
+        .arg("-")
+        .arg("+")
+        .query(conn)
+        .expect("xrange");
     reply.ids.iter().map(event_fields).collect()
 }
 
@@ -475,7 +547,10 @@ impl Proc {
         let log = std::fs::File::create(&log_path).expect("log file");
         let child = Command::new(muster_bin())
             .args(args)
-            .env("RUST_LOG", std::env::var("MUSTER_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("MUSTER_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env_remove("MUSTER_TOKEN")
             .env_remove("MUSTER_SERVER")
             .env_remove("MUSTER_ADMIN_TOKEN")
@@ -484,7 +559,12 @@ impl Proc {
             .stderr(log)
             .spawn()
             .expect("spawn muster");
-        Proc { child, name: name.to_string(), log_path, _dir: dir }
+        Proc {
+            child,
+            name: name.to_string(),
+            log_path,
+            _dir: dir,
+        }
     }
 
     /// The process id.
@@ -507,9 +587,14 @@ impl Proc {
     /// The last 8 KiB (or `MUSTER_TEST_LOG_BYTES`) of its output.
     pub fn log(&self) -> String {
         let s = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let keep = std::env::var("MUSTER_TEST_LOG_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(8192);
+        let keep = std::env::var("MUSTER_TEST_LOG_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(8192);
         let start = s.len().saturating_sub(keep);
-        let start = (start..s.len()).find(|i| s.is_char_boundary(*i)).unwrap_or(s.len());
+        let start = (start..s.len())
+            .find(|i| s.is_char_boundary(*i))
+            .unwrap_or(s.len());
         format!("--- {} log ---\n{}", self.name, &s[start..])
     }
 }
@@ -571,7 +656,11 @@ pub async fn spawn_serve_process(redis_url: &str, ns: &str) -> ServeProc {
             {
                 return ServeProc { proc, url };
             }
-            assert!(Instant::now() < deadline, "muster serve did not come up\n{}", proc.log());
+            assert!(
+                Instant::now() < deadline,
+                "muster serve did not come up\n{}",
+                proc.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // It exited (most likely the port was taken meanwhile): try another port.
@@ -616,7 +705,10 @@ impl Drop for ManualNode {
 /// client `admin`, and heartbeats for it every 200 ms.
 pub async fn register_node(admin: &Http, name: &str, queues: &[&str], capacity: i64) -> ManualNode {
     let reg: muster::domain::NodeRegistered = admin
-        .post("/v1/nodes", &serde_json::json!({ "name": name, "queues": queues, "capacity": capacity }))
+        .post(
+            "/v1/nodes",
+            &serde_json::json!({ "name": name, "queues": queues, "capacity": capacity }),
+        )
         .await
         .expect(201)
         .json();
@@ -629,14 +721,22 @@ pub async fn register_node(admin: &Http, name: &str, queues: &[&str], capacity: 
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
-    ManualNode { id: reg.id, token: reg.token, api, beat }
+    ManualNode {
+        id: reg.id,
+        token: reg.token,
+        api,
+        beat,
+    }
 }
 
 impl ManualNode {
     /// `POST /v1/nodes/{id}/lease`; the leases granted.
     pub async fn lease(&self, max: i64, wait_ms: i64) -> Vec<muster::domain::Lease> {
         self.api
-            .post(&format!("/v1/nodes/{}/lease", self.id), &serde_json::json!({ "max": max, "wait_ms": wait_ms }))
+            .post(
+                &format!("/v1/nodes/{}/lease", self.id),
+                &serde_json::json!({ "max": max, "wait_ms": wait_ms }),
+            )
             .await
             .expect(200)
             .json::<muster::domain::LeaseReply>()
@@ -663,7 +763,16 @@ impl WatchedRedis {
             .arg("-c")
             .arg("redis-server \"$@\" & pid=$!; read -r _; kill -9 $pid; wait $pid")
             .arg("sh")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(dir.path())
             .stdin(Stdio::piped())
@@ -671,7 +780,11 @@ impl WatchedRedis {
             .stderr(Stdio::null())
             .spawn()
             .expect("sh and redis-server on PATH");
-        let r = WatchedRedis { _sh: sh, port, _dir: dir };
+        let r = WatchedRedis {
+            _sh: sh,
+            port,
+            _dir: dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         let client = redis::Client::open(r.url()).expect("url");
         loop {
@@ -680,7 +793,10 @@ impl WatchedRedis {
             {
                 return r;
             }
-            assert!(Instant::now() < deadline, "redis-server did not answer PING on port {port}");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING on port {port}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -692,7 +808,10 @@ impl WatchedRedis {
 
     /// A blocking connection for assertions.
     pub fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url()).expect("url").get_connection().expect("connection")
+        redis::Client::open(self.url())
+            .expect("url")
+            .get_connection()
+            .expect("connection")
     }
 }
 
@@ -746,7 +865,10 @@ impl SecApp {
 
     /// A blocking Redis connection.
     pub fn redis(&self) -> redis::Connection {
-        redis::Client::open(self.redis_url.as_str()).expect("url").get_connection().expect("connection")
+        redis::Client::open(self.redis_url.as_str())
+            .expect("url")
+            .get_connection()
+            .expect("connection")
     }
 
     /// Registers a node serving `queues` (agent token); returns (id, token).
@@ -761,7 +883,10 @@ impl SecApp {
             .expect("register");
         assert_eq!(r.status().as_u16(), 201, "register node");
         let v: serde_json::Value = r.json().await.expect("json");
-        (v["id"].as_str().expect("id").to_string(), v["token"].as_str().expect("token").to_string())
+        (
+            v["id"].as_str().expect("id").to_string(),
+            v["token"].as_str().expect("token").to_string(),
+        )
     }
 
     /// Submits one task (admin token); returns its id.
@@ -780,7 +905,13 @@ impl SecApp {
     }
 
     /// Leases until `n` leases are held or `within` passes; returns (task id, lease token).
-    pub async fn lease_n(&self, node: &str, token: &str, n: usize, within: Duration) -> Vec<(String, String)> {
+    pub async fn lease_n(
+        &self,
+        node: &str,
+        token: &str,
+        n: usize,
+        within: Duration,
+    ) -> Vec<(String, String)> {
         let deadline = Instant::now() + within;
         let mut out = Vec::new();
         while out.len() < n && Instant::now() < deadline {
@@ -806,7 +937,13 @@ impl SecApp {
 
     /// GET a task as JSON (admin).
     pub async fn task(&self, id: &str) -> serde_json::Value {
-        let r = self.http.get(self.url(&format!("/v1/tasks/{id}"))).bearer_auth(&self.admin).send().await.expect("get");
+        let r = self
+            .http
+            .get(self.url(&format!("/v1/tasks/{id}")))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .expect("get");
         assert_eq!(r.status().as_u16(), 200, "get task {id}");
         r.json().await.expect("json")
     }
@@ -814,12 +951,19 @@ impl SecApp {
 
 /// Builds and runs a control plane on `redis_url` under a fresh namespace with admin,
 /// read, submit and agent tokens; `tweak` adjusts the config first.
-pub async fn spawn_sec_app(redis_url: &str, tweak: impl FnOnce(&mut muster::config::Config)) -> SecApp {
+pub async fn spawn_sec_app(
+    redis_url: &str,
+    tweak: impl FnOnce(&mut muster::config::Config),
+) -> SecApp {
     let ns = unique_ns();
     let mut cfg = muster::config::Config::new("127.0.0.1:0", redis_url);
     let tag = format!("{ns}-0123456789abcdef");
-    let (admin, read, submit, agent) =
-        (format!("admin-{tag}"), format!("read-{tag}"), format!("submit-{tag}"), format!("agent-{tag}"));
+    let (admin, read, submit, agent) = (
+        format!("admin-{tag}"),
+        format!("read-{tag}"),
+        format!("submit-{tag}"),
+        format!("agent-{tag}"),
+    );
     cfg.namespace = ns.clone();
     cfg.admin_token = Some(admin.clone());
     cfg.tokens = vec![
@@ -830,21 +974,37 @@ pub async fn spawn_sec_app(redis_url: &str, tweak: impl FnOnce(&mut muster::conf
     cfg.dispatchers = 1;
     cfg.reaper_interval = Duration::from_millis(250);
     tweak(&mut cfg);
-    let app = muster::startup::Application::build(cfg).await.expect("build application");
+    let app = muster::startup::Application::build(cfg)
+        .await
+        .expect("build application");
     let addr = app.local_addr();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let sd = shutdown.clone();
     tokio::spawn(async move {
         let _ = app.run(sd).await;
     });
-    let http = reqwest::Client::builder().pool_max_idle_per_host(256).build().expect("client");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .expect("client");
     let base = format!("http://{addr}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while http.get(format!("{base}/healthz")).send().await.is_err() {
         assert!(Instant::now() < deadline, "the app did not come up");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    SecApp { base, addr, admin, read, submit, agent, ns, redis_url: redis_url.to_string(), http, shutdown }
+    SecApp {
+        base,
+        addr,
+        admin,
+        read,
+        submit,
+        agent,
+        ns,
+        redis_url: redis_url.to_string(),
+        http,
+        shutdown,
+    }
 }
 
 /// A raw HTTP/1.1 answer.
@@ -863,7 +1023,10 @@ pub struct RawResponse {
 impl RawResponse {
     /// The first header named `name` (lower case).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -878,11 +1041,15 @@ pub fn parse_raw_response(raw: &[u8]) -> Option<RawResponse> {
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
     let mut body = raw[end + 4..].to_vec();
-    if headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")) {
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+    {
         let mut out = Vec::new();
         let mut rest = &body[..];
         while let Some(p) = rest.windows(2).position(|w| w == b"\r\n") {
-            let size = usize::from_str_radix(std::str::from_utf8(&rest[..p]).ok()?.trim(), 16).ok()?;
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&rest[..p]).ok()?.trim(), 16).ok()?;
             if size == 0 || rest.len() < p + 2 + size {
                 break;
             }
@@ -891,7 +1058,11 @@ pub fn parse_raw_response(raw: &[u8]) -> Option<RawResponse> {
         }
         body = out;
     }
-    Some(RawResponse { status, headers, body })
+    Some(RawResponse {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// Sends `head` (without the blank line's trailing body) and `body` in chunks of
@@ -935,7 +1106,11 @@ pub async fn raw_chunked_post(
 }
 
 /// Sends raw request bytes and reads until close (or `timeout`).
-pub async fn raw_request(addr: std::net::SocketAddr, req: &[u8], timeout: Duration) -> std::io::Result<RawResponse> {
+pub async fn raw_request(
+    addr: std::net::SocketAddr,
+    req: &[u8],
+    timeout: Duration,
+) -> std::io::Result<RawResponse> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     let _ = s.write_all(req).await;
@@ -986,7 +1161,12 @@ pub fn dump_namespace(conn: &mut redis::Connection, ns: &str) -> Vec<(String, St
             "hash" => redis::cmd("HGETALL").arg(&k).query(conn),
             "list" => redis::cmd("LRANGE").arg(&k).arg(0).arg(-1).query(conn),
             "set" => redis::cmd("SMEMBERS").arg(&k).query(conn),
-            "zset" => redis::cmd("ZRANGE").arg(&k).arg(0).arg(-1).arg("WITHSCORES").query(conn),
+            "zset" => redis::cmd("ZRANGE")
+                .arg(&k)
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .query(conn),
             "stream" => redis::cmd("XRANGE").arg(&k).arg("-").arg("+").query(conn),
             _ => Ok(redis::Value::Nil),
         }
@@ -1003,8 +1183,14 @@ pub fn value_text(v: &redis::Value) -> String {
         redis::Value::SimpleString(s) => s.clone(),
         redis::Value::Int(i) => i.to_string(),
         redis::Value::Double(d) => d.to_string(),
-        redis::Value::Array(a) | redis::Value::Set(a) => a.iter().map(value_text).collect::<Vec<_>>().join(" "),
-        redis::Value::Map(m) => m.iter().map(|(k, v)| format!("{} {}", value_text(k), value_text(v))).collect::<Vec<_>>().join(" "),
+        redis::Value::Array(a) | redis::Value::Set(a) => {
+            a.iter().map(value_text).collect::<Vec<_>>().join(" ")
+        }
+        redis::Value::Map(m) => m
+            .iter()
+            .map(|(k, v)| format!("{} {}", value_text(k), value_text(v)))
+            .collect::<Vec<_>>()
+            .join(" "),
         redis::Value::Nil => String::new(),
         other => format!("{other:?}"),
     }

@@ -2,7 +2,9 @@
 //! driven by `openapi/openapi.json`, node isolation, size limits with a keyspace audit,
 //! secrets hygiene, the per-token rate limit and the header-read timeout.
 
-use crate::helpers::{RedisGuard, SecApp, dump_namespace, raw_chunked_post, raw_request, shared_redis, spawn_sec_app};
+use crate::helpers::{
+    RedisGuard, SecApp, dump_namespace, raw_chunked_post, raw_request, shared_redis, spawn_sec_app,
+};
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -47,21 +49,36 @@ struct Answer {
 
 impl Answer {
     fn header(&self, name: &str) -> &str {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 }
 
 /// Calls `method path` with a raw `Authorization` header value (or none).
-async fn call_raw(app: &SecApp, method: &str, path: &str, auth: Option<&str>, body: Option<&Value>) -> Answer {
+async fn call_raw(
+    app: &SecApp,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: Option<&Value>,
+) -> Answer {
     let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-    let mut rb = app.http.request(m, app.url(path)).timeout(Duration::from_secs(20));
+    let mut rb = app
+        .http
+        .request(m, app.url(path))
+        .timeout(Duration::from_secs(20));
     if let Some(a) = auth {
         rb = rb.header("Authorization", a);
     }
     if let Some(b) = body {
         rb = rb.json(b);
     }
-    let r = rb.send().await.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let r = rb
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     let is_stream = headers
@@ -69,30 +86,50 @@ async fn call_raw(app: &SecApp, method: &str, path: &str, auth: Option<&str>, bo
         .and_then(|v| v.to_str().ok())
         .is_some_and(|c| c.starts_with("text/event-stream"));
     // An event stream never ends: drop it after the head.
-    let body = if is_stream { String::new() } else { r.text().await.unwrap_or_default() };
-    Answer { status, headers, body }
+    let body = if is_stream {
+        String::new()
+    } else {
+        r.text().await.unwrap_or_default()
+    };
+    Answer {
+        status,
+        headers,
+        body,
+    }
 }
 
-async fn call(app: &SecApp, t: &Tokens, who: Who, method: &str, path: &str, body: Option<&Value>) -> Answer {
+async fn call(
+    app: &SecApp,
+    t: &Tokens,
+    who: Who,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Answer {
     let auth = token_of(app, t, who).map(|k| format!("Bearer {k}"));
     call_raw(app, method, path, auth.as_deref(), body).await
 }
 
 fn is_problem(a: &Answer) -> bool {
-    a.header("content-type").starts_with("application/problem+json")
-        && serde_json::from_str::<Value>(&a.body).is_ok_and(|v| v["status"].as_u64() == Some(u64::from(a.status)))
+    a.header("content-type")
+        .starts_with("application/problem+json")
+        && serde_json::from_str::<Value>(&a.body)
+            .is_ok_and(|v| v["status"].as_u64() == Some(u64::from(a.status)))
 }
 
 /// Every (METHOD, path template) of the committed spec.
 fn spec_operations() -> BTreeSet<(String, String)> {
     let spec: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json")).expect("spec"),
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json"))
+            .expect("spec"),
     )
     .expect("spec json");
     let mut ops = BTreeSet::new();
     for (path, item) in spec["paths"].as_object().expect("paths") {
         for method in item.as_object().expect("path item").keys() {
-            if ["get", "put", "post", "delete", "patch", "head", "options"].contains(&method.as_str()) {
+            if ["get", "put", "post", "delete", "patch", "head", "options"]
+                .contains(&method.as_str())
+            {
                 ops.insert((method.to_uppercase(), path.clone()));
             }
         }
@@ -110,8 +147,20 @@ struct Row {
     checks: Vec<(Who, u16)>,
 }
 
-fn row(method: &'static str, template: &'static str, path: String, body: Option<Value>, checks: &[(Who, u16)]) -> Row {
-    Row { method, template, path, body, checks: checks.to_vec() }
+fn row(
+    method: &'static str,
+    template: &'static str,
+    path: String,
+    body: Option<Value>,
+    checks: &[(Who, u16)],
+) -> Row {
+    Row {
+        method,
+        template,
+        path,
+        body,
+        checks: checks.to_vec(),
+    }
 }
 
 const PUBLIC: [&str; 2] = ["/healthz", "/readyz"];
@@ -127,34 +176,85 @@ async fn auth_table_covers_every_route_in_the_spec() {
     let (_node_b, tok_b) = app.register_node("b", &["sec-auth-b"]).await;
     let (node_c, _) = app.register_node("c", &["sec-auth-c"]).await;
     let (node_d, _) = app.register_node("d", &["sec-auth-d"]).await;
-    let t = Tokens { node_a: tok_a.clone(), node_b: tok_b.clone() };
+    let t = Tokens {
+        node_a: tok_a.clone(),
+        node_b: tok_b.clone(),
+    };
 
     // Two tasks leased to A (extend + complete, fail); three idle ones (read, cancel+retry, delete).
     let t1 = app.submit_task(q, json!({"n": 1})).await;
     let t5 = app.submit_task(q, json!({"n": 5})).await;
-    let leases: HashMap<String, String> = app.lease_n(&node_a, &tok_a, 2, Duration::from_secs(10)).await.into_iter().collect();
+    let leases: HashMap<String, String> = app
+        .lease_n(&node_a, &tok_a, 2, Duration::from_secs(10))
+        .await
+        .into_iter()
+        .collect();
     assert_eq!(leases.len(), 2, "node A leases both tasks");
     let (l1, l5) = (leases[&t1].clone(), leases[&t5].clone());
     let t2 = app.submit_task(idle, json!({"n": 2})).await;
     let t3 = app.submit_task(idle, json!({"n": 3})).await;
     let t4 = app.submit_task(idle, json!({"n": 4})).await;
-    let r = call(&app, &t, Admin, "POST", &format!("/v1/tasks/{t4}/cancel"), None).await;
+    let r = call(
+        &app,
+        &t,
+        Admin,
+        "POST",
+        &format!("/v1/tasks/{t4}/cancel"),
+        None,
+    )
+    .await;
     assert_eq!(r.status, 200, "cancel t4 in setup");
     let missing_task = format!("01ARZ3NDEKTSV4RRFFQ69G5FAV.{idle}");
 
     let new_task = json!({"kind": "k", "queue": idle});
     let rows = vec![
-        row("GET", "/healthz", "/healthz".into(), None, &[(Anonymous, 200), (Admin, 200), (NodeA, 200)]),
-        row("GET", "/readyz", "/readyz".into(), None, &[(Anonymous, 200), (Read, 200)]),
-        row("GET", "/metrics", "/metrics".into(), None, &[(Agent, 403), (NodeA, 403), (Read, 200), (Admin, 200)]),
-        row("GET", "/v1/events", format!("/v1/events?queue={idle}"), None, &[(Agent, 403), (NodeA, 403), (Read, 200)]),
-        row("GET", "/v1/nodes", "/v1/nodes".into(), None, &[(Agent, 403), (NodeA, 403), (Read, 200)]),
+        row(
+            "GET",
+            "/healthz",
+            "/healthz".into(),
+            None,
+            &[(Anonymous, 200), (Admin, 200), (NodeA, 200)],
+        ),
+        row(
+            "GET",
+            "/readyz",
+            "/readyz".into(),
+            None,
+            &[(Anonymous, 200), (Read, 200)],
+        ),
+        row(
+            "GET",
+            "/metrics",
+            "/metrics".into(),
+            None,
+            &[(Agent, 403), (NodeA, 403), (Read, 200), (Admin, 200)],
+        ),
+        row(
+            "GET",
+            "/v1/events",
+            format!("/v1/events?queue={idle}"),
+            None,
+            &[(Agent, 403), (NodeA, 403), (Read, 200)],
+        ),
+        row(
+            "GET",
+            "/v1/nodes",
+            "/v1/nodes".into(),
+            None,
+            &[(Agent, 403), (NodeA, 403), (Read, 200)],
+        ),
         row(
             "POST",
             "/v1/nodes",
             "/v1/nodes".into(),
             Some(json!({"name": "e", "queues": ["sec-auth-e"]})),
-            &[(Read, 403), (Submit, 403), (NodeA, 403), (Agent, 201), (Admin, 201)],
+            &[
+                (Read, 403),
+                (Submit, 403),
+                (NodeA, 403),
+                (Agent, 201),
+                (Admin, 201),
+            ],
         ),
         row(
             "GET",
@@ -168,37 +268,75 @@ async fn auth_table_covers_every_route_in_the_spec() {
             "/v1/nodes/{id}",
             format!("/v1/nodes/{node_c}"),
             None,
-            &[(Read, 403), (Submit, 403), (Agent, 403), (NodeA, 403), (Admin, 204), (Admin, 404)],
+            &[
+                (Read, 403),
+                (Submit, 403),
+                (Agent, 403),
+                (NodeA, 403),
+                (Admin, 204),
+                (Admin, 404),
+            ],
         ),
         row(
             "POST",
             "/v1/nodes/{id}/drain",
             format!("/v1/nodes/{node_d}/drain"),
             None,
-            &[(Read, 403), (Submit, 403), (Agent, 403), (NodeA, 403), (Admin, 200)],
+            &[
+                (Read, 403),
+                (Submit, 403),
+                (Agent, 403),
+                (NodeA, 403),
+                (Admin, 200),
+            ],
         ),
         row(
             "POST",
             "/v1/nodes/{id}/heartbeat",
             format!("/v1/nodes/{node_a}/heartbeat"),
             None,
-            &[(Read, 403), (Submit, 403), (Agent, 403), (NodeB, 403), (NodeA, 200), (Admin, 200)],
+            &[
+                (Read, 403),
+                (Submit, 403),
+                (Agent, 403),
+                (NodeB, 403),
+                (NodeA, 200),
+                (Admin, 200),
+            ],
         ),
         row(
             "POST",
             "/v1/nodes/{id}/lease",
             format!("/v1/nodes/{node_a}/lease"),
             Some(json!({"max": 1, "wait_ms": 0})),
-            &[(Read, 403), (Submit, 403), (Agent, 403), (NodeB, 403), (NodeA, 200)],
+            &[
+                (Read, 403),
+                (Submit, 403),
+                (Agent, 403),
+                (NodeB, 403),
+                (NodeA, 200),
+            ],
         ),
         row(
             "POST",
             "/v1/nodes/{id}/reports",
             format!("/v1/nodes/{node_a}/reports"),
             Some(json!({"reports": []})),
-            &[(Read, 403), (Submit, 403), (Agent, 403), (NodeB, 403), (NodeA, 200)],
+            &[
+                (Read, 403),
+                (Submit, 403),
+                (Agent, 403),
+                (NodeB, 403),
+                (NodeA, 200),
+            ],
         ),
-        row("GET", "/v1/queues", "/v1/queues".into(), None, &[(Agent, 403), (NodeA, 403), (Read, 200)]),
+        row(
+            "GET",
+            "/v1/queues",
+            "/v1/queues".into(),
+            None,
+            &[(Agent, 403), (NodeA, 403), (Read, 200)],
+        ),
         row(
             "GET",
             "/v1/queues/{name}",
@@ -211,29 +349,59 @@ async fn auth_table_covers_every_route_in_the_spec() {
             "/v1/queues/{name}",
             "/v1/queues/sec-auth-put".into(),
             Some(json!({"weight": 2})),
-            &[(Read, 403), (Submit, 403), (Agent, 403), (NodeA, 403), (Admin, 200)],
+            &[
+                (Read, 403),
+                (Submit, 403),
+                (Agent, 403),
+                (NodeA, 403),
+                (Admin, 200),
+            ],
         ),
         row(
             "POST",
             "/v1/queues/{name}/pause",
             format!("/v1/queues/{idle}/pause"),
             None,
-            &[(Read, 403), (Submit, 403), (Agent, 403), (NodeA, 403), (Admin, 200)],
+            &[
+                (Read, 403),
+                (Submit, 403),
+                (Agent, 403),
+                (NodeA, 403),
+                (Admin, 200),
+            ],
         ),
         row(
             "POST",
             "/v1/queues/{name}/resume",
             format!("/v1/queues/{idle}/resume"),
             None,
-            &[(Read, 403), (Submit, 403), (Agent, 403), (NodeA, 403), (Admin, 200)],
+            &[
+                (Read, 403),
+                (Submit, 403),
+                (Agent, 403),
+                (NodeA, 403),
+                (Admin, 200),
+            ],
         ),
-        row("GET", "/v1/tasks", format!("/v1/tasks?queue={idle}"), None, &[(Agent, 403), (NodeA, 403), (Read, 200)]),
+        row(
+            "GET",
+            "/v1/tasks",
+            format!("/v1/tasks?queue={idle}"),
+            None,
+            &[(Agent, 403), (NodeA, 403), (Read, 200)],
+        ),
         row(
             "POST",
             "/v1/tasks",
             "/v1/tasks".into(),
             Some(new_task.clone()),
-            &[(Read, 403), (Agent, 403), (NodeA, 403), (Submit, 201), (Admin, 201)],
+            &[
+                (Read, 403),
+                (Agent, 403),
+                (NodeA, 403),
+                (Submit, 201),
+                (Admin, 201),
+            ],
         ),
         row(
             "POST",
@@ -242,7 +410,13 @@ async fn auth_table_covers_every_route_in_the_spec() {
             Some(json!({"tasks": [new_task.clone(), new_task.clone()]})),
             &[(Read, 403), (Agent, 403), (NodeA, 403), (Submit, 201)],
         ),
-        row("GET", "/v1/tasks/{id}", format!("/v1/tasks/{t2}"), None, &[(Agent, 403), (NodeA, 403), (Read, 200)]),
+        row(
+            "GET",
+            "/v1/tasks/{id}",
+            format!("/v1/tasks/{t2}"),
+            None,
+            &[(Agent, 403), (NodeA, 403), (Read, 200)],
+        ),
         row(
             "GET",
             "/v1/tasks/{id}/wait",
@@ -263,14 +437,28 @@ async fn auth_table_covers_every_route_in_the_spec() {
             format!("/v1/tasks/{t3}/retry"),
             None,
             // Retried once (cancelled → pending), then 409: pending is not retryable.
-            &[(Read, 403), (Submit, 403), (Agent, 403), (NodeA, 403), (Admin, 200), (Admin, 409)],
+            &[
+                (Read, 403),
+                (Submit, 403),
+                (Agent, 403),
+                (NodeA, 403),
+                (Admin, 200),
+                (Admin, 409),
+            ],
         ),
         row(
             "DELETE",
             "/v1/tasks/{id}",
             format!("/v1/tasks/{t4}"),
             None,
-            &[(Read, 403), (Submit, 403), (Agent, 403), (NodeA, 403), (Admin, 204), (Admin, 404)],
+            &[
+                (Read, 403),
+                (Submit, 403),
+                (Agent, 403),
+                (NodeA, 403),
+                (Admin, 204),
+                (Admin, 404),
+            ],
         ),
         row(
             "POST",
@@ -300,7 +488,10 @@ async fn auth_table_covers_every_route_in_the_spec() {
 
     // The table covers exactly the spec.
     let spec = spec_operations();
-    let table: BTreeSet<(String, String)> = rows.iter().map(|r| (r.method.to_string(), r.template.to_string())).collect();
+    let table: BTreeSet<(String, String)> = rows
+        .iter()
+        .map(|r| (r.method.to_string(), r.template.to_string()))
+        .collect();
     assert_eq!(rows.len(), table.len(), "one row per operation");
     assert_eq!(
         table,
@@ -331,10 +522,18 @@ async fn auth_table_covers_every_route_in_the_spec() {
             let a = call_raw(&app, r.method, &r.path, auth.as_deref(), r.body.as_ref()).await;
             checked += 1;
             if public {
-                assert_eq!(a.status, 200, "{} {} with {auth:?} is public", r.method, r.path);
+                assert_eq!(
+                    a.status, 200,
+                    "{} {} with {auth:?} is public",
+                    r.method, r.path
+                );
                 continue;
             }
-            assert_eq!(a.status, 401, "{} {} with Authorization {auth:?}: {}", r.method, r.path, a.body);
+            assert_eq!(
+                a.status, 401,
+                "{} {} with Authorization {auth:?}: {}",
+                r.method, r.path, a.body
+            );
             assert!(
                 a.header("www-authenticate").starts_with("Bearer"),
                 "{} {} 401 without 'WWW-Authenticate: Bearer': {:?}",
@@ -342,12 +541,21 @@ async fn auth_table_covers_every_route_in_the_spec() {
                 r.path,
                 a.headers
             );
-            assert!(is_problem(&a), "{} {} 401 is not problem+json: {}", r.method, r.path, a.body);
+            assert!(
+                is_problem(&a),
+                "{} {} 401 is not problem+json: {}",
+                r.method,
+                r.path,
+                a.body
+            );
         }
         // No cookie auth.
         if !public {
             let m = reqwest::Method::from_bytes(r.method.as_bytes()).expect("method");
-            let mut rb = app.http.request(m, app.url(&r.path)).header("Cookie", format!("token={}; session={}", app.admin, app.admin));
+            let mut rb = app.http.request(m, app.url(&r.path)).header(
+                "Cookie",
+                format!("token={}; session={}", app.admin, app.admin),
+            );
             if let Some(b) = &r.body {
                 rb = rb.json(b);
             }
@@ -360,12 +568,26 @@ async fn auth_table_covers_every_route_in_the_spec() {
     for r in &rows {
         for &(who, want) in &r.checks {
             let a = call(&app, &t, who, r.method, &r.path, r.body.as_ref()).await;
-            assert_eq!(a.status, want, "{} {} as {who:?}: {}", r.method, r.path, a.body);
+            assert_eq!(
+                a.status, want,
+                "{} {} as {who:?}: {}",
+                r.method, r.path, a.body
+            );
             checked += 1;
             if want >= 400 {
-                assert!(is_problem(&a), "{} {} as {who:?}: not problem+json: {}", r.method, r.path, a.body);
+                assert!(
+                    is_problem(&a),
+                    "{} {} as {who:?}: not problem+json: {}",
+                    r.method,
+                    r.path,
+                    a.body
+                );
             }
-            if want == 409 && ["/extend", "/complete", "/fail"].iter().any(|e| r.template.ends_with(e)) {
+            if want == 409
+                && ["/extend", "/complete", "/fail"]
+                    .iter()
+                    .any(|e| r.template.ends_with(e))
+            {
                 assert!(a.body.contains("lease_conflict"), "{}", a.body);
             }
         }
@@ -384,7 +606,15 @@ async fn auth_table_covers_every_route_in_the_spec() {
     }
 
     // Domain 4xx with the right role.
-    let a = call(&app, &t, Admin, "GET", &format!("/v1/tasks/{missing_task}"), None).await;
+    let a = call(
+        &app,
+        &t,
+        Admin,
+        "GET",
+        &format!("/v1/tasks/{missing_task}"),
+        None,
+    )
+    .await;
     assert_eq!(a.status, 404, "{}", a.body);
     let a = call(&app, &t, Admin, "DELETE", &format!("/v1/tasks/{t2}"), None).await;
     assert_eq!(a.status, 409, "deleting a pending task: {}", a.body);
@@ -392,7 +622,14 @@ async fn auth_table_covers_every_route_in_the_spec() {
     assert_eq!(a.status, 404, "{}", a.body);
 
     // Nothing answers outside the spec: unknown paths are 404 problem+json, with or without a token.
-    for p in ["/v1/nope", "/v1/tasks/x/nope", "/admin", "/v2/tasks", "/v1/nodes/x/y/z", "/debug/pprof"] {
+    for p in [
+        "/v1/nope",
+        "/v1/tasks/x/nope",
+        "/admin",
+        "/v2/tasks",
+        "/v1/nodes/x/y/z",
+        "/debug/pprof",
+    ] {
         for who in [Anonymous, Admin] {
             let a = call(&app, &t, who, "GET", p, None).await;
             assert_eq!(a.status, 404, "GET {p} as {who:?}: {}", a.body);
@@ -407,7 +644,10 @@ async fn auth_table_covers_every_route_in_the_spec() {
     assert_eq!(app.task(&t1).await["state"], "succeeded");
     assert_eq!(app.task(&t5).await["state"], "failed");
     assert_eq!(app.task(&t3).await["state"], "pending");
-    eprintln!("auth table: {} operations, {checked} calls checked", rows.len());
+    eprintln!(
+        "auth table: {} operations, {checked} calls checked",
+        rows.len()
+    );
 }
 
 /// S2 (BFLA): the lease routes accept a node token (its own leases) or admin. A read,
@@ -420,23 +660,47 @@ async fn role_tokens_cannot_use_lease_routes() {
     let id = app.submit_task(q, json!({})).await;
     let leases = app.lease_n(&node, &tok, 1, Duration::from_secs(10)).await;
     let lease = leases.first().expect("a lease").1.clone();
-    let t = Tokens { node_a: tok.clone(), node_b: String::new() };
+    let t = Tokens {
+        node_a: tok.clone(),
+        node_b: String::new(),
+    };
     let before = app.task(&id).await;
     let mut wrong = Vec::new();
     for who in [Who::Read, Who::Submit, Who::Agent] {
         for (route, body) in [
-            ("extend", json!({"lease_token": lease, "progress": {"pwned": true}})),
-            ("fail", json!({"lease_token": lease, "error": "pwned", "retryable": false})),
+            (
+                "extend",
+                json!({"lease_token": lease, "progress": {"pwned": true}}),
+            ),
+            (
+                "fail",
+                json!({"lease_token": lease, "error": "pwned", "retryable": false}),
+            ),
             ("complete", json!({"lease_token": lease, "result": "pwned"})),
         ] {
-            let a = call(&app, &t, who, "POST", &format!("/v1/tasks/{id}/{route}"), Some(&body)).await;
+            let a = call(
+                &app,
+                &t,
+                who,
+                "POST",
+                &format!("/v1/tasks/{id}/{route}"),
+                Some(&body),
+            )
+            .await;
             if a.status != 403 {
-                wrong.push(format!("{who:?} {route} → {} {}", a.status, a.body.chars().take(120).collect::<String>()));
+                wrong.push(format!(
+                    "{who:?} {route} → {} {}",
+                    a.status,
+                    a.body.chars().take(120).collect::<String>()
+                ));
             }
         }
     }
     let after = app.task(&id).await;
-    assert!(wrong.is_empty(), "role tokens used lease routes: {wrong:#?}");
+    assert!(
+        wrong.is_empty(),
+        "role tokens used lease routes: {wrong:#?}"
+    );
     assert_eq!(before["state"], after["state"]);
     assert_eq!(after["progress"], before["progress"]);
 }
@@ -453,16 +717,42 @@ async fn json_bodies_must_be_objects() {
         ("PUT", "/v1/queues/sec-array", json!([null, null])),
         ("PUT", "/v1/queues/sec-array2", json!([5, true, false])),
         ("POST", "/v1/tasks", json!(["k", "sec-array3"])),
-        ("POST", "/v1/nodes", json!(["array-node", ["sec-array4"], [], 1])),
+        (
+            "POST",
+            "/v1/nodes",
+            json!(["array-node", ["sec-array4"], [], 1]),
+        ),
         ("POST", "/v1/tasks/batch", json!([[["k", "sec-array5"]]])),
     ] {
-        let a = call_raw(&app, method, path, Some(&format!("Bearer {}", app.admin)), Some(&body)).await;
+        let a = call_raw(
+            &app,
+            method,
+            path,
+            Some(&format!("Bearer {}", app.admin)),
+            Some(&body),
+        )
+        .await;
         if a.status != 422 && a.status != 400 {
-            wrong.push(format!("{method} {path} {body} → {} {}", a.status, a.body.chars().take(100).collect::<String>()));
+            wrong.push(format!(
+                "{method} {path} {body} → {} {}",
+                a.status,
+                a.body.chars().take(100).collect::<String>()
+            ));
         }
     }
-    let r = call_raw(&app, "GET", "/v1/queues", Some(&format!("Bearer {}", app.admin)), None).await;
-    assert!(wrong.is_empty(), "array bodies accepted: {wrong:#?}\nqueues now: {}", r.body);
+    let r = call_raw(
+        &app,
+        "GET",
+        "/v1/queues",
+        Some(&format!("Bearer {}", app.admin)),
+        None,
+    )
+    .await;
+    assert!(
+        wrong.is_empty(),
+        "array bodies accepted: {wrong:#?}\nqueues now: {}",
+        r.body
+    );
 }
 
 /// Found by schemathesis (ST202): the spec declares the lease body optional and nullable
@@ -472,9 +762,23 @@ async fn json_bodies_must_be_objects() {
 async fn lease_accepts_a_null_body() {
     let app = spawn_sec_app(&shared_redis().url(), |_| {}).await;
     let (node, token) = app.register_node("n", &["sec-null"]).await;
-    let empty = call_raw(&app, "POST", &format!("/v1/nodes/{node}/lease"), Some(&format!("Bearer {token}")), None).await;
+    let empty = call_raw(
+        &app,
+        "POST",
+        &format!("/v1/nodes/{node}/lease"),
+        Some(&format!("Bearer {token}")),
+        None,
+    )
+    .await;
     assert_eq!(empty.status, 200, "empty body: {}", empty.body);
-    let null = call_raw(&app, "POST", &format!("/v1/nodes/{node}/lease"), Some(&format!("Bearer {token}")), Some(&Value::Null)).await;
+    let null = call_raw(
+        &app,
+        "POST",
+        &format!("/v1/nodes/{node}/lease"),
+        Some(&format!("Bearer {token}")),
+        Some(&Value::Null),
+    )
+    .await;
     assert_eq!(null.status, 200, "null body: {}", null.body);
 }
 
@@ -486,7 +790,10 @@ async fn node_tokens_are_confined_to_their_node() {
     let q = "sec-iso";
     let (a, tok_a) = app.register_node("a", &[q]).await;
     let (b, tok_b) = app.register_node("b", &["sec-iso-b"]).await;
-    let t = Tokens { node_a: tok_a.clone(), node_b: tok_b.clone() };
+    let t = Tokens {
+        node_a: tok_a.clone(),
+        node_b: tok_b.clone(),
+    };
     let id = app.submit_task(q, json!({"x": 1})).await;
     let leases = app.lease_n(&a, &tok_a, 1, Duration::from_secs(10)).await;
     assert_eq!(leases.len(), 1, "A leases the task");
@@ -496,8 +803,18 @@ async fn node_tokens_are_confined_to_their_node() {
     // B on A's node routes: 403.
     for (method, path, body) in [
         ("POST", format!("/v1/nodes/{a}/heartbeat"), None),
-        ("POST", format!("/v1/nodes/{a}/lease"), Some(json!({"max": 1}))),
-        ("POST", format!("/v1/nodes/{a}/reports"), Some(json!({"reports": [{"task_id": id, "lease_token": lease, "outcome": "succeeded"}]}))),
+        (
+            "POST",
+            format!("/v1/nodes/{a}/lease"),
+            Some(json!({"max": 1})),
+        ),
+        (
+            "POST",
+            format!("/v1/nodes/{a}/reports"),
+            Some(
+                json!({"reports": [{"task_id": id, "lease_token": lease, "outcome": "succeeded"}]}),
+            ),
+        ),
         ("POST", format!("/v1/nodes/{a}/drain"), None),
         ("DELETE", format!("/v1/nodes/{a}"), None),
         ("GET", format!("/v1/nodes/{a}"), None),
@@ -508,12 +825,24 @@ async fn node_tokens_are_confined_to_their_node() {
     }
     // B's token on admin and submit routes: 403.
     for (method, path, body) in [
-        ("POST", "/v1/tasks".to_string(), Some(json!({"kind": "k", "queue": q}))),
+        (
+            "POST",
+            "/v1/tasks".to_string(),
+            Some(json!({"kind": "k", "queue": q})),
+        ),
         ("POST", format!("/v1/tasks/{id}/cancel"), None),
         ("POST", format!("/v1/tasks/{id}/retry"), None),
-        ("PUT", format!("/v1/queues/{q}"), Some(json!({"paused": true}))),
+        (
+            "PUT",
+            format!("/v1/queues/{q}"),
+            Some(json!({"paused": true})),
+        ),
         ("GET", "/v1/tasks".to_string(), None),
-        ("POST", "/v1/nodes".to_string(), Some(json!({"name": "evil"}))),
+        (
+            "POST",
+            "/v1/nodes".to_string(),
+            Some(json!({"name": "evil"})),
+        ),
     ] {
         let r = call(&app, &t, Who::NodeB, method, &path, body.as_ref()).await;
         assert_eq!(r.status, 403, "B: {method} {path}: {}", r.body);
@@ -522,11 +851,28 @@ async fn node_tokens_are_confined_to_their_node() {
     // B with A's lease token on the task routes: 409 lease_conflict, task unchanged.
     let before = app.task(&id).await;
     for (route, body) in [
-        ("extend", json!({"lease_token": lease, "progress": {"b": true}})),
-        ("complete", json!({"lease_token": lease, "result": "from B"})),
-        ("fail", json!({"lease_token": lease, "error": "from B", "retryable": false})),
+        (
+            "extend",
+            json!({"lease_token": lease, "progress": {"b": true}}),
+        ),
+        (
+            "complete",
+            json!({"lease_token": lease, "result": "from B"}),
+        ),
+        (
+            "fail",
+            json!({"lease_token": lease, "error": "from B", "retryable": false}),
+        ),
     ] {
-        let r = call(&app, &t, Who::NodeB, "POST", &format!("/v1/tasks/{id}/{route}"), Some(&body)).await;
+        let r = call(
+            &app,
+            &t,
+            Who::NodeB,
+            "POST",
+            &format!("/v1/tasks/{id}/{route}"),
+            Some(&body),
+        )
+        .await;
         assert_eq!(r.status, 409, "B {route}: {}", r.body);
         let p: Value = serde_json::from_str(&r.body).expect("problem");
         assert_eq!(p["code"], "lease_conflict", "B {route}: {}", r.body);
@@ -547,14 +893,31 @@ async fn node_tokens_are_confined_to_their_node() {
     assert_eq!(v["results"][0]["code"], "lease_conflict", "{}", r.body);
 
     let after = app.task(&id).await;
-    for f in ["state", "node", "fence", "attempts", "progress", "result", "error", "lease_expires_at"] {
+    for f in [
+        "state",
+        "node",
+        "fence",
+        "attempts",
+        "progress",
+        "result",
+        "error",
+        "lease_expires_at",
+    ] {
         assert_eq!(before[f], after[f], "field {f} changed after B's attempts");
     }
     assert_eq!(after["state"], "running");
     assert_eq!(after["node"].as_str(), Some(a.as_str()));
 
     // A still completes it.
-    let r = call(&app, &t, Who::NodeA, "POST", &format!("/v1/tasks/{id}/complete"), Some(&json!({"lease_token": lease, "result": "A"}))).await;
+    let r = call(
+        &app,
+        &t,
+        Who::NodeA,
+        "POST",
+        &format!("/v1/tasks/{id}/complete"),
+        Some(&json!({"lease_token": lease, "result": "A"})),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let done = app.task(&id).await;
     assert_eq!(done["state"], "succeeded");
@@ -578,7 +941,13 @@ fn snapshot(conn: &mut redis::Connection, ns: &str) -> (Snapshot, i64) {
         .find_map(|l| l.strip_prefix("used_memory:"))
         .and_then(|v| v.trim().parse().ok())
         .expect("used_memory");
-    (Snapshot { dbsize, keys: dump_namespace(conn, ns) }, used)
+    (
+        Snapshot {
+            dbsize,
+            keys: dump_namespace(conn, ns),
+        },
+        used,
+    )
 }
 
 /// A task body whose payload serializes to exactly `n` bytes (a JSON string).
@@ -586,7 +955,10 @@ fn task_with_payload_len(queue: &str, n: usize) -> Vec<u8> {
     assert!(n >= 2);
     let payload = "a".repeat(n - 2);
     let body = json!({"kind": "big", "queue": queue, "payload": payload});
-    assert_eq!(serde_json::to_string(&body["payload"]).expect("json").len(), n);
+    assert_eq!(
+        serde_json::to_string(&body["payload"]).expect("json").len(),
+        n
+    );
     serde_json::to_vec(&body).expect("json")
 }
 
@@ -602,7 +974,11 @@ async fn post_bytes(app: &SecApp, path: &str, body: Vec<u8>) -> Answer {
         .expect("send");
     let status = r.status().as_u16();
     let headers = r.headers().clone();
-    Answer { status, headers, body: r.text().await.unwrap_or_default() }
+    Answer {
+        status,
+        headers,
+        body: r.text().await.unwrap_or_default(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -623,25 +999,73 @@ async fn size_limits_reject_and_store_nothing() {
     assert!(is_problem(&a), "{}", a.body);
     assert!(!a.body.contains("\"id\""), "no task id issued: {}", a.body);
     // L+1 chunked: 413, nothing stored.
-    let c = raw_chunked_post(app.addr, "/v1/tasks", &app.admin, &task_with_payload_len(q, L + 1), 64 * 1024).await.expect("chunked");
-    assert_eq!(c.status, 413, "chunked L+1: {}", String::from_utf8_lossy(&c.body));
-    assert!(c.header("content-type").unwrap_or("").starts_with("application/problem+json"));
+    let c = raw_chunked_post(
+        app.addr,
+        "/v1/tasks",
+        &app.admin,
+        &task_with_payload_len(q, L + 1),
+        64 * 1024,
+    )
+    .await
+    .expect("chunked");
+    assert_eq!(
+        c.status,
+        413,
+        "chunked L+1: {}",
+        String::from_utf8_lossy(&c.body)
+    );
+    assert!(
+        c.header("content-type")
+            .unwrap_or("")
+            .starts_with("application/problem+json")
+    );
     // A batch of 10,001: 422, nothing stored.
-    let tasks: Vec<Value> = (0..10_001).map(|i| json!({"kind": "k", "queue": q, "payload": i})).collect();
-    let a = post_bytes(&app, "/v1/tasks/batch", serde_json::to_vec(&json!({"tasks": tasks})).expect("json")).await;
+    let tasks: Vec<Value> = (0..10_001)
+        .map(|i| json!({"kind": "k", "queue": q, "payload": i}))
+        .collect();
+    let a = post_bytes(
+        &app,
+        "/v1/tasks/batch",
+        serde_json::to_vec(&json!({"tasks": tasks})).expect("json"),
+    )
+    .await;
     assert_eq!(a.status, 422, "{}", a.body);
-    assert!(is_problem(&a) && a.body.contains("batch_too_long"), "{}", a.body);
+    assert!(
+        is_problem(&a) && a.body.contains("batch_too_long"),
+        "{}",
+        a.body
+    );
     // A batch whose last task is one byte over: 413, none of the others stored.
-    let mut tasks: Vec<Value> = (0..3).map(|i| json!({"kind": "k", "queue": q, "payload": i})).collect();
+    let mut tasks: Vec<Value> = (0..3)
+        .map(|i| json!({"kind": "k", "queue": q, "payload": i}))
+        .collect();
     tasks.push(serde_json::from_slice(&task_with_payload_len(q, L + 1)).expect("json"));
-    let a = post_bytes(&app, "/v1/tasks/batch", serde_json::to_vec(&json!({"tasks": tasks})).expect("json")).await;
+    let a = post_bytes(
+        &app,
+        "/v1/tasks/batch",
+        serde_json::to_vec(&json!({"tasks": tasks})).expect("json"),
+    )
+    .await;
     assert_eq!(a.status, 413, "{}", a.body);
     // JSON nesting depth 1,000: 400, never 5xx.
     let deep = format!("{}{}", "[".repeat(1000), "]".repeat(1000));
     for (path, body) in [
-        ("/v1/tasks", format!(r#"{{"kind":"k","queue":"{q}","payload":{deep}}}"#)),
-        ("/v1/tasks/batch", format!(r#"{{"tasks":[{{"kind":"k","queue":"{q}","payload":{deep}}}]}}"#)),
-        ("/v1/tasks", format!(r#"{{"kind":"k","queue":"{q}","payload":{}{}}}"#, "{\"a\":".repeat(1000), "}".repeat(1000))),
+        (
+            "/v1/tasks",
+            format!(r#"{{"kind":"k","queue":"{q}","payload":{deep}}}"#),
+        ),
+        (
+            "/v1/tasks/batch",
+            format!(r#"{{"tasks":[{{"kind":"k","queue":"{q}","payload":{deep}}}]}}"#),
+        ),
+        (
+            "/v1/tasks",
+            format!(
+                r#"{{"kind":"k","queue":"{q}","payload":{}{}}}"#,
+                "{\"a\":".repeat(1000),
+                "}".repeat(1000)
+            ),
+        ),
     ] {
         let a = post_bytes(&app, path, body.into_bytes()).await;
         assert_eq!(a.status, 400, "depth bomb on {path}: {}", a.body);
@@ -649,27 +1073,56 @@ async fn size_limits_reject_and_store_nothing() {
     }
     // A 65 KiB header: 431.
     let big = "a".repeat(65 * 1024);
-    let req = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n");
-    let r = raw_request(app.addr, req.as_bytes(), Duration::from_secs(5)).await.expect("an answer to a 65 KiB header");
+    let req =
+        format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n");
+    let r = raw_request(app.addr, req.as_bytes(), Duration::from_secs(5))
+        .await
+        .expect("an answer to a 65 KiB header");
     assert_eq!(r.status, 431, "65 KiB header");
-    let req = format!("GET /v1/queues HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nX-Big: {big}\r\nConnection: close\r\n\r\n", app.admin);
-    let r = raw_request(app.addr, req.as_bytes(), Duration::from_secs(5)).await.expect("answer");
+    let req = format!(
+        "GET /v1/queues HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nX-Big: {big}\r\nConnection: close\r\n\r\n",
+        app.admin
+    );
+    let r = raw_request(app.addr, req.as_bytes(), Duration::from_secs(5))
+        .await
+        .expect("answer");
     assert_eq!(r.status, 431, "65 KiB header on an authenticated route");
 
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (after, mem1) = snapshot(&mut conn, &app.ns);
     assert_eq!(before, after, "rejected requests changed the keyspace");
-    assert!(mem1 - mem0 < 1024 * 1024, "used_memory grew by {} bytes", mem1 - mem0);
+    assert!(
+        mem1 - mem0 < 1024 * 1024,
+        "used_memory grew by {} bytes",
+        mem1 - mem0
+    );
 
     // Exactly L with Content-Length, and again chunked: 201, stored.
     let a = post_bytes(&app, "/v1/tasks", task_with_payload_len(q, L)).await;
     assert_eq!(a.status, 201, "{}", &a.body[..a.body.len().min(300)]);
-    let id1 = serde_json::from_str::<Value>(&a.body).expect("task")["id"].as_str().expect("id").to_string();
-    let c = raw_chunked_post(app.addr, "/v1/tasks", &app.admin, &task_with_payload_len(q, L), 64 * 1024).await.expect("chunked");
+    let id1 = serde_json::from_str::<Value>(&a.body).expect("task")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let c = raw_chunked_post(
+        app.addr,
+        "/v1/tasks",
+        &app.admin,
+        &task_with_payload_len(q, L),
+        64 * 1024,
+    )
+    .await
+    .expect("chunked");
     assert_eq!(c.status, 201, "chunked L");
-    let id2 = serde_json::from_slice::<Value>(&c.body).expect("task")["id"].as_str().expect("id").to_string();
+    let id2 = serde_json::from_slice::<Value>(&c.body).expect("task")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
     for id in [id1, id2] {
-        assert_eq!(app.task(&id).await["payload"].as_str().map(str::len), Some(L - 2));
+        assert_eq!(
+            app.task(&id).await["payload"].as_str().map(str::len),
+            Some(L - 2)
+        );
     }
     let dbsize: i64 = redis::cmd("DBSIZE").query(&mut conn).expect("dbsize");
     assert!(dbsize > before.dbsize, "the accepted tasks are stored");
@@ -683,10 +1136,20 @@ async fn tokens_never_appear_in_clear_in_redis_or_answers() {
     let q = "sec-secrets";
     let canary = format!("canary-{}-{}", app.ns, std::process::id());
     let (node, token) = app.register_node("secret-node", &[q]).await;
-    let secret_part = token.split_once('.').expect("node token is <id>.<secret>").1.to_string();
+    let secret_part = token
+        .split_once('.')
+        .expect("node token is <id>.<secret>")
+        .1
+        .to_string();
     let id = app.submit_task(q, json!({"secret": canary})).await;
     // Touch the token paths: heartbeat, lease, complete.
-    let r = app.http.post(app.url(&format!("/v1/nodes/{node}/heartbeat"))).bearer_auth(&token).send().await.expect("hb");
+    let r = app
+        .http
+        .post(app.url(&format!("/v1/nodes/{node}/heartbeat")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("hb");
     assert_eq!(r.status(), 200);
     let leases = app.lease_n(&node, &token, 1, Duration::from_secs(10)).await;
     assert_eq!(leases.first().map(|l| l.0.as_str()), Some(id.as_str()));
@@ -710,7 +1173,10 @@ async fn tokens_never_appear_in_clear_in_redis_or_answers() {
         .expect("bad submit");
     assert_eq!(r.status(), 422);
     let body = r.text().await.expect("body");
-    assert!(!body.contains(&canary), "error body echoes the canary: {body}");
+    assert!(
+        !body.contains(&canary),
+        "error body echoes the canary: {body}"
+    );
 
     let dump = dump_namespace(&mut app.redis(), &app.ns);
     assert!(!dump.is_empty());
@@ -728,18 +1194,35 @@ async fn tokens_never_appear_in_clear_in_redis_or_answers() {
         ("agent token", app.agent.as_str()),
     ] {
         for (k, v) in &dump {
-            assert!(!k.contains(secret) && !v.contains(secret), "the {what} is stored in clear under {k}");
+            assert!(
+                !k.contains(secret) && !v.contains(secret),
+                "the {what} is stored in clear under {k}"
+            );
         }
     }
     // The canary only sits in the task hash, not in events, indexes or stats.
     for (k, v) in &dump {
         if v.contains(&canary) {
-            assert!(k.contains(&format!(":t:{id}")), "the payload canary leaked into {k}");
+            assert!(
+                k.contains(&format!(":t:{id}")),
+                "the payload canary leaked into {k}"
+            );
         }
     }
     // List and read answers carry no token.
-    for path in ["/v1/nodes".to_string(), format!("/v1/nodes/{node}"), "/v1/queues".to_string(), "/metrics".to_string()] {
-        let r = app.http.get(app.url(&path)).bearer_auth(&app.admin).send().await.expect("get");
+    for path in [
+        "/v1/nodes".to_string(),
+        format!("/v1/nodes/{node}"),
+        "/v1/queues".to_string(),
+        "/metrics".to_string(),
+    ] {
+        let r = app
+            .http
+            .get(app.url(&path))
+            .bearer_auth(&app.admin)
+            .send()
+            .await
+            .expect("get");
         assert_eq!(r.status(), 200, "{path}");
         let body = r.text().await.expect("body");
         assert!(!body.contains(&secret_part), "{path} shows the node token");
@@ -755,18 +1238,30 @@ async fn tokens_never_appear_in_clear_in_redis_or_answers() {
 async fn rate_limit_stops_a_flooding_token_and_spares_others() {
     // Five submit tokens: a flood slower than the 1 s the gate is about (a busy 2-core
     // machine) is redone with a fresh bucket, at most four times.
-    let flooders: Vec<String> = (0..5).map(|i| format!("flood-{i}-{}-0123456789abcdef", std::process::id())).collect();
+    let flooders: Vec<String> = (0..5)
+        .map(|i| format!("flood-{i}-{}-0123456789abcdef", std::process::id()))
+        .collect();
     let extra = flooders.clone();
     let app = spawn_sec_app(&shared_redis().url(), move |c| {
         c.rate_limit = Some((50.0, 100.0));
-        c.tokens.extend(extra.into_iter().map(|t| (muster::api::auth::Role::Submit, t)));
+        c.tokens.extend(
+            extra
+                .into_iter()
+                .map(|t| (muster::api::auth::Role::Submit, t)),
+        );
     })
     .await;
     // Baseline latency of the polite token's route (admin token: its own bucket).
     let mut base = Vec::new();
     for _ in 0..20 {
         let t0 = Instant::now();
-        let r = app.http.get(app.url("/v1/queues")).bearer_auth(&app.admin).send().await.expect("baseline");
+        let r = app
+            .http
+            .get(app.url("/v1/queues"))
+            .bearer_auth(&app.admin)
+            .send()
+            .await
+            .expect("baseline");
         assert_eq!(r.status(), 200);
         base.push(t0.elapsed());
     }
@@ -783,9 +1278,17 @@ async fn rate_limit_stops_a_flooding_token_and_spares_others() {
             for _ in 0..40 {
                 tick.tick().await;
                 let t0 = Instant::now();
-                let r = http.get(&url).bearer_auth(&token).send().await.expect("polite");
+                let r = http
+                    .get(&url)
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .expect("polite");
                 lat.push(t0.elapsed());
-                statuses.push((r.status().as_u16(), r.headers().get("retry-after").is_some()));
+                statuses.push((
+                    r.status().as_u16(),
+                    r.headers().get("retry-after").is_some(),
+                ));
             }
             (statuses, lat)
         })
@@ -799,8 +1302,16 @@ async fn rate_limit_stops_a_flooding_token_and_spares_others() {
     let mut attempt = 0;
     let (flood, elapsed) = loop {
         let t0 = Instant::now();
-        let floods: Vec<_> =
-            (0..10).map(|_| tokio::spawn(pipelined(app.addr, "/healthz", flooders[attempt].clone(), 100))).collect();
+        let floods: Vec<_> = (0..10)
+            .map(|_| {
+                tokio::spawn(pipelined(
+                    app.addr,
+                    "/healthz",
+                    flooders[attempt].clone(),
+                    100,
+                ))
+            })
+            .collect();
         let mut flood: Vec<(u16, Option<String>)> = Vec::new();
         for f in floods {
             flood.extend(f.await.expect("flood task"));
@@ -809,12 +1320,17 @@ async fn rate_limit_stops_a_flooding_token_and_spares_others() {
         let ok = flood.iter().filter(|(s, _)| *s == 200).count();
         // Whatever the pace, the bucket never lets more through than burst + rate × time.
         let allowed = 100.0 + 50.0 * elapsed.as_secs_f64() + 2.0;
-        assert!((ok as f64) <= allowed, "{ok} passed in {elapsed:?}, the bucket allows {allowed:.0}");
+        assert!(
+            (ok as f64) <= allowed,
+            "{ok} passed in {elapsed:?}, the bucket allows {allowed:.0}"
+        );
         attempt += 1;
         if elapsed <= Duration::from_millis(950) || attempt == flooders.len() {
             break (flood, elapsed);
         }
-        eprintln!("rate limit: flood {attempt} took {elapsed:?}, too slow for the gate; again with a fresh token");
+        eprintln!(
+            "rate limit: flood {attempt} took {elapsed:?}, too slow for the gate; again with a fresh token"
+        );
     };
     let (statuses, lat) = polite.await.expect("polite task");
     let limited = flood.iter().filter(|(s, _)| *s == 429).count();
@@ -830,12 +1346,30 @@ async fn rate_limit_stops_a_flooding_token_and_spares_others() {
         base[base.len() - 1]
     );
     assert_eq!(flood.len(), 1000, "every flood request answered");
-    assert_eq!(ok + limited, 1000, "only 200 or 429: {:?}", flood.iter().filter(|(s, _)| *s != 200 && *s != 429).take(3).collect::<Vec<_>>());
-    assert!(elapsed <= Duration::from_secs(1), "this machine could not send 1,000 requests within 1 s ({elapsed:?})");
-    assert!(limited >= 850, "only {limited} × 429 for 1000 requests in {elapsed:?}");
+    assert_eq!(
+        ok + limited,
+        1000,
+        "only 200 or 429: {:?}",
+        flood
+            .iter()
+            .filter(|(s, _)| *s != 200 && *s != 429)
+            .take(3)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        elapsed <= Duration::from_secs(1),
+        "this machine could not send 1,000 requests within 1 s ({elapsed:?})"
+    );
+    assert!(
+        limited >= 850,
+        "only {limited} × 429 for 1000 requests in {elapsed:?}"
+    );
     for (s, ra) in &flood {
         if *s == 429 {
-            let secs: u64 = ra.as_deref().and_then(|v| v.parse().ok()).expect("429 with a numeric Retry-After");
+            let secs: u64 = ra
+                .as_deref()
+                .and_then(|v| v.parse().ok())
+                .expect("429 with a numeric Retry-After");
             assert!((1..=2).contains(&secs), "Retry-After {secs}");
         }
     }
@@ -845,10 +1379,16 @@ async fn rate_limit_stops_a_flooding_token_and_spares_others() {
 
 /// Sends `n` pipelined `GET path` requests on one connection; returns each answer's
 /// status and Retry-After.
-async fn pipelined(addr: std::net::SocketAddr, path: &'static str, token: String, n: usize) -> Vec<(u16, Option<String>)> {
+async fn pipelined(
+    addr: std::net::SocketAddr,
+    path: &'static str,
+    token: String,
+    n: usize,
+) -> Vec<(u16, Option<String>)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let one = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n");
+    let one =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n");
     s.write_all(one.repeat(n).as_bytes()).await.expect("write");
     let mut raw: Vec<u8> = Vec::new();
     let mut out = Vec::new();
@@ -857,14 +1397,22 @@ async fn pipelined(addr: std::net::SocketAddr, path: &'static str, token: String
         // Parse every complete answer in `raw`.
         while let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&raw[..end]).to_string();
-            let status: u16 = head.split(' ').nth(1).and_then(|v| v.parse().ok()).expect("status line");
+            let status: u16 = head
+                .split(' ')
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .expect("status line");
             let header = |name: &str| {
                 head.lines().find_map(|l| {
                     let (k, v) = l.split_once(':')?;
-                    k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                    k.trim()
+                        .eq_ignore_ascii_case(name)
+                        .then(|| v.trim().to_string())
                 })
             };
-            let len: usize = header("content-length").and_then(|v| v.parse().ok()).expect("content-length");
+            let len: usize = header("content-length")
+                .and_then(|v| v.parse().ok())
+                .expect("content-length");
             if raw.len() < end + 4 + len {
                 break;
             }
@@ -874,8 +1422,15 @@ async fn pipelined(addr: std::net::SocketAddr, path: &'static str, token: String
         if out.len() >= n {
             break;
         }
-        let k = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf)).await.expect("flood answers in time").expect("read");
-        assert!(k > 0, "the server closed a pipelined connection after {} answers", out.len());
+        let k = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf))
+            .await
+            .expect("flood answers in time")
+            .expect("read");
+        assert!(
+            k > 0,
+            "the server closed a pipelined connection after {} answers",
+            out.len()
+        );
         raw.extend_from_slice(&buf[..k]);
     }
     out
@@ -895,7 +1450,9 @@ async fn slow_clients_are_cut_at_the_header_read_timeout() {
         slow.push(tokio::spawn(async move {
             let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
             let t0 = Instant::now();
-            s.write_all(b"GET /healthz HTTP/1.1\r\n").await.expect("write");
+            s.write_all(b"GET /healthz HTTP/1.1\r\n")
+                .await
+                .expect("write");
             let mut buf = [0u8; 1024];
             let mut got = Vec::new();
             let header = b"X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -923,9 +1480,18 @@ async fn slow_clients_are_cut_at_the_header_read_timeout() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     for _ in 0..5 {
         let t0 = Instant::now();
-        let r = app.http.get(app.url("/healthz")).send().await.expect("normal request");
+        let r = app
+            .http
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .expect("normal request");
         assert_eq!(r.status(), 200);
-        assert!(t0.elapsed() < Duration::from_secs(1), "a normal request took {:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "a normal request took {:?}",
+            t0.elapsed()
+        );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     for h in slow {
@@ -935,7 +1501,13 @@ async fn slow_clients_are_cut_at_the_header_read_timeout() {
             closed_after >= Duration::from_millis(9_500) && closed_after <= Duration::from_secs(12),
             "a slow client was closed after {closed_after:?} (answer {text:?})"
         );
-        assert!(!text.contains("200 OK"), "a slow client got an answer: {text}");
+        assert!(
+            !text.contains("200 OK"),
+            "a slow client got an answer: {text}"
+        );
     }
-    eprintln!("slowloris: 11 slow clients closed; test took {:?}", start.elapsed());
+    eprintln!(
+        "slowloris: 11 slow clients closed; test took {:?}",
+        start.elapsed()
+    );
 }

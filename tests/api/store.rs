@@ -13,7 +13,15 @@ use std::time::Duration;
 // ----- fixtures -----
 
 /// Every index a task can sit in, besides inboxes.
-const INDEXES: [&str; 7] = ["pending", "scheduled", "retrying", "running", "succeeded", "failed", "cancelled"];
+const INDEXES: [&str; 7] = [
+    "pending",
+    "scheduled",
+    "retrying",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+];
 
 /// A store on the shared Redis plus a blocking connection to inspect its keys.
 struct Kit {
@@ -23,7 +31,10 @@ struct Kit {
 
 impl Kit {
     async fn new() -> Kit {
-        Kit { store: store().await, r: shared_redis().conn() }
+        Kit {
+            store: store().await,
+            r: shared_redis().conn(),
+        }
     }
 
     fn hash(&mut self, q: &str, id: &str) -> HashMap<String, String> {
@@ -36,14 +47,19 @@ impl Kit {
     }
 
     fn int_field(&mut self, q: &str, id: &str, f: &str) -> i64 {
-        self.field(q, id, f).parse().unwrap_or_else(|_| panic!("field {f} of {id} is not a number"))
+        self.field(q, id, f)
+            .parse()
+            .unwrap_or_else(|_| panic!("field {f} of {id} is not a number"))
     }
 
     /// Every index holding `id`: state zsets by name, inboxes as `inbox:<node>`.
     fn indexes(&mut self, q: &str, id: &str) -> Vec<String> {
         let mut out = Vec::new();
         for z in INDEXES {
-            let s: Option<f64> = self.r.zscore(self.store.keys.state_index(q, z), id).unwrap();
+            let s: Option<f64> = self
+                .r
+                .zscore(self.store.keys.state_index(q, z), id)
+                .unwrap();
             if s.is_some() {
                 out.push(z.to_string());
             }
@@ -61,7 +77,10 @@ impl Kit {
     }
 
     fn score(&mut self, q: &str, index: &str, id: &str) -> Option<i64> {
-        let s: Option<f64> = self.r.zscore(self.store.keys.state_index(q, index), id).unwrap();
+        let s: Option<f64> = self
+            .r
+            .zscore(self.store.keys.state_index(q, index), id)
+            .unwrap();
         s.map(|v| v as i64)
     }
 
@@ -70,7 +89,9 @@ impl Kit {
     }
 
     fn inbox(&mut self, q: &str, node: &str) -> Vec<String> {
-        self.r.lrange(self.store.keys.inbox(q, node), 0, -1).unwrap()
+        self.r
+            .lrange(self.store.keys.inbox(q, node), 0, -1)
+            .unwrap()
     }
 
     fn inbox_exists(&mut self, q: &str, node: &str) -> bool {
@@ -107,8 +128,16 @@ impl Kit {
             let t: String = redis::cmd("TYPE").arg(&k).query(&mut self.r).unwrap();
             let v = match t.as_str() {
                 "string" => self.r.get::<_, String>(&k).unwrap(),
-                "hash" => format!("{:?}", self.r.hgetall::<_, BTreeMap<String, String>>(&k).unwrap()),
-                "zset" => format!("{:?}", self.r.zrange_withscores::<_, Vec<(String, f64)>>(&k, 0, -1).unwrap()),
+                "hash" => format!(
+                    "{:?}",
+                    self.r.hgetall::<_, BTreeMap<String, String>>(&k).unwrap()
+                ),
+                "zset" => format!(
+                    "{:?}",
+                    self.r
+                        .zrange_withscores::<_, Vec<(String, f64)>>(&k, 0, -1)
+                        .unwrap()
+                ),
                 "list" => format!("{:?}", self.r.lrange::<_, Vec<String>>(&k, 0, -1).unwrap()),
                 "set" => {
                     let mut m: Vec<String> = self.r.smembers(&k).unwrap();
@@ -126,12 +155,23 @@ impl Kit {
     /// The invariant checker finds nothing wrong, and it did look at `queues`.
     async fn assert_doctor_clean(&self, queues: &[&str]) {
         let report = self.store.doctor().await.expect("doctor");
-        assert!(report.violations.is_empty(), "doctor found violations: {:#?}", report.violations);
+        assert!(
+            report.violations.is_empty(),
+            "doctor found violations: {:#?}",
+            report.violations
+        );
         let known = self.store.queues().await.unwrap();
         for q in queues {
-            assert!(known.iter().any(|k| k == q), "doctor does not know queue {q} (knows {known:?})");
+            assert!(
+                known.iter().any(|k| k == q),
+                "doctor does not know queue {q} (knows {known:?})"
+            );
         }
-        assert!(report.queues >= queues.len(), "doctor checked {} queues", report.queues);
+        assert!(
+            report.queues >= queues.len(),
+            "doctor checked {} queues",
+            report.queues
+        );
     }
 
     // ----- steps -----
@@ -152,7 +192,11 @@ impl Kit {
     /// Dispatches pending tasks of `q` to one node whose budget in `q` (capacity minus
     /// its load in other queues) is `budget`; its load in `q` is subtracted by the script.
     async fn dispatch_to(&self, q: &str, node: &str, budget: i64) -> i64 {
-        self.store.dispatch(q, &[(node.to_string(), budget, String::new())], 1000, 1000).await.expect("dispatch").0
+        self.store
+            .dispatch(q, &[(node.to_string(), budget, String::new())], 1000, 1000)
+            .await
+            .expect("dispatch")
+            .0
     }
 
     async fn load_of(&self, q: &str, node: &str) -> i64 {
@@ -161,7 +205,10 @@ impl Kit {
     }
 
     async fn lease(&self, q: &str, node: &str, max: usize) -> Vec<Leased> {
-        self.store.lease(q, node, max, false, "").await.expect("lease")
+        self.store
+            .lease(q, node, max, false, "")
+            .await
+            .expect("lease")
     }
 
     /// Submits `t`, assigns it to `node` and leases it (no other task may be pending).
@@ -174,7 +221,11 @@ impl Kit {
     /// Assigns the pending `id` to `node` and leases it (no other task may be pending).
     async fn lease_again(&self, q: &str, id: &str, node: &str) -> Leased {
         let budget = self.load_of(q, node).await + 1;
-        assert_eq!(self.dispatch_to(q, node, budget).await, 1, "one task assigned");
+        assert_eq!(
+            self.dispatch_to(q, node, budget).await,
+            1,
+            "one task assigned"
+        );
         let mut l = self.lease(q, node, 1).await;
         assert_eq!(l.len(), 1, "one lease expected");
         let l = l.remove(0);
@@ -196,7 +247,10 @@ fn task(queue: &str) -> PreparedTask {
         delay_ms: None,
         max_attempts: 3,
         timeout_ms: 30_000,
-        backoff: Backoff { initial_ms: 1_000, max_ms: 60_000 },
+        backoff: Backoff {
+            initial_ms: 1_000,
+            max_ms: 60_000,
+        },
         requires: Vec::new(),
         retention_ms: 0,
     }
@@ -226,7 +280,9 @@ fn strs(v: &[&str]) -> Vec<String> {
 
 fn assert_conflict<T: std::fmt::Debug>(r: Result<T, StoreError>, want_state: &str, case: &str) {
     match r {
-        Err(StoreError::LeaseConflict { state }) => assert_eq!(state, want_state, "{case}: conflict state"),
+        Err(StoreError::LeaseConflict { state }) => {
+            assert_eq!(state, want_state, "{case}: conflict state")
+        }
         other => panic!("{case}: expected LeaseConflict, got {other:?}"),
     }
 }
@@ -276,7 +332,10 @@ async fn submit_stores_one_pending_task_with_its_fields_index_stats_and_event() 
     assert_eq!(h["run_at"], now.to_string());
     assert_eq!(k.indexes("q", &id), ["pending"]);
     let seq: i64 = h["seq"].parse().unwrap();
-    assert_eq!(k.score("q", "pending", &id), Some((9 - 4) * 10_000_000_000_000 + seq));
+    assert_eq!(
+        k.score("q", "pending", &id),
+        Some((9 - 4) * 10_000_000_000_000 + seq)
+    );
     assert_eq!(k.stat("q", "submitted"), 1);
     assert_eq!(k.xlen("q"), 1);
     assert!(k.load("q").is_empty());
@@ -288,14 +347,35 @@ async fn submit_stores_one_pending_task_with_its_fields_index_stats_and_event() 
 #[tokio::test]
 async fn submit_of_a_batch_across_two_queues_stores_every_task_in_its_own_queue() {
     let mut k = Kit::new().await;
-    let batch = [task("qa"), task("qb"), task("qa"), PreparedTask { delay_ms: Some(60_000), ..task("qb") }];
+    let batch = [
+        task("qa"),
+        task("qb"),
+        task("qa"),
+        PreparedTask {
+            delay_ms: Some(60_000),
+            ..task("qb")
+        },
+    ];
     k.submit(&batch).await;
-    for (t, want) in batch.iter().zip(["pending", "pending", "pending", "scheduled"]) {
+    for (t, want) in batch
+        .iter()
+        .zip(["pending", "pending", "pending", "scheduled"])
+    {
         assert_eq!(k.field(&t.queue, &t.id, "state"), want, "{}", t.id);
         assert_eq!(k.indexes(&t.queue, &t.id), [want], "{}", t.id);
     }
-    assert_eq!((k.zcard("qa", "pending"), k.zcard("qb", "pending"), k.zcard("qb", "scheduled")), (2, 1, 1));
-    assert_eq!((k.stat("qa", "submitted"), k.stat("qb", "submitted")), (2, 2));
+    assert_eq!(
+        (
+            k.zcard("qa", "pending"),
+            k.zcard("qb", "pending"),
+            k.zcard("qb", "scheduled")
+        ),
+        (2, 1, 1)
+    );
+    assert_eq!(
+        (k.stat("qa", "submitted"), k.stat("qb", "submitted")),
+        (2, 2)
+    );
     assert_eq!((k.xlen("qa"), k.xlen("qb")), (2, 2));
     k.assert_doctor_clean(&["qa", "qb"]).await;
 }
@@ -305,7 +385,10 @@ async fn submit_of_a_batch_the_script_refuses_stores_nothing_in_either_queue() {
     let mut k = Kit::new().await;
     let before = k.snapshot();
     // An idempotency key whose TTL Redis rejects: the whole batch must be refused.
-    let r = k.store.submit(&[task("qa"), task("qb")], Some("key-1"), 0).await;
+    let r = k
+        .store
+        .submit(&[task("qa"), task("qb")], Some("key-1"), 0)
+        .await;
     assert!(r.is_err(), "a zero idempotency TTL was accepted: {r:?}");
     let mut after = k.snapshot();
     // Remembering the queue names (done before the script) is harmless.
@@ -317,11 +400,23 @@ async fn submit_of_a_batch_the_script_refuses_stores_nothing_in_either_queue() {
 async fn submit_orders_pending_by_priority_higher_first_and_fifo_within_one_priority() {
     let mut k = Kit::new().await;
     // (priority, label) in submission order.
-    let table = [(0, "a0"), (5, "b5"), (0, "c0"), (9, "d9"), (5, "e5"), (0, "f0"), (9, "g9")];
+    let table = [
+        (0, "a0"),
+        (5, "b5"),
+        (0, "c0"),
+        (9, "d9"),
+        (5, "e5"),
+        (0, "f0"),
+        (9, "g9"),
+    ];
     let mut by_label = HashMap::new();
     // One at a time, so FIFO is by submission, and once as a batch below.
     for (prio, label) in table {
-        let t = PreparedTask { priority: prio, kind: label.into(), ..task("q") };
+        let t = PreparedTask {
+            priority: prio,
+            kind: label.into(),
+            ..task("q")
+        };
         by_label.insert(t.id.clone(), label);
         k.submit_one(t).await;
     }
@@ -335,10 +430,20 @@ async fn submit_orders_pending_by_priority_higher_first_and_fifo_within_one_prio
     k.assert_doctor_clean(&["q"]).await;
 
     // Inside one batch the order of the batch is the FIFO order.
-    let batch: Vec<PreparedTask> = (0..5).map(|i| PreparedTask { kind: format!("b{i}"), ..task("q2") }).collect();
+    let batch: Vec<PreparedTask> = (0..5)
+        .map(|i| PreparedTask {
+            kind: format!("b{i}"),
+            ..task("q2")
+        })
+        .collect();
     k.submit(&batch).await;
     k.dispatch_to("q2", "n1", 5).await;
-    let kinds: Vec<String> = k.lease("q2", "n1", 5).await.into_iter().map(|l| l.task.kind).collect();
+    let kinds: Vec<String> = k
+        .lease("q2", "n1", 5)
+        .await
+        .into_iter()
+        .map(|l| l.task.kind)
+        .collect();
     assert_eq!(kinds, ["b0", "b1", "b2", "b3", "b4"]);
     k.assert_doctor_clean(&["q", "q2"]).await;
 }
@@ -354,21 +459,55 @@ async fn submit_with_a_future_run_at_or_a_delay_is_scheduled_and_otherwise_pendi
         want: &'static str,
     }
     let table = [
-        Case { name: "run_at in a minute", run_at_ms: Some(now + 60_000), delay_ms: None, want: "scheduled" },
-        Case { name: "delay of a minute", run_at_ms: None, delay_ms: Some(60_000), want: "scheduled" },
-        Case { name: "run_at in the past", run_at_ms: Some(now - 60_000), delay_ms: None, want: "pending" },
-        Case { name: "zero delay", run_at_ms: None, delay_ms: Some(0), want: "pending" },
+        Case {
+            name: "run_at in a minute",
+            run_at_ms: Some(now + 60_000),
+            delay_ms: None,
+            want: "scheduled",
+        },
+        Case {
+            name: "delay of a minute",
+            run_at_ms: None,
+            delay_ms: Some(60_000),
+            want: "scheduled",
+        },
+        Case {
+            name: "run_at in the past",
+            run_at_ms: Some(now - 60_000),
+            delay_ms: None,
+            want: "pending",
+        },
+        Case {
+            name: "zero delay",
+            run_at_ms: None,
+            delay_ms: Some(0),
+            want: "pending",
+        },
     ];
     for c in table {
-        let t = PreparedTask { run_at_ms: c.run_at_ms, delay_ms: c.delay_ms, ..task("q") };
+        let t = PreparedTask {
+            run_at_ms: c.run_at_ms,
+            delay_ms: c.delay_ms,
+            ..task("q")
+        };
         let id = t.id.clone();
         let at = k.submit(&[t]).await;
         assert_eq!(k.field("q", &id, "state"), c.want, "{}", c.name);
         assert_eq!(k.indexes("q", &id), [c.want], "{}", c.name);
         let want_run_at = c.run_at_ms.unwrap_or(at + c.delay_ms.unwrap_or(0));
-        assert_eq!(k.int_field("q", &id, "run_at"), want_run_at, "{}: run_at", c.name);
+        assert_eq!(
+            k.int_field("q", &id, "run_at"),
+            want_run_at,
+            "{}: run_at",
+            c.name
+        );
         if c.want == "scheduled" {
-            assert_eq!(k.score("q", "scheduled", &id), Some(want_run_at), "{}: score is the due time", c.name);
+            assert_eq!(
+                k.score("q", "scheduled", &id),
+                Some(want_run_at),
+                "{}: score is the due time",
+                c.name
+            );
         }
     }
     k.assert_doctor_clean(&["q"]).await;
@@ -379,16 +518,26 @@ async fn submit_repeated_with_the_same_idempotency_key_returns_the_first_ids_and
     let mut k = Kit::new().await;
     let first = [task("q"), task("q")];
     let ids: Vec<String> = first.iter().map(|t| t.id.clone()).collect();
-    let r = k.store.submit(&first, Some("order-42"), 60_000).await.unwrap();
+    let r = k
+        .store
+        .submit(&first, Some("order-42"), 60_000)
+        .await
+        .unwrap();
     assert!(matches!(r, Submitted::Created { .. }), "{r:?}");
-    let idem_keys: Vec<String> = k.r.keys(format!("{}idem:*", k.store.keys.queue_prefix("q"))).unwrap();
+    let idem_keys: Vec<String> =
+        k.r.keys(format!("{}idem:*", k.store.keys.queue_prefix("q")))
+            .unwrap();
     assert_eq!(idem_keys.len(), 1);
     let ttl: i64 = k.r.pttl(&idem_keys[0]).unwrap();
     assert!(ttl > 0 && ttl <= 60_000, "idempotency key ttl {ttl}");
 
     let before = k.snapshot();
     let again = [task("q"), task("q"), task("q")];
-    let r = k.store.submit(&again, Some("order-42"), 60_000).await.unwrap();
+    let r = k
+        .store
+        .submit(&again, Some("order-42"), 60_000)
+        .await
+        .unwrap();
     assert_eq!(r, Submitted::Duplicate { ids: ids.clone() });
     assert_eq!(k.snapshot(), before, "a duplicate submission wrote keys");
     for t in &again {
@@ -396,7 +545,11 @@ async fn submit_repeated_with_the_same_idempotency_key_returns_the_first_ids_and
     }
 
     // Another key is a new submission.
-    let r = k.store.submit(&[task("q")], Some("order-43"), 60_000).await.unwrap();
+    let r = k
+        .store
+        .submit(&[task("q")], Some("order-43"), 60_000)
+        .await
+        .unwrap();
     assert!(matches!(r, Submitted::Created { .. }), "{r:?}");
     assert_eq!(k.zcard("q", "pending"), 3);
     k.assert_doctor_clean(&["q"]).await;
@@ -407,7 +560,13 @@ async fn submit_repeated_with_the_same_idempotency_key_returns_the_first_ids_and
 #[tokio::test]
 async fn promote_moves_a_scheduled_task_to_pending_once_it_is_due_and_not_before() {
     let mut k = Kit::new().await;
-    let id = k.submit_one(PreparedTask { delay_ms: Some(50), priority: 2, ..task("q") }).await;
+    let id = k
+        .submit_one(PreparedTask {
+            delay_ms: Some(50),
+            priority: 2,
+            ..task("q")
+        })
+        .await;
     assert_eq!(k.store.promote("q", 100).await.unwrap(), 0);
     assert_eq!(k.field("q", &id, "state"), "scheduled");
     assert_eq!(k.indexes("q", &id), ["scheduled"]);
@@ -418,9 +577,16 @@ async fn promote_moves_a_scheduled_task_to_pending_once_it_is_due_and_not_before
     assert_eq!(k.field("q", &id, "state"), "pending");
     assert_eq!(k.indexes("q", &id), ["pending"]);
     let seq = k.int_field("q", &id, "seq");
-    assert_eq!(k.score("q", "pending", &id), Some(7 * 10_000_000_000_000 + seq));
+    assert_eq!(
+        k.score("q", "pending", &id),
+        Some(7 * 10_000_000_000_000 + seq)
+    );
     assert_eq!(k.xlen("q"), events + 1);
-    assert_eq!(k.store.promote("q", 100).await.unwrap(), 0, "promoted twice");
+    assert_eq!(
+        k.store.promote("q", 100).await.unwrap(),
+        0,
+        "promoted twice"
+    );
     k.assert_doctor_clean(&["q"]).await;
 }
 
@@ -438,12 +604,42 @@ async fn dispatch_assigns_no_more_tasks_than_the_nodes_have_free_slots() {
         want: &'static [(&'static str, usize)],
     }
     let table = [
-        Case { name: "one node, two slots", busy: &[], nodes: &[("n1", 2)], want: &[("n1", 2)] },
-        Case { name: "two nodes, most free first", busy: &[], nodes: &[("n1", 1), ("n2", 3)], want: &[("n1", 1), ("n2", 3)] },
-        Case { name: "no free slot", busy: &[], nodes: &[("n1", 0)], want: &[("n1", 0)] },
-        Case { name: "a negative budget costs the others nothing", busy: &[], nodes: &[("n1", -2), ("n2", 3)], want: &[("n1", 0), ("n2", 3)] },
-        Case { name: "more slots than tasks", busy: &[], nodes: &[("n1", 10)], want: &[("n1", 5)] },
-        Case { name: "this queue's load uses up part of the budget", busy: &[("n1", 2)], nodes: &[("n1", 3)], want: &[("n1", 1)] },
+        Case {
+            name: "one node, two slots",
+            busy: &[],
+            nodes: &[("n1", 2)],
+            want: &[("n1", 2)],
+        },
+        Case {
+            name: "two nodes, most free first",
+            busy: &[],
+            nodes: &[("n1", 1), ("n2", 3)],
+            want: &[("n1", 1), ("n2", 3)],
+        },
+        Case {
+            name: "no free slot",
+            busy: &[],
+            nodes: &[("n1", 0)],
+            want: &[("n1", 0)],
+        },
+        Case {
+            name: "a negative budget costs the others nothing",
+            busy: &[],
+            nodes: &[("n1", -2), ("n2", 3)],
+            want: &[("n1", 0), ("n2", 3)],
+        },
+        Case {
+            name: "more slots than tasks",
+            busy: &[],
+            nodes: &[("n1", 10)],
+            want: &[("n1", 5)],
+        },
+        Case {
+            name: "this queue's load uses up part of the budget",
+            busy: &[("n1", 2)],
+            nodes: &[("n1", 3)],
+            want: &[("n1", 1)],
+        },
         Case {
             name: "a load above the budget leaves no slot",
             busy: &[("n1", 3), ("n2", 1)],
@@ -456,28 +652,56 @@ async fn dispatch_assigns_no_more_tasks_than_the_nodes_have_free_slots() {
         for (node, n) in c.busy {
             let seed: Vec<PreparedTask> = (0..*n).map(|_| task("q")).collect();
             k.submit(&seed).await;
-            assert_eq!(k.dispatch_to("q", node, *n).await, *n, "{}: seeding", c.name);
+            assert_eq!(
+                k.dispatch_to("q", node, *n).await,
+                *n,
+                "{}: seeding",
+                c.name
+            );
         }
         let tasks: Vec<PreparedTask> = (0..5).map(|_| task("q")).collect();
         k.submit(&tasks).await;
         let events = k.xlen("q");
-        let nodes: Vec<(String, i64, String)> = c.nodes.iter().map(|(n, f)| (n.to_string(), *f, String::new())).collect();
+        let nodes: Vec<(String, i64, String)> = c
+            .nodes
+            .iter()
+            .map(|(n, f)| (n.to_string(), *f, String::new()))
+            .collect();
         let (assigned, left) = k.store.dispatch("q", &nodes, 100, 100).await.unwrap();
         let total: usize = c.want.iter().map(|(_, n)| n).sum();
-        assert_eq!((assigned, left), (total as i64, 5 - total as i64), "{}", c.name);
+        assert_eq!(
+            (assigned, left),
+            (total as i64, 5 - total as i64),
+            "{}",
+            c.name
+        );
         assert_eq!(k.zcard("q", "pending"), 5 - total, "{}", c.name);
         for (node, n) in c.want {
-            let busy = c.busy.iter().find(|(b, _)| b == node).map_or(0, |(_, n)| *n as usize);
+            let busy = c
+                .busy
+                .iter()
+                .find(|(b, _)| b == node)
+                .map_or(0, |(_, n)| *n as usize);
             let inbox = k.inbox("q", node);
             assert_eq!(inbox.len(), busy + *n, "{}: inbox of {node}", c.name);
-            assert_eq!(k.load("q").get(*node).copied().unwrap_or(0), (busy + *n) as i64, "{}: load of {node}", c.name);
+            assert_eq!(
+                k.load("q").get(*node).copied().unwrap_or(0),
+                (busy + *n) as i64,
+                "{}: load of {node}",
+                c.name
+            );
             for id in &inbox {
                 assert_eq!(k.field("q", id, "state"), "assigned", "{}", c.name);
                 assert_eq!(k.field("q", id, "node"), *node, "{}", c.name);
                 assert_eq!(k.indexes("q", id), [format!("inbox:{node}")], "{}", c.name);
             }
         }
-        assert_eq!(k.xlen("q"), events + total, "{}: one event per assignment", c.name);
+        assert_eq!(
+            k.xlen("q"),
+            events + total,
+            "{}: one event per assignment",
+            c.name
+        );
         k.assert_doctor_clean(&["q"]).await;
     }
 }
@@ -485,7 +709,12 @@ async fn dispatch_assigns_no_more_tasks_than_the_nodes_have_free_slots() {
 #[tokio::test]
 async fn dispatch_skips_nodes_lacking_a_required_tag_and_leaves_the_task_pending() {
     let mut k = Kit::new().await;
-    let gpu = k.submit_one(PreparedTask { requires: strs(&["gpu", "linux"]), ..task("q") }).await;
+    let gpu = k
+        .submit_one(PreparedTask {
+            requires: strs(&["gpu", "linux"]),
+            ..task("q")
+        })
+        .await;
     let plain = k.submit_one(task("q")).await;
     let nodes = vec![("cpu".to_string(), 5, "linux,ssd".to_string())];
     assert_eq!(k.store.dispatch("q", &nodes, 10, 10).await.unwrap(), (1, 1));
@@ -495,7 +724,10 @@ async fn dispatch_skips_nodes_lacking_a_required_tag_and_leaves_the_task_pending
     assert_eq!(k.load("q"), HashMap::from([("cpu".to_string(), 1)]));
 
     // A node with every required tag (and more) takes it.
-    let nodes = vec![("cpu".to_string(), 4, "linux,ssd".to_string()), ("big".to_string(), 1, "ssd,gpu,linux".to_string())];
+    let nodes = vec![
+        ("cpu".to_string(), 4, "linux,ssd".to_string()),
+        ("big".to_string(), 1, "ssd,gpu,linux".to_string()),
+    ];
     assert_eq!(k.store.dispatch("q", &nodes, 10, 10).await.unwrap(), (1, 0));
     assert_eq!(k.indexes("q", &gpu), ["inbox:big"]);
     assert_eq!(k.field("q", &gpu, "node"), "big");
@@ -506,16 +738,52 @@ async fn dispatch_skips_nodes_lacking_a_required_tag_and_leaves_the_task_pending
 async fn dispatch_on_a_paused_queue_assigns_nothing_until_it_is_resumed() {
     let mut k = Kit::new().await;
     let id = k.submit_one(task("q")).await;
-    k.store.update_queue("q", &QueueUpdate { paused: Some(true), ..Default::default() }).await.unwrap();
+    k.store
+        .update_queue(
+            "q",
+            &QueueUpdate {
+                paused: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     let before = k.snapshot();
-    assert_eq!(k.store.dispatch("q", &[("n1".into(), 5, String::new())], 10, 10).await.unwrap(), (0, 1));
+    assert_eq!(
+        k.store
+            .dispatch("q", &[("n1".into(), 5, String::new())], 10, 10)
+            .await
+            .unwrap(),
+        (0, 1)
+    );
     assert_eq!(k.snapshot(), before, "a paused dispatch wrote keys");
     // A pull lease does not take from a paused queue either.
-    assert!(k.store.lease("q", "h1", 1, true, "").await.unwrap().is_empty());
+    assert!(
+        k.store
+            .lease("q", "h1", 1, true, "")
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(k.indexes("q", &id), ["pending"]);
 
-    k.store.update_queue("q", &QueueUpdate { paused: Some(false), ..Default::default() }).await.unwrap();
-    assert_eq!(k.store.dispatch("q", &[("n1".into(), 5, String::new())], 10, 10).await.unwrap(), (1, 0));
+    k.store
+        .update_queue(
+            "q",
+            &QueueUpdate {
+                paused: Some(false),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        k.store
+            .dispatch("q", &[("n1".into(), 5, String::new())], 10, 10)
+            .await
+            .unwrap(),
+        (1, 0)
+    );
     assert_eq!(k.indexes("q", &id), ["inbox:n1"]);
     k.assert_doctor_clean(&["q"]).await;
 }
@@ -528,7 +796,9 @@ async fn concurrent_dispatch_calls_never_assign_a_task_twice() {
     k.submit(&tasks).await;
     // Budgets add up to exactly 200: a racing dispatcher must neither double-assign
     // nor overfill a node.
-    let nodes: Vec<(String, i64, String)> = (0..5).map(|i| (format!("n{i}"), 40, String::new())).collect();
+    let nodes: Vec<(String, i64, String)> = (0..5)
+        .map(|i| (format!("n{i}"), 40, String::new()))
+        .collect();
     // Every call asks for a few tasks at once.
     let call = |max: usize| {
         let s = k.store.clone();
@@ -536,7 +806,16 @@ async fn concurrent_dispatch_calls_never_assign_a_task_twice() {
         async move { s.dispatch("q", &nodes, max, 500).await.unwrap().0 }
     };
     let round = || async {
-        let (a, b, c, d, e, f, g, h) = tokio::join!(call(7), call(11), call(13), call(5), call(17), call(3), call(19), call(9));
+        let (a, b, c, d, e, f, g, h) = tokio::join!(
+            call(7),
+            call(11),
+            call(13),
+            call(5),
+            call(17),
+            call(3),
+            call(19),
+            call(9)
+        );
         a + b + c + d + e + f + g + h
     };
     let mut assigned = 0;
@@ -553,7 +832,11 @@ async fn concurrent_dispatch_calls_never_assign_a_task_twice() {
     for (node, _, _) in &nodes {
         let inbox = k.inbox("q", node);
         assert_eq!(inbox.len(), 40, "inbox of {node}");
-        assert_eq!(k.load("q").get(node).copied().unwrap_or(0), 40, "load of {node}");
+        assert_eq!(
+            k.load("q").get(node).copied().unwrap_or(0),
+            40,
+            "load of {node}"
+        );
         for id in inbox {
             assert_eq!(k.field("q", &id, "node"), *node);
             if let Some(other) = seen.insert(id.clone(), node.clone()) {
@@ -570,7 +853,12 @@ async fn concurrent_dispatch_calls_never_assign_a_task_twice() {
 #[tokio::test]
 async fn lease_takes_an_assigned_task_from_the_inbox_and_starts_a_fenced_lease() {
     let mut k = Kit::new().await;
-    let id = k.submit_one(PreparedTask { timeout_ms: 5_000, ..task("q") }).await;
+    let id = k
+        .submit_one(PreparedTask {
+            timeout_ms: 5_000,
+            ..task("q")
+        })
+        .await;
     k.dispatch_to("q", "n1", 1).await;
     let events = k.xlen("q");
     let before = k.redis_now();
@@ -587,7 +875,10 @@ async fn lease_takes_an_assigned_task_from_the_inbox_and_starts_a_fenced_lease()
     let (fence, nonce) = l.token.split_once('.').expect("token is <fence>.<nonce>");
     assert_eq!(fence, "1");
     assert_eq!(nonce, h["nonce"]);
-    assert!(nonce.len() >= 16 && nonce.bytes().all(|b| b.is_ascii_hexdigit()), "nonce {nonce}");
+    assert!(
+        nonce.len() >= 16 && nonce.bytes().all(|b| b.is_ascii_hexdigit()),
+        "nonce {nonce}"
+    );
     let started: i64 = h["started_at"].parse().unwrap();
     assert!((before..=after).contains(&started));
     assert_eq!(l.expires_ms, started + 5_000);
@@ -595,12 +886,22 @@ async fn lease_takes_an_assigned_task_from_the_inbox_and_starts_a_fenced_lease()
     assert_eq!(k.indexes("q", &id), ["running"]);
     assert_eq!(k.score("q", "running", &id), Some(l.expires_ms));
     assert!(!k.inbox_exists("q", "n1"));
-    assert_eq!(k.load("q"), HashMap::from([("n1".to_string(), 1)]), "a running task still counts");
+    assert_eq!(
+        k.load("q"),
+        HashMap::from([("n1".to_string(), 1)]),
+        "a running task still counts"
+    );
     assert_eq!(k.xlen("q"), events + 1);
-    assert_eq!((l.task.state, l.task.fence, l.task.attempts), (TaskState::Running, 1, 1));
+    assert_eq!(
+        (l.task.state, l.task.fence, l.task.attempts),
+        (TaskState::Running, 1, 1)
+    );
     assert!(l.task.lease_expires_at.is_some());
 
-    assert!(k.lease("q", "n1", 1).await.is_empty(), "the inbox is empty now");
+    assert!(
+        k.lease("q", "n1", 1).await.is_empty(),
+        "the inbox is empty now"
+    );
     k.assert_doctor_clean(&["q"]).await;
 }
 
@@ -614,9 +915,16 @@ async fn lease_drops_a_cancelled_task_left_in_an_inbox() {
     // Simulate a stale entry the cancel did not remove (e.g. a requeued-then-cancelled race).
     let _: () = k.r.lpush(k.store.keys.inbox("q", "n1"), &gone).unwrap();
     let l = k.lease("q", "n1", 5).await;
-    assert_eq!(l.iter().map(|l| l.task.id.as_str()).collect::<Vec<_>>(), [live.as_str()]);
+    assert_eq!(
+        l.iter().map(|l| l.task.id.as_str()).collect::<Vec<_>>(),
+        [live.as_str()]
+    );
     assert_eq!(k.field("q", &gone, "state"), "cancelled");
-    assert_eq!(k.field("q", &gone, "fence"), "0", "the cancelled task was not leased");
+    assert_eq!(
+        k.field("q", &gone, "fence"),
+        "0",
+        "the cancelled task was not leased"
+    );
     assert_eq!(k.field("q", &gone, "attempts"), "0");
     assert_eq!(k.indexes("q", &gone), ["cancelled"]);
     assert!(!k.inbox_exists("q", "n1"));
@@ -627,23 +935,59 @@ async fn lease_drops_a_cancelled_task_left_in_an_inbox() {
 #[tokio::test]
 async fn lease_in_pull_mode_takes_pending_tasks_whose_required_tags_the_node_has() {
     let mut k = Kit::new().await;
-    let needs_de = k.submit_one(PreparedTask { requires: strs(&["lang-de"]), priority: 9, ..task("q") }).await;
-    let needs_fr = k.submit_one(PreparedTask { requires: strs(&["lang-fr"]), priority: 9, ..task("q") }).await;
+    let needs_de = k
+        .submit_one(PreparedTask {
+            requires: strs(&["lang-de"]),
+            priority: 9,
+            ..task("q")
+        })
+        .await;
+    let needs_fr = k
+        .submit_one(PreparedTask {
+            requires: strs(&["lang-fr"]),
+            priority: 9,
+            ..task("q")
+        })
+        .await;
     let any = k.submit_one(task("q")).await;
-    let l = k.store.lease("q", "human1", 1, true, "lang-de,senior").await.unwrap();
+    let l = k
+        .store
+        .lease("q", "human1", 1, true, "lang-de,senior")
+        .await
+        .unwrap();
     assert_eq!(l.len(), 1);
-    assert_eq!(l[0].task.id, needs_de, "the highest priority the person can do");
+    assert_eq!(
+        l[0].task.id, needs_de,
+        "the highest priority the person can do"
+    );
     assert_eq!(k.field("q", &needs_de, "state"), "running");
     assert_eq!(k.field("q", &needs_de, "node"), "human1");
     assert_eq!(k.indexes("q", &needs_de), ["running"]);
     assert_eq!(k.load("q"), HashMap::from([("human1".to_string(), 1)]));
 
-    let l = k.store.lease("q", "human1", 5, true, "lang-de,senior").await.unwrap();
-    assert_eq!(l.iter().map(|l| l.task.id.as_str()).collect::<Vec<_>>(), [any.as_str()]);
-    assert_eq!(k.indexes("q", &needs_fr), ["pending"], "a task needing a tag the person lacks stays pending");
+    let l = k
+        .store
+        .lease("q", "human1", 5, true, "lang-de,senior")
+        .await
+        .unwrap();
+    assert_eq!(
+        l.iter().map(|l| l.task.id.as_str()).collect::<Vec<_>>(),
+        [any.as_str()]
+    );
+    assert_eq!(
+        k.indexes("q", &needs_fr),
+        ["pending"],
+        "a task needing a tag the person lacks stays pending"
+    );
     assert_eq!(k.load("q"), HashMap::from([("human1".to_string(), 2)]));
     // Without pull, the same node gets nothing from pending.
-    assert!(k.store.lease("q", "human2", 1, false, "lang-fr").await.unwrap().is_empty());
+    assert!(
+        k.store
+            .lease("q", "human2", 1, false, "lang-fr")
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(k.indexes("q", &needs_fr), ["pending"]);
     k.assert_doctor_clean(&["q"]).await;
 }
@@ -651,14 +995,30 @@ async fn lease_in_pull_mode_takes_pending_tasks_whose_required_tags_the_node_has
 #[tokio::test]
 async fn lease_in_pull_mode_drops_a_pending_entry_whose_task_hash_is_gone() {
     let mut k = Kit::new().await;
-    let real = k.submit_one(PreparedTask { priority: 0, ..task("q") }).await;
+    let real = k
+        .submit_one(PreparedTask {
+            priority: 0,
+            ..task("q")
+        })
+        .await;
     let ghost = new_task_id("q");
     // An index entry without its hash, ahead of the real task.
-    let _: () = k.r.zadd(k.store.keys.state_index("q", "pending"), &ghost, 1).unwrap();
+    let _: () =
+        k.r.zadd(k.store.keys.state_index("q", "pending"), &ghost, 1)
+            .unwrap();
     let l = k.store.lease("q", "human1", 1, true, "").await.unwrap();
-    assert_eq!(l.iter().map(|l| l.task.id.as_str()).collect::<Vec<_>>(), [real.as_str()]);
-    assert!(k.hash("q", &ghost).is_empty(), "lease made up a task hash for a ghost entry");
-    assert!(k.indexes("q", &ghost).is_empty(), "the ghost entry is still indexed");
+    assert_eq!(
+        l.iter().map(|l| l.task.id.as_str()).collect::<Vec<_>>(),
+        [real.as_str()]
+    );
+    assert!(
+        k.hash("q", &ghost).is_empty(),
+        "lease made up a task hash for a ghost entry"
+    );
+    assert!(
+        k.indexes("q", &ghost).is_empty(),
+        "the ghost entry is still indexed"
+    );
     assert_eq!(k.load("q"), HashMap::from([("human1".to_string(), 1)]));
     k.assert_doctor_clean(&["q"]).await;
 }
@@ -668,12 +1028,29 @@ async fn lease_in_pull_mode_drops_a_pending_entry_whose_task_hash_is_gone() {
 #[tokio::test]
 async fn extend_with_the_current_token_moves_the_deadline_and_stores_progress() {
     let mut k = Kit::new().await;
-    let l = k.running(PreparedTask { timeout_ms: 200, ..task("q") }, "n1").await;
+    let l = k
+        .running(
+            PreparedTask {
+                timeout_ms: 200,
+                ..task("q")
+            },
+            "n1",
+        )
+        .await;
     let id = l.task.id.clone();
     tokio::time::sleep(Duration::from_millis(20)).await;
     let events = k.xlen("q");
-    let e = k.store.extend(&id, Some("n1"), &l.token, Some(r#"{"pct":40}"#)).await.unwrap();
-    assert!(e.expires_ms >= l.expires_ms + 20, "deadline moved from {} to {}", l.expires_ms, e.expires_ms);
+    let e = k
+        .store
+        .extend(&id, Some("n1"), &l.token, Some(r#"{"pct":40}"#))
+        .await
+        .unwrap();
+    assert!(
+        e.expires_ms >= l.expires_ms + 20,
+        "deadline moved from {} to {}",
+        l.expires_ms,
+        e.expires_ms
+    );
     assert!(!e.cancel_requested);
     assert_eq!(k.int_field("q", &id, "lease_expires"), e.expires_ms);
     assert_eq!(k.score("q", "running", &id), Some(e.expires_ms));
@@ -698,16 +1075,28 @@ async fn extend_with_a_stale_token_or_from_another_node_is_a_lease_conflict_and_
     let table = [
         ("another node", Some("n2"), l.token.clone()),
         ("a future fence", Some("n1"), format!("2.{nonce}")),
-        ("another nonce", Some("n1"), "1.abcdef0123456789abcdef01".to_string()),
+        (
+            "another nonce",
+            Some("n1"),
+            "1.abcdef0123456789abcdef01".to_string(),
+        ),
         ("an admin with a wrong nonce", None, "1.00".to_string()),
     ];
     for (name, node, token) in table {
         let before = k.snapshot();
-        assert_conflict(k.store.extend(&id, node, &token, Some("{}")).await, "running", name);
+        assert_conflict(
+            k.store.extend(&id, node, &token, Some("{}")).await,
+            "running",
+            name,
+        );
         assert_eq!(k.snapshot(), before, "{name}: keys changed");
     }
     // A malformed token is refused without a script call.
-    assert_conflict(k.store.extend(&id, Some("n1"), "nonsense", None).await, "unknown", "malformed");
+    assert_conflict(
+        k.store.extend(&id, Some("n1"), "nonsense", None).await,
+        "unknown",
+        "malformed",
+    );
     k.assert_doctor_clean(&["q"]).await;
 }
 
@@ -719,7 +1108,11 @@ async fn complete_with_the_current_token_records_the_result_once() {
     let l = k.running(task("q"), "n1").await;
     let id = l.task.id.clone();
     let events = k.xlen("q");
-    let r = k.store.complete(&id, Some("n1"), &l.token, r#"{"ok":true}"#).await.unwrap();
+    let r = k
+        .store
+        .complete(&id, Some("n1"), &l.token, r#"{"ok":true}"#)
+        .await
+        .unwrap();
     assert_eq!(r.state, TaskState::Succeeded);
     assert_eq!(r.node.as_deref(), Some("n1"));
     assert!(r.run_ms.is_some_and(|ms| ms >= 0));
@@ -737,12 +1130,24 @@ async fn complete_with_the_current_token_records_the_result_once() {
 
     // The same report again: the same answer, nothing written.
     let before = k.snapshot();
-    let again = k.store.complete(&id, Some("n1"), &l.token, r#"{"ok":"different"}"#).await.unwrap();
+    let again = k
+        .store
+        .complete(&id, Some("n1"), &l.token, r#"{"ok":"different"}"#)
+        .await
+        .unwrap();
     assert_eq!(again.state, TaskState::Succeeded);
-    assert_eq!((again.run_ms, again.node), (None, None), "a repeat is marked as such");
+    assert_eq!(
+        (again.run_ms, again.node),
+        (None, None),
+        "a repeat is marked as such"
+    );
     assert_eq!(k.snapshot(), before, "a repeat wrote keys");
     // A fail for the completed lease is a conflict.
-    assert_conflict(k.store.fail(&id, Some("n1"), &l.token, "late", true).await, "succeeded", "fail after complete");
+    assert_conflict(
+        k.store.fail(&id, Some("n1"), &l.token, "late", true).await,
+        "succeeded",
+        "fail after complete",
+    );
     assert_eq!(k.snapshot(), before);
     k.assert_doctor_clean(&["q"]).await;
 }
@@ -755,17 +1160,38 @@ async fn complete_with_a_token_of_another_lease_is_a_lease_conflict_and_changes_
     let id = l.task.id.clone();
     let nonce = l.token.split_once('.').unwrap().1.to_string();
     let table = [
-        ("the token of another task's lease", Some("n1"), other.token.clone()),
-        ("the right token from another node", Some("n2"), l.token.clone()),
+        (
+            "the token of another task's lease",
+            Some("n1"),
+            other.token.clone(),
+        ),
+        (
+            "the right token from another node",
+            Some("n2"),
+            l.token.clone(),
+        ),
         ("a future fence", Some("n1"), format!("2.{nonce}")),
     ];
     for (name, node, token) in table {
         let before = k.snapshot();
-        assert_conflict(k.store.complete(&id, node, &token, "1").await, "running", name);
-        assert_conflict(k.store.fail(&id, node, &token, "x", true).await, "running", name);
+        assert_conflict(
+            k.store.complete(&id, node, &token, "1").await,
+            "running",
+            name,
+        );
+        assert_conflict(
+            k.store.fail(&id, node, &token, "x", true).await,
+            "running",
+            name,
+        );
         assert_eq!(k.snapshot(), before, "{name}: keys changed");
     }
-    assert!(matches!(k.store.complete(&new_task_id("q"), None, &l.token, "1").await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        k.store
+            .complete(&new_task_id("q"), None, &l.token, "1")
+            .await,
+        Err(StoreError::NotFound)
+    ));
     k.assert_doctor_clean(&["q"]).await;
 }
 
@@ -773,14 +1199,33 @@ async fn complete_with_a_token_of_another_lease_is_a_lease_conflict_and_changes_
 async fn complete_with_the_token_of_an_expired_lease_is_refused_once_the_task_is_leased_again() {
     let mut k = Kit::new().await;
     let old = k
-        .running(PreparedTask { timeout_ms: 100, backoff: Backoff { initial_ms: 1, max_ms: 1 }, ..task("q") }, "n1")
+        .running(
+            PreparedTask {
+                timeout_ms: 100,
+                backoff: Backoff {
+                    initial_ms: 1,
+                    max_ms: 1,
+                },
+                ..task("q")
+            },
+            "n1",
+        )
         .await;
     let id = old.task.id.clone();
     tokio::time::sleep(Duration::from_millis(150)).await;
     let expired = k.store.expire("q", 10).await.unwrap();
-    assert_eq!(expired, [(id.clone(), "n1".to_string(), "retrying".to_string())]);
+    assert_eq!(
+        expired,
+        [(id.clone(), "n1".to_string(), "retrying".to_string())]
+    );
     // While retrying the old lease is over.
-    assert_conflict(k.store.complete(&id, Some("n1"), &old.token, "\"late\"").await, "retrying", "while retrying");
+    assert_conflict(
+        k.store
+            .complete(&id, Some("n1"), &old.token, "\"late\"")
+            .await,
+        "retrying",
+        "while retrying",
+    );
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(k.store.promote("q", 10).await.unwrap(), 1);
     let new = k.lease_again("q", &id, "n2").await;
@@ -789,13 +1234,33 @@ async fn complete_with_the_token_of_an_expired_lease_is_refused_once_the_task_is
     assert!(new.token.starts_with("2."));
 
     let before = k.snapshot();
-    assert_conflict(k.store.complete(&id, Some("n1"), &old.token, "\"late\"").await, "running", "old lease, new run");
-    assert_conflict(k.store.complete(&id, None, &old.token, "\"late\"").await, "running", "old lease, as admin");
+    assert_conflict(
+        k.store
+            .complete(&id, Some("n1"), &old.token, "\"late\"")
+            .await,
+        "running",
+        "old lease, new run",
+    );
+    assert_conflict(
+        k.store.complete(&id, None, &old.token, "\"late\"").await,
+        "running",
+        "old lease, as admin",
+    );
     assert_eq!(k.snapshot(), before, "a stale completion wrote keys");
 
-    let r = k.store.complete(&id, Some("n2"), &new.token, "\"fresh\"").await.unwrap();
+    let r = k
+        .store
+        .complete(&id, Some("n2"), &new.token, "\"fresh\"")
+        .await
+        .unwrap();
     assert_eq!(r.state, TaskState::Succeeded);
-    assert_conflict(k.store.complete(&id, Some("n1"), &old.token, "\"late\"").await, "succeeded", "old lease, after");
+    assert_conflict(
+        k.store
+            .complete(&id, Some("n1"), &old.token, "\"late\"")
+            .await,
+        "succeeded",
+        "old lease, after",
+    );
     assert_eq!(k.field("q", &id, "result"), "\"fresh\"");
     assert_eq!(k.indexes("q", &id), ["succeeded"]);
     assert!(k.load("q").is_empty());
@@ -814,27 +1279,71 @@ async fn fail_retries_while_attempts_are_left_and_otherwise_ends_the_task() {
         want: &'static str,
     }
     let table = [
-        Case { name: "retryable with attempts left", max_attempts: 3, retryable: true, cancel_first: false, want: "retrying" },
-        Case { name: "retryable on the final attempt", max_attempts: 1, retryable: true, cancel_first: false, want: "failed" },
-        Case { name: "not retryable", max_attempts: 3, retryable: false, cancel_first: false, want: "failed" },
-        Case { name: "cancel requested", max_attempts: 3, retryable: true, cancel_first: true, want: "cancelled" },
+        Case {
+            name: "retryable with attempts left",
+            max_attempts: 3,
+            retryable: true,
+            cancel_first: false,
+            want: "retrying",
+        },
+        Case {
+            name: "retryable on the final attempt",
+            max_attempts: 1,
+            retryable: true,
+            cancel_first: false,
+            want: "failed",
+        },
+        Case {
+            name: "not retryable",
+            max_attempts: 3,
+            retryable: false,
+            cancel_first: false,
+            want: "failed",
+        },
+        Case {
+            name: "cancel requested",
+            max_attempts: 3,
+            retryable: true,
+            cancel_first: true,
+            want: "cancelled",
+        },
     ];
     let mut k = Kit::new().await;
     for c in table {
         let l = k
             .running(
-                PreparedTask { max_attempts: c.max_attempts, backoff: Backoff { initial_ms: 1_000, max_ms: 60_000 }, ..task("q") },
+                PreparedTask {
+                    max_attempts: c.max_attempts,
+                    backoff: Backoff {
+                        initial_ms: 1_000,
+                        max_ms: 60_000,
+                    },
+                    ..task("q")
+                },
                 "n1",
             )
             .await;
         let id = l.task.id.clone();
         if c.cancel_first {
-            assert_eq!(k.store.cancel(&id).await.unwrap(), Cancelled::Requested, "{}", c.name);
+            assert_eq!(
+                k.store.cancel(&id).await.unwrap(),
+                Cancelled::Requested,
+                "{}",
+                c.name
+            );
         }
-        let stat = if c.want == "retrying" { "retried" } else { c.want };
+        let stat = if c.want == "retrying" {
+            "retried"
+        } else {
+            c.want
+        };
         let (stat_before, events) = (k.stat("q", stat), k.xlen("q"));
         let before = k.redis_now();
-        let r = k.store.fail(&id, Some("n1"), &l.token, "boom", c.retryable).await.unwrap();
+        let r = k
+            .store
+            .fail(&id, Some("n1"), &l.token, "boom", c.retryable)
+            .await
+            .unwrap();
         let after = k.redis_now();
         assert_eq!(r.state.as_str(), c.want, "{}", c.name);
         assert_eq!(r.node.as_deref(), Some("n1"), "{}", c.name);
@@ -863,13 +1372,27 @@ async fn fail_retries_while_attempts_are_left_and_otherwise_ends_the_task() {
         }
         assert!(k.load("q").is_empty(), "{}: load", c.name);
         assert!(k.cancels("q", "n1").is_empty(), "{}: cancels", c.name);
-        assert_eq!(k.stat("q", stat), stat_before + 1, "{}: stat {stat}", c.name);
+        assert_eq!(
+            k.stat("q", stat),
+            stat_before + 1,
+            "{}: stat {stat}",
+            c.name
+        );
         assert_eq!(k.xlen("q"), events + 1, "{}: events", c.name);
 
         // The same report again answers the same and writes nothing.
         let snap = k.snapshot();
-        let again = k.store.fail(&id, Some("n1"), &l.token, "boom", c.retryable).await.unwrap();
-        assert_eq!((again.state.as_str(), again.node), (c.want, None), "{}: repeat", c.name);
+        let again = k
+            .store
+            .fail(&id, Some("n1"), &l.token, "boom", c.retryable)
+            .await
+            .unwrap();
+        assert_eq!(
+            (again.state.as_str(), again.node),
+            (c.want, None),
+            "{}: repeat",
+            c.name
+        );
         assert_eq!(k.snapshot(), snap, "{}: a repeat wrote keys", c.name);
     }
     k.assert_doctor_clean(&["q"]).await;
@@ -878,15 +1401,36 @@ async fn fail_retries_while_attempts_are_left_and_otherwise_ends_the_task() {
 #[tokio::test]
 async fn fail_of_the_last_of_several_attempts_fails_the_task() {
     let mut k = Kit::new().await;
-    let t = PreparedTask { max_attempts: 2, backoff: Backoff { initial_ms: 1, max_ms: 1 }, ..task("q") };
+    let t = PreparedTask {
+        max_attempts: 2,
+        backoff: Backoff {
+            initial_ms: 1,
+            max_ms: 1,
+        },
+        ..task("q")
+    };
     let l1 = k.running(t, "n1").await;
     let id = l1.task.id.clone();
-    assert_eq!(k.store.fail(&id, Some("n1"), &l1.token, "one", true).await.unwrap().state, TaskState::Retrying);
+    assert_eq!(
+        k.store
+            .fail(&id, Some("n1"), &l1.token, "one", true)
+            .await
+            .unwrap()
+            .state,
+        TaskState::Retrying
+    );
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(k.store.promote("q", 10).await.unwrap(), 1);
     let l2 = k.lease_again("q", &id, "n1").await;
     assert_eq!((l2.task.attempts, l2.task.fence), (2, 2));
-    assert_eq!(k.store.fail(&id, Some("n1"), &l2.token, "two", true).await.unwrap().state, TaskState::Failed);
+    assert_eq!(
+        k.store
+            .fail(&id, Some("n1"), &l2.token, "two", true)
+            .await
+            .unwrap()
+            .state,
+        TaskState::Failed
+    );
     assert_eq!(k.field("q", &id, "error"), "two");
     assert_eq!(k.indexes("q", &id), ["failed"]);
     assert_eq!(k.stat("q", "failed"), 1);
@@ -904,21 +1448,47 @@ async fn expire_treats_an_overdue_lease_as_a_failed_attempt() {
         want: &'static str,
     }
     let table = [
-        Case { name: "attempts left", max_attempts: 3, want: "retrying" },
-        Case { name: "attempts exhausted", max_attempts: 1, want: "failed" },
+        Case {
+            name: "attempts left",
+            max_attempts: 3,
+            want: "retrying",
+        },
+        Case {
+            name: "attempts exhausted",
+            max_attempts: 1,
+            want: "failed",
+        },
     ];
     for c in table {
         let mut k = Kit::new().await;
-        let l = k.running(PreparedTask { timeout_ms: 100, max_attempts: c.max_attempts, ..task("q") }, "n1").await;
+        let l = k
+            .running(
+                PreparedTask {
+                    timeout_ms: 100,
+                    max_attempts: c.max_attempts,
+                    ..task("q")
+                },
+                "n1",
+            )
+            .await;
         let id = l.task.id.clone();
         let before = k.snapshot();
-        assert!(k.store.expire("q", 10).await.unwrap().is_empty(), "{}: expired early", c.name);
+        assert!(
+            k.store.expire("q", 10).await.unwrap().is_empty(),
+            "{}: expired early",
+            c.name
+        );
         assert_eq!(k.snapshot(), before, "{}", c.name);
 
         tokio::time::sleep(Duration::from_millis(150)).await;
         let events = k.xlen("q");
         let out = k.store.expire("q", 10).await.unwrap();
-        assert_eq!(out, [(id.clone(), "n1".to_string(), c.want.to_string())], "{}", c.name);
+        assert_eq!(
+            out,
+            [(id.clone(), "n1".to_string(), c.want.to_string())],
+            "{}",
+            c.name
+        );
         let h = k.hash("q", &id);
         assert_eq!(h["state"], c.want, "{}", c.name);
         assert_eq!(h["error"], "lease expired", "{}", c.name);
@@ -927,8 +1497,16 @@ async fn expire_treats_an_overdue_lease_as_a_failed_attempt() {
         assert!(k.load("q").is_empty(), "{}", c.name);
         assert_eq!(k.xlen("q"), events + 1, "{}", c.name);
         // The node's report comes too late.
-        assert_conflict(k.store.complete(&id, Some("n1"), &l.token, "1").await, c.want, c.name);
-        assert!(k.store.expire("q", 10).await.unwrap().is_empty(), "{}: expired twice", c.name);
+        assert_conflict(
+            k.store.complete(&id, Some("n1"), &l.token, "1").await,
+            c.want,
+            c.name,
+        );
+        assert!(
+            k.store.expire("q", 10).await.unwrap().is_empty(),
+            "{}: expired twice",
+            c.name
+        );
         k.assert_doctor_clean(&["q"]).await;
     }
 }
@@ -945,11 +1523,22 @@ async fn cancel_of_a_task_that_is_not_running_cancels_it_at_once() {
         Retrying,
     }
     let mut k = Kit::new().await;
-    for seed in [Seed::Pending, Seed::Scheduled, Seed::Assigned, Seed::Retrying] {
+    for seed in [
+        Seed::Pending,
+        Seed::Scheduled,
+        Seed::Assigned,
+        Seed::Retrying,
+    ] {
         // A task on another node keeps the load hash non-empty, so we see it decrease.
         let id = match seed {
             Seed::Pending => k.submit_one(task("q")).await,
-            Seed::Scheduled => k.submit_one(PreparedTask { delay_ms: Some(60_000), ..task("q") }).await,
+            Seed::Scheduled => {
+                k.submit_one(PreparedTask {
+                    delay_ms: Some(60_000),
+                    ..task("q")
+                })
+                .await
+            }
             Seed::Assigned => {
                 let id = k.submit_one(task("q")).await;
                 k.dispatch_to("q", "n1", 1).await;
@@ -957,23 +1546,37 @@ async fn cancel_of_a_task_that_is_not_running_cancels_it_at_once() {
             }
             Seed::Retrying => {
                 let l = k.running(task("q"), "n1").await;
-                k.store.fail(&l.task.id, Some("n1"), &l.token, "x", true).await.unwrap();
+                k.store
+                    .fail(&l.task.id, Some("n1"), &l.token, "x", true)
+                    .await
+                    .unwrap();
                 l.task.id
             }
         };
         let state = k.field("q", &id, "state");
         let load_before = k.load("q").get("n1").copied().unwrap_or(0);
         let (cancelled, events) = (k.stat("q", "cancelled"), k.xlen("q"));
-        assert_eq!(k.store.cancel(&id).await.unwrap(), Cancelled::Done, "{seed:?}");
+        assert_eq!(
+            k.store.cancel(&id).await.unwrap(),
+            Cancelled::Done,
+            "{seed:?}"
+        );
         let h = k.hash("q", &id);
         assert_eq!(h["state"], "cancelled", "{seed:?}");
         assert_eq!(k.indexes("q", &id), ["cancelled"], "{seed:?} (was {state})");
-        assert_eq!(k.score("q", "cancelled", &id), Some(h["finished_at"].parse().unwrap()), "{seed:?}");
+        assert_eq!(
+            k.score("q", "cancelled", &id),
+            Some(h["finished_at"].parse().unwrap()),
+            "{seed:?}"
+        );
         let load_after = k.load("q").get("n1").copied().unwrap_or(0);
         let want_drop = if matches!(seed, Seed::Assigned) { 1 } else { 0 };
         assert_eq!(load_before - load_after, want_drop, "{seed:?}: load");
         if matches!(seed, Seed::Assigned) {
-            assert!(!k.inbox("q", "n1").contains(&id), "{seed:?}: still in the inbox");
+            assert!(
+                !k.inbox("q", "n1").contains(&id),
+                "{seed:?}: still in the inbox"
+            );
         }
         assert!(k.cancels("q", "n1").is_empty(), "{seed:?}");
         assert_eq!(k.stat("q", "cancelled"), cancelled + 1, "{seed:?}");
@@ -981,15 +1584,23 @@ async fn cancel_of_a_task_that_is_not_running_cancels_it_at_once() {
 
         // Cancelling again answers Done and writes nothing.
         let snap = k.snapshot();
-        assert_eq!(k.store.cancel(&id).await.unwrap(), Cancelled::Done, "{seed:?}: again");
+        assert_eq!(
+            k.store.cancel(&id).await.unwrap(),
+            Cancelled::Done,
+            "{seed:?}: again"
+        );
         assert_eq!(k.snapshot(), snap, "{seed:?}: a repeat wrote keys");
     }
-    assert!(k.lease("q", "n1", 5).await.is_empty(), "nothing left to lease");
+    assert!(
+        k.lease("q", "n1", 5).await.is_empty(),
+        "nothing left to lease"
+    );
     k.assert_doctor_clean(&["q"]).await;
 }
 
 #[tokio::test]
-async fn cancel_of_a_running_task_asks_its_node_and_the_task_ends_cancelled_when_the_node_reports() {
+async fn cancel_of_a_running_task_asks_its_node_and_the_task_ends_cancelled_when_the_node_reports()
+{
     #[derive(Clone, Copy, Debug)]
     enum End {
         NodeFails,
@@ -999,24 +1610,62 @@ async fn cancel_of_a_running_task_asks_its_node_and_the_task_ends_cancelled_when
     let mut k = Kit::new().await;
     let n1 = machine("n1", &["q", "other"]);
     for end in [End::NodeFails, End::NodeCompletes, End::LeaseExpires] {
-        let l = k.running(PreparedTask { timeout_ms: 100, ..task("q") }, "n1").await;
+        let l = k
+            .running(
+                PreparedTask {
+                    timeout_ms: 100,
+                    ..task("q")
+                },
+                "n1",
+            )
+            .await;
         let id = l.task.id.clone();
         let events = k.xlen("q");
-        assert_eq!(k.store.cancel(&id).await.unwrap(), Cancelled::Requested, "{end:?}");
+        assert_eq!(
+            k.store.cancel(&id).await.unwrap(),
+            Cancelled::Requested,
+            "{end:?}"
+        );
         let h = k.hash("q", &id);
-        assert_eq!(h["state"], "running", "{end:?}: still running until the node stops");
+        assert_eq!(
+            h["state"], "running",
+            "{end:?}: still running until the node stops"
+        );
         assert_eq!(h["cancel_requested"], "1", "{end:?}");
         assert_eq!(k.indexes("q", &id), ["running"], "{end:?}");
         assert_eq!(k.cancels("q", "n1"), [id.clone()], "{end:?}");
-        assert_eq!(k.store.node_cancels(&n1).await.unwrap(), [id.clone()], "{end:?}");
+        assert_eq!(
+            k.store.node_cancels(&n1).await.unwrap(),
+            [id.clone()],
+            "{end:?}"
+        );
         assert_eq!(k.load("q").get("n1"), Some(&1), "{end:?}");
         assert_eq!(k.xlen("q"), events + 1, "{end:?}");
         // The node learns it on extend too.
-        assert!(k.store.extend(&id, Some("n1"), &l.token, None).await.unwrap().cancel_requested, "{end:?}");
+        assert!(
+            k.store
+                .extend(&id, Some("n1"), &l.token, None)
+                .await
+                .unwrap()
+                .cancel_requested,
+            "{end:?}"
+        );
 
         let state = match end {
-            End::NodeFails => k.store.fail(&id, Some("n1"), &l.token, "stopped", true).await.unwrap().state,
-            End::NodeCompletes => k.store.complete(&id, Some("n1"), &l.token, "\"done anyway\"").await.unwrap().state,
+            End::NodeFails => {
+                k.store
+                    .fail(&id, Some("n1"), &l.token, "stopped", true)
+                    .await
+                    .unwrap()
+                    .state
+            }
+            End::NodeCompletes => {
+                k.store
+                    .complete(&id, Some("n1"), &l.token, "\"done anyway\"")
+                    .await
+                    .unwrap()
+                    .state
+            }
             End::LeaseExpires => {
                 tokio::time::sleep(Duration::from_millis(150)).await;
                 let out = k.store.expire("q", 10).await.unwrap();
@@ -1027,8 +1676,14 @@ async fn cancel_of_a_running_task_asks_its_node_and_the_task_ends_cancelled_when
         assert_eq!(state, TaskState::Cancelled, "{end:?}");
         assert_eq!(k.field("q", &id, "state"), "cancelled", "{end:?}");
         assert_eq!(k.indexes("q", &id), ["cancelled"], "{end:?}");
-        assert!(k.cancels("q", "n1").is_empty(), "{end:?}: cancels set not cleared");
-        assert!(k.store.node_cancels(&n1).await.unwrap().is_empty(), "{end:?}");
+        assert!(
+            k.cancels("q", "n1").is_empty(),
+            "{end:?}: cancels set not cleared"
+        );
+        assert!(
+            k.store.node_cancels(&n1).await.unwrap().is_empty(),
+            "{end:?}"
+        );
         assert!(k.load("q").is_empty(), "{end:?}: load");
 
         // The node's report repeated answers the same and writes nothing; after an
@@ -1036,16 +1691,37 @@ async fn cancel_of_a_running_task_asks_its_node_and_the_task_ends_cancelled_when
         let snap = k.snapshot();
         match end {
             End::NodeFails => {
-                let r = k.store.fail(&id, Some("n1"), &l.token, "stopped", true).await.unwrap();
-                assert_eq!((r.state, r.node), (TaskState::Cancelled, None), "{end:?}: repeat");
+                let r = k
+                    .store
+                    .fail(&id, Some("n1"), &l.token, "stopped", true)
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    (r.state, r.node),
+                    (TaskState::Cancelled, None),
+                    "{end:?}: repeat"
+                );
             }
             End::NodeCompletes => {
-                let r = k.store.complete(&id, Some("n1"), &l.token, "\"done anyway\"").await;
-                let r = r.unwrap_or_else(|e| panic!("{end:?}: a repeated accepted completion was refused: {e}"));
-                assert_eq!((r.state, r.node), (TaskState::Cancelled, None), "{end:?}: repeat");
+                let r = k
+                    .store
+                    .complete(&id, Some("n1"), &l.token, "\"done anyway\"")
+                    .await;
+                let r = r.unwrap_or_else(|e| {
+                    panic!("{end:?}: a repeated accepted completion was refused: {e}")
+                });
+                assert_eq!(
+                    (r.state, r.node),
+                    (TaskState::Cancelled, None),
+                    "{end:?}: repeat"
+                );
             }
             End::LeaseExpires => {
-                assert_conflict(k.store.complete(&id, Some("n1"), &l.token, "1").await, "cancelled", "late complete");
+                assert_conflict(
+                    k.store.complete(&id, Some("n1"), &l.token, "1").await,
+                    "cancelled",
+                    "late complete",
+                );
             }
         }
         assert_eq!(k.snapshot(), snap, "{end:?}: a repeat wrote keys");
@@ -1057,16 +1733,28 @@ async fn cancel_of_a_running_task_asks_its_node_and_the_task_ends_cancelled_when
 async fn cancel_of_a_succeeded_or_failed_task_is_an_illegal_transition() {
     let mut k = Kit::new().await;
     let ok = k.running(task("q"), "n1").await;
-    k.store.complete(&ok.task.id, Some("n1"), &ok.token, "1").await.unwrap();
+    k.store
+        .complete(&ok.task.id, Some("n1"), &ok.token, "1")
+        .await
+        .unwrap();
     let bad = k.running(task("q"), "n1").await;
-    k.store.fail(&bad.task.id, Some("n1"), &bad.token, "x", false).await.unwrap();
+    k.store
+        .fail(&bad.task.id, Some("n1"), &bad.token, "x", false)
+        .await
+        .unwrap();
     for (id, state) in [(&ok.task.id, "succeeded"), (&bad.task.id, "failed")] {
         let before = k.snapshot();
         assert_illegal(k.store.cancel(id).await, state, state);
         assert_eq!(k.snapshot(), before, "{state}: keys changed");
     }
-    assert!(matches!(k.store.cancel(&new_task_id("q")).await, Err(StoreError::NotFound)));
-    assert!(matches!(k.store.cancel("not-an-id").await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        k.store.cancel(&new_task_id("q")).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        k.store.cancel("not-an-id").await,
+        Err(StoreError::NotFound)
+    ));
     k.assert_doctor_clean(&["q"]).await;
 }
 
@@ -1075,13 +1763,31 @@ async fn cancel_of_a_succeeded_or_failed_task_is_an_illegal_transition() {
 #[tokio::test]
 async fn retry_sends_a_failed_or_cancelled_task_back_to_pending_with_attempts_reset() {
     let mut k = Kit::new().await;
-    let failed = k.running(PreparedTask { max_attempts: 1, retention_ms: 60_000, ..task("q") }, "n1").await;
-    k.store.fail(&failed.task.id, Some("n1"), &failed.token, "x", true).await.unwrap();
+    let failed = k
+        .running(
+            PreparedTask {
+                max_attempts: 1,
+                retention_ms: 60_000,
+                ..task("q")
+            },
+            "n1",
+        )
+        .await;
+    k.store
+        .fail(&failed.task.id, Some("n1"), &failed.token, "x", true)
+        .await
+        .unwrap();
     let cancelled = k.running(task("q"), "n1").await;
     k.store.cancel(&cancelled.task.id).await.unwrap();
-    k.store.complete(&cancelled.task.id, Some("n1"), &cancelled.token, "1").await.unwrap();
+    k.store
+        .complete(&cancelled.task.id, Some("n1"), &cancelled.token, "1")
+        .await
+        .unwrap();
 
-    for (id, from) in [(failed.task.id.clone(), "failed"), (cancelled.task.id.clone(), "cancelled")] {
+    for (id, from) in [
+        (failed.task.id.clone(), "failed"),
+        (cancelled.task.id.clone(), "cancelled"),
+    ] {
         assert_eq!(k.field("q", &id, "state"), from);
         let events = k.xlen("q");
         k.store.retry(&id).await.unwrap();
@@ -1099,7 +1805,10 @@ async fn retry_sends_a_failed_or_cancelled_task_back_to_pending_with_attempts_re
         // The fence keeps counting, so old tokens stay stale.
         let l = k.lease_again("q", &id, "n2").await;
         assert_eq!((l.task.fence, l.task.attempts), (2, 1), "{from}");
-        k.store.complete(&id, Some("n2"), &l.token, "2").await.unwrap();
+        k.store
+            .complete(&id, Some("n2"), &l.token, "2")
+            .await
+            .unwrap();
     }
     k.assert_doctor_clean(&["q"]).await;
 }
@@ -1109,9 +1818,16 @@ async fn retry_of_a_task_that_has_not_ended_in_failure_is_an_illegal_transition(
     let mut k = Kit::new().await;
     let running = k.running(task("q"), "n1").await;
     let done = k.running(task("q"), "n1").await;
-    k.store.complete(&done.task.id, Some("n1"), &done.token, "1").await.unwrap();
+    k.store
+        .complete(&done.task.id, Some("n1"), &done.token, "1")
+        .await
+        .unwrap();
     let pending = k.submit_one(task("q")).await;
-    for (id, state) in [(&pending, "pending"), (&running.task.id, "running"), (&done.task.id, "succeeded")] {
+    for (id, state) in [
+        (&pending, "pending"),
+        (&running.task.id, "running"),
+        (&done.task.id, "succeeded"),
+    ] {
         let before = k.snapshot();
         assert_illegal(k.store.retry(id).await, state, state);
         assert_eq!(k.snapshot(), before, "{state}");
@@ -1124,9 +1840,15 @@ async fn delete_removes_only_finished_tasks() {
     let mut k = Kit::new().await;
     let running = k.running(task("q"), "n1").await;
     let done = k.running(task("q"), "n1").await;
-    k.store.complete(&done.task.id, Some("n1"), &done.token, "1").await.unwrap();
+    k.store
+        .complete(&done.task.id, Some("n1"), &done.token, "1")
+        .await
+        .unwrap();
     let failed = k.running(task("q"), "n1").await;
-    k.store.fail(&failed.task.id, Some("n1"), &failed.token, "x", false).await.unwrap();
+    k.store
+        .fail(&failed.task.id, Some("n1"), &failed.token, "x", false)
+        .await
+        .unwrap();
     let pending = k.submit_one(task("q")).await;
     let cancelled = k.submit_one(task("q")).await;
     k.store.cancel(&cancelled).await.unwrap();
@@ -1136,14 +1858,24 @@ async fn delete_removes_only_finished_tasks() {
         assert_illegal(k.store.delete(id).await, state, state);
         assert_eq!(k.snapshot(), before, "{state}");
     }
-    for (id, state) in [(&done.task.id, "succeeded"), (&failed.task.id, "failed"), (&cancelled, "cancelled")] {
+    for (id, state) in [
+        (&done.task.id, "succeeded"),
+        (&failed.task.id, "failed"),
+        (&cancelled, "cancelled"),
+    ] {
         let events = k.xlen("q");
         k.store.delete(id).await.unwrap();
         assert!(k.hash("q", id).is_empty(), "{state}: hash kept");
         assert!(k.indexes("q", id).is_empty(), "{state}: still indexed");
         assert_eq!(k.xlen("q"), events + 1, "{state}");
-        assert!(matches!(k.store.delete(id).await, Err(StoreError::NotFound)), "{state}: twice");
-        assert!(matches!(k.store.task(id).await, Err(StoreError::NotFound)), "{state}");
+        assert!(
+            matches!(k.store.delete(id).await, Err(StoreError::NotFound)),
+            "{state}: twice"
+        );
+        assert!(
+            matches!(k.store.task(id).await, Err(StoreError::NotFound)),
+            "{state}"
+        );
     }
     k.assert_doctor_clean(&["q"]).await;
 }
@@ -1156,21 +1888,41 @@ async fn requeue_inbox_returns_assigned_tasks_to_pending_without_counting_an_att
     let running = k.running(task("q"), "n1").await;
     // One task ran once already (attempts 1), then was assigned again.
     let earlier = k
-        .running(PreparedTask { backoff: Backoff { initial_ms: 1, max_ms: 1 }, priority: 3, ..task("q") }, "n1")
+        .running(
+            PreparedTask {
+                backoff: Backoff {
+                    initial_ms: 1,
+                    max_ms: 1,
+                },
+                priority: 3,
+                ..task("q")
+            },
+            "n1",
+        )
         .await;
-    k.store.fail(&earlier.task.id, Some("n1"), &earlier.token, "x", true).await.unwrap();
+    k.store
+        .fail(&earlier.task.id, Some("n1"), &earlier.token, "x", true)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(10)).await;
     k.store.promote("q", 10).await.unwrap();
     let fresh: Vec<String> = [k.submit_one(task("q")).await, k.submit_one(task("q")).await].into();
     assert_eq!(k.dispatch_to("q", "n1", 10).await, 3);
     let other = k.submit_one(task("q")).await;
     k.dispatch_to("q", "n2", 1).await;
-    assert_eq!(k.load("q"), HashMap::from([("n1".to_string(), 4), ("n2".to_string(), 1)]));
+    assert_eq!(
+        k.load("q"),
+        HashMap::from([("n1".to_string(), 4), ("n2".to_string(), 1)])
+    );
 
     let events = k.xlen("q");
     assert_eq!(k.store.requeue_inbox("q", "n1").await.unwrap(), 3);
     assert!(!k.inbox_exists("q", "n1"), "inbox key deleted");
-    assert_eq!(k.load("q"), HashMap::from([("n1".to_string(), 1), ("n2".to_string(), 1)]), "only the running task counts");
+    assert_eq!(
+        k.load("q"),
+        HashMap::from([("n1".to_string(), 1), ("n2".to_string(), 1)]),
+        "only the running task counts"
+    );
     for (id, attempts) in [(&earlier.task.id, "1"), (&fresh[0], "0"), (&fresh[1], "0")] {
         let h = k.hash("q", id);
         assert_eq!(h["state"], "pending");
@@ -1179,11 +1931,24 @@ async fn requeue_inbox_returns_assigned_tasks_to_pending_without_counting_an_att
         assert_eq!(k.indexes("q", id), ["pending"]);
     }
     assert_eq!(k.xlen("q"), events + 3);
-    assert_eq!(k.indexes("q", &running.task.id), ["running"], "a running task is not requeued");
-    assert_eq!(k.indexes("q", &other), ["inbox:n2"], "another node's inbox is untouched");
+    assert_eq!(
+        k.indexes("q", &running.task.id),
+        ["running"],
+        "a running task is not requeued"
+    );
+    assert_eq!(
+        k.indexes("q", &other),
+        ["inbox:n2"],
+        "another node's inbox is untouched"
+    );
     // Priority survives the requeue.
-    let ids: Vec<String> = k.r.zrange(k.store.keys.state_index("q", "pending"), 0, -1).unwrap();
-    assert_eq!(ids, [earlier.task.id.clone(), fresh[0].clone(), fresh[1].clone()]);
+    let ids: Vec<String> =
+        k.r.zrange(k.store.keys.state_index("q", "pending"), 0, -1)
+            .unwrap();
+    assert_eq!(
+        ids,
+        [earlier.task.id.clone(), fresh[0].clone(), fresh[1].clone()]
+    );
     k.assert_doctor_clean(&["q"]).await;
 }
 
@@ -1193,32 +1958,82 @@ async fn requeue_inbox_returns_assigned_tasks_to_pending_without_counting_an_att
 async fn doctor_reports_every_kind_of_corruption() {
     type Corrupt = fn(&mut Kit, &str, &str);
     let table: [(&str, Corrupt, &str); 7] = [
-        ("a bogus id in pending", |k, _, _| {
-            let _: () = k.r.zadd(k.store.keys.state_index("q", "pending"), "01ARZ3NDEKTSV4RRFFQ69G5FAV.q", 1).unwrap();
-        }, "no task hash"),
-        ("a running state without a lease", |k, p, _| {
-            let _: () = k.r.hset(k.store.keys.task("q", p), "state", "running").unwrap();
-        }, "without a lease"),
-        ("a pending task also in running", |k, p, _| {
-            let _: () = k.r.zadd(k.store.keys.state_index("q", "running"), p, 1).unwrap();
-        }, "indexed in"),
-        ("a pending task in no index", |k, p, _| {
-            let _: () = k.r.zrem(k.store.keys.state_index("q", "pending"), p).unwrap();
-        }, "indexed in"),
-        ("a load counter off by one", |k, _, _| {
-            let _: () = k.r.hincr(k.store.keys.load("q"), "n1", 1).unwrap();
-        }, "load of node n1"),
-        ("an inbox entry without a hash", |k, _, _| {
-            let _: () = k.r.rpush(k.store.keys.inbox("q", "n9"), "01ARZ3NDEKTSV4RRFFQ69G5FAV.q").unwrap();
-        }, "no task hash"),
-        ("a finished task still running", |k, _, d| {
-            let _: () = k.r.zadd(k.store.keys.state_index("q", "running"), d, 1).unwrap();
-        }, "still indexed"),
+        (
+            "a bogus id in pending",
+            |k, _, _| {
+                let _: () =
+                    k.r.zadd(
+                        k.store.keys.state_index("q", "pending"),
+                        "01ARZ3NDEKTSV4RRFFQ69G5FAV.q",
+                        1,
+                    )
+                    .unwrap();
+            },
+            "no task hash",
+        ),
+        (
+            "a running state without a lease",
+            |k, p, _| {
+                let _: () =
+                    k.r.hset(k.store.keys.task("q", p), "state", "running")
+                        .unwrap();
+            },
+            "without a lease",
+        ),
+        (
+            "a pending task also in running",
+            |k, p, _| {
+                let _: () =
+                    k.r.zadd(k.store.keys.state_index("q", "running"), p, 1)
+                        .unwrap();
+            },
+            "indexed in",
+        ),
+        (
+            "a pending task in no index",
+            |k, p, _| {
+                let _: () =
+                    k.r.zrem(k.store.keys.state_index("q", "pending"), p)
+                        .unwrap();
+            },
+            "indexed in",
+        ),
+        (
+            "a load counter off by one",
+            |k, _, _| {
+                let _: () = k.r.hincr(k.store.keys.load("q"), "n1", 1).unwrap();
+            },
+            "load of node n1",
+        ),
+        (
+            "an inbox entry without a hash",
+            |k, _, _| {
+                let _: () =
+                    k.r.rpush(
+                        k.store.keys.inbox("q", "n9"),
+                        "01ARZ3NDEKTSV4RRFFQ69G5FAV.q",
+                    )
+                    .unwrap();
+            },
+            "no task hash",
+        ),
+        (
+            "a finished task still running",
+            |k, _, d| {
+                let _: () =
+                    k.r.zadd(k.store.keys.state_index("q", "running"), d, 1)
+                        .unwrap();
+            },
+            "still indexed",
+        ),
     ];
     for (name, corrupt, want) in table {
         let mut k = Kit::new().await;
         let done = k.running(task("q"), "n1").await;
-        k.store.complete(&done.task.id, Some("n1"), &done.token, "1").await.unwrap();
+        k.store
+            .complete(&done.task.id, Some("n1"), &done.token, "1")
+            .await
+            .unwrap();
         k.running(task("q"), "n1").await;
         let pending = k.submit_one(task("q")).await;
         k.assert_doctor_clean(&["q"]).await;
@@ -1231,4 +2046,3 @@ async fn doctor_reports_every_kind_of_corruption() {
         );
     }
 }
-

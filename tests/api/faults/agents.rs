@@ -15,7 +15,11 @@ async fn node_names(api: &Http) -> HashMap<String, String> {
     if r.status != 200 {
         return HashMap::new();
     }
-    r.json::<muster::domain::NodeList>().items.into_iter().map(|n| (n.id, n.name)).collect()
+    r.json::<muster::domain::NodeList>()
+        .items
+        .into_iter()
+        .map(|n| (n.id, n.name))
+        .collect()
 }
 
 /// One kill of R1.
@@ -27,13 +31,18 @@ struct Kill {
 }
 
 fn seed() -> u64 {
-    std::env::var("MUSTER_FAULTS_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(rand::random)
+    std::env::var("MUSTER_FAULTS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(rand::random)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn r1_agents_killed_mid_task_lose_nothing_accept_one_result_and_are_reclaimed_within_ttl_plus_1s() {
+async fn r1_agents_killed_mid_task_lose_nothing_accept_one_result_and_are_reclaimed_within_ttl_plus_1s()
+ {
     let _serial = serial().await;
-    let (rounds, kills_per_round, tasks_per_round, pool) = if long() { (25, 4, 8, 6) } else { (5, 4, 6, 5) };
+    let (rounds, kills_per_round, tasks_per_round, pool) =
+        if long() { (25, 4, 8, 6) } else { (5, 4, 6, 5) };
     let seed = seed();
     eprintln!("R1 seed {seed} (MUSTER_FAULTS_SEED={seed} replays the kill times)");
     let mut rng = StdRng::seed_from_u64(seed);
@@ -71,11 +80,20 @@ async fn r1_agents_killed_mid_task_lose_nothing_accept_one_result_and_are_reclai
                 "kind": "sleep", "queue": queue, "payload": { "key": key },
                 "timeout_ms": TTL_MS, "max_attempts": 10, "backoff": { "initial_ms": 100, "max_ms": 200 },
             });
-            let id = rec.submit_until_answered(std::slice::from_ref(&api), &key, &body, Duration::from_secs(10)).await;
+            let id = rec
+                .submit_until_answered(
+                    std::slice::from_ref(&api),
+                    &key,
+                    &body,
+                    Duration::from_secs(10),
+                )
+                .await;
             ids.push(id.expect("submission acknowledged"));
         }
         let t0 = Instant::now();
-        let mut times: Vec<u64> = (0..kills_per_round).map(|_| rng.random_range(500..3500)).collect();
+        let mut times: Vec<u64> = (0..kills_per_round)
+            .map(|_| rng.random_range(500..3500))
+            .collect();
         times.sort_unstable();
         for at in times {
             let due = t0 + Duration::from_millis(at);
@@ -85,15 +103,25 @@ async fn r1_agents_killed_mid_task_lose_nothing_accept_one_result_and_are_reclai
             // Victim: a live agent running at least one task right now.
             let mut victim = None;
             for _ in 0..20 {
-                let running = store.list_tasks(queue, TaskState::Running, None, 100, 0).await.map(|x| x.0).unwrap_or_default();
+                let running = store
+                    .list_tasks(queue, TaskState::Running, None, 100, 0)
+                    .await
+                    .map(|x| x.0)
+                    .unwrap_or_default();
                 let busy: HashSet<String> = running.iter().filter_map(|t| t.node.clone()).collect();
                 let names = node_names(&api).await;
-                let busy_names: HashSet<&String> = busy.iter().filter_map(|n| names.get(n)).collect();
-                let candidates: Vec<usize> =
-                    (0..agents.len()).filter(|i| busy_names.contains(&agents[*i].0)).collect();
+                let busy_names: HashSet<&String> =
+                    busy.iter().filter_map(|n| names.get(n)).collect();
+                let candidates: Vec<usize> = (0..agents.len())
+                    .filter(|i| busy_names.contains(&agents[*i].0))
+                    .collect();
                 if !candidates.is_empty() {
                     let i = candidates[rng.random_range(0..candidates.len())];
-                    let node = names.iter().find(|(_, n)| **n == agents[i].0).map(|(id, _)| id.clone()).unwrap();
+                    let node = names
+                        .iter()
+                        .find(|(_, n)| **n == agents[i].0)
+                        .map(|(id, _)| id.clone())
+                        .unwrap();
                     victim = Some((i, node));
                     break;
                 }
@@ -107,9 +135,22 @@ async fn r1_agents_killed_mid_task_lose_nothing_accept_one_result_and_are_reclai
             // A replacement keeps the pool at full strength: survivors are available.
             spawn(&mut agents);
         }
-        let done = drain(&store, queue, (tasks_per_round * (round + 1)) as i64, Duration::from_secs(90)).await;
-        assert!(done.is_some(), "R1 round {round}: tasks not terminal after 90 s (seed {seed})");
-        eprintln!("R1 round {round}: {} kills so far, {:?} elapsed", kills.len(), started.elapsed());
+        let done = drain(
+            &store,
+            queue,
+            (tasks_per_round * (round + 1)) as i64,
+            Duration::from_secs(90),
+        )
+        .await;
+        assert!(
+            done.is_some(),
+            "R1 round {round}: tasks not terminal after 90 s (seed {seed})"
+        );
+        eprintln!(
+            "R1 round {round}: {} kills so far, {:?} elapsed",
+            kills.len(),
+            started.elapsed()
+        );
     }
     tail.settle().await;
     let events = tail.events();
@@ -129,14 +170,23 @@ async fn r1_agents_killed_mid_task_lose_nothing_accept_one_result_and_are_reclai
             }
             held += 1;
             held_tasks.insert(task.clone());
-            match es.iter().find(|e| e.ms > k.at_ms && e.typ == "task.running") {
+            match es
+                .iter()
+                .find(|e| e.ms > k.at_ms && e.typ == "task.running")
+            {
                 Some(next) => {
                     reclaims.push(next.ms - k.at_ms);
                     if next.node == k.node {
-                        violations.push(format!("task {task} re-claimed by the killed node {}", k.node));
+                        violations.push(format!(
+                            "task {task} re-claimed by the killed node {}",
+                            k.node
+                        ));
                     }
                 }
-                None => violations.push(format!("task {task} held by killed {} never re-claimed", k.name)),
+                None => violations.push(format!(
+                    "task {task} held by killed {} never re-claimed",
+                    k.name
+                )),
             }
         }
         if held > 0 {
@@ -148,7 +198,10 @@ async fn r1_agents_killed_mid_task_lose_nothing_accept_one_result_and_are_reclai
     for id in &held_tasks {
         let t = by_id[id.as_str()];
         if t.fence < 2 || t.state != TaskState::Succeeded {
-            violations.push(format!("killed task {id}: state {:?} fence {}", t.state, t.fence));
+            violations.push(format!(
+                "killed task {id}: state {:?} fence {}",
+                t.state, t.fence
+            ));
         }
     }
     let check = check(&store, queue, &rec, &events).await;
@@ -169,9 +222,18 @@ async fn r1_agents_killed_mid_task_lose_nothing_accept_one_result_and_are_reclai
     assert!(violations.is_empty(), "R1 (seed {seed}): {violations:#?}");
     check.assert_clean("R1");
     assert_eq!(check.acked, rounds * tasks_per_round);
-    assert!(tasks.iter().all(|t| t.state == TaskState::Succeeded), "R1: a task did not succeed");
-    assert!(mid_task_kills as f64 >= kills_per_round as f64 * rounds as f64 * 0.9, "R1: too few mid-task kills ({mid_task_kills})");
-    assert!(max_reclaim <= (TTL_MS + 1000) as i64, "R1 (seed {seed}): kill to re-claim took {max_reclaim} ms > TTL + 1 s");
+    assert!(
+        tasks.iter().all(|t| t.state == TaskState::Succeeded),
+        "R1: a task did not succeed"
+    );
+    assert!(
+        mid_task_kills as f64 >= kills_per_round as f64 * rounds as f64 * 0.9,
+        "R1: too few mid-task kills ({mid_task_kills})"
+    );
+    assert!(
+        max_reclaim <= (TTL_MS + 1000) as i64,
+        "R1 (seed {seed}): kill to re-claim took {max_reclaim} ms > TTL + 1 s"
+    );
     drop(agents);
     assert_doctor(&redis.url(), &ns);
 }
@@ -179,13 +241,18 @@ async fn r1_agents_killed_mid_task_lose_nothing_accept_one_result_and_are_reclai
 /// The fenced sink: lines `<task> <fence>` in the order they were appended. A write
 /// is accepted unless a higher fence was already accepted for the task.
 /// Returns (accepted, rejected stale writes, highest accepted fence per task).
-fn replay_sink(path: &std::path::Path) -> (Vec<(String, i64)>, Vec<(String, i64)>, HashMap<String, i64>) {
+fn replay_sink(
+    path: &std::path::Path,
+) -> (Vec<(String, i64)>, Vec<(String, i64)>, HashMap<String, i64>) {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let mut high: HashMap<String, i64> = HashMap::new();
     let (mut ok, mut stale) = (Vec::new(), Vec::new());
     for line in text.lines() {
         let mut it = line.split_whitespace();
-        let (Some(task), Some(fence)) = (it.next(), it.next().and_then(|f| f.parse::<i64>().ok())) else { continue };
+        let (Some(task), Some(fence)) = (it.next(), it.next().and_then(|f| f.parse::<i64>().ok()))
+        else {
+            continue;
+        };
         let h = high.entry(task.to_string()).or_insert(0);
         if fence < *h {
             stale.push((task.to_string(), fence));
@@ -198,7 +265,8 @@ fn replay_sink(path: &std::path::Path) -> (Vec<(String, i64)>, Vec<(String, i64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn r2_a_paused_agent_is_a_zombie_whose_renew_and_complete_are_refused_and_whose_stale_writes_are_fenced() {
+async fn r2_a_paused_agent_is_a_zombie_whose_renew_and_complete_are_refused_and_whose_stale_writes_are_fenced()
+ {
     let _serial = serial().await;
     let (rounds, zombies): (usize, usize) = if long() { (10, 5) } else { (3, 2) };
     let queue = "r2";
@@ -225,7 +293,10 @@ async fn r2_a_paused_agent_is_a_zombie_whose_renew_and_complete_are_refused_and_
     for round in 0..rounds {
         let stop_group = round % 2 == 0;
         let znames: Vec<String> = (0..zombies).map(|i| format!("r2-z{round}-{i}")).collect();
-        let mut zs: Vec<FProc> = znames.iter().map(|n| agent(n, &[&serve.url], &exec, true)).collect();
+        let mut zs: Vec<FProc> = znames
+            .iter()
+            .map(|n| agent(n, &[&serve.url], &exec, true))
+            .collect();
         let zids = node_ids(&api, &znames, Duration::from_secs(30)).await;
         let zid_set: HashSet<&String> = zids.values().collect();
         let ids = api
@@ -239,8 +310,14 @@ async fn r2_a_paused_agent_is_a_zombie_whose_renew_and_complete_are_refused_and_
         all_ids.extend(ids.iter().cloned());
         // Every task running on a zombie-to-be.
         for id in &ids {
-            let t = eventually_task(&api, id, Duration::from_secs(15), |t| t.state == TaskState::Running).await;
-            assert!(zid_set.contains(t.node.as_ref().unwrap()), "task {id} not on a zombie: {t:?}");
+            let t = eventually_task(&api, id, Duration::from_secs(15), |t| {
+                t.state == TaskState::Running
+            })
+            .await;
+            assert!(
+                zid_set.contains(t.node.as_ref().unwrap()),
+                "task {id} not on a zombie: {t:?}"
+            );
             assert_eq!(t.fence, 1);
         }
         tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -249,7 +326,10 @@ async fn r2_a_paused_agent_is_a_zombie_whose_renew_and_complete_are_refused_and_
         zombie_count += zs.len();
         // Other agents take the tasks over once the leases expire and finish them.
         let hnames: Vec<String> = (0..zombies).map(|i| format!("r2-h{round}-{i}")).collect();
-        let hs: Vec<FProc> = hnames.iter().map(|n| agent(n, &[&serve.url], &exec, false)).collect();
+        let hs: Vec<FProc> = hnames
+            .iter()
+            .map(|n| agent(n, &[&serve.url], &exec, false))
+            .collect();
         let hids = node_ids(&api, &hnames, Duration::from_secs(30)).await;
         let hid_set: HashSet<&String> = hids.values().collect();
         let mut finished: Vec<Task> = Vec::new();
@@ -270,14 +350,30 @@ async fn r2_a_paused_agent_is_a_zombie_whose_renew_and_complete_are_refused_and_
             assert_eq!(&t, before, "R2: the zombie changed task {id}");
             assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
             assert!(t.fence >= 2, "{t:?}");
-            assert!(hid_set.contains(t.node.as_ref().unwrap()), "R2: result not from the second attempt: {t:?}");
-            assert_eq!(t.result, Some(json!({ "fence": t.fence })), "R2: the stored result is not the second attempt's");
+            assert!(
+                hid_set.contains(t.node.as_ref().unwrap()),
+                "R2: result not from the second attempt: {t:?}"
+            );
+            assert_eq!(
+                t.result,
+                Some(json!({ "fence": t.fence })),
+                "R2: the stored result is not the second attempt's"
+            );
         }
         for z in &zs {
             let log = z.log();
-            let renew = log.lines().any(|l| l.contains("lease lost: stopping the task") && l.contains("409"));
-            let complete = log.lines().any(|l| l.contains("report refused") && l.contains("409"));
-            assert!(renew || complete, "R2: zombie {} was never refused with 409\n{}", z.name, z.log_tail());
+            let renew = log
+                .lines()
+                .any(|l| l.contains("lease lost: stopping the task") && l.contains("409"));
+            let complete = log
+                .lines()
+                .any(|l| l.contains("report refused") && l.contains("409"));
+            assert!(
+                renew || complete,
+                "R2: zombie {} was never refused with 409\n{}",
+                z.name,
+                z.log_tail()
+            );
             renew_refused += usize::from(renew);
             complete_refused += usize::from(complete);
         }
@@ -295,39 +391,61 @@ async fn r2_a_paused_agent_is_a_zombie_whose_renew_and_complete_are_refused_and_
         // fail after another node finished the task are all 409 and change nothing.
         let mq = format!("r2m{round}");
         let a = register_node(&api, &format!("r2-manual-a{round}"), &[&mq], 1).await;
-        let t = api.submit(json!({ "kind": "manual", "queue": mq, "timeout_ms": 500, "max_attempts": 3,
-            "backoff": { "initial_ms": 50, "max_ms": 50 } })).await;
+        let t = api
+            .submit(
+                json!({ "kind": "manual", "queue": mq, "timeout_ms": 500, "max_attempts": 3,
+            "backoff": { "initial_ms": 50, "max_ms": 50 } }),
+            )
+            .await;
         let la = eventually_lease(&a, &api, &t.id, Duration::from_secs(10)).await;
         assert_eq!(la.task.id, t.id);
         // A takes no more work: the retry must go to B.
-        api.post(&format!("/v1/nodes/{}/drain", a.id), &json!({})).await.expect(200);
+        api.post(&format!("/v1/nodes/{}/drain", a.id), &json!({}))
+            .await
+            .expect(200);
         let b = register_node(&api, &format!("r2-manual-b{round}"), &[&mq], 1).await;
         let lb = eventually_lease(&b, &api, &t.id, Duration::from_secs(10)).await;
         assert_eq!(lb.task.id, t.id);
         assert!(lb.fence > la.fence);
         let done: Task = b
             .api
-            .post(&format!("/v1/tasks/{}/complete", t.id), &json!({ "lease_token": lb.lease_token, "result": "second" }))
+            .post(
+                &format!("/v1/tasks/{}/complete", t.id),
+                &json!({ "lease_token": lb.lease_token, "result": "second" }),
+            )
             .await
             .expect(200)
             .json();
         for (op, body) in [
             ("extend", json!({ "lease_token": la.lease_token })),
-            ("complete", json!({ "lease_token": la.lease_token, "result": "zombie" })),
-            ("fail", json!({ "lease_token": la.lease_token, "error": "zombie" })),
+            (
+                "complete",
+                json!({ "lease_token": la.lease_token, "result": "zombie" }),
+            ),
+            (
+                "fail",
+                json!({ "lease_token": la.lease_token, "error": "zombie" }),
+            ),
         ] {
             let r = a.api.post(&format!("/v1/tasks/{}/{op}", t.id), &body).await;
             assert_eq!(r.problem(409), "lease_conflict", "zombie {op}");
             manual_refusals += 1;
         }
-        assert_eq!(api.task(&t.id).await, done, "a refused zombie call changed the task");
+        assert_eq!(
+            api.task(&t.id).await,
+            done,
+            "a refused zombie call changed the task"
+        );
     }
     tail.settle().await;
     let events = tail.events();
     let evs = by_task(&events);
     let mut dup = 0;
     for id in &all_ids {
-        let n = evs.get(id).map(|v| v.iter().filter(|e| e.typ == "task.succeeded").count()).unwrap_or(0);
+        let n = evs
+            .get(id)
+            .map(|v| v.iter().filter(|e| e.typ == "task.succeeded").count())
+            .unwrap_or(0);
         if n != 1 {
             dup += 1;
         }
@@ -336,7 +454,11 @@ async fn r2_a_paused_agent_is_a_zombie_whose_renew_and_complete_are_refused_and_
     // Every task's highest accepted write is its accepted completion's fence.
     for id in &all_ids {
         let t = api.task(id).await;
-        assert_eq!(high.get(id), Some(&t.fence), "R2: the sink's latest write for {id} is not the final attempt's");
+        assert_eq!(
+            high.get(id),
+            Some(&t.fence),
+            "R2: the sink's latest write for {id} is not the final attempt's"
+        );
     }
     eprintln!(
         "R2 figures: zombies={zombie_count} (rounds={rounds}) renew_409={renew_refused} complete_409={complete_refused} \
@@ -352,24 +474,40 @@ async fn r2_a_paused_agent_is_a_zombie_whose_renew_and_complete_are_refused_and_
     assert_eq!(dup, 0, "R2: a task without exactly one accepted completion");
     // RELIABILITY.md: the zombie fences itself before its side effect in >= 49/50.
     let group_zombies = zombies * rounds.div_ceil(2);
-    assert!(self_fenced + 1 >= group_zombies, "R2: only {self_fenced}/{group_zombies} zombies fenced themselves");
+    assert!(
+        self_fenced + 1 >= group_zombies,
+        "R2: only {self_fenced}/{group_zombies} zombies fenced themselves"
+    );
     assert_doctor(&redis.url(), &ns);
 }
 
 /// Polls a task until `pred`.
-async fn eventually_task(api: &Http, id: &str, timeout: Duration, pred: impl Fn(&Task) -> bool) -> Task {
+async fn eventually_task(
+    api: &Http,
+    id: &str,
+    timeout: Duration,
+    pred: impl Fn(&Task) -> bool,
+) -> Task {
     let deadline = Instant::now() + timeout;
     loop {
         let t = api.task(id).await;
         if pred(&t) {
             return t;
         }
-        assert!(Instant::now() < deadline, "task {id} never reached the expected state: {t:?}");
+        assert!(
+            Instant::now() < deadline,
+            "task {id} never reached the expected state: {t:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-async fn eventually_lease(n: &crate::helpers::ManualNode, api: &Http, task: &str, timeout: Duration) -> muster::domain::Lease {
+async fn eventually_lease(
+    n: &crate::helpers::ManualNode,
+    api: &Http,
+    task: &str,
+    timeout: Duration,
+) -> muster::domain::Lease {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(l) = n.lease(1, 1000).await.into_iter().next() {
@@ -377,7 +515,12 @@ async fn eventually_lease(n: &crate::helpers::ManualNode, api: &Http, task: &str
         }
         if Instant::now() > deadline {
             let node = api.get(&format!("/v1/nodes/{}", n.id)).await;
-            panic!("no lease for {}: node {}\ntask {:?}", n.id, node.text, api.task(task).await);
+            panic!(
+                "no lease for {}: node {}\ntask {:?}",
+                n.id,
+                node.text,
+                api.task(task).await
+            );
         }
     }
 }

@@ -9,7 +9,11 @@ use std::time::{Duration, Instant};
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn r3_a_control_plane_killed_under_load_loses_and_duplicates_nothing_and_is_back_within_2s() {
     let _serial = serial().await;
-    let (load_secs, kills, clients) = if long() { (120u64, 10usize, 8usize) } else { (15, 3, 6) };
+    let (load_secs, kills, clients) = if long() {
+        (120u64, 10usize, 8usize)
+    } else {
+        (15, 3, 6)
+    };
     let queue = "r3";
     let redis = FaultRedis::start("always");
     let ns = ns();
@@ -24,7 +28,11 @@ async fn r3_a_control_plane_killed_under_load_loses_and_duplicates_nothing_and_i
         .enumerate()
         .map(|(i, n)| {
             // Half list replica A first, half B first: both get agent traffic.
-            let servers = if i % 2 == 0 { [a.url.as_str(), b.url.as_str()] } else { [b.url.as_str(), a.url.as_str()] };
+            let servers = if i % 2 == 0 {
+                [a.url.as_str(), b.url.as_str()]
+            } else {
+                [b.url.as_str(), a.url.as_str()]
+            };
             agent(n, &servers, &exec, false)
         })
         .collect();
@@ -43,7 +51,13 @@ async fn r3_a_control_plane_killed_under_load_loses_and_duplicates_nothing_and_i
                 let key = format!("r3-{c}-{i}");
                 i += 1;
                 // Retry (either replica) with the same key until a definitive answer.
-                rec.submit_until_answered(&servers, &key, &echo_task(queue, &key), Duration::from_secs(30)).await;
+                rec.submit_until_answered(
+                    &servers,
+                    &key,
+                    &echo_task(queue, &key),
+                    Duration::from_secs(30),
+                )
+                .await;
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }));
@@ -60,17 +74,28 @@ async fn r3_a_control_plane_killed_under_load_loses_and_duplicates_nothing_and_i
         // First 2xx of the restarted replica on an authenticated route that reads Redis.
         let http = victim.api();
         let back = loop {
-            let r = tokio::time::timeout(Duration::from_millis(500), http.req(reqwest::Method::GET, &format!("/v1/queues/{queue}")).send()).await;
+            let r = tokio::time::timeout(
+                Duration::from_millis(500),
+                http.req(reqwest::Method::GET, &format!("/v1/queues/{queue}"))
+                    .send(),
+            )
+            .await;
             if let Ok(Ok(r)) = r
                 && r.status().is_success()
             {
                 break killed.elapsed();
             }
-            assert!(killed.elapsed() < Duration::from_secs(30), "R3: replica not back after 30 s");
+            assert!(
+                killed.elapsed() < Duration::from_secs(30),
+                "R3: replica not back after 30 s"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
         recoveries.push(back);
-        eprintln!("R3 kill {k}: replica :{} back (2xx) after {back:?}", victim.port);
+        eprintln!(
+            "R3 kill {k}: replica :{} back (2xx) after {back:?}",
+            victim.port
+        );
     }
     let left = Duration::from_secs(load_secs).saturating_sub(started.elapsed());
     tokio::time::sleep(left).await;
@@ -90,8 +115,11 @@ async fn r3_a_control_plane_killed_under_load_loses_and_duplicates_nothing_and_i
     let ops = rec.ops();
     let five_hundreds = ops.iter().filter(|o| o.status == Some(500)).count();
     // Submissions whose first try got no answer, then retried under the same key.
-    let retried: std::collections::HashSet<&String> =
-        ops.iter().filter(|o| matches!(o.outcome, Outcome::Indeterminate(_))).map(|o| &o.key).collect();
+    let retried: std::collections::HashSet<&String> = ops
+        .iter()
+        .filter(|o| matches!(o.outcome, Outcome::Indeterminate(_)))
+        .map(|o| &o.key)
+        .collect();
     let max_rec = recoveries.iter().max().copied().unwrap_or_default();
     eprintln!(
         "R3 figures: kills={kills} load={load_secs}s rate={:.0}/s ops ok={ok} failed={failed} indeterminate={indeterminate} \
@@ -103,8 +131,14 @@ async fn r3_a_control_plane_killed_under_load_loses_and_duplicates_nothing_and_i
     check.assert_clean("R3");
     assert_eq!(five_hundreds, 0, "R3: a 500 answer");
     assert_eq!(failed, 0, "R3: a definitive refusal of a valid submission");
-    assert!(drained.is_some() && drain_time <= Duration::from_secs(15), "R3: not all terminal within 15 s of the load stopping ({drain_time:?})");
-    assert!(max_rec <= Duration::from_secs(2), "R3: kill to first 2xx took {max_rec:?}");
+    assert!(
+        drained.is_some() && drain_time <= Duration::from_secs(15),
+        "R3: not all terminal within 15 s of the load stopping ({drain_time:?})"
+    );
+    assert!(
+        max_rec <= Duration::from_secs(2),
+        "R3: kill to first 2xx took {max_rec:?}"
+    );
     drop(agents);
     assert_doctor(&redis.url(), &ns);
 }

@@ -21,10 +21,18 @@ async fn a_handler_past_max_run_ms_is_killed_with_its_process_group_and_the_atte
         pids.display(),
         sink.display()
     );
-    let mut a = agent("slow", &[&serve.url], &["--queue", "slow", "--capacity", "2", "--exec", &cmd], false);
+    let mut a = agent(
+        "slow",
+        &[&serve.url],
+        &["--queue", "slow", "--capacity", "2", "--exec", &cmd],
+        false,
+    );
     let t: Task = api
-        .post("/v1/tasks", &json!({ "kind": "slow", "queue": "slow", "timeout_ms": TTL_MS, "max_run_ms": 600,
-            "max_attempts": 3, "backoff": { "initial_ms": 100, "max_ms": 100 } }))
+        .post(
+            "/v1/tasks",
+            &json!({ "kind": "slow", "queue": "slow", "timeout_ms": TTL_MS, "max_run_ms": 600,
+            "max_attempts": 3, "backoff": { "initial_ms": 100, "max_ms": 100 } }),
+        )
         .await
         .expect(201)
         .json();
@@ -36,31 +44,55 @@ async fn a_handler_past_max_run_ms_is_killed_with_its_process_group_and_the_atte
     assert_eq!(done.result, Some(json!("done")));
     let ps = pids_in(&pids);
     assert_eq!(ps.len(), 2, "two attempts ran: {ps:?}");
-    assert!(!group_alive(ps[0]), "the killed handler's process group survives");
+    assert!(
+        !group_alive(ps[0]),
+        "the killed handler's process group survives"
+    );
     // Killed at max_run_ms, long before the lease TTL could matter.
     assert!(took < Duration::from_millis(TTL_MS), "retry took {took:?}");
 
     // Past max_run_ms on every attempt: failed after max_attempts, each attempt timed out.
     a.kill9();
-    let cmd2 = format!("echo $$ >> '{}'; sleep 30; echo \"$MUSTER_FENCE\" >> '{}'", pids.display(), sink.display());
-    let _b = agent("slow2", &[&serve.url], &["--queue", "slow", "--capacity", "2", "--exec", &cmd2], false);
+    let cmd2 = format!(
+        "echo $$ >> '{}'; sleep 30; echo \"$MUSTER_FENCE\" >> '{}'",
+        pids.display(),
+        sink.display()
+    );
+    let _b = agent(
+        "slow2",
+        &[&serve.url],
+        &["--queue", "slow", "--capacity", "2", "--exec", &cmd2],
+        false,
+    );
     let t: Task = api
-        .post("/v1/tasks", &json!({ "kind": "slow", "queue": "slow", "timeout_ms": TTL_MS, "max_run_ms": 300,
-            "max_attempts": 2, "backoff": { "initial_ms": 50, "max_ms": 50 } }))
+        .post(
+            "/v1/tasks",
+            &json!({ "kind": "slow", "queue": "slow", "timeout_ms": TTL_MS, "max_run_ms": 300,
+            "max_attempts": 2, "backoff": { "initial_ms": 50, "max_ms": 50 } }),
+        )
         .await
         .expect(201)
         .json();
     let done = api.wait_terminal(&t.id, Duration::from_secs(20)).await;
     assert_eq!(done.state, TaskState::Failed, "{done:?}");
     assert_eq!(done.attempts, 2);
-    assert!(done.error.as_deref().unwrap_or("").contains("timed out"), "{done:?}");
+    assert!(
+        done.error.as_deref().unwrap_or("").contains("timed out"),
+        "{done:?}"
+    );
     let ps = pids_in(&pids);
     assert_eq!(ps.len(), 4, "{ps:?}");
     for p in &ps {
         assert!(!group_alive(*p), "handler group {p} survives");
     }
-    assert_eq!(std::fs::read_to_string(&sink).unwrap_or_default(), "", "a killed handler wrote its side effect");
-    eprintln!("max_run_ms figures: killed handlers=3 surviving=0 side effects=0 kill+retry took {took:?}");
+    assert_eq!(
+        std::fs::read_to_string(&sink).unwrap_or_default(),
+        "",
+        "a killed handler wrote its side effect"
+    );
+    eprintln!(
+        "max_run_ms figures: killed handlers=3 surviving=0 side effects=0 kill+retry took {took:?}"
+    );
     assert_doctor(&redis.url(), &ns);
 }
 
@@ -76,12 +108,20 @@ async fn cancelling_a_running_task_reaches_its_node_and_kills_the_handler_within
     let pids = dir.path().join("pids");
     let cmd = format!("echo $$ >> '{}'; sleep 30", pids.display());
     // A long TTL: the renewals (every TTL/3) are not what tells the node.
-    let _a = agent("cancel", &[&serve.url], &["--queue", "cancel", "--capacity", "2", "--exec", &cmd], false);
+    let _a = agent(
+        "cancel",
+        &[&serve.url],
+        &["--queue", "cancel", "--capacity", "2", "--exec", &cmd],
+        false,
+    );
     node_ids(&api, &["cancel".to_string()], Duration::from_secs(30)).await;
     let (mut worst_state, mut worst_kill) = (Duration::ZERO, Duration::ZERO);
     for i in 0..rounds {
         let t: Task = api
-            .post("/v1/tasks", &json!({ "kind": "c", "queue": "cancel", "timeout_ms": 30_000, "max_attempts": 3 }))
+            .post(
+                "/v1/tasks",
+                &json!({ "kind": "c", "queue": "cancel", "timeout_ms": 30_000, "max_attempts": 3 }),
+            )
             .await
             .expect(201)
             .json();
@@ -94,7 +134,11 @@ async fn cancelling_a_running_task_reaches_its_node_and_kills_the_handler_within
         tokio::time::sleep(Duration::from_millis(rand::random_range(0..HEARTBEAT_MS))).await;
         let pgid = pids_in(&pids)[i];
         let asked = Instant::now();
-        let c: Task = api.post(&format!("/v1/tasks/{}/cancel", t.id), &json!({})).await.expect(200).json();
+        let c: Task = api
+            .post(&format!("/v1/tasks/{}/cancel", t.id), &json!({}))
+            .await
+            .expect(200)
+            .json();
         assert!(c.cancel_requested);
         let (mut state_at, mut kill_at) = (None, None);
         while state_at.is_none() || kill_at.is_none() {
@@ -104,7 +148,10 @@ async fn cancelling_a_running_task_reaches_its_node_and_kills_the_handler_within
             if state_at.is_none() && api.task(&t.id).await.state == TaskState::Cancelled {
                 state_at = Some(asked.elapsed());
             }
-            assert!(asked.elapsed() < Duration::from_secs(10), "cancel not carried out");
+            assert!(
+                asked.elapsed() < Duration::from_secs(10),
+                "cancel not carried out"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         worst_state = worst_state.max(state_at.unwrap());
@@ -118,6 +165,9 @@ async fn cancelling_a_running_task_reaches_its_node_and_kills_the_handler_within
         HEARTBEAT_MS + 1000
     );
     let gate = Duration::from_millis(HEARTBEAT_MS + 1000);
-    assert!(worst_kill <= gate && worst_state <= gate, "cancel took {worst_kill:?} / {worst_state:?}");
+    assert!(
+        worst_kill <= gate && worst_state <= gate,
+        "cancel took {worst_kill:?} / {worst_state:?}"
+    );
     assert_doctor(&redis.url(), &ns);
 }

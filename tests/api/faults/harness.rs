@@ -38,7 +38,10 @@ pub fn long() -> bool {
 
 /// Wall clock in ms (the same clock as Redis stream ids on this box).
 pub fn wall_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
 }
 
 /// Sends a signal with kill(1): `kill -s SIG -- target` (target a pid, or `-pgid`).
@@ -55,12 +58,20 @@ pub fn signal(sig: &str, target: &str) {
 /// Direct children of `pid` (from /proc).
 pub fn children_of(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else { return out };
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
     for e in rd.flatten() {
-        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
         // "pid (comm) state ppid ...": comm may hold spaces, so split after the last ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|x| x.1) else { continue };
+        let Some(rest) = stat.rsplit_once(')').map(|x| x.1) else {
+            continue;
+        };
         let mut it = rest.split_whitespace();
         let _state = it.next();
         if it.next().and_then(|v| v.parse::<u32>().ok()) == Some(pid) {
@@ -87,11 +98,19 @@ pub struct FaultRedis {
 impl FaultRedis {
     /// `appendonly yes`, `appendfsync <fsync>`, no RDB snapshots.
     pub fn start(fsync: &str) -> FaultRedis {
-        let args: Vec<String> =
-            ["--save", "", "--appendonly", "yes", "--appendfsync", fsync].iter().map(|s| s.to_string()).collect();
+        let args: Vec<String> = ["--save", "", "--appendonly", "yes", "--appendfsync", fsync]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         let guard = RedisGuard::start_with(&a);
-        FaultRedis { port: guard.port, guard: Some(guard), dir: None, args, paused: false }
+        FaultRedis {
+            port: guard.port,
+            guard: Some(guard),
+            dir: None,
+            args,
+            paused: false,
+        }
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -180,7 +199,13 @@ impl FProc {
             .stderr(f)
             .spawn()
             .expect("spawn muster");
-        FProc { child, name: name.to_string(), log_path, _dir: dir, stopped: false }
+        FProc {
+            child,
+            name: name.to_string(),
+            log_path,
+            _dir: dir,
+            stopped: false,
+        }
     }
 
     /// Its pid.
@@ -277,7 +302,9 @@ impl Serve {
             ns: ns.to_string(),
         };
         s.spawn();
-        s.wait_ready(Duration::from_secs(30)).await.unwrap_or_else(|e| panic!("{e}"));
+        s.wait_ready(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         s
     }
 
@@ -317,8 +344,11 @@ impl Serve {
             {
                 return Err(format!("muster serve exited\n{}", p.log_tail()));
             }
-            if let Ok(Ok(r)) =
-                tokio::time::timeout(Duration::from_secs(2), http.req(reqwest::Method::GET, "/readyz").send()).await
+            if let Ok(Ok(r)) = tokio::time::timeout(
+                Duration::from_secs(2),
+                http.req(reqwest::Method::GET, "/readyz").send(),
+            )
+            .await
                 && r.status().is_success()
             {
                 return Ok(started.elapsed());
@@ -355,7 +385,15 @@ pub fn agent(name: &str, servers: &[&str], extra: &[&str], debug: bool) -> FProc
     args.push("--token".into());
     args.push(ADMIN_TOKEN.into());
     args.extend(extra.iter().map(|s| s.to_string()));
-    FProc::spawn(&format!("agent {name}"), &args, if debug { "info,muster::agent=debug" } else { "info" })
+    FProc::spawn(
+        &format!("agent {name}"),
+        &args,
+        if debug {
+            "info,muster::agent=debug"
+        } else {
+            "info"
+        },
+    )
 }
 
 /// Waits until nodes named `names` are registered and active; name → node id.
@@ -367,21 +405,28 @@ pub async fn node_ids(api: &Http, names: &[String], timeout: Duration) -> HashMa
             let nodes = r.json::<muster::domain::NodeList>().items;
             let m: HashMap<String, String> = nodes
                 .iter()
-                .filter(|n| n.status == muster::domain::NodeStatus::Active && names.contains(&n.name))
+                .filter(|n| {
+                    n.status == muster::domain::NodeStatus::Active && names.contains(&n.name)
+                })
                 .map(|n| (n.name.clone(), n.id.clone()))
                 .collect();
             if m.len() == names.len() {
                 return m;
             }
         }
-        assert!(Instant::now() < deadline, "agents {names:?} not all registered");
+        assert!(
+            Instant::now() < deadline,
+            "agents {names:?} not all registered"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 /// A store on `redis_url` / `ns` (for assertions).
 pub async fn store_on(redis_url: &str, ns: &str) -> Store {
-    Store::connect(redis_url, ns, Duration::from_secs(3)).await.expect("store connects")
+    Store::connect(redis_url, ns, Duration::from_secs(3))
+        .await
+        .expect("store connects")
 }
 
 /// A fresh namespace.
@@ -454,10 +499,18 @@ impl Recorder {
 
     /// One `POST /v1/tasks` with an Idempotency-Key, recorded.
     pub async fn submit_once(&self, http: &Http, key: &str, body: &Value, timeout: Duration) -> Op {
-        self.subs.lock().unwrap().entry(key.to_string()).or_insert(None);
+        self.subs
+            .lock()
+            .unwrap()
+            .entry(key.to_string())
+            .or_insert(None);
         let started = Instant::now();
         let at_ms = wall_ms();
-        let rb = http.req(reqwest::Method::POST, "/v1/tasks").header("Idempotency-Key", key).json(body).timeout(timeout);
+        let rb = http
+            .req(reqwest::Method::POST, "/v1/tasks")
+            .header("Idempotency-Key", key)
+            .json(body)
+            .timeout(timeout);
         let op = match rb.send().await {
             Ok(r) => {
                 let status = r.status().as_u16();
@@ -472,7 +525,15 @@ impl Recorder {
                     (400..=499, _) => Outcome::Failed(status),
                     (s, _) => Outcome::Indeterminate(format!("status {s}")),
                 };
-                Op { key: key.into(), server: http.base.clone(), outcome, status: Some(status), retry_after, took: started.elapsed(), at_ms }
+                Op {
+                    key: key.into(),
+                    server: http.base.clone(),
+                    outcome,
+                    status: Some(status),
+                    retry_after,
+                    took: started.elapsed(),
+                    at_ms,
+                }
             }
             Err(e) => Op {
                 key: key.into(),
@@ -497,11 +558,24 @@ impl Recorder {
 
     /// Submits under `key`, retrying indeterminate outcomes round-robin over `servers`
     /// until a definitive answer or `give_up`; the acked id.
-    pub async fn submit_until_answered(&self, servers: &[Http], key: &str, body: &Value, give_up: Duration) -> Option<String> {
+    pub async fn submit_until_answered(
+        &self,
+        servers: &[Http],
+        key: &str,
+        body: &Value,
+        give_up: Duration,
+    ) -> Option<String> {
         let deadline = Instant::now() + give_up;
         let mut i = rand::random_range(0..servers.len());
         loop {
-            let op = self.submit_once(&servers[i % servers.len()], key, body, Duration::from_secs(5)).await;
+            let op = self
+                .submit_once(
+                    &servers[i % servers.len()],
+                    key,
+                    body,
+                    Duration::from_secs(5),
+                )
+                .await;
             match op.outcome {
                 Outcome::Ok(id) => return Some(id),
                 Outcome::Failed(_) => return None,
@@ -519,8 +593,14 @@ impl Recorder {
     /// Counts of (ok, failed, indeterminate) operations.
     pub fn counts(&self) -> (usize, usize, usize) {
         let ops = self.ops.lock().unwrap();
-        let ok = ops.iter().filter(|o| matches!(o.outcome, Outcome::Ok(_))).count();
-        let failed = ops.iter().filter(|o| matches!(o.outcome, Outcome::Failed(_))).count();
+        let ok = ops
+            .iter()
+            .filter(|o| matches!(o.outcome, Outcome::Ok(_)))
+            .count();
+        let failed = ops
+            .iter()
+            .filter(|o| matches!(o.outcome, Outcome::Failed(_)))
+            .count();
         (ok, failed, ops.len() - ok - failed)
     }
 }
@@ -576,23 +656,33 @@ impl EventTail {
                     }
                 }
                 let c = conn.as_mut().unwrap();
-                let r: redis::RedisResult<Option<redis::streams::StreamReadReply>> = redis::cmd("XREAD")
-                    .arg("COUNT")
-                    .arg(2000)
-                    .arg("BLOCK")
-                    .arg(100)
-                    .arg("STREAMS")
-                    .arg(&key)
-                    .arg(&last)
-                    .query(c);
+                let r: redis::RedisResult<Option<redis::streams::StreamReadReply>> =
+                    redis::cmd("XREAD")
+                        .arg("COUNT")
+                        .arg(2000)
+                        .arg("BLOCK")
+                        .arg(100)
+                        .arg("STREAMS")
+                        .arg(&key)
+                        .arg(&last)
+                        .query(c);
                 match r {
                     Ok(Some(reply)) => {
                         let mut out = ev.lock().unwrap();
                         for k in reply.keys {
                             for e in k.ids {
                                 let f = |n: &str| e.get::<String>(n).unwrap_or_default();
-                                let ms = e.id.split('-').next().and_then(|v| v.parse().ok()).unwrap_or(0);
-                                out.push(Ev { ms, typ: f("type"), task: f("task"), node: f("node") });
+                                let ms =
+                                    e.id.split('-')
+                                        .next()
+                                        .and_then(|v| v.parse().ok())
+                                        .unwrap_or(0);
+                                out.push(Ev {
+                                    ms,
+                                    typ: f("type"),
+                                    task: f("task"),
+                                    node: f("node"),
+                                });
                                 last = e.id.clone();
                             }
                         }
@@ -605,7 +695,11 @@ impl EventTail {
                 }
             }
         });
-        EventTail { events, stop, thread: Some(thread) }
+        EventTail {
+            events,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     /// The events so far.
@@ -648,7 +742,10 @@ pub async fn all_tasks(store: &Store, queue: &str) -> Vec<Task> {
     loop {
         let mut tries = 0;
         let page = loop {
-            match store.page(Some(queue), None, None, 1000, cursor.as_deref()).await {
+            match store
+                .page(Some(queue), None, None, 1000, cursor.as_deref())
+                .await
+            {
                 Ok(p) => break p,
                 Err(e) => {
                     tries += 1;
@@ -671,7 +768,12 @@ pub async fn all_tasks(store: &Store, queue: &str) -> Vec<Task> {
 
 /// Waits until `queue` has no open task and holds at least `min_tasks` tasks; the
 /// time it took, or None after `timeout`.
-pub async fn drain(store: &Store, queue: &str, min_tasks: i64, timeout: Duration) -> Option<Duration> {
+pub async fn drain(
+    store: &Store,
+    queue: &str,
+    min_tasks: i64,
+    timeout: Duration,
+) -> Option<Duration> {
     let started = Instant::now();
     loop {
         if let Ok(info) = store.queue_info(queue).await {
@@ -721,9 +823,21 @@ impl Check {
     #[track_caller]
     pub fn assert_clean(&self, what: &str) {
         assert!(self.lost.is_empty(), "{what}: lost {:?}", self.lost);
-        assert!(self.duplicate_accepted.is_empty(), "{what}: duplicate_accepted {:?}", self.duplicate_accepted);
-        assert!(self.duplicate_task.is_empty(), "{what}: duplicate_task {:?}", self.duplicate_task);
-        assert!(self.unexpected.is_empty(), "{what}: unexpected {:?}", self.unexpected);
+        assert!(
+            self.duplicate_accepted.is_empty(),
+            "{what}: duplicate_accepted {:?}",
+            self.duplicate_accepted
+        );
+        assert!(
+            self.duplicate_task.is_empty(),
+            "{what}: duplicate_task {:?}",
+            self.duplicate_task
+        );
+        assert!(
+            self.unexpected.is_empty(),
+            "{what}: unexpected {:?}",
+            self.unexpected
+        );
     }
 
     /// One line of figures.
@@ -750,12 +864,18 @@ impl Check {
 pub async fn check(store: &Store, queue: &str, rec: &Recorder, events: &[Ev]) -> Check {
     let subs = rec.subs();
     let tasks = all_tasks(store, queue).await;
-    let mut c = Check { submissions: subs.len(), tasks: tasks.len(), ..Check::default() };
+    let mut c = Check {
+        submissions: subs.len(),
+        tasks: tasks.len(),
+        ..Check::default()
+    };
     let by_id: HashMap<&str, &Task> = tasks.iter().map(|t| (t.id.as_str(), t)).collect();
     let mut by_key: HashMap<String, Vec<String>> = HashMap::new();
     for t in &tasks {
         match t.payload.get("key").and_then(Value::as_str) {
-            Some(k) if subs.contains_key(k) => by_key.entry(k.to_string()).or_default().push(t.id.clone()),
+            Some(k) if subs.contains_key(k) => {
+                by_key.entry(k.to_string()).or_default().push(t.id.clone())
+            }
             _ => c.unexpected.push(t.id.clone()),
         }
     }
@@ -808,7 +928,14 @@ pub fn doctor_cli(redis_url: &str, ns: &str) -> (bool, String) {
         .args(["doctor", "--redis-url", redis_url, "--namespace", ns])
         .output()
         .expect("run muster doctor");
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 /// Asserts `muster doctor` exits 0.
@@ -842,11 +969,19 @@ pub fn pct(mut v: Vec<u128>, p: f64) -> u128 {
 
 /// True while any process of the process group `pgid` exists (zombies aside).
 pub fn group_alive(pgid: u32) -> bool {
-    let Ok(rd) = std::fs::read_dir("/proc") else { return false };
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return false;
+    };
     for e in rd.flatten() {
-        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
-        let Some(rest) = stat.rsplit_once(')').map(|x| x.1) else { continue };
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rsplit_once(')').map(|x| x.1) else {
+            continue;
+        };
         let f: Vec<&str> = rest.split_whitespace().collect();
         // state ppid pgrp ...
         if f.len() > 2 && f[0] != "Z" && f[2].parse::<u32>().ok() == Some(pgid) {
@@ -858,5 +993,9 @@ pub fn group_alive(pgid: u32) -> bool {
 
 /// The pids a handler wrote to `path` (one a line).
 pub fn pids_in(path: &std::path::Path) -> Vec<u32> {
-    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect()
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
 }

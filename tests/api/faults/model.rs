@@ -56,8 +56,19 @@ struct World {
 }
 
 fn fail_msg(w: &World, what: String) -> String {
-    let tail: Vec<&String> = w.log.iter().rev().take(25).collect::<Vec<_>>().into_iter().rev().collect();
-    format!("R8 invariant violated (replay: MUSTER_R8_SEED={}): {what}\nlast steps:\n{tail:#?}", w.seed)
+    let tail: Vec<&String> = w
+        .log
+        .iter()
+        .rev()
+        .take(25)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!(
+        "R8 invariant violated (replay: MUSTER_R8_SEED={}): {what}\nlast steps:\n{tail:#?}",
+        w.seed
+    )
 }
 
 macro_rules! ensure {
@@ -82,7 +93,10 @@ fn prepared(rng: &mut StdRng) -> PreparedTask {
         // Short leases expire between steps; long ones only when time is advanced far.
         timeout_ms: if short { 10 } else { 60_000 },
         max_run_ms: None,
-        backoff: Backoff { initial_ms: 2, max_ms: 4 },
+        backoff: Backoff {
+            initial_ms: 2,
+            max_ms: 4,
+        },
         requires: vec![],
         retention_ms: 3_600_000,
     }
@@ -103,7 +117,11 @@ impl World {
     }
 
     /// A token for task `i`: (token, node to present, expected "is the current lease").
-    fn token(&mut self, i: usize, cur_fence: i64) -> Option<(String, Option<String>, &'static str)> {
+    fn token(
+        &mut self,
+        i: usize,
+        cur_fence: i64,
+    ) -> Option<(String, Option<String>, &'static str)> {
         let leases = self.tasks[i].leases.clone();
         if leases.is_empty() {
             return None;
@@ -114,9 +132,17 @@ impl World {
         } else {
             leases[self.rng.random_range(0..leases.len())].clone()
         };
-        let mut kind = if fence == cur_fence { "current" } else { "stale" };
+        let mut kind = if fence == cur_fence {
+            "current"
+        } else {
+            "stale"
+        };
         let mut token = token;
-        let mut as_node = if self.rng.random_bool(0.3) { None } else { Some(node.clone()) };
+        let mut as_node = if self.rng.random_bool(0.3) {
+            None
+        } else {
+            Some(node.clone())
+        };
         match self.rng.random_range(0..12) {
             0 => {
                 // Forged: the current fence with another nonce.
@@ -183,11 +209,26 @@ impl World {
         let n = self.rng.random_range(1..=2).min(6 - self.tasks.len());
         let ts: Vec<PreparedTask> = (0..n).map(|_| prepared(&mut self.rng)).collect();
         let r = retry(|| self.store.submit(&ts, None, 60_000)).await;
-        ensure!(self, matches!(r, muster::store::Submitted::Created { .. }), "submit: {r:?}");
+        ensure!(
+            self,
+            matches!(r, muster::store::Submitted::Created { .. }),
+            "submit: {r:?}"
+        );
         for t in &ts {
-            self.tasks.push(M { id: t.id.clone(), ..M::default() });
+            self.tasks.push(M {
+                id: t.id.clone(),
+                ..M::default()
+            });
         }
-        let d: Vec<String> = ts.iter().map(|t| format!("{} max_attempts={} ttl={}", t.id, t.max_attempts, t.timeout_ms)).collect();
+        let d: Vec<String> = ts
+            .iter()
+            .map(|t| {
+                format!(
+                    "{} max_attempts={} ttl={}",
+                    t.id, t.max_attempts, t.timeout_ms
+                )
+            })
+            .collect();
         self.note("submit", d.join(", "));
     }
 
@@ -195,28 +236,60 @@ impl World {
         let node = NODES[self.rng.random_range(0..2)];
         let max = self.rng.random_range(1..=3);
         let pull = self.rng.random_bool(0.5);
-        let before: HashMap<String, Task> = self.read_all().await.into_iter().map(|t| (t.id.clone(), t)).collect();
+        let before: HashMap<String, Task> = self
+            .read_all()
+            .await
+            .into_iter()
+            .map(|t| (t.id.clone(), t))
+            .collect();
         let got = retry(|| self.store.lease(QUEUE, node, max, pull, "")).await;
-        let ids: Vec<String> = got.iter().map(|l| format!("{} fence {}", l.task.id, l.task.fence)).collect();
+        let ids: Vec<String> = got
+            .iter()
+            .map(|l| format!("{} fence {}", l.task.id, l.task.fence))
+            .collect();
         self.note("lease", format!("{node} max {max} pull {pull}: {ids:?}"));
         for l in got {
             let i = self.tasks.iter().position(|m| m.id == l.task.id);
-            ensure!(self, i.is_some(), "lease handed out a task nobody submitted: {}", l.task.id);
+            ensure!(
+                self,
+                i.is_some(),
+                "lease handed out a task nobody submitted: {}",
+                l.task.id
+            );
             let i = i.unwrap();
             let b = &before[&l.task.id];
             ensure!(
                 self,
-                b.state == TaskState::Pending || (b.state == TaskState::Assigned && b.node.as_deref() == Some(node)),
+                b.state == TaskState::Pending
+                    || (b.state == TaskState::Assigned && b.node.as_deref() == Some(node)),
                 "lease of {} which was {:?} (node {:?})",
                 b.id,
                 b.state,
                 b.node
             );
-            ensure!(self, self.tasks[i].terminal.is_none(), "lease of a terminal task {}", b.id);
+            ensure!(
+                self,
+                self.tasks[i].terminal.is_none(),
+                "lease of a terminal task {}",
+                b.id
+            );
             let prev = self.tasks[i].leases.last().map(|x| x.0).unwrap_or(0);
-            ensure!(self, l.task.fence == prev + 1 && l.task.fence == b.fence + 1, "fence {} after {prev}", l.task.fence);
-            ensure!(self, l.token.starts_with(&format!("{}.", l.task.fence)), "token {} for fence {}", l.token, l.task.fence);
-            self.tasks[i].leases.push((l.task.fence, l.token.clone(), node.to_string()));
+            ensure!(
+                self,
+                l.task.fence == prev + 1 && l.task.fence == b.fence + 1,
+                "fence {} after {prev}",
+                l.task.fence
+            );
+            ensure!(
+                self,
+                l.token.starts_with(&format!("{}.", l.task.fence)),
+                "token {} for fence {}",
+                l.token,
+                l.task.fence
+            );
+            self.tasks[i]
+                .leases
+                .push((l.task.fence, l.token.clone(), node.to_string()));
             self.stats.leases += 1;
         }
     }
@@ -224,13 +297,26 @@ impl World {
     async fn extend(&mut self) {
         let Some(i) = self.pick() else { return };
         let cur = self.read(&self.tasks[i].id.clone()).await;
-        let Some((token, node, kind)) = self.token(i, cur.fence) else { return };
+        let Some((token, node, kind)) = self.token(i, cur.fence) else {
+            return;
+        };
         let id = cur.id.clone();
         let r = retry_op(|| self.store.extend(&id, node.as_deref(), &token, None)).await;
-        self.note("extend", format!("{id} {kind} token {token} as {node:?} while {:?}: {r:?}", cur.state));
+        self.note(
+            "extend",
+            format!(
+                "{id} {kind} token {token} as {node:?} while {:?}: {r:?}",
+                cur.state
+            ),
+        );
         let live = cur.state == TaskState::Running && kind == "current";
         match r {
-            Ok(_) => ensure!(self, live, "extend accepted a {kind} token while {:?}", cur.state),
+            Ok(_) => ensure!(
+                self,
+                live,
+                "extend accepted a {kind} token while {:?}",
+                cur.state
+            ),
             Err(StoreError::LeaseConflict { .. }) => {
                 ensure!(self, !live, "extend refused the current lease");
                 self.stats.stale_refused += 1;
@@ -244,26 +330,63 @@ impl World {
     async fn complete(&mut self) {
         let Some(i) = self.pick() else { return };
         let cur = self.read(&self.tasks[i].id.clone()).await;
-        let Some((token, node, kind)) = self.token(i, cur.fence) else { return };
+        let Some((token, node, kind)) = self.token(i, cur.fence) else {
+            return;
+        };
         let id = cur.id.clone();
         let result = format!("{{\"by_fence\": \"{token}\"}}");
         let r = retry_op(|| self.store.complete(&id, node.as_deref(), &token, &result)).await;
-        self.note("complete", format!("{id} {kind} token {token} as {node:?} while {:?}: {r:?}", cur.state));
+        self.note(
+            "complete",
+            format!(
+                "{id} {kind} token {token} as {node:?} while {:?}: {r:?}",
+                cur.state
+            ),
+        );
         let after = self.read(&id).await;
-        let completed = cur.state == TaskState::Succeeded || (cur.state == TaskState::Cancelled && cur.result.is_some());
+        let completed = cur.state == TaskState::Succeeded
+            || (cur.state == TaskState::Cancelled && cur.result.is_some());
         match r {
             Ok(rep) if rep.run_ms.is_some() => {
-                ensure!(self, cur.state == TaskState::Running && kind == "current", "complete accepted a {kind} token while {:?}", cur.state);
-                let want = if cur.cancel_requested { TaskState::Cancelled } else { TaskState::Succeeded };
-                ensure!(self, rep.state == want && after.state == want, "complete ended {:?} / {:?}, want {want:?}", rep.state, after.state);
+                ensure!(
+                    self,
+                    cur.state == TaskState::Running && kind == "current",
+                    "complete accepted a {kind} token while {:?}",
+                    cur.state
+                );
+                let want = if cur.cancel_requested {
+                    TaskState::Cancelled
+                } else {
+                    TaskState::Succeeded
+                };
+                ensure!(
+                    self,
+                    rep.state == want && after.state == want,
+                    "complete ended {:?} / {:?}, want {want:?}",
+                    rep.state,
+                    after.state
+                );
                 self.tasks[i].accepted += 1;
                 self.stats.accepted += 1;
-                ensure!(self, self.tasks[i].accepted == 1, "a second accepted completion for {id}");
+                ensure!(
+                    self,
+                    self.tasks[i].accepted == 1,
+                    "a second accepted completion for {id}"
+                );
             }
             Ok(rep) => {
                 // A repeat of the accepted completion: same answer, nothing written.
-                ensure!(self, completed && kind == "current", "a repeat answer for a {kind} token while {:?}", cur.state);
-                ensure!(self, rep.state == cur.state && after == cur, "a repeated completion changed the task");
+                ensure!(
+                    self,
+                    completed && kind == "current",
+                    "a repeat answer for a {kind} token while {:?}",
+                    cur.state
+                );
+                ensure!(
+                    self,
+                    rep.state == cur.state && after == cur,
+                    "a repeated completion changed the task"
+                );
             }
             Err(StoreError::LeaseConflict { .. }) => {
                 ensure!(
@@ -282,15 +405,32 @@ impl World {
     async fn fail(&mut self) {
         let Some(i) = self.pick() else { return };
         let cur = self.read(&self.tasks[i].id.clone()).await;
-        let Some((token, node, kind)) = self.token(i, cur.fence) else { return };
+        let Some((token, node, kind)) = self.token(i, cur.fence) else {
+            return;
+        };
         let id = cur.id.clone();
         let retryable = self.rng.random_bool(0.7);
-        let r = retry_op(|| self.store.fail(&id, node.as_deref(), &token, "model failure", retryable)).await;
-        self.note("fail", format!("{id} {kind} token {token} retryable {retryable} while {:?}: {r:?}", cur.state));
+        let r = retry_op(|| {
+            self.store
+                .fail(&id, node.as_deref(), &token, "model failure", retryable)
+        })
+        .await;
+        self.note(
+            "fail",
+            format!(
+                "{id} {kind} token {token} retryable {retryable} while {:?}: {r:?}",
+                cur.state
+            ),
+        );
         let after = self.read(&id).await;
         match r {
             Ok(rep) if rep.run_ms.is_some() => {
-                ensure!(self, cur.state == TaskState::Running && kind == "current", "fail accepted a {kind} token while {:?}", cur.state);
+                ensure!(
+                    self,
+                    cur.state == TaskState::Running && kind == "current",
+                    "fail accepted a {kind} token while {:?}",
+                    cur.state
+                );
                 let want = if cur.cancel_requested {
                     TaskState::Cancelled
                 } else if retryable && cur.attempts < cur.max_attempts {
@@ -298,19 +438,37 @@ impl World {
                 } else {
                     TaskState::Failed
                 };
-                ensure!(self, rep.state == want && after.state == want, "fail ended {:?} / {:?}, want {want:?}", rep.state, after.state);
+                ensure!(
+                    self,
+                    rep.state == want && after.state == want,
+                    "fail ended {:?} / {:?}, want {want:?}",
+                    rep.state,
+                    after.state
+                );
             }
             Ok(rep) => {
                 ensure!(
                     self,
-                    kind == "current" && matches!(cur.state, TaskState::Retrying | TaskState::Failed | TaskState::Cancelled),
+                    kind == "current"
+                        && matches!(
+                            cur.state,
+                            TaskState::Retrying | TaskState::Failed | TaskState::Cancelled
+                        ),
                     "a repeat answer to fail for a {kind} token while {:?}",
                     cur.state
                 );
-                ensure!(self, rep.state == cur.state && after == cur, "a repeated fail changed the task");
+                ensure!(
+                    self,
+                    rep.state == cur.state && after == cur,
+                    "a repeated fail changed the task"
+                );
             }
             Err(StoreError::LeaseConflict { .. }) => {
-                ensure!(self, !(kind == "current" && cur.state == TaskState::Running), "fail refused the current lease");
+                ensure!(
+                    self,
+                    !(kind == "current" && cur.state == TaskState::Running),
+                    "fail refused the current lease"
+                );
                 self.stats.stale_refused += 1;
                 ensure!(self, after == cur, "a refused fail changed the task");
             }
@@ -326,22 +484,41 @@ impl World {
         self.note("cancel", format!("{id} while {:?}: {r:?}", cur.state));
         let after = self.read(&id).await;
         match (cur.state, &r) {
-            (TaskState::Succeeded | TaskState::Failed, Err(StoreError::IllegalTransition { .. })) => {
+            (
+                TaskState::Succeeded | TaskState::Failed,
+                Err(StoreError::IllegalTransition { .. }),
+            ) => {
                 ensure!(self, after == cur, "a refused cancel changed the task")
             }
-            (TaskState::Cancelled, Ok(Cancelled::Done)) => ensure!(self, after == cur, "cancel of a cancelled task changed it"),
+            (TaskState::Cancelled, Ok(Cancelled::Done)) => {
+                ensure!(self, after == cur, "cancel of a cancelled task changed it")
+            }
             (TaskState::Running, Ok(Cancelled::Requested)) => {
-                ensure!(self, after.state == TaskState::Running && after.cancel_requested, "cancel request not recorded")
+                ensure!(
+                    self,
+                    after.state == TaskState::Running && after.cancel_requested,
+                    "cancel request not recorded"
+                )
             }
             (s, Ok(Cancelled::Done)) if !s.is_terminal() && s != TaskState::Running => {
-                ensure!(self, after.state == TaskState::Cancelled, "cancel left {:?}", after.state)
+                ensure!(
+                    self,
+                    after.state == TaskState::Cancelled,
+                    "cancel left {:?}",
+                    after.state
+                )
             }
             (s, r) => ensure!(self, false, "cancel while {s:?} answered {r:?}"),
         }
     }
 
     async fn expire(&mut self) {
-        let before: HashMap<String, Task> = self.read_all().await.into_iter().map(|t| (t.id.clone(), t)).collect();
+        let before: HashMap<String, Task> = self
+            .read_all()
+            .await
+            .into_iter()
+            .map(|t| (t.id.clone(), t))
+            .collect();
         let out = retry(|| self.store.expire(QUEUE, 100)).await;
         let now = retry(|| self.store.now_ms()).await;
         self.note("expire", format!("{out:?}"));
@@ -349,10 +526,28 @@ impl World {
             let b = before.get(id);
             ensure!(self, b.is_some(), "expire of an unknown task {id}");
             let b = b.unwrap();
-            ensure!(self, b.state == TaskState::Running, "expire of {id} which was {:?}", b.state);
-            let deadline = b.lease_expires_at.as_deref().and_then(muster::domain::parse_rfc3339_ms).unwrap_or(i64::MAX);
-            ensure!(self, deadline <= now, "expire of {id} before its deadline ({deadline} > {now})");
-            ensure!(self, b.node.as_deref() == Some(node.as_str()), "expire reported node {node} for {:?}", b.node);
+            ensure!(
+                self,
+                b.state == TaskState::Running,
+                "expire of {id} which was {:?}",
+                b.state
+            );
+            let deadline = b
+                .lease_expires_at
+                .as_deref()
+                .and_then(muster::domain::parse_rfc3339_ms)
+                .unwrap_or(i64::MAX);
+            ensure!(
+                self,
+                deadline <= now,
+                "expire of {id} before its deadline ({deadline} > {now})"
+            );
+            ensure!(
+                self,
+                b.node.as_deref() == Some(node.as_str()),
+                "expire reported node {node} for {:?}",
+                b.node
+            );
             let want = if b.cancel_requested {
                 "cancelled"
             } else if b.attempts < b.max_attempts {
@@ -360,7 +555,11 @@ impl World {
             } else {
                 "failed"
             };
-            ensure!(self, state == want, "expired {id} became {state}, want {want}");
+            ensure!(
+                self,
+                state == want,
+                "expired {id} became {state}, want {want}"
+            );
             self.stats.expired += 1;
         }
     }
@@ -373,7 +572,11 @@ impl World {
         // The store reconnects by itself.
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.store.ping().await.is_err() {
-            ensure!(self, Instant::now() < deadline, "the store did not reconnect after a redis restart");
+            ensure!(
+                self,
+                Instant::now() < deadline,
+                "the store did not reconnect after a redis restart"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let after = snapshot(&self.redis).await;
@@ -381,37 +584,108 @@ impl World {
         self.stats.t_restart += t0.elapsed();
         self.note("restart", format!("{} keys", before.len()));
         if before != after {
-            let diff: Vec<&String> = before.keys().chain(after.keys()).filter(|k| before.get(*k) != after.get(*k)).collect();
-            ensure!(self, false, "a redis restart (AOF always) changed keys {diff:?}");
+            let diff: Vec<&String> = before
+                .keys()
+                .chain(after.keys())
+                .filter(|k| before.get(*k) != after.get(*k))
+                .collect();
+            ensure!(
+                self,
+                false,
+                "a redis restart (AOF always) changed keys {diff:?}"
+            );
         }
     }
 
     /// The invariants that hold after every step.
     async fn invariants(&mut self, doctor: bool) {
         let tasks = self.read_all().await;
-        ensure!(self, tasks.len() == self.tasks.len(), "lost a task: {} of {}", tasks.len(), self.tasks.len());
+        ensure!(
+            self,
+            tasks.len() == self.tasks.len(),
+            "lost a task: {} of {}",
+            tasks.len(),
+            self.tasks.len()
+        );
         for t in tasks {
             let i = self.tasks.iter().position(|m| m.id == t.id).unwrap();
             let m = self.tasks[i].clone();
-            ensure!(self, t.fence == m.leases.len() as i64, "{}: fence {} but {} leases handed out", t.id, t.fence, m.leases.len());
-            ensure!(self, t.attempts == t.fence, "{}: attempts {} != fence {}", t.id, t.attempts, t.fence);
-            ensure!(self, t.attempts <= t.max_attempts, "{}: attempts {} > max {}", t.id, t.attempts, t.max_attempts);
-            let open = matches!(t.state, TaskState::Pending | TaskState::Assigned | TaskState::Retrying | TaskState::Scheduled);
-            ensure!(self, !(open && t.attempts >= t.max_attempts), "{}: {:?} with all {} attempts used", t.id, t.state, t.attempts);
-            ensure!(self, m.accepted <= 1, "{}: {} accepted completions", t.id, m.accepted);
+            ensure!(
+                self,
+                t.fence == m.leases.len() as i64,
+                "{}: fence {} but {} leases handed out",
+                t.id,
+                t.fence,
+                m.leases.len()
+            );
+            ensure!(
+                self,
+                t.attempts == t.fence,
+                "{}: attempts {} != fence {}",
+                t.id,
+                t.attempts,
+                t.fence
+            );
+            ensure!(
+                self,
+                t.attempts <= t.max_attempts,
+                "{}: attempts {} > max {}",
+                t.id,
+                t.attempts,
+                t.max_attempts
+            );
+            let open = matches!(
+                t.state,
+                TaskState::Pending
+                    | TaskState::Assigned
+                    | TaskState::Retrying
+                    | TaskState::Scheduled
+            );
+            ensure!(
+                self,
+                !(open && t.attempts >= t.max_attempts),
+                "{}: {:?} with all {} attempts used",
+                t.id,
+                t.state,
+                t.attempts
+            );
+            ensure!(
+                self,
+                m.accepted <= 1,
+                "{}: {} accepted completions",
+                t.id,
+                m.accepted
+            );
             if m.accepted == 1 {
-                ensure!(self, matches!(t.state, TaskState::Succeeded | TaskState::Cancelled), "{}: completed but {:?}", t.id, t.state);
+                ensure!(
+                    self,
+                    matches!(t.state, TaskState::Succeeded | TaskState::Cancelled),
+                    "{}: completed but {:?}",
+                    t.id,
+                    t.state
+                );
             }
             if t.state == TaskState::Succeeded {
-                ensure!(self, m.accepted == 1, "{}: succeeded without an accepted completion", t.id);
+                ensure!(
+                    self,
+                    m.accepted == 1,
+                    "{}: succeeded without an accepted completion",
+                    t.id
+                );
             }
             match &m.terminal {
-                Some(first) => ensure!(self, &t == first, "{}: terminal state not absorbing: {first:?} then {t:?}", t.id),
+                Some(first) => ensure!(
+                    self,
+                    &t == first,
+                    "{}: terminal state not absorbing: {first:?} then {t:?}",
+                    t.id
+                ),
                 None if t.state.is_terminal() => self.tasks[i].terminal = Some(t.clone()),
                 None => {}
             }
             // At most one live lease: every older token is refused (no write on refusal).
-            let live: Vec<&(i64, String, String)> = m.leases.iter().filter(|l| l.0 != t.fence).collect();
+            let live: Vec<&(i64, String, String)> =
+                m.leases.iter().filter(|l| l.0 != t.fence).collect();
             for (fence, token, node) in live {
                 let r = retry_op(|| self.store.extend(&t.id, Some(node), token, None)).await;
                 ensure!(
@@ -425,7 +699,12 @@ impl World {
         }
         if doctor {
             let report = retry(|| self.store.doctor()).await;
-            ensure!(self, report.violations.is_empty(), "doctor: {:#?}", report.violations);
+            ensure!(
+                self,
+                report.violations.is_empty(),
+                "doctor: {:#?}",
+                report.violations
+            );
         }
     }
 
@@ -438,13 +717,21 @@ impl World {
         let mut succeeded: HashMap<String, usize> = HashMap::new();
         for e in &reply.ids {
             if e.get::<String>("type").as_deref() == Some("task.succeeded") {
-                *succeeded.entry(e.get::<String>("task").unwrap_or_default()).or_default() += 1;
+                *succeeded
+                    .entry(e.get::<String>("task").unwrap_or_default())
+                    .or_default() += 1;
             }
         }
         for t in self.read_all().await {
             let n = succeeded.get(&t.id).copied().unwrap_or(0);
             let want = usize::from(t.state == TaskState::Succeeded);
-            ensure!(self, n == want, "{}: {n} task.succeeded events, state {:?}", t.id, t.state);
+            ensure!(
+                self,
+                n == want,
+                "{}: {n} task.succeeded events, state {:?}",
+                t.id,
+                t.state
+            );
         }
     }
 }
@@ -489,11 +776,19 @@ where
 
 /// Every key of the Redis with its content, for comparing across a restart.
 async fn snapshot(redis: &FaultRedis) -> BTreeMap<String, String> {
-    let mut c = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.expect("connect");
+    let mut c = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
     let keys: Vec<String> = c.keys("*").await.expect("keys");
     let mut out = BTreeMap::new();
     for k in keys {
-        let t: String = redis::cmd("TYPE").arg(&k).query_async(&mut c).await.unwrap();
+        let t: String = redis::cmd("TYPE")
+            .arg(&k)
+            .query_async(&mut c)
+            .await
+            .unwrap();
         let v = match t.as_str() {
             "hash" => {
                 let h: BTreeMap<String, String> = c.hgetall(&k).await.unwrap();
@@ -529,19 +824,31 @@ async fn snapshot(redis: &FaultRedis) -> BTreeMap<String, String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn r8_random_schedules_keep_one_live_lease_increasing_fences_absorbing_ends_and_one_accepted_completion() {
+async fn r8_random_schedules_keep_one_live_lease_increasing_fences_absorbing_ends_and_one_accepted_completion()
+ {
     let _serial = serial().await;
-    let replay: Option<u64> = std::env::var("MUSTER_R8_SEED").ok().and_then(|v| v.parse().ok());
+    let replay: Option<u64> = std::env::var("MUSTER_R8_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok());
     let schedules: u64 = if replay.is_some() {
         1
     } else if long() {
         10_000
     } else {
-        std::env::var("MUSTER_R8_SCHEDULES").ok().and_then(|v| v.parse().ok()).unwrap_or(300)
+        std::env::var("MUSTER_R8_SCHEDULES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300)
     };
-    let base: u64 = std::env::var("MUSTER_FAULTS_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(rand::random);
-    eprintln!("R8 base seed {base} (schedule k runs seed base + k; MUSTER_R8_SEED=<seed> replays one)");
-    let redis = FaultRedis::start(&std::env::var("MUSTER_R8_FSYNC").unwrap_or_else(|_| "always".into()));
+    let base: u64 = std::env::var("MUSTER_FAULTS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!(
+        "R8 base seed {base} (schedule k runs seed base + k; MUSTER_R8_SEED=<seed> replays one)"
+    );
+    let redis =
+        FaultRedis::start(&std::env::var("MUSTER_R8_FSYNC").unwrap_or_else(|_| "always".into()));
     let store = store_on(&redis.url(), &ns()).await;
     let mut w = World {
         redis,

@@ -10,7 +10,13 @@ use std::time::{Duration, Instant};
 
 /// Clients submitting continuously (each logical submission retried with its key until
 /// answered) until `stop`.
-fn start_load(rec: &Recorder, servers: Vec<crate::helpers::Http>, queue: &'static str, clients: usize, stop: &Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<()>> {
+fn start_load(
+    rec: &Recorder,
+    servers: Vec<crate::helpers::Http>,
+    queue: &'static str,
+    clients: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     (0..clients)
         .map(|c| {
             let (rec, servers, stop) = (rec.clone(), servers.clone(), stop.clone());
@@ -19,7 +25,13 @@ fn start_load(rec: &Recorder, servers: Vec<crate::helpers::Http>, queue: &'stati
                 while !stop.load(Ordering::Relaxed) {
                     let key = format!("{queue}-{c}-{i}");
                     i += 1;
-                    rec.submit_until_answered(&servers, &key, &echo_task(queue, &key), Duration::from_secs(60)).await;
+                    rec.submit_until_answered(
+                        &servers,
+                        &key,
+                        &echo_task(queue, &key),
+                        Duration::from_secs(60),
+                    )
+                    .await;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             })
@@ -35,7 +47,17 @@ async fn r4(fsync: &str, queue: &'static str) {
     let store = store_on(&redis.url(), &ns).await;
     let tail = EventTail::start(&redis.url(), &ns, queue);
     let names: Vec<String> = (0..2).map(|i| format!("{queue}-agent-{i}")).collect();
-    let agents: Vec<FProc> = names.iter().map(|n| agent(n, &[&serve.url], &["--queue", queue, "--capacity", "8", "--builtin"], false)).collect();
+    let agents: Vec<FProc> = names
+        .iter()
+        .map(|n| {
+            agent(
+                n,
+                &[&serve.url],
+                &["--queue", queue, "--capacity", "8", "--builtin"],
+                false,
+            )
+        })
+        .collect();
     node_ids(&serve.api(), &names, Duration::from_secs(30)).await;
     let rec = Recorder::new();
     let stop = Arc::new(AtomicBool::new(false));
@@ -72,11 +94,16 @@ async fn r4(fsync: &str, queue: &'static str) {
     let mut back_ms: Vec<i64> = Vec::new();
     for (killed, restarting, back) in &outages {
         // Requests sent while Redis was down (after the kill, answered before its restart).
-        for o in ops.iter().filter(|o| o.at_ms > *killed + 20 && o.at_ms + (o.took.as_millis() as i64) < *restarting) {
+        for o in ops.iter().filter(|o| {
+            o.at_ms > *killed + 20 && o.at_ms + (o.took.as_millis() as i64) < *restarting
+        }) {
             down_ops += 1;
             slowest_down = slowest_down.max(o.took);
             if o.status != Some(503) || !o.retry_after {
-                bad_down.push(format!("{} {:?} retry_after={} {:?}", o.server, o.status, o.retry_after, o.outcome));
+                bad_down.push(format!(
+                    "{} {:?} retry_after={} {:?}",
+                    o.server, o.status, o.retry_after, o.outcome
+                ));
             }
         }
         // Serving again: the first 2xx answer after Redis is back.
@@ -100,25 +127,46 @@ async fn r4(fsync: &str, queue: &'static str) {
         started.elapsed()
     );
     assert_eq!(http500, 0, "R4 [{fsync}]: a 500 answer");
-    assert!(down_ops > 0, "R4 [{fsync}]: no request was sent while redis was down");
-    assert!(bad_down.is_empty(), "R4 [{fsync}]: answers while redis was down: {bad_down:?}");
-    assert!(slowest_down <= Duration::from_millis(1500), "R4 [{fsync}]: a request took {slowest_down:?} while redis was down");
-    assert!(back_ms.iter().all(|ms| *ms <= 2000), "R4 [{fsync}]: serving again took {back_ms:?} ms after redis was back");
-    assert!(drained.is_some(), "R4 [{fsync}]: tasks not terminal after 60 s");
+    assert!(
+        down_ops > 0,
+        "R4 [{fsync}]: no request was sent while redis was down"
+    );
+    assert!(
+        bad_down.is_empty(),
+        "R4 [{fsync}]: answers while redis was down: {bad_down:?}"
+    );
+    assert!(
+        slowest_down <= Duration::from_millis(1500),
+        "R4 [{fsync}]: a request took {slowest_down:?} while redis was down"
+    );
+    assert!(
+        back_ms.iter().all(|ms| *ms <= 2000),
+        "R4 [{fsync}]: serving again took {back_ms:?} ms after redis was back"
+    );
+    assert!(
+        drained.is_some(),
+        "R4 [{fsync}]: tasks not terminal after 60 s"
+    );
     check.assert_clean(&format!("R4 [{fsync}]"));
-    assert!(check.succeeded_without_event.is_empty(), "R4 [{fsync}]: succeeded without an event: {:?}", check.succeeded_without_event);
+    assert!(
+        check.succeeded_without_event.is_empty(),
+        "R4 [{fsync}]: succeeded without an event: {:?}",
+        check.succeeded_without_event
+    );
     drop(agents);
     assert_doctor(&redis.url(), &ns);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn r4_redis_killed_under_load_with_appendfsync_always_loses_nothing_and_answers_503_while_down() {
+async fn r4_redis_killed_under_load_with_appendfsync_always_loses_nothing_and_answers_503_while_down()
+ {
     let _serial = serial().await;
     r4("always", "r4a").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn r4_redis_killed_under_load_with_appendfsync_everysec_loses_nothing_and_answers_503_while_down() {
+async fn r4_redis_killed_under_load_with_appendfsync_everysec_loses_nothing_and_answers_503_while_down()
+ {
     let _serial = serial().await;
     r4("everysec", "r4e").await;
 }
@@ -135,10 +183,27 @@ async fn r6(pause: Duration, queue: &'static str, short: bool, gate_redispatch: 
     let names: Vec<String> = (0..2).map(|i| format!("{queue}-agent-{i}")).collect();
     // Handlers outlive the pause; the lease is renewed every TTL/3.
     let extra = if gate_redispatch { 6.0 } else { 2.0 };
-    let sleep = format!("sleep {}", (pause.as_millis() as f64 / 1000.0 + extra).ceil());
-    let mut agents: Vec<FProc> =
-        names.iter().map(|n| agent(n, &[&serve.url], &["--queue", queue, "--capacity", "4", "--exec", &sleep], false)).collect();
-    agents.push(agent(&format!("{queue}-probe-agent"), &[&serve.url], &["--queue", probe_q, "--capacity", "4", "--builtin"], false));
+    let sleep = format!(
+        "sleep {}",
+        (pause.as_millis() as f64 / 1000.0 + extra).ceil()
+    );
+    let mut agents: Vec<FProc> = names
+        .iter()
+        .map(|n| {
+            agent(
+                n,
+                &[&serve.url],
+                &["--queue", queue, "--capacity", "4", "--exec", &sleep],
+                false,
+            )
+        })
+        .collect();
+    agents.push(agent(
+        &format!("{queue}-probe-agent"),
+        &[&serve.url],
+        &["--queue", probe_q, "--capacity", "4", "--builtin"],
+        false,
+    ));
     node_ids(&serve.api(), &names, Duration::from_secs(30)).await;
     let api = serve.api();
     let rec = Recorder::new();
@@ -147,10 +212,23 @@ async fn r6(pause: Duration, queue: &'static str, short: bool, gate_redispatch: 
         let key = format!("{queue}-{i}");
         let body = json!({ "kind": "sleep", "queue": queue, "payload": { "key": key }, "timeout_ms": TTL_MS,
             "max_attempts": 5, "backoff": { "initial_ms": 100, "max_ms": 200 } });
-        rec.submit_until_answered(std::slice::from_ref(&api), &key, &body, Duration::from_secs(10)).await.expect("acked");
+        rec.submit_until_answered(
+            std::slice::from_ref(&api),
+            &key,
+            &body,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("acked");
     }
     let deadline = Instant::now() + Duration::from_secs(20);
-    while store.queue_info(queue).await.map(|i| i.counts.running).unwrap_or(0) < n {
+    while store
+        .queue_info(queue)
+        .await
+        .map(|i| i.counts.running)
+        .unwrap_or(0)
+        < n
+    {
         assert!(Instant::now() < deadline, "R6: tasks not all running");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -167,17 +245,31 @@ async fn r6(pause: Duration, queue: &'static str, short: bool, gate_redispatch: 
             let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                let r = api.req(reqwest::Method::GET, &format!("/v1/queues/{queue}")).timeout(Duration::from_secs(10)).send().await;
+                let r = api
+                    .req(reqwest::Method::GET, &format!("/v1/queues/{queue}"))
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await;
                 worst = worst.max(t.elapsed());
-                *statuses.entry(r.map(|r| r.status().as_u16()).unwrap_or(0)).or_default() += 1;
+                *statuses
+                    .entry(r.map(|r| r.status().as_u16()).unwrap_or(0))
+                    .or_default() += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             (worst, statuses)
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let running_ids: Vec<String> = all_tasks(&store, queue).await.into_iter().map(|t| t.id).collect();
-    let expiry = |t: &muster::domain::Task| t.lease_expires_at.as_deref().and_then(muster::domain::parse_rfc3339_ms);
+    let running_ids: Vec<String> = all_tasks(&store, queue)
+        .await
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    let expiry = |t: &muster::domain::Task| {
+        t.lease_expires_at
+            .as_deref()
+            .and_then(muster::domain::parse_rfc3339_ms)
+    };
     if gate_redispatch {
         // Pause 0.1 s before task 0's next renewal (renewals every TTL/3 = 1 s): that
         // renewal then times out (1 s Redis timeout) while Redis is still paused, the
@@ -213,7 +305,9 @@ async fn r6(pause: Duration, queue: &'static str, short: bool, gate_redispatch: 
             if margins.contains_key(id) {
                 continue;
             }
-            let Ok(t) = store.task(id).await else { continue };
+            let Ok(t) = store.task(id).await else {
+                continue;
+            };
             let now = expiry(&t);
             if t.state == TaskState::Succeeded {
                 continue;
@@ -237,7 +331,12 @@ async fn r6(pause: Duration, queue: &'static str, short: bool, gate_redispatch: 
         p.await.expect("probe");
     }
     let (worst_read, statuses) = reader.await.expect("reader");
-    let worst_submit = probe_rec.ops().iter().map(|o| o.took).max().unwrap_or_default();
+    let worst_submit = probe_rec
+        .ops()
+        .iter()
+        .map(|o| o.took)
+        .max()
+        .unwrap_or_default();
     let drained = drain(&store, queue, n, Duration::from_secs(60)).await;
     let probe_acked = probe_rec.subs().values().filter(|v| v.is_some()).count() as i64;
     let probe_drained = drain(&store, probe_q, probe_acked, Duration::from_secs(30)).await;
@@ -247,29 +346,54 @@ async fn r6(pause: Duration, queue: &'static str, short: bool, gate_redispatch: 
     let check = check(&store, queue, &rec, &events).await;
     let tasks = all_tasks(&store, queue).await;
     let redispatched = tasks.iter().filter(|t| t.attempts != 1).count();
-    let http500 = probe_rec.ops().iter().filter(|o| o.status == Some(500)).count() + statuses.get(&500).copied().unwrap_or(0);
-    let label = if short { "short (0.4 x TTL)" } else { "long (2 x TTL)" };
+    let http500 = probe_rec
+        .ops()
+        .iter()
+        .filter(|o| o.status == Some(500))
+        .count()
+        + statuses.get(&500).copied().unwrap_or(0);
+    let label = if short {
+        "short (0.4 x TTL)"
+    } else {
+        "long (2 x TTL)"
+    };
     eprintln!(
         "R6 {label} figures: paused={paused_for:?} tasks={} redispatched={redispatched} worst_read={worst_read:?} \
          worst_submit={worst_submit:?} worst_lease_margin_at_first_renewal_after_pause_ms={} read_statuses={statuses:?} http500={http500} drain={drained:?} {} probes: {}",
         tasks.len(),
-        if worst_margin == i64::MIN { "expired".to_string() } else { worst_margin.to_string() },
+        if worst_margin == i64::MIN {
+            "expired".to_string()
+        } else {
+            worst_margin.to_string()
+        },
         check.line(),
         probe_check.line()
     );
-    assert!(drained.is_some() && probe_drained.is_some(), "R6 {label}: tasks not terminal");
+    assert!(
+        drained.is_some() && probe_drained.is_some(),
+        "R6 {label}: tasks not terminal"
+    );
     check.assert_clean(&format!("R6 {label}"));
     probe_check.assert_clean(&format!("R6 {label} probes"));
     assert_eq!(http500, 0, "R6 {label}: a 500 answer");
-    assert!(tasks.iter().all(|t| t.state == TaskState::Succeeded), "R6 {label}: {tasks:#?}");
+    assert!(
+        tasks.iter().all(|t| t.state == TaskState::Succeeded),
+        "R6 {label}: {tasks:#?}"
+    );
     // No request hangs past the 1 s Redis timeout (+ slack).
-    assert!(worst_read <= Duration::from_millis(1500) && worst_submit <= Duration::from_millis(1500), "R6 {label}: a request hung ({worst_read:?} / {worst_submit:?})");
+    assert!(
+        worst_read <= Duration::from_millis(1500) && worst_submit <= Duration::from_millis(1500),
+        "R6 {label}: a request hung ({worst_read:?} / {worst_submit:?})"
+    );
     if short && gate_redispatch {
         assert!(
             worst_margin >= (TTL_MS / 6) as i64,
             "R6 {label}: after the pause a lease was renewed with only {worst_margin} ms left (or expired); margins {margins:?}"
         );
-        assert_eq!(redispatched, 0, "R6 {label}: a short pause re-dispatched tasks: {tasks:#?}");
+        assert_eq!(
+            redispatched, 0,
+            "R6 {label}: a short pause re-dispatched tasks: {tasks:#?}"
+        );
         assert!(tasks.iter().all(|t| t.fence == 1));
     }
     drop(agents);
