@@ -36,10 +36,9 @@ impl Directory {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
+            && at.elapsed() < self.max_age
         {
-            if at.elapsed() < self.max_age {
-                return Ok(v.clone());
-            }
+            return Ok(v.clone());
         }
         let v = std::sync::Arc::new(store.nodes().await?);
         *self.inner.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), v.clone()));

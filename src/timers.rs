@@ -117,11 +117,11 @@ impl Timers {
                 tracing::debug!(error = %e, "timer round failed; next round retries");
             }
             rounds += 1;
-            if rounds % 60 == 0 {
-                if let Ok(qs) = self.store.queues().await {
-                    for q in qs {
-                        let _ = self.store.trim_finished(&q, 1000).await;
-                    }
+            if rounds.is_multiple_of(60)
+                && let Ok(qs) = self.store.queues().await
+            {
+                for q in qs {
+                    let _ = self.store.trim_finished(&q, 1000).await;
                 }
             }
         }

@@ -183,23 +183,21 @@ impl FromRequestParts<AppState> for Principal {
                 ApiError::Unauthorized("the Authorization header must be 'Bearer <token>'".into())
             })?;
         let sha = token_sha(token);
-        if let Some(admin) = &state.admin_sha {
-            if eq_sha(&sha, admin) {
-                return Ok(Principal::Admin);
-            }
+        if let Some(admin) = &state.admin_sha
+            && eq_sha(&sha, admin)
+        {
+            return Ok(Principal::Admin);
         }
         // Constant time per comparison; the list is short and fixed.
         if let Some((_, role)) = state.tokens.iter().find(|(h, _)| eq_sha(&sha, h)) {
             return Ok(Principal::Role(*role));
         }
-        if let Some((node_id, _)) = token.split_once('.') {
-            if crate::domain::validate::node_id(node_id) {
-                if let Some(rec) = state.directory.get(&state.store, node_id).await? {
-                    if eq_sha(&sha, &rec.token_sha) {
-                        return Ok(Principal::Node(node_id.to_string()));
-                    }
-                }
-            }
+        if let Some((node_id, _)) = token.split_once('.')
+            && crate::domain::validate::node_id(node_id)
+            && let Some(rec) = state.directory.get(&state.store, node_id).await?
+            && eq_sha(&sha, &rec.token_sha)
+        {
+            return Ok(Principal::Node(node_id.to_string()));
         }
         Err(ApiError::Unauthorized("unknown token".into()))
     }

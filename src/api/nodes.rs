@@ -118,7 +118,6 @@ pub async fn nodes_register(
     path = "/v1/nodes",
     tag = "nodes",
     summary = "List nodes",
-    
     responses(
         (status = 200, body = NodeList, description = "Nodes"),
         (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),

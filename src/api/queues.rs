@@ -11,7 +11,6 @@ use axum::extract::{Path, State};
     path = "/v1/queues",
     tag = "queues",
     summary = "List queues with counts",
-    
     responses(
         (status = 200, body = QueueList, description = "Queues"),
         (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
@@ -100,13 +99,13 @@ pub async fn queues_put(
 ) -> ApiResult<Json<QueueInfo>> {
     who.require_admin()?;
     validate::queue_name(&name).map_err(|e| ApiError::bad("bad_queue_name", e))?;
-    if let Some(w) = body.weight {
-        if !(1..=1000).contains(&w) {
-            return Err(ApiError::invalid(
-                "invalid_queue",
-                "weight must be 1 to 1000",
-            ));
-        }
+    if let Some(w) = body.weight
+        && !(1..=1000).contains(&w)
+    {
+        return Err(ApiError::invalid(
+            "invalid_queue",
+            "weight must be 1 to 1000",
+        ));
     }
     st.store.update_queue(&name, &body).await?;
     st.hub.mark_dirty(&name);

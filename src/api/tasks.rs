@@ -58,10 +58,10 @@ pub fn prepare(t: NewTask, at: &str) -> ApiResult<PreparedTask> {
         None => None,
     };
     let delay_ms = t.delay_ms;
-    if let Some(d) = delay_ms {
-        if !(0..=365 * 24 * 3600 * 1000).contains(&d) {
-            return Err(bad("delay_ms", "must be 0 to one year".into()));
-        }
+    if let Some(d) = delay_ms
+        && !(0..=365 * 24 * 3600 * 1000).contains(&d)
+    {
+        return Err(bad("delay_ms", "must be 0 to one year".into()));
     }
     let max_attempts = t.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
     if !(1..=1000).contains(&max_attempts) {
@@ -72,10 +72,10 @@ pub fn prepare(t: NewTask, at: &str) -> ApiResult<PreparedTask> {
         return Err(bad("timeout_ms", "must be 100 ms to 7 days".into()));
     }
     let max_run_ms = t.max_run_ms;
-    if let Some(m) = max_run_ms {
-        if !(100..=7 * 24 * 3600 * 1000).contains(&m) {
-            return Err(bad("max_run_ms", "must be 100 ms to 7 days".into()));
-        }
+    if let Some(m) = max_run_ms
+        && !(100..=7 * 24 * 3600 * 1000).contains(&m)
+    {
+        return Err(bad("max_run_ms", "must be 100 ms to 7 days".into()));
     }
     let mut backoff = t.backoff.unwrap_or_default();
     if backoff.max_ms > 7 * 24 * 3600 * 1000 || backoff.initial_ms > 7 * 24 * 3600 * 1000 {
@@ -644,13 +644,13 @@ pub(crate) fn after_report(st: &AppState, id: &str, r: &Reported) {
         st.hub.wake_task(id);
     }
     if let (Some(node), Some(run_ms)) = (&r.node, r.run_ms) {
-        if r.state == TaskState::Succeeded {
-            if let Some(q) = validate::task_queue(id) {
-                crate::metrics::METRICS
-                    .run
-                    .with_label_values(&[q])
-                    .observe(run_ms as f64 / 1000.0);
-            }
+        if r.state == TaskState::Succeeded
+            && let Some(q) = validate::task_queue(id)
+        {
+            crate::metrics::METRICS
+                .run
+                .with_label_values(&[q])
+                .observe(run_ms as f64 / 1000.0);
         }
         let delta = if r.state == TaskState::Succeeded {
             NodeStats {

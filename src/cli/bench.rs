@@ -168,18 +168,17 @@ impl Stack {
             a.cancel();
         }
         self.server_stop.cancel();
-        if let Some(mut h) = self.server.take() {
-            if tokio::time::timeout(Duration::from_secs(15), &mut h)
+        if let Some(mut h) = self.server.take()
+            && tokio::time::timeout(Duration::from_secs(15), &mut h)
                 .await
                 .is_err()
-            {
-                h.abort();
-            }
+        {
+            h.abort();
         }
-        if let Some((url, ns)) = self.cleanup_ns.take() {
-            if let Err(e) = delete_namespace(&url, &ns).await {
-                tracing::warn!(error = %e, namespace = %ns, "could not remove the bench's keys");
-            }
+        if let Some((url, ns)) = self.cleanup_ns.take()
+            && let Err(e) = delete_namespace(&url, &ns).await
+        {
+            tracing::warn!(error = %e, namespace = %ns, "could not remove the bench's keys");
         }
         if let Some(r) = self.redis.take() {
             r.stop().await;

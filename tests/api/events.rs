@@ -269,10 +269,10 @@ async fn sse_consumer_resumed_with_last_event_id_misses_no_completion() {
             "id {} does not name the queue",
             e.id
         );
-        if let Some(prev) = unique.insert(e.id.clone(), e.clone()) {
-            if prev.data != e.data {
-                conflicting += 1;
-            }
+        if let Some(prev) = unique.insert(e.id.clone(), e.clone())
+            && prev.data != e.data
+        {
+            conflicting += 1;
         }
     }
     assert_eq!(conflicting, 0, "one id carried two different events");

@@ -164,7 +164,7 @@ async fn r1_agents_killed_mid_task_lose_nothing_accept_one_result_and_are_reclai
     for k in &kills {
         let mut held = 0;
         for (task, es) in &evs {
-            let last = es.iter().filter(|e| e.ms <= k.at_ms).last();
+            let last = es.iter().filter(|e| e.ms <= k.at_ms).next_back();
             if !last.is_some_and(|e| e.typ == "task.running" && e.node == k.node) {
                 continue;
             }

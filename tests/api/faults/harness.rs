@@ -158,10 +158,10 @@ impl FaultRedis {
 
 impl Drop for FaultRedis {
     fn drop(&mut self) {
-        if self.paused {
-            if let Some(g) = &self.guard {
-                signal("CONT", &g.pid().to_string());
-            }
+        if self.paused
+            && let Some(g) = &self.guard
+        {
+            signal("CONT", &g.pid().to_string());
         }
     }
 }
