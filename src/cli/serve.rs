@@ -30,6 +30,10 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub tokens: Vec<String>,
+    /// File of tokens, one `ROLE:TOKEN` a line (`#` comments); keep it readable only by
+    /// the service user.
+    #[arg(long, env = "MUSTER_TOKENS_FILE")]
+    pub tokens_file: Option<std::path::PathBuf>,
     /// Per-token rate limit in requests per second (off when absent); past it: 429.
     #[arg(long, env = "MUSTER_RATE_LIMIT")]
     pub rate_limit: Option<f64>,
@@ -69,7 +73,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         anyhow::ensure!(r > 0.0, "--rate-limit must be above 0");
         cfg.rate_limit = Some((r, args.rate_burst.unwrap_or(2.0 * r)));
     }
-    for t in args.tokens.iter().filter(|t| !t.trim().is_empty()) {
+    let mut entries: Vec<String> = args.tokens.clone();
+    if let Some(path) = &args.tokens_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read --tokens-file {}: {e}", path.display()))?;
+        entries.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string),
+        );
+    }
+    for t in entries.iter().filter(|t| !t.trim().is_empty()) {
         cfg.tokens.push(
             crate::api::auth::parse_role_token(t).map_err(|e| anyhow::anyhow!("--token: {e}"))?,
         );
