@@ -805,25 +805,35 @@ impl Store {
         token: &str,
         result: &str,
     ) -> Result<Reported> {
+        let (code, rest) = self
+            .report(&self.scripts.complete, id, node, token, &[result])
+            .await?;
+        Self::reported(code, &rest)
+    }
+
+    /// Runs complete.lua or fail.lua: KEYS[1] the queue, ARGV channel, id, node, fence,
+    /// nonce, then `extra`.
+    async fn report(
+        &self,
+        script: &redis::Script,
+        id: &str,
+        node: Option<&str>,
+        token: &str,
+        extra: &[&str],
+    ) -> Result<(i64, Vec<Value>)> {
         let queue = validate::task_queue(id).ok_or(StoreError::NotFound)?;
         let (fence, nonce) = parse_lease_token(token).ok_or(StoreError::LeaseConflict {
             state: "unknown".into(),
         })?;
+        let mut inv = script.key(self.keys.queue_prefix(queue));
+        inv.arg(self.channel())
+            .arg(id)
+            .arg(node.unwrap_or(""))
+            .arg(fence)
+            .arg(nonce)
+            .arg(extra);
         let mut c = self.conn();
-        let (code, rest) = coded(
-            self.scripts
-                .complete
-                .key(self.keys.queue_prefix(queue))
-                .arg(self.channel())
-                .arg(id)
-                .arg(node.unwrap_or(""))
-                .arg(fence)
-                .arg(nonce)
-                .arg(result)
-                .invoke_async(&mut c)
-                .await?,
-        )?;
-        Self::reported(code, &rest)
+        coded(inv.invoke_async(&mut c).await?)
     }
 
     /// Records a failed attempt for the current lease.
@@ -838,26 +848,17 @@ impl Store {
         error: &str,
         retryable: bool,
     ) -> Result<Reported> {
-        let queue = validate::task_queue(id).ok_or(StoreError::NotFound)?;
-        let (fence, nonce) = parse_lease_token(token).ok_or(StoreError::LeaseConflict {
-            state: "unknown".into(),
-        })?;
-        let mut c = self.conn();
-        let (code, rest) = coded(
-            self.scripts
-                .fail
-                .key(self.keys.queue_prefix(queue))
-                .arg(self.channel())
-                .arg(id)
-                .arg(node.unwrap_or(""))
-                .arg(fence)
-                .arg(nonce)
-                .arg(error)
-                .arg(if retryable { "1" } else { "0" })
-                .arg(rand::random::<f64>())
-                .invoke_async(&mut c)
-                .await?,
-        )?;
+        let jitter = rand::random::<f64>().to_string();
+        let retryable = if retryable { "1" } else { "0" };
+        let (code, rest) = self
+            .report(
+                &self.scripts.fail,
+                id,
+                node,
+                token,
+                &[error, retryable, &jitter],
+            )
+            .await?;
         Self::reported(code, &rest)
     }
 
