@@ -52,7 +52,12 @@ pub enum Command {
 pub fn main(cli: Cli) -> ExitCode {
     let quiet = matches!(
         cli.command,
-        Command::Submit(_) | Command::Task(_) | Command::Queues(_) | Command::Nodes(_)
+        Command::Submit(_)
+            | Command::Task(_)
+            | Command::Queues(_)
+            | Command::Nodes(_)
+            | Command::Demo(_)
+            | Command::Bench(_)
     );
     crate::telemetry::init(&cli.log_format, quiet);
     let rt = match tokio::runtime::Builder::new_multi_thread()
