@@ -888,24 +888,11 @@ impl Store {
     /// # Errors
     /// [`StoreError::NotFound`], [`StoreError::IllegalTransition`] once succeeded or failed.
     pub async fn cancel(&self, id: &str) -> Result<Cancelled> {
-        let queue = validate::task_queue(id).ok_or(StoreError::NotFound)?;
-        let mut c = self.conn();
-        let (code, rest) = coded(
-            self.scripts
-                .cancel
-                .key(self.keys.queue_prefix(queue))
-                .arg(self.channel())
-                .arg(id)
-                .invoke_async(&mut c)
-                .await?,
-        )?;
+        let (code, rest) = self.operate(&self.scripts.cancel, id, true).await?;
         match code {
             0 if state_of(rest.first()) == "requested" => Ok(Cancelled::Requested),
             0 => Ok(Cancelled::Done),
-            1 => Err(StoreError::NotFound),
-            _ => Err(StoreError::IllegalTransition {
-                from: state_of(rest.first()),
-            }),
+            _ => Err(Self::refused(code, &rest)),
         }
     }
 
@@ -914,23 +901,11 @@ impl Store {
     /// # Errors
     /// [`StoreError::NotFound`], [`StoreError::IllegalTransition`].
     pub async fn retry(&self, id: &str) -> Result<()> {
-        let queue = validate::task_queue(id).ok_or(StoreError::NotFound)?;
-        let mut c = self.conn();
-        let (code, rest) = coded(
-            self.scripts
-                .retry
-                .key(self.keys.queue_prefix(queue))
-                .arg(self.channel())
-                .arg(id)
-                .invoke_async(&mut c)
-                .await?,
-        )?;
-        match code {
-            0 => Ok(()),
-            1 => Err(StoreError::NotFound),
-            _ => Err(StoreError::IllegalTransition {
-                from: state_of(rest.first()),
-            }),
+        let (code, rest) = self.operate(&self.scripts.retry, id, true).await?;
+        if code == 0 {
+            Ok(())
+        } else {
+            Err(Self::refused(code, &rest))
         }
     }
 
@@ -939,22 +914,40 @@ impl Store {
     /// # Errors
     /// [`StoreError::NotFound`], [`StoreError::IllegalTransition`].
     pub async fn delete(&self, id: &str) -> Result<()> {
+        let (code, rest) = self.operate(&self.scripts.delete, id, false).await?;
+        if code == 0 {
+            Ok(())
+        } else {
+            Err(Self::refused(code, &rest))
+        }
+    }
+
+    /// Runs an operator script (cancel, retry, delete): KEYS[1] the queue, ARGV
+    /// [channel,] id.
+    async fn operate(
+        &self,
+        script: &redis::Script,
+        id: &str,
+        channel: bool,
+    ) -> Result<(i64, Vec<Value>)> {
         let queue = validate::task_queue(id).ok_or(StoreError::NotFound)?;
+        let mut inv = script.key(self.keys.queue_prefix(queue));
+        if channel {
+            inv.arg(self.channel());
+        }
+        inv.arg(id);
         let mut c = self.conn();
-        let (code, rest) = coded(
-            self.scripts
-                .delete
-                .key(self.keys.queue_prefix(queue))
-                .arg(id)
-                .invoke_async(&mut c)
-                .await?,
-        )?;
-        match code {
-            0 => Ok(()),
-            1 => Err(StoreError::NotFound),
-            _ => Err(StoreError::IllegalTransition {
+        coded(inv.invoke_async(&mut c).await?)
+    }
+
+    /// The error of a refusing operator script: 1 not found, else an illegal transition.
+    fn refused(code: i64, rest: &[Value]) -> StoreError {
+        if code == 1 {
+            StoreError::NotFound
+        } else {
+            StoreError::IllegalTransition {
                 from: state_of(rest.first()),
-            }),
+            }
         }
     }
 
