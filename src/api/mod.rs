@@ -9,6 +9,7 @@ pub mod openapi;
 pub mod queues;
 pub mod system;
 pub mod tasks;
+pub mod ui;
 
 use crate::config::Config;
 use crate::directory::Directory;
@@ -146,6 +147,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/queues/{name}/pause", post(queues::queues_pause))
         .route("/v1/queues/{name}/resume", post(queues::queues_resume))
+        .merge(ui::routes())
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url(
             "/openapi.json",
             <openapi::ApiDoc as utoipa::OpenApi>::openapi(),
@@ -157,6 +159,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             limit::rate_limit,
         ))
+        .layer(axum::middleware::from_fn(auth::role_header))
         .route_layer(axum::middleware::from_fn(system::track_http))
         .layer(axum::middleware::from_fn(system::limit_head))
         .layer(tower_http::trace::TraceLayer::new_for_http())

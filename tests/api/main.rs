@@ -8,3 +8,4 @@ mod flow;
 mod helpers;
 mod security;
 mod store;
+mod ui;
