@@ -10,6 +10,7 @@
   const STATES = ['blocked', 'scheduled', 'pending', 'assigned', 'running', 'retrying', 'succeeded', 'failed', 'cancelled'];
   const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
   const $main = document.getElementById('main');
+  const show = (...children) => append($main, children);
 
   // ---------------------------------------------------------------- session and API
 
@@ -264,7 +265,7 @@
     $main.replaceChildren();
     $main.dataset.page = name;
     Promise.resolve(fn(parts.slice(1), params)).catch((e) => {
-      $main.append(h('p', { class: 'error' }, e.message));
+      show(h('p', { class: 'error' }, e.message));
     });
   }
 
@@ -338,7 +339,7 @@
       h('div', { id: 'chart' }));
     const depths = h('div', { class: 'panel' }, h('h2', {}, 'Queue depths'), h('div', { id: 'depths' }, 'loading…'));
     const nodes = h('div', { class: 'panel' }, h('h2', {}, 'Active nodes'), h('div', { id: 'active-nodes' }, 'loading…'));
-    $main.append(h('h1', {}, 'Overview'), cards, chart, depths, nodes);
+    show(h('h1', {}, 'Overview'), cards, chart, depths, nodes);
     live.start();
 
     let queues = [];
@@ -433,7 +434,7 @@
 
   async function pageQueues() {
     const box = h('div', { class: 'panel' }, 'loading…');
-    $main.append(h('h1', {}, 'Queues'), box,
+    show(h('h1', {}, 'Queues'), box,
       can.admin() ? null : h('p', { class: 'muted' }, 'Your token may read only: pausing and settings need an admin token.'));
     const render = async () => {
       // Do not redraw under a person editing a setting.
@@ -441,16 +442,17 @@
       const { items } = await get('/v1/queues');
       if (items.length === 0) { box.replaceChildren(h('p', { class: 'muted' }, 'No queue yet.')); return; }
       box.replaceChildren(h('table', { id: 'queue-table' },
-        h('tr', {}, h('th', {}, 'queue'), h('th', {}, 'state'), STATES.map((st) => h('th', { class: 'num' }, st)), h('th', { class: 'num' }, 'oldest pending'),
-          h('th', {}, 'weight'), h('th', {}, 'human only'), h('th', {}, 'limits'), can.admin() ? h('th', {}, 'actions') : null),
-        items.map((q) => queueRow(q, render))));
+        h('tr', {}, h('th', {}, 'queue'), STATES.map((st) => h('th', { class: 'num' }, st)), h('th', { class: 'num' }, 'oldest pending'),
+          h('th', {}, 'weight'), h('th', {}, 'human only'), hasLimits(items) ? h('th', {}, 'limits') : null, can.admin() ? h('th', {}, '') : null),
+        items.map((q) => queueRow(q, render, hasLimits(items)))));
     };
     every(2000, () => render().catch((e) => flash(e.message, true)));
     onEvents(300, () => render().catch(() => {}));
   }
 
   const KNOWN_QUEUE_FIELDS = new Set(['name', 'paused', 'weight', 'human_only', 'counts', 'oldest_pending_age_ms']);
-  function queueRow(q, render) {
+  const hasLimits = (items) => items.some((q) => Object.keys(q).some((k) => !KNOWN_QUEUE_FIELDS.has(k)));
+  function queueRow(q, render, showLimits) {
     const extra = Object.entries(q).filter(([k]) => !KNOWN_QUEUE_FIELDS.has(k));
     const limits = extra.length ? extra.map(([k, v]) => h('div', { class: 'mono' }, `${k}: ${JSON.stringify(v)}`)) : h('span', { class: 'muted' }, '—');
     let weightCell = q.weight;
@@ -462,7 +464,7 @@
       weightCell = w;
       humanCell = hu;
       const name = encodeURIComponent(q.name);
-      actions = h('div', { class: 'actions' },
+      actions = h('div', { class: 'actions nowrap' },
         q.paused ? actionButton('Resume', 'resume', async () => { await post(`/v1/queues/${name}/resume`); flash(`${q.name} resumed`); await render(); })
           : actionButton('Pause', 'pause', async () => { await post(`/v1/queues/${name}/pause`); flash(`${q.name} paused`); await render(); }),
         actionButton('Save', 'save', async () => {
@@ -475,11 +477,10 @@
         }));
     }
     return h('tr', { 'data-queue': q.name },
-      h('td', {}, h('a', { href: `#/tasks?queue=${encodeURIComponent(q.name)}` }, q.name)),
-      h('td', {}, q.paused ? badge('paused') : badge('active')),
+      h('td', { class: 'nowrap' }, h('a', { href: `#/tasks?queue=${encodeURIComponent(q.name)}` }, q.name), ' ', q.paused ? badge('paused') : null),
       STATES.map((st) => h('td', { class: 'num', 'data-count': st }, q.counts[st] || 0)),
       h('td', { class: 'num' }, q.oldest_pending_age_ms === null || q.oldest_pending_age_ms === undefined ? '—' : dur(q.oldest_pending_age_ms)),
-      h('td', {}, weightCell), h('td', {}, humanCell), h('td', {}, limits), actions ? h('td', {}, actions) : null);
+      h('td', {}, weightCell), h('td', {}, humanCell), showLimits ? h('td', {}, limits) : null, actions ? h('td', {}, actions) : null);
   }
 
   // ---------------------------------------------------------------- Tasks
@@ -490,7 +491,7 @@
     const kindIn = h('input', { id: 'f-kind', placeholder: 'kind', value: params.get('kind') || '' });
     const form = h('form', { class: 'inline panel', id: 'task-filter' }, queueSel, stateSel, kindIn, h('button', { type: 'submit' }, 'Filter'));
     const list = h('div', { class: 'panel' }, 'loading…');
-    $main.append(h('h1', {}, 'Tasks'), form, list,
+    show(h('h1', {}, 'Tasks'), form, list,
       h('form', { class: 'inline panel', id: 'task-open' }, h('input', { id: 'task-id', placeholder: 'task id', size: 40 }), h('button', { type: 'submit' }, 'Open')));
     document.getElementById('task-open').addEventListener('submit', (ev) => {
       ev.preventDefault();
@@ -538,9 +539,13 @@
     const pg = page;
     const box = h('div', {}, 'loading…');
     const history = [];
-    $main.append(h('p', {}, h('a', { href: '#/tasks' }, '← Tasks')), box);
+    const historyBox = h('div', { id: 'task-history' });
+    show(h('p', {}, h('a', { href: '#/tasks' }, '← Tasks')), box,
+      h('div', { class: 'panel' }, h('h2', {}, 'Attempts and events'), historyBox));
     let task = null;
+    let shown = null; // the task as last drawn: redraw only when it changed
     const render = async () => {
+      historyBox.replaceChildren(attemptsView(history));
       try {
         task = await get(`/v1/tasks/${encodeURIComponent(id)}`);
       } catch (e) {
@@ -548,6 +553,9 @@
         return;
       }
       const t = task;
+      const key = JSON.stringify(t);
+      if (key === shown) return;
+      shown = key;
       const actions = [];
       if (!TERMINAL.has(t.state) && can.cancel()) {
         actions.push(actionButton('Cancel', 'cancel', async () => { await post(`/v1/tasks/${encodeURIComponent(t.id)}/cancel`); flash('cancelled'); await render(); }, { class: 'action danger' }));
@@ -580,8 +588,7 @@
             t.result !== null && t.result !== undefined ? h('div', { class: 'panel' }, h('h2', {}, 'Result'), h('div', { id: 'task-result' }, json(t.result))) : null,
             t.error ? h('div', { class: 'panel' }, h('h2', {}, 'Error'), h('pre', { id: 'task-errortext' }, t.error)) : null,
             t.progress !== null && t.progress !== undefined ? h('div', { class: 'panel' }, h('h2', {}, 'Progress'), json(t.progress)) : null,
-            schema ? h('div', { class: 'panel' }, h('h2', {}, 'Result schema'), json(schema)) : null)),
-        h('div', { class: 'panel' }, h('h2', {}, 'Attempts and events'), attemptsView(history)));
+            schema ? h('div', { class: 'panel' }, h('h2', {}, 'Result schema'), json(schema)) : null)));
     };
     await render();
     if (!task) return;
@@ -620,7 +627,7 @@
 
   async function pageNodes() {
     const box = h('div', { class: 'panel' }, 'loading…');
-    $main.append(h('h1', {}, 'Nodes'), box);
+    show(h('h1', {}, 'Nodes'), box);
     const render = async () => {
       const { items } = await get('/v1/nodes');
       if (items.length === 0) { box.replaceChildren(h('p', { class: 'muted' }, 'No node registered.')); return; }
@@ -655,7 +662,7 @@
 
   async function pageSchedules() {
     const box = h('div', { class: 'panel' }, 'loading…');
-    $main.append(h('h1', {}, 'Schedules'), box);
+    show(h('h1', {}, 'Schedules'), box);
     const render = async () => {
       let data;
       try {
@@ -681,16 +688,16 @@
   }
 
   async function pageSchedule([name]) {
-    $main.append(h('p', {}, h('a', { href: '#/schedules' }, '← Schedules')), h('h1', {}, name));
+    show(h('p', {}, h('a', { href: '#/schedules' }, '← Schedules')), h('h1', {}, name));
     try {
       const sc = await get(`/v1/schedules/${encodeURIComponent(name)}`);
-      $main.append(h('div', { class: 'panel' }, h('dl', { class: 'kv' },
+      show(h('div', { class: 'panel' }, h('dl', { class: 'kv' },
         kv('cron', sc.cron || '—'), kv('timezone', sc.timezone || 'UTC'), kv('paused', sc.paused ? 'yes' : 'no'),
         kv('next fire', when(pick(sc, 'next_fire_at', 'next_fire', 'next_run_at', 'next'))),
         kv('last fires', when(pick(sc, 'last_fires', 'last_fired_at', 'last_fire_at', 'last_fire'))))),
       h('div', { class: 'panel' }, h('h2', {}, 'Definition'), json(sc)));
     } catch (e) {
-      $main.append(h('p', { class: 'notice' }, e.status === 404 ? 'No such schedule, or schedules are not available on this server.' : e.message));
+      show(h('p', { class: 'notice' }, e.status === 404 ? 'No such schedule, or schedules are not available on this server.' : e.message));
     }
   }
 
@@ -701,11 +708,11 @@
     return form;
   }
   async function pageBatches() {
-    $main.append(h('h1', {}, 'Batches'), h('p', { class: 'muted' }, 'Look a batch up by the id POST /v1/batches answered.'), batchForm());
+    show(h('h1', {}, 'Batches'), h('p', { class: 'muted' }, 'Look a batch up by the id POST /v1/batches answered.'), batchForm());
   }
   async function pageBatch([id]) {
     const box = h('div', { class: 'panel' }, 'loading…');
-    $main.append(h('p', {}, h('a', { href: '#/batches' }, '← Batches')), h('h1', {}, 'Batch ', h('span', { class: 'mono' }, id)), box);
+    show(h('p', {}, h('a', { href: '#/batches' }, '← Batches')), h('h1', {}, 'Batch ', h('span', { class: 'mono' }, id)), box);
     const render = async () => {
       let b;
       try { b = await get(`/v1/batches/${encodeURIComponent(id)}`); } catch (e) {
@@ -741,7 +748,7 @@
   async function pageWork() {
     const side = h('div', { class: 'panel', id: 'wb-side' });
     const content = h('div', { class: 'content', id: 'wb-content' });
-    $main.append(h('h1', {}, 'Workbench'), h('div', { class: 'wb' }, side, content));
+    show(h('h1', {}, 'Workbench'), h('div', { class: 'wb' }, side, content));
     if (!can.register()) {
       side.append(h('p', { class: 'notice', id: 'wb-denied' }, `A ${session.role} token may not register a person as a node: sign in with an admin or agent token.`));
       return;
@@ -978,7 +985,14 @@
     }
     const required = new Set(Array.isArray(schema.required) ? schema.required : []);
     const readers = [];
-    for (const [key, p] of Object.entries(props)) {
+    // JSON objects lose their key order on the way through the API (keys come back
+    // sorted), so required fields come first, then `propertyOrder` / `x-order`.
+    const rank = ([k, p]) => [required.has(k) ? 0 : 1, Number(p.propertyOrder ?? p['x-order'] ?? 1e9)];
+    const entries = Object.entries(props).sort((a, b) => {
+      const [ra, rb] = [rank(a), rank(b)];
+      return ra[0] - rb[0] || ra[1] - rb[1];
+    });
+    for (const [key, p] of entries) {
       const id = `wb-f-${key}`;
       const label = (p.title || key) + (required.has(key) ? ' *' : '');
       let input;

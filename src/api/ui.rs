@@ -18,10 +18,12 @@ const APP_CSS: &str = include_str!("../../assets/ui/app.css");
 
 /// Same-origin only: the console talks to this server and nothing else. Images of human
 /// tasks (`payload.image_url`) may come from anywhere the browser can reach; task HTML
-/// is shown in a sandboxed `srcdoc` frame without scripts.
+/// is shown in a sandboxed `srcdoc` frame without scripts. That frame inherits this
+/// policy, so `frame-ancestors` must admit the console itself (`'self'`, not `'none'`);
+/// `X-Frame-Options: DENY` still keeps the console out of other sites' frames.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
      img-src 'self' data: blob: http: https:; connect-src 'self'; frame-src 'self'; \
-     base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+     base-uri 'none'; form-action 'none'; frame-ancestors 'self'";
 
 /// The console's routes: `/`, `/ui`, `/ui/` and its assets.
 pub fn routes() -> Router<AppState> {
@@ -89,6 +91,8 @@ mod tests {
         for asset in [INDEX_HTML, APP_CSS] {
             assert!(!asset.contains("http://") && !asset.contains("https://"));
         }
-        assert!(!APP_JS.contains("https://") && !APP_JS.contains("http://"));
+        // The one URL in the script is the SVG namespace, an identifier, never fetched.
+        let js = APP_JS.replace("'http://www.w3.org/2000/svg'", "");
+        assert!(!js.contains("https://") && !js.contains("http://"));
     }
 }

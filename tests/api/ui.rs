@@ -151,6 +151,19 @@ impl Browser {
         self.text_until(css, want, |t| t == want).await;
     }
 
+    /// Clicks the element matching `css`, finding it again if the page redrew it.
+    async fn click(&self, css: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let e = self.find(css).await;
+            match e.click().await {
+                Ok(()) => return,
+                Err(err) => assert!(Instant::now() < deadline, "could not click {css:?}: {err}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn count(&self, css: &str) -> usize {
         self.c
             .find_all(Locator::Css(css))
@@ -173,6 +186,17 @@ impl Browser {
             .await
             .expect("sign in");
         self.text_is("#role", role).await;
+    }
+
+    /// Saves a screenshot as `$MUSTER_UI_SHOTS/<name>.png` when that is set (to look at
+    /// the pages while changing them).
+    async fn shot(&self, name: &str) {
+        if let Some(dir) = std::env::var_os("MUSTER_UI_SHOTS") {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let png = self.c.screenshot().await.expect("screenshot");
+            std::fs::create_dir_all(&dir).expect("shots dir");
+            std::fs::write(PathBuf::from(dir).join(format!("{name}.png")), png).expect("save shot");
+        }
     }
 
     async fn close(self) {
@@ -434,6 +458,7 @@ async fn signed_in_the_console_shows_queue_counts_change_as_tasks_complete() {
         .await;
     b.text_is(r#"tr[data-queue="images"] td[data-count="pending"]"#, "0")
         .await;
+    b.shot("queues").await;
 
     // The overview: live counts from the event stream, the chart, depths, nodes.
     b.goto("#/overview").await;
@@ -490,17 +515,14 @@ async fn an_admin_cancels_a_task_from_its_page() {
         0,
         "no retry for a pending task"
     );
-    b.find(r#"button[data-action="cancel"]"#)
-        .await
-        .click()
-        .await
-        .expect("click cancel");
+    b.click(r#"button[data-action="cancel"]"#).await;
     b.text_is("#task-state", "cancelled").await;
     assert_eq!(app.task(&id).await["state"], "cancelled");
     // The page now offers what fits a cancelled task.
     b.find(r#"button[data-action="retry"]"#).await;
     b.find(r#"button[data-action="delete"]"#).await;
     assert_eq!(b.count(r#"button[data-action="cancel"]"#).await, 0);
+    b.shot("task").await;
     // Its history came from the event stream.
     b.text_until("#main", "the cancel event", |t| {
         t.contains("task.cancelled")
@@ -523,13 +545,11 @@ async fn an_admin_drains_a_node_from_the_nodes_page() {
     let row = format!(r#"tr[data-node="{node}"]"#);
     b.text_is(&format!("{row} td[data-field=status]"), "active")
         .await;
-    b.find(&format!(r#"{row} button[data-action="drain"]"#))
-        .await
-        .click()
-        .await
-        .expect("click drain");
+    b.click(&format!(r#"{row} button[data-action="drain"]"#))
+        .await;
     b.text_is(&format!("{row} td[data-field=status]"), "draining")
         .await;
+    b.shot("nodes").await;
     let (status, v) = send(
         &app,
         &app.admin,
@@ -597,8 +617,8 @@ async fn a_person_claims_a_human_task_and_submits_the_form_with_ctrl_enter() {
         q.click().await.unwrap();
     }
     b.find("#wb-name").await.send_keys("Ada").await.unwrap();
-    b.find("#wb-start").await.click().await.unwrap();
-    b.find("#wb-claim").await.click().await.unwrap();
+    b.click("#wb-start").await;
+    b.click("#wb-claim").await;
     b.text_until("#wb-text", "the task text", |t| t.contains("cat or a dog"))
         .await;
     let task_el = b.find("#wb-task").await;
@@ -629,6 +649,15 @@ async fn a_person_claims_a_human_task_and_submits_the_form_with_ctrl_enter() {
         "pwned",
         "the task's HTML ran no script"
     );
+    b.shot("workbench").await;
+    // The task's HTML is shown (in its sandboxed frame), without its script.
+    b.find("#wb-html")
+        .await
+        .enter_frame()
+        .await
+        .expect("enter the frame");
+    b.text_is("b", "#17").await;
+    b.c.enter_parent_frame().await.expect("leave the frame");
 
     // The human node holds the task; the machine node got nothing.
     let t = app.task(&first).await;
@@ -656,7 +685,7 @@ async fn a_person_claims_a_human_task_and_submits_the_form_with_ctrl_enter() {
     .await;
 
     // A required field left empty is refused in the page, nothing is sent.
-    b.find("#wb-submit").await.click().await.unwrap();
+    b.click("#wb-submit").await;
     b.text_until("#wb-error", "the required-field message", |t| {
         t.contains("required")
     })
@@ -673,7 +702,7 @@ async fn a_person_claims_a_human_task_and_submits_the_form_with_ctrl_enter() {
         .send_keys("0.9")
         .await
         .unwrap();
-    b.find("#wb-f-clear").await.click().await.unwrap();
+    b.click("#wb-f-clear").await;
     let note = b.find("#wb-f-note").await;
     note.send_keys("a sleepy dog").await.unwrap();
     let ctrl_enter = format!(
@@ -713,7 +742,7 @@ async fn a_person_claims_a_human_task_and_submits_the_form_with_ctrl_enter() {
         Some(second.as_str())
     );
     b.find("#wb-json").await;
-    b.find("#wb-handback").await.click().await.unwrap();
+    b.click("#wb-handback").await;
     b.find("#wb-claim").await;
     let t = app.task(&second).await;
     // A hand-back is a failed, retryable attempt: the task waits out its backoff and
@@ -758,6 +787,7 @@ async fn a_read_only_token_sees_no_action_and_its_api_calls_get_403() {
     b.goto("#/tasks?queue=ro").await;
     b.find(&format!(r#"tr[data-task="{id}"]"#)).await;
     assert_eq!(b.count("button.action").await, 0, "tasks page");
+    b.shot("tasks-read-only").await;
     b.goto("#/work").await;
     b.find("#wb-denied").await;
     assert_eq!(b.count("#wb-start").await, 0);
