@@ -1,6 +1,7 @@
 //! Domain types: the task and node records, their states, and the JSON shapes of the
 //! HTTP contract (DESIGN.md). Server, agent and CLI all speak through these types.
 
+pub mod coord;
 pub mod validate;
 
 /// Integers in request bodies: JSON Schema counts `102.0` as the integer 102, and so do we.

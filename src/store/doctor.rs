@@ -30,6 +30,7 @@ impl Store {
             report.queues += 1;
             self.doctor_queue(&q, &mut report).await?;
         }
+        self.doctor_coordination(&mut report.violations).await?;
         Ok(report)
     }
 
@@ -150,7 +151,7 @@ impl Store {
     }
 }
 
-fn glob_escape(s: &str) -> String {
+pub(super) fn glob_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for ch in s.chars() {
         if matches!(ch, '*' | '?' | '[' | ']' | '\\') {
@@ -161,7 +162,7 @@ fn glob_escape(s: &str) -> String {
     out
 }
 
-async fn scan(c: &mut redis::aio::ConnectionManager, pattern: &str) -> Result<Vec<String>> {
+pub(super) async fn scan(c: &mut redis::aio::ConnectionManager, pattern: &str) -> Result<Vec<String>> {
     let mut cursor: u64 = 0;
     let mut out = Vec::new();
     loop {

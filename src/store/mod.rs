@@ -3,6 +3,8 @@
 
 pub mod doctor;
 pub mod keys;
+pub mod locks;
+pub mod schedules;
 pub mod scripts;
 
 use crate::domain::{
