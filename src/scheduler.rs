@@ -31,6 +31,8 @@ pub const LEADER_TTL_MS: i64 = 600;
 pub const MISFIRE_GRACE_MS: i64 = 1000;
 /// How long a tick's idempotency key outlives the next tick.
 const IDEM_MARGIN_MS: i64 = 10 * 60 * 1000;
+/// How often a replica looks for a first schedule while there is none.
+pub const IDLE_POLL: Duration = Duration::from_millis(500);
 /// Most earlier missed ticks counted one by one when catching up.
 const COUNT_CAP: usize = 100_000;
 
@@ -204,6 +206,14 @@ impl Scheduler {
     /// # Errors
     /// Redis errors (the caller retries).
     pub async fn step(&mut self) -> Result<Duration, StoreError> {
+        // Without schedules nobody leads: a deployment that uses none pays one SCARD
+        // per replica and [`IDLE_POLL`], and its keyspace stays untouched.
+        if self.store.schedule_count().await? == 0 {
+            if let Some(l) = self.leader.take() {
+                self.store.scheduler_release(&l.token).await?;
+            }
+            return Ok(IDLE_POLL);
+        }
         let ttl = self.ttl();
         let renew_every = ttl / 3;
         // Counted from before the call: the lease may have started then.

@@ -202,6 +202,15 @@ impl Store {
         Ok(names)
     }
 
+    /// How many schedules exist.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn schedule_count(&self) -> Result<i64> {
+        let mut c = self.conn();
+        Ok(c.scard(self.keys.schedules()).await?)
+    }
+
     /// One schedule; `None` when absent. A malformed record is an error.
     ///
     /// # Errors
