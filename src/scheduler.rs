@@ -113,8 +113,8 @@ pub fn tick_key(name: &str, tick_ms: i64) -> String {
     format!("schedule:{name}:{tick_ms}")
 }
 
-/// Builds the task a fire submits; `id` overrides the fresh id (completing a pending
-/// fire).
+/// Builds the task a fire submits, with `origin` = `schedule:<name>`; `id` overrides
+/// the fresh id (completing a pending fire).
 ///
 /// # Errors
 /// The stored task no longer validates.
@@ -124,7 +124,8 @@ pub fn fire_task(task_json: &str, name: &str, id: Option<&str>) -> Result<Prepar
     if let Some(id) = id {
         p.id = id.to_string();
     }
-    let _ = name;
+    // Shown as `origin` on the task: the link back to its schedule.
+    p.origin = Some(format!("schedule:{name}"));
     Ok(p)
 }
 
@@ -232,7 +233,11 @@ impl Scheduler {
         }
         if self.leader.is_none() {
             let t0 = Instant::now();
-            match self.store.scheduler_acquire(&self.label, self.ttl_ms).await? {
+            match self
+                .store
+                .scheduler_acquire(&self.label, self.ttl_ms)
+                .await?
+            {
                 Ok(token) => {
                     tracing::info!(token = %token, "scheduler: this replica leads");
                     self.leader = Some(Leader {
@@ -254,7 +259,9 @@ impl Scheduler {
         if let Some(t) = next_tick {
             wake = wake.min(t);
         }
-        Ok(wake.saturating_duration_since(now).max(Duration::from_millis(1)))
+        Ok(wake
+            .saturating_duration_since(now)
+            .max(Duration::from_millis(1)))
     }
 
     /// Fires every schedule's due tick; returns when the next tick is due.
@@ -312,25 +319,24 @@ impl Scheduler {
         {
             let earlier = spec.count_between(rec.cursor_ms, latest, COUNT_CAP);
             let mut task: Option<PreparedTask> = None;
-            let (outcome, task_id, error) = if rec.catch_up == CatchUp::None
-                && now - latest > MISFIRE_GRACE_MS
-            {
-                (FireOutcome::Missed, None, None)
-            } else if rec.overlap == Overlap::Skip
-                && let Some(prev) = &rec.last_task
-                && self.unfinished(prev).await?
-            {
-                (FireOutcome::Skipped, Some(prev.clone()), None)
-            } else {
-                match fire_task(&rec.task, &rec.name, None) {
-                    Ok(p) => {
-                        let id = p.id.clone();
-                        task = Some(p);
-                        (FireOutcome::Fired, Some(id), None)
+            let (outcome, task_id, error) =
+                if rec.catch_up == CatchUp::None && now - latest > MISFIRE_GRACE_MS {
+                    (FireOutcome::Missed, None, None)
+                } else if rec.overlap == Overlap::Skip
+                    && let Some(prev) = &rec.last_task
+                    && self.unfinished(prev).await?
+                {
+                    (FireOutcome::Skipped, Some(prev.clone()), None)
+                } else {
+                    match fire_task(&rec.task, &rec.name, None) {
+                        Ok(p) => {
+                            let id = p.id.clone();
+                            task = Some(p);
+                            (FireOutcome::Fired, Some(id), None)
+                        }
+                        Err(e) => (FireOutcome::Error, None, Some(e)),
                     }
-                    Err(e) => (FireOutcome::Error, None, Some(e)),
-                }
-            };
+                };
             let step = self
                 .store
                 .schedule_fire(
@@ -485,6 +491,9 @@ mod tests {
 
     #[test]
     fn tick_keys_name_the_schedule_and_the_tick() {
-        assert_eq!(tick_key("nightly", 1_700_000_000_000), "schedule:nightly:1700000000000");
+        assert_eq!(
+            tick_key("nightly", 1_700_000_000_000),
+            "schedule:nightly:1700000000000"
+        );
     }
 }

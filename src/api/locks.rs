@@ -30,7 +30,9 @@ fn ttl(ttl_ms: i64) -> ApiResult<i64> {
     if !(MIN_LOCK_TTL_MS..=MAX_LOCK_TTL_MS).contains(&ttl_ms) {
         return Err(ApiError::invalid(
             "invalid_lock",
-            format!("ttl_ms must be {MIN_LOCK_TTL_MS} ms to one day ({MAX_LOCK_TTL_MS}), got {ttl_ms}"),
+            format!(
+                "ttl_ms must be {MIN_LOCK_TTL_MS} ms to one day ({MAX_LOCK_TTL_MS}), got {ttl_ms}"
+            ),
         ));
     }
     Ok(ttl_ms)

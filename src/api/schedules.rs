@@ -17,8 +17,12 @@ use serde::Deserialize;
 const FIRES_SHOWN: i64 = 20;
 
 fn schedule_name(name: &str) -> ApiResult<()> {
-    validate::queue_name(name)
-        .map_err(|e| ApiError::bad("bad_schedule_name", e.replace("queue name", "schedule name")))
+    validate::queue_name(name).map_err(|e| {
+        ApiError::bad(
+            "bad_schedule_name",
+            e.replace("queue name", "schedule name"),
+        )
+    })
 }
 
 fn no_such(name: &str) -> ApiError {
@@ -53,7 +57,11 @@ async fn view(st: &AppState, rec: ScheduleRecord, fires: i64, now: i64) -> ApiRe
 }
 
 async fn load(st: &AppState, name: &str, fires: i64) -> ApiResult<Schedule> {
-    let rec = st.store.schedule(name).await?.ok_or_else(|| no_such(name))?;
+    let rec = st
+        .store
+        .schedule(name)
+        .await?
+        .ok_or_else(|| no_such(name))?;
     let now = st.store.now_ms().await?;
     view(st, rec, fires, now).await
 }
@@ -122,7 +130,9 @@ pub async fn schedules_create(
     let catch_up = body.catch_up.unwrap_or_default();
     if st
         .store
-        .schedule_create(&body.name, &body.cron, &timezone, &task_json, overlap, catch_up)
+        .schedule_create(
+            &body.name, &body.cron, &timezone, &task_json, overlap, catch_up,
+        )
         .await?
         .is_none()
     {
@@ -131,7 +141,10 @@ pub async fn schedules_create(
             format!("a schedule named {:?} exists; delete it first", body.name),
         ));
     }
-    Ok((StatusCode::CREATED, Json(load(&st, &body.name, FIRES_SHOWN).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(load(&st, &body.name, FIRES_SHOWN).await?),
+    ))
 }
 
 #[utoipa::path(

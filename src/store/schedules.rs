@@ -275,7 +275,13 @@ impl Store {
         Ok(coded(v)?.0 == 0)
     }
 
-    async fn leader_call(&self, mode: &str, token: &str, ttl_ms: i64, label: &str) -> Result<(i64, Vec<redis::Value>)> {
+    async fn leader_call(
+        &self,
+        mode: &str,
+        token: &str,
+        ttl_ms: i64,
+        label: &str,
+    ) -> Result<(i64, Vec<redis::Value>)> {
         let mut c = self.conn();
         let v = COORD
             .sched_leader
@@ -430,7 +436,9 @@ impl Store {
             }
         }
         let prefix = k.schedule("");
-        for key in super::doctor::scan(&mut c, &format!("{}*", super::doctor::glob_escape(&prefix))).await? {
+        for key in super::doctor::scan(&mut c, &format!("{}*", super::doctor::glob_escape(&prefix)))
+            .await?
+        {
             let name = &key[prefix.len()..];
             if !names.iter().any(|n| n == name) {
                 violations.push(format!("schedule record {name} is not in the schedule set"));
@@ -442,7 +450,10 @@ impl Store {
         }
         let holder_suffix = "}:holder";
         let lock_prefix = format!("{}:{{~lock:", k.ns());
-        let pattern = format!("{}*{holder_suffix}", super::doctor::glob_escape(&lock_prefix));
+        let pattern = format!(
+            "{}*{holder_suffix}",
+            super::doctor::glob_escape(&lock_prefix)
+        );
         for key in super::doctor::scan(&mut c, &pattern).await? {
             let Some(name) = key
                 .strip_prefix(&lock_prefix)
@@ -455,7 +466,9 @@ impl Store {
             let counter: Option<i64> = c.get(k.lock_fence(name)).await?;
             let fence = token.as_deref().and_then(super::locks::parse_lock_token);
             match (fence, counter) {
-                (_, None) => violations.push(format!("lock {name} is held without a fence counter")),
+                (_, None) => {
+                    violations.push(format!("lock {name} is held without a fence counter"))
+                }
                 (None, _) if token.is_some() => {
                     violations.push(format!("lock {name} has a malformed token"))
                 }

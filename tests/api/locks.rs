@@ -49,7 +49,12 @@ async fn fifty_concurrent_acquirers_get_exactly_one_lock() {
     assert_eq!(lock.fence, 1);
     assert_eq!(lock.name, "report.daily");
     assert!(lock.token.starts_with("1."), "{}", lock.token);
-    assert_eq!(lock.token.len(), 2 + 32, "128-bit random part: {}", lock.token);
+    assert_eq!(
+        lock.token.len(),
+        2 + 32,
+        "128-bit random part: {}",
+        lock.token
+    );
     assert_doctor_clean(&app.store).await;
 }
 
@@ -174,7 +179,11 @@ async fn bad_lock_requests_get_4xx_and_store_nothing() {
         ("/v1/locks/ok", json!({ "ttl_ms": "soon" }), 422),
         ("/v1/locks/ok", json!({}), 422),
         ("/v1/locks/ok", json!({ "ttl_ms": 1000, "extra": 1 }), 422),
-        ("/v1/locks/ok/extend", json!({ "token": "nope", "ttl_ms": 1000 }), 422),
+        (
+            "/v1/locks/ok/extend",
+            json!({ "token": "nope", "ttl_ms": 1000 }),
+            422,
+        ),
         ("/v1/locks/ok/extend", json!({ "ttl_ms": 1000 }), 422),
     ] {
         let r = app.api.post(path, &body).await;

@@ -4,8 +4,8 @@
 //! restarted, exactly one task per tick and none missed.
 
 use crate::helpers::{
-    ADMIN_TOKEN, Http, ServeProc, assert_doctor_clean, eventually, shared_redis,
-    spawn_app, spawn_serve_process, unique_ns,
+    ADMIN_TOKEN, Http, ServeProc, assert_doctor_clean, eventually, shared_redis, spawn_app,
+    spawn_serve_process, unique_ns,
 };
 use muster::domain::coord::{FireOutcome, Schedule};
 use muster::domain::{TaskState, parse_rfc3339_ms};
@@ -89,10 +89,7 @@ async fn schedules_are_created_listed_read_and_deleted_and_bad_ones_get_4xx() {
     assert_eq!(schedule(&app.api, "b").await.name, "b");
     app.api.get("/v1/schedules/nope").await.problem(404);
     app.api.get("/v1/schedules/a*").await.problem(400);
-    app.api
-        .get("/v1/schedules/b?fires=1000")
-        .await
-        .problem(400);
+    app.api.get("/v1/schedules/b?fires=1000").await.problem(400);
 
     let bad = |patch: serde_json::Value| {
         let mut b = json!({ "name": "x", "cron": "* * * * * *", "task": { "kind": "k" } });
@@ -105,12 +102,24 @@ async fn schedules_are_created_listed_read_and_deleted_and_bad_ones_get_4xx() {
         (bad(json!({ "cron": "*/5 * * * *" })), 422, "five fields"),
         (bad(json!({ "cron": "61 * * * * *" })), 422, "second 61"),
         (bad(json!({ "cron": "" })), 422, "empty cron"),
-        (bad(json!({ "cron": "0 0 0 1 1 * 2020" })), 422, "never fires again"),
+        (
+            bad(json!({ "cron": "0 0 0 1 1 * 2020" })),
+            422,
+            "never fires again",
+        ),
         (bad(json!({ "timezone": "Mars/Olympus" })), 422, "time zone"),
         (bad(json!({ "name": "a b" })), 400, "name"),
         (bad(json!({ "task": { "kind": "" } })), 422, "task kind"),
-        (bad(json!({ "task": { "kind": "k", "priority": 12 } })), 422, "task priority"),
-        (bad(json!({ "task": { "kind": "k", "queue": "a*" } })), 422, "task queue"),
+        (
+            bad(json!({ "task": { "kind": "k", "priority": 12 } })),
+            422,
+            "task priority",
+        ),
+        (
+            bad(json!({ "task": { "kind": "k", "queue": "a*" } })),
+            422,
+            "task queue",
+        ),
         (
             bad(json!({ "task": { "kind": "k", "run_at": "2030-01-01T00:00:00Z" } })),
             422,
@@ -119,7 +128,11 @@ async fn schedules_are_created_listed_read_and_deleted_and_bad_ones_get_4xx() {
         (bad(json!({ "overlap": "sometimes" })), 422, "overlap"),
         (bad(json!({ "catch_up": "all" })), 422, "catch_up"),
         (bad(json!({ "surprise": 1 })), 422, "unknown field"),
-        (json!({ "name": "x", "cron": "* * * * * *" }), 422, "no task"),
+        (
+            json!({ "name": "x", "cron": "* * * * * *" }),
+            422,
+            "no task",
+        ),
     ] {
         let r = app.api.post("/v1/schedules", &body).await;
         assert_eq!(r.status, status, "{what}: {}", r.text);
@@ -159,7 +172,11 @@ async fn overlap_skip_does_not_fire_while_the_previous_task_is_unfinished() {
         .collect();
     assert_eq!(fired.len(), 1, "{:#?}", s.last_fires);
     let first = fired[0].task_id.clone().expect("task id");
-    for f in s.last_fires.iter().filter(|f| f.outcome == FireOutcome::Skipped) {
+    for f in s
+        .last_fires
+        .iter()
+        .filter(|f| f.outcome == FireOutcome::Skipped)
+    {
         assert_eq!(f.task_id.as_deref(), Some(first.as_str()));
         assert!(f.tick_at > fired[0].tick_at);
     }
@@ -274,6 +291,7 @@ async fn after_downtime_catch_up_one_fires_the_latest_tick_once_and_none_skips()
     let id = fires[0].task_id.clone().expect("task");
     let t = store.task(&id).await.expect("the fire's task is stored");
     assert_eq!(t.state, TaskState::Pending);
+    assert_eq!(t.origin.as_deref(), Some("schedule:one"));
     assert_eq!(one.pending, None);
 
     let none = store.schedule("none").await.expect("read").expect("none");
@@ -318,7 +336,10 @@ async fn a_fire_left_pending_by_a_dead_leader_is_completed_with_its_task_id() {
         .query(&mut c)
         .expect("hset");
     sched.step().await.expect("step");
-    let t = store.task(&id).await.expect("completed with the recorded id");
+    let t = store
+        .task(&id)
+        .await
+        .expect("completed with the recorded id");
     assert_eq!(t.kind, "k");
     assert_eq!(store.schedule("p").await.unwrap().unwrap().pending, None);
     // A leader repeating the completion (the marker back) stores nothing new.
@@ -404,7 +425,10 @@ async fn three_replicas_fire_exactly_once_per_tick_while_the_leader_is_killed() 
     let tasks = api.all_tasks("cron-soak", None).await;
 
     assert_eq!(kills, 2);
-    assert!(leaders.len() >= 3, "leadership moved at each kill: {leaders:?}");
+    assert!(
+        leaders.len() >= 3,
+        "leadership moved at each kill: {leaders:?}"
+    );
     assert_eq!(s.missed, 0, "no tick missed");
     assert_eq!(s.skipped, 0);
     let mut fires = s.last_fires.clone();
@@ -421,7 +445,11 @@ async fn three_replicas_fire_exactly_once_per_tick_while_the_leader_is_killed() 
     );
     let ticks: Vec<i64> = fires.iter().map(|f| ms(&f.tick_at)).collect();
     for w in ticks.windows(2) {
-        assert_eq!(w[1] - w[0], 1000, "consecutive ticks, none missed: {ticks:?}");
+        assert_eq!(
+            w[1] - w[0],
+            1000,
+            "consecutive ticks, none missed: {ticks:?}"
+        );
     }
     // Exactly one task per tick: the tasks are exactly the fires' tasks.
     let by_id: HashMap<&str, &muster::domain::Task> =
@@ -430,8 +458,11 @@ async fn three_replicas_fire_exactly_once_per_tick_while_the_leader_is_killed() 
     let mut late = Vec::new();
     for f in &fires {
         let id = f.task_id.as_deref().expect("task id");
-        let t = by_id.get(id).unwrap_or_else(|| panic!("task {id} of a fire exists"));
+        let t = by_id
+            .get(id)
+            .unwrap_or_else(|| panic!("task {id} of a fire exists"));
         assert_eq!(t.payload, json!({ "from": "soak" }), "payload untouched");
+        assert_eq!(t.origin.as_deref(), Some("schedule:soak"), "links back");
         let lag = ms(&t.created_at) - ms(&f.tick_at);
         assert!(lag >= 0, "a task before its tick: {f:?} {t:?}");
         late.push(lag);
@@ -444,6 +475,9 @@ async fn three_replicas_fire_exactly_once_per_tick_while_the_leader_is_killed() 
         late[late.len() / 2],
         late[late.len() - 1]
     );
-    assert!(late[late.len() - 1] < 1000, "every tick fired before the next: {late:?}");
+    assert!(
+        late[late.len() - 1] < 1000,
+        "every tick fired before the next: {late:?}"
+    );
     assert_doctor_clean(&store).await;
 }
