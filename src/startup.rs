@@ -147,6 +147,12 @@ impl Application {
             timers.run(sd).await;
             "timers"
         });
+        let scheduler = crate::scheduler::Scheduler::new(st.store.clone(), st.hub.clone());
+        let sd = child.clone();
+        set.spawn(async move {
+            scheduler.run(sd).await;
+            "scheduler"
+        });
         let app = api::router(st);
         let sd = child.clone();
         let listener = self.listener;

@@ -2,6 +2,7 @@
 //! HTTP contract (DESIGN.md). Server, agent and CLI all speak through these types.
 
 pub mod batches;
+pub mod coord;
 pub mod validate;
 
 /// Integers in request bodies: JSON Schema counts `102.0` as the integer 102, and so do we.

@@ -43,6 +43,7 @@ impl Store {
             }
             self.doctor_batches(&mut report).await?;
         }
+        self.doctor_coordination(&mut report.violations).await?;
         Ok(report)
     }
 
@@ -269,7 +270,7 @@ impl Store {
     }
 }
 
-fn glob_escape(s: &str) -> String {
+pub(super) fn glob_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for ch in s.chars() {
         if matches!(ch, '*' | '?' | '[' | ']' | '\\') {
@@ -280,7 +281,10 @@ fn glob_escape(s: &str) -> String {
     out
 }
 
-async fn scan(c: &mut redis::aio::ConnectionManager, pattern: &str) -> Result<Vec<String>> {
+pub(super) async fn scan(
+    c: &mut redis::aio::ConnectionManager,
+    pattern: &str,
+) -> Result<Vec<String>> {
     let mut cursor: u64 = 0;
     let mut out = Vec::new();
     loop {

@@ -125,6 +125,45 @@ impl Keys {
     }
 }
 
+/// Keys of cron schedules (tag `{~sched}`, one slot for all of them so the leader's
+/// scripts are atomic) and of handler locks (tag `{~lock:<name>}`, one slot per lock).
+impl Keys {
+    /// SET: every schedule name.
+    pub fn schedules(&self) -> String {
+        format!("{}:{{~sched}}:all", self.ns)
+    }
+
+    /// HASH: one schedule (definition, cursor, counters, pending fire).
+    pub fn schedule(&self, name: &str) -> String {
+        format!("{}:{{~sched}}:s:{name}", self.ns)
+    }
+
+    /// LIST: one schedule's most recent fires (JSON), newest first, capped.
+    pub fn schedule_fires(&self, name: &str) -> String {
+        format!("{}:{{~sched}}:fires:{name}", self.ns)
+    }
+
+    /// STRING with PX: the scheduler leader's token `<fence>.<nonce>.<pid>`.
+    pub fn scheduler_leader(&self) -> String {
+        format!("{}:{{~sched}}:leader", self.ns)
+    }
+
+    /// STRING: counter of scheduler leaderships (the leader token's fence).
+    pub fn scheduler_fence(&self) -> String {
+        format!("{}:{{~sched}}:leader_fence", self.ns)
+    }
+
+    /// STRING with PX: the token `<fence>.<hex>` of a lock's holder.
+    pub fn lock_holder(&self, name: &str) -> String {
+        format!("{}:{{~lock:{name}}}:holder", self.ns)
+    }
+
+    /// STRING: the lock's fence counter; never deleted, so fences never repeat.
+    pub fn lock_fence(&self, name: &str) -> String {
+        format!("{}:{{~lock:{name}}}:fence", self.ns)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,8 @@
 pub mod coord;
 pub mod doctor;
 pub mod keys;
+pub mod locks;
+pub mod schedules;
 pub mod scripts;
 
 use crate::domain::{

@@ -113,3 +113,40 @@ impl Default for Scripts {
         Scripts::new()
     }
 }
+
+/// The scripts of cron schedules and handler locks (`sched_*.lua`, `lock_*.lua`), kept
+/// apart from the task transitions; loaded on first use (EVALSHA, then SCRIPT LOAD on
+/// NOSCRIPT).
+pub struct CoordScripts {
+    /// `lock_acquire.lua`
+    pub lock_acquire: Script,
+    /// `lock_extend.lua`
+    pub lock_extend: Script,
+    /// `lock_release.lua`
+    pub lock_release: Script,
+    /// `sched_create.lua`
+    pub sched_create: Script,
+    /// `sched_delete.lua`
+    pub sched_delete: Script,
+    /// `sched_pause.lua`
+    pub sched_pause: Script,
+    /// `sched_leader.lua`
+    pub sched_leader: Script,
+    /// `sched_fire.lua`
+    pub sched_fire: Script,
+    /// `sched_done.lua`
+    pub sched_done: Script,
+}
+
+/// The coordination scripts, built once per process.
+pub static COORD: std::sync::LazyLock<CoordScripts> = std::sync::LazyLock::new(|| CoordScripts {
+    lock_acquire: script(include_str!("../../scripts/lock_acquire.lua")),
+    lock_extend: script(include_str!("../../scripts/lock_extend.lua")),
+    lock_release: script(include_str!("../../scripts/lock_release.lua")),
+    sched_create: script(include_str!("../../scripts/sched_create.lua")),
+    sched_delete: script(include_str!("../../scripts/sched_delete.lua")),
+    sched_pause: script(include_str!("../../scripts/sched_pause.lua")),
+    sched_leader: script(include_str!("../../scripts/sched_leader.lua")),
+    sched_fire: script(include_str!("../../scripts/sched_fire.lua")),
+    sched_done: script(include_str!("../../scripts/sched_done.lua")),
+});

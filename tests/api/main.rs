@@ -6,5 +6,7 @@ mod events;
 mod faults;
 mod flow;
 mod helpers;
+mod locks;
+mod schedules;
 mod security;
 mod store;
