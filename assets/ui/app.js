@@ -11,6 +11,8 @@
   const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
   const $main = document.getElementById('main');
   const show = (...children) => append($main, children);
+  // replaceChildren, skipping null / false children (rendered conditionally).
+  const fill = (el, ...children) => { el.replaceChildren(); return append(el, children); };
 
   // ---------------------------------------------------------------- session and API
 
@@ -350,7 +352,7 @@
       const cutoff = Date.now() - 3600e3;
       for (const [m, b] of live.minutes) if (m >= cutoff - 60e3) { ok += b.ok; failed += b.failed; retried += b.retried; }
       const card = (k, v, id) => h('div', { class: 'card', id }, h('div', { class: 'v' }, v), h('div', { class: 'k' }, k));
-      cards.replaceChildren(
+      fill(cards, 
         card('active nodes', nodeList.filter((n) => n.status === 'active').length, 'card-nodes'),
         card('pending', sum('pending') + sum('assigned'), 'card-pending'),
         card('running', sum('running'), 'card-running'),
@@ -358,7 +360,7 @@
         card('failed, last hour', failed, 'card-failed'),
         card('retried, last hour', retried, 'card-retried'));
     };
-    const drawChart = () => { const el = document.getElementById('chart'); if (el) el.replaceChildren(throughputChart(live.minutes)); };
+    const drawChart = () => { const el = document.getElementById('chart'); if (el) fill(el, throughputChart(live.minutes)); };
     const refresh = async () => {
       try {
         const [q, n] = await Promise.all([get('/v1/queues'), get('/v1/nodes')]);
@@ -366,9 +368,9 @@
         nodeList = n.items;
       } catch (e) { flash(e.message, true); return; }
       if (!document.getElementById('depths')) return; // left the page meanwhile
-      document.getElementById('depths').replaceChildren(queueDepthTable(queues));
+      fill(document.getElementById('depths'), queueDepthTable(queues));
       const active = nodeList.filter((n) => n.status !== 'offline');
-      document.getElementById('active-nodes').replaceChildren(active.length === 0 ? h('p', { class: 'muted' }, 'No node is connected.')
+      fill(document.getElementById('active-nodes'), active.length === 0 ? h('p', { class: 'muted' }, 'No node is connected.')
         : h('table', {}, h('tr', {}, h('th', {}, 'node'), h('th', {}, 'kind'), h('th', {}, 'status'), h('th', {}, 'use'), h('th', {}, 'seen')),
           active.map((n) => h('tr', { 'data-node': n.id }, h('td', {}, n.name), h('td', {}, n.kind), h('td', {}, badge(n.status)),
             h('td', {}, useBar(n)), h('td', {}, ago(n.last_seen_at))))));
@@ -435,34 +437,35 @@
   async function pageQueues() {
     const box = h('div', { class: 'panel' }, 'loading…');
     show(h('h1', {}, 'Queues'), box,
-      can.admin() ? null : h('p', { class: 'muted' }, 'Your token may read only: pausing and settings need an admin token.'));
+      h('p', { class: 'muted' }, can.admin() ? 'Max running and rate (tasks started per second): 0 or empty means unlimited.'
+        : 'Your token may read only: pausing and settings need an admin token.'));
     const render = async () => {
       // Do not redraw under a person editing a setting.
       if (box.contains(document.activeElement) && document.activeElement.tagName === 'INPUT') return;
       const { items } = await get('/v1/queues');
-      if (items.length === 0) { box.replaceChildren(h('p', { class: 'muted' }, 'No queue yet.')); return; }
-      box.replaceChildren(h('table', { id: 'queue-table' },
-        h('tr', {}, h('th', {}, 'queue'), STATES.map((st) => h('th', { class: 'num' }, st)), h('th', { class: 'num' }, 'oldest pending'),
-          h('th', {}, 'weight'), h('th', {}, 'human only'), hasLimits(items) ? h('th', {}, 'limits') : null, can.admin() ? h('th', {}, '') : null),
-        items.map((q) => queueRow(q, render, hasLimits(items)))));
+      if (items.length === 0) { fill(box, h('p', { class: 'muted' }, 'No queue yet.')); return; }
+      const extraKeys = [...new Set(items.flatMap((q) => Object.keys(q).filter((k) => !KNOWN_QUEUE_FIELDS.has(k))))];
+      fill(box, h('table', { id: 'queue-table' },
+        h('tr', {}, h('th', {}, 'queue'), STATES.map((st) => h('th', { class: 'num' }, st)), h('th', { class: 'num' }, 'oldest'),
+          h('th', {}, 'weight'), h('th', {}, 'max running'), h('th', {}, 'rate / s'), h('th', {}, 'human only'),
+          extraKeys.map((k) => h('th', {}, k.replace(/_/g, ' '))), can.admin() ? h('th', {}, '') : null),
+        items.map((q) => queueRow(q, render, extraKeys))));
     };
     every(2000, () => render().catch((e) => flash(e.message, true)));
     onEvents(300, () => render().catch(() => {}));
   }
 
-  const KNOWN_QUEUE_FIELDS = new Set(['name', 'paused', 'weight', 'human_only', 'counts', 'oldest_pending_age_ms']);
-  const hasLimits = (items) => items.some((q) => Object.keys(q).some((k) => !KNOWN_QUEUE_FIELDS.has(k)));
-  function queueRow(q, render, showLimits) {
-    const extra = Object.entries(q).filter(([k]) => !KNOWN_QUEUE_FIELDS.has(k));
-    const limits = extra.length ? extra.map(([k, v]) => h('div', { class: 'mono' }, `${k}: ${JSON.stringify(v)}`)) : h('span', { class: 'muted' }, '—');
-    let weightCell = q.weight;
-    let humanCell = q.human_only ? 'yes' : 'no';
+  const KNOWN_QUEUE_FIELDS = new Set(['name', 'paused', 'weight', 'human_only', 'counts', 'oldest_pending_age_ms', 'max_running', 'rate_limit']);
+  const unlimited = (v) => (v === null || v === undefined || v === 0 ? '∞' : v);
+  function queueRow(q, render, extraKeys) {
+    let cells = [q.weight, unlimited(q.max_running), unlimited(q.rate_limit), q.human_only ? 'yes' : 'no'];
     let actions = null;
     if (can.admin()) {
       const w = h('input', { type: 'number', min: 1, max: 1000, class: 'w', value: q.weight, 'data-field': 'weight' });
+      const mr = h('input', { type: 'number', min: 0, class: 'w', value: q.max_running || '', placeholder: '∞', 'data-field': 'max_running' });
+      const rl = h('input', { type: 'number', min: 0, step: 'any', class: 'w', value: q.rate_limit || '', placeholder: '∞', 'data-field': 'rate_limit' });
       const hu = h('input', { type: 'checkbox', checked: q.human_only, 'data-field': 'human_only' });
-      weightCell = w;
-      humanCell = hu;
+      cells = [w, mr, rl, hu];
       const name = encodeURIComponent(q.name);
       actions = h('div', { class: 'actions nowrap' },
         q.paused ? actionButton('Resume', 'resume', async () => { await post(`/v1/queues/${name}/resume`); flash(`${q.name} resumed`); await render(); })
@@ -470,8 +473,16 @@
         actionButton('Save', 'save', async () => {
           const weight = Number(w.value);
           if (!Number.isInteger(weight) || weight < 1 || weight > 1000) throw new Error('weight must be a whole number from 1 to 1000');
-          await api('PUT', `/v1/queues/${name}`, { weight, human_only: hu.checked });
-          w.blur();
+          const body = { weight, human_only: hu.checked };
+          const maxRunning = mr.value.trim() === '' ? 0 : Number(mr.value);
+          if (!Number.isInteger(maxRunning) || maxRunning < 0) throw new Error('max running must be a whole number (0: unlimited)');
+          const rate = rl.value.trim() === '' ? 0 : Number(rl.value);
+          if (!Number.isFinite(rate) || rate < 0) throw new Error('rate must be a number (0: unlimited)');
+          // Only send the limits the server knows about (older servers refuse unknown fields).
+          if ('max_running' in q) body.max_running = maxRunning;
+          if ('rate_limit' in q) body.rate_limit = rate;
+          await api('PUT', `/v1/queues/${name}`, body);
+          document.activeElement.blur();
           flash(`${q.name} saved`);
           await render();
         }));
@@ -480,7 +491,9 @@
       h('td', { class: 'nowrap' }, h('a', { href: `#/tasks?queue=${encodeURIComponent(q.name)}` }, q.name), ' ', q.paused ? badge('paused') : null),
       STATES.map((st) => h('td', { class: 'num', 'data-count': st }, q.counts[st] || 0)),
       h('td', { class: 'num' }, q.oldest_pending_age_ms === null || q.oldest_pending_age_ms === undefined ? '—' : dur(q.oldest_pending_age_ms)),
-      h('td', {}, weightCell), h('td', {}, humanCell), showLimits ? h('td', {}, limits) : null, actions ? h('td', {}, actions) : null);
+      cells.map((c) => h('td', {}, c)),
+      extraKeys.map((k) => h('td', { class: 'mono' }, q[k] === undefined ? '' : JSON.stringify(q[k]))),
+      actions ? h('td', {}, actions) : null);
   }
 
   // ---------------------------------------------------------------- Tasks
@@ -520,7 +533,7 @@
       p.set('limit', '50');
       if (cursor) p.set('cursor', cursor);
       const pageData = await get(`/v1/tasks?${p}`);
-      list.replaceChildren(pageData.items.length === 0 ? h('p', { class: 'muted' }, 'No task matches.')
+      fill(list, pageData.items.length === 0 ? h('p', { class: 'muted' }, 'No task matches.')
         : h('table', { id: 'task-table' },
           h('tr', {}, ['id', 'kind', 'queue', 'state', 'priority', 'attempts', 'node', 'created', 'finished'].map((c) => h('th', {}, c))),
           pageData.items.map((t) => h('tr', { class: 'click', 'data-task': t.id, onclick: () => { location.hash = `#/task/${encodeURIComponent(t.id)}`; } },
@@ -545,11 +558,11 @@
     let task = null;
     let shown = null; // the task as last drawn: redraw only when it changed
     const render = async () => {
-      historyBox.replaceChildren(attemptsView(history));
+      fill(historyBox, attemptsView(history));
       try {
         task = await get(`/v1/tasks/${encodeURIComponent(id)}`);
       } catch (e) {
-        box.replaceChildren(h('p', { class: 'error', id: 'task-error' }, e.status === 404 ? `No task ${id} (never existed, or deleted after its retention).` : e.message));
+        fill(box, h('p', { class: 'error', id: 'task-error' }, e.status === 404 ? `No task ${id} (never existed, or deleted after its retention).` : e.message));
         return;
       }
       const t = task;
@@ -572,7 +585,7 @@
         }, { class: 'action danger' }));
       }
       const schema = t.result_schema ?? (t.payload && t.payload.result_schema);
-      box.replaceChildren(
+      fill(box, 
         h('div', { class: 'inline', style: 'justify-content: space-between' },
           h('h1', {}, t.kind, ' ', h('span', { id: 'task-state' }, badge(t.state))), h('div', { class: 'actions' }, actions)),
         h('div', { class: 'row' },
@@ -630,8 +643,8 @@
     show(h('h1', {}, 'Nodes'), box);
     const render = async () => {
       const { items } = await get('/v1/nodes');
-      if (items.length === 0) { box.replaceChildren(h('p', { class: 'muted' }, 'No node registered.')); return; }
-      box.replaceChildren(h('table', { id: 'node-table' },
+      if (items.length === 0) { fill(box, h('p', { class: 'muted' }, 'No node registered.')); return; }
+      fill(box, h('table', { id: 'node-table' },
         h('tr', {}, ['name', 'kind', 'status', 'use', 'queues', 'tags', 'succeeded', 'failed', 'mean run', 'last heartbeat'].map((c) => h('th', {}, c)), can.admin() ? h('th', {}, 'actions') : null),
         items.map((n) => h('tr', { 'data-node': n.id },
           h('td', {}, n.name, h('div', { class: 'mono muted' }, n.id)), h('td', {}, n.kind), h('td', { 'data-field': 'status' }, badge(n.status)),
@@ -652,13 +665,14 @@
 
   // ---------------------------------------------------------------- Schedules and batches
 
-  const pick = (o, ...keys) => { for (const k of keys) if (o[k] !== undefined && o[k] !== null) return o[k]; return null; };
-  function when(v) {
-    if (v === null || v === undefined) return '—';
-    if (Array.isArray(v)) return v.length ? v.slice(-3).map((x) => h('div', {}, typeof x === 'object' ? when(pick(x, 'at', 'time', 'fired_at') ?? JSON.stringify(x)) : when(x))) : '—';
-    if (typeof v === 'number') return ago(new Date(v).toISOString());
-    return ago(String(v));
+  // Last fires: [{tick_at, fired_at, outcome, task_id, error}], newest last.
+  function fires(list) {
+    if (!Array.isArray(list) || list.length === 0) return h('span', { class: 'muted' }, 'none yet');
+    return h('div', {}, list.slice(-3).reverse().map((f) => h('div', { class: 'nowrap' }, badge(f.outcome || '?'), ' ', ago(f.tick_at || f.fired_at), ' ',
+      f.task_id ? h('a', { class: 'mono', href: `#/task/${encodeURIComponent(f.task_id)}` }, f.task_id.split('.')[0].slice(-8)) : null,
+      f.error ? h('span', { class: 'error' }, ` ${f.error}`) : null)));
   }
+  const notAvailable = (what, status) => h('p', { class: 'notice', id: 'not-available' }, `${what} are not available on this server (it answered ${status}).`);
 
   async function pageSchedules() {
     const box = h('div', { class: 'panel' }, 'loading…');
@@ -668,19 +682,19 @@
       try {
         data = await get('/v1/schedules');
       } catch (e) {
-        if (e.status === 404 || e.status === 405) { box.replaceChildren(h('p', { class: 'notice', id: 'not-available' }, 'Schedules are not available on this server (GET /v1/schedules answered ', e.status, ').')); return; }
+        if (e.status === 404 || e.status === 405) { fill(box, notAvailable('Schedules', e.status)); return; }
         throw e;
       }
-      const items = Array.isArray(data) ? data : (data.items || []);
-      if (items.length === 0) { box.replaceChildren(h('p', { class: 'muted' }, 'No schedule.')); return; }
-      box.replaceChildren(h('table', { id: 'schedule-table' },
-        h('tr', {}, ['name', 'cron', 'timezone', 'state', 'next fire', 'last fires'].map((c) => h('th', {}, c)), can.admin() ? h('th', {}, 'actions') : null),
+      const items = data.items || [];
+      if (items.length === 0) { fill(box, h('p', { class: 'muted' }, 'No schedule. Create one with POST /v1/schedules.')); return; }
+      fill(box, h('table', { id: 'schedule-table' },
+        h('tr', {}, ['name', 'cron', 'timezone', 'state', 'next fire', 'fired', 'skipped', 'missed', 'last fires'].map((c) => h('th', {}, c)), can.admin() ? h('th', {}, '') : null),
         items.map((sc) => h('tr', { 'data-schedule': sc.name },
-          h('td', {}, h('a', { href: `#/schedule/${encodeURIComponent(sc.name)}` }, sc.name)), h('td', { class: 'mono' }, sc.cron || '—'), h('td', {}, sc.timezone || 'UTC'),
-          h('td', {}, badge(sc.paused ? 'paused' : 'active')),
-          h('td', {}, when(pick(sc, 'next_fire_at', 'next_fire', 'next_run_at', 'next'))),
-          h('td', {}, when(pick(sc, 'last_fires', 'last_fired_at', 'last_fire_at', 'last_fire'))),
-          can.admin() ? h('td', {}, h('div', { class: 'actions' },
+          h('td', {}, h('a', { href: `#/schedule/${encodeURIComponent(sc.name)}` }, sc.name)), h('td', { class: 'mono' }, sc.cron), h('td', {}, sc.timezone),
+          h('td', {}, badge(sc.paused ? 'paused' : 'active')), h('td', {}, sc.paused ? '—' : ago(sc.next_fire_at)),
+          h('td', { class: 'num' }, sc.fired ?? 0), h('td', { class: 'num' }, sc.skipped ?? 0), h('td', { class: 'num' }, sc.missed ?? 0),
+          h('td', {}, fires(sc.last_fires)),
+          can.admin() ? h('td', {}, h('div', { class: 'actions nowrap' },
             sc.paused ? actionButton('Resume', 'resume', async () => { await post(`/v1/schedules/${encodeURIComponent(sc.name)}/resume`); await render(); })
               : actionButton('Pause', 'pause', async () => { await post(`/v1/schedules/${encodeURIComponent(sc.name)}/pause`); await render(); }))) : null))));
     };
@@ -689,16 +703,26 @@
 
   async function pageSchedule([name]) {
     show(h('p', {}, h('a', { href: '#/schedules' }, '← Schedules')), h('h1', {}, name));
-    try {
-      const sc = await get(`/v1/schedules/${encodeURIComponent(name)}`);
-      show(h('div', { class: 'panel' }, h('dl', { class: 'kv' },
-        kv('cron', sc.cron || '—'), kv('timezone', sc.timezone || 'UTC'), kv('paused', sc.paused ? 'yes' : 'no'),
-        kv('next fire', when(pick(sc, 'next_fire_at', 'next_fire', 'next_run_at', 'next'))),
-        kv('last fires', when(pick(sc, 'last_fires', 'last_fired_at', 'last_fire_at', 'last_fire'))))),
-      h('div', { class: 'panel' }, h('h2', {}, 'Definition'), json(sc)));
-    } catch (e) {
-      show(h('p', { class: 'notice' }, e.status === 404 ? 'No such schedule, or schedules are not available on this server.' : e.message));
-    }
+    const box = h('div', {}, 'loading…');
+    show(box);
+    const render = async () => {
+      let sc;
+      try { sc = await get(`/v1/schedules/${encodeURIComponent(name)}`); } catch (e) {
+        fill(box, e.status === 404 ? h('p', { class: 'notice', id: 'not-available' }, 'No such schedule, or schedules are not available on this server.') : h('p', { class: 'error' }, e.message));
+        return;
+      }
+      fill(box, h('div', { class: 'row' },
+        h('div', { class: 'grow panel' }, h('dl', { class: 'kv' },
+          kv('cron', h('span', { class: 'mono' }, sc.cron)), kv('timezone', sc.timezone), kv('state', badge(sc.paused ? 'paused' : 'active')),
+          kv('overlap', sc.overlap), kv('catch up', sc.catch_up), kv('next fire', sc.paused ? '—' : ago(sc.next_fire_at)),
+          kv('fired / skipped / missed', `${sc.fired ?? 0} / ${sc.skipped ?? 0} / ${sc.missed ?? 0}`), kv('created', ago(sc.created_at)))),
+        h('div', { class: 'grow panel' }, h('h2', {}, 'Task it submits'), json(sc.task))),
+      h('div', { class: 'panel' }, h('h2', {}, 'Last fires'), (sc.last_fires || []).length === 0 ? h('p', { class: 'muted' }, 'none yet')
+        : h('table', {}, h('tr', {}, ['tick', 'decided', 'outcome', 'task', 'error'].map((c) => h('th', {}, c))),
+          sc.last_fires.slice().reverse().map((f) => h('tr', {}, h('td', {}, ago(f.tick_at)), h('td', {}, ago(f.fired_at)), h('td', {}, badge(f.outcome)),
+            h('td', { class: 'mono' }, f.task_id ? h('a', { href: `#/task/${encodeURIComponent(f.task_id)}` }, f.task_id) : '—'), h('td', {}, f.error || ''))))));
+    };
+    every(5000, () => render().catch((e) => flash(e.message, true)));
   }
 
   function batchForm(value) {
@@ -712,22 +736,37 @@
   }
   async function pageBatch([id]) {
     const box = h('div', { class: 'panel' }, 'loading…');
-    show(h('p', {}, h('a', { href: '#/batches' }, '← Batches')), h('h1', {}, 'Batch ', h('span', { class: 'mono' }, id)), box);
+    const results = h('div', { class: 'panel' });
+    show(h('p', {}, h('a', { href: '#/batches' }, '← Batches')), h('h1', {}, 'Batch ', h('span', { class: 'mono' }, id)), box, results);
+    let done = false;
     const render = async () => {
+      if (done) return;
       let b;
       try { b = await get(`/v1/batches/${encodeURIComponent(id)}`); } catch (e) {
-        box.replaceChildren(h('p', { class: 'notice', id: 'not-available' }, e.status === 404 || e.status === 405 ? `No batch ${id} (or batches are not available on this server).` : e.message));
+        fill(box, e.status === 404 || e.status === 405 ? h('p', { class: 'notice', id: 'not-available' }, `No batch ${id} (or batches are not available on this server).`) : h('p', { class: 'error' }, e.message));
+        results.hidden = true;
         return;
       }
-      const counts = b.counts || {};
-      const total = b.total || Object.values(counts).reduce((a, v) => a + (Number(v) || 0), 0);
-      const done = ['succeeded', 'failed', 'cancelled'].reduce((a, st) => a + (counts[st] || 0), 0);
-      box.replaceChildren(h('dl', { class: 'kv', id: 'batch-fields' },
-        kv('state', b.state ? badge(b.state) : '—'), kv('total', total), kv('finished', `${done} of ${total}`),
-        kv('progress', h('div', { class: 'stack', style: 'width: 320px' }, STATES.map((st) => (counts[st] ? h('span', { style: `width: ${(100 * counts[st]) / Math.max(1, total)}%; background: ${STATE_COLORS[st]}`, title: `${st}: ${counts[st]}` }) : null)))),
-        kv('counts', h('div', {}, Object.entries(counts).map(([k, v]) => h('span', { style: 'margin-right: 10px' }, badge(k), ' ', v)))),
-        b.then ? kv('then', typeof b.then === 'string' ? h('a', { href: `#/task/${encodeURIComponent(b.then)}` }, b.then) : json(b.then)) : null),
-      h('details', {}, h('summary', {}, 'raw'), json(b)));
+      const counts = { succeeded: b.succeeded || 0, failed: b.failed || 0, cancelled: b.cancelled || 0, unfinished: b.unfinished || 0 };
+      const colors = { succeeded: STATE_COLORS.succeeded, failed: STATE_COLORS.failed, cancelled: STATE_COLORS.cancelled, unfinished: STATE_COLORS.pending };
+      const total = b.total || 0;
+      fill(box, h('dl', { class: 'kv', id: 'batch-fields' },
+        kv('state', h('span', { id: 'batch-state' }, badge(b.state))), kv('total', total),
+        kv('finished', `${total - counts.unfinished} of ${total}`),
+        kv('progress', h('div', { class: 'stack', style: 'width: 360px' }, Object.keys(counts).map((k) => (counts[k] ? h('span', { style: `width: ${(100 * counts[k]) / Math.max(1, total)}%; background: ${colors[k]}`, title: `${k}: ${counts[k]}` }) : null)))),
+        kv('counts', h('div', {}, Object.entries(counts).map(([k, v]) => h('span', { style: 'margin-right: 12px' }, badge(k), ' ', h('span', { 'data-count': k }, v))))),
+        kv('open', b.open ? 'yes: children may still be added' : 'no'),
+        kv('then', b.then_task ? h('a', { class: 'mono', href: `#/task/${encodeURIComponent(b.then_task)}` }, b.then_task) : '—'),
+        kv('created', ago(b.created_at)), kv('finished at', ago(b.finished_at))));
+      const page1 = await get(`/v1/batches/${encodeURIComponent(id)}/results`).catch(() => null);
+      if (page1) {
+        fill(results, h('h2', {}, 'Children'), h('table', {}, h('tr', {}, ['task', 'state', 'result or error'].map((c) => h('th', {}, c))),
+          page1.items.slice(0, 100).map((r) => h('tr', {}, h('td', { class: 'mono' }, h('a', { href: `#/task/${encodeURIComponent(r.id)}` }, r.id)),
+            h('td', {}, r.state ? badge(r.state) : h('span', { class: 'muted' }, 'gone')),
+            h('td', { class: 'mono' }, r.error ? h('span', { class: 'error' }, r.error) : r.result === null || r.result === undefined ? '' : JSON.stringify(r.result).slice(0, 200))))),
+        page1.items.length > 100 || page1.next_cursor ? h('p', { class: 'muted' }, 'First children only: page through GET /v1/batches/{id}/results for the rest.') : null);
+      }
+      done = b.state !== 'running' && !b.open;
     };
     every(2000, () => render().catch((e) => flash(e.message, true)));
   }
@@ -762,7 +801,7 @@
 
     const drawSide = async () => {
       const rec = human.rec;
-      side.replaceChildren();
+      fill(side, );
       if (rec) {
         side.append(h('h2', {}, 'You are working as'), h('p', { id: 'wb-me' }, h('b', {}, rec.name), h('br'), h('span', { class: 'mono muted' }, rec.id)),
           h('p', {}, 'Queues: ', rec.queues.join(', ')),
@@ -812,7 +851,7 @@
       clearInterval(beatTimer);
       await drawSide();
       const rec = human.rec;
-      if (!rec) { content.replaceChildren(h('div', { class: 'panel muted' }, 'Choose the queues you work on, then start.')); return; }
+      if (!rec) { fill(content, h('div', { class: 'panel muted' }, 'Choose the queues you work on, then start.')); return; }
       beatTimer = setInterval(heartbeat, Math.max(500, rec.hb));
       await heartbeat();
       if (!human.rec) return;
@@ -843,7 +882,7 @@
       clearInterval(extendTimer);
       const claim = h('button', { class: 'primary', type: 'button', id: 'wb-claim' }, 'Claim next task');
       const status = h('p', { class: 'muted', id: 'wb-status' }, msg || 'No task claimed.');
-      content.replaceChildren(h('div', { class: 'panel' }, status, claim));
+      fill(content, h('div', { class: 'panel' }, status, claim));
       claim.addEventListener('click', () => {
         if (waiting) { stopWaiting(); claim.textContent = 'Claim next task'; status.textContent = 'Stopped waiting.'; return; }
         claim.textContent = 'Stop waiting';
@@ -908,7 +947,7 @@
       const leaseInfo = h('span', { class: 'muted', id: 'wb-lease' });
       form.append(h('div', { class: 'actions' }, submit, back, leaseInfo));
       const err = h('p', { class: 'error', id: 'wb-error' });
-      content.replaceChildren(
+      fill(content, 
         h('div', { class: 'panel', id: 'wb-task', 'data-task': t.id },
           h('div', { class: 'inline', style: 'justify-content: space-between' }, h('h2', {}, t.kind), h('span', { class: 'mono muted' }, t.id)),
           h('p', { class: 'muted' }, `queue ${t.queue} · attempt ${t.attempts} of ${t.max_attempts}`),

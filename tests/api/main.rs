@@ -6,6 +6,8 @@ mod events;
 mod faults;
 mod flow;
 mod helpers;
+mod locks;
+mod schedules;
 mod security;
 mod store;
 mod ui;

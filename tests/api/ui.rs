@@ -599,10 +599,9 @@ async fn a_person_claims_a_human_task_and_submits_the_form_with_ctrl_enter() {
     });
     let pixel = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==";
     let first = submit(&app, json!({
-        "kind": "label-image", "queue": "labels", "timeout_ms": 60000,
+        "kind": "label-image", "queue": "labels", "timeout_ms": 60000, "result_schema": schema,
         "payload": {"text": "Is this a cat or a dog?", "image_url": pixel,
-                    "html": "<p>Photo <b>#17</b><script>parent.document.title='pwned'</script></p>",
-                    "result_schema": schema}
+                    "html": "<p>Photo <b>#17</b><script>parent.document.title='pwned'</script></p>"}
     })).await;
     // A machine node on the same queue is never pushed a human-only task.
     let (machine, _) = app.register_node("machine", &["labels"]).await;
@@ -827,5 +826,77 @@ async fn a_read_only_token_sees_no_action_and_its_api_calls_get_403() {
         assert_eq!(status, 403, "{method} {path}: {v}");
     }
     assert_eq!(app.task(&id).await["state"], "pending", "nothing changed");
+    b.close().await;
+}
+
+#[tokio::test]
+async fn schedules_and_batches_show_their_fires_and_progress() {
+    let _one = ONE_BROWSER.lock().await;
+    let app = app().await;
+    let (status, v) = send(
+        &app,
+        &app.admin,
+        reqwest::Method::POST,
+        "/v1/schedules",
+        Some(
+            json!({"name": "every-second", "cron": "* * * * * *", "timezone": "UTC",
+                    "task": {"kind": "tick", "queue": "ticks"}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let (status, batch) = send(
+        &app,
+        &app.admin,
+        reqwest::Method::POST,
+        "/v1/batches",
+        Some(
+            json!({"tasks": [{"kind": "part", "queue": "parts"}, {"kind": "part", "queue": "parts"},
+                              {"kind": "part", "queue": "parts"}]}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{batch}");
+    let batch_id = batch["id"].as_str().expect("batch id").to_string();
+    let Some(b) = browser(&app.base).await else {
+        return;
+    };
+    b.sign_in(&app.admin, "admin").await;
+    b.goto("#/schedules").await;
+    let row = r#"tr[data-schedule="every-second"]"#;
+    b.text_until(row, "a fire", |t| t.contains("fired")).await;
+    b.find(&format!(r#"{row} button[data-action="pause"]"#))
+        .await;
+    b.goto(&format!("#/batch/{batch_id}")).await;
+    b.text_is("#batch-state", "running").await;
+    b.text_is(r#"#batch-fields [data-count="unfinished"]"#, "3")
+        .await;
+    // Cancelling the children finishes the batch, live.
+    let (_, page) = send(
+        &app,
+        &app.admin,
+        reqwest::Method::GET,
+        &format!("/v1/batches/{batch_id}/results"),
+        None,
+    )
+    .await;
+    for item in page["items"].as_array().expect("items") {
+        let id = item["id"].as_str().expect("id");
+        let (status, v) = send(
+            &app,
+            &app.admin,
+            reqwest::Method::POST,
+            &format!("/v1/tasks/{id}/cancel"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
+    }
+    b.text_is("#batch-state", "failed").await;
+    b.text_is(r#"#batch-fields [data-count="cancelled"]"#, "3")
+        .await;
+    b.shot("batch").await;
+    b.goto("#/batch/01ZZZZZZZZZZZZZZZZZZZZZZZZ").await;
+    b.find("#not-available").await;
     b.close().await;
 }
