@@ -114,9 +114,10 @@ impl Browser {
             .expect("goto");
     }
 
-    /// The first element matching `css`, waiting for it up to 15 s.
+    /// The first element matching `css`, waiting for it up to 30 s (CI runs the whole
+    /// suite at once on two cores).
     async fn find(&self, css: &str) -> Element {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(e) = self.c.find(Locator::Css(css)).await {
                 return e;
@@ -128,7 +129,7 @@ impl Browser {
 
     /// Waits until the text of `css` satisfies `ok`; returns it.
     async fn text_until(&self, css: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(30);
         let mut last = String::new();
         loop {
             if let Ok(e) = self.c.find(Locator::Css(css)).await
@@ -153,7 +154,7 @@ impl Browser {
 
     /// Clicks the element matching `css`, finding it again if the page redrew it.
     async fn click(&self, css: &str) {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let e = self.find(css).await;
             match e.click().await {
