@@ -428,16 +428,31 @@ async fn unique_key_under_50_concurrent_identical_submissions_to_two_serve_proce
 // 2. concurrency_key + concurrency_limit
 // ---------------------------------------------------------------------------------
 
-/// Lease deadlines (ns) of the queue's running tasks, by (task, fence).
-async fn running_deadlines(api: &Http, queue: &str) -> HashMap<(String, i64), i64> {
+/// The queue's running tasks as (task, fence, node id, lease deadline in ns).
+async fn running_leases(api: &Http, queue: &str) -> Vec<(String, i64, String, i64)> {
     list_tasks(api, queue, Some("running"))
         .await
         .iter()
         .filter_map(|t| {
             let fence = t["fence"].as_i64()?;
             let deadline = ts(t, "lease_expires_at")?;
-            Some(((s(t, "id").to_string(), fence), deadline * 1_000_000))
+            Some((
+                s(t, "id").to_string(),
+                fence,
+                s(t, "node").to_string(),
+                deadline * 1_000_000,
+            ))
         })
+        .collect()
+}
+
+/// Node name -> node id.
+async fn node_ids(api: &Http) -> HashMap<String, String> {
+    get_ok(api, "/v1/nodes").await["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|x| (s(x, "name").to_string(), s(x, "id").to_string()))
         .collect()
 }
 
@@ -484,10 +499,12 @@ async fn concurrency_limit_3_holds_for_200_tasks_on_4_agents_also_while_agents_a
     let ids = a2.submit_batch(tasks).await;
     assert_eq!(ids.len(), N);
 
-    // Kill one agent after ~50 starts, two more after ~120, each replaced at once.
-    // Right after a kill, note the lease deadlines of the running tasks: an attempt
-    // whose end line never comes holds its slot until then.
-    let mut deadlines: HashMap<(String, i64), i64> = HashMap::new();
+    // Kill one agent after ~50 starts, two more after ~120, each replaced at once;
+    // victims are agents running a task right then when there are such. Right after
+    // a kill, note the lease deadlines of the tasks the victims were running: such
+    // an attempt holds its slot until that deadline, whatever its process does.
+    let mut stranded: HashMap<(String, i64), i64> = HashMap::new();
+    let mut names: Vec<String> = (0..4).map(|i| format!("c{i}")).collect();
     let mut max_held = 0i64;
     let mut phase = 0;
     let mut replaced = 0;
@@ -497,19 +514,38 @@ async fn concurrency_limit_3_holds_for_200_tasks_on_4_agents_also_while_agents_a
         assert_alive(&mut s2.proc);
         let starts = count_starts(&log);
         if (phase == 0 && starts >= 50) || (phase == 1 && starts >= 120) {
-            let victims: Vec<usize> = if phase == 0 { vec![0] } else { vec![1, 2] };
+            let want = if phase == 0 { 1 } else { 2 };
+            let by_name = node_ids(&a1).await;
+            let busy: HashSet<String> = running_leases(&a1, "cq")
+                .await
+                .into_iter()
+                .map(|l| l.2)
+                .collect();
+            let mut order: Vec<usize> = (0..agents.len()).collect();
+            order.sort_by_key(|&i| !by_name.get(&names[i]).is_some_and(|id| busy.contains(id)));
+            let victims: Vec<usize> = order.into_iter().take(want).collect();
             for &v in &victims {
                 agents[v].kill9();
             }
-            deadlines.extend(running_deadlines(&a1, "cq").await);
+            let victim_ids: HashSet<&String> = victims
+                .iter()
+                .filter_map(|&v| by_name.get(&names[v]))
+                .collect();
+            let mut held = 0;
+            for (task, fence, node, dl) in running_leases(&a1, "cq").await {
+                if victim_ids.contains(&node) {
+                    stranded.insert((task, fence), dl);
+                    held += 1;
+                }
+            }
             println!(
-                "concurrency: killed {} agent(s) at {starts} starts ({:?} in)",
-                victims.len(),
+                "concurrency: killed {want} agent(s) at {starts} starts ({:?} in), stranding {held} running lease(s)",
                 started.elapsed()
             );
             for &v in &victims {
                 replaced += 1;
-                agents[v] = agent(format!("c-r{replaced}"), v + 1);
+                names[v] = format!("c-r{replaced}");
+                agents[v] = agent(names[v].clone(), v + 1);
             }
             phase += 1;
         }
@@ -528,7 +564,9 @@ async fn concurrency_limit_3_holds_for_200_tasks_on_4_agents_also_while_agents_a
     let took = started.elapsed();
     assert_eq!(phase, 2, "both kill phases happened");
 
-    // The recorded intervals: an open one counts until its lease deadline.
+    // The recorded intervals. An attempt stranded by a kill counts as running until
+    // its lease deadline (its slot is held until then); an open one (no end line)
+    // likewise, or for a whole TTL when its deadline was not seen.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let attempts = read_attempts(&log);
     let mut intervals = Vec::new();
@@ -538,14 +576,17 @@ async fn concurrency_limit_3_holds_for_200_tasks_on_4_agents_also_while_agents_a
         let start = a
             .start
             .unwrap_or_else(|| panic!("end without start: {task} {fence}"));
-        let end = match a.end {
-            Some(e) => e,
-            None => {
+        let held_until = stranded.get(&(task.clone(), *fence)).copied();
+        let end = match (a.end, held_until) {
+            (Some(e), Some(d)) => e.max(d),
+            (Some(e), None) => e,
+            (None, Some(d)) => {
                 open += 1;
-                deadlines
-                    .get(&(task.clone(), *fence))
-                    .copied()
-                    .unwrap_or(start + TTL_MS * 1_000_000)
+                d
+            }
+            (None, None) => {
+                open += 1;
+                start + TTL_MS * 1_000_000
             }
         };
         assert!(end >= start, "{task} {fence}: end before start");
@@ -554,9 +595,10 @@ async fn concurrency_limit_3_holds_for_200_tasks_on_4_agents_also_while_agents_a
     }
     let (max_running, at) = max_overlap(&intervals);
     println!(
-        "concurrency: {N} tasks, {} attempts ({open} open-ended), max running at once {max_running} (at {at} ns), \
+        "concurrency: {N} tasks, {} attempts ({} stranded by kills, {open} without an end line), max running at once {max_running} (at {at} ns), \
          max assigned+running seen by the API {max_held}, took {took:?}",
-        attempts.len()
+        attempts.len(),
+        stranded.len()
     );
     for id in &ids {
         assert!(per_task.contains_key(id.as_str()), "task {id} never ran");
