@@ -27,6 +27,8 @@ pub struct Dispatcher {
     directory: Arc<Directory>,
     /// Heartbeats older than this make a node ineligible.
     fresh_for: Duration,
+    /// Queues with a re-dispatch already timed for their rate limit.
+    rate_waits: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Dispatcher {
@@ -42,6 +44,7 @@ impl Dispatcher {
             hub,
             directory,
             fresh_for: heartbeat_interval * 3,
+            rate_waits: Arc::default(),
         }
     }
 
@@ -145,7 +148,11 @@ impl Dispatcher {
             .iter()
             .map(|r| (r.0.clone(), r.1, r.4.clone()))
             .collect();
-        let (assigned, left) = self.store.dispatch(queue, &args, max, max * 2 + 64).await?;
+        let (assigned, left, wait_ms) =
+            self.store.dispatch(queue, &args, max, max * 2 + 64).await?;
+        if wait_ms > 0 && left > 0 {
+            self.after_rate_limit(queue, wait_ms);
+        }
         if assigned > 0 {
             crate::metrics::METRICS
                 .assigned
@@ -159,5 +166,24 @@ impl Dispatcher {
             }
         }
         Ok(assigned)
+    }
+
+    /// The queue's rate limit holds tasks back: dispatch it again when the next token
+    /// is due (one timer per queue, no polling).
+    fn after_rate_limit(&self, queue: &str, wait_ms: i64) {
+        let Ok(mut waits) = self.rate_waits.lock() else {
+            return;
+        };
+        if !waits.insert(queue.to_string()) {
+            return;
+        }
+        let (hub, waits, q) = (self.hub.clone(), self.rate_waits.clone(), queue.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(wait_ms.clamp(1, 60_000) as u64)).await;
+            if let Ok(mut w) = waits.lock() {
+                w.remove(&q);
+            }
+            hub.mark_dirty(&q);
+        });
     }
 }

@@ -12,6 +12,7 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod coord;
 pub mod directory;
 pub mod dispatcher;
 pub mod domain;

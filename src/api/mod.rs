@@ -1,6 +1,7 @@
 //! The HTTP API v1 (DESIGN.md): the router, its state, and one module per resource.
 
 pub mod auth;
+pub mod batches;
 pub mod error;
 pub mod events;
 pub mod limit;
@@ -139,6 +140,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/nodes/{id}/lease", post(nodes::nodes_lease))
         .route("/v1/nodes/{id}/reports", post(nodes::nodes_reports))
         .route("/v1/events", get(events::events))
+        .route("/v1/batches", post(batches::batches_create))
+        .route("/v1/batches/{id}", get(batches::batches_get))
+        .route("/v1/batches/{id}/results", get(batches::batches_results))
+        .route("/v1/batches/{id}/tasks", post(batches::batches_add))
         .route("/v1/queues", get(queues::queues_list))
         .route(
             "/v1/queues/{name}",

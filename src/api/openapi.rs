@@ -2,7 +2,7 @@
 //! Served at `/openapi.json`, committed as `openapi/openapi.json` (a test keeps them
 //! equal); Swagger UI at `/docs` with assets compiled into the binary (no CDN).
 
-use super::{events, nodes, queues, system, tasks};
+use super::{batches, events, nodes, queues, system, tasks};
 use crate::domain;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -38,6 +38,7 @@ impl Modify for BearerAuth {
         nodes::nodes_heartbeat, nodes::nodes_drain, nodes::nodes_lease, nodes::nodes_reports,
         queues::queues_list, queues::queues_get, queues::queues_put, queues::queues_pause, queues::queues_resume,
         events::events,
+        batches::batches_create, batches::batches_get, batches::batches_results, batches::batches_add,
     ),
     components(schemas(domain::Problem, domain::TaskState, domain::NodeStatus, domain::NodeKind, domain::Backoff)),
     tags(
@@ -46,6 +47,7 @@ impl Modify for BearerAuth {
         (name = "agent protocol", description = "What node agents call (node tokens)"),
         (name = "queues", description = "Queue state and settings"),
         (name = "events", description = "Server-sent events"),
+        (name = "batches", description = "Fan-out and fan-in: batches of tasks with a then task"),
         (name = "system", description = "Health and metrics"),
     )
 )]

@@ -95,6 +95,29 @@ impl Keys {
         format!("{}events", self.queue_prefix(queue))
     }
 
+    /// LIST: ids of tasks that ended with something waiting on them (dependents, a
+    /// batch): the coordinator's work list (`<prefix>followups`).
+    pub fn followups(&self, queue: &str) -> String {
+        format!("{}followups", self.queue_prefix(queue))
+    }
+
+    /// SET: tasks blocked on task `id` (`<prefix>dependents:<id>`).
+    pub fn dependents(&self, queue: &str, id: &str) -> String {
+        format!("{}dependents:{id}", self.queue_prefix(queue))
+    }
+
+    /// ZSET: holders of a concurrency key's slots, scored by lease deadline
+    /// (`<prefix>sem:<key>`).
+    pub fn semaphore(&self, queue: &str, key: &str) -> String {
+        format!("{}sem:{key}", self.queue_prefix(queue))
+    }
+
+    /// Prefix of a batch's keys: `<ns>:{~batch:<id>}:` (`meta` HASH, `children` LIST in
+    /// joining order, `done` SET of ended children).
+    pub fn batch_prefix(&self, id: &str) -> String {
+        format!("{}:{{~batch:{id}}}:", self.ns)
+    }
+
     /// Extracts the queue from a prefix `<ns>:{<queue>}:` (as sent in wake-ups).
     pub fn queue_of_prefix<'a>(&self, prefix: &'a str) -> Option<&'a str> {
         let rest = prefix.strip_prefix(self.ns.as_str())?.strip_prefix(":{")?;

@@ -38,6 +38,20 @@ pub struct Scripts {
     pub requeue_inbox: Script,
     /// `heartbeat.lua`
     pub heartbeat: Script,
+    /// `dep_register.lua`
+    pub dep_register: Script,
+    /// `dep_resolved.lua`
+    pub dep_resolved: Script,
+    /// `batch_create.lua`
+    pub batch_create: Script,
+    /// `batch_begin.lua`
+    pub batch_begin: Script,
+    /// `batch_add.lua`
+    pub batch_add: Script,
+    /// `batch_child.lua`
+    pub batch_child: Script,
+    /// `batch_then.lua`
+    pub batch_then: Script,
 }
 
 impl Scripts {
@@ -57,12 +71,19 @@ impl Scripts {
             delete: script(include_str!("../../scripts/delete.lua")),
             requeue_inbox: script(include_str!("../../scripts/requeue_inbox.lua")),
             heartbeat: script(include_str!("../../scripts/heartbeat.lua")),
+            dep_register: script(include_str!("../../scripts/dep_register.lua")),
+            dep_resolved: script(include_str!("../../scripts/dep_resolved.lua")),
+            batch_create: script(include_str!("../../scripts/batch_create.lua")),
+            batch_begin: script(include_str!("../../scripts/batch_begin.lua")),
+            batch_add: script(include_str!("../../scripts/batch_add.lua")),
+            batch_child: script(include_str!("../../scripts/batch_child.lua")),
+            batch_then: script(include_str!("../../scripts/batch_then.lua")),
         }
     }
 
     /// All scripts, for SCRIPT LOAD at start-up.
-    pub fn all(&self) -> [&Script; 13] {
-        [
+    pub fn all(&self) -> Vec<&Script> {
+        vec![
             &self.submit,
             &self.promote,
             &self.dispatch,
@@ -76,6 +97,13 @@ impl Scripts {
             &self.delete,
             &self.requeue_inbox,
             &self.heartbeat,
+            &self.dep_register,
+            &self.dep_resolved,
+            &self.batch_create,
+            &self.batch_begin,
+            &self.batch_add,
+            &self.batch_child,
+            &self.batch_then,
         ]
     }
 }

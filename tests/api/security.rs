@@ -207,6 +207,20 @@ async fn auth_table_covers_every_route_in_the_spec() {
     let missing_task = format!("01ARZ3NDEKTSV4RRFFQ69G5FAV.{idle}");
 
     let new_task = json!({"kind": "k", "queue": idle});
+    let r = call(
+        &app,
+        &t,
+        Admin,
+        "POST",
+        "/v1/batches",
+        Some(&json!({"tasks": [], "open": true})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "open batch in setup");
+    let batch = serde_json::from_str::<Value>(&r.body).expect("batch JSON")["id"]
+        .as_str()
+        .expect("batch id")
+        .to_string();
     let rows = vec![
         row(
             "GET",
@@ -408,6 +422,34 @@ async fn auth_table_covers_every_route_in_the_spec() {
             "/v1/tasks/batch",
             "/v1/tasks/batch".into(),
             Some(json!({"tasks": [new_task.clone(), new_task.clone()]})),
+            &[(Read, 403), (Agent, 403), (NodeA, 403), (Submit, 201)],
+        ),
+        row(
+            "POST",
+            "/v1/batches",
+            "/v1/batches".into(),
+            Some(json!({"tasks": [new_task.clone()]})),
+            &[(Read, 403), (Agent, 403), (NodeA, 403), (Submit, 201)],
+        ),
+        row(
+            "GET",
+            "/v1/batches/{id}",
+            format!("/v1/batches/{batch}"),
+            None,
+            &[(Agent, 403), (NodeA, 403), (Read, 200)],
+        ),
+        row(
+            "GET",
+            "/v1/batches/{id}/results",
+            format!("/v1/batches/{batch}/results"),
+            None,
+            &[(Agent, 403), (NodeA, 403), (Read, 200)],
+        ),
+        row(
+            "POST",
+            "/v1/batches/{id}/tasks",
+            format!("/v1/batches/{batch}/tasks"),
+            Some(json!({"tasks": [new_task.clone()]})),
             &[(Read, 403), (Agent, 403), (NodeA, 403), (Submit, 201)],
         ),
         row(

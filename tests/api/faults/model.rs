@@ -99,6 +99,7 @@ fn prepared(rng: &mut StdRng) -> PreparedTask {
         },
         requires: vec![],
         retention_ms: 3_600_000,
+        ..Default::default()
     }
 }
 
