@@ -3,7 +3,7 @@
 
 use super::auth::{Principal, Role};
 use super::error::{ApiError, ApiResult};
-use super::tasks::{prepare, store_tasks};
+use super::tasks::{check_dependencies, prepare, store_tasks};
 use super::{AppState, Json, MAX_BATCH};
 use crate::domain::batches::{Batch, BatchResultPage, BatchTasks, BatchTasksAdded, NewBatch};
 use crate::domain::{NewTask, Problem, validate};
@@ -127,6 +127,8 @@ pub async fn batches_create(
         }
         None => None,
     };
+    // Refused before the batch exists: a batch left without children would finish.
+    check_dependencies(&st, &tasks).await?;
     st.store
         .batch_create(&id, then_json.as_deref(), body.open)
         .await?;

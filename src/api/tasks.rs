@@ -202,13 +202,11 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     }
 }
 
-/// Stores validated tasks: dependencies must exist (422 otherwise, nothing stored),
-/// and the blocked ones are registered with their dependencies once stored.
-pub(crate) async fn store_tasks(
+/// 422 unless every dependency of `tasks` exists. Returns the dependencies.
+pub(crate) async fn check_dependencies(
     st: &AppState,
     tasks: &[PreparedTask],
-    idem: Option<&str>,
-) -> ApiResult<Submitted> {
+) -> ApiResult<Vec<String>> {
     let mut deps: Vec<String> = tasks.iter().flat_map(|t| t.depends_on.clone()).collect();
     if !deps.is_empty() {
         deps.sort();
@@ -224,6 +222,17 @@ pub(crate) async fn store_tasks(
             ));
         }
     }
+    Ok(deps)
+}
+
+/// Stores validated tasks: dependencies must exist (422 otherwise, nothing stored),
+/// and the blocked ones are registered with their dependencies once stored.
+pub(crate) async fn store_tasks(
+    st: &AppState,
+    tasks: &[PreparedTask],
+    idem: Option<&str>,
+) -> ApiResult<Submitted> {
+    let deps = check_dependencies(st, tasks).await?;
     let mut queues: Vec<&str> = tasks.iter().map(|t| t.queue.as_str()).collect();
     queues.sort_unstable();
     queues.dedup();
