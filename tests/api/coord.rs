@@ -467,7 +467,11 @@ async fn concurrency_limit_3_holds_for_200_tasks_on_4_agents_also_while_agents_a
     let cmd = recording_command(&log, "0.07");
     let (u1, u2) = (s1.url.clone(), s2.url.clone());
     let agent = |name: String, i: usize| {
-        let servers: [&str; 2] = if i % 2 == 0 { [&u1, &u2] } else { [&u2, &u1] };
+        let servers: [&str; 2] = if i.is_multiple_of(2) {
+            [&u1, &u2]
+        } else {
+            [&u2, &u1]
+        };
         spawn_agent_process(
             &servers,
             &[
@@ -942,9 +946,9 @@ async fn a_dag_of_1000_tasks_runs_each_task_only_after_its_dependencies_finished
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("runs");
     let cmd = recording_command(&log, "");
-    let mut agents: Vec<Proc> = (0..3)
+    let mut agents: Vec<Proc> = (0..3usize)
         .map(|i| {
-            let servers: [&str; 2] = if i % 2 == 0 {
+            let servers: [&str; 2] = if i.is_multiple_of(2) {
                 [&s1.url, &s2.url]
             } else {
                 [&s2.url, &s1.url]
@@ -996,7 +1000,7 @@ async fn a_dag_of_1000_tasks_runs_each_task_only_after_its_dependencies_finished
             deps.push(d);
         }
         let api = &apis[c % 2];
-        if c % 2 == 0 {
+        if c.is_multiple_of(2) {
             ids.extend(api.submit_batch(bodies).await);
         } else {
             let answers =
@@ -1496,7 +1500,7 @@ async fn a_big_batch_filled_in_chunks_completes_and_runs_then_once_with_a_serve_
         let tasks: Vec<Value> = (c * CHUNK..((c + 1) * CHUNK).min(total))
             .map(|i| json!({ "kind": "noop", "queue": "bq", "payload": { "i": i }, "timeout_ms": 30000 }))
             .collect();
-        let api = if c % 2 == 0 { &a1 } else { &a2 };
+        let api = if c.is_multiple_of(2) { &a1 } else { &a2 };
         let last = c + 1 == chunks;
         let chunk_started = Instant::now();
         let r = api
