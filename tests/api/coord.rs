@@ -7,7 +7,8 @@
 //! contract (docs and the issue), not the crate's types.
 //!
 //! The 100,000-child batch runs with `MUSTER_COORD_LONG=1`; by default the same test
-//! runs 20,000 children to stay inside the CI budget (see `big_batch_size`).
+//! runs 20,000 children to stay inside the CI budget (see `big_batch_size`); chunks are
+//! 10,000 children unless `MUSTER_COORD_CHUNK` says otherwise.
 
 use crate::helpers::*;
 use serde_json::{Value, json};
@@ -1455,7 +1456,12 @@ async fn then_tasks(api: &Http, queue: &str, batch: &str) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_batch_filled_in_chunks_completes_and_runs_then_once_with_a_serve_process_killed() {
     let total = big_batch_size();
-    const CHUNK: usize = 10_000;
+    // Chunks of 10,000 (the most a request takes); MUSTER_COORD_CHUNK overrides it.
+    let chunk_size: usize = std::env::var("MUSTER_COORD_CHUNK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| (1..=10_000).contains(n))
+        .unwrap_or(10_000);
     let (ns, mut s1, mut s2, a1, a2) = two_servers().await;
     let mut agents: Vec<Proc> = (0..3)
         .map(|i| {
@@ -1495,9 +1501,9 @@ async fn a_big_batch_filled_in_chunks_completes_and_runs_then_once_with_a_serve_
     assert_eq!(created["total"], json!(0), "{created}");
 
     let mut ids: Vec<String> = Vec::with_capacity(total);
-    let chunks = total.div_ceil(CHUNK);
+    let chunks = total.div_ceil(chunk_size);
     for c in 0..chunks {
-        let tasks: Vec<Value> = (c * CHUNK..((c + 1) * CHUNK).min(total))
+        let tasks: Vec<Value> = (c * chunk_size..((c + 1) * chunk_size).min(total))
             .map(|i| json!({ "kind": "noop", "queue": "bq", "payload": { "i": i }, "timeout_ms": 30000 }))
             .collect();
         let api = if c.is_multiple_of(2) { &a1 } else { &a2 };
