@@ -901,3 +901,67 @@ async fn schedules_and_batches_show_their_fires_and_progress() {
     b.find("#not-available").await;
     b.close().await;
 }
+
+#[tokio::test]
+async fn an_agent_token_works_on_human_tasks_without_reading_the_rest() {
+    let _one = ONE_BROWSER.lock().await;
+    let app = app().await;
+    let (status, _) = send(
+        &app,
+        &app.admin,
+        reqwest::Method::PUT,
+        "/v1/queues/reviews",
+        Some(json!({"human_only": true})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let id = submit(
+        &app,
+        json!({"kind": "review", "queue": "reviews", "payload": {"text": "Approve this change?"}}),
+    )
+    .await;
+    let Some(b) = browser(&app.base).await else {
+        return;
+    };
+    b.sign_in(&app.agent, "agent").await;
+    // An agent token may not read queues: the console goes straight to the workbench,
+    // asks for queue names, and hides the pages it could not show.
+    b.find("#wb-queue-names")
+        .await
+        .send_keys("reviews")
+        .await
+        .unwrap();
+    assert!(
+        !b.find(r#"#nav a[data-page="queues"]"#)
+            .await
+            .is_displayed()
+            .await
+            .unwrap()
+    );
+    b.click("#wb-start").await;
+    b.click("#wb-claim").await;
+    b.text_is("#wb-text", "Approve this change?").await;
+    // No result_schema: a JSON text area, submitted with Ctrl+Enter.
+    let area = b.find("#wb-json").await;
+    area.clear().await.unwrap();
+    area.send_keys(r#"{"approved": false, "why": "no tests"}"#)
+        .await
+        .unwrap();
+    let ctrl_enter = format!(
+        "{}{}",
+        char::from(fantoccini::key::Key::Control),
+        char::from(fantoccini::key::Key::Enter)
+    );
+    area.send_keys(&ctrl_enter).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let t = loop {
+        let t = app.task(&id).await;
+        if t["state"] == "succeeded" || Instant::now() > deadline {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(t["state"], "succeeded", "{t}");
+    assert_eq!(t["result"], json!({"approved": false, "why": "no tests"}));
+    b.close().await;
+}
