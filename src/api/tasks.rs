@@ -113,12 +113,6 @@ pub fn prepare(t: NewTask, at: &str) -> ApiResult<PreparedTask> {
     let mut depends_on = depends_on;
     depends_on.sort();
     depends_on.dedup();
-    if t.on_dependency_failure.is_some() && depends_on.is_empty() {
-        return Err(bad(
-            "on_dependency_failure",
-            "only applies with depends_on".into(),
-        ));
-    }
     if let Some(k) = &t.unique_key
         && (k.is_empty() || k.len() > 256 || k.chars().any(char::is_control))
     {
@@ -127,28 +121,26 @@ pub fn prepare(t: NewTask, at: &str) -> ApiResult<PreparedTask> {
             "must be 1 to 256 characters, no control characters".into(),
         ));
     }
-    if let Some(ttl) = t.unique_ttl_ms {
-        if t.unique_key.is_none() {
-            return Err(bad("unique_ttl_ms", "only applies with unique_key".into()));
-        }
-        if !(1000..=365 * 24 * 3600 * 1000).contains(&ttl) {
-            return Err(bad("unique_ttl_ms", "must be 1 s to one year".into()));
-        }
+    // (unique_ttl_ms without unique_key, like on_dependency_failure without
+    // depends_on, has nothing to apply to and is ignored.)
+    if let Some(ttl) = t.unique_ttl_ms
+        && !(1000..=365 * 24 * 3600 * 1000).contains(&ttl)
+    {
+        return Err(bad("unique_ttl_ms", "must be 1 s to one year".into()));
     }
+    // A key alone allows one at a time; a limit alone applies to the task's kind.
     let concurrency = match (t.concurrency_key, t.concurrency_limit) {
         (None, None) => None,
-        (Some(k), Some(n)) => {
-            validate::queue_name(&k).map_err(|e| bad("concurrency_key", e))?;
+        (key, limit) => {
+            let k = key.unwrap_or_else(|| format!("kind:{}", t.kind));
+            if !k.starts_with("kind:") {
+                validate::queue_name(&k).map_err(|e| bad("concurrency_key", e))?;
+            }
+            let n = limit.unwrap_or(1);
             if !(1..=100_000).contains(&n) {
                 return Err(bad("concurrency_limit", "must be 1 to 100000".into()));
             }
             Some((k, n))
-        }
-        _ => {
-            return Err(bad(
-                "concurrency_key",
-                "concurrency_key and concurrency_limit go together".into(),
-            ));
         }
     };
     let result_schema = match t.result_schema {

@@ -243,7 +243,8 @@ pub struct NewTask {
     #[schema(minimum = 1000, maximum = 31_536_000_000_i64)]
     pub unique_ttl_ms: Option<i64>,
     /// At most `concurrency_limit` tasks of this queue with this key are assigned or
-    /// running at once, across all nodes (give both or neither).
+    /// running at once, across all nodes. Alone: a limit of 1. A limit alone applies
+    /// to the task's kind (key `kind:<kind>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Name>)]
     pub concurrency_key: Option<String>,
