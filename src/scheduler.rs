@@ -490,6 +490,33 @@ mod tests {
     }
 
     #[test]
+    fn odd_expressions_are_refused_or_computed_without_panicking() {
+        let t = ms("2026-01-01T00:00:00Z");
+        for expr in [
+            "*/0 * * * * *",
+            "0-0/0 * * * * *",
+            "59-0 * * * * *",
+            "99999999999999999999 * * * * *",
+            "0 0 0 31 2 *",
+            "0 0 0 30 2 * 2026-2030",
+            "* * * * * * 1970",
+            "* * * * * * 9999",
+            "@reboot",
+            "@",
+            "L W # ? * *",
+            "0 0 0 ? * MON#5",
+            "1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20 * * * * *",
+            "\u{0} * * * * *",
+        ] {
+            if let Ok(s) = CronSpec::parse(expr, "Pacific/Chatham") {
+                let _ = s.next_after(t);
+                let _ = s.latest_until(t);
+                let _ = s.count_between(t - 86_400_000, t, 10);
+            }
+        }
+    }
+
+    #[test]
     fn tick_keys_name_the_schedule_and_the_tick() {
         assert_eq!(
             tick_key("nightly", 1_700_000_000_000),
