@@ -66,6 +66,7 @@ impl Store {
     /// # Errors
     /// Redis errors.
     pub async fn missing_tasks(&self, ids: &[String]) -> Result<Vec<String>> {
+        // (An empty pipeline is an error in redis-rs: `asked` guards it below.)
         let mut missing = Vec::new();
         let mut pipe = redis::pipe();
         let mut asked = Vec::new();
@@ -202,6 +203,9 @@ impl Store {
     /// # Errors
     /// Redis errors.
     pub async fn followup_counts(&self, queues: &[String]) -> Result<Vec<i64>> {
+        if queues.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
         for q in queues {
             pipe.llen(self.keys.followups(q));
