@@ -315,7 +315,7 @@ impl Store {
         for ch in children {
             inv.arg(ch);
         }
-        let mut c = self.conn();
+        let mut c = self.conn_for(children.len());
         batch_check(inv.invoke_async(&mut c).await?)?.ok_or(StoreError::NotFound)
     }
 

@@ -251,6 +251,9 @@ pub struct Store {
     /// The key schema.
     pub keys: Keys,
     conn: ConnectionManager,
+    /// For scripts over thousands of tasks (a 10,000-task submission): ten times the
+    /// timeout, so a busy Redis does not turn a long script into a 503.
+    bulk: ConnectionManager,
     client: redis::Client,
     scripts: Arc<Scripts>,
     timeout: Duration,
@@ -417,10 +420,16 @@ impl Store {
             .set_connection_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_with_config(client.clone(), cfg).await?;
+        let conn = ConnectionManager::new_with_config(client.clone(), cfg.clone()).await?;
+        let bulk = ConnectionManager::new_with_config(
+            client.clone(),
+            cfg.set_response_timeout(Some(timeout * 10)),
+        )
+        .await?;
         Ok(Store {
             keys: Keys::new(namespace),
             conn,
+            bulk,
             client,
             scripts: Arc::new(Scripts::new()),
             timeout,
@@ -435,6 +444,16 @@ impl Store {
     /// A clone of the shared multiplexed connection.
     pub fn conn(&self) -> ConnectionManager {
         self.conn.clone()
+    }
+
+    /// The connection for a call touching `n` tasks: the bulk one (longer timeout)
+    /// past a few hundred.
+    pub(crate) fn conn_for(&self, n: usize) -> ConnectionManager {
+        if n > 200 {
+            self.bulk.clone()
+        } else {
+            self.conn.clone()
+        }
     }
 
     /// The configured command timeout.
@@ -578,7 +597,7 @@ impl Store {
             inv.key(p);
         }
         inv.arg(args);
-        let mut c = self.conn();
+        let mut c = self.conn_for(tasks.len());
         let (code, rest) = coded(inv.invoke_async(&mut c).await?)?;
         match code {
             0 => Ok(Submitted::Created {

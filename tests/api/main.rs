@@ -1,6 +1,7 @@
 //! One integration-test binary: every test drives real redis-server processes.
 
 mod cluster;
+mod coord;
 mod dev_demo;
 mod events;
 mod faults;
