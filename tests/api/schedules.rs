@@ -137,10 +137,12 @@ async fn schedules_are_created_listed_read_and_deleted_and_bad_ones_get_4xx() {
     read.get("/v1/schedules").await.problem(401);
 
     // `muster schedules` lists them (table and --json).
-    let out = std::process::Command::new(crate::helpers::muster_bin())
+    // Async: the server under test runs on this test's runtime.
+    let out = tokio::process::Command::new(crate::helpers::muster_bin())
         .args(["schedules", "--server", &app.url, "--token", ADMIN_TOKEN])
         .env_remove("MUSTER_TOKEN")
         .output()
+        .await
         .expect("muster schedules");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -156,7 +158,7 @@ async fn schedules_are_created_listed_read_and_deleted_and_bad_ones_get_4xx() {
         text.contains("nightly.report") && text.contains("Europe/Paris"),
         "{text}"
     );
-    let out = std::process::Command::new(crate::helpers::muster_bin())
+    let out = tokio::process::Command::new(crate::helpers::muster_bin())
         .args([
             "schedules",
             "--json",
@@ -166,6 +168,7 @@ async fn schedules_are_created_listed_read_and_deleted_and_bad_ones_get_4xx() {
             ADMIN_TOKEN,
         ])
         .output()
+        .await
         .expect("muster schedules --json");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["items"].as_array().map(Vec::len), Some(2));
