@@ -11,3 +11,4 @@ mod locks;
 mod schedules;
 mod security;
 mod store;
+mod ui;
