@@ -103,6 +103,7 @@ async fn add_chunk(
         (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
         (status = 413, body = Problem, description = "Too large", content_type = "application/problem+json"),
         (status = 415, body = Problem, description = "Not JSON", content_type = "application/problem+json"),
+        (status = 404, body = Problem, description = "A task named in depends_on does not exist (code unknown_dependency)", content_type = "application/problem+json"),
         (status = 422, body = Problem, description = "Invalid", content_type = "application/problem+json"),
         (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
         (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),

@@ -194,7 +194,7 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     }
 }
 
-/// 422 unless every dependency of `tasks` exists. Returns the dependencies.
+/// 404 `unknown_dependency` unless every dependency of `tasks` exists. Returns them.
 pub(crate) async fn check_dependencies(
     st: &AppState,
     tasks: &[PreparedTask],
@@ -205,7 +205,7 @@ pub(crate) async fn check_dependencies(
         deps.dedup();
         let missing = st.store.missing_tasks(&deps).await?;
         if let Some(m) = missing.first() {
-            return Err(ApiError::invalid(
+            return Err(ApiError::NotFoundCode(
                 "unknown_dependency",
                 format!(
                     "depends_on: no task {m:?} ({} unknown in all); only existing tasks can be waited on",
@@ -306,6 +306,7 @@ fn created(t: PreparedTask, now_ms: i64) -> Task {
         (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
         (status = 413, body = Problem, description = "Too large", content_type = "application/problem+json"),
         (status = 415, body = Problem, description = "Not JSON", content_type = "application/problem+json"),
+        (status = 404, body = Problem, description = "A task named in depends_on does not exist (code unknown_dependency)", content_type = "application/problem+json"),
         (status = 422, body = Problem, description = "Invalid", content_type = "application/problem+json"),
         (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
         (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
@@ -351,6 +352,7 @@ pub async fn tasks_create(
         (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
         (status = 413, body = Problem, description = "Too large", content_type = "application/problem+json"),
         (status = 415, body = Problem, description = "Not JSON", content_type = "application/problem+json"),
+        (status = 404, body = Problem, description = "A task named in depends_on does not exist (code unknown_dependency)", content_type = "application/problem+json"),
         (status = 422, body = Problem, description = "Invalid", content_type = "application/problem+json"),
         (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
         (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),

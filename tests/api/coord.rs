@@ -1326,7 +1326,7 @@ async fn on_dependency_failure_fail_run_and_cancel_follow_a_failed_or_cancelled_
     assert!(t.error.as_deref().unwrap_or("").contains(&p), "{t:?}");
     assert_eq!(wait(q_run).await.state.as_str(), "succeeded");
 
-    // Unknown or malformed dependencies: 422, nothing created.
+    // Unknown dependencies: 404, malformed ones 422; nothing created.
     let before = list_tasks(api, "df", None).await.len();
     let ghost = "01ARZ3NDEKTSV4RRFFQ69G5FAV.df";
     let r = api
@@ -1335,14 +1335,14 @@ async fn on_dependency_failure_fail_run_and_cancel_follow_a_failed_or_cancelled_
             &json!({ "kind": "noop", "queue": "df", "depends_on": [ghost] }),
         )
         .await;
-    assert_eq!(r.problem(422), "unknown_dependency", "{}", r.text);
+    assert_eq!(r.problem(404), "unknown_dependency", "{}", r.text);
     let r = api
         .post(
             "/v1/tasks",
             &json!({ "kind": "noop", "queue": "df", "depends_on": [ok, ghost] }),
         )
         .await;
-    assert_eq!(r.problem(422), "unknown_dependency", "{}", r.text);
+    assert_eq!(r.problem(404), "unknown_dependency", "{}", r.text);
     let r = api
         .post(
             "/v1/tasks/batch",
@@ -1352,7 +1352,7 @@ async fn on_dependency_failure_fail_run_and_cancel_follow_a_failed_or_cancelled_
             ] }),
         )
         .await;
-    assert_eq!(r.problem(422), "unknown_dependency", "{}", r.text);
+    assert_eq!(r.problem(404), "unknown_dependency", "{}", r.text);
     let many: Vec<&str> = std::iter::repeat_n(ok.as_str(), 1001).collect();
     for bad_body in [
         json!({ "kind": "noop", "queue": "df", "depends_on": ["not-an-id"] }),
