@@ -120,12 +120,6 @@ pub async fn batches_create(
     Json(body): Json<NewBatch>,
 ) -> ApiResult<(StatusCode, Json<Batch>)> {
     who.require(Role::Submit)?;
-    if body.tasks.is_empty() && !body.open {
-        return Err(ApiError::invalid(
-            "empty_batch",
-            "tasks must hold at least one task (or create the batch with open: true)",
-        ));
-    }
     let id = ulid::Ulid::generate().to_string();
     let tasks = children(body.tasks, &id)?;
     let then_json = match body.then {

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 #[schema(example = json!({"tasks": [{"kind": "count", "queue": "chunks", "payload": {"part": 1}}, {"kind": "count", "queue": "chunks", "payload": {"part": 2}}], "then": {"kind": "merge", "queue": "chunks"}}))]
 pub struct NewBatch {
     /// The first children (up to 10,000; more join with `POST /v1/batches/{id}/tasks`).
-    /// Empty only with `open`.
+    /// A batch created empty and not `open` is finished at once (its `then` runs).
     #[schema(max_items = 10_000)]
     pub tasks: Vec<NewTask>,
     /// Submitted exactly once when every child ended (and the batch is not open); its
