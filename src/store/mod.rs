@@ -3,6 +3,7 @@
 
 pub mod doctor;
 pub mod keys;
+pub mod reports;
 pub mod scripts;
 
 use crate::domain::{

@@ -38,6 +38,8 @@ pub struct Scripts {
     pub requeue_inbox: Script,
     /// `heartbeat.lua`
     pub heartbeat: Script,
+    /// `report_many.lua`
+    pub report_many: Script,
 }
 
 impl Scripts {
@@ -57,11 +59,12 @@ impl Scripts {
             delete: script(include_str!("../../scripts/delete.lua")),
             requeue_inbox: script(include_str!("../../scripts/requeue_inbox.lua")),
             heartbeat: script(include_str!("../../scripts/heartbeat.lua")),
+            report_many: script(include_str!("../../scripts/report_many.lua")),
         }
     }
 
     /// All scripts, for SCRIPT LOAD at start-up.
-    pub fn all(&self) -> [&Script; 13] {
+    pub fn all(&self) -> [&Script; 14] {
         [
             &self.submit,
             &self.promote,
@@ -76,6 +79,7 @@ impl Scripts {
             &self.delete,
             &self.requeue_inbox,
             &self.heartbeat,
+            &self.report_many,
         ]
     }
 }
