@@ -131,10 +131,22 @@ impl Dispatcher {
             paused,
             human_only,
         } = self.conf(queue).await?;
-        if paused || human_only {
+        if paused {
             return Ok(0);
         }
         let nodes = self.directory.all(&self.store).await?;
+        // Human nodes pull from pending themselves: wake their long-polls (nobody
+        // assigns to them, and a waiting long-poll re-checks only every few seconds).
+        for n in nodes.iter().filter(|n| {
+            n.node.kind == NodeKind::Human
+                && n.node.status == NodeStatus::Active
+                && n.node.queues.iter().any(|q| q == queue)
+        }) {
+            self.hub.wake_node(&n.node.id);
+        }
+        if human_only {
+            return Ok(0);
+        }
         let now = self.now_ms().await?;
         let fresh = self.fresh_for.as_millis() as i64;
         let candidates: Vec<_> = nodes
