@@ -11,7 +11,10 @@ local now = now_ms()
 local out = {}
 local function start(id)
   local tkey = p .. 't:' .. id
-  local timeout = tonumber(redis.call('HGET', tkey, 'timeout_ms')) or 30000
+  local t = redis.call('HMGET', tkey, 'timeout_ms', 'ckey')
+  local timeout = tonumber(t[1]) or 30000
+  -- The concurrency slot (taken at dispatch) now lives as long as the lease.
+  if t[2] then redis.call('ZADD', p .. 'sem:' .. t[2], now + timeout, id) end
   local fence = redis.call('HINCRBY', tkey, 'fence', 1)
   redis.call('HINCRBY', tkey, 'attempts', 1)
   redis.call('HSET', tkey, 'state', 'running', 'node', node, 'nonce', ARGV[6] .. string.format('%04x', #out),
@@ -27,27 +30,39 @@ while #out < max do
   -- Entries whose task moved on (cancelled, requeued) are dropped.
   if h[1] == 'assigned' and h[2] == node then start(id) end
 end
-if pull and #out < max and redis.call('HGET', p .. 'conf', 'paused') ~= '1' then
+local conf = pull and redis.call('HMGET', p .. 'conf', 'paused', 'max_running', 'rate_limit')
+if pull and #out < max and conf[1] ~= '1' then
+  -- People pull from pending themselves, under the same limits as dispatch.
+  local allowed, tokens = queue_budget(p, now, conf[2], conf[3])
+  local room = max - #out
+  if allowed and allowed < room then room = allowed end
+  local taken = 0
   local tags = {}
-  for t in string.gmatch(ARGV[5], '[^,]+') do tags[t] = true end
+  for tg in string.gmatch(ARGV[5], '[^,]+') do tags[tg] = true end
   local ids = redis.call('ZRANGE', p .. 'pending', 0, 99)
   for _, id in ipairs(ids) do
-    if #out >= max then break end
-    local requires = redis.call('HGET', p .. 't:' .. id, 'requires')
+    if taken >= room then break end
+    local h = redis.call('HMGET', p .. 't:' .. id, 'requires', 'ckey', 'climit', 'timeout_ms')
+    local requires = h[1]
     local ok = requires ~= false
     if not ok then
       -- An index entry without its hash: drop it, as dispatch does (never start a ghost).
       redis.call('ZREM', p .. 'pending', id)
       requires = ''
     end
-    for t in string.gmatch(requires, '[^,]+') do
-      if not tags[t] then ok = false break end
+    for tg in string.gmatch(requires, '[^,]+') do
+      if not tags[tg] then ok = false break end
+    end
+    if ok and h[2] then
+      ok = take_slot(p, id, h[2], h[3], now + (tonumber(h[4]) or 30000), now)
     end
     if ok then
       redis.call('ZREM', p .. 'pending', id)
       incr_load(p, node, 1)
       start(id)
+      taken = taken + 1
     end
   end
+  spend_tokens(p, tokens, taken, now)
 end
 return out

@@ -30,25 +30,91 @@ local function stat(p, field, by)
   redis.call('HINCRBY', p .. 'stats', field, by or 1)
 end
 
+-- Frees the task's concurrency slot, if it holds one (a semaphore entry scored by its
+-- lease deadline, so a slot whose holder vanished frees itself when that passes).
+local function release_slot(p, id, ckey)
+  if ckey then redis.call('ZREM', p .. 'sem:' .. ckey, id) end
+end
+
 -- Moves a task into a terminal state: its zset (by finish time) and its retention.
+-- Frees its unique key (unless it has its own TTL) and concurrency slot, and queues a
+-- follow-up (dependents, batch) for the coordinator when anything waits on it.
 local function finish(p, id, tkey, state, now)
   redis.call('HSET', tkey, 'state', state, 'finished_at', now, 'lease_expires', '')
   redis.call('ZADD', p .. state, now, id)
-  local retention = tonumber(redis.call('HGET', tkey, 'retention_ms') or '0') or 0
+  local h = redis.call('HMGET', tkey, 'retention_ms', 'unique_key', 'unique_ttl', 'ckey',
+    'followup', 'batch')
+  local retention = tonumber(h[1] or '0') or 0
   if retention > 0 then redis.call('PEXPIRE', tkey, retention) end
+  if h[2] and not h[3] then
+    local ukey = p .. 'uniq:' .. h[2]
+    if redis.call('GET', ukey) == id then redis.call('DEL', ukey) end
+  end
+  release_slot(p, id, h[4])
+  if h[5] == '1' or h[6] then redis.call('RPUSH', p .. 'followups', id) end
   stat(p, state)
+end
+
+-- Queue limits at dispatch: how many more tasks may start now. Reads `max_running`
+-- (assigned + running, from the load hash) and `rate_limit` (a token bucket with a
+-- burst of a tenth of a second's worth, at least 1). Returns allowed (nil: no limit),
+-- the bucket's tokens (nil: no rate limit) and, when the bucket is empty, the ms until
+-- the next token.
+local function queue_budget(p, now, conf_max, conf_rate)
+  local allowed = nil
+  local maxr = tonumber(conf_max or '') or 0
+  if maxr > 0 then
+    local active = 0
+    for _, v in ipairs(redis.call('HVALS', p .. 'load')) do active = active + tonumber(v) end
+    allowed = math.max(0, maxr - active)
+  end
+  local rate = tonumber(conf_rate or '') or 0
+  local tokens, wait = nil, 0
+  if rate > 0 then
+    local burst = math.max(1, rate / 10)
+    local bk = redis.call('HMGET', p .. 'bucket', 'tokens', 'ts')
+    tokens = tonumber(bk[1] or '') or burst
+    local ts = tonumber(bk[2] or '') or now
+    tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
+    local whole = math.floor(tokens)
+    if allowed == nil or whole < allowed then allowed = whole end
+    if whole < 1 then wait = math.ceil((1 - tokens) * 1000 / rate) end
+  end
+  return allowed, tokens, wait
+end
+
+-- Spends `used` tokens of the bucket read by queue_budget.
+local function spend_tokens(p, tokens, used, now)
+  if tokens then
+    redis.call('HSET', p .. 'bucket', 'tokens', tostring(tokens - used), 'ts', now)
+  end
+end
+
+-- Takes a concurrency slot for a task about to be assigned or started; false when the
+-- key's slots are all held. `until_ms` is the slot's deadline (the lease's).
+local function take_slot(p, id, ckey, climit, until_ms, now)
+  local sem = p .. 'sem:' .. ckey
+  redis.call('ZREMRANGEBYSCORE', sem, '-inf', now)
+  if redis.call('ZSCORE', sem, id) then
+    redis.call('ZADD', sem, until_ms, id)
+    return true
+  end
+  if redis.call('ZCARD', sem) >= (tonumber(climit) or 1) then return false end
+  redis.call('ZADD', sem, until_ms, id)
+  return true
 end
 
 -- A running task's attempt ended without success (fail, or an expired lease).
 -- Returns the new state: cancelled, retrying or failed.
 local function fail_attempt(p, id, tkey, now, err, retryable, jitter)
   local h = redis.call('HMGET', tkey, 'attempts', 'max_attempts', 'backoff_initial',
-    'backoff_max', 'node', 'cancel_requested')
+    'backoff_max', 'node', 'cancel_requested', 'ckey')
   local attempts = tonumber(h[1]) or 0
   local max_attempts = tonumber(h[2]) or 1
   local node = h[5] or ''
   redis.call('ZREM', p .. 'running', id)
   incr_load(p, node, -1)
+  release_slot(p, id, h[7])
   if node ~= '' then redis.call('SREM', p .. 'cancels:' .. node, id) end
   redis.call('HSET', tkey, 'error', err)
   local state
@@ -71,6 +137,35 @@ local function fail_attempt(p, id, tkey, now, err, retryable, jitter)
   end
   emit(p, 'task.' .. state, id, node, state)
   return state
+end
+
+-- Batches (keys under the batch's own tag). A batch is complete when it is not held
+-- open, no chunk is in flight and every child ended; then its state is fixed
+-- (failed when any child failed or was cancelled) and its then task becomes due.
+-- Returns {0, then_due (0/1), state, total, succeeded, failed, cancelled, then JSON}
+-- with then_due 1 while the then task is due and not yet recorded as stored.
+local function batch_check(p, now)
+  local meta = p .. 'meta'
+  local h = redis.call('HMGET', meta, 'open', 'adding', 'total', 'done', 'succeeded', 'failed',
+    'cancelled', 'then', 'then_state', 'finished_at', 'state')
+  local total, done = tonumber(h[3]) or 0, tonumber(h[4]) or 0
+  local state = h[11] or 'running'
+  if not h[10] and h[1] ~= '1' and (tonumber(h[2]) or 0) <= 0 and done >= total then
+    state = 'succeeded'
+    if (tonumber(h[6]) or 0) + (tonumber(h[7]) or 0) > 0 then state = 'failed' end
+    local then_state = ''
+    if h[8] and h[8] ~= '' then then_state = 'due' end
+    redis.call('HSET', meta, 'state', state, 'finished_at', now, 'then_state', then_state)
+    h[9] = then_state
+    -- Kept as long as a finished task is by default: 7 days.
+    for _, k in ipairs({'meta', 'children', 'done'}) do
+      redis.call('PEXPIRE', p .. k, 604800000)
+    end
+  end
+  local due = 0
+  if h[9] == 'due' then due = 1 end
+  return {0, due, state, total, tonumber(h[5]) or 0, tonumber(h[6]) or 0, tonumber(h[7]) or 0,
+    h[8] or ''}
 end
 
 -- ----- Reports (complete.lua, report_many.lua) -----

@@ -8,13 +8,14 @@ local ids = redis.call('LRANGE', inbox, 0, -1)
 local moved = 0
 for _, id in ipairs(ids) do
   local tkey = p .. 't:' .. id
-  local h = redis.call('HMGET', tkey, 'state', 'node', 'priority')
+  local h = redis.call('HMGET', tkey, 'state', 'node', 'priority', 'ckey')
   if h[1] == 'assigned' and h[2] == node then
     local seq = redis.call('INCR', p .. 'seq')
     redis.call('HSET', tkey, 'state', 'pending', 'seq', seq)
     redis.call('HDEL', tkey, 'node')
     redis.call('ZADD', p .. 'pending', pending_score(tonumber(h[3]) or 0, seq), id)
     incr_load(p, node, -1)
+    release_slot(p, id, h[4])
     emit(p, 'task.pending', id, node, 'pending')
     moved = moved + 1
   end

@@ -39,6 +39,8 @@ pub struct Dispatcher {
     fresh_for: Duration,
     /// Last Redis TIME sample (ms) and when it was taken.
     clock: Arc<Mutex<Option<(Instant, i64)>>>,
+    /// Queues with a re-dispatch already timed for their rate limit.
+    rate_waits: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Dispatcher {
@@ -55,6 +57,7 @@ impl Dispatcher {
             directory,
             fresh_for: heartbeat_interval * 3,
             clock: Arc::new(Mutex::new(None)),
+            rate_waits: Arc::default(),
         }
     }
 
@@ -192,7 +195,11 @@ impl Dispatcher {
             .iter()
             .map(|r| (r.id.to_string(), r.budget, r.tags.clone()))
             .collect();
-        let (assigned, left) = self.store.dispatch(queue, &args, max, max * 2 + 64).await?;
+        let (assigned, left, wait_ms) =
+            self.store.dispatch(queue, &args, max, max * 2 + 64).await?;
+        if wait_ms > 0 && left > 0 {
+            self.after_rate_limit(queue, wait_ms);
+        }
         if assigned > 0 {
             crate::metrics::METRICS
                 .assigned
@@ -206,6 +213,25 @@ impl Dispatcher {
             }
         }
         Ok(assigned)
+    }
+
+    /// The queue's rate limit holds tasks back: dispatch it again when the next token
+    /// is due (one timer per queue, no polling).
+    fn after_rate_limit(&self, queue: &str, wait_ms: i64) {
+        let Ok(mut waits) = self.rate_waits.lock() else {
+            return;
+        };
+        if !waits.insert(queue.to_string()) {
+            return;
+        }
+        let (hub, waits, q) = (self.hub.clone(), self.rate_waits.clone(), queue.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(wait_ms.clamp(1, 60_000) as u64)).await;
+            if let Ok(mut w) = waits.lock() {
+                w.remove(&q);
+            }
+            hub.mark_dirty(&q);
+        });
     }
 }
 

@@ -4,7 +4,7 @@
 //! - [`domain`]: task and node types, states, the JSON shapes of the HTTP contract.
 //! - [`store`]: the Redis key schema and one Lua script per lifecycle transition.
 //! - [`api`]: the axum router, auth, problem+json errors.
-//! - [`dispatcher`], [`reconciler`], [`timers`]: the background components.
+//! - [`dispatcher`], [`reconciler`], [`timers`], [`scheduler`]: the background components.
 //! - [`startup`]: [`startup::Application`] wires them together.
 //! - [`agent`]: the node agent. [`cli`]: the commands of the `muster` binary.
 
@@ -12,12 +12,14 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod coord;
 pub mod directory;
 pub mod dispatcher;
 pub mod domain;
 pub mod hub;
 pub mod metrics;
 pub mod reconciler;
+pub mod scheduler;
 pub mod server;
 pub mod shutdown;
 pub mod startup;

@@ -129,6 +129,12 @@ impl Application {
             reconciler.run(sd).await;
             "reconciler"
         });
+        let coordinator = crate::coord::Coordinator::new(st.store.clone(), st.hub.clone());
+        let sd = child.clone();
+        set.spawn(async move {
+            coordinator.run(sd).await;
+            "coordinator"
+        });
         let timers = Timers::new(
             st.store.clone(),
             st.hub.clone(),
@@ -140,6 +146,12 @@ impl Application {
         set.spawn(async move {
             timers.run(sd).await;
             "timers"
+        });
+        let scheduler = crate::scheduler::Scheduler::new(st.store.clone(), st.hub.clone());
+        let sd = child.clone();
+        set.spawn(async move {
+            scheduler.run(sd).await;
+            "scheduler"
         });
         let app = api::router(st);
         let sd = child.clone();

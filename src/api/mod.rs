@@ -1,12 +1,15 @@
 //! The HTTP API v1 (DESIGN.md): the router, its state, and one module per resource.
 
 pub mod auth;
+pub mod batches;
 pub mod error;
 pub mod events;
 pub mod limit;
+pub mod locks;
 pub mod nodes;
 pub mod openapi;
 pub mod queues;
+pub mod schedules;
 pub mod system;
 pub mod tasks;
 
@@ -139,6 +142,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/nodes/{id}/lease", post(nodes::nodes_lease))
         .route("/v1/nodes/{id}/reports", post(nodes::nodes_reports))
         .route("/v1/events", get(events::events))
+        .route("/v1/batches", post(batches::batches_create))
+        .route("/v1/batches/{id}", get(batches::batches_get))
+        .route("/v1/batches/{id}/results", get(batches::batches_results))
+        .route("/v1/batches/{id}/tasks", post(batches::batches_add))
         .route("/v1/queues", get(queues::queues_list))
         .route(
             "/v1/queues/{name}",
@@ -146,6 +153,27 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/queues/{name}/pause", post(queues::queues_pause))
         .route("/v1/queues/{name}/resume", post(queues::queues_resume))
+        .route(
+            "/v1/schedules",
+            post(schedules::schedules_create).get(schedules::schedules_list),
+        )
+        .route(
+            "/v1/schedules/{name}",
+            get(schedules::schedules_get).delete(schedules::schedules_delete),
+        )
+        .route(
+            "/v1/schedules/{name}/pause",
+            post(schedules::schedules_pause),
+        )
+        .route(
+            "/v1/schedules/{name}/resume",
+            post(schedules::schedules_resume),
+        )
+        .route(
+            "/v1/locks/{name}",
+            post(locks::locks_acquire).delete(locks::locks_release),
+        )
+        .route("/v1/locks/{name}/extend", post(locks::locks_extend))
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url(
             "/openapi.json",
             <openapi::ApiDoc as utoipa::OpenApi>::openapi(),

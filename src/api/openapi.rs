@@ -2,7 +2,7 @@
 //! Served at `/openapi.json`, committed as `openapi/openapi.json` (a test keeps them
 //! equal); Swagger UI at `/docs` with assets compiled into the binary (no CDN).
 
-use super::{events, nodes, queues, system, tasks};
+use super::{batches, events, locks, nodes, queues, schedules, system, tasks};
 use crate::domain;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -38,6 +38,10 @@ impl Modify for BearerAuth {
         nodes::nodes_heartbeat, nodes::nodes_drain, nodes::nodes_lease, nodes::nodes_reports,
         queues::queues_list, queues::queues_get, queues::queues_put, queues::queues_pause, queues::queues_resume,
         events::events,
+        batches::batches_create, batches::batches_get, batches::batches_results, batches::batches_add,
+        schedules::schedules_create, schedules::schedules_list, schedules::schedules_get,
+        schedules::schedules_delete, schedules::schedules_pause, schedules::schedules_resume,
+        locks::locks_acquire, locks::locks_extend, locks::locks_release,
     ),
     components(schemas(domain::Problem, domain::TaskState, domain::NodeStatus, domain::NodeKind, domain::Backoff)),
     tags(
@@ -46,6 +50,9 @@ impl Modify for BearerAuth {
         (name = "agent protocol", description = "What node agents call (node tokens)"),
         (name = "queues", description = "Queue state and settings"),
         (name = "events", description = "Server-sent events"),
+        (name = "batches", description = "Fan-out and fan-in: batches of tasks with a then task"),
+        (name = "schedules", description = "Cron schedules: one task per tick whatever the number of replicas"),
+        (name = "locks", description = "Fenced cluster-wide locks for handlers"),
         (name = "system", description = "Health and metrics"),
     )
 )]
@@ -102,6 +109,15 @@ mod tests {
             ("put", "/v1/queues/{name}"),
             ("post", "/v1/queues/{name}/pause"),
             ("post", "/v1/queues/{name}/resume"),
+            ("post", "/v1/schedules"),
+            ("get", "/v1/schedules"),
+            ("get", "/v1/schedules/{name}"),
+            ("delete", "/v1/schedules/{name}"),
+            ("post", "/v1/schedules/{name}/pause"),
+            ("post", "/v1/schedules/{name}/resume"),
+            ("post", "/v1/locks/{name}"),
+            ("post", "/v1/locks/{name}/extend"),
+            ("delete", "/v1/locks/{name}"),
         ] {
             assert!(
                 paths.get(path).and_then(|p| p.get(method)).is_some(),

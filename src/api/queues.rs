@@ -87,7 +87,8 @@ pub async fn queues_get(
         (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
     )
 )]
-/// `PUT /v1/queues/{name}`: set weight, paused, human_only (absent fields unchanged).
+/// `PUT /v1/queues/{name}`: set weight, paused, human_only, max_running, rate_limit
+/// (absent fields unchanged).
 ///
 /// # Errors
 /// 400 bad name, 422 bad values.
@@ -105,6 +106,22 @@ pub async fn queues_put(
         return Err(ApiError::invalid(
             "invalid_queue",
             "weight must be 1 to 1000",
+        ));
+    }
+    if let Some(m) = body.max_running
+        && !(0..=1_000_000).contains(&m)
+    {
+        return Err(ApiError::invalid(
+            "invalid_queue",
+            "max_running must be 0 (unlimited) to 1000000",
+        ));
+    }
+    if let Some(r) = body.rate_limit
+        && !(r.is_finite() && (0.0..=1_000_000.0).contains(&r))
+    {
+        return Err(ApiError::invalid(
+            "invalid_queue",
+            "rate_limit must be 0 (unlimited) to 1000000 tasks per second",
         ));
     }
     st.store.update_queue(&name, &body).await?;

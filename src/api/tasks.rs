@@ -6,7 +6,8 @@ use super::error::{ApiError, ApiResult};
 use super::{AppState, Json, MAX_BATCH, MAX_PAYLOAD, MAX_WAIT_MS};
 use crate::domain::{
     BatchCreated, CompleteRequest, ExtendReply, ExtendRequest, FailRequest, NewTask, NewTaskBatch,
-    Problem, Task, TaskPage, TaskState, parse_rfc3339_ms, rfc3339_ms, validate,
+    OnDependencyFailure, Problem, Task, TaskPage, TaskState, parse_rfc3339_ms, rfc3339_ms,
+    validate,
 };
 use crate::hub::NodeStats;
 use crate::store::{Cancelled, PreparedTask, Reported, Submitted};
@@ -97,18 +98,64 @@ pub fn prepare(t: NewTask, at: &str) -> ApiResult<PreparedTask> {
     if !(1000..=365 * 24 * 3600 * 1000).contains(&retention_ms) {
         return Err(bad("retention_ms", "must be 1 s to one year".into()));
     }
-    if t.depends_on.as_ref().is_some_and(|d| !d.is_empty())
-        || t.unique_key.is_some()
-        || t.concurrency_key.is_some()
-        || t.concurrency_limit.is_some()
-    {
-        return Err(ApiError::invalid(
-            "unsupported_field",
-            format!(
-                "{at}depends_on, unique_key and concurrency_* are not supported by this version yet"
-            ),
+    let depends_on = t.depends_on.unwrap_or_default();
+    if depends_on.len() > 1000 {
+        return Err(bad("depends_on", "at most 1000 task ids".into()));
+    }
+    for d in &depends_on {
+        if validate::task_queue(d).is_none() {
+            return Err(ApiError::invalid(
+                "unknown_dependency",
+                format!("{at}depends_on: {d:?} is not a task id"),
+            ));
+        }
+    }
+    let mut depends_on = depends_on;
+    depends_on.sort();
+    depends_on.dedup();
+    if t.on_dependency_failure.is_some() && depends_on.is_empty() {
+        return Err(bad(
+            "on_dependency_failure",
+            "only applies with depends_on".into(),
         ));
     }
+    if let Some(k) = &t.unique_key
+        && (k.is_empty() || k.len() > 256 || k.chars().any(char::is_control))
+    {
+        return Err(bad(
+            "unique_key",
+            "must be 1 to 256 characters, no control characters".into(),
+        ));
+    }
+    if let Some(ttl) = t.unique_ttl_ms {
+        if t.unique_key.is_none() {
+            return Err(bad("unique_ttl_ms", "only applies with unique_key".into()));
+        }
+        if !(1000..=365 * 24 * 3600 * 1000).contains(&ttl) {
+            return Err(bad("unique_ttl_ms", "must be 1 s to one year".into()));
+        }
+    }
+    let concurrency = match (t.concurrency_key, t.concurrency_limit) {
+        (None, None) => None,
+        (Some(k), Some(n)) => {
+            validate::queue_name(&k).map_err(|e| bad("concurrency_key", e))?;
+            if !(1..=100_000).contains(&n) {
+                return Err(bad("concurrency_limit", "must be 1 to 100000".into()));
+            }
+            Some((k, n))
+        }
+        _ => {
+            return Err(bad(
+                "concurrency_key",
+                "concurrency_key and concurrency_limit go together".into(),
+            ));
+        }
+    };
+    let result_schema = match t.result_schema {
+        None => None,
+        Some(v @ serde_json::Value::Object(_)) => Some(v.to_string()),
+        Some(_) => return Err(bad("result_schema", "must be a JSON object".into())),
+    };
     Ok(PreparedTask {
         id: validate::new_task_id(&queue),
         queue,
@@ -123,6 +170,14 @@ pub fn prepare(t: NewTask, at: &str) -> ApiResult<PreparedTask> {
         backoff,
         requires,
         retention_ms,
+        depends_on,
+        on_dependency_failure: t.on_dependency_failure,
+        unique_key: t.unique_key,
+        unique_ttl_ms: t.unique_ttl_ms,
+        concurrency,
+        result_schema,
+        batch: None,
+        origin: None,
     })
 }
 
@@ -147,15 +202,52 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     }
 }
 
-async fn store_tasks(
+/// 422 unless every dependency of `tasks` exists. Returns the dependencies.
+pub(crate) async fn check_dependencies(
+    st: &AppState,
+    tasks: &[PreparedTask],
+) -> ApiResult<Vec<String>> {
+    let mut deps: Vec<String> = tasks.iter().flat_map(|t| t.depends_on.clone()).collect();
+    if !deps.is_empty() {
+        deps.sort();
+        deps.dedup();
+        let missing = st.store.missing_tasks(&deps).await?;
+        if let Some(m) = missing.first() {
+            return Err(ApiError::invalid(
+                "unknown_dependency",
+                format!(
+                    "depends_on: no task {m:?} ({} unknown in all); only existing tasks can be waited on",
+                    missing.len()
+                ),
+            ));
+        }
+    }
+    Ok(deps)
+}
+
+/// Stores validated tasks: dependencies must exist (422 otherwise, nothing stored),
+/// and the blocked ones are registered with their dependencies once stored.
+pub(crate) async fn store_tasks(
     st: &AppState,
     tasks: &[PreparedTask],
     idem: Option<&str>,
 ) -> ApiResult<Submitted> {
+    let deps = check_dependencies(st, tasks).await?;
     let mut queues: Vec<&str> = tasks.iter().map(|t| t.queue.as_str()).collect();
     queues.sort_unstable();
     queues.dedup();
     let out = st.store.submit(tasks, idem, IDEMPOTENCY_TTL_MS).await?;
+    if let Submitted::Created { existing, .. } = &out
+        && !deps.is_empty()
+    {
+        let stored: Vec<PreparedTask> = tasks
+            .iter()
+            .enumerate()
+            .filter(|(i, t)| !t.depends_on.is_empty() && !existing.iter().any(|(j, _)| j == i))
+            .map(|(_, t)| t.clone())
+            .collect();
+        st.store.register_dependencies(&stored).await?;
+    }
     for q in queues {
         st.hub.mark_dirty(q);
     }
@@ -175,7 +267,9 @@ fn created(t: PreparedTask, now_ms: i64) -> Task {
         kind: t.kind,
         payload: serde_json::from_str(&t.payload).unwrap_or(serde_json::Value::Null),
         priority: t.priority,
-        state: if run_at > now_ms {
+        state: if !t.depends_on.is_empty() {
+            TaskState::Blocked
+        } else if run_at > now_ms {
             TaskState::Scheduled
         } else {
             TaskState::Pending
@@ -196,6 +290,15 @@ fn created(t: PreparedTask, now_ms: i64) -> Task {
         finished_at: None,
         lease_expires_at: None,
         cancel_requested: false,
+        on_dependency_failure: (!t.depends_on.is_empty())
+            .then(|| t.on_dependency_failure.unwrap_or(OnDependencyFailure::Fail)),
+        depends_on: t.depends_on,
+        unique_key: t.unique_key,
+        concurrency_key: t.concurrency.as_ref().map(|c| c.0.clone()),
+        concurrency_limit: t.concurrency.as_ref().map(|c| c.1),
+        batch: t.batch,
+        origin: t.origin,
+        result_schema: t.result_schema.and_then(|r| serde_json::from_str(&r).ok()),
     }
 }
 
@@ -207,6 +310,7 @@ fn created(t: PreparedTask, now_ms: i64) -> Task {
     request_body = NewTask, params(("Idempotency-Key" = Option<String>, Header, description = "A repeat returns the first answer and creates nothing", pattern = r"^[!-~]{1,256}$")),
     responses(
         (status = 201, body = Task, description = "The task"),
+        (status = 200, body = Task, description = "A live task of the queue holds the unique_key: that task; nothing created"),
         (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
         (status = 413, body = Problem, description = "Too large", content_type = "application/problem+json"),
         (status = 415, body = Problem, description = "Not JSON", content_type = "application/problem+json"),
@@ -230,7 +334,11 @@ pub async fn tasks_create(
     let idem = idempotency_key(&headers)?;
     let task = prepare(body, "")?;
     match store_tasks(&st, std::slice::from_ref(&task), idem.as_deref()).await? {
-        Submitted::Created { now_ms } => Ok((StatusCode::CREATED, Json(created(task, now_ms)))),
+        Submitted::Created { existing, .. } if !existing.is_empty() => {
+            // A live task holds the unique key: that one, and nothing created.
+            Ok((StatusCode::OK, Json(st.store.task(&existing[0].1).await?)))
+        }
+        Submitted::Created { now_ms, .. } => Ok((StatusCode::CREATED, Json(created(task, now_ms)))),
         Submitted::Duplicate { ids } => {
             let id = ids
                 .first()
@@ -291,7 +399,15 @@ pub async fn tasks_batch(
         .map(|(i, t)| prepare(t, &format!("tasks[{i}].")))
         .collect::<ApiResult<Vec<_>>>()?;
     let ids = match store_tasks(&st, &tasks, idem.as_deref()).await? {
-        Submitted::Created { .. } => tasks.into_iter().map(|t| t.id).collect(),
+        Submitted::Created { existing, .. } => {
+            let mut ids: Vec<String> = tasks.into_iter().map(|t| t.id).collect();
+            for (i, id) in existing {
+                if let Some(slot) = ids.get_mut(i) {
+                    *slot = id;
+                }
+            }
+            ids
+        }
         Submitted::Duplicate { ids } => ids,
     };
     Ok((StatusCode::CREATED, Json(BatchCreated { ids })))

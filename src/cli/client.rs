@@ -1110,6 +1110,8 @@ mod tests {
                         cancelled: 6,
                         ..QueueCounts::default()
                     },
+                    max_running: None,
+                    rate_limit: None,
                     oldest_pending_age_ms: Some(3_200),
                 },
                 QueueInfo {
@@ -1118,6 +1120,8 @@ mod tests {
                     weight: 2,
                     human_only: false,
                     counts: QueueCounts::default(),
+                    max_running: None,
+                    rate_limit: None,
                     oldest_pending_age_ms: None,
                 },
             ],

@@ -1,6 +1,8 @@
 //! Domain types: the task and node records, their states, and the JSON shapes of the
 //! HTTP contract (DESIGN.md). Server, agent and CLI all speak through these types.
 
+pub mod batches;
+pub mod coord;
 pub mod validate;
 
 /// Integers in request bodies: JSON Schema counts `102.0` as the integer 102, and so do we.
@@ -213,26 +215,80 @@ pub struct NewTask {
     )]
     #[schema(minimum = 1000, maximum = 31_536_000_000_i64)]
     pub retention_ms: Option<i64>,
-    /// Task ids that must succeed first (reserved for the coordination issue).
+    /// Task ids that must finish first (at most 1,000, each must exist): the task stays
+    /// `blocked` until every one of them succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(ignore)]
+    #[schema(value_type = Option<Vec<String>>, max_items = 1000)]
     pub depends_on: Option<Vec<String>>,
-    /// Uniqueness key (reserved for the coordination issue).
+    /// What a blocked task does when a dependency ends failed or cancelled (default
+    /// `fail`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(ignore)]
+    pub on_dependency_failure: Option<OnDependencyFailure>,
+    /// While a non-terminal task of this queue holds the key (or for `unique_ttl_ms`
+    /// from its submission), a submission with the same key returns that task (200)
+    /// instead of creating one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1F\x7F-\x9F]+$"
+    )]
     pub unique_key: Option<String>,
-    /// Concurrency key (reserved for the coordination issue).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(ignore)]
-    pub concurrency_key: Option<String>,
-    /// Concurrency limit (reserved for the coordination issue).
+    /// How long the unique key holds from the submission, whatever the task's state.
     #[serde(
         default,
         deserialize_with = "int::opt",
         skip_serializing_if = "Option::is_none"
     )]
-    #[schema(ignore)]
+    #[schema(minimum = 1000, maximum = 31_536_000_000_i64)]
+    pub unique_ttl_ms: Option<i64>,
+    /// At most `concurrency_limit` tasks of this queue with this key are assigned or
+    /// running at once, across all nodes (give both or neither).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Name>)]
+    pub concurrency_key: Option<String>,
+    /// Slots of `concurrency_key`: 1..=100000.
+    #[serde(
+        default,
+        deserialize_with = "int::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(minimum = 1, maximum = 100_000)]
     pub concurrency_limit: Option<i64>,
+    /// JSON Schema of the expected result, for the human workbench's form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub result_schema: Option<Value>,
+}
+
+/// What a blocked task does when one of its dependencies ends failed or cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDependencyFailure {
+    /// End `failed` (the default).
+    Fail,
+    /// Run anyway: the dependency counts as done.
+    Run,
+    /// End `cancelled`.
+    Cancel,
+}
+
+impl OnDependencyFailure {
+    /// The name used in Redis and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnDependencyFailure::Fail => "fail",
+            OnDependencyFailure::Run => "run",
+            OnDependencyFailure::Cancel => "cancel",
+        }
+    }
+
+    /// Parses the name used in Redis and in JSON.
+    pub fn parse(s: &str) -> Option<OnDependencyFailure> {
+        [Self::Fail, Self::Run, Self::Cancel]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
 }
 
 /// Body of `POST /v1/tasks/batch`.
@@ -303,6 +359,31 @@ pub struct Task {
     /// Set when a cancel waits for the node to stop a running task.
     #[serde(default)]
     pub cancel_requested: bool,
+    /// Tasks that must succeed before this one runs.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    /// What this task does when a dependency fails (set when `depends_on` is).
+    #[serde(default)]
+    pub on_dependency_failure: Option<OnDependencyFailure>,
+    /// Uniqueness key.
+    #[serde(default)]
+    pub unique_key: Option<String>,
+    /// Concurrency key.
+    #[serde(default)]
+    pub concurrency_key: Option<String>,
+    /// Concurrency limit of `concurrency_key`.
+    #[serde(default)]
+    pub concurrency_limit: Option<i64>,
+    /// The batch this task belongs to.
+    #[serde(default)]
+    pub batch: Option<String>,
+    /// What created the task, when not a client: `batch:<id>` (a batch's `then`
+    /// task) or `schedule:<name>` (a cron fire).
+    #[serde(default)]
+    pub origin: Option<String>,
+    /// JSON Schema of the expected result (human tasks).
+    #[serde(default)]
+    pub result_schema: Option<Value>,
 }
 
 /// Answer of `GET /v1/tasks`.
@@ -640,6 +721,12 @@ pub struct QueueInfo {
     pub counts: QueueCounts,
     /// Age of the oldest pending task, ms.
     pub oldest_pending_age_ms: Option<i64>,
+    /// Most tasks assigned or running at once (null: unlimited).
+    #[serde(default)]
+    pub max_running: Option<i64>,
+    /// Most tasks started per second (null: unlimited).
+    #[serde(default)]
+    pub rate_limit: Option<f64>,
 }
 
 /// Answer of `GET /v1/queues`.
@@ -664,6 +751,15 @@ pub struct QueueUpdate {
     /// Only human nodes.
     #[serde(default)]
     pub human_only: Option<bool>,
+    /// Most tasks assigned or running at once across all nodes; 0 = unlimited.
+    #[serde(default, deserialize_with = "int::opt")]
+    #[schema(minimum = 0, maximum = 1_000_000)]
+    pub max_running: Option<i64>,
+    /// Most tasks started per second (token bucket, burst a tenth of a second's worth,
+    /// at least 1); 0 = unlimited.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 1_000_000)]
+    pub rate_limit: Option<f64>,
 }
 
 /// `application/problem+json` body (RFC 7807) with a stable `code`.

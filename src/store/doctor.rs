@@ -1,6 +1,9 @@
 //! The invariant checker behind `muster doctor` (and the tests): every non-terminal
 //! task is in exactly one index matching its state; no index entry lacks its hash;
-//! every running task has a lease; per-node load counters match the tasks.
+//! every running task has a lease; per-node load counters match the tasks; no
+//! concurrency slot is held by a task that is not assigned or running; no blocked task
+//! waits on dependencies that all ended; batch counters match their children (once
+//! no follow-up is outstanding).
 
 use super::{Result, Store};
 use redis::AsyncCommands;
@@ -17,7 +20,7 @@ pub struct Report {
     pub violations: Vec<String>,
 }
 
-const ZSETS: [&str; 4] = ["pending", "scheduled", "retrying", "running"];
+const ZSETS: [&str; 5] = ["blocked", "pending", "scheduled", "retrying", "running"];
 
 impl Store {
     /// Checks every queue's invariants.
@@ -26,10 +29,21 @@ impl Store {
     /// Redis errors.
     pub async fn doctor(&self) -> Result<Report> {
         let mut report = Report::default();
-        for q in self.queues().await? {
+        let queues = self.queues().await?;
+        for q in &queues {
             report.queues += 1;
-            self.doctor_queue(&q, &mut report).await?;
+            self.doctor_queue(q, &mut report).await?;
         }
+        // Follow-ups still queued mean counters and blocked tasks may lag: only a quiet
+        // store is held to them.
+        let outstanding: i64 = self.followup_counts(&queues).await?.iter().sum();
+        if outstanding == 0 {
+            for q in &queues {
+                self.doctor_blocked(q, &mut report).await?;
+            }
+            self.doctor_batches(&mut report).await?;
+        }
+        self.doctor_coordination(&mut report.violations).await?;
         Ok(report)
     }
 
@@ -77,7 +91,7 @@ impl Store {
                 .collect();
             let indexes = in_z.len() + in_inbox.len();
             match state.as_str() {
-                "pending" | "scheduled" | "retrying" | "running" => {
+                "blocked" | "pending" | "scheduled" | "retrying" | "running" => {
                     if indexes != 1 || in_z.first() != Some(&state.as_str()) {
                         report.violations.push(format!(
                             "task {id} is {state} but indexed in {in_z:?} and inboxes {in_inbox:?}"
@@ -131,6 +145,31 @@ impl Store {
                 }
             }
         }
+        // Concurrency slots: held only by assigned or running tasks of that key.
+        let sem_prefix = k.semaphore(q, "");
+        let now = self.now_ms().await?;
+        for key in scan(&mut c, &format!("{}*", glob_escape(&sem_prefix))).await? {
+            let ckey = &key[sem_prefix.len()..];
+            let holders: Vec<(String, f64)> = c.zrange_withscores(&key, 0, -1).await?;
+            for (id, until) in holders {
+                if (until as i64) < now {
+                    continue; // expired: the next dispatch drops it
+                }
+                let (state, held): (Option<String>, Option<String>) = redis::cmd("HMGET")
+                    .arg(k.task(q, &id))
+                    .arg("state")
+                    .arg("ckey")
+                    .query_async(&mut c)
+                    .await?;
+                let live = matches!(state.as_deref(), Some("assigned" | "running"));
+                if !live || held.as_deref() != Some(ckey) {
+                    report.violations.push(format!(
+                        "{q} concurrency key {ckey:?}: slot held by {id}, which is {}",
+                        state.as_deref().unwrap_or("gone")
+                    ));
+                }
+            }
+        }
         // Load counters.
         let mut nodes: Vec<&String> = loads.keys().chain(counted.keys()).collect();
         nodes.sort();
@@ -150,7 +189,88 @@ impl Store {
     }
 }
 
-fn glob_escape(s: &str) -> String {
+impl Store {
+    async fn doctor_blocked(&self, q: &str, report: &mut Report) -> Result<()> {
+        let mut c = self.conn();
+        let ids: Vec<String> = c.zrange(self.keys.state_index(q, "blocked"), 0, -1).await?;
+        for id in ids {
+            let deps: Option<String> = c.hget(self.keys.task(q, &id), "deps").await?;
+            let deps: Vec<String> = deps
+                .unwrap_or_default()
+                .split(',')
+                .filter(|d| !d.is_empty())
+                .map(str::to_string)
+                .collect();
+            let mut all_ended = true;
+            for d in &deps {
+                let Some(dq) = crate::domain::validate::task_queue(d) else {
+                    continue;
+                };
+                let st: Option<String> = c.hget(self.keys.task(dq, d), "state").await?;
+                if !matches!(
+                    st.as_deref(),
+                    None | Some("succeeded" | "failed" | "cancelled")
+                ) {
+                    all_ended = false;
+                    break;
+                }
+            }
+            if all_ended {
+                report.violations.push(format!(
+                    "task {id} is blocked but its dependencies {deps:?} all ended"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn doctor_batches(&self, report: &mut Report) -> Result<()> {
+        let mut c = self.conn();
+        let pattern = format!("{}:{{~batch:*}}:meta", glob_escape(self.keys.ns()));
+        for key in scan(&mut c, &pattern).await? {
+            let prefix = &key[..key.len() - "meta".len()];
+            let meta: HashMap<String, String> = c.hgetall(&key).await?;
+            let num = |f: &str| meta.get(f).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+            if num("adding") > 0 {
+                continue; // a chunk is being stored right now
+            }
+            let children: Vec<String> = c.lrange(format!("{prefix}children"), 0, -1).await?;
+            let mut counts: HashMap<String, i64> = HashMap::new();
+            for chunk in children.chunks(1000) {
+                let mut pipe = redis::pipe();
+                for id in chunk {
+                    let q = crate::domain::validate::task_queue(id).unwrap_or("default");
+                    pipe.hget(self.keys.task(q, id), "state");
+                }
+                let states: Vec<Option<String>> = pipe.query_async(&mut c).await?;
+                for s in states.into_iter().flatten() {
+                    *counts.entry(s).or_default() += 1;
+                }
+            }
+            let id = meta.get("id").cloned().unwrap_or_default();
+            if num("total") != children.len() as i64 {
+                report.violations.push(format!(
+                    "batch {id} counts {} children, lists {}",
+                    num("total"),
+                    children.len()
+                ));
+            }
+            for st in ["succeeded", "failed", "cancelled"] {
+                let have = num(st);
+                let want = counts.get(st).copied().unwrap_or(0);
+                // Children past their retention are gone: counters may only exceed.
+                if have < want {
+                    report.violations.push(format!(
+                        "batch {id}: {have} children counted {st}, {want} are"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn glob_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for ch in s.chars() {
         if matches!(ch, '*' | '?' | '[' | ']' | '\\') {
@@ -161,7 +281,10 @@ fn glob_escape(s: &str) -> String {
     out
 }
 
-async fn scan(c: &mut redis::aio::ConnectionManager, pattern: &str) -> Result<Vec<String>> {
+pub(super) async fn scan(
+    c: &mut redis::aio::ConnectionManager,
+    pattern: &str,
+) -> Result<Vec<String>> {
     let mut cursor: u64 = 0;
     let mut out = Vec::new();
     loop {

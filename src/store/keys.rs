@@ -95,10 +95,72 @@ impl Keys {
         format!("{}events", self.queue_prefix(queue))
     }
 
+    /// LIST: ids of tasks that ended with something waiting on them (dependents, a
+    /// batch): the coordinator's work list (`<prefix>followups`).
+    pub fn followups(&self, queue: &str) -> String {
+        format!("{}followups", self.queue_prefix(queue))
+    }
+
+    /// SET: tasks blocked on task `id` (`<prefix>dependents:<id>`).
+    pub fn dependents(&self, queue: &str, id: &str) -> String {
+        format!("{}dependents:{id}", self.queue_prefix(queue))
+    }
+
+    /// ZSET: holders of a concurrency key's slots, scored by lease deadline
+    /// (`<prefix>sem:<key>`).
+    pub fn semaphore(&self, queue: &str, key: &str) -> String {
+        format!("{}sem:{key}", self.queue_prefix(queue))
+    }
+
+    /// Prefix of a batch's keys: `<ns>:{~batch:<id>}:` (`meta` HASH, `children` LIST in
+    /// joining order, `done` SET of ended children).
+    pub fn batch_prefix(&self, id: &str) -> String {
+        format!("{}:{{~batch:{id}}}:", self.ns)
+    }
+
     /// Extracts the queue from a prefix `<ns>:{<queue>}:` (as sent in wake-ups).
     pub fn queue_of_prefix<'a>(&self, prefix: &'a str) -> Option<&'a str> {
         let rest = prefix.strip_prefix(self.ns.as_str())?.strip_prefix(":{")?;
         rest.strip_suffix("}:")
+    }
+}
+
+/// Keys of cron schedules (tag `{~sched}`, one slot for all of them so the leader's
+/// scripts are atomic) and of handler locks (tag `{~lock:<name>}`, one slot per lock).
+impl Keys {
+    /// SET: every schedule name.
+    pub fn schedules(&self) -> String {
+        format!("{}:{{~sched}}:all", self.ns)
+    }
+
+    /// HASH: one schedule (definition, cursor, counters, pending fire).
+    pub fn schedule(&self, name: &str) -> String {
+        format!("{}:{{~sched}}:s:{name}", self.ns)
+    }
+
+    /// LIST: one schedule's most recent fires (JSON), newest first, capped.
+    pub fn schedule_fires(&self, name: &str) -> String {
+        format!("{}:{{~sched}}:fires:{name}", self.ns)
+    }
+
+    /// STRING with PX: the scheduler leader's token `<fence>.<nonce>.<pid>`.
+    pub fn scheduler_leader(&self) -> String {
+        format!("{}:{{~sched}}:leader", self.ns)
+    }
+
+    /// STRING: counter of scheduler leaderships (the leader token's fence).
+    pub fn scheduler_fence(&self) -> String {
+        format!("{}:{{~sched}}:leader_fence", self.ns)
+    }
+
+    /// STRING with PX: the token `<fence>.<hex>` of a lock's holder.
+    pub fn lock_holder(&self, name: &str) -> String {
+        format!("{}:{{~lock:{name}}}:holder", self.ns)
+    }
+
+    /// STRING: the lock's fence counter; never deleted, so fences never repeat.
+    pub fn lock_fence(&self, name: &str) -> String {
+        format!("{}:{{~lock:{name}}}:fence", self.ns)
     }
 }
 

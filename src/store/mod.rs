@@ -1,14 +1,17 @@
 //! The Redis store: the key schema ([`keys`]), the transition scripts ([`scripts`]) and
 //! one async method per transition. No code outside this module writes task state.
 
+pub mod coord;
 pub mod doctor;
 pub mod keys;
+pub mod locks;
 pub mod reports;
+pub mod schedules;
 pub mod scripts;
 
 use crate::domain::{
-    Backoff, Node, NodeKind, NodeStatus, QueueCounts, QueueInfo, QueueUpdate, Task, TaskPage,
-    TaskState, rfc3339_ms, validate,
+    Backoff, Node, NodeKind, NodeStatus, OnDependencyFailure, QueueCounts, QueueInfo, QueueUpdate,
+    Task, TaskPage, TaskState, rfc3339_ms, validate,
 };
 use keys::{Keys, SCHEMA_VERSION};
 use redis::aio::ConnectionManager;
@@ -79,7 +82,7 @@ impl From<redis::RedisError> for StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// A validated task ready to be stored.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PreparedTask {
     /// `<ULID>.<queue>`.
     pub id: String,
@@ -107,6 +110,60 @@ pub struct PreparedTask {
     pub requires: Vec<String>,
     /// Retention after finishing.
     pub retention_ms: i64,
+    /// Tasks that must succeed first (they exist: checked before submitting).
+    pub depends_on: Vec<String>,
+    /// What to do when a dependency fails (`None`: fail).
+    pub on_dependency_failure: Option<OnDependencyFailure>,
+    /// Uniqueness key and its optional TTL.
+    pub unique_key: Option<String>,
+    /// TTL of the unique key from submission.
+    pub unique_ttl_ms: Option<i64>,
+    /// Concurrency key and limit.
+    pub concurrency: Option<(String, i64)>,
+    /// JSON Schema of the result (JSON text).
+    pub result_schema: Option<String>,
+    /// Batch the task belongs to.
+    pub batch: Option<String>,
+    /// What created the task (`batch:<id>`, `schedule:<name>`).
+    pub origin: Option<String>,
+}
+
+impl PreparedTask {
+    /// Optional hash fields, stored only when set (a task without them stays small).
+    fn extras(&self) -> Vec<(&'static str, String)> {
+        let mut x = Vec::new();
+        if !self.depends_on.is_empty() {
+            x.push(("deps", self.depends_on.join(",")));
+            x.push(("deps_left", self.depends_on.len().to_string()));
+            x.push((
+                "on_dep_fail",
+                self.on_dependency_failure
+                    .unwrap_or(OnDependencyFailure::Fail)
+                    .as_str()
+                    .to_string(),
+            ));
+        }
+        if let Some(k) = &self.unique_key {
+            x.push(("unique_key", k.clone()));
+            if let Some(t) = self.unique_ttl_ms {
+                x.push(("unique_ttl", t.to_string()));
+            }
+        }
+        if let Some((k, n)) = &self.concurrency {
+            x.push(("ckey", k.clone()));
+            x.push(("climit", n.to_string()));
+        }
+        if let Some(r) = &self.result_schema {
+            x.push(("result_schema", r.clone()));
+        }
+        if let Some(b) = &self.batch {
+            x.push(("batch", b.clone()));
+        }
+        if let Some(o) = &self.origin {
+            x.push(("origin", o.clone()));
+        }
+        x
+    }
 }
 
 /// Outcome of [`Store::submit`].
@@ -116,6 +173,9 @@ pub enum Submitted {
     Created {
         /// Redis time of the submission.
         now_ms: i64,
+        /// Tasks not created because a live task holds their `unique_key`: (index in
+        /// the submission, the existing task's id).
+        existing: Vec<(usize, String)>,
     },
     /// An earlier submission with the same idempotency key; nothing stored.
     Duplicate {
@@ -192,6 +252,9 @@ pub struct Store {
     /// The key schema.
     pub keys: Keys,
     conn: ConnectionManager,
+    /// For scripts over thousands of tasks (a 10,000-task submission): ten times the
+    /// timeout, so a busy Redis does not turn a long script into a 503.
+    bulk: ConnectionManager,
     client: redis::Client,
     scripts: Arc<Scripts>,
     timeout: Duration,
@@ -298,6 +361,16 @@ pub fn task_from_hash(queue: &str, h: &HashMap<String, String>) -> Option<Task> 
             None
         },
         cancel_requested: get("cancel_requested").is_some_and(|v| v == "1"),
+        depends_on: get("deps")
+            .map(|r| r.split(',').map(str::to_string).collect())
+            .unwrap_or_default(),
+        on_dependency_failure: get("on_dep_fail").and_then(|v| OnDependencyFailure::parse(v)),
+        unique_key: get("unique_key").cloned(),
+        concurrency_key: get("ckey").cloned(),
+        concurrency_limit: num("climit"),
+        batch: get("batch").cloned(),
+        origin: get("origin").cloned(),
+        result_schema: json("result_schema"),
     })
 }
 
@@ -348,10 +421,16 @@ impl Store {
             .set_connection_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_with_config(client.clone(), cfg).await?;
+        let conn = ConnectionManager::new_with_config(client.clone(), cfg.clone()).await?;
+        let bulk = ConnectionManager::new_with_config(
+            client.clone(),
+            cfg.set_response_timeout(Some(timeout * 10)),
+        )
+        .await?;
         Ok(Store {
             keys: Keys::new(namespace),
             conn,
+            bulk,
             client,
             scripts: Arc::new(Scripts::new()),
             timeout,
@@ -366,6 +445,16 @@ impl Store {
     /// A clone of the shared multiplexed connection.
     pub fn conn(&self) -> ConnectionManager {
         self.conn.clone()
+    }
+
+    /// The connection for a call touching `n` tasks: the bulk one (longer timeout)
+    /// past a few hundred.
+    pub(crate) fn conn_for(&self, n: usize) -> ConnectionManager {
+        if n > 200 {
+            self.bulk.clone()
+        } else {
+            self.conn.clone()
+        }
     }
 
     /// The configured command timeout.
@@ -489,6 +578,12 @@ impl Store {
             args.push(t.requires.join(","));
             args.push(t.retention_ms.to_string());
             args.push(t.max_run_ms.map(|v| v.to_string()).unwrap_or_default());
+            let extras = t.extras();
+            args.push(extras.len().to_string());
+            for (k, v) in extras {
+                args.push(k.to_string());
+                args.push(v);
+            }
         }
         if prefixes.is_empty() {
             return Err(StoreError::Protocol("empty submission".into()));
@@ -503,11 +598,23 @@ impl Store {
             inv.key(p);
         }
         inv.arg(args);
-        let mut c = self.conn();
+        let mut c = self.conn_for(tasks.len());
         let (code, rest) = coded(inv.invoke_async(&mut c).await?)?;
         match code {
             0 => Ok(Submitted::Created {
                 now_ms: rest.first().and_then(int).unwrap_or(0),
+                existing: rest
+                    .get(1)
+                    .and_then(text)
+                    .map(|s| {
+                        s.split(',')
+                            .filter_map(|e| {
+                                let (i, id) = e.split_once('=')?;
+                                Some((i.parse::<usize>().ok()?.checked_sub(1)?, id.to_string()))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             }),
             1 => Ok(Submitted::Duplicate {
                 ids: rest
@@ -664,7 +771,8 @@ impl Store {
     /// Assigns up to `max` pending tasks of `queue` to `nodes` (id, budget, tags), where
     /// the budget is the node's capacity minus its load in other queues (the script
     /// subtracts this queue's load atomically), preferring the node with most free
-    /// slots. Returns (assigned, pending left).
+    /// slots. Returns (assigned, pending left, ms until the queue's rate limit allows
+    /// the next task or 0).
     ///
     /// # Errors
     /// Redis errors.
@@ -674,7 +782,7 @@ impl Store {
         nodes: &[(String, i64, String)],
         max: usize,
         scan: usize,
-    ) -> Result<(i64, i64)> {
+    ) -> Result<(i64, i64, i64)> {
         let mut inv = self.scripts.dispatch.key(self.keys.queue_prefix(queue));
         inv.arg(self.channel()).arg(max).arg(scan).arg(nodes.len());
         for (id, free, tags) in nodes {
@@ -685,6 +793,7 @@ impl Store {
         Ok((
             v.first().and_then(int).unwrap_or(0),
             v.get(1).and_then(int).unwrap_or(0),
+            v.get(2).and_then(int).unwrap_or(0),
         ))
     }
 
@@ -1011,6 +1120,7 @@ impl Store {
         let k = &self.keys;
         let mut pipe = redis::pipe();
         for st in [
+            "blocked",
             "scheduled",
             "pending",
             "running",
@@ -1026,7 +1136,8 @@ impl Store {
         pipe.zrange(k.state_index(queue, "pending"), 0, 0);
         let mut c = self.conn();
         #[allow(clippy::type_complexity)]
-        let (sc, pe, ru, re, su, fa, ca, load, conf, first): (
+        let (bl, sc, pe, ru, re, su, fa, ca, load, conf, first): (
+            i64,
             i64,
             i64,
             i64,
@@ -1053,7 +1164,7 @@ impl Store {
             weight: conf.get("weight").and_then(|v| v.parse().ok()).unwrap_or(1),
             human_only: conf.get("human_only").is_some_and(|v| v == "1"),
             counts: QueueCounts {
-                blocked: 0,
+                blocked: bl,
                 scheduled: sc,
                 pending: pe,
                 assigned: (load_total - ru).max(0),
@@ -1064,6 +1175,14 @@ impl Store {
                 cancelled: ca,
             },
             oldest_pending_age_ms: oldest,
+            max_running: conf
+                .get("max_running")
+                .and_then(|v| v.parse().ok())
+                .filter(|v: &i64| *v > 0),
+            rate_limit: conf
+                .get("rate_limit")
+                .and_then(|v| v.parse().ok())
+                .filter(|v: &f64| *v > 0.0),
         })
     }
 
@@ -1081,6 +1200,12 @@ impl Store {
         }
         if let Some(h) = u.human_only {
             fields.push(("human_only", if h { "1" } else { "0" }.into()));
+        }
+        if let Some(m) = u.max_running {
+            fields.push(("max_running", m.to_string()));
+        }
+        if let Some(r) = u.rate_limit {
+            fields.push(("rate_limit", r.to_string()));
         }
         self.add_queues(&[queue]).await?;
         if !fields.is_empty() {

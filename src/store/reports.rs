@@ -7,7 +7,7 @@ use crate::domain::validate;
 use redis::Value;
 
 /// Reports per script call: bounds the time one call holds Redis.
-pub const CHUNK: usize = 1000;
+pub const CHUNK: usize = 500;
 
 /// What a report says about its attempt.
 #[derive(Debug, Clone, Copy)]
@@ -118,7 +118,8 @@ impl Store {
                 }
             };
         }
-        let mut c = self.conn();
+        // Big batches on the bulk connection: a long script must not time out as 503.
+        let mut c = self.conn_for(chunk.len());
         let rows = array(inv.invoke_async::<Value>(&mut c).await?)?;
         if rows.len() != chunk.len() {
             return Err(StoreError::Protocol(format!(

@@ -38,6 +38,20 @@ pub struct Scripts {
     pub requeue_inbox: Script,
     /// `heartbeat.lua`
     pub heartbeat: Script,
+    /// `dep_register.lua`
+    pub dep_register: Script,
+    /// `dep_resolved.lua`
+    pub dep_resolved: Script,
+    /// `batch_create.lua`
+    pub batch_create: Script,
+    /// `batch_begin.lua`
+    pub batch_begin: Script,
+    /// `batch_add.lua`
+    pub batch_add: Script,
+    /// `batch_child.lua`
+    pub batch_child: Script,
+    /// `batch_then.lua`
+    pub batch_then: Script,
     /// `report_many.lua`
     pub report_many: Script,
 }
@@ -59,13 +73,20 @@ impl Scripts {
             delete: script(include_str!("../../scripts/delete.lua")),
             requeue_inbox: script(include_str!("../../scripts/requeue_inbox.lua")),
             heartbeat: script(include_str!("../../scripts/heartbeat.lua")),
+            dep_register: script(include_str!("../../scripts/dep_register.lua")),
+            dep_resolved: script(include_str!("../../scripts/dep_resolved.lua")),
+            batch_create: script(include_str!("../../scripts/batch_create.lua")),
+            batch_begin: script(include_str!("../../scripts/batch_begin.lua")),
+            batch_add: script(include_str!("../../scripts/batch_add.lua")),
+            batch_child: script(include_str!("../../scripts/batch_child.lua")),
+            batch_then: script(include_str!("../../scripts/batch_then.lua")),
             report_many: script(include_str!("../../scripts/report_many.lua")),
         }
     }
 
     /// All scripts, for SCRIPT LOAD at start-up.
-    pub fn all(&self) -> [&Script; 14] {
-        [
+    pub fn all(&self) -> Vec<&Script> {
+        vec![
             &self.submit,
             &self.promote,
             &self.dispatch,
@@ -79,6 +100,13 @@ impl Scripts {
             &self.delete,
             &self.requeue_inbox,
             &self.heartbeat,
+            &self.dep_register,
+            &self.dep_resolved,
+            &self.batch_create,
+            &self.batch_begin,
+            &self.batch_add,
+            &self.batch_child,
+            &self.batch_then,
             &self.report_many,
         ]
     }
@@ -89,3 +117,40 @@ impl Default for Scripts {
         Scripts::new()
     }
 }
+
+/// The scripts of cron schedules and handler locks (`sched_*.lua`, `lock_*.lua`), kept
+/// apart from the task transitions; loaded on first use (EVALSHA, then SCRIPT LOAD on
+/// NOSCRIPT).
+pub struct CoordScripts {
+    /// `lock_acquire.lua`
+    pub lock_acquire: Script,
+    /// `lock_extend.lua`
+    pub lock_extend: Script,
+    /// `lock_release.lua`
+    pub lock_release: Script,
+    /// `sched_create.lua`
+    pub sched_create: Script,
+    /// `sched_delete.lua`
+    pub sched_delete: Script,
+    /// `sched_pause.lua`
+    pub sched_pause: Script,
+    /// `sched_leader.lua`
+    pub sched_leader: Script,
+    /// `sched_fire.lua`
+    pub sched_fire: Script,
+    /// `sched_done.lua`
+    pub sched_done: Script,
+}
+
+/// The coordination scripts, built once per process.
+pub static COORD: std::sync::LazyLock<CoordScripts> = std::sync::LazyLock::new(|| CoordScripts {
+    lock_acquire: script(include_str!("../../scripts/lock_acquire.lua")),
+    lock_extend: script(include_str!("../../scripts/lock_extend.lua")),
+    lock_release: script(include_str!("../../scripts/lock_release.lua")),
+    sched_create: script(include_str!("../../scripts/sched_create.lua")),
+    sched_delete: script(include_str!("../../scripts/sched_delete.lua")),
+    sched_pause: script(include_str!("../../scripts/sched_pause.lua")),
+    sched_leader: script(include_str!("../../scripts/sched_leader.lua")),
+    sched_fire: script(include_str!("../../scripts/sched_fire.lua")),
+    sched_done: script(include_str!("../../scripts/sched_done.lua")),
+});

@@ -2,10 +2,13 @@
 
 mod bench_smoke;
 mod cluster;
+mod coord;
 mod dev_demo;
 mod events;
 mod faults;
 mod flow;
 mod helpers;
+mod locks;
+mod schedules;
 mod security;
 mod store;

@@ -206,7 +206,38 @@ async fn auth_table_covers_every_route_in_the_spec() {
     assert_eq!(r.status, 200, "cancel t4 in setup");
     let missing_task = format!("01ARZ3NDEKTSV4RRFFQ69G5FAV.{idle}");
 
+    // Locks held in setup, for the extend and release rows (branch `sched`).
+    let mut lock_tokens = Vec::new();
+    for name in ["sec-lock-b", "sec-lock-c"] {
+        let r = call(
+            &app,
+            &t,
+            Admin,
+            "POST",
+            &format!("/v1/locks/{name}"),
+            Some(&json!({"ttl_ms": 60_000})),
+        )
+        .await;
+        assert_eq!(r.status, 201, "lock {name} in setup: {}", r.body);
+        let v: Value = serde_json::from_str(&r.body).expect("lock json");
+        lock_tokens.push(v["token"].as_str().expect("token").to_string());
+    }
+    let (lock_b, lock_c) = (lock_tokens[0].clone(), lock_tokens[1].clone());
     let new_task = json!({"kind": "k", "queue": idle});
+    let r = call(
+        &app,
+        &t,
+        Admin,
+        "POST",
+        "/v1/batches",
+        Some(&json!({"tasks": [], "open": true})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "open batch in setup");
+    let batch = serde_json::from_str::<Value>(&r.body).expect("batch JSON")["id"]
+        .as_str()
+        .expect("batch id")
+        .to_string();
     let rows = vec![
         row(
             "GET",
@@ -411,6 +442,34 @@ async fn auth_table_covers_every_route_in_the_spec() {
             &[(Read, 403), (Agent, 403), (NodeA, 403), (Submit, 201)],
         ),
         row(
+            "POST",
+            "/v1/batches",
+            "/v1/batches".into(),
+            Some(json!({"tasks": [new_task.clone()]})),
+            &[(Read, 403), (Agent, 403), (NodeA, 403), (Submit, 201)],
+        ),
+        row(
+            "GET",
+            "/v1/batches/{id}",
+            format!("/v1/batches/{batch}"),
+            None,
+            &[(Agent, 403), (NodeA, 403), (Read, 200)],
+        ),
+        row(
+            "GET",
+            "/v1/batches/{id}/results",
+            format!("/v1/batches/{batch}/results"),
+            None,
+            &[(Agent, 403), (NodeA, 403), (Read, 200)],
+        ),
+        row(
+            "POST",
+            "/v1/batches/{id}/tasks",
+            format!("/v1/batches/{batch}/tasks"),
+            Some(json!({"tasks": [new_task.clone()]})),
+            &[(Read, 403), (Agent, 403), (NodeA, 403), (Submit, 201)],
+        ),
+        row(
             "GET",
             "/v1/tasks/{id}",
             format!("/v1/tasks/{t2}"),
@@ -483,6 +542,84 @@ async fn auth_table_covers_every_route_in_the_spec() {
             format!("/v1/tasks/{t5}/fail"),
             Some(json!({"lease_token": l5, "error": "boom", "retryable": false})),
             &[(NodeB, 409), (NodeA, 200)],
+        ),
+        // Schedules and locks (branch `sched`): in order, create before read and delete.
+        row(
+            "POST",
+            "/v1/schedules",
+            "/v1/schedules".into(),
+            Some(
+                json!({"name": "sec-sched", "cron": "0 0 0 1 1 * 2099", "task": new_task.clone()}),
+            ),
+            &[
+                (Read, 403),
+                (Agent, 403),
+                (NodeA, 403),
+                (Submit, 201),
+                (Admin, 409),
+            ],
+        ),
+        row(
+            "GET",
+            "/v1/schedules",
+            "/v1/schedules".into(),
+            None,
+            &[(Agent, 403), (NodeA, 403), (Read, 200)],
+        ),
+        row(
+            "GET",
+            "/v1/schedules/{name}",
+            "/v1/schedules/sec-sched".into(),
+            None,
+            &[(Agent, 403), (NodeA, 403), (Read, 200)],
+        ),
+        row(
+            "POST",
+            "/v1/schedules/{name}/pause",
+            "/v1/schedules/sec-sched/pause".into(),
+            None,
+            &[(Read, 403), (Agent, 403), (NodeA, 403), (Submit, 200)],
+        ),
+        row(
+            "POST",
+            "/v1/schedules/{name}/resume",
+            "/v1/schedules/sec-sched/resume".into(),
+            None,
+            &[(Read, 403), (Agent, 403), (NodeA, 403), (Submit, 200)],
+        ),
+        row(
+            "DELETE",
+            "/v1/schedules/{name}",
+            "/v1/schedules/sec-sched".into(),
+            None,
+            &[
+                (Read, 403),
+                (Agent, 403),
+                (NodeA, 403),
+                (Submit, 204),
+                (Admin, 404),
+            ],
+        ),
+        row(
+            "POST",
+            "/v1/locks/{name}",
+            "/v1/locks/sec-lock-a".into(),
+            Some(json!({"ttl_ms": 60_000})),
+            &[(Read, 403), (Agent, 201), (NodeA, 409), (Submit, 409)],
+        ),
+        row(
+            "POST",
+            "/v1/locks/{name}/extend",
+            "/v1/locks/sec-lock-b/extend".into(),
+            Some(json!({"token": lock_b, "ttl_ms": 60_000})),
+            &[(Read, 403), (NodeA, 200), (Agent, 200), (Submit, 200)],
+        ),
+        row(
+            "DELETE",
+            "/v1/locks/{name}",
+            "/v1/locks/sec-lock-c".into(),
+            Some(json!({"token": lock_c})),
+            &[(Read, 403), (NodeA, 204), (Admin, 409)],
         ),
     ];
 

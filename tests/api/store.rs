@@ -178,7 +178,7 @@ impl Kit {
 
     async fn submit(&self, tasks: &[PreparedTask]) -> i64 {
         match self.store.submit(tasks, None, 0).await.expect("submit") {
-            Submitted::Created { now_ms } => now_ms,
+            Submitted::Created { now_ms, .. } => now_ms,
             other => panic!("expected Created, got {other:?}"),
         }
     }
@@ -253,6 +253,7 @@ fn task(queue: &str) -> PreparedTask {
         },
         requires: Vec::new(),
         retention_ms: 0,
+        ..Default::default()
     }
 }
 
@@ -667,7 +668,7 @@ async fn dispatch_assigns_no_more_tasks_than_the_nodes_have_free_slots() {
             .iter()
             .map(|(n, f)| (n.to_string(), *f, String::new()))
             .collect();
-        let (assigned, left) = k.store.dispatch("q", &nodes, 100, 100).await.unwrap();
+        let (assigned, left, _) = k.store.dispatch("q", &nodes, 100, 100).await.unwrap();
         let total: usize = c.want.iter().map(|(_, n)| n).sum();
         assert_eq!(
             (assigned, left),
@@ -717,7 +718,10 @@ async fn dispatch_skips_nodes_lacking_a_required_tag_and_leaves_the_task_pending
         .await;
     let plain = k.submit_one(task("q")).await;
     let nodes = vec![("cpu".to_string(), 5, "linux,ssd".to_string())];
-    assert_eq!(k.store.dispatch("q", &nodes, 10, 10).await.unwrap(), (1, 1));
+    assert_eq!(
+        k.store.dispatch("q", &nodes, 10, 10).await.unwrap(),
+        (1, 1, 0)
+    );
     assert_eq!(k.field("q", &gpu, "state"), "pending");
     assert_eq!(k.indexes("q", &gpu), ["pending"]);
     assert_eq!(k.indexes("q", &plain), ["inbox:cpu"]);
@@ -728,7 +732,10 @@ async fn dispatch_skips_nodes_lacking_a_required_tag_and_leaves_the_task_pending
         ("cpu".to_string(), 4, "linux,ssd".to_string()),
         ("big".to_string(), 1, "ssd,gpu,linux".to_string()),
     ];
-    assert_eq!(k.store.dispatch("q", &nodes, 10, 10).await.unwrap(), (1, 0));
+    assert_eq!(
+        k.store.dispatch("q", &nodes, 10, 10).await.unwrap(),
+        (1, 0, 0)
+    );
     assert_eq!(k.indexes("q", &gpu), ["inbox:big"]);
     assert_eq!(k.field("q", &gpu, "node"), "big");
     k.assert_doctor_clean(&["q"]).await;
@@ -754,7 +761,7 @@ async fn dispatch_on_a_paused_queue_assigns_nothing_until_it_is_resumed() {
             .dispatch("q", &[("n1".into(), 5, String::new())], 10, 10)
             .await
             .unwrap(),
-        (0, 1)
+        (0, 1, 0)
     );
     assert_eq!(k.snapshot(), before, "a paused dispatch wrote keys");
     // A pull lease does not take from a paused queue either.
@@ -782,7 +789,7 @@ async fn dispatch_on_a_paused_queue_assigns_nothing_until_it_is_resumed() {
             .dispatch("q", &[("n1".into(), 5, String::new())], 10, 10)
             .await
             .unwrap(),
-        (1, 0)
+        (1, 0, 0)
     );
     assert_eq!(k.indexes("q", &id), ["inbox:n1"]);
     k.assert_doctor_clean(&["q"]).await;

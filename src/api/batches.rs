@@ -1,0 +1,287 @@
+//! Batch routes: fan-out (children in any queues) and fan-in (a `then` task submitted
+//! exactly once when every child ended). See `crate::coord` for the follow-up side.
+
+use super::auth::{Principal, Role};
+use super::error::{ApiError, ApiResult};
+use super::tasks::{check_dependencies, prepare, store_tasks};
+use super::{AppState, Json, MAX_BATCH};
+use crate::domain::batches::{Batch, BatchResultPage, BatchTasks, BatchTasksAdded, NewBatch};
+use crate::domain::{NewTask, Problem, validate};
+use crate::store::coord::BatchBegin;
+use crate::store::{PreparedTask, Submitted};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+
+fn batch_id(id: &str) -> ApiResult<()> {
+    if validate::is_ulid(id) {
+        Ok(())
+    } else {
+        Err(ApiError::bad(
+            "bad_batch_id",
+            format!("{id:?} is not a batch id (a 26-character ULID)"),
+        ))
+    }
+}
+
+/// Validates children: each gets the batch id; unique keys are refused (a child that
+/// resolved to another, older task would never report to this batch).
+fn children(tasks: Vec<NewTask>, batch: &str) -> ApiResult<Vec<PreparedTask>> {
+    if tasks.len() > MAX_BATCH {
+        return Err(ApiError::invalid(
+            "batch_too_long",
+            format!(
+                "at most {MAX_BATCH} tasks per call, got {}; add the rest with POST /v1/batches/{{id}}/tasks",
+                tasks.len()
+            ),
+        ));
+    }
+    tasks
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if t.unique_key.is_some() {
+                return Err(ApiError::invalid(
+                    "invalid_task",
+                    format!("tasks[{i}].unique_key: batch children cannot carry a unique_key"),
+                ));
+            }
+            let mut p = prepare(t, &format!("tasks[{i}]."))?;
+            p.batch = Some(batch.to_string());
+            Ok(p)
+        })
+        .collect()
+}
+
+/// Stores one chunk of children (the batch already counts it in flight) and records
+/// it; fires `then` when that completed the batch.
+async fn add_chunk(
+    st: &AppState,
+    batch: &str,
+    tasks: &[PreparedTask],
+    close: bool,
+) -> ApiResult<Vec<String>> {
+    let ids = if tasks.is_empty() {
+        Vec::new()
+    } else {
+        match store_tasks(st, tasks, None).await {
+            Ok(Submitted::Created { .. }) => tasks.iter().map(|t| t.id.clone()).collect(),
+            Ok(Submitted::Duplicate { ids }) => ids,
+            Err(e) => {
+                // Nothing stored: end the chunk's in-flight count (best effort).
+                let _ = st.store.batch_add(batch, false, &[]).await;
+                return Err(e);
+            }
+        }
+    };
+    let check = st.store.batch_add(batch, close, &ids).await?;
+    if check.then_due {
+        crate::coord::fire_then(&st.store, &st.hub, batch, &check).await?;
+    }
+    Ok(ids)
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/batches",
+    tag = "batches",
+    summary = "Create a batch: children now, a then task once they all ended",
+    request_body = NewBatch,
+    responses(
+        (status = 201, body = Batch, description = "The batch"),
+        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
+        (status = 413, body = Problem, description = "Too large", content_type = "application/problem+json"),
+        (status = 415, body = Problem, description = "Not JSON", content_type = "application/problem+json"),
+        (status = 422, body = Problem, description = "Invalid", content_type = "application/problem+json"),
+        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
+        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
+        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+    )
+)]
+/// `POST /v1/batches`.
+///
+/// # Errors
+/// 422 invalid children or then task, 503 Redis down.
+pub async fn batches_create(
+    State(st): State<AppState>,
+    who: Principal,
+    Json(body): Json<NewBatch>,
+) -> ApiResult<(StatusCode, Json<Batch>)> {
+    who.require(Role::Submit)?;
+    if body.tasks.is_empty() && !body.open {
+        return Err(ApiError::invalid(
+            "empty_batch",
+            "tasks must hold at least one task (or create the batch with open: true)",
+        ));
+    }
+    let id = ulid::Ulid::generate().to_string();
+    let tasks = children(body.tasks, &id)?;
+    let then_json = match body.then {
+        Some(t) => {
+            // Validated now, stored as submitted, prepared again when it fires.
+            prepare(t.clone(), "then.")?;
+            Some(
+                serde_json::to_string(&t)
+                    .map_err(|e| ApiError::Internal(anyhow::anyhow!("then task: {e}")))?,
+            )
+        }
+        None => None,
+    };
+    // Refused before the batch exists: a batch left without children would finish.
+    check_dependencies(&st, &tasks).await?;
+    st.store
+        .batch_create(&id, then_json.as_deref(), body.open)
+        .await?;
+    add_chunk(&st, &id, &tasks, false).await?;
+    Ok((StatusCode::CREATED, Json(st.store.batch(&id).await?)))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/batches/{id}",
+    tag = "batches",
+    summary = "A batch's progress",
+    params(("id" = String, Path, description = "Batch id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}$")),
+    responses(
+        (status = 200, body = Batch, description = "The batch"),
+        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
+        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
+        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
+        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
+        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+    )
+)]
+/// `GET /v1/batches/{id}`.
+///
+/// # Errors
+/// 404 unknown batch.
+pub async fn batches_get(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Batch>> {
+    who.require(Role::Read)?;
+    batch_id(&id)?;
+    Ok(Json(st.store.batch(&id).await?))
+}
+
+/// Query of `GET /v1/batches/{id}/results`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ResultsQuery {
+    /// From `next_cursor` of the previous page.
+    #[param(pattern = r"^[0-9]{1,10}$")]
+    cursor: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/batches/{id}/results",
+    tag = "batches",
+    summary = "Page through a batch's children and their results",
+    params(("id" = String, Path, description = "Batch id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}$"), ResultsQuery),
+    responses(
+        (status = 200, body = BatchResultPage, description = "A page of children"),
+        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
+        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
+        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
+        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
+        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+    )
+)]
+/// `GET /v1/batches/{id}/results?cursor=&limit=`.
+///
+/// # Errors
+/// 400 bad cursor or limit, 404 unknown batch.
+pub async fn batches_results(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+    q: Result<Query<ResultsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<BatchResultPage>> {
+    who.require(Role::Read)?;
+    batch_id(&id)?;
+    let Query(q) = q.map_err(|e| ApiError::bad("bad_query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad("bad_query", "limit must be 1 to 1000"));
+    }
+    let cursor = match q.cursor.as_deref() {
+        None | Some("") => 0,
+        Some(c) => c
+            .parse::<u32>()
+            .map_err(|_| ApiError::bad("bad_cursor", "cursor is not one this server handed out"))?
+            as usize,
+    };
+    Ok(Json(
+        st.store.batch_results(&id, cursor, limit as usize).await?,
+    ))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/batches/{id}/tasks",
+    tag = "batches",
+    summary = "Add children to a running batch (and close one held open)",
+    params(("id" = String, Path, description = "Batch id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}$")),
+    request_body = BatchTasks,
+    responses(
+        (status = 201, body = BatchTasksAdded, description = "The new children and the batch"),
+        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
+        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
+        (status = 409, body = Problem, description = "The batch finished", content_type = "application/problem+json"),
+        (status = 413, body = Problem, description = "Too large", content_type = "application/problem+json"),
+        (status = 415, body = Problem, description = "Not JSON", content_type = "application/problem+json"),
+        (status = 422, body = Problem, description = "Invalid", content_type = "application/problem+json"),
+        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
+        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
+        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+    )
+)]
+/// `POST /v1/batches/{id}/tasks`.
+///
+/// # Errors
+/// 404 unknown batch, 409 finished batch, 422 invalid children.
+pub async fn batches_add(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+    Json(body): Json<BatchTasks>,
+) -> ApiResult<(StatusCode, Json<BatchTasksAdded>)> {
+    who.require(Role::Submit)?;
+    batch_id(&id)?;
+    let tasks = children(body.tasks, &id)?;
+    match st.store.batch_begin(&id).await? {
+        BatchBegin::Open => {}
+        BatchBegin::NotFound => return Err(ApiError::NotFound(format!("no batch {id}"))),
+        BatchBegin::Finished => {
+            return Err(ApiError::conflict(
+                "batch_finished",
+                format!("batch {id} finished: it takes no more tasks; create a new batch"),
+            ));
+        }
+    }
+    let ids = add_chunk(&st, &id, &tasks, body.close).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(BatchTasksAdded {
+            ids,
+            batch: st.store.batch(&id).await?,
+        }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn batch_ids_are_ulids() {
+        let id = ulid::Ulid::generate().to_string();
+        assert!(super::batch_id(&id).is_ok(), "{id}");
+        assert!(super::batch_id("not-a-ulid").is_err());
+        assert!(super::batch_id(&format!("{id}.q")).is_err());
+    }
+}

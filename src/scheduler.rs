@@ -1,0 +1,499 @@
+//! The scheduler: fires cron schedules, exactly one task per tick whatever the number of
+//! replicas. Two guards, either of which alone would be enough most of the time:
+//! - a **leader lease** in Redis (`sched_leader.lua`, SET NX PX with a fenced token,
+//!   renewed at a third of its TTL): only the leader fires, and `sched_fire.lua` checks
+//!   the token atomically with advancing the schedule's cursor, so a deposed leader
+//!   cannot record a fire;
+//! - a **per-tick idempotency key** `schedule:<name>:<tick ms>` on the submission, so
+//!   that even two leaders for a moment (or a leader that died between recording a fire
+//!   and storing its task, completed by the next one) store one task per tick.
+//!
+//! A fire is recorded first (with its task id, as `pending`) and the task stored after;
+//! whoever leads next completes a pending fire with the same task id. The loop sleeps
+//! until the next tick or the next lease renewal, whichever comes first; followers sleep
+//! until the leader's lease would expire. Redis outages are logged and retried, never
+//! fatal.
+
+use crate::domain::NewTask;
+use crate::domain::coord::{CatchUp, FireOutcome, Overlap};
+use crate::hub::Hub;
+use crate::store::schedules::{FireStep, ScheduleRecord};
+use crate::store::{PreparedTask, Store, StoreError, Submitted};
+use chrono::TimeZone;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Default TTL of the leader lease. Below one second so that a leader's crash costs
+/// no tick of a one-second schedule (the next leader fires it, late by at most this).
+pub const LEADER_TTL_MS: i64 = 600;
+/// With `catch_up: none`, a tick fired later than this is recorded as missed instead.
+pub const MISFIRE_GRACE_MS: i64 = 1000;
+/// How long a tick's idempotency key outlives the next tick.
+const IDEM_MARGIN_MS: i64 = 10 * 60 * 1000;
+/// How often a replica looks for a first schedule while there is none.
+pub const IDLE_POLL: Duration = Duration::from_millis(500);
+/// Most earlier missed ticks counted one by one when catching up.
+const COUNT_CAP: usize = 100_000;
+
+/// A parsed cron expression (with seconds) read in an IANA time zone.
+#[derive(Debug, Clone)]
+pub struct CronSpec {
+    schedule: cron::Schedule,
+    tz: chrono_tz::Tz,
+}
+
+impl CronSpec {
+    /// Parses `sec min hour day-of-month month day-of-week [year]` (or `@hourly`, ...)
+    /// in time zone `tz`.
+    ///
+    /// # Errors
+    /// A one-line explanation.
+    pub fn parse(expr: &str, tz: &str) -> Result<CronSpec, String> {
+        let tz: chrono_tz::Tz = tz
+            .parse()
+            .map_err(|_| format!("{tz:?} is not an IANA time zone (e.g. UTC, Europe/Paris)"))?;
+        let fields = expr.split_whitespace().count();
+        if !expr.trim_start().starts_with('@') && !(6..=7).contains(&fields) {
+            return Err(format!(
+                "a cron expression here has 6 or 7 fields (sec min hour day-of-month month \
+                 day-of-week [year]), got {fields}; prefix a 5-field expression with '0 '"
+            ));
+        }
+        let schedule: cron::Schedule = expr
+            .parse()
+            .map_err(|e| format!("not a cron expression: {e}"))?;
+        Ok(CronSpec { schedule, tz })
+    }
+
+    fn at(&self, ms: i64) -> Option<chrono::DateTime<chrono_tz::Tz>> {
+        Some(
+            chrono::Utc
+                .timestamp_millis_opt(ms)
+                .single()?
+                .with_timezone(&self.tz),
+        )
+    }
+
+    /// The first tick strictly after `ms`.
+    pub fn next_after(&self, ms: i64) -> Option<i64> {
+        self.schedule
+            .after(&self.at(ms)?)
+            .next()
+            .map(|t| t.timestamp_millis())
+    }
+
+    /// The latest tick at or before `ms`.
+    pub fn latest_until(&self, ms: i64) -> Option<i64> {
+        // The iterator works in whole seconds: step back from the next second.
+        let next_second = ms.div_euclid(1000) * 1000 + 1000;
+        self.schedule
+            .after(&self.at(next_second)?)
+            .next_back()
+            .map(|t| t.timestamp_millis())
+            .filter(|t| *t <= ms)
+    }
+
+    /// How many ticks lie strictly between `after` and `before` (at most `cap`).
+    pub fn count_between(&self, after: i64, before: i64, cap: usize) -> i64 {
+        let Some(start) = self.at(after) else {
+            return 0;
+        };
+        self.schedule
+            .after(&start)
+            .map(|t| t.timestamp_millis())
+            .take_while(|t| *t < before)
+            .take(cap)
+            .count() as i64
+    }
+}
+
+/// The idempotency key of one tick's submission.
+pub fn tick_key(name: &str, tick_ms: i64) -> String {
+    format!("schedule:{name}:{tick_ms}")
+}
+
+/// Builds the task a fire submits, with `origin` = `schedule:<name>`; `id` overrides
+/// the fresh id (completing a pending fire).
+///
+/// # Errors
+/// The stored task no longer validates.
+pub fn fire_task(task_json: &str, name: &str, id: Option<&str>) -> Result<PreparedTask, String> {
+    let t: NewTask = serde_json::from_str(task_json).map_err(|e| format!("stored task: {e}"))?;
+    let mut p = crate::api::tasks::prepare(t, "task.").map_err(|e| e.to_string())?;
+    if let Some(id) = id {
+        p.id = id.to_string();
+    }
+    // Shown as `origin` on the task: the link back to its schedule.
+    p.origin = Some(format!("schedule:{name}"));
+    Ok(p)
+}
+
+struct Leader {
+    token: String,
+    valid_until: Instant,
+    renew_at: Instant,
+}
+
+/// The scheduler component.
+pub struct Scheduler {
+    store: Store,
+    hub: Arc<Hub>,
+    ttl_ms: i64,
+    label: String,
+    leader: Option<Leader>,
+    failing: bool,
+}
+
+impl Scheduler {
+    /// A scheduler with the default lease TTL ([`LEADER_TTL_MS`]).
+    pub fn new(store: Store, hub: Arc<Hub>) -> Scheduler {
+        Scheduler {
+            store,
+            hub,
+            ttl_ms: LEADER_TTL_MS,
+            label: std::process::id().to_string(),
+            leader: None,
+            failing: false,
+        }
+    }
+
+    /// Whether this replica holds a valid leader lease now.
+    pub fn is_leader(&self) -> bool {
+        self.leader
+            .as_ref()
+            .is_some_and(|l| Instant::now() < l.valid_until)
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms as u64)
+    }
+
+    /// Runs until `shutdown`, then gives the lease up so another replica takes over.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            let wait = match self.step().await {
+                Ok(w) => {
+                    if self.failing {
+                        tracing::info!("scheduler: redis reachable again");
+                        self.failing = false;
+                    }
+                    w
+                }
+                Err(e) => {
+                    if !self.failing {
+                        tracing::warn!(error = %e, "scheduler: round failed; retrying");
+                        self.failing = true;
+                    } else {
+                        tracing::debug!(error = %e, "scheduler: round failed");
+                    }
+                    Duration::from_millis(250)
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        if let Some(l) = self.leader.take() {
+            let _ = self.store.scheduler_release(&l.token).await;
+        }
+    }
+
+    /// One round: keep or take the leader lease, and as leader fire every due tick.
+    /// Returns how long to sleep: until the next tick or lease renewal (leader), or
+    /// until the leader's lease would expire (follower).
+    ///
+    /// # Errors
+    /// Redis errors (the caller retries).
+    pub async fn step(&mut self) -> Result<Duration, StoreError> {
+        // Without schedules nobody leads: a deployment that uses none pays one SCARD
+        // per replica and [`IDLE_POLL`], and its keyspace stays untouched.
+        if self.store.schedule_count().await? == 0 {
+            if let Some(l) = self.leader.take() {
+                self.store.scheduler_release(&l.token).await?;
+            }
+            return Ok(IDLE_POLL);
+        }
+        let ttl = self.ttl();
+        let renew_every = ttl / 3;
+        // Counted from before the call: the lease may have started then.
+        let margin = Duration::from_millis(50).min(ttl / 4);
+        if let Some(l) = &mut self.leader
+            && Instant::now() >= l.renew_at
+        {
+            let t0 = Instant::now();
+            if self.store.scheduler_renew(&l.token, self.ttl_ms).await? {
+                l.valid_until = t0 + ttl - margin;
+                l.renew_at = t0 + renew_every;
+            } else {
+                tracing::info!("scheduler: leader lease lost");
+                self.leader = None;
+            }
+        }
+        if self.leader.is_none() {
+            let t0 = Instant::now();
+            match self
+                .store
+                .scheduler_acquire(&self.label, self.ttl_ms)
+                .await?
+            {
+                Ok(token) => {
+                    tracing::info!(token = %token, "scheduler: this replica leads");
+                    self.leader = Some(Leader {
+                        token,
+                        valid_until: t0 + ttl - margin,
+                        renew_at: t0 + renew_every,
+                    });
+                }
+                Err(remaining) => {
+                    let ms = (remaining + 2).clamp(5, self.ttl_ms) as u64;
+                    return Ok(Duration::from_millis(ms));
+                }
+            }
+        }
+        let next_tick = self.fire_due().await?;
+        let now = Instant::now();
+        let renew_at = self.leader.as_ref().map(|l| l.renew_at).unwrap_or(now);
+        let mut wake = renew_at;
+        if let Some(t) = next_tick {
+            wake = wake.min(t);
+        }
+        Ok(wake
+            .saturating_duration_since(now)
+            .max(Duration::from_millis(1)))
+    }
+
+    /// Fires every schedule's due tick; returns when the next tick is due.
+    async fn fire_due(&mut self) -> Result<Option<Instant>, StoreError> {
+        let names = self.store.schedule_names().await?;
+        let now = self.store.now_ms().await?;
+        let measured = Instant::now();
+        let mut next: Option<i64> = None;
+        for name in names {
+            if !self.is_leader() {
+                break;
+            }
+            let rec = match self.store.schedule(&name).await {
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
+                Err(e @ StoreError::Protocol(_)) => {
+                    tracing::warn!(schedule = %name, error = %e, "scheduler: skipping a malformed schedule");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if let Some(t) = self.fire_one(&rec, now).await? {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        }
+        // A tick instant in Redis time, turned into a local deadline (+1 ms: never wake
+        // just before it).
+        Ok(next.map(|t| measured + Duration::from_millis((t - now).max(0) as u64 + 1)))
+    }
+
+    /// Handles one schedule at Redis time `now`; returns its next tick.
+    async fn fire_one(
+        &mut self,
+        rec: &ScheduleRecord,
+        now: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let spec = match CronSpec::parse(&rec.cron, &rec.timezone) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(schedule = %rec.name, error = %e, "scheduler: unusable cron expression");
+                return Ok(None);
+            }
+        };
+        if let Some((tick, id)) = &rec.pending {
+            self.complete(rec, &spec, *tick, id).await?;
+        }
+        if rec.paused {
+            return Ok(None);
+        }
+        let Some(token) = self.leader.as_ref().map(|l| l.token.clone()) else {
+            return Ok(None);
+        };
+        if let Some(latest) = spec.latest_until(now)
+            && latest > rec.cursor_ms
+        {
+            let earlier = spec.count_between(rec.cursor_ms, latest, COUNT_CAP);
+            let mut task: Option<PreparedTask> = None;
+            let (outcome, task_id, error) =
+                if rec.catch_up == CatchUp::None && now - latest > MISFIRE_GRACE_MS {
+                    (FireOutcome::Missed, None, None)
+                } else if rec.overlap == Overlap::Skip
+                    && let Some(prev) = &rec.last_task
+                    && self.unfinished(prev).await?
+                {
+                    (FireOutcome::Skipped, Some(prev.clone()), None)
+                } else {
+                    match fire_task(&rec.task, &rec.name, None) {
+                        Ok(p) => {
+                            let id = p.id.clone();
+                            task = Some(p);
+                            (FireOutcome::Fired, Some(id), None)
+                        }
+                        Err(e) => (FireOutcome::Error, None, Some(e)),
+                    }
+                };
+            let step = self
+                .store
+                .schedule_fire(
+                    &token,
+                    &rec.name,
+                    latest,
+                    outcome,
+                    task_id.as_deref(),
+                    error.as_deref(),
+                    earlier,
+                )
+                .await?;
+            match step {
+                FireStep::Recorded { .. } => {
+                    if let Some(p) = task {
+                        self.submit(rec, &spec, latest, p).await?;
+                    } else if outcome != FireOutcome::Skipped {
+                        tracing::warn!(schedule = %rec.name, tick = latest, ?outcome, error = ?error, "scheduler: tick not fired");
+                    }
+                }
+                FireStep::NotLeader => {
+                    tracing::info!("scheduler: leader lease lost while firing");
+                    self.leader = None;
+                    return Ok(None);
+                }
+                FireStep::Gone | FireStep::Already | FireStep::Pending => {}
+            }
+        }
+        Ok(spec.next_after(now))
+    }
+
+    async fn unfinished(&self, id: &str) -> Result<bool, StoreError> {
+        match self.store.task(id).await {
+            Ok(t) => Ok(!t.state.is_terminal()),
+            Err(StoreError::NotFound) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stores a recorded fire's task (idempotent per tick) and clears the marker.
+    async fn submit(
+        &self,
+        rec: &ScheduleRecord,
+        spec: &CronSpec,
+        tick: i64,
+        task: PreparedTask,
+    ) -> Result<(), StoreError> {
+        let ttl = spec.next_after(tick).map_or(0, |n| n - tick) + IDEM_MARGIN_MS;
+        let id = task.id.clone();
+        let queue = task.queue.clone();
+        let out = self
+            .store
+            .submit(
+                std::slice::from_ref(&task),
+                Some(&tick_key(&rec.name, tick)),
+                ttl,
+            )
+            .await?;
+        if matches!(out, Submitted::Created { .. }) {
+            self.hub.mark_dirty(&queue);
+            tracing::debug!(schedule = %rec.name, tick, task_id = %id, "scheduler: fired");
+        }
+        self.store.schedule_fire_done(&rec.name, tick, &id).await
+    }
+
+    /// Completes a fire whose leader died between recording it and storing its task.
+    async fn complete(
+        &self,
+        rec: &ScheduleRecord,
+        spec: &CronSpec,
+        tick: i64,
+        id: &str,
+    ) -> Result<(), StoreError> {
+        match self.store.task(id).await {
+            Ok(_) => self.store.schedule_fire_done(&rec.name, tick, id).await,
+            Err(StoreError::NotFound) => match fire_task(&rec.task, &rec.name, Some(id)) {
+                Ok(p) => {
+                    tracing::info!(schedule = %rec.name, tick, task_id = %id, "scheduler: completing a pending fire");
+                    self.submit(rec, spec, tick, p).await
+                }
+                Err(e) => {
+                    tracing::warn!(schedule = %rec.name, error = %e, "scheduler: pending fire's task no longer validates");
+                    self.store.schedule_fire_done(&rec.name, tick, id).await
+                }
+            },
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(s: &str) -> i64 {
+        crate::domain::parse_rfc3339_ms(s).expect("time")
+    }
+
+    #[test]
+    fn cron_expressions_need_seconds_and_a_real_time_zone() {
+        assert!(CronSpec::parse("* * * * * *", "UTC").is_ok());
+        assert!(CronSpec::parse("0 30 2 * * * 2030", "Europe/Paris").is_ok());
+        assert!(CronSpec::parse("@hourly", "UTC").is_ok());
+        let five = CronSpec::parse("*/5 * * * *", "UTC").unwrap_err();
+        assert!(five.contains("6 or 7 fields"), "{five}");
+        assert!(CronSpec::parse("61 * * * * *", "UTC").is_err());
+        assert!(CronSpec::parse("* * * * * *", "Mars/Olympus").is_err());
+        assert!(CronSpec::parse("", "UTC").is_err());
+    }
+
+    #[test]
+    fn next_fire_is_computed_in_the_schedules_time_zone() {
+        // 02:30 every day in Paris: 01:30 UTC in winter (CET), 00:30 UTC in summer.
+        let paris = CronSpec::parse("0 30 2 * * *", "Europe/Paris").unwrap();
+        assert_eq!(
+            paris.next_after(ms("2026-01-10T12:00:00Z")),
+            Some(ms("2026-01-11T01:30:00Z"))
+        );
+        assert_eq!(
+            paris.next_after(ms("2026-07-10T12:00:00Z")),
+            Some(ms("2026-07-11T00:30:00Z"))
+        );
+        // The same expression in New York (UTC-5 in winter).
+        let ny = CronSpec::parse("0 30 2 * * *", "America/New_York").unwrap();
+        assert_eq!(
+            ny.next_after(ms("2026-01-10T12:00:00Z")),
+            Some(ms("2026-01-11T07:30:00Z"))
+        );
+        // 2026-03-29 02:30 does not exist in Paris (clocks jump 02:00 → 03:00): skipped.
+        assert_eq!(
+            paris.next_after(ms("2026-03-28T12:00:00Z")),
+            Some(ms("2026-03-30T00:30:00Z"))
+        );
+    }
+
+    #[test]
+    fn ticks_are_strictly_after_and_at_or_before() {
+        let s = CronSpec::parse("*/10 * * * * *", "UTC").unwrap();
+        let t = ms("2026-01-01T00:00:10Z");
+        assert_eq!(s.next_after(t), Some(t + 10_000));
+        assert_eq!(s.next_after(t - 1), Some(t));
+        assert_eq!(s.latest_until(t), Some(t));
+        assert_eq!(s.latest_until(t + 999), Some(t));
+        assert_eq!(s.latest_until(t - 1), Some(t - 10_000));
+        assert_eq!(s.count_between(t, t + 40_000, 100), 3);
+        assert_eq!(s.count_between(t, t + 40_000, 2), 2);
+        assert_eq!(s.count_between(t, t + 10_000, 100), 0);
+        // An expression limited to a past year never fires again.
+        let past = CronSpec::parse("0 0 0 1 1 * 2020", "UTC").unwrap();
+        assert_eq!(past.next_after(t), None);
+    }
+
+    #[test]
+    fn tick_keys_name_the_schedule_and_the_tick() {
+        assert_eq!(
+            tick_key("nightly", 1_700_000_000_000),
+            "schedule:nightly:1700000000000"
+        );
+    }
+}

@@ -1,0 +1,133 @@
+//! Fenced locks for handlers (`/v1/locks`): one holder key with a TTL and a fence
+//! counter per lock name, both under the lock's own hash tag `{~lock:<name>}`. The
+//! counter is never deleted, so fences strictly increase per name. Scripts:
+//! `lock_acquire.lua`, `lock_extend.lua`, `lock_release.lua`.
+
+use super::scripts::COORD;
+use super::{Result, Store, StoreError, coded, int, text};
+
+/// Outcome of [`Store::lock_acquire`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockTaken {
+    /// The caller holds the lock.
+    Held {
+        /// `<fence>.<128-bit random hex>`.
+        token: String,
+        /// The fence.
+        fence: i64,
+        /// Expiry (ms, Redis clock).
+        expires_ms: i64,
+    },
+    /// Someone else holds it for `remaining_ms` more.
+    Busy {
+        /// Time left on the holder's lease.
+        remaining_ms: i64,
+    },
+}
+
+/// Parses a lock token `<fence>.<32 hex>`; `None` when malformed.
+pub fn parse_lock_token(token: &str) -> Option<i64> {
+    let (fence, nonce) = token.split_once('.')?;
+    let fence: i64 = fence.parse().ok()?;
+    (fence > 0 && nonce.len() == 32 && nonce.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then_some(fence)
+}
+
+impl Store {
+    /// Takes the lock `name` for `ttl_ms` when nobody holds it.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn lock_acquire(&self, name: &str, ttl_ms: i64) -> Result<LockTaken> {
+        let nonce = hex::encode(rand::random::<[u8; 16]>());
+        let mut c = self.conn();
+        let v = COORD
+            .lock_acquire
+            .key(self.keys.lock_holder(name))
+            .key(self.keys.lock_fence(name))
+            .arg(ttl_ms)
+            .arg(nonce)
+            .invoke_async(&mut c)
+            .await?;
+        let (code, rest) = coded(v)?;
+        let at = |i: usize| rest.get(i).and_then(int);
+        match code {
+            0 => Ok(LockTaken::Held {
+                token: rest
+                    .first()
+                    .and_then(text)
+                    .ok_or_else(|| StoreError::Protocol("lock_acquire: no token".into()))?,
+                fence: at(1).unwrap_or(0),
+                expires_ms: at(2).unwrap_or(0),
+            }),
+            1 => Ok(LockTaken::Busy {
+                remaining_ms: at(0).unwrap_or(0),
+            }),
+            c => Err(StoreError::Protocol(format!("lock_acquire returned {c}"))),
+        }
+    }
+
+    /// Pushes the expiry of a lock held with `token` to now + `ttl_ms`; `None` when the
+    /// token is not the current holder's (nothing changed).
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn lock_extend(&self, name: &str, token: &str, ttl_ms: i64) -> Result<Option<i64>> {
+        let mut c = self.conn();
+        let v = COORD
+            .lock_extend
+            .key(self.keys.lock_holder(name))
+            .arg(token)
+            .arg(ttl_ms)
+            .invoke_async(&mut c)
+            .await?;
+        let (code, rest) = coded(v)?;
+        match code {
+            0 => Ok(Some(rest.first().and_then(int).unwrap_or(0))),
+            1 => Ok(None),
+            c => Err(StoreError::Protocol(format!("lock_extend returned {c}"))),
+        }
+    }
+
+    /// Frees a lock held with `token`; `false` when the token is not the current
+    /// holder's (nothing changed).
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn lock_release(&self, name: &str, token: &str) -> Result<bool> {
+        let mut c = self.conn();
+        let v = COORD
+            .lock_release
+            .key(self.keys.lock_holder(name))
+            .arg(token)
+            .invoke_async(&mut c)
+            .await?;
+        match coded(v)?.0 {
+            0 => Ok(true),
+            1 => Ok(false),
+            c => Err(StoreError::Protocol(format!("lock_release returned {c}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_tokens_carry_their_fence() {
+        assert_eq!(
+            parse_lock_token("7.0123456789abcdef0123456789abcdef"),
+            Some(7)
+        );
+        for bad in [
+            "",
+            "7",
+            "0.0123456789abcdef0123456789abcdef",
+            "7.xyz",
+            "-1.0123456789abcdef0123456789abcdef",
+        ] {
+            assert_eq!(parse_lock_token(bad), None, "{bad}");
+        }
+    }
+}
