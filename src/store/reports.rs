@@ -34,6 +34,9 @@ pub struct Report<'a> {
     pub outcome: Outcome<'a>,
 }
 
+/// A valid report of a batch: its index, fence and nonce.
+type Item<'a> = (usize, i64, &'a str);
+
 impl Store {
     /// Records many reports of `node` (`None`: an admin caller, any node's lease) with
     /// one script call per queue and chunk. The answer has one entry per report, in
@@ -49,7 +52,7 @@ impl Store {
     ) -> Result<Vec<Result<Reported>>> {
         let mut out: Vec<Option<Result<Reported>>> = (0..reports.len()).map(|_| None).collect();
         // Valid reports grouped by queue, in order: (queue, [(index, fence, nonce)]).
-        let mut groups: Vec<(&str, Vec<(usize, i64, &str)>)> = Vec::new();
+        let mut groups: Vec<(&str, Vec<Item<'_>>)> = Vec::new();
         for (i, r) in reports.iter().enumerate() {
             let Some(queue) = validate::task_queue(r.id) else {
                 out[i] = Some(Err(StoreError::NotFound));
@@ -99,7 +102,7 @@ impl Store {
         queue: &str,
         node: Option<&str>,
         reports: &[Report<'_>],
-        chunk: &[(usize, i64, &str)],
+        chunk: &[Item<'_>],
     ) -> Result<Vec<Result<Reported>>> {
         let mut inv = self.scripts.report_many.key(self.keys.queue_prefix(queue));
         inv.arg(self.channel())
