@@ -490,6 +490,50 @@ mod tests {
     }
 
     #[test]
+    fn odd_expressions_are_refused_or_computed_without_panicking() {
+        let t = ms("2026-01-01T00:00:00Z");
+        for expr in [
+            "*/0 * * * * *",
+            "0-0/0 * * * * *",
+            "59-0 * * * * *",
+            "99999999999999999999 * * * * *",
+            "0 0 0 31 2 *",
+            "0 0 0 30 2 * 2026-2030",
+            "* * * * * * 1970",
+            "* * * * * * 9999",
+            "@reboot",
+            "@",
+            "L W # ? * *",
+            "0 0 0 ? * MON#5",
+            "1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20 * * * * *",
+            "\u{0} * * * * *",
+        ] {
+            if let Ok(s) = CronSpec::parse(expr, "Pacific/Chatham") {
+                let _ = s.next_after(t);
+                let _ = s.latest_until(t);
+                let _ = s.count_between(t - 86_400_000, t, 10);
+            }
+        }
+    }
+
+    #[test]
+    fn expressions_of_the_schema_pattern_parse_and_fire() {
+        // Corners of the `cron` schema pattern (schemathesis draws from it; every draw must pass).
+        let t = ms("2026-01-01T00:00:00Z");
+        for expr in [
+            "* * * * * *",
+            "0 0 0 28 2 1",
+            "*/59 */59 */23 */28 */12 7",
+            "00 05 23 1,2 12 1,2,3,4,5,6,7",
+            "59 59 0 9 1 7",
+            "0 0 0 13 10 6",
+        ] {
+            let s = CronSpec::parse(expr, "UTC").unwrap_or_else(|e| panic!("{expr}: {e}"));
+            assert!(s.next_after(t).is_some(), "{expr} fires");
+        }
+    }
+
+    #[test]
     fn tick_keys_name_the_schedule_and_the_tick() {
         assert_eq!(
             tick_key("nightly", 1_700_000_000_000),

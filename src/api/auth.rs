@@ -3,13 +3,42 @@
 //! `submit` (submit and cancel tasks, and read), `read` (GET routes), `agent` (register
 //! nodes). A node token (`<node id>.<secret>`, returned once by `POST /v1/nodes`) only
 //! works for that node's own agent routes.
+//!
+//! Every authenticated response says which role its token has in the header
+//! `X-Muster-Role` (`admin`, `submit`, `read`, `agent` or `node`), so that a client such
+//! as the web console learns what it may do without trying an action.
 
 use super::AppState;
 use super::error::ApiError;
 use crate::store::token_sha;
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, Request};
+use axum::http::HeaderValue;
 use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::Response;
+use std::sync::{Arc, OnceLock};
 use subtle::ConstantTimeEq;
+
+/// Name of the response header that tells the caller its token's role.
+pub const ROLE_HEADER: &str = "x-muster-role";
+
+/// Where the [`Principal`] extractor leaves the caller's role for [`role_header`]: the
+/// response is built after the extractor ran, so the role travels in a shared slot
+/// rather than being worked out a second time.
+#[derive(Clone, Default)]
+struct RoleSlot(Arc<OnceLock<&'static str>>);
+
+/// Middleware: adds `X-Muster-Role` to every response whose request was authenticated.
+pub async fn role_header(mut req: Request, next: Next) -> Response {
+    let slot = RoleSlot::default();
+    req.extensions_mut().insert(slot.clone());
+    let mut res = next.run(req).await;
+    if let Some(role) = slot.0.get() {
+        res.headers_mut()
+            .insert(ROLE_HEADER, HeaderValue::from_static(role));
+    }
+    res
+}
 
 /// A token's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +65,8 @@ impl Role {
         }
     }
 
-    fn name(self) -> &'static str {
+    /// `admin`, `submit`, `read` or `agent`.
+    pub fn name(self) -> &'static str {
         match self {
             Role::Read => "read",
             Role::Submit => "submit",
@@ -154,6 +184,16 @@ fn eq_sha(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
+impl Principal {
+    /// The role name shown in `X-Muster-Role`.
+    pub fn role_name(&self) -> &'static str {
+        match self {
+            Principal::Role(r) => r.name(),
+            Principal::Node(_) => "node",
+        }
+    }
+}
+
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
@@ -161,46 +201,54 @@ impl FromRequestParts<AppState> for Principal {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        if state.no_auth {
-            return Ok(Principal::Admin);
+        let who = authenticate(parts, state).await?;
+        if let Some(slot) = parts.extensions.get::<RoleSlot>() {
+            let _ = slot.0.set(who.role_name());
         }
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| {
-                ApiError::Unauthorized("missing 'Authorization: Bearer <token>' header".into())
-            })?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                ApiError::Unauthorized("the Authorization header must be 'Bearer <token>'".into())
-            })?;
-        let sha = token_sha(token);
-        if let Some(admin) = &state.admin_sha
-            && eq_sha(&sha, admin)
-        {
-            return Ok(Principal::Admin);
-        }
-        // Constant time per comparison; the list is short and fixed.
-        if let Some((_, role)) = state.tokens.iter().find(|(h, _)| eq_sha(&sha, h)) {
-            return Ok(Principal::Role(*role));
-        }
-        if let Some((node_id, _)) = token.split_once('.')
-            && crate::domain::validate::node_id(node_id)
-            && let Some(rec) = state.directory.get(&state.store, node_id).await?
-            && eq_sha(&sha, &rec.token_sha)
-        {
-            return Ok(Principal::Node(node_id.to_string()));
-        }
-        Err(ApiError::Unauthorized("unknown token".into()))
+        Ok(who)
     }
+}
+
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
+    if state.no_auth {
+        return Ok(Principal::Admin);
+    }
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| {
+            ApiError::Unauthorized("missing 'Authorization: Bearer <token>' header".into())
+        })?;
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            ApiError::Unauthorized("the Authorization header must be 'Bearer <token>'".into())
+        })?;
+    let sha = token_sha(token);
+    if let Some(admin) = &state.admin_sha
+        && eq_sha(&sha, admin)
+    {
+        return Ok(Principal::Admin);
+    }
+    // Constant time per comparison; the list is short and fixed.
+    if let Some((_, role)) = state.tokens.iter().find(|(h, _)| eq_sha(&sha, h)) {
+        return Ok(Principal::Role(*role));
+    }
+    if let Some((node_id, _)) = token.split_once('.')
+        && crate::domain::validate::node_id(node_id)
+        && let Some(rec) = state.directory.get(&state.store, node_id).await?
+        && eq_sha(&sha, &rec.token_sha)
+    {
+        return Ok(Principal::Node(node_id.to_string()));
+    }
+    Err(ApiError::Unauthorized("unknown token".into()))
 }
 
 #[cfg(test)]

@@ -24,8 +24,7 @@ fn batch_id(id: &str) -> ApiResult<()> {
     }
 }
 
-/// Validates children: each gets the batch id; unique keys are refused (a child that
-/// resolved to another, older task would never report to this batch).
+/// Validates children: each gets the batch id.
 fn children(tasks: Vec<NewTask>, batch: &str) -> ApiResult<Vec<PreparedTask>> {
     if tasks.len() > MAX_BATCH {
         return Err(ApiError::invalid(
@@ -40,12 +39,6 @@ fn children(tasks: Vec<NewTask>, batch: &str) -> ApiResult<Vec<PreparedTask>> {
         .into_iter()
         .enumerate()
         .map(|(i, t)| {
-            if t.unique_key.is_some() {
-                return Err(ApiError::invalid(
-                    "invalid_task",
-                    format!("tasks[{i}].unique_key: batch children cannot carry a unique_key"),
-                ));
-            }
             let mut p = prepare(t, &format!("tasks[{i}]."))?;
             p.batch = Some(batch.to_string());
             Ok(p)
@@ -61,12 +54,30 @@ async fn add_chunk(
     tasks: &[PreparedTask],
     close: bool,
 ) -> ApiResult<Vec<String>> {
-    let ids = if tasks.is_empty() {
-        Vec::new()
+    // A child whose unique key a live task holds is answered with that task's id but
+    // does not join the batch (it would never report to it).
+    let (ids, joined) = if tasks.is_empty() {
+        (Vec::new(), Vec::new())
     } else {
         match store_tasks(st, tasks, None).await {
-            Ok(Submitted::Created { .. }) => tasks.iter().map(|t| t.id.clone()).collect(),
-            Ok(Submitted::Duplicate { ids }) => ids,
+            Ok(Submitted::Created { existing, .. }) => {
+                let mut ids: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
+                let mut joined = vec![true; ids.len()];
+                for (i, holder) in existing {
+                    if let Some(slot) = ids.get_mut(i) {
+                        *slot = holder;
+                        joined[i] = false;
+                    }
+                }
+                let j = ids
+                    .iter()
+                    .zip(&joined)
+                    .filter(|(_, j)| **j)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                (ids, j)
+            }
+            Ok(Submitted::Duplicate { ids }) => (ids.clone(), ids),
             Err(e) => {
                 // Nothing stored: end the chunk's in-flight count (best effort).
                 let _ = st.store.batch_add(batch, false, &[]).await;
@@ -74,7 +85,7 @@ async fn add_chunk(
             }
         }
     };
-    let check = st.store.batch_add(batch, close, &ids).await?;
+    let check = st.store.batch_add(batch, close, &joined).await?;
     if check.then_due {
         crate::coord::fire_then(&st.store, &st.hub, batch, &check).await?;
     }
@@ -92,6 +103,7 @@ async fn add_chunk(
         (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
         (status = 413, body = Problem, description = "Too large", content_type = "application/problem+json"),
         (status = 415, body = Problem, description = "Not JSON", content_type = "application/problem+json"),
+        (status = 404, body = Problem, description = "A task named in depends_on does not exist (code unknown_dependency)", content_type = "application/problem+json"),
         (status = 422, body = Problem, description = "Invalid", content_type = "application/problem+json"),
         (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
         (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
@@ -171,7 +183,7 @@ pub async fn batches_get(
 #[into_params(parameter_in = Query)]
 pub struct ResultsQuery {
     /// From `next_cursor` of the previous page.
-    #[param(pattern = r"^[0-9]{1,10}$")]
+    #[param(pattern = r"^[0-9]{1,9}$")]
     cursor: Option<String>,
     /// Page size, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -211,7 +223,7 @@ pub async fn batches_results(
         return Err(ApiError::bad("bad_query", "limit must be 1 to 1000"));
     }
     let cursor = match q.cursor.as_deref() {
-        None | Some("") => 0,
+        None => 0,
         Some(c) => c
             .parse::<u32>()
             .map_err(|_| ApiError::bad("bad_cursor", "cursor is not one this server handed out"))?

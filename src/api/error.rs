@@ -34,6 +34,9 @@ pub enum ApiError {
     /// 404.
     #[error("{0}")]
     NotFound(String),
+    /// 404 with its own code: something the body refers to does not exist.
+    #[error("{1}")]
+    NotFoundCode(&'static str, String),
     /// 409: conflicts with the current state (stale lease, illegal transition).
     #[error("{detail}")]
     Conflict {
@@ -90,6 +93,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized", "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden", "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "Not Found", "not_found"),
+            ApiError::NotFoundCode(code, _) => (StatusCode::NOT_FOUND, "Not Found", code),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, "Conflict", code),
             ApiError::TooLarge(_) => (
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -12,6 +12,7 @@ pub mod queues;
 pub mod schedules;
 pub mod system;
 pub mod tasks;
+pub mod ui;
 
 use crate::config::Config;
 use crate::directory::Directory;
@@ -174,6 +175,7 @@ pub fn router(state: AppState) -> Router {
             post(locks::locks_acquire).delete(locks::locks_release),
         )
         .route("/v1/locks/{name}/extend", post(locks::locks_extend))
+        .merge(ui::routes())
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url(
             "/openapi.json",
             <openapi::ApiDoc as utoipa::OpenApi>::openapi(),
@@ -185,6 +187,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             limit::rate_limit,
         ))
+        .layer(axum::middleware::from_fn(auth::role_header))
         .route_layer(axum::middleware::from_fn(system::track_http))
         .layer(axum::middleware::from_fn(system::limit_head))
         .layer(tower_http::trace::TraceLayer::new_for_http())

@@ -110,11 +110,6 @@ pub async fn schedules_create(
             invalid(format!("cron: {e}"))
         }
     })?;
-    if body.task.run_at.is_some() {
-        return Err(invalid(
-            "task.run_at: a schedule's task cannot carry an absolute time (use delay_ms)".into(),
-        ));
-    }
     // Validated exactly like a submission, so every fire can be stored.
     crate::api::tasks::prepare(body.task.clone(), "task.")?;
     let now = st.store.now_ms().await?;

@@ -113,12 +113,6 @@ pub fn prepare(t: NewTask, at: &str) -> ApiResult<PreparedTask> {
     let mut depends_on = depends_on;
     depends_on.sort();
     depends_on.dedup();
-    if t.on_dependency_failure.is_some() && depends_on.is_empty() {
-        return Err(bad(
-            "on_dependency_failure",
-            "only applies with depends_on".into(),
-        ));
-    }
     if let Some(k) = &t.unique_key
         && (k.is_empty() || k.len() > 256 || k.chars().any(char::is_control))
     {
@@ -127,28 +121,26 @@ pub fn prepare(t: NewTask, at: &str) -> ApiResult<PreparedTask> {
             "must be 1 to 256 characters, no control characters".into(),
         ));
     }
-    if let Some(ttl) = t.unique_ttl_ms {
-        if t.unique_key.is_none() {
-            return Err(bad("unique_ttl_ms", "only applies with unique_key".into()));
-        }
-        if !(1000..=365 * 24 * 3600 * 1000).contains(&ttl) {
-            return Err(bad("unique_ttl_ms", "must be 1 s to one year".into()));
-        }
+    // (unique_ttl_ms without unique_key, like on_dependency_failure without
+    // depends_on, has nothing to apply to and is ignored.)
+    if let Some(ttl) = t.unique_ttl_ms
+        && !(1000..=365 * 24 * 3600 * 1000).contains(&ttl)
+    {
+        return Err(bad("unique_ttl_ms", "must be 1 s to one year".into()));
     }
+    // A key alone allows one at a time; a limit alone applies to the task's kind.
     let concurrency = match (t.concurrency_key, t.concurrency_limit) {
         (None, None) => None,
-        (Some(k), Some(n)) => {
-            validate::queue_name(&k).map_err(|e| bad("concurrency_key", e))?;
+        (key, limit) => {
+            let k = key.unwrap_or_else(|| format!("kind:{}", t.kind));
+            if !k.starts_with("kind:") {
+                validate::queue_name(&k).map_err(|e| bad("concurrency_key", e))?;
+            }
+            let n = limit.unwrap_or(1);
             if !(1..=100_000).contains(&n) {
                 return Err(bad("concurrency_limit", "must be 1 to 100000".into()));
             }
             Some((k, n))
-        }
-        _ => {
-            return Err(bad(
-                "concurrency_key",
-                "concurrency_key and concurrency_limit go together".into(),
-            ));
         }
     };
     let result_schema = match t.result_schema {
@@ -202,7 +194,7 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     }
 }
 
-/// 422 unless every dependency of `tasks` exists. Returns the dependencies.
+/// 404 `unknown_dependency` unless every dependency of `tasks` exists. Returns them.
 pub(crate) async fn check_dependencies(
     st: &AppState,
     tasks: &[PreparedTask],
@@ -213,7 +205,7 @@ pub(crate) async fn check_dependencies(
         deps.dedup();
         let missing = st.store.missing_tasks(&deps).await?;
         if let Some(m) = missing.first() {
-            return Err(ApiError::invalid(
+            return Err(ApiError::NotFoundCode(
                 "unknown_dependency",
                 format!(
                     "depends_on: no task {m:?} ({} unknown in all); only existing tasks can be waited on",
@@ -314,6 +306,7 @@ fn created(t: PreparedTask, now_ms: i64) -> Task {
         (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
         (status = 413, body = Problem, description = "Too large", content_type = "application/problem+json"),
         (status = 415, body = Problem, description = "Not JSON", content_type = "application/problem+json"),
+        (status = 404, body = Problem, description = "A task named in depends_on does not exist (code unknown_dependency)", content_type = "application/problem+json"),
         (status = 422, body = Problem, description = "Invalid", content_type = "application/problem+json"),
         (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
         (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
@@ -359,6 +352,7 @@ pub async fn tasks_create(
         (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
         (status = 413, body = Problem, description = "Too large", content_type = "application/problem+json"),
         (status = 415, body = Problem, description = "Not JSON", content_type = "application/problem+json"),
+        (status = 404, body = Problem, description = "A task named in depends_on does not exist (code unknown_dependency)", content_type = "application/problem+json"),
         (status = 422, body = Problem, description = "Invalid", content_type = "application/problem+json"),
         (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
         (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),

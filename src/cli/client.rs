@@ -232,6 +232,57 @@ pub async fn queues(args: ListArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `muster schedules`.
+///
+/// # Errors
+/// An unreachable server or an error answer.
+pub async fn schedules(args: ListArgs) -> anyhow::Result<ExitCode> {
+    let answer: Answer<crate::domain::coord::ScheduleList> = ApiClient::new(&args.conn)?
+        .call(Method::GET, &["v1", "schedules"], &[], None, &[], None)
+        .await?;
+    if args.conn.json {
+        print_json(&answer.raw)?;
+    } else {
+        println!("{}", render_schedules(&answer.value));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `muster schedules` table: one row per schedule with its next and last fire.
+pub fn render_schedules(list: &crate::domain::coord::ScheduleList) -> String {
+    let header = [
+        "SCHEDULE",
+        "CRON",
+        "TIMEZONE",
+        "PAUSED",
+        "NEXT FIRE",
+        "LAST FIRE",
+        "FIRED",
+        "SKIPPED",
+        "MISSED",
+    ];
+    let mut table = new_table(&header, &[6, 7, 8]);
+    for s in &list.items {
+        let last = s
+            .last_fires
+            .first()
+            .map(|f| format!("{} {:?}", f.tick_at, f.outcome).to_lowercase())
+            .unwrap_or_else(|| "-".into());
+        table.add_row(vec![
+            s.name.clone(),
+            s.cron.clone(),
+            s.timezone.clone(),
+            if s.paused { "yes" } else { "no" }.to_owned(),
+            s.next_fire_at.clone().unwrap_or_else(|| "-".into()),
+            last,
+            s.fired.to_string(),
+            s.skipped.to_string(),
+            s.missed.to_string(),
+        ]);
+    }
+    finish_table(&table)
+}
+
 /// `muster nodes`.
 ///
 /// # Errors

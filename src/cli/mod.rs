@@ -42,6 +42,8 @@ pub enum Command {
     Queues(client::ListArgs),
     /// List nodes.
     Nodes(client::ListArgs),
+    /// List cron schedules with their next and last fires.
+    Schedules(client::ListArgs),
     /// Check the Redis invariants; exit 1 on any violation.
     Doctor(doctor::DoctorArgs),
     /// End-to-end benchmark on a private Redis.
@@ -56,6 +58,7 @@ pub fn main(cli: Cli) -> ExitCode {
             | Command::Task(_)
             | Command::Queues(_)
             | Command::Nodes(_)
+            | Command::Schedules(_)
             | Command::Demo(_)
             | Command::Bench(_)
     );
@@ -80,6 +83,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Task(a) => client::task(a).await,
             Command::Queues(a) => client::queues(a).await,
             Command::Nodes(a) => client::nodes(a).await,
+            Command::Schedules(a) => client::schedules(a).await,
             Command::Doctor(a) => doctor::run(a).await,
             Command::Bench(a) => bench::run(a).await,
         }

@@ -40,7 +40,7 @@ pub struct LockAcquire {
 #[schema(example = json!({"token": "7.3f1c9a0e5b2d4c8e9f0a1b2c3d4e5f60", "ttl_ms": 30000}))]
 pub struct LockExtend {
     /// The token `POST /v1/locks/{name}` returned.
-    #[schema(min_length = 1, max_length = 128)]
+    #[schema(pattern = r"^[1-9][0-9]{0,17}\.[0-9a-fA-F]{32}$")]
     pub token: String,
     /// New TTL counted from now (10 ms to one day).
     #[serde(deserialize_with = "integer")]
@@ -54,7 +54,7 @@ pub struct LockExtend {
 #[schema(example = json!({"token": "7.3f1c9a0e5b2d4c8e9f0a1b2c3d4e5f60"}))]
 pub struct LockRelease {
     /// The token `POST /v1/locks/{name}` returned.
-    #[schema(min_length = 1, max_length = 128)]
+    #[schema(pattern = r"^[1-9][0-9]{0,17}\.[0-9a-fA-F]{32}$")]
     pub token: String,
 }
 
@@ -95,6 +95,27 @@ pub enum CatchUp {
     One,
 }
 
+/// `timezone`: one of the IANA names the server knows.
+fn timezone_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    // `null` means the default, as an absent field does.
+    let names = chrono_tz::TZ_VARIANTS
+        .iter()
+        .map(|tz| serde_json::Value::from(tz.name()))
+        .chain([serde_json::Value::Null]);
+    ObjectBuilder::new()
+        .schema_type(
+            [Type::String, Type::Null]
+                .into_iter()
+                .collect::<SchemaType>(),
+        )
+        .enum_values(Some(names))
+        .description(Some(
+            "IANA time zone the expression is read in (default `UTC`).",
+        ))
+        .build()
+}
+
 /// Body of `POST /v1/schedules`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -104,12 +125,18 @@ pub struct NewSchedule {
     #[schema(value_type = super::Name)]
     pub name: String,
     /// Cron expression with seconds: `sec min hour day-of-month month day-of-week
-    /// [year]`, e.g. `0 */5 * * * *` (every five minutes).
-    #[schema(min_length = 1, max_length = 256)]
+    /// [year]`, e.g. `0 */5 * * * *` (every five minutes). The server also takes ranges,
+    /// names, a year field and `@hourly`-style shorthands (docs/schedules.md); the schema
+    /// pattern is the subset that always fires: six fields, each `*`, `*/step` or a
+    /// list of values in range (day of month up to 28, day of week 1-7 with Sunday = 1).
+    #[schema(
+        max_length = 256,
+        pattern = r"^(\*|\*/([1-9]|[1-5][0-9])|[0-5]?[0-9](,[0-5]?[0-9]){0,9}) (\*|\*/([1-9]|[1-5][0-9])|[0-5]?[0-9](,[0-5]?[0-9]){0,9}) (\*|\*/([1-9]|1[0-9]|2[0-3])|([01]?[0-9]|2[0-3])(,([01]?[0-9]|2[0-3])){0,9}) (\*|\*/([1-9]|1[0-9]|2[0-8])|([1-9]|1[0-9]|2[0-8])(,([1-9]|1[0-9]|2[0-8])){0,9}) (\*|\*/([1-9]|1[0-2])|([1-9]|1[0-2])(,([1-9]|1[0-2])){0,9}) (\*|[1-7](,[1-7]){0,6})$"
+    )]
     pub cron: String,
     /// IANA time zone the expression is read in (default `UTC`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(schema_with = timezone_schema)]
     pub timezone: Option<String>,
     /// The task each fire submits, validated like `POST /v1/tasks` (no `run_at`).
     pub task: NewTask,

@@ -131,6 +131,11 @@ impl Default for Backoff {
     }
 }
 
+/// A task id: `<ULID>.<queue>` (schema only).
+#[derive(ToSchema)]
+#[schema(pattern = r"^[0-9A-HJKMNP-TV-Z]{26}\.(?!\.{1,2}$)[A-Za-z0-9._:-]{1,128}$")]
+pub struct TaskId(pub String);
+
 /// A queue name or node tag: `[A-Za-z0-9._:-]{1,128}`, not `.` or `..` (schema only).
 #[derive(ToSchema)]
 #[schema(pattern = r"^(?!\.{1,2}$)[A-Za-z0-9._:-]{1,128}$")]
@@ -218,7 +223,7 @@ pub struct NewTask {
     /// Task ids that must finish first (at most 1,000, each must exist): the task stays
     /// `blocked` until every one of them succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Vec<String>>, max_items = 1000)]
+    #[schema(value_type = Option<Vec<TaskId>>, max_items = 1000)]
     pub depends_on: Option<Vec<String>>,
     /// What a blocked task does when a dependency ends failed or cancelled (default
     /// `fail`).
@@ -243,7 +248,8 @@ pub struct NewTask {
     #[schema(minimum = 1000, maximum = 31_536_000_000_i64)]
     pub unique_ttl_ms: Option<i64>,
     /// At most `concurrency_limit` tasks of this queue with this key are assigned or
-    /// running at once, across all nodes (give both or neither).
+    /// running at once, across all nodes. Alone: a limit of 1. A limit alone applies
+    /// to the task's kind (key `kind:<kind>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Name>)]
     pub concurrency_key: Option<String>,

@@ -634,11 +634,10 @@ async fn concurrency_limit_3_holds_for_200_tasks_on_4_agents_also_while_agents_a
 async fn concurrency_fields_are_validated_and_a_crashed_holders_slot_frees_after_its_lease() {
     let app = spawn_app().await;
     let api = &app.api;
-    // Both or neither, limit 1..=100000, key in the queue-name charset.
+    // Limit 1..=100000, key in the queue-name charset.
     for bad in [
-        json!({ "kind": "k", "queue": "cv", "concurrency_key": "a" }),
-        json!({ "kind": "k", "queue": "cv", "concurrency_limit": 2 }),
         json!({ "kind": "k", "queue": "cv", "concurrency_key": "a", "concurrency_limit": 0 }),
+        json!({ "kind": "k", "queue": "cv", "concurrency_limit": 0 }),
         json!({ "kind": "k", "queue": "cv", "concurrency_key": "a", "concurrency_limit": 100001 }),
         json!({ "kind": "k", "queue": "cv", "concurrency_key": "a b", "concurrency_limit": 1 }),
         json!({ "kind": "k", "queue": "cv", "concurrency_key": "", "concurrency_limit": 1 }),
@@ -648,6 +647,33 @@ async fn concurrency_fields_are_validated_and_a_crashed_holders_slot_frees_after
         r.problem(422);
     }
     assert!(list_tasks(api, "cv", None).await.is_empty());
+    // A key alone allows one at a time; a limit alone applies to the task's kind.
+    let t = api
+        .post(
+            "/v1/tasks",
+            &json!({ "kind": "k", "queue": "cv2", "concurrency_key": "a" }),
+        )
+        .await
+        .expect(201)
+        .body;
+    assert_eq!(
+        (t["concurrency_key"].clone(), t["concurrency_limit"].clone()),
+        (json!("a"), json!(1)),
+        "{t}"
+    );
+    let t = api
+        .post(
+            "/v1/tasks",
+            &json!({ "kind": "k", "queue": "cv2", "concurrency_limit": 2 }),
+        )
+        .await
+        .expect(201)
+        .body;
+    assert_eq!(
+        (t["concurrency_key"].clone(), t["concurrency_limit"].clone()),
+        (json!("kind:k"), json!(2)),
+        "{t}"
+    );
 
     // Limit 1 by hand: one lease, the holder "crashes" (never reports); the next task
     // gets the slot only once the lease (1.5 s) has expired.
@@ -1300,7 +1326,7 @@ async fn on_dependency_failure_fail_run_and_cancel_follow_a_failed_or_cancelled_
     assert!(t.error.as_deref().unwrap_or("").contains(&p), "{t:?}");
     assert_eq!(wait(q_run).await.state.as_str(), "succeeded");
 
-    // Unknown or malformed dependencies: 422, nothing created.
+    // Unknown dependencies: 404, malformed ones 422; nothing created.
     let before = list_tasks(api, "df", None).await.len();
     let ghost = "01ARZ3NDEKTSV4RRFFQ69G5FAV.df";
     let r = api
@@ -1309,14 +1335,14 @@ async fn on_dependency_failure_fail_run_and_cancel_follow_a_failed_or_cancelled_
             &json!({ "kind": "noop", "queue": "df", "depends_on": [ghost] }),
         )
         .await;
-    assert_eq!(r.problem(422), "unknown_dependency", "{}", r.text);
+    assert_eq!(r.problem(404), "unknown_dependency", "{}", r.text);
     let r = api
         .post(
             "/v1/tasks",
             &json!({ "kind": "noop", "queue": "df", "depends_on": [ok, ghost] }),
         )
         .await;
-    assert_eq!(r.problem(422), "unknown_dependency", "{}", r.text);
+    assert_eq!(r.problem(404), "unknown_dependency", "{}", r.text);
     let r = api
         .post(
             "/v1/tasks/batch",
@@ -1326,7 +1352,7 @@ async fn on_dependency_failure_fail_run_and_cancel_follow_a_failed_or_cancelled_
             ] }),
         )
         .await;
-    assert_eq!(r.problem(422), "unknown_dependency", "{}", r.text);
+    assert_eq!(r.problem(404), "unknown_dependency", "{}", r.text);
     let many: Vec<&str> = std::iter::repeat_n(ok.as_str(), 1001).collect();
     for bad_body in [
         json!({ "kind": "noop", "queue": "df", "depends_on": ["not-an-id"] }),

@@ -12,3 +12,4 @@ mod locks;
 mod schedules;
 mod security;
 mod store;
+mod ui;

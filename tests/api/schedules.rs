@@ -120,11 +120,6 @@ async fn schedules_are_created_listed_read_and_deleted_and_bad_ones_get_4xx() {
             422,
             "task queue",
         ),
-        (
-            bad(json!({ "task": { "kind": "k", "run_at": "2030-01-01T00:00:00Z" } })),
-            422,
-            "run_at",
-        ),
         (bad(json!({ "overlap": "sometimes" })), 422, "overlap"),
         (bad(json!({ "catch_up": "all" })), 422, "catch_up"),
         (bad(json!({ "surprise": 1 })), 422, "unknown field"),
@@ -140,6 +135,43 @@ async fn schedules_are_created_listed_read_and_deleted_and_bad_ones_get_4xx() {
     }
     let read = app.client(Some("no-such-token"));
     read.get("/v1/schedules").await.problem(401);
+
+    // `muster schedules` lists them (table and --json).
+    // Async: the server under test runs on this test's runtime.
+    let out = tokio::process::Command::new(crate::helpers::muster_bin())
+        .args(["schedules", "--server", &app.url, "--token", ADMIN_TOKEN])
+        .env_remove("MUSTER_TOKEN")
+        .output()
+        .await
+        .expect("muster schedules");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.lines().next().unwrap_or("").starts_with("SCHEDULE"),
+        "{text}"
+    );
+    assert!(
+        text.contains("nightly.report") && text.contains("Europe/Paris"),
+        "{text}"
+    );
+    let out = tokio::process::Command::new(crate::helpers::muster_bin())
+        .args([
+            "schedules",
+            "--json",
+            "--server",
+            &app.url,
+            "--token",
+            ADMIN_TOKEN,
+        ])
+        .output()
+        .await
+        .expect("muster schedules --json");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["items"].as_array().map(Vec::len), Some(2));
 
     app.api.delete("/v1/schedules/b").await.expect(204);
     app.api.delete("/v1/schedules/b").await.problem(404);
