@@ -7,17 +7,27 @@
 //! against node tags atomically. Idle workers sleep on a `Notify`: no busy polling.
 //! Several workers or several `muster serve` processes are safe together because the
 //! script pops each task once and reads the node's load in the same atomic step.
+//!
+//! The hot path (a submission marks its queue dirty in-process) costs one Redis round
+//! trip: the queue configuration is cached ([`crate::hub::CONF_TTL`]), the clock is
+//! Redis TIME sampled every [`CLOCK_RESYNC`] and advanced locally, and the per-queue
+//! loads are read only when a candidate node also serves other queues (otherwise the
+//! script's own atomic read of this queue's load is all the budget needs).
 
 use crate::directory::Directory;
 use crate::domain::{NodeKind, NodeStatus};
-use crate::hub::Hub;
+use crate::hub::{Hub, QueueConf};
 use crate::store::{Store, StoreError};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Tasks one dispatch call may assign per unit of queue weight.
 pub const BATCH: usize = 512;
+
+/// How often the dispatcher samples Redis TIME (node freshness is judged on Redis's
+/// clock; between samples it advances with the local monotonic clock).
+pub const CLOCK_RESYNC: Duration = Duration::from_secs(5);
 
 /// Shared parts of the dispatcher workers.
 #[derive(Clone)]
@@ -27,6 +37,8 @@ pub struct Dispatcher {
     directory: Arc<Directory>,
     /// Heartbeats older than this make a node ineligible.
     fresh_for: Duration,
+    /// Last Redis TIME sample (ms) and when it was taken.
+    clock: Arc<Mutex<Option<(Instant, i64)>>>,
     /// Queues with a re-dispatch already timed for their rate limit.
     rate_waits: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
@@ -44,8 +56,38 @@ impl Dispatcher {
             hub,
             directory,
             fresh_for: heartbeat_interval * 3,
+            clock: Arc::new(Mutex::new(None)),
             rate_waits: Arc::default(),
         }
+    }
+
+    /// Redis's clock (ms), from a sample at most [`CLOCK_RESYNC`] old.
+    async fn now_ms(&self) -> Result<i64, StoreError> {
+        let sample = *self.clock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, ms)) = sample
+            && at.elapsed() < CLOCK_RESYNC
+        {
+            return Ok(ms + at.elapsed().as_millis() as i64);
+        }
+        let at = Instant::now();
+        let ms = self.store.now_ms().await?;
+        *self.clock.lock().unwrap_or_else(|e| e.into_inner()) = Some((at, ms));
+        Ok(ms)
+    }
+
+    /// The queue's configuration, cached for [`crate::hub::CONF_TTL`].
+    async fn conf(&self, queue: &str) -> Result<QueueConf, StoreError> {
+        if let Some(c) = self.hub.conf(queue) {
+            return Ok(c);
+        }
+        let (weight, paused, human_only) = self.store.queue_conf(queue).await?;
+        let c = QueueConf {
+            weight,
+            paused,
+            human_only,
+        };
+        self.hub.set_conf(queue, c);
+        Ok(c)
     }
 
     /// Runs `workers` workers until `shutdown`.
@@ -87,12 +129,28 @@ impl Dispatcher {
     /// # Errors
     /// Redis errors.
     pub async fn dispatch_once(&self, queue: &str) -> Result<i64, StoreError> {
-        let (weight, paused, human_only) = self.store.queue_conf(queue).await?;
-        if paused || human_only {
+        let QueueConf {
+            weight,
+            paused,
+            human_only,
+        } = self.conf(queue).await?;
+        if paused {
             return Ok(0);
         }
         let nodes = self.directory.all(&self.store).await?;
-        let now = self.store.now_ms().await?;
+        // Human nodes pull from pending themselves: wake their long-polls (nobody
+        // assigns to them, and a waiting long-poll re-checks only every few seconds).
+        for n in nodes.iter().filter(|n| {
+            n.node.kind == NodeKind::Human
+                && n.node.status == NodeStatus::Active
+                && n.node.queues.iter().any(|q| q == queue)
+        }) {
+            self.hub.wake_node(&n.node.id);
+        }
+        if human_only {
+            return Ok(0);
+        }
+        let now = self.now_ms().await?;
         let fresh = self.fresh_for.as_millis() as i64;
         let candidates: Vec<_> = nodes
             .iter()
@@ -106,47 +164,36 @@ impl Dispatcher {
         if candidates.is_empty() {
             return Ok(0);
         }
-        let mut all_queues: Vec<String> = candidates
-            .iter()
-            .flat_map(|n| n.node.queues.iter().cloned())
-            .collect();
-        all_queues.sort();
-        all_queues.dedup();
-        let loads = self.store.loads(&all_queues).await?;
-        let load_of = |q: &str, n: &str| loads.get(q).and_then(|m| m.get(n)).copied().unwrap_or(0);
-        // (id, budget = capacity - load elsewhere, free here, mean run, tags)
-        let mut rows: Vec<(String, i64, i64, f64, String)> = candidates
-            .iter()
-            .map(|n| {
-                let elsewhere: i64 = n
-                    .node
-                    .queues
-                    .iter()
-                    .filter(|q| *q != queue)
-                    .map(|q| load_of(q, &n.node.id))
-                    .sum();
-                let budget = n.node.capacity - elsewhere;
-                let free = budget - load_of(queue, &n.node.id);
-                (
-                    n.node.id.clone(),
-                    budget,
-                    free,
-                    n.node.mean_run_ms.unwrap_or(0.0),
-                    n.node.tags.join(","),
-                )
+        let views = || {
+            candidates.iter().map(|n| NodeView {
+                id: &n.node.id,
+                queues: &n.node.queues,
+                capacity: n.node.capacity,
+                mean_run_ms: n.node.mean_run_ms.unwrap_or(0.0),
+                tags: &n.node.tags,
             })
-            .filter(|r| r.2 > 0)
-            .collect();
+        };
+        let mut rows = select_nodes(queue, views(), None);
+        if rows.iter().any(|r| r.shared) {
+            // Some candidate also serves other queues: its budget here depends on its
+            // load there (one pipelined read of those queues' loads).
+            let mut all_queues: Vec<String> = candidates
+                .iter()
+                .flat_map(|n| n.node.queues.iter().cloned())
+                .collect();
+            all_queues.sort();
+            all_queues.dedup();
+            let loads = self.store.loads(&all_queues).await?;
+            rows = select_nodes(queue, views(), Some(&loads));
+        }
         if rows.is_empty() {
             return Ok(0);
         }
-        // Most free slots first, then the fastest node.
-        rows.sort_by(|a, b| b.2.cmp(&a.2).then(a.3.total_cmp(&b.3)));
-        let total_free: i64 = rows.iter().map(|r| r.2).sum();
+        let total_free: i64 = rows.iter().map(|r| r.free).sum();
         let max = (BATCH * weight.max(1) as usize).min(total_free as usize);
         let args: Vec<(String, i64, String)> = rows
             .iter()
-            .map(|r| (r.0.clone(), r.1, r.4.clone()))
+            .map(|r| (r.id.to_string(), r.budget, r.tags.clone()))
             .collect();
         let (assigned, left, wait_ms) =
             self.store.dispatch(queue, &args, max, max * 2 + 64).await?;
@@ -159,7 +206,7 @@ impl Dispatcher {
                 .with_label_values(&[queue])
                 .inc_by(assigned as u64);
             for r in &rows {
-                self.hub.wake_node(&r.0);
+                self.hub.wake_node(r.id);
             }
             if left > 0 && assigned as usize == max {
                 self.hub.mark_dirty(queue);
@@ -185,5 +232,136 @@ impl Dispatcher {
             }
             hub.mark_dirty(&q);
         });
+    }
+}
+
+/// A candidate node as [`select_nodes`] sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeView<'a> {
+    /// Node id.
+    pub id: &'a str,
+    /// Queues it serves.
+    pub queues: &'a [String],
+    /// Slots over all its queues.
+    pub capacity: i64,
+    /// Mean run time (ms), 0 when unknown.
+    pub mean_run_ms: f64,
+    /// Its tags.
+    pub tags: &'a [String],
+}
+
+/// One row of `dispatch.lua`'s node list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRow<'a> {
+    /// Node id.
+    pub id: &'a str,
+    /// Capacity minus the load in other queues (the script subtracts this queue's).
+    pub budget: i64,
+    /// Free slots here as far as known (the script has the last word).
+    pub free: i64,
+    /// Mean run time (ms).
+    pub mean_run_ms: f64,
+    /// Tags, csv.
+    pub tags: String,
+    /// The node also serves other queues.
+    pub shared: bool,
+}
+
+/// Orders the candidate nodes of `queue` for `dispatch.lua`: most free slots first, then
+/// the fastest; full nodes are left out. `loads` (queue → node → assigned + running) is
+/// needed only for nodes that serve several queues; without it every node counts as
+/// free up to its capacity and the script's atomic read of this queue's load decides.
+pub fn select_nodes<'a>(
+    queue: &str,
+    nodes: impl Iterator<Item = NodeView<'a>>,
+    loads: Option<&std::collections::HashMap<String, std::collections::HashMap<String, i64>>>,
+) -> Vec<NodeRow<'a>> {
+    let load_of = |q: &str, n: &str| {
+        loads
+            .and_then(|l| l.get(q))
+            .and_then(|m| m.get(n))
+            .copied()
+            .unwrap_or(0)
+    };
+    let mut rows: Vec<NodeRow<'a>> = nodes
+        .map(|n| {
+            let elsewhere: i64 = n
+                .queues
+                .iter()
+                .filter(|q| *q != queue)
+                .map(|q| load_of(q, n.id))
+                .sum();
+            let budget = n.capacity - elsewhere;
+            NodeRow {
+                id: n.id,
+                budget,
+                free: budget - load_of(queue, n.id),
+                mean_run_ms: n.mean_run_ms,
+                tags: n.tags.join(","),
+                shared: n.queues.iter().any(|q| q != queue),
+            }
+        })
+        .filter(|r| r.free > 0)
+        .collect();
+    rows.sort_by(|a, b| {
+        b.free
+            .cmp(&a.free)
+            .then(a.mean_run_ms.total_cmp(&b.mean_run_ms))
+    });
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn q(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn nodes_are_ordered_by_free_slots_then_speed_and_full_ones_dropped() {
+        let (a, b, c) = (q(&["x"]), q(&["x", "y"]), q(&["x"]));
+        let none: Vec<String> = Vec::new();
+        let nodes = [
+            NodeView {
+                id: "a",
+                queues: &a,
+                capacity: 4,
+                mean_run_ms: 9.0,
+                tags: &none,
+            },
+            NodeView {
+                id: "b",
+                queues: &b,
+                capacity: 4,
+                mean_run_ms: 1.0,
+                tags: &none,
+            },
+            NodeView {
+                id: "c",
+                queues: &c,
+                capacity: 2,
+                mean_run_ms: 1.0,
+                tags: &none,
+            },
+        ];
+        // Without loads: capacities.
+        let rows = select_nodes("x", nodes.iter().copied(), None);
+        assert_eq!(
+            rows.iter().map(|r| r.id).collect::<Vec<_>>(),
+            ["b", "a", "c"]
+        );
+        assert!(rows[0].shared && !rows[1].shared);
+        // b runs 3 in y: its budget here is 1; c is full here.
+        let loads: HashMap<String, HashMap<String, i64>> = [
+            ("y".to_string(), [("b".to_string(), 3)].into()),
+            ("x".to_string(), [("c".to_string(), 2)].into()),
+        ]
+        .into();
+        let rows = select_nodes("x", nodes.iter().copied(), Some(&loads));
+        assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!((rows[1].budget, rows[1].free), (1, 1));
     }
 }

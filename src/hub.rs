@@ -1,11 +1,42 @@
 //! In-process wake-ups: who waits for what. Waiters for a task (`/wait`), for a node's
 //! inbox (lease long-polls) and the dispatcher's set of queues with work. Fed by local
 //! handlers directly and by the reconciler from pub/sub; everything here is a hint,
-//! waiters always re-read Redis (a lost wake-up costs at most one sweep interval).
+//! waiters always re-read Redis (a lost wake-up costs at most one sweep interval, or
+//! one [`recheck`] interval for a lease long-poll). Also a short-lived cache of queue
+//! configurations for the dispatcher.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
+
+/// Shortest safety re-check of a waiting lease long-poll (without a wake-up).
+pub const RECHECK_MIN: Duration = Duration::from_secs(5);
+/// Longest safety re-check of a waiting lease long-poll.
+pub const RECHECK_MAX: Duration = Duration::from_secs(10);
+/// How long a cached queue configuration is used (other replicas' changes show after
+/// at most this; this replica's at once through [`Hub::forget_conf`]).
+pub const CONF_TTL: Duration = Duration::from_secs(1);
+
+/// How long a waiting lease long-poll sleeps before it re-reads its inbox unwoken:
+/// uniformly in [`RECHECK_MIN`, `RECHECK_MAX`), so 100 idle agents do not re-check
+/// together. Wake-ups come from the dispatcher (this process) or the `assigned`
+/// pub/sub hint (other replicas); this only bounds what a lost hint costs.
+pub fn recheck() -> Duration {
+    let span = (RECHECK_MAX - RECHECK_MIN).as_millis() as u64;
+    RECHECK_MIN + Duration::from_millis(rand::random::<u64>() % span.max(1))
+}
+
+/// What the dispatcher needs of a queue's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueConf {
+    /// Dispatch weight (1..=1000).
+    pub weight: i64,
+    /// Paused: nothing is dispatched.
+    pub paused: bool,
+    /// Only human nodes take its tasks.
+    pub human_only: bool,
+}
 
 /// Node statistics waiting to be written to the node hashes.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +61,7 @@ pub struct Hub {
     /// Woken when `dirty` gains a queue.
     pub dispatch: Notify,
     stats: Mutex<HashMap<String, NodeStats>>,
+    confs: Mutex<HashMap<String, (Instant, QueueConf)>>,
 }
 
 fn notify_of(map: &Mutex<HashMap<String, Arc<Notify>>>, key: &str) -> Arc<Notify> {
@@ -135,6 +167,28 @@ impl Hub {
         e.runs += delta.runs;
     }
 
+    /// The cached configuration of a queue, when younger than [`CONF_TTL`].
+    pub fn conf(&self, queue: &str) -> Option<QueueConf> {
+        let m = self.confs.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(queue)
+            .filter(|(at, _)| at.elapsed() < CONF_TTL)
+            .map(|(_, c)| *c)
+    }
+
+    /// Caches a queue's configuration as just read from Redis.
+    pub fn set_conf(&self, queue: &str, conf: QueueConf) {
+        let mut m = self.confs.lock().unwrap_or_else(|e| e.into_inner());
+        m.insert(queue.to_string(), (Instant::now(), conf));
+    }
+
+    /// Forgets a queue's cached configuration (it changed: `PUT /v1/queues/...`).
+    pub fn forget_conf(&self, queue: &str) {
+        self.confs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(queue);
+    }
+
     /// Takes every node's pending statistics.
     pub fn take_stats(&self) -> HashMap<String, NodeStats> {
         std::mem::take(&mut *self.stats.lock().unwrap_or_else(|e| e.into_inner()))
@@ -154,6 +208,29 @@ mod tests {
         assert_eq!(h.take_dirty().as_deref(), Some("a"));
         assert_eq!(h.take_dirty().as_deref(), Some("b"));
         assert_eq!(h.take_dirty(), None);
+    }
+
+    #[test]
+    fn recheck_stays_in_its_window() {
+        for _ in 0..1000 {
+            let d = recheck();
+            assert!((RECHECK_MIN..RECHECK_MAX).contains(&d), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn conf_is_cached_until_forgotten() {
+        let h = Hub::new();
+        assert_eq!(h.conf("q"), None);
+        let c = QueueConf {
+            weight: 3,
+            paused: false,
+            human_only: true,
+        };
+        h.set_conf("q", c);
+        assert_eq!(h.conf("q"), Some(c));
+        h.forget_conf("q");
+        assert_eq!(h.conf("q"), None);
     }
 
     #[test]

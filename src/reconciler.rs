@@ -46,8 +46,9 @@ impl Reconciler {
                 }
             }
             ("done", Some(q)) => {
+                // "done <prefix> <node> <id> [<id> ...]": one message per report batch.
                 let _node = parts.next();
-                if let Some(id) = parts.next() {
+                for id in parts {
                     self.hub.wake_task(id);
                 }
                 // A slot freed on a node: this queue (and others) may dispatch more.
@@ -57,14 +58,38 @@ impl Reconciler {
         }
     }
 
-    /// One sweep: every queue is looked at again, every waiter re-reads, node
-    /// statistics are written.
-    pub async fn sweep_once(&self) {
+    /// One sweep: every queue with pending tasks is looked at again (a lost `new` or
+    /// `done` costs at most one sweep), node statistics are written. Lease long-polls
+    /// are not woken here: the dispatcher wakes the nodes it assigned to, and each
+    /// long-poll re-checks its inbox on its own every few seconds ([`Hub::RECHECK`]), so
+    /// idle agents cost nothing between those re-checks. With `wake_all` (after
+    /// (re)subscribing, when hints may have been lost) every waiter re-reads at once.
+    pub async fn sweep_once(&self, wake_all: bool) {
         match self.store.queues().await {
-            Ok(qs) => qs.iter().for_each(|q| self.hub.mark_dirty(q)),
+            Ok(qs) => {
+                let qs = if wake_all {
+                    qs
+                } else {
+                    match self.store.pending_counts(&qs).await {
+                        Ok(n) => qs
+                            .into_iter()
+                            .zip(n)
+                            .filter(|(_, n)| *n > 0)
+                            .map(|(q, _)| q)
+                            .collect(),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "sweep: cannot count pending tasks");
+                            qs
+                        }
+                    }
+                };
+                qs.iter().for_each(|q| self.hub.mark_dirty(q));
+            }
             Err(e) => tracing::debug!(error = %e, "sweep: cannot list queues"),
         }
-        self.hub.wake_all();
+        if wake_all {
+            self.hub.wake_all();
+        }
         self.directory.invalidate();
         self.flush_stats().await;
     }
@@ -95,7 +120,7 @@ impl Reconciler {
                 loop {
                     tokio::select! {
                         _ = sd.cancelled() => break,
-                        _ = tick.tick() => this.sweep_once().await,
+                        _ = tick.tick() => this.sweep_once(false).await,
                     }
                 }
                 this.flush_stats().await;
@@ -118,7 +143,7 @@ impl Reconciler {
                     backoff = Duration::from_millis(100);
                     tracing::debug!("subscribed to wake-ups");
                     // Whatever was published while we were away is repaired now.
-                    this.sweep_once().await;
+                    this.sweep_once(true).await;
                     let mut stream = ps.into_on_message();
                     loop {
                         tokio::select! {

@@ -10,7 +10,8 @@ use crate::domain::{
     NodeStatus, Problem, RegisterNode, ReportBatch, ReportBatchReply, ReportOutcome, ReportResult,
     rfc3339_ms, validate,
 };
-use crate::store::{NodeRecord, token_sha};
+use crate::store::reports::{Outcome, Report};
+use crate::store::{NodeRecord, StoreError, token_sha};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use std::time::Duration;
@@ -403,7 +404,9 @@ pub async fn nodes_lease(
             if !out.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(out);
             }
-            let nap = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
+            // Woken by the dispatcher (or the `assigned` hint of another replica); the
+            // jittered re-check only bounds what a lost hint costs.
+            let nap = deadline.min(tokio::time::Instant::now() + crate::hub::recheck());
             tokio::select! {
                 _ = notified => {}
                 _ = tokio::time::sleep_until(nap) => {}
@@ -455,56 +458,68 @@ pub async fn nodes_reports(
     node_or_404(&st, &id).await?;
     // Admin callers report on behalf of this node: the lease must be the node's.
     let node = Some(id.as_str());
-    let futs = body.reports.into_iter().map(|r| {
-        let st = st.clone();
-        async move {
-            let res = match r.outcome {
-                ReportOutcome::Succeeded => match result_json(&r.result) {
-                    Ok(s) => st
-                        .store
-                        .complete(&r.task_id, node, &r.lease_token, &s)
-                        .await
-                        .map_err(ApiError::from),
-                    Err(e) => Err(e),
+    // Results too large are refused per item, before any write; the rest go to Redis
+    // in one script call per queue (report_many.lua).
+    let mut texts: Vec<ApiResult<String>> = Vec::with_capacity(body.reports.len());
+    for r in &body.reports {
+        texts.push(match r.outcome {
+            ReportOutcome::Succeeded => result_json(&r.result),
+            ReportOutcome::Failed => Ok(error_text(&r.error)),
+        });
+    }
+    let mut idx = Vec::with_capacity(body.reports.len());
+    let mut batch = Vec::with_capacity(body.reports.len());
+    for (i, (r, t)) in body.reports.iter().zip(&texts).enumerate() {
+        if let Ok(t) = t {
+            idx.push(i);
+            batch.push(Report {
+                id: &r.task_id,
+                token: &r.lease_token,
+                outcome: match r.outcome {
+                    ReportOutcome::Succeeded => Outcome::Succeeded(t),
+                    ReportOutcome::Failed => Outcome::Failed {
+                        error: t,
+                        retryable: r.retryable.unwrap_or(true),
+                    },
                 },
-                ReportOutcome::Failed => st
-                    .store
-                    .fail(
-                        &r.task_id,
-                        node,
-                        &r.lease_token,
-                        &error_text(&r.error),
-                        r.retryable.unwrap_or(true),
-                    )
-                    .await
-                    .map_err(ApiError::from),
-            };
-            match res {
-                Ok(rep) => {
-                    after_report(&st, &r.task_id, &rep);
-                    Ok(ReportResult {
-                        task_id: r.task_id,
-                        status: 200,
-                        code: None,
-                        state: Some(rep.state),
-                    })
-                }
-                Err(ApiError::Unavailable(e)) => Err(ApiError::Unavailable(e)),
-                Err(e) => {
-                    let p = e.problem();
-                    Ok(ReportResult {
-                        task_id: r.task_id,
-                        status: p.status,
-                        code: Some(p.code),
-                        state: None,
-                    })
+            });
+        }
+    }
+    let mut stored = st.store.report_many(node, &batch).await?.into_iter();
+    let mut idx = idx.into_iter().peekable();
+    let mut results = Vec::with_capacity(body.reports.len());
+    for (i, (r, t)) in body.reports.into_iter().zip(texts).enumerate() {
+        let res = match t {
+            Err(e) => Err(e),
+            Ok(_) if idx.peek() == Some(&i) => {
+                idx.next();
+                stored
+                    .next()
+                    .unwrap_or_else(|| Err(StoreError::Protocol("no reply".into())))
+                    .map_err(ApiError::from)
+            }
+            Ok(_) => Err(ApiError::from(StoreError::Protocol("no reply".into()))),
+        };
+        results.push(match res {
+            Ok(rep) => {
+                after_report(&st, &r.task_id, &rep);
+                ReportResult {
+                    task_id: r.task_id,
+                    status: 200,
+                    code: None,
+                    state: Some(rep.state),
                 }
             }
-        }
-    });
-    let results = futures::future::join_all(futs)
-        .await
-        .into_iter()
-        .collect::<ApiResult<Vec<_>>>()?;
+            Err(e) => {
+                let p = e.problem();
+                ReportResult {
+                    task_id: r.task_id,
+                    status: p.status,
+                    code: Some(p.code),
+                    state: None,
+                }
+            }
+        });
+    }
     Ok(Json(ReportBatchReply { results }))
 }

@@ -125,6 +125,7 @@ pub async fn queues_put(
         ));
     }
     st.store.update_queue(&name, &body).await?;
+    st.hub.forget_conf(&name);
     st.hub.mark_dirty(&name);
     Ok(Json(st.store.queue_info(&name).await?))
 }
@@ -140,6 +141,7 @@ async fn set_paused(st: AppState, name: String, paused: bool) -> ApiResult<Json<
             },
         )
         .await?;
+    st.hub.forget_conf(&name);
     st.hub.mark_dirty(&name);
     Ok(Json(st.store.queue_info(&name).await?))
 }

@@ -579,6 +579,7 @@ struct Agents {
 
 impl Agents {
     /// Registers `k` nodes on `queue` and starts `loops` lease loops on each.
+    #[allow(clippy::too_many_arguments)]
     async fn start(
         api: &Api,
         queue: &str,

@@ -5,6 +5,7 @@ pub mod coord;
 pub mod doctor;
 pub mod keys;
 pub mod locks;
+pub mod reports;
 pub mod schedules;
 pub mod scripts;
 

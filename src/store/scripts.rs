@@ -52,6 +52,8 @@ pub struct Scripts {
     pub batch_child: Script,
     /// `batch_then.lua`
     pub batch_then: Script,
+    /// `report_many.lua`
+    pub report_many: Script,
 }
 
 impl Scripts {
@@ -78,6 +80,7 @@ impl Scripts {
             batch_add: script(include_str!("../../scripts/batch_add.lua")),
             batch_child: script(include_str!("../../scripts/batch_child.lua")),
             batch_then: script(include_str!("../../scripts/batch_then.lua")),
+            report_many: script(include_str!("../../scripts/report_many.lua")),
         }
     }
 
@@ -104,6 +107,7 @@ impl Scripts {
             &self.batch_add,
             &self.batch_child,
             &self.batch_then,
+            &self.report_many,
         ]
     }
 }

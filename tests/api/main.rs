@@ -1,5 +1,6 @@
 //! One integration-test binary: every test drives real redis-server processes.
 
+mod bench_smoke;
 mod cluster;
 mod coord;
 mod dev_demo;

@@ -1,0 +1,156 @@
+//! Batched reports: a node's completions and failures written with one
+//! `report_many.lua` call per queue (and per 1,000 reports), each item answered as
+//! [`Store::complete`] or [`Store::fail`] would have.
+
+use super::{Reported, Result, Store, StoreError, array, coded, parse_lease_token};
+use crate::domain::validate;
+use redis::Value;
+
+/// Reports per script call: bounds the time one call holds Redis.
+pub const CHUNK: usize = 500;
+
+/// What a report says about its attempt.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome<'a> {
+    /// The handler succeeded with this result (JSON text).
+    Succeeded(&'a str),
+    /// The attempt failed.
+    Failed {
+        /// Error text.
+        error: &'a str,
+        /// Whether another attempt may follow.
+        retryable: bool,
+    },
+}
+
+/// One report of a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Report<'a> {
+    /// Task id.
+    pub id: &'a str,
+    /// `<fence>.<nonce>`.
+    pub token: &'a str,
+    /// What happened.
+    pub outcome: Outcome<'a>,
+}
+
+/// A valid report of a batch: its index, fence and nonce.
+type Item<'a> = (usize, i64, &'a str);
+
+impl Store {
+    /// Records many reports of `node` (`None`: an admin caller, any node's lease) with
+    /// one script call per queue and chunk. The answer has one entry per report, in
+    /// order, as [`Store::complete`] / [`Store::fail`] would have answered it.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when Redis cannot be reached (some chunks may have been
+    /// written: each report is idempotent for its lease, so the caller may repeat all).
+    pub async fn report_many(
+        &self,
+        node: Option<&str>,
+        reports: &[Report<'_>],
+    ) -> Result<Vec<Result<Reported>>> {
+        let mut out: Vec<Option<Result<Reported>>> = (0..reports.len()).map(|_| None).collect();
+        // Valid reports grouped by queue, in order: (queue, [(index, fence, nonce)]).
+        let mut groups: Vec<(&str, Vec<Item<'_>>)> = Vec::new();
+        for (i, r) in reports.iter().enumerate() {
+            let Some(queue) = validate::task_queue(r.id) else {
+                out[i] = Some(Err(StoreError::NotFound));
+                continue;
+            };
+            let Some((fence, nonce)) = parse_lease_token(r.token) else {
+                out[i] = Some(Err(StoreError::LeaseConflict {
+                    state: "unknown".into(),
+                }));
+                continue;
+            };
+            match groups.iter_mut().find(|g| g.0 == queue) {
+                Some(g) => g.1.push((i, fence, nonce)),
+                None => groups.push((queue, vec![(i, fence, nonce)])),
+            }
+        }
+        let calls = groups.iter().flat_map(|(queue, items)| {
+            items.chunks(CHUNK).map(move |chunk| async move {
+                let replies = self.report_chunk(queue, node, reports, chunk).await;
+                (chunk, replies)
+            })
+        });
+        for (chunk, replies) in futures::future::join_all(calls).await {
+            match replies {
+                Ok(replies) => {
+                    for (item, reply) in chunk.iter().zip(replies) {
+                        out[item.0] = Some(reply);
+                    }
+                }
+                Err(e @ StoreError::Unavailable(_)) => return Err(e),
+                Err(e) => {
+                    let msg = e.to_string();
+                    for item in chunk {
+                        out[item.0] = Some(Err(StoreError::Protocol(msg.clone())));
+                    }
+                }
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(StoreError::Protocol("no reply".into()))))
+            .collect())
+    }
+
+    async fn report_chunk(
+        &self,
+        queue: &str,
+        node: Option<&str>,
+        reports: &[Report<'_>],
+        chunk: &[Item<'_>],
+    ) -> Result<Vec<Result<Reported>>> {
+        let mut inv = self.scripts.report_many.key(self.keys.queue_prefix(queue));
+        inv.arg(self.channel())
+            .arg(node.unwrap_or(""))
+            .arg(rand::random::<f64>())
+            .arg(chunk.len());
+        for &(i, fence, nonce) in chunk {
+            let r = &reports[i];
+            inv.arg(r.id).arg(fence).arg(nonce);
+            match r.outcome {
+                Outcome::Succeeded(result) => inv.arg("s").arg(result).arg(""),
+                Outcome::Failed { error, retryable } => {
+                    inv.arg("f")
+                        .arg(error)
+                        .arg(if retryable { "1" } else { "0" })
+                }
+            };
+        }
+        // Big batches on the bulk connection: a long script must not time out as 503.
+        let mut c = self.conn_for(chunk.len());
+        let rows = array(inv.invoke_async::<Value>(&mut c).await?)?;
+        if rows.len() != chunk.len() {
+            return Err(StoreError::Protocol(format!(
+                "report_many answered {} of {} reports",
+                rows.len(),
+                chunk.len()
+            )));
+        }
+        Ok(rows
+            .into_iter()
+            .map(|row| coded(row).and_then(|(code, rest)| Self::reported(code, &rest)))
+            .collect())
+    }
+
+    /// The number of pending tasks of each queue given, in order (one pipeline), so the
+    /// reconciler's sweep looks again only at queues with work.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn pending_counts(&self, queues: &[String]) -> Result<Vec<i64>> {
+        if queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for q in queues {
+            pipe.zcard(self.keys.state_index(q, "pending"));
+        }
+        let mut c = self.conn();
+        Ok(pipe.query_async(&mut c).await?)
+    }
+}
