@@ -1640,10 +1640,10 @@ async fn cancel_of_a_running_task_asks_its_node_and_the_task_ends_cancelled_when
         );
         assert_eq!(h["cancel_requested"], "1", "{end:?}");
         assert_eq!(k.indexes("q", &id), ["running"], "{end:?}");
-        assert_eq!(k.cancels("q", "n1"), [id.clone()], "{end:?}");
+        assert_eq!(k.cancels("q", "n1"), std::slice::from_ref(&id), "{end:?}");
         assert_eq!(
             k.store.node_cancels(&n1).await.unwrap(),
-            [id.clone()],
+            std::slice::from_ref(&id),
             "{end:?}"
         );
         assert_eq!(k.load("q").get("n1"), Some(&1), "{end:?}");

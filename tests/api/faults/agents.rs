@@ -164,7 +164,7 @@ async fn r1_agents_killed_mid_task_lose_nothing_accept_one_result_and_are_reclai
     for k in &kills {
         let mut held = 0;
         for (task, es) in &evs {
-            let last = es.iter().filter(|e| e.ms <= k.at_ms).next_back();
+            let last = es.iter().rfind(|e| e.ms <= k.at_ms);
             if !last.is_some_and(|e| e.typ == "task.running" && e.node == k.node) {
                 continue;
             }
@@ -241,9 +241,9 @@ async fn r1_agents_killed_mid_task_lose_nothing_accept_one_result_and_are_reclai
 /// The fenced sink: lines `<task> <fence>` in the order they were appended. A write
 /// is accepted unless a higher fence was already accepted for the task.
 /// Returns (accepted, rejected stale writes, highest accepted fence per task).
-fn replay_sink(
-    path: &std::path::Path,
-) -> (Vec<(String, i64)>, Vec<(String, i64)>, HashMap<String, i64>) {
+type SinkReplay = (Vec<(String, i64)>, Vec<(String, i64)>, HashMap<String, i64>);
+
+fn replay_sink(path: &std::path::Path) -> SinkReplay {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let mut high: HashMap<String, i64> = HashMap::new();
     let (mut ok, mut stale) = (Vec::new(), Vec::new());
