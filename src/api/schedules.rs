@@ -13,6 +13,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 
+/// The cron form the schema documents (`domain::coord`'s `cron` pattern): the server
+/// accepts exactly what the schema admits.
+pub const CRON_PATTERN: &str = r"^(\*|\*/([1-9]|[1-5][0-9])|[0-5]?[0-9](,[0-5]?[0-9]){0,9}) (\*|\*/([1-9]|[1-5][0-9])|[0-5]?[0-9](,[0-5]?[0-9]){0,9}) (\*|\*/([1-9]|1[0-9]|2[0-3])|([01]?[0-9]|2[0-3])(,([01]?[0-9]|2[0-3])){0,9}) (\*|\*/([1-9]|1[0-9]|2[0-8])|([1-9]|1[0-9]|2[0-8])(,([1-9]|1[0-9]|2[0-8])){0,9}) (\*|\*/([1-9]|1[0-2])|([1-9]|1[0-2])(,([1-9]|1[0-2])){0,9}) (\*|[1-7](,[1-7]){0,6})$";
+
+static CRON_RE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(CRON_PATTERN).expect("the cron pattern compiles")
+});
+
 /// Fires shown by default.
 const FIRES_SHOWN: i64 = 20;
 
@@ -98,6 +106,12 @@ pub async fn schedules_create(
     let invalid = |msg: String| ApiError::invalid("invalid_schedule", msg);
     if body.cron.len() > 256 {
         return Err(invalid("cron: at most 256 characters".into()));
+    }
+    if !CRON_RE.is_match(&body.cron) {
+        return Err(invalid(format!(
+            "cron: {:?} is outside the supported form: six fields (seconds first), each `*`, `*/step` or a list of numbers",
+            body.cron
+        )));
     }
     let timezone = body.timezone.clone().unwrap_or_else(|| "UTC".into());
     if timezone.len() > 64 {
@@ -326,4 +340,35 @@ pub async fn schedules_resume(
     Path(name): Path<String>,
 ) -> ApiResult<Json<Schedule>> {
     set_paused(&st, &who, &name, false).await
+}
+
+#[cfg(test)]
+mod cron_pattern_tests {
+    use super::{CRON_PATTERN, CRON_RE};
+
+    #[test]
+    fn the_server_checks_the_pattern_the_schema_documents() {
+        let doc = crate::api::openapi::json();
+        let escaped = serde_json::to_string(CRON_PATTERN).expect("json string");
+        assert!(
+            doc.contains(&escaped),
+            "the OpenAPI cron pattern differs from CRON_PATTERN"
+        );
+        for ok in [
+            "* * * * * *",
+            "*/5 * * * * *",
+            "0 30 2 * * *",
+            "0 0 12 1,15 * 1,2",
+        ] {
+            assert!(CRON_RE.is_match(ok), "{ok}");
+        }
+        for bad in [
+            "* * */18 */16 * 2,1,4,2,5,6,6*",
+            "* * * * *",
+            "0 0 25 * * *",
+            "@daily",
+        ] {
+            assert!(!CRON_RE.is_match(bad), "{bad}");
+        }
+    }
 }

@@ -397,7 +397,9 @@ pub struct Task {
 pub struct TaskPage {
     /// Tasks of this page.
     pub items: Vec<Task>,
-    /// Pass as `cursor` for the next page; absent on the last one.
+    /// Pass as `cursor` for the next page; absent on the last one. A filter that
+    /// matches little may answer a short (even empty) page with a cursor: each call
+    /// reads at most 5,000 index entries.
     pub next_cursor: Option<String>,
 }
 

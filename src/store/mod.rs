@@ -692,7 +692,10 @@ impl Store {
         let mut c = self.conn();
         let mut out = Vec::new();
         let mut pos = cursor;
-        // Scan in chunks until the page is full (kind filtering may skip entries).
+        // Scan in chunks until the page is full (kind filtering may skip entries), but
+        // at most SCAN_BUDGET entries per call: a filter that matches little answers a
+        // short page with a cursor instead of reading a whole large index at once.
+        const SCAN_BUDGET: usize = 5_000;
         loop {
             let chunk = (limit.max(1) * 2).min(1000);
             let ids: Vec<String> = if state == TaskState::Assigned {
@@ -719,7 +722,7 @@ impl Store {
             if n < chunk {
                 return Ok((out, None));
             }
-            if out.len() >= limit {
+            if out.len() >= limit || pos - cursor >= SCAN_BUDGET {
                 return Ok((out, Some(pos)));
             }
         }
@@ -1520,6 +1523,13 @@ impl Store {
                     let (mut got, next) = self.list_tasks(&queues[qi], st, kind, want, off).await?;
                     items.append(&mut got);
                     match next {
+                        Some(n) if items.len() < limit => {
+                            // The scan budget ran out: a short page, resumable.
+                            return Ok(TaskPage {
+                                items,
+                                next_cursor: Some(format!("{qi}:{si}:{n}")),
+                            });
+                        }
                         Some(n) => off = n,
                         None => {
                             si += 1;
