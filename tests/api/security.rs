@@ -548,9 +548,7 @@ async fn auth_table_covers_every_route_in_the_spec() {
             "POST",
             "/v1/schedules",
             "/v1/schedules".into(),
-            Some(
-                json!({"name": "sec-sched", "cron": "0 0 0 1 1 *", "task": new_task.clone()}),
-            ),
+            Some(json!({"name": "sec-sched", "cron": "0 0 0 1 1 *", "task": new_task.clone()})),
             &[
                 (Read, 403),
                 (Agent, 403),
