@@ -145,7 +145,7 @@ pub async fn fire_then(
         }
     };
     nt.payload = Some(then_payload(nt.payload.take(), batch_id, check));
-    let mut t = match crate::api::tasks::prepare(nt, "then.") {
+    let mut t = match crate::domain::TaskSpec::parse(nt, "then.") {
         Ok(t) => t,
         Err(e) => {
             tracing::error!(batch_id, error = %e, "a batch's then task is no longer valid; it is dropped");

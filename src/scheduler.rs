@@ -120,7 +120,7 @@ pub fn tick_key(name: &str, tick_ms: i64) -> String {
 /// The stored task no longer validates.
 pub fn fire_task(task_json: &str, name: &str, id: Option<&str>) -> Result<PreparedTask, String> {
     let t: NewTask = serde_json::from_str(task_json).map_err(|e| format!("stored task: {e}"))?;
-    let mut p = crate::api::tasks::prepare(t, "task.").map_err(|e| e.to_string())?;
+    let mut p = crate::domain::TaskSpec::parse(t, "task.").map_err(|e| e.to_string())?;
     if let Some(id) = id {
         p.id = id.to_string();
     }

@@ -1,7 +1,7 @@
 //! [`ApiError`], the only `IntoResponse` error: RFC 7807 problem+json with a stable
 //! `code`. 4xx bodies explain; 5xx bodies stay opaque and the cause is logged.
 
-use crate::domain::Problem;
+use crate::domain::{Problem, SpecError};
 use crate::store::StoreError;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -134,6 +134,15 @@ impl ApiError {
             status: status.as_u16(),
             detail,
             code: code.to_string(),
+        }
+    }
+}
+
+impl From<SpecError> for ApiError {
+    fn from(e: SpecError) -> Self {
+        match e {
+            SpecError::Invalid { code, detail } => Self::invalid(code, detail),
+            SpecError::TooLarge(detail) => Self::TooLarge(detail),
         }
     }
 }

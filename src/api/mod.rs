@@ -29,7 +29,7 @@ use std::sync::atomic::AtomicBool;
 /// Largest request body (a batch of tasks).
 pub const MAX_BODY: usize = 32 * 1024 * 1024;
 /// Largest payload of one task (serialized JSON).
-pub const MAX_PAYLOAD: usize = 1024 * 1024;
+pub use crate::domain::spec::MAX_PAYLOAD;
 /// Most tasks in one batch, reports in one report batch.
 pub const MAX_BATCH: usize = 10_000;
 /// Longest long-poll.

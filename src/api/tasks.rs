@@ -4,10 +4,10 @@
 use super::auth::{Principal, Role};
 use super::error::{ApiError, ApiResult};
 use super::{AppState, Json, MAX_BATCH, MAX_PAYLOAD, MAX_WAIT_MS};
+use crate::domain::spec::IDEMPOTENCY_TTL_MS;
 use crate::domain::{
     BatchCreated, CompleteRequest, ExtendReply, ExtendRequest, FailRequest, NewTask, NewTaskBatch,
-    OnDependencyFailure, Problem, Task, TaskPage, TaskState, parse_rfc3339_ms, rfc3339_ms,
-    validate,
+    OnDependencyFailure, Problem, Task, TaskPage, TaskSpec, TaskState, rfc3339_ms, validate,
 };
 use crate::hub::NodeStats;
 use crate::store::{Cancelled, PreparedTask, Reported, Submitted};
@@ -17,160 +17,12 @@ use serde::Deserialize;
 use serde_json::json;
 use std::time::Duration;
 
-/// Default attempts.
-pub const DEFAULT_MAX_ATTEMPTS: i64 = 3;
-/// Default lease TTL.
-pub const DEFAULT_TIMEOUT_MS: i64 = 30_000;
-/// Default retention of finished tasks: 7 days.
-pub const DEFAULT_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
-/// How long an Idempotency-Key is remembered: 24 h.
-pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
-
 /// Validates a submission into a task ready to store. `at` names it in errors.
 ///
 /// # Errors
-/// 422 naming the field and the rule.
+/// 422 naming the field and the rule, 413 for a payload over the limit.
 pub fn prepare(t: NewTask, at: &str) -> ApiResult<PreparedTask> {
-    let bad =
-        |field: &str, msg: String| ApiError::invalid("invalid_task", format!("{at}{field}: {msg}"));
-    validate::kind(&t.kind).map_err(|e| bad("kind", e))?;
-    let queue = t.queue.unwrap_or_else(|| "default".into());
-    validate::queue_name(&queue).map_err(|e| bad("queue", e))?;
-    let priority = t.priority.unwrap_or(0);
-    if !(0..=9).contains(&priority) {
-        return Err(bad(
-            "priority",
-            format!("must be 0 to 9 (higher runs first), got {priority}"),
-        ));
-    }
-    let payload = serde_json::to_string(&t.payload.unwrap_or(serde_json::Value::Null))
-        .map_err(|e| bad("payload", e.to_string()))?;
-    if payload.len() > MAX_PAYLOAD {
-        return Err(ApiError::TooLarge(format!(
-            "{at}payload is {} bytes, the limit is {MAX_PAYLOAD}",
-            payload.len()
-        )));
-    }
-    let run_at_ms = match &t.run_at {
-        Some(s) => Some(
-            parse_rfc3339_ms(s)
-                .ok_or_else(|| bad("run_at", format!("{s:?} is not an RFC 3339 time")))?,
-        ),
-        None => None,
-    };
-    let delay_ms = t.delay_ms;
-    if let Some(d) = delay_ms
-        && !(0..=365 * 24 * 3600 * 1000).contains(&d)
-    {
-        return Err(bad("delay_ms", "must be 0 to one year".into()));
-    }
-    let max_attempts = t.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
-    if !(1..=1000).contains(&max_attempts) {
-        return Err(bad("max_attempts", "must be 1 to 1000".into()));
-    }
-    let timeout_ms = t.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
-    if !(100..=7 * 24 * 3600 * 1000).contains(&timeout_ms) {
-        return Err(bad("timeout_ms", "must be 100 ms to 7 days".into()));
-    }
-    let max_run_ms = t.max_run_ms;
-    if let Some(m) = max_run_ms
-        && !(100..=7 * 24 * 3600 * 1000).contains(&m)
-    {
-        return Err(bad("max_run_ms", "must be 100 ms to 7 days".into()));
-    }
-    let mut backoff = t.backoff.unwrap_or_default();
-    if backoff.max_ms > 7 * 24 * 3600 * 1000 || backoff.initial_ms > 7 * 24 * 3600 * 1000 {
-        return Err(bad(
-            "backoff",
-            "initial_ms and max_ms must be at most 7 days".into(),
-        ));
-    }
-    // max_ms caps every delay, the first one included.
-    backoff.initial_ms = backoff.initial_ms.min(backoff.max_ms);
-    let requires = t.requires.unwrap_or_default();
-    if requires.len() > 64 {
-        return Err(bad("requires", "at most 64 tags".into()));
-    }
-    for tag in &requires {
-        validate::tag(tag).map_err(|e| bad("requires", e))?;
-    }
-    let retention_ms = t.retention_ms.unwrap_or(DEFAULT_RETENTION_MS);
-    if !(1000..=365 * 24 * 3600 * 1000).contains(&retention_ms) {
-        return Err(bad("retention_ms", "must be 1 s to one year".into()));
-    }
-    let depends_on = t.depends_on.unwrap_or_default();
-    if depends_on.len() > 1000 {
-        return Err(bad("depends_on", "at most 1000 task ids".into()));
-    }
-    for d in &depends_on {
-        if validate::task_queue(d).is_none() {
-            return Err(ApiError::invalid(
-                "unknown_dependency",
-                format!("{at}depends_on: {d:?} is not a task id"),
-            ));
-        }
-    }
-    let mut depends_on = depends_on;
-    depends_on.sort();
-    depends_on.dedup();
-    if let Some(k) = &t.unique_key
-        && (k.is_empty() || k.len() > 256 || k.chars().any(char::is_control))
-    {
-        return Err(bad(
-            "unique_key",
-            "must be 1 to 256 characters, no control characters".into(),
-        ));
-    }
-    // (unique_ttl_ms without unique_key, like on_dependency_failure without
-    // depends_on, has nothing to apply to and is ignored.)
-    if let Some(ttl) = t.unique_ttl_ms
-        && !(1000..=365 * 24 * 3600 * 1000).contains(&ttl)
-    {
-        return Err(bad("unique_ttl_ms", "must be 1 s to one year".into()));
-    }
-    // A key alone allows one at a time; a limit alone applies to the task's kind.
-    let concurrency = match (t.concurrency_key, t.concurrency_limit) {
-        (None, None) => None,
-        (key, limit) => {
-            let k = key.unwrap_or_else(|| format!("kind:{}", t.kind));
-            if !k.starts_with("kind:") {
-                validate::queue_name(&k).map_err(|e| bad("concurrency_key", e))?;
-            }
-            let n = limit.unwrap_or(1);
-            if !(1..=100_000).contains(&n) {
-                return Err(bad("concurrency_limit", "must be 1 to 100000".into()));
-            }
-            Some((k, n))
-        }
-    };
-    let result_schema = match t.result_schema {
-        None => None,
-        Some(v @ serde_json::Value::Object(_)) => Some(v.to_string()),
-        Some(_) => return Err(bad("result_schema", "must be a JSON object".into())),
-    };
-    Ok(PreparedTask {
-        id: validate::new_task_id(&queue),
-        queue,
-        kind: t.kind,
-        payload,
-        priority,
-        run_at_ms,
-        delay_ms,
-        max_attempts,
-        timeout_ms,
-        max_run_ms,
-        backoff,
-        requires,
-        retention_ms,
-        depends_on,
-        on_dependency_failure: t.on_dependency_failure,
-        unique_key: t.unique_key,
-        unique_ttl_ms: t.unique_ttl_ms,
-        concurrency,
-        result_schema,
-        batch: None,
-        origin: None,
-    })
+    Ok(TaskSpec::parse(t, at)?)
 }
 
 fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {

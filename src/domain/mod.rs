@@ -5,10 +5,12 @@ pub mod batches;
 pub mod coord;
 pub mod nodes;
 pub mod queues;
+pub mod spec;
 pub mod validate;
 
 pub use nodes::*;
 pub use queues::*;
+pub use spec::{SpecError, TaskSpec};
 
 /// Integers in request bodies: JSON Schema counts `102.0` as the integer 102, and so do we.
 mod int {

@@ -10,8 +10,8 @@ pub mod schedules;
 pub mod scripts;
 
 use crate::domain::{
-    Backoff, Node, NodeKind, NodeStatus, OnDependencyFailure, QueueCounts, QueueInfo, QueueUpdate,
-    Task, TaskPage, TaskState, rfc3339_ms, validate,
+    Node, NodeKind, NodeStatus, OnDependencyFailure, QueueCounts, QueueInfo, QueueUpdate, Task,
+    TaskPage, TaskState, rfc3339_ms, validate,
 };
 use keys::{Keys, SCHEMA_VERSION};
 use redis::aio::ConnectionManager;
@@ -81,52 +81,8 @@ impl From<redis::RedisError> for StoreError {
 /// Result alias of the store.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// A validated task ready to be stored.
-#[derive(Debug, Clone, Default)]
-pub struct PreparedTask {
-    /// `<ULID>.<queue>`.
-    pub id: String,
-    /// Queue.
-    pub queue: String,
-    /// Kind.
-    pub kind: String,
-    /// Payload as JSON text.
-    pub payload: String,
-    /// 0..=9.
-    pub priority: i64,
-    /// Absolute due time (ms), if any.
-    pub run_at_ms: Option<i64>,
-    /// Relative delay (ms), resolved against Redis TIME.
-    pub delay_ms: Option<i64>,
-    /// Attempts allowed.
-    pub max_attempts: i64,
-    /// Lease TTL.
-    pub timeout_ms: i64,
-    /// Hard run-time limit of one attempt.
-    pub max_run_ms: Option<i64>,
-    /// Backoff.
-    pub backoff: Backoff,
-    /// Required tags.
-    pub requires: Vec<String>,
-    /// Retention after finishing.
-    pub retention_ms: i64,
-    /// Tasks that must succeed first (they exist: checked before submitting).
-    pub depends_on: Vec<String>,
-    /// What to do when a dependency fails (`None`: fail).
-    pub on_dependency_failure: Option<OnDependencyFailure>,
-    /// Uniqueness key and its optional TTL.
-    pub unique_key: Option<String>,
-    /// TTL of the unique key from submission.
-    pub unique_ttl_ms: Option<i64>,
-    /// Concurrency key and limit.
-    pub concurrency: Option<(String, i64)>,
-    /// JSON Schema of the result (JSON text).
-    pub result_schema: Option<String>,
-    /// Batch the task belongs to.
-    pub batch: Option<String>,
-    /// What created the task (`batch:<id>`, `schedule:<name>`).
-    pub origin: Option<String>,
-}
+/// A validated task ready to be stored (validated in [`crate::domain::spec`]).
+pub use crate::domain::TaskSpec as PreparedTask;
 
 impl PreparedTask {
     /// Optional hash fields, stored only when set (a task without them stays small).
