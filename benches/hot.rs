@@ -5,9 +5,9 @@
 //! `cargo bench --bench hot`; `cargo test` only compiles them.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use muster::dispatcher::{NodeView, select_nodes};
 use muster::domain::{Lease, LeaseReply, NewTask, Task};
 use muster::store::task_from_hash;
+use muster::workers::dispatcher::{NodeView, select_nodes};
 use std::collections::HashMap;
 use std::hint::black_box;
 

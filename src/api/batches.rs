@@ -1,12 +1,13 @@
 //! Batch routes: fan-out (children in any queues) and fan-in (a `then` task submitted
-//! exactly once when every child ended). See `crate::coord` for the follow-up side.
+//! exactly once when every child ended). See `crate::workers::coordinator` for the follow-up side.
 
 use super::auth::{Principal, Role};
 use super::error::{ApiError, ApiResult};
-use super::tasks::{check_dependencies, prepare, store_tasks};
+use super::tasks::{prepare, store_tasks};
 use super::{AppState, Json, MAX_BATCH};
 use crate::domain::batches::{Batch, BatchResultPage, BatchTasks, BatchTasksAdded, NewBatch};
 use crate::domain::{NewTask, Problem, validate};
+use crate::service::submit::check_dependencies;
 use crate::store::coord::BatchBegin;
 use crate::store::{PreparedTask, Submitted};
 use axum::extract::{Path, Query, State};
@@ -87,7 +88,7 @@ async fn add_chunk(
     };
     let check = st.store.batch_add(batch, close, &joined).await?;
     if check.then_due {
-        crate::coord::fire_then(&st.store, &st.hub, batch, &check).await?;
+        crate::service::batches::fire_then(&st.store, &st.hub, batch, &check).await?;
     }
     Ok(ids)
 }
@@ -134,7 +135,7 @@ pub async fn batches_create(
         None => None,
     };
     // Refused before the batch exists: a batch left without children would finish.
-    check_dependencies(&st, &tasks).await?;
+    check_dependencies(&st.store, &tasks).await?;
     st.store
         .batch_create(&id, then_json.as_deref(), body.open)
         .await?;

@@ -2,6 +2,7 @@
 //! `code`. 4xx bodies explain; 5xx bodies stay opaque and the cause is logged.
 
 use crate::domain::{Problem, SpecError};
+use crate::service::submit::SubmitError;
 use crate::store::StoreError;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -143,6 +144,17 @@ impl From<SpecError> for ApiError {
         match e {
             SpecError::Invalid { code, detail } => Self::invalid(code, detail),
             SpecError::TooLarge(detail) => Self::TooLarge(detail),
+        }
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            e @ SubmitError::UnknownDependency { .. } => {
+                Self::NotFoundCode("unknown_dependency", e.to_string())
+            }
+            SubmitError::Store(e) => e.into(),
         }
     }
 }

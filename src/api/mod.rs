@@ -15,8 +15,8 @@ pub mod tasks;
 pub mod ui;
 
 use crate::config::Config;
-use crate::directory::Directory;
-use crate::hub::Hub;
+use crate::service::directory::Directory;
+use crate::service::hub::Hub;
 use crate::store::Store;
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
@@ -30,6 +30,8 @@ use std::sync::atomic::AtomicBool;
 pub const MAX_BODY: usize = 32 * 1024 * 1024;
 /// Largest payload of one task (serialized JSON).
 pub use crate::domain::spec::MAX_PAYLOAD;
+/// Largest request head (request line and headers) in bytes; the server's read buffer.
+pub const MAX_HEAD: usize = 64 * 1024;
 /// Most tasks in one batch, reports in one report batch.
 pub const MAX_BATCH: usize = 10_000;
 /// Longest long-poll.

@@ -406,7 +406,7 @@ pub async fn nodes_lease(
             }
             // Woken by the dispatcher (or the `assigned` hint of another replica); the
             // jittered re-check only bounds what a lost hint costs.
-            let nap = deadline.min(tokio::time::Instant::now() + crate::hub::recheck());
+            let nap = deadline.min(tokio::time::Instant::now() + crate::service::hub::recheck());
             tokio::select! {
                 _ = notified => {}
                 _ = tokio::time::sleep_until(nap) => {}

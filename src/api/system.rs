@@ -232,7 +232,7 @@ pub async fn track_http(
     res
 }
 
-/// Middleware: refuses request heads larger than [`crate::server::MAX_HEAD`] with 431.
+/// Middleware: refuses request heads larger than [`super::MAX_HEAD`] with 431.
 pub async fn limit_head(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let size: usize = req.uri().to_string().len()
         + req
@@ -240,14 +240,14 @@ pub async fn limit_head(req: axum::extract::Request, next: axum::middleware::Nex
             .iter()
             .map(|(k, v)| k.as_str().len() + v.len() + 4)
             .sum::<usize>();
-    if size > crate::server::MAX_HEAD {
+    if size > super::MAX_HEAD {
         let p = Problem {
             type_: "https://muster.dev/problems/header_too_large".into(),
             title: "Request Header Fields Too Large".into(),
             status: 431,
             detail: format!(
                 "the request head is {size} bytes; the limit is {}",
-                crate::server::MAX_HEAD
+                super::MAX_HEAD
             ),
             code: "header_too_large".into(),
         };

@@ -9,7 +9,8 @@ use crate::domain::{
     BatchCreated, CompleteRequest, ExtendReply, ExtendRequest, FailRequest, NewTask, NewTaskBatch,
     OnDependencyFailure, Problem, Task, TaskPage, TaskSpec, TaskState, rfc3339_ms, validate,
 };
-use crate::hub::NodeStats;
+use crate::service::hub::NodeStats;
+use crate::service::submit::{self, Idempotency};
 use crate::store::{Cancelled, PreparedTask, Reported, Submitted};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -46,56 +47,17 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     }
 }
 
-/// 404 `unknown_dependency` unless every dependency of `tasks` exists. Returns them.
-pub(crate) async fn check_dependencies(
-    st: &AppState,
-    tasks: &[PreparedTask],
-) -> ApiResult<Vec<String>> {
-    let mut deps: Vec<String> = tasks.iter().flat_map(|t| t.depends_on.clone()).collect();
-    if !deps.is_empty() {
-        deps.sort();
-        deps.dedup();
-        let missing = st.store.missing_tasks(&deps).await?;
-        if let Some(m) = missing.first() {
-            return Err(ApiError::NotFoundCode(
-                "unknown_dependency",
-                format!(
-                    "depends_on: no task {m:?} ({} unknown in all); only existing tasks can be waited on",
-                    missing.len()
-                ),
-            ));
-        }
-    }
-    Ok(deps)
-}
-
-/// Stores validated tasks: dependencies must exist (422 otherwise, nothing stored),
-/// and the blocked ones are registered with their dependencies once stored.
+/// Stores validated tasks through the one submit path ([`crate::service::submit`]).
 pub(crate) async fn store_tasks(
     st: &AppState,
     tasks: &[PreparedTask],
     idem: Option<&str>,
 ) -> ApiResult<Submitted> {
-    let deps = check_dependencies(st, tasks).await?;
-    let mut queues: Vec<&str> = tasks.iter().map(|t| t.queue.as_str()).collect();
-    queues.sort_unstable();
-    queues.dedup();
-    let out = st.store.submit(tasks, idem, IDEMPOTENCY_TTL_MS).await?;
-    if let Submitted::Created { existing, .. } = &out
-        && !deps.is_empty()
-    {
-        let stored: Vec<PreparedTask> = tasks
-            .iter()
-            .enumerate()
-            .filter(|(i, t)| !t.depends_on.is_empty() && !existing.iter().any(|(j, _)| j == i))
-            .map(|(_, t)| t.clone())
-            .collect();
-        st.store.register_dependencies(&stored).await?;
-    }
-    for q in queues {
-        st.hub.mark_dirty(q);
-    }
-    Ok(out)
+    let idem = idem.map(|key| Idempotency {
+        key,
+        ttl_ms: IDEMPOTENCY_TTL_MS,
+    });
+    Ok(submit::submit(&st.store, &st.hub, tasks, idem).await?)
 }
 
 /// The record `submit.lua` just wrote, built without reading it back.

@@ -3,6 +3,7 @@
 
 pub mod batches;
 pub mod coord;
+pub mod cron;
 pub mod nodes;
 pub mod queues;
 pub mod spec;

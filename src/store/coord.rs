@@ -3,7 +3,7 @@
 //! Both cross hash tags (a dependency may sit in another queue, a batch's children in
 //! many), so no single script can see both sides. The end of a task that something
 //! waits on pushes its id onto its queue's `followups` list in the same script that
-//! ends it; the coordinator (`crate::coord`) works that list off with idempotent
+//! ends it; the coordinator (`crate::workers::coordinator`) works that list off with idempotent
 //! scripts (each dependency and each child counts once) and only then removes the
 //! entry, so a crash or a lost wake-up delays a follow-up but never loses it.
 

@@ -1,7 +1,7 @@
 //! Cron schedules in Redis: one hash per schedule, a capped list of its fires, the name
 //! set, and the scheduler's leader lease, all under the hash tag `{~sched}` so that one
 //! script can check the leader and record a fire atomically. Scripts: `sched_*.lua`.
-//! The scheduler loop that fires them is `crate::scheduler`.
+//! The scheduler loop that fires them is `crate::workers::scheduler`.
 
 use super::scripts::COORD;
 use super::{Result, Store, StoreError, coded, flat_map, int, text};
@@ -425,7 +425,7 @@ impl Store {
                     if rec.name != *name {
                         violations.push(format!("schedule {name} records the name {:?}", rec.name));
                     }
-                    if let Err(e) = crate::scheduler::CronSpec::parse(&rec.cron, &rec.timezone) {
+                    if let Err(e) = crate::domain::cron::CronSpec::parse(&rec.cron, &rec.timezone) {
                         violations.push(format!("schedule {name} cannot be fired: {e}"));
                     }
                 }

@@ -279,9 +279,10 @@ async fn a_paused_schedule_does_not_fire_and_resuming_does_not_catch_up() {
 }
 
 /// A store and a scheduler stepped by hand (no background loop) on a fresh namespace.
-async fn manual() -> (muster::store::Store, muster::scheduler::Scheduler) {
+async fn manual() -> (muster::store::Store, muster::workers::scheduler::Scheduler) {
     let store = crate::helpers::store().await;
-    let sched = muster::scheduler::Scheduler::new(store.clone(), muster::hub::Hub::new());
+    let sched =
+        muster::workers::scheduler::Scheduler::new(store.clone(), muster::service::hub::Hub::new());
     (store, sched)
 }
 
@@ -381,7 +382,8 @@ async fn a_fire_left_pending_by_a_dead_leader_is_completed_with_its_task_id() {
         .arg(format!("1000|{id}"))
         .query(&mut c)
         .expect("hset");
-    let mut other = muster::scheduler::Scheduler::new(store.clone(), muster::hub::Hub::new());
+    let mut other =
+        muster::workers::scheduler::Scheduler::new(store.clone(), muster::service::hub::Hub::new());
     other.step().await.expect("follower step");
     assert!(!other.is_leader(), "one leader at a time");
     sched.step().await.expect("step");

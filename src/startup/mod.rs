@@ -1,14 +1,16 @@
 //! [`Application`]: binds the listener, connects to Redis, and runs the API with the
 //! dispatcher, reconciler and timers until shutdown.
 
+pub mod server;
+
 use crate::api::{self, AppState};
 use crate::config::Config;
-use crate::directory::Directory;
-use crate::dispatcher::Dispatcher;
-use crate::hub::Hub;
-use crate::reconciler::Reconciler;
+use crate::service::directory::Directory;
+use crate::service::hub::Hub;
 use crate::store::{Store, token_sha};
-use crate::timers::Timers;
+use crate::workers::dispatcher::Dispatcher;
+use crate::workers::reconciler::Reconciler;
+use crate::workers::timers::Timers;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -129,7 +131,8 @@ impl Application {
             reconciler.run(sd).await;
             "reconciler"
         });
-        let coordinator = crate::coord::Coordinator::new(st.store.clone(), st.hub.clone());
+        let coordinator =
+            crate::workers::coordinator::Coordinator::new(st.store.clone(), st.hub.clone());
         let sd = child.clone();
         set.spawn(async move {
             coordinator.run(sd).await;
@@ -147,7 +150,7 @@ impl Application {
             timers.run(sd).await;
             "timers"
         });
-        let scheduler = crate::scheduler::Scheduler::new(st.store.clone(), st.hub.clone());
+        let scheduler = crate::workers::scheduler::Scheduler::new(st.store.clone(), st.hub.clone());
         let sd = child.clone();
         set.spawn(async move {
             scheduler.run(sd).await;
@@ -157,7 +160,7 @@ impl Application {
         let sd = child.clone();
         let listener = self.listener;
         set.spawn(async move {
-            crate::server::serve(listener, app, sd).await;
+            crate::startup::server::serve(listener, app, sd).await;
             "http server"
         });
         tracing::info!(addr = %self.addr, "muster serving");

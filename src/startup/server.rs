@@ -15,8 +15,7 @@ use tower::ServiceExt;
 
 /// A client must send its whole request head within this time.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest request head (request line and headers) in bytes.
-pub const MAX_HEAD: usize = 64 * 1024;
+pub use crate::api::MAX_HEAD;
 /// Time requests in flight get after shutdown starts.
 pub const DRAIN: Duration = Duration::from_secs(10);
 

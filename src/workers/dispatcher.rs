@@ -9,14 +9,14 @@
 //! script pops each task once and reads the node's load in the same atomic step.
 //!
 //! The hot path (a submission marks its queue dirty in-process) costs one Redis round
-//! trip: the queue configuration is cached ([`crate::hub::CONF_TTL`]), the clock is
+//! trip: the queue configuration is cached ([`crate::service::hub::CONF_TTL`]), the clock is
 //! Redis TIME sampled every [`CLOCK_RESYNC`] and advanced locally, and the per-queue
 //! loads are read only when a candidate node also serves other queues (otherwise the
 //! script's own atomic read of this queue's load is all the budget needs).
 
-use crate::directory::Directory;
 use crate::domain::{NodeKind, NodeStatus};
-use crate::hub::{Hub, QueueConf};
+use crate::service::directory::Directory;
+use crate::service::hub::{Hub, QueueConf};
 use crate::store::{Store, StoreError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -75,7 +75,7 @@ impl Dispatcher {
         Ok(ms)
     }
 
-    /// The queue's configuration, cached for [`crate::hub::CONF_TTL`].
+    /// The queue's configuration, cached for [`crate::service::hub::CONF_TTL`].
     async fn conf(&self, queue: &str) -> Result<QueueConf, StoreError> {
         if let Some(c) = self.hub.conf(queue) {
             return Ok(c);

@@ -3,9 +3,9 @@
 //! back to pending), and trim finished tasks past retention. Every step is an atomic
 //! script, so several replicas running timers together is safe.
 
-use crate::directory::Directory;
 use crate::domain::NodeStatus;
-use crate::hub::{Hub, NodeStats};
+use crate::service::directory::Directory;
+use crate::service::hub::{Hub, NodeStats};
 use crate::store::{Store, StoreError};
 use std::sync::Arc;
 use std::time::Duration;

@@ -7,11 +7,9 @@
 //! or a lost wake-up change nothing but timing. A slower sweep re-registers blocked
 //! tasks whose submitter died before registering their dependencies.
 
-use crate::domain::NewTask;
-use crate::hub::Hub;
-use crate::store::coord::BatchCheck;
-use crate::store::{Store, StoreError, Submitted};
-use serde_json::{Value, json};
+use crate::service::batches::fire_then;
+use crate::service::hub::Hub;
+use crate::store::{Store, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -20,8 +18,6 @@ use tokio_util::sync::CancellationToken;
 pub const POLL: Duration = Duration::from_millis(200);
 /// Blocked tasks older than this with unregistered dependencies are repaired.
 pub const REPAIR_AFTER_MS: i64 = 10_000;
-/// How long the `then` task's idempotency key is kept: 30 days.
-pub const THEN_IDEMPOTENCY_TTL_MS: i64 = 30 * 24 * 3600 * 1000;
 
 /// The coordinator component.
 pub struct Coordinator {
@@ -103,78 +99,4 @@ impl Coordinator {
         }
         Ok(done)
     }
-}
-
-/// The `then` task's payload: the submitted payload with a `batch` key (a non-object
-/// payload is wrapped as `{value, batch}`).
-pub fn then_payload(payload: Option<Value>, batch_id: &str, c: &BatchCheck) -> Value {
-    let info = json!({
-        "id": batch_id,
-        "state": c.state,
-        "total": c.total,
-        "succeeded": c.succeeded,
-        "failed": c.failed,
-        "cancelled": c.cancelled,
-    });
-    match payload {
-        None | Some(Value::Null) => json!({ "batch": info }),
-        Some(Value::Object(mut m)) => {
-            m.insert("batch".into(), info);
-            Value::Object(m)
-        }
-        Some(v) => json!({ "value": v, "batch": info }),
-    }
-}
-
-/// Stores a finished batch's `then` task, exactly once whoever calls it and however
-/// often (idempotency key `batch-then:<id>`), and records it on the batch.
-///
-/// # Errors
-/// Redis errors.
-pub async fn fire_then(
-    store: &Store,
-    hub: &Hub,
-    batch_id: &str,
-    check: &BatchCheck,
-) -> Result<(), StoreError> {
-    let mut nt: NewTask = match serde_json::from_str(&check.then_json) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(batch_id, error = %e, "a batch's then task does not parse; it is dropped");
-            return store.batch_then(batch_id, "").await;
-        }
-    };
-    nt.payload = Some(then_payload(nt.payload.take(), batch_id, check));
-    let mut t = match crate::domain::TaskSpec::parse(nt, "then.") {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(batch_id, error = %e, "a batch's then task is no longer valid; it is dropped");
-            return store.batch_then(batch_id, "").await;
-        }
-    };
-    t.origin = Some(format!("batch:{batch_id}"));
-    let key = format!("batch-then:{batch_id}");
-    let id = match store
-        .submit(
-            std::slice::from_ref(&t),
-            Some(&key),
-            THEN_IDEMPOTENCY_TTL_MS,
-        )
-        .await?
-    {
-        Submitted::Created { existing, .. } => match existing.first() {
-            Some((_, holder)) => holder.clone(),
-            None => {
-                store
-                    .register_dependencies(std::slice::from_ref(&t))
-                    .await?;
-                tracing::info!(batch_id, task_id = %t.id, "batch finished: then task submitted");
-                t.id.clone()
-            }
-        },
-        Submitted::Duplicate { ids } => ids.into_iter().next().unwrap_or_default(),
-    };
-    store.batch_then(batch_id, &id).await?;
-    hub.mark_dirty(&t.queue);
-    Ok(())
 }

@@ -3,8 +3,8 @@
 //! `/wait` callers at once; a periodic sweep repairs whatever a lost message left
 //! (pub/sub is lossy: nothing depends on it) and flushes node statistics.
 
-use crate::directory::Directory;
-use crate::hub::Hub;
+use crate::service::directory::Directory;
+use crate::service::hub::Hub;
 use crate::store::Store;
 use futures::StreamExt;
 use std::sync::Arc;

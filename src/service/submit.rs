@@ -1,0 +1,96 @@
+//! The one submit path. `POST /v1/tasks`, `/v1/tasks/batch`, batches (children and
+//! `then` tasks) and the scheduler's fires all store tasks through [`submit`]: the
+//! dependencies must exist (nothing is stored otherwise), the tasks are written by
+//! `submit.lua` in one atomic step per queue, the blocked ones are registered with
+//! their dependencies, and the dispatcher hears of the queues.
+
+use crate::domain::TaskSpec;
+use crate::service::hub::Hub;
+use crate::store::{Store, StoreError, Submitted};
+
+/// An idempotency key and how long it is remembered.
+#[derive(Debug, Clone, Copy)]
+pub struct Idempotency<'a> {
+    /// The key (caller-supplied, or derived: `schedule:<name>:<tick>`, `batch-then:<id>`).
+    pub key: &'a str,
+    /// How long a repeat answers the first submission (ms).
+    pub ttl_ms: i64,
+}
+
+/// Why a submission stored nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// A task named in `depends_on` does not exist.
+    #[error(
+        "depends_on: no task {first:?} ({count} unknown in all); only existing tasks can be waited on"
+    )]
+    UnknownDependency {
+        /// The first unknown id.
+        first: String,
+        /// How many are unknown.
+        count: usize,
+    },
+    /// Redis.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Fails with [`SubmitError::UnknownDependency`] unless every dependency of `tasks`
+/// exists. Returns the dependencies, sorted and unique.
+///
+/// # Errors
+/// An unknown dependency; Redis errors.
+pub async fn check_dependencies(
+    store: &Store,
+    tasks: &[TaskSpec],
+) -> Result<Vec<String>, SubmitError> {
+    let mut deps: Vec<String> = tasks.iter().flat_map(|t| t.depends_on.clone()).collect();
+    if !deps.is_empty() {
+        deps.sort();
+        deps.dedup();
+        let missing = store.missing_tasks(&deps).await?;
+        if let Some(m) = missing.first() {
+            return Err(SubmitError::UnknownDependency {
+                first: m.clone(),
+                count: missing.len(),
+            });
+        }
+    }
+    Ok(deps)
+}
+
+/// Stores validated tasks, all or nothing per call (see [`Store::submit`]).
+///
+/// # Errors
+/// An unknown dependency (nothing stored); Redis errors.
+pub async fn submit(
+    store: &Store,
+    hub: &Hub,
+    tasks: &[TaskSpec],
+    idempotency: Option<Idempotency<'_>>,
+) -> Result<Submitted, SubmitError> {
+    let deps = check_dependencies(store, tasks).await?;
+    let (key, ttl) = match idempotency {
+        Some(i) => (Some(i.key), i.ttl_ms),
+        None => (None, 0),
+    };
+    let out = store.submit(tasks, key, ttl).await?;
+    if let Submitted::Created { existing, .. } = &out
+        && !deps.is_empty()
+    {
+        let stored: Vec<TaskSpec> = tasks
+            .iter()
+            .enumerate()
+            .filter(|(i, t)| !t.depends_on.is_empty() && !existing.iter().any(|(j, _)| j == i))
+            .map(|(_, t)| t.clone())
+            .collect();
+        store.register_dependencies(&stored).await?;
+    }
+    let mut queues: Vec<&str> = tasks.iter().map(|t| t.queue.as_str()).collect();
+    queues.sort_unstable();
+    queues.dedup();
+    for q in queues {
+        hub.mark_dirty(q);
+    }
+    Ok(out)
+}
