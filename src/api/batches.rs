@@ -3,6 +3,7 @@
 
 use super::auth::{Principal, Role};
 use super::error::{ApiError, ApiResult};
+use super::openapi::parts::{BadRequest, Guarded, Invalid, JsonBody, NotFound, UnknownDependency};
 use super::tasks::{prepare, store_tasks};
 use super::{AppState, Json, MAX_BATCH};
 use crate::domain::batches::{Batch, BatchResultPage, BatchTasks, BatchTasksAdded, NewBatch};
@@ -101,14 +102,10 @@ async fn add_chunk(
     request_body = NewBatch,
     responses(
         (status = 201, body = Batch, description = "The batch"),
-        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
-        (status = 413, body = Problem, description = "Too large", content_type = "application/problem+json"),
-        (status = 415, body = Problem, description = "Not JSON", content_type = "application/problem+json"),
-        (status = 404, body = Problem, description = "A task named in depends_on does not exist (code unknown_dependency)", content_type = "application/problem+json"),
-        (status = 422, body = Problem, description = "Invalid", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        JsonBody,
+        UnknownDependency,
+        Invalid,
+        Guarded
     )
 )]
 /// `POST /v1/batches`.
@@ -148,14 +145,11 @@ pub async fn batches_create(
     path = "/v1/batches/{id}",
     tag = "batches",
     summary = "A batch's progress",
-    params(("id" = String, Path, description = "Batch id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}$")),
     responses(
         (status = 200, body = Batch, description = "The batch"),
-        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
-        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        BadRequest,
+        NotFound,
+        Guarded
     )
 )]
 /// `GET /v1/batches/{id}`.
@@ -190,14 +184,12 @@ pub struct ResultsQuery {
     path = "/v1/batches/{id}/results",
     tag = "batches",
     summary = "Page through a batch's children and their results",
-    params(("id" = String, Path, description = "Batch id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}$"), ResultsQuery),
+    params(ResultsQuery),
     responses(
         (status = 200, body = BatchResultPage, description = "A page of children"),
-        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
-        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        BadRequest,
+        NotFound,
+        Guarded
     )
 )]
 /// `GET /v1/batches/{id}/results?cursor=&limit=`.
@@ -234,19 +226,14 @@ pub async fn batches_results(
     path = "/v1/batches/{id}/tasks",
     tag = "batches",
     summary = "Add children to a running batch (and close one held open)",
-    params(("id" = String, Path, description = "Batch id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}$")),
     request_body = BatchTasks,
     responses(
         (status = 201, body = BatchTasksAdded, description = "The new children and the batch"),
-        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
-        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
         (status = 409, body = Problem, description = "The batch finished", content_type = "application/problem+json"),
-        (status = 413, body = Problem, description = "Too large", content_type = "application/problem+json"),
-        (status = 415, body = Problem, description = "Not JSON", content_type = "application/problem+json"),
-        (status = 422, body = Problem, description = "Invalid", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        JsonBody,
+        NotFound,
+        Invalid,
+        Guarded
     )
 )]
 /// `POST /v1/batches/{id}/tasks`.

@@ -4,6 +4,7 @@
 
 use super::auth::{Principal, Role};
 use super::error::{ApiError, ApiResult};
+use super::openapi::parts::{BadRequest, Guarded, Invalid};
 use super::{AppState, Json};
 use crate::domain::coord::{
     Lock, LockAcquire, LockExtend, LockRelease, MAX_LOCK_TTL_MS, MIN_LOCK_TTL_MS,
@@ -63,17 +64,14 @@ fn not_holder(name: &str) -> ApiError {
     tag = "locks",
     summary = "Take a fenced lock",
     request_body = LockAcquire,
-    params(("name" = String, Path, description = "Lock name", pattern = r"^(?!\.{1,2}$)[A-Za-z0-9._:-]{1,128}$")),
     responses(
         (status = 201, body = Lock, description = "Held: keep the token, pass the fence to the storage you protect"),
         (status = 409, body = Problem, description = "Held by someone else (`lock_held`); Retry-After says when it expires at the latest", content_type = "application/problem+json",
-            headers(("Retry-After" = String, description = "Seconds until the holder's lease ends unless extended"))),
-        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
+        headers(("Retry-After" = String, description = "Seconds until the holder's lease ends unless extended"))),
         (status = 415, body = Problem, description = "Not JSON", content_type = "application/problem+json"),
-        (status = 422, body = Problem, description = "Invalid", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        BadRequest,
+        Invalid,
+        Guarded
     )
 )]
 /// `POST /v1/locks/{name}`: take the lock when it is free.
@@ -125,16 +123,13 @@ pub async fn locks_acquire(
     tag = "locks",
     summary = "Extend a held lock",
     request_body = LockExtend,
-    params(("name" = String, Path, description = "Lock name", pattern = r"^(?!\.{1,2}$)[A-Za-z0-9._:-]{1,128}$")),
     responses(
         (status = 200, body = Lock, description = "Still held, with the new expiry"),
         (status = 409, body = Problem, description = "The token is not the current holder's (`lock_not_held`); nothing changed", content_type = "application/problem+json"),
-        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
         (status = 415, body = Problem, description = "Not JSON", content_type = "application/problem+json"),
-        (status = 422, body = Problem, description = "Invalid", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        BadRequest,
+        Invalid,
+        Guarded
     )
 )]
 /// `POST /v1/locks/{name}/extend`: new expiry = now + `ttl_ms`, for the holder only.
@@ -169,16 +164,13 @@ pub async fn locks_extend(
     summary = "Release a held lock",
     description = "The token goes in the JSON body (`{\"token\": ...}`), not in the URL, so that it never lands in access logs.",
     request_body = LockRelease,
-    params(("name" = String, Path, description = "Lock name", pattern = r"^(?!\.{1,2}$)[A-Za-z0-9._:-]{1,128}$")),
     responses(
         (status = 204, description = "Released"),
         (status = 409, body = Problem, description = "The token is not the current holder's (`lock_not_held`); nothing changed", content_type = "application/problem+json"),
-        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
         (status = 415, body = Problem, description = "Not JSON", content_type = "application/problem+json"),
-        (status = 422, body = Problem, description = "Invalid", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        BadRequest,
+        Invalid,
+        Guarded
     )
 )]
 /// `DELETE /v1/locks/{name}` with body `{ token }`: free the lock, for the holder only.

@@ -3,11 +3,12 @@
 
 use super::auth::{Principal, Role};
 use super::error::{ApiError, ApiResult};
+use super::openapi::parts::{BadRequest, Guarded, Invalid, JsonBody, NotFound};
 use super::tasks::{after_report, error_text, result_json};
 use super::{AppState, Json, MAX_BATCH, MAX_WAIT_MS};
 use crate::domain::{
     HeartbeatReply, Lease, LeaseReply, LeaseRequest, Node, NodeKind, NodeList, NodeRegistered,
-    NodeStatus, Problem, RegisterNode, ReportBatch, ReportBatchReply, ReportOutcome, ReportResult,
+    NodeStatus, RegisterNode, ReportBatch, ReportBatchReply, ReportOutcome, ReportResult,
     rfc3339_ms, validate,
 };
 use crate::store::reports::{Outcome, Report};
@@ -30,13 +31,9 @@ async fn node_or_404(st: &AppState, id: &str) -> ApiResult<NodeRecord> {
     request_body = RegisterNode,
     responses(
         (status = 201, body = NodeRegistered, description = "The node and its token"),
-        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
-        (status = 413, body = Problem, description = "Too large", content_type = "application/problem+json"),
-        (status = 415, body = Problem, description = "Not JSON", content_type = "application/problem+json"),
-        (status = 422, body = Problem, description = "Invalid", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        JsonBody,
+        Invalid,
+        Guarded
     )
 )]
 /// `POST /v1/nodes`: register a node; the answer carries its token, shown once.
@@ -121,9 +118,7 @@ pub async fn nodes_register(
     summary = "List nodes",
     responses(
         (status = 200, body = NodeList, description = "Nodes"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        Guarded
     )
 )]
 /// `GET /v1/nodes`.
@@ -147,13 +142,10 @@ pub async fn nodes_list(State(st): State<AppState>, who: Principal) -> ApiResult
     path = "/v1/nodes/{id}",
     tag = "nodes",
     summary = "Read a node",
-    params(("id" = String, Path, description = "Node id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}$")),
     responses(
         (status = 200, body = Node, description = "The node"),
-        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        NotFound,
+        Guarded
     )
 )]
 /// `GET /v1/nodes/{id}` (admin or the node itself).
@@ -182,13 +174,10 @@ pub async fn nodes_get(
     path = "/v1/nodes/{id}",
     tag = "nodes",
     summary = "Deregister a node; its inbox goes back to pending",
-    params(("id" = String, Path, description = "Node id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}$")),
     responses(
         (status = 204, description = "Deregistered"),
-        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        NotFound,
+        Guarded
     )
 )]
 /// `DELETE /v1/nodes/{id}`: the node leaves; its inbox goes back to pending.
@@ -218,13 +207,10 @@ pub async fn nodes_delete(
     path = "/v1/nodes/{id}/drain",
     tag = "nodes",
     summary = "Drain a node: no new work, inbox back to pending",
-    params(("id" = String, Path, description = "Node id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}$")),
     responses(
         (status = 200, body = Node, description = "The node, draining"),
-        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        NotFound,
+        Guarded
     )
 )]
 /// `POST /v1/nodes/{id}/drain`: no new work; its inbox goes back to pending.
@@ -259,13 +245,10 @@ pub async fn nodes_drain(
     path = "/v1/nodes/{id}/heartbeat",
     tag = "agent protocol",
     summary = "Heartbeat; answers the running tasks to stop",
-    params(("id" = String, Path, description = "Node id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}$")),
     responses(
         (status = 200, body = HeartbeatReply, description = "Status and cancellations"),
-        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        NotFound,
+        Guarded
     )
 )]
 /// `POST /v1/nodes/{id}/heartbeat` → status and the running tasks to stop.
@@ -297,15 +280,13 @@ pub async fn nodes_heartbeat(
     path = "/v1/nodes/{id}/lease",
     tag = "agent protocol",
     summary = "Lease tasks, long-polling up to wait_ms",
-    request_body(content = Option<LeaseRequest>, description = "Empty means max 1, wait_ms 0"), params(("id" = String, Path, description = "Node id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}$")),
+    request_body(content = Option<LeaseRequest>, description = "Empty means max 1, wait_ms 0"),
     responses(
         (status = 200, body = LeaseReply, description = "Granted leases, possibly none"),
-        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
-        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
-        (status = 422, body = Problem, description = "Invalid", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        BadRequest,
+        NotFound,
+        Invalid,
+        Guarded
     )
 )]
 /// `POST /v1/nodes/{id}/lease` → up to `max` leases, long-polling up to `wait_ms`.
@@ -423,17 +404,13 @@ pub async fn nodes_lease(
     path = "/v1/nodes/{id}/reports",
     tag = "agent protocol",
     summary = "Report many completions and failures",
-    request_body = ReportBatch, params(("id" = String, Path, description = "Node id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}$")),
+    request_body = ReportBatch,
     responses(
         (status = 200, body = ReportBatchReply, description = "One result per report"),
-        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
-        (status = 413, body = Problem, description = "Too large", content_type = "application/problem+json"),
-        (status = 415, body = Problem, description = "Not JSON", content_type = "application/problem+json"),
-        (status = 422, body = Problem, description = "Invalid", content_type = "application/problem+json"),
-        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        JsonBody,
+        NotFound,
+        Invalid,
+        Guarded
     )
 )]
 /// `POST /v1/nodes/{id}/reports`: many completions and failures in one call; each item

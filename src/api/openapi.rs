@@ -19,6 +19,59 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Path parameters, described once: every `{id}` and `{name}` of a route gets its
+/// description and the pattern of the validator that checks it (`domain::validate`).
+struct PathParams;
+
+impl Modify for PathParams {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use crate::domain::validate::{NAME_PATTERN, TASK_ID_PATTERN, ULID_PATTERN};
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        const TABLE: [(&str, &str, &str); 6] = [
+            ("/v1/tasks/{id}", "Task id", TASK_ID_PATTERN),
+            ("/v1/nodes/{id}", "Node id", ULID_PATTERN),
+            ("/v1/batches/{id}", "Batch id", ULID_PATTERN),
+            ("/v1/queues/{name}", "Queue name", NAME_PATTERN),
+            ("/v1/locks/{name}", "Lock name", NAME_PATTERN),
+            ("/v1/schedules/{name}", "Schedule name", NAME_PATTERN),
+        ];
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let Some((_, description, pattern)) = TABLE.iter().find(|(p, ..)| path.starts_with(p))
+            else {
+                continue;
+            };
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in ops.into_iter().flatten() {
+                let is_path = |p: &utoipa::openapi::RefOr<utoipa::openapi::path::Parameter>| matches!(p, utoipa::openapi::RefOr::T(p) if p.parameter_in == ParameterIn::Path);
+                // The path's own parameter first, as a reader expects.
+                if let Some(params) = op.parameters.as_mut() {
+                    params.sort_by_key(|p| !is_path(p));
+                }
+                for p in op.parameters.iter_mut().flatten() {
+                    if let utoipa::openapi::RefOr::T(p) = p
+                        && p.parameter_in == ParameterIn::Path
+                    {
+                        p.description = Some((*description).to_string());
+                        p.schema = Some(
+                            ObjectBuilder::new()
+                                .schema_type(Type::String)
+                                .pattern(Some(*pattern))
+                                .into(),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The API document.
 #[derive(OpenApi)]
 #[openapi(
@@ -27,7 +80,7 @@ impl Modify for BearerAuth {
         description = "Distributed task processing on Redis. Errors are application/problem+json with a stable `code`.",
         license(name = "MIT OR Apache-2.0")
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &PathParams),
     security(("bearer" = [])),
     paths(
         system::healthz, system::readyz, system::metrics,
@@ -124,5 +177,57 @@ mod tests {
                 "{method} {path} is not documented"
             );
         }
+    }
+}
+
+/// Reusable pieces of the handlers' `#[utoipa::path]` attributes: the problem+json
+/// error responses and the path parameters, each written once.
+pub mod parts {
+    use std::collections::BTreeMap;
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
+
+    fn problem(status: &str, description: &str) -> BTreeMap<String, RefOr<Response>> {
+        let response = ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/problem+json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .build(),
+            )
+            .build();
+        BTreeMap::from([(status.to_string(), RefOr::T(response))])
+    }
+
+    macro_rules! problems {
+        ($($(#[$doc:meta])* $name:ident => $(($status:literal, $description:literal)),+;)+) => {$(
+            $(#[$doc])*
+            pub struct $name;
+            impl utoipa::IntoResponses for $name {
+                fn responses() -> BTreeMap<String, RefOr<Response>> {
+                    let mut all = BTreeMap::new();
+                    $(all.extend(problem($status, $description));)+
+                    all
+                }
+            }
+        )+};
+    }
+
+    problems! {
+        /// 401, 403 and 503: every route that takes a token.
+        Guarded => ("401", "No or unknown token"), ("403", "The token may not do this"),
+            ("503", "Redis unavailable; retry after Retry-After");
+        /// 400: the request does not parse.
+        BadRequest => ("400", "Malformed request");
+        /// 400, 413, 415: a JSON body that is not one.
+        JsonBody => ("400", "Malformed request"), ("413", "Too large"), ("415", "Not JSON");
+        /// 404.
+        NotFound => ("404", "Not found");
+        /// 409.
+        Conflict => ("409", "Conflicts with the current state");
+        /// 422.
+        Invalid => ("422", "Invalid");
+        /// 404 `unknown_dependency`.
+        UnknownDependency => ("404", "A task named in depends_on does not exist (code unknown_dependency)");
     }
 }

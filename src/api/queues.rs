@@ -2,8 +2,9 @@
 
 use super::auth::{Principal, Role};
 use super::error::{ApiError, ApiResult};
+use super::openapi::parts::{BadRequest, Guarded, Invalid, JsonBody, NotFound};
 use super::{AppState, Json};
-use crate::domain::{Problem, QueueInfo, QueueList, QueueUpdate, validate};
+use crate::domain::{QueueInfo, QueueList, QueueUpdate, validate};
 use axum::extract::{Path, State};
 
 #[utoipa::path(
@@ -13,9 +14,7 @@ use axum::extract::{Path, State};
     summary = "List queues with counts",
     responses(
         (status = 200, body = QueueList, description = "Queues"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        Guarded
     )
 )]
 /// `GET /v1/queues`: every queue with counts per state.
@@ -46,14 +45,11 @@ async fn known(st: &AppState, name: &str) -> ApiResult<()> {
     path = "/v1/queues/{name}",
     tag = "queues",
     summary = "Read a queue",
-    params(("name" = String, Path, description = "Queue name", pattern = r"^(?!\.{1,2}$)[A-Za-z0-9._:-]{1,128}$")),
     responses(
         (status = 200, body = QueueInfo, description = "The queue"),
-        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
-        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        BadRequest,
+        NotFound,
+        Guarded
     )
 )]
 /// `GET /v1/queues/{name}`.
@@ -75,16 +71,12 @@ pub async fn queues_get(
     path = "/v1/queues/{name}",
     tag = "queues",
     summary = "Change a queue's settings",
-    request_body = QueueUpdate, params(("name" = String, Path, description = "Queue name", pattern = r"^(?!\.{1,2}$)[A-Za-z0-9._:-]{1,128}$")),
+    request_body = QueueUpdate,
     responses(
         (status = 200, body = QueueInfo, description = "The queue"),
-        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
-        (status = 413, body = Problem, description = "Too large", content_type = "application/problem+json"),
-        (status = 415, body = Problem, description = "Not JSON", content_type = "application/problem+json"),
-        (status = 422, body = Problem, description = "Invalid", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        JsonBody,
+        Invalid,
+        Guarded
     )
 )]
 /// `PUT /v1/queues/{name}`: set weight, paused, human_only, max_running, rate_limit
@@ -151,14 +143,11 @@ async fn set_paused(st: AppState, name: String, paused: bool) -> ApiResult<Json<
     path = "/v1/queues/{name}/pause",
     tag = "queues",
     summary = "Pause dispatching",
-    params(("name" = String, Path, description = "Queue name", pattern = r"^(?!\.{1,2}$)[A-Za-z0-9._:-]{1,128}$")),
     responses(
         (status = 200, body = QueueInfo, description = "The queue"),
-        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
-        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        BadRequest,
+        NotFound,
+        Guarded
     )
 )]
 /// `POST /v1/queues/{name}/pause`: stop dispatching (running tasks go on).
@@ -179,14 +168,11 @@ pub async fn queues_pause(
     path = "/v1/queues/{name}/resume",
     tag = "queues",
     summary = "Resume dispatching",
-    params(("name" = String, Path, description = "Queue name", pattern = r"^(?!\.{1,2}$)[A-Za-z0-9._:-]{1,128}$")),
     responses(
         (status = 200, body = QueueInfo, description = "The queue"),
-        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
-        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        BadRequest,
+        NotFound,
+        Guarded
     )
 )]
 /// `POST /v1/queues/{name}/resume`.

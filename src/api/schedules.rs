@@ -4,6 +4,7 @@
 
 use super::auth::{Principal, Role};
 use super::error::{ApiError, ApiResult};
+use super::openapi::parts::{BadRequest, Guarded, JsonBody, NotFound};
 use super::{AppState, Json};
 use crate::domain::coord::{NewSchedule, Schedule, ScheduleList};
 use crate::domain::cron::CronSpec;
@@ -83,13 +84,9 @@ async fn load(st: &AppState, name: &str, fires: i64) -> ApiResult<Schedule> {
     responses(
         (status = 201, body = Schedule, description = "The schedule; its first tick is the first after now"),
         (status = 409, body = Problem, description = "A schedule of that name exists (`schedule_exists`); delete it first", content_type = "application/problem+json"),
-        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
-        (status = 413, body = Problem, description = "Too large", content_type = "application/problem+json"),
-        (status = 415, body = Problem, description = "Not JSON", content_type = "application/problem+json"),
         (status = 422, body = Problem, description = "Invalid cron expression, time zone or task", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        JsonBody,
+        Guarded
     )
 )]
 /// `POST /v1/schedules`: a new schedule (409 when the name is taken: no silent upsert).
@@ -163,9 +160,7 @@ pub async fn schedules_create(
     summary = "List cron schedules",
     responses(
         (status = 200, body = ScheduleList, description = "Every schedule, by name"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        Guarded
     )
 )]
 /// `GET /v1/schedules`: every schedule with its next fire and its last 5 fires.
@@ -208,14 +203,12 @@ pub struct GetQuery {
     path = "/v1/schedules/{name}",
     tag = "schedules",
     summary = "Read a cron schedule with its next and last fires",
-    params(("name" = String, Path, description = "Schedule name", pattern = r"^(?!\.{1,2}$)[A-Za-z0-9._:-]{1,128}$"), GetQuery),
+    params(GetQuery),
     responses(
         (status = 200, body = Schedule, description = "The schedule"),
-        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
-        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        BadRequest,
+        NotFound,
+        Guarded
     )
 )]
 /// `GET /v1/schedules/{name}?fires=`.
@@ -246,14 +239,11 @@ pub async fn schedules_get(
     path = "/v1/schedules/{name}",
     tag = "schedules",
     summary = "Delete a cron schedule (the tasks it fired stay)",
-    params(("name" = String, Path, description = "Schedule name", pattern = r"^(?!\.{1,2}$)[A-Za-z0-9._:-]{1,128}$")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
-        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        BadRequest,
+        NotFound,
+        Guarded
     )
 )]
 /// `DELETE /v1/schedules/{name}`.
@@ -293,14 +283,11 @@ async fn set_paused(
     path = "/v1/schedules/{name}/pause",
     tag = "schedules",
     summary = "Pause a cron schedule",
-    params(("name" = String, Path, description = "Schedule name", pattern = r"^(?!\.{1,2}$)[A-Za-z0-9._:-]{1,128}$")),
     responses(
         (status = 200, body = Schedule, description = "The schedule, paused"),
-        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
-        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        BadRequest,
+        NotFound,
+        Guarded
     )
 )]
 /// `POST /v1/schedules/{name}/pause`.
@@ -320,14 +307,11 @@ pub async fn schedules_pause(
     path = "/v1/schedules/{name}/resume",
     tag = "schedules",
     summary = "Resume a cron schedule (ticks passed while paused are not fired)",
-    params(("name" = String, Path, description = "Schedule name", pattern = r"^(?!\.{1,2}$)[A-Za-z0-9._:-]{1,128}$")),
     responses(
         (status = 200, body = Schedule, description = "The schedule, running"),
-        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
-        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        BadRequest,
+        NotFound,
+        Guarded
     )
 )]
 /// `POST /v1/schedules/{name}/resume`.

@@ -3,11 +3,14 @@
 
 use super::auth::{Principal, Role};
 use super::error::{ApiError, ApiResult};
+use super::openapi::parts::{
+    BadRequest, Conflict, Guarded, Invalid, JsonBody, NotFound, UnknownDependency,
+};
 use super::{AppState, Json, MAX_BATCH, MAX_PAYLOAD, MAX_WAIT_MS};
 use crate::domain::spec::IDEMPOTENCY_TTL_MS;
 use crate::domain::{
     BatchCreated, CompleteRequest, ExtendReply, ExtendRequest, FailRequest, NewTask, NewTaskBatch,
-    OnDependencyFailure, Problem, Task, TaskPage, TaskSpec, TaskState, rfc3339_ms, validate,
+    OnDependencyFailure, Task, TaskPage, TaskSpec, TaskState, rfc3339_ms, validate,
 };
 use crate::service::hub::NodeStats;
 use crate::service::submit::{self, Idempotency};
@@ -117,14 +120,10 @@ fn created(t: PreparedTask, now_ms: i64) -> Task {
     responses(
         (status = 201, body = Task, description = "The task"),
         (status = 200, body = Task, description = "A live task of the queue holds the unique_key: that task; nothing created"),
-        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
-        (status = 413, body = Problem, description = "Too large", content_type = "application/problem+json"),
-        (status = 415, body = Problem, description = "Not JSON", content_type = "application/problem+json"),
-        (status = 404, body = Problem, description = "A task named in depends_on does not exist (code unknown_dependency)", content_type = "application/problem+json"),
-        (status = 422, body = Problem, description = "Invalid", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        JsonBody,
+        UnknownDependency,
+        Invalid,
+        Guarded
     )
 )]
 /// `POST /v1/tasks`: submit one task.
@@ -163,14 +162,10 @@ pub async fn tasks_create(
     request_body = NewTaskBatch, params(("Idempotency-Key" = Option<String>, Header, description = "A repeat returns the first answer and creates nothing", pattern = r"^[!-~]{1,256}$")),
     responses(
         (status = 201, body = BatchCreated, description = "Ids in request order"),
-        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
-        (status = 413, body = Problem, description = "Too large", content_type = "application/problem+json"),
-        (status = 415, body = Problem, description = "Not JSON", content_type = "application/problem+json"),
-        (status = 404, body = Problem, description = "A task named in depends_on does not exist (code unknown_dependency)", content_type = "application/problem+json"),
-        (status = 422, body = Problem, description = "Invalid", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        JsonBody,
+        UnknownDependency,
+        Invalid,
+        Guarded
     )
 )]
 /// `POST /v1/tasks/batch`: up to 10,000 tasks, all validated first, stored all or nothing.
@@ -226,13 +221,10 @@ pub async fn tasks_batch(
     path = "/v1/tasks/{id}",
     tag = "tasks",
     summary = "Read a task",
-    params(("id" = String, Path, description = "Task id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}\.[A-Za-z0-9._:-]{1,128}$")),
     responses(
         (status = 200, body = Task, description = "The task"),
-        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        NotFound,
+        Guarded
     )
 )]
 /// `GET /v1/tasks/{id}`.
@@ -283,10 +275,8 @@ pub struct ListQuery {
     params(ListQuery),
     responses(
         (status = 200, body = TaskPage, description = "A page of tasks"),
-        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        BadRequest,
+        Guarded
     )
 )]
 /// `GET /v1/tasks?queue=&state=&kind=&limit=&cursor=`.
@@ -350,14 +340,12 @@ pub struct WaitQuery {
     path = "/v1/tasks/{id}/wait",
     tag = "tasks",
     summary = "Wait until a task is finished (or the timeout)",
-    params(("id" = String, Path, description = "Task id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}\.[A-Za-z0-9._:-]{1,128}$"), WaitQuery),
+    params(WaitQuery),
     responses(
         (status = 200, body = Task, description = "The task, finished or as it stands at the timeout"),
-        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
-        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        BadRequest,
+        NotFound,
+        Guarded
     )
 )]
 /// `GET /v1/tasks/{id}/wait?timeout_ms=`: the task once terminal, or as it stands at the timeout.
@@ -410,14 +398,11 @@ pub async fn tasks_wait(
     path = "/v1/tasks/{id}/cancel",
     tag = "tasks",
     summary = "Cancel a task",
-    params(("id" = String, Path, description = "Task id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}\.[A-Za-z0-9._:-]{1,128}$")),
     responses(
         (status = 200, body = Task, description = "The task (cancelled, or cancel_requested while its node stops it)"),
-        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
-        (status = 409, body = Problem, description = "Conflicts with the current state", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        NotFound,
+        Conflict,
+        Guarded
     )
 )]
 /// `POST /v1/tasks/{id}/cancel`.
@@ -443,14 +428,11 @@ pub async fn tasks_cancel(
     path = "/v1/tasks/{id}/retry",
     tag = "tasks",
     summary = "Send a failed or cancelled task back to pending",
-    params(("id" = String, Path, description = "Task id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}\.[A-Za-z0-9._:-]{1,128}$")),
     responses(
         (status = 200, body = Task, description = "The task, pending"),
-        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
-        (status = 409, body = Problem, description = "Conflicts with the current state", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        NotFound,
+        Conflict,
+        Guarded
     )
 )]
 /// `POST /v1/tasks/{id}/retry`: a failed or cancelled task goes back to pending.
@@ -476,14 +458,11 @@ pub async fn tasks_retry(
     path = "/v1/tasks/{id}",
     tag = "tasks",
     summary = "Delete a finished task",
-    params(("id" = String, Path, description = "Task id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}\.[A-Za-z0-9._:-]{1,128}$")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
-        (status = 409, body = Problem, description = "Conflicts with the current state", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        NotFound,
+        Conflict,
+        Guarded
     )
 )]
 /// `DELETE /v1/tasks/{id}`: finished tasks only.
@@ -520,18 +499,14 @@ fn progress_json(p: &Option<serde_json::Value>) -> ApiResult<Option<String>> {
     path = "/v1/tasks/{id}/extend",
     tag = "agent protocol",
     summary = "Renew a lease (and report progress)",
-    request_body = ExtendRequest, params(("id" = String, Path, description = "Task id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}\.[A-Za-z0-9._:-]{1,128}$")),
+    request_body = ExtendRequest,
     responses(
         (status = 200, body = ExtendReply, description = "New deadline"),
-        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
-        (status = 413, body = Problem, description = "Too large", content_type = "application/problem+json"),
-        (status = 415, body = Problem, description = "Not JSON", content_type = "application/problem+json"),
-        (status = 422, body = Problem, description = "Invalid", content_type = "application/problem+json"),
-        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
-        (status = 409, body = Problem, description = "Conflicts with the current state", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        JsonBody,
+        NotFound,
+        Conflict,
+        Invalid,
+        Guarded
     )
 )]
 /// `POST /v1/tasks/{id}/extend`: renew the lease (node token or admin).
@@ -626,18 +601,14 @@ pub(crate) fn error_text(e: &Option<String>) -> String {
     path = "/v1/tasks/{id}/complete",
     tag = "agent protocol",
     summary = "Complete the current lease with a result",
-    request_body = CompleteRequest, params(("id" = String, Path, description = "Task id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}\.[A-Za-z0-9._:-]{1,128}$")),
+    request_body = CompleteRequest,
     responses(
         (status = 200, body = Task, description = "The task"),
-        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
-        (status = 413, body = Problem, description = "Too large", content_type = "application/problem+json"),
-        (status = 415, body = Problem, description = "Not JSON", content_type = "application/problem+json"),
-        (status = 422, body = Problem, description = "Invalid", content_type = "application/problem+json"),
-        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
-        (status = 409, body = Problem, description = "Conflicts with the current state", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        JsonBody,
+        NotFound,
+        Conflict,
+        Invalid,
+        Guarded
     )
 )]
 /// `POST /v1/tasks/{id}/complete`: accept the result of the current lease.
@@ -666,18 +637,14 @@ pub async fn tasks_complete(
     path = "/v1/tasks/{id}/fail",
     tag = "agent protocol",
     summary = "Fail the current attempt",
-    request_body = FailRequest, params(("id" = String, Path, description = "Task id", pattern = r"^[0-9A-HJKMNP-TV-Z]{26}\.[A-Za-z0-9._:-]{1,128}$")),
+    request_body = FailRequest,
     responses(
         (status = 200, body = Task, description = "The task"),
-        (status = 400, body = Problem, description = "Malformed request", content_type = "application/problem+json"),
-        (status = 413, body = Problem, description = "Too large", content_type = "application/problem+json"),
-        (status = 415, body = Problem, description = "Not JSON", content_type = "application/problem+json"),
-        (status = 422, body = Problem, description = "Invalid", content_type = "application/problem+json"),
-        (status = 404, body = Problem, description = "Not found", content_type = "application/problem+json"),
-        (status = 409, body = Problem, description = "Conflicts with the current state", content_type = "application/problem+json"),
-        (status = 401, body = Problem, description = "No or unknown token", content_type = "application/problem+json"),
-        (status = 403, body = Problem, description = "The token may not do this", content_type = "application/problem+json"),
-        (status = 503, body = Problem, description = "Redis unavailable; retry after Retry-After", content_type = "application/problem+json")
+        JsonBody,
+        NotFound,
+        Conflict,
+        Invalid,
+        Guarded
     )
 )]
 /// `POST /v1/tasks/{id}/fail`: the current attempt failed.

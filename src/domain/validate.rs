@@ -8,6 +8,13 @@ pub const MAX_KIND_LEN: usize = 256;
 /// Length of a ULID in text.
 pub const ULID_LEN: usize = 26;
 
+/// JSON Schema pattern of a ULID (batch and node ids): what [`is_ulid`] accepts.
+pub const ULID_PATTERN: &str = r"^[0-9A-HJKMNP-TV-Z]{26}$";
+/// JSON Schema pattern of a queue, lock or schedule name: what [`queue_name`] accepts.
+pub const NAME_PATTERN: &str = r"^(?!\.{1,2}$)[A-Za-z0-9._:-]{1,128}$";
+/// JSON Schema pattern of a task id: what [`task_queue`] accepts.
+pub const TASK_ID_PATTERN: &str = r"^[0-9A-HJKMNP-TV-Z]{26}\.(?!\.{1,2}$)[A-Za-z0-9._:-]{1,128}$";
+
 /// A queue name matches `[A-Za-z0-9._:-]{1,128}` and is neither `.` nor `..`.
 pub fn queue_name(s: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > MAX_QUEUE_LEN {
@@ -115,5 +122,35 @@ mod tests {
         assert!(kind("").is_err());
         assert!(kind("a\u{0}").is_err());
         assert!(kind(&"k".repeat(257)).is_err());
+    }
+
+    /// The schema patterns say what the validators accept (the `regex` crate has no
+    /// look-ahead, so the `(?!\.{1,2}$)` part is checked by hand).
+    #[test]
+    fn schema_patterns_agree_with_the_validators() {
+        let plain = |p: &str| regex::Regex::new(&p.replace(r"(?!\.{1,2}$)", "")).unwrap();
+        let (ulid, name, task) = (
+            plain(ULID_PATTERN),
+            plain(NAME_PATTERN),
+            plain(TASK_ID_PATTERN),
+        );
+        let id = "01J9ZV7Q5X7M3S1RZ0B6H8K2QW";
+        for s in [
+            id,
+            "01J9ZV7Q5X7M3S1RZ0B6H8K2Q",
+            "01J9ZV7Q5X7M3S1RZ0B6H8K2QI",
+            "",
+        ] {
+            assert_eq!(ulid.is_match(s), is_ulid(s), "{s:?}");
+        }
+        for s in ["images", "a.b:c-d_e", ".", "..", "...", "sp ace", "é", ""] {
+            let pattern = name.is_match(s) && s != "." && s != "..";
+            assert_eq!(pattern, queue_name(s).is_ok(), "{s:?}");
+        }
+        for q in ["images", ".", "..", "...", "a b"] {
+            let s = format!("{id}.{q}");
+            let pattern = task.is_match(&s) && q != "." && q != "..";
+            assert_eq!(pattern, task_queue(&s).is_some(), "{s:?}");
+        }
     }
 }
