@@ -47,9 +47,7 @@ pub async fn nodes_register(
 ) -> ApiResult<(StatusCode, Json<NodeRegistered>)> {
     who.require(Role::Agent)?;
     let bad = |m: String| ApiError::invalid("invalid_node", m);
-    if body.name.is_empty() || body.name.len() > 256 || body.name.chars().any(char::is_control) {
-        return Err(bad("name must be 1 to 256 printable characters".into()));
-    }
+    validate::text("name", &body.name, 256).map_err(bad)?;
     let queues = if body.queues.is_empty() {
         vec!["default".to_string()]
     } else {

@@ -256,7 +256,7 @@ pub struct ListQuery {
     #[param(
         min_length = 1,
         max_length = 256,
-        pattern = r"^[^\x00-\x1F\x7F-\x9F]+$"
+        pattern = r"^[^\x00-\x1F\x7F-\x9F\u00AD\u061C\u180E\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$"
     )]
     kind: Option<String>,
     /// Page size, 1 to 1000 (default 100).

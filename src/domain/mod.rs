@@ -158,7 +158,7 @@ pub struct NewTask {
     #[schema(
         min_length = 1,
         max_length = 256,
-        pattern = r"^[^\x00-\x1F\x7F-\x9F]+$"
+        pattern = r"^[^\x00-\x1F\x7F-\x9F\u00AD\u061C\u180E\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$"
     )]
     pub kind: String,
     /// Queue, `default` when absent.
@@ -244,7 +244,7 @@ pub struct NewTask {
     #[schema(
         min_length = 1,
         max_length = 256,
-        pattern = r"^[^\x00-\x1F\x7F-\x9F]+$"
+        pattern = r"^[^\x00-\x1F\x7F-\x9F\u00AD\u061C\u180E\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$"
     )]
     pub unique_key: Option<String>,
     /// How long the unique key holds from the submission, whatever the task's state.

@@ -8,6 +8,9 @@ use super::{Backoff, NewTask, OnDependencyFailure, validate};
 /// Largest payload, as JSON text.
 pub const MAX_PAYLOAD: usize = 1024 * 1024;
 
+/// Longest `delay_ms`, and how far ahead `run_at` may be: one year.
+pub const MAX_DELAY_MS: i64 = 365 * 24 * 3600 * 1000;
+
 /// Default attempts.
 pub const DEFAULT_MAX_ATTEMPTS: i64 = 3;
 /// Default lease TTL.
@@ -109,15 +112,27 @@ impl TaskSpec {
             )));
         }
         let run_at_ms = match &t.run_at {
-            Some(s) => Some(
-                parse_rfc3339_ms(s)
-                    .ok_or_else(|| bad("run_at", format!("{s:?} is not an RFC 3339 time")))?,
-            ),
+            Some(s) => {
+                let ms = parse_rfc3339_ms(s)
+                    .ok_or_else(|| bad("run_at", format!("{s:?} is not an RFC 3339 time")))?;
+                // Bounded like delay_ms: from the Unix epoch (past times run now) to one
+                // year ahead.
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                if !(0..=now + MAX_DELAY_MS).contains(&ms) {
+                    return Err(bad(
+                        "run_at",
+                        format!("{s:?} must be between 1970-01-01 and one year from now"),
+                    ));
+                }
+                Some(ms)
+            }
             None => None,
         };
         let delay_ms = t.delay_ms;
         if let Some(d) = delay_ms
-            && !(0..=365 * 24 * 3600 * 1000).contains(&d)
+            && !(0..=MAX_DELAY_MS).contains(&d)
         {
             return Err(bad("delay_ms", "must be 0 to one year".into()));
         }
@@ -170,13 +185,8 @@ impl TaskSpec {
         let mut depends_on = depends_on;
         depends_on.sort();
         depends_on.dedup();
-        if let Some(k) = &t.unique_key
-            && (k.is_empty() || k.len() > 256 || k.chars().any(char::is_control))
-        {
-            return Err(bad(
-                "unique_key",
-                "must be 1 to 256 characters, no control characters".into(),
-            ));
+        if let Some(k) = &t.unique_key {
+            validate::text("unique_key", k, 256).map_err(|e| bad("unique_key", e))?;
         }
         // (unique_ttl_ms without unique_key, like on_dependency_failure without
         // depends_on, has nothing to apply to and is ignored.)
@@ -190,9 +200,12 @@ impl TaskSpec {
             (None, None) => None,
             (key, limit) => {
                 let k = key.unwrap_or_else(|| format!("kind:{}", t.kind));
-                if !k.starts_with("kind:") {
-                    validate::queue_name(&k).map_err(|e| bad("concurrency_key", e))?;
+                // `kind:<kind>` names a kind's limit; anything else is a name like a queue's.
+                match k.strip_prefix("kind:") {
+                    Some(kind) => validate::kind(kind),
+                    None => validate::queue_name(&k),
                 }
+                .map_err(|e| bad("concurrency_key", e))?;
                 let n = limit.unwrap_or(1);
                 if !(1..=100_000).contains(&n) {
                     return Err(bad("concurrency_limit", "must be 1 to 100000".into()));
@@ -228,5 +241,68 @@ impl TaskSpec {
             batch: None,
             origin: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(extra: serde_json::Value) -> NewTask {
+        let mut v = serde_json::json!({"kind": "resize", "queue": "images"});
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn refused(extra: serde_json::Value) -> String {
+        match TaskSpec::parse(task(extra.clone()), "") {
+            Err(SpecError::Invalid { detail, .. }) => detail,
+            other => panic!("{extra} was not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plain_task_gets_its_defaults() {
+        let t = TaskSpec::parse(task(serde_json::json!({})), "").unwrap();
+        assert_eq!(t.queue, "images");
+        assert_eq!(t.max_attempts, DEFAULT_MAX_ATTEMPTS);
+        assert_eq!(t.timeout_ms, DEFAULT_TIMEOUT_MS);
+        assert!(t.id.ends_with(".images"));
+    }
+
+    #[test]
+    fn run_at_is_bounded_like_delay_ms() {
+        assert!(
+            refused(serde_json::json!({"run_at": "9999-12-31T23:59:59-23:59"})).contains("run_at")
+        );
+        assert!(refused(serde_json::json!({"run_at": "1969-12-31T23:59:59Z"})).contains("run_at"));
+        assert!(
+            TaskSpec::parse(
+                task(serde_json::json!({"run_at": "2020-01-01T00:00:00Z"})),
+                ""
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_kind_concurrency_key_is_validated_too() {
+        let junk = format!("kind:{}", "\u{1}".repeat(1000));
+        assert!(refused(serde_json::json!({"concurrency_key": junk})).contains("concurrency_key"));
+        let long = format!("kind:{}", "k".repeat(300));
+        assert!(refused(serde_json::json!({"concurrency_key": long})).contains("concurrency_key"));
+        let ok = TaskSpec::parse(
+            task(serde_json::json!({"concurrency_key": "kind:resize"})),
+            "",
+        );
+        assert_eq!(ok.unwrap().concurrency, Some(("kind:resize".into(), 1)));
+    }
+
+    #[test]
+    fn names_with_invisible_characters_are_refused() {
+        assert!(refused(serde_json::json!({"kind": "pay\u{202E}lyap"})).starts_with("kind"));
+        assert!(refused(serde_json::json!({"unique_key": "a\u{200B}b"})).starts_with("unique_key"));
     }
 }

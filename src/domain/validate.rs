@@ -37,15 +37,40 @@ pub fn queue_name(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A kind is 1..=256 characters of printable text (no control characters).
-pub fn kind(s: &str) -> Result<(), String> {
-    if s.is_empty() || s.len() > MAX_KIND_LEN {
-        return Err(format!("kind must be 1 to {MAX_KIND_LEN} bytes"));
+/// Characters that change how text is shown without being seen: Unicode format
+/// characters (bidi overrides and isolates, zero-width joiners, the BOM, the soft
+/// hyphen) and the line and paragraph separators. In a name they spoof logs and tables.
+pub fn is_hidden(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+        | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// JSON Schema pattern of names shown to people (kinds, node names, keys): no control
+/// and no [`is_hidden`] characters. Mirrored in the schema attributes of `domain`.
+pub const TEXT_PATTERN: &str =
+    r"^[^\x00-\x1F\x7F-\x9F\u00AD\u061C\u180E\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]+$";
+
+/// `what` is 1..=`max` bytes of visible text: no control, no [`is_hidden`] characters.
+pub fn text(what: &str, s: &str, max: usize) -> Result<(), String> {
+    if s.is_empty() || s.len() > max {
+        return Err(format!("{what} must be 1 to {max} bytes"));
     }
     if s.chars().any(char::is_control) {
-        return Err("kind cannot contain control characters".into());
+        return Err(format!("{what} cannot contain control characters"));
+    }
+    if let Some(c) = s.chars().find(|c| is_hidden(*c)) {
+        return Err(format!(
+            "{what} cannot contain invisible formatting characters (found U+{:04X})",
+            c as u32
+        ));
     }
     Ok(())
+}
+
+/// A kind is 1..=256 bytes of visible text ([`text`]).
+pub fn kind(s: &str) -> Result<(), String> {
+    text("kind", s, MAX_KIND_LEN)
 }
 
 /// A node tag: like a queue name.
@@ -151,6 +176,35 @@ mod tests {
             let s = format!("{id}.{q}");
             let pattern = task.is_match(&s) && q != "." && q != "..";
             assert_eq!(pattern, task_queue(&s).is_some(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn names_refuse_invisible_formatting_characters() {
+        for bad in [
+            "pay\u{202E}lyap",
+            "a\u{200B}b",
+            "\u{FEFF}kind",
+            "line\u{2028}two",
+            "x\u{2066}y",
+        ] {
+            assert!(kind(bad).is_err(), "{bad:?}");
+        }
+        assert!(kind("résumé.render — v2").is_ok());
+        // The schema pattern (ECMA `\uXXXX` escapes) agrees with the validator.
+        let ecma = regex::Regex::new(r"\\u([0-9A-F]{4})").unwrap();
+        let pattern = regex::Regex::new(&ecma.replace_all(TEXT_PATTERN, r"\x{$1}")).unwrap();
+        for s in [
+            "pay\u{202E}lyap",
+            "a\u{200B}b",
+            "\u{FEFF}k",
+            "l\u{2029}",
+            "\u{AD}",
+            "ok",
+            "é—ü",
+            "t\tab",
+        ] {
+            assert_eq!(pattern.is_match(s), text("x", s, 256).is_ok(), "{s:?}");
         }
     }
 }
