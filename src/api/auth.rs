@@ -201,7 +201,11 @@ impl FromRequestParts<AppState> for Principal {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let who = authenticate(parts, state).await?;
+        // The rate limiter authenticated this request already (its result rides along).
+        let who = match parts.extensions.remove::<Authenticated>() {
+            Some(Authenticated(who)) => who,
+            None => authenticate(parts, state).await?.0,
+        };
         if let Some(slot) = parts.extensions.get::<RoleSlot>() {
             let _ = slot.0.set(who.role_name());
         }
@@ -209,9 +213,17 @@ impl FromRequestParts<AppState> for Principal {
     }
 }
 
-async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
+/// A request's caller, found by the rate limiter before the handler runs.
+#[derive(Clone)]
+pub(crate) struct Authenticated(pub(crate) Principal);
+
+/// The caller and its rate-limit identity (`admin`, `token:<sha>`, `node:<id>`).
+pub(crate) async fn authenticate(
+    parts: &Parts,
+    state: &AppState,
+) -> Result<(Principal, String), ApiError> {
     if state.no_auth {
-        return Ok(Principal::Admin);
+        return Ok((Principal::Admin, "admin".into()));
     }
     let header = parts
         .headers
@@ -223,8 +235,9 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
         .to_str()
         .ok()
         .and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
+            // The scheme is case-insensitive (RFC 9110 11.1); spaces around the token are not part of it.
+            let (scheme, token) = h.trim_start().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
         })
         .map(str::trim)
         .filter(|t| !t.is_empty())
@@ -235,18 +248,21 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
     if let Some(admin) = &state.admin_sha
         && eq_sha(&sha, admin)
     {
-        return Ok(Principal::Admin);
+        return Ok((Principal::Admin, "admin".into()));
     }
     // Constant time per comparison; the list is short and fixed.
     if let Some((_, role)) = state.tokens.iter().find(|(h, _)| eq_sha(&sha, h)) {
-        return Ok(Principal::Role(*role));
+        return Ok((Principal::Role(*role), format!("token:{sha}")));
     }
     if let Some((node_id, _)) = token.split_once('.')
         && crate::domain::validate::node_id(node_id)
         && let Some(rec) = state.directory.get(&state.store, node_id).await?
         && eq_sha(&sha, &rec.token_sha)
     {
-        return Ok(Principal::Node(node_id.to_string()));
+        return Ok((
+            Principal::Node(node_id.to_string()),
+            format!("node:{node_id}"),
+        ));
     }
     Err(ApiError::Unauthorized("unknown token".into()))
 }

@@ -52,6 +52,9 @@ pub enum ApiError {
     /// 415.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// 429 with Retry-After (seconds): the caller is over its rate limit.
+    #[error("this token is over its rate limit; retry after {0} s")]
+    RateLimited(u64),
     /// 503 with Retry-After: Redis unreachable.
     #[error("redis is unavailable")]
     Unavailable(#[source] StoreError),
@@ -105,6 +108,11 @@ impl ApiError {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "Unsupported Media Type",
                 "unsupported_media_type",
+            ),
+            ApiError::RateLimited(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too Many Requests",
+                "rate_limited",
             ),
             ApiError::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -200,6 +208,9 @@ impl IntoResponse for ApiError {
         match self {
             ApiError::Unavailable(_) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::RateLimited(secs) => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }
             ApiError::Unauthorized(_) => {
                 h.insert(

@@ -1,7 +1,12 @@
-//! Per-token rate limit: a token bucket per bearer token (keyed by the token's hash),
-//! in this process. Past it: 429 with `Retry-After`. Off unless configured.
+//! Per-caller rate limit: a token bucket per authenticated identity (the admin, each
+//! configured token by its hash, each node), one shared bucket for callers without a
+//! valid token; in this process. A middleware in front of every route, for requests
+//! that carry an `Authorization` header: it authenticates them (the handler's
+//! [`super::auth::Principal`] reuses the answer) before any body is read. Past the
+//! limit: 429 with `Retry-After`. Off unless configured.
 
 use super::AppState;
+use super::auth::{Authenticated, authenticate};
 use super::error::ApiError;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -49,32 +54,46 @@ impl RateLimiter {
     }
 }
 
-/// Middleware: applies the limiter to requests that carry a bearer token.
-pub async fn rate_limit(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    if let (Some(rl), Some(h)) = (
-        &st.limiter,
-        req.headers().get(axum::http::header::AUTHORIZATION),
-    ) {
-        let key = crate::store::token_sha(h.to_str().unwrap_or(""));
-        if let Err(wait) = rl.take(&key) {
-            let secs = wait.ceil().max(1.0) as u64;
-            let mut r = ApiError::invalid("rate_limited", "").into_response();
-            *r.status_mut() = axum::http::StatusCode::TOO_MANY_REQUESTS;
-            let p = crate::domain::Problem {
-                type_: "https://muster.dev/problems/rate_limited".into(),
-                title: "Too Many Requests".into(),
-                status: 429,
-                detail: format!("this token is over its rate limit; retry after {secs} s"),
-                code: "rate_limited".into(),
-            };
-            *r.body_mut() = axum::body::Body::from(serde_json::to_vec(&p).unwrap_or_default());
-            if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {
-                r.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
-            }
-            return r;
-        }
+/// The bucket of every caller whose token is missing or unknown: strangers share one
+/// bucket, so junk tokens cannot grow the map or spare themselves the limit.
+pub const ANONYMOUS: &str = "anonymous";
+
+impl RateLimiter {
+    /// Takes one request from `identity`'s bucket (an authenticated identity, or
+    /// [`ANONYMOUS`]).
+    ///
+    /// # Errors
+    /// 429 `rate_limited` with the seconds to wait.
+    pub fn admit(&self, identity: &str) -> Result<(), ApiError> {
+        self.take(identity)
+            .map_err(|wait| ApiError::RateLimited(wait.ceil().max(1.0) as u64))
     }
-    next.run(req).await
+}
+
+/// Middleware: applies the limiter to requests that carry an `Authorization` header,
+/// keyed on who they authenticate as.
+pub async fn rate_limit(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(rl) = &st.limiter else {
+        return next.run(req).await;
+    };
+    if !req
+        .headers()
+        .contains_key(axum::http::header::AUTHORIZATION)
+    {
+        return next.run(req).await;
+    }
+    let (mut parts, body) = req.into_parts();
+    let identity = match authenticate(&parts, &st).await {
+        Ok((who, identity)) => {
+            parts.extensions.insert(Authenticated(who));
+            identity
+        }
+        Err(_) => ANONYMOUS.to_string(),
+    };
+    if let Err(e) = rl.admit(&identity) {
+        return e.into_response();
+    }
+    next.run(Request::from_parts(parts, body)).await
 }
 
 #[cfg(test)]

@@ -1646,3 +1646,62 @@ async fn slow_clients_are_cut_at_the_header_read_timeout() {
         start.elapsed()
     );
 }
+
+/// Issue 16 item 6: the limiter keyed on the raw header, so `Bearer`/`bearer` and extra
+/// spaces gave one token many buckets, and every junk token got a fresh one.
+#[tokio::test]
+async fn the_rate_limit_keys_on_the_caller_not_on_the_header_spelling() {
+    let app = spawn_sec_app(&shared_redis().url(), |c| {
+        c.rate_limit = Some((1.0, 5.0));
+    })
+    .await;
+    let spellings = ["Bearer ", "bearer ", "Bearer   ", "BEARER ", "  Bearer "];
+    let mut ok = 0;
+    for i in 0..40 {
+        let header = format!("{}{}", spellings[i % spellings.len()], app.read);
+        let r = app
+            .http
+            .get(app.url("/v1/queues"))
+            .header("authorization", header)
+            .send()
+            .await
+            .expect("send");
+        match r.status().as_u16() {
+            200 => ok += 1,
+            429 => assert!(r.headers().contains_key("retry-after")),
+            s => panic!("unexpected {s}"),
+        }
+    }
+    // A burst of 5 and 1/s refill: a handful, never one bucket per spelling.
+    assert!(ok <= 8, "{ok} of 40 requests of one token were admitted");
+
+    // Junk tokens share one bucket: after its burst they are limited, not 401 forever.
+    let mut limited = 0;
+    for i in 0..20 {
+        let r = app
+            .http
+            .get(app.url("/v1/queues"))
+            .bearer_auth(format!("junk-{i}"))
+            .send()
+            .await
+            .expect("send");
+        match r.status().as_u16() {
+            401 => {}
+            429 => limited += 1,
+            s => panic!("unexpected {s}"),
+        }
+    }
+    assert!(
+        limited >= 10,
+        "only {limited} of 20 junk-token requests were limited"
+    );
+    // The admin has its own bucket.
+    let r = app
+        .http
+        .get(app.url("/v1/queues"))
+        .bearer_auth(&app.admin)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+}
