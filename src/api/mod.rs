@@ -190,6 +190,10 @@ pub fn router(state: AppState) -> Router {
             limit::rate_limit,
         ))
         .layer(axum::middleware::from_fn(auth::role_header))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            system::loopback_only,
+        ))
         .route_layer(axum::middleware::from_fn(system::track_http))
         .layer(axum::middleware::from_fn(system::limit_head))
         .layer(tower_http::trace::TraceLayer::new_for_http())

@@ -232,6 +232,53 @@ pub async fn track_http(
     res
 }
 
+/// True for a `Host` or `Origin` authority that names this machine's loopback
+/// interface (`localhost`, `127.0.0.1`, `[::1]`, any port).
+fn is_loopback_authority(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Middleware, with `--no-auth` only: every caller is admin, so only pages of this
+/// machine may call. A `Host` that is not a loopback name (DNS rebinding) or an
+/// `Origin` of another site (a cross-site form or fetch) is refused with 403.
+pub async fn loopback_only(
+    State(st): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !st.no_auth {
+        return next.run(req).await;
+    }
+    let allowed = {
+        let text = |name| {
+            req.headers()
+                .get(name)
+                .map(|v: &axum::http::HeaderValue| v.to_str().unwrap_or("\u{0}"))
+        };
+        let host_ok = text(axum::http::header::HOST).is_none_or(is_loopback_authority);
+        let origin_ok = text(axum::http::header::ORIGIN).is_none_or(|o| {
+            o.strip_prefix("http://")
+                .or_else(|| o.strip_prefix("https://"))
+                .is_some_and(is_loopback_authority)
+        });
+        host_ok && origin_ok
+    };
+    if allowed {
+        return next.run(req).await;
+    }
+    super::error::ApiError::Forbidden(
+        "this server runs with --no-auth: only requests from this machine's loopback pages are served (Host and Origin must be localhost, 127.0.0.1 or [::1]); start it with tokens to serve others".into(),
+    )
+    .into_response()
+}
+
 /// Middleware: refuses request heads larger than [`super::MAX_HEAD`] with 431.
 pub async fn limit_head(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let size: usize = req.uri().to_string().len()

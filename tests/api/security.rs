@@ -1705,3 +1705,68 @@ async fn the_rate_limit_keys_on_the_caller_not_on_the_header_spelling() {
         .expect("send");
     assert_eq!(r.status(), 200);
 }
+
+/// Issue 16 item 9: with `--no-auth` every caller is admin, so a page of another site
+/// (a cross-site form, or DNS rebinding to 127.0.0.1) could pause a queue.
+#[tokio::test]
+async fn no_auth_serves_only_loopback_hosts_and_origins() {
+    let app = spawn_sec_app(&shared_redis().url(), |c| {
+        c.no_auth = true;
+        c.admin_token = None;
+    })
+    .await;
+    let pause = |host: Option<&'static str>, origin: Option<&'static str>| {
+        let mut r = app.http.post(app.url("/v1/queues/noauth/pause"));
+        if let Some(h) = host {
+            r = r.header("host", h);
+        }
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        r.send()
+    };
+    let r = app
+        .http
+        .put(app.url("/v1/queues/noauth"))
+        .json(&json!({"weight": 1}))
+        .send()
+        .await
+        .expect("put");
+    assert!(r.status().is_success(), "{}", r.status());
+    let refused = [
+        (Some("rebind.evil.example"), None),
+        (None, Some("http://evil.example")),
+        (
+            Some("rebind.evil.example:8080"),
+            Some("http://rebind.evil.example:8080"),
+        ),
+        (None, Some("null")),
+    ];
+    for (host, origin) in refused {
+        let r = pause(host, origin).await.expect("send");
+        assert_eq!(r.status(), 403, "host {host:?} origin {origin:?}");
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+    }
+    let q: Value = app
+        .http
+        .get(app.url("/v1/queues/noauth"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(q["paused"], false, "a refused request changed nothing: {q}");
+    for (host, origin) in [
+        (None, None),
+        (Some("localhost:8080"), Some("http://localhost:8080")),
+        (Some("[::1]:8080"), Some("http://127.0.0.1:9000")),
+    ] {
+        let r = pause(host, origin).await.expect("send");
+        assert!(
+            r.status().is_success(),
+            "host {host:?} origin {origin:?}: {}",
+            r.status()
+        );
+    }
+}
