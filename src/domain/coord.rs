@@ -95,23 +95,25 @@ pub enum CatchUp {
     One,
 }
 
-/// `timezone`: one of the IANA names the server knows.
+/// `timezone`: one of the IANA names the server knows, as a pattern (an alternation of
+/// the names) rather than an enum: code generators make an identifier of every enum
+/// value, and `GMT0`, `GMT+0` and `GMT-0` (or `Etc/GMT+1` and `Etc/GMT-1`) collide.
 fn timezone_schema() -> utoipa::openapi::schema::Object {
     use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
-    // `null` means the default, as an absent field does.
-    let names = chrono_tz::TZ_VARIANTS
+    let names: Vec<String> = chrono_tz::TZ_VARIANTS
         .iter()
-        .map(|tz| serde_json::Value::from(tz.name()))
-        .chain([serde_json::Value::Null]);
+        .map(|tz| regex::escape(tz.name()))
+        .collect();
+    // `null` means the default, as an absent field does.
     ObjectBuilder::new()
         .schema_type(
             [Type::String, Type::Null]
                 .into_iter()
                 .collect::<SchemaType>(),
         )
-        .enum_values(Some(names))
+        .pattern(Some(format!("^(?:{})$", names.join("|"))))
         .description(Some(
-            "IANA time zone the expression is read in (default `UTC`).",
+            "IANA time zone the expression is read in (default `UTC`), e.g. `Europe/Paris`.",
         ))
         .build()
 }
