@@ -1,10 +1,10 @@
-//! The Lua scripts of `scripts/`, compiled in. Each transition script is prefixed with
-//! `scripts/lib.lua` (shared helpers); redis-rs runs them with EVALSHA and loads them
+//! The Lua scripts of `lua/`, compiled in. Each transition script is prefixed with
+//! `lua/lib.lua` (shared helpers); redis-rs runs them with EVALSHA and loads them
 //! again on NOSCRIPT (after a Redis restart or SCRIPT FLUSH).
 
 use redis::Script;
 
-const LIB: &str = include_str!("../../scripts/lib.lua");
+const LIB: &str = include_str!("../../lua/lib.lua");
 
 fn script(body: &str) -> Script {
     Script::new(&format!("{LIB}\n{body}"))
@@ -60,27 +60,27 @@ impl Scripts {
     /// Builds every script (no I/O).
     pub fn new() -> Scripts {
         Scripts {
-            submit: script(include_str!("../../scripts/submit.lua")),
-            promote: script(include_str!("../../scripts/promote.lua")),
-            dispatch: script(include_str!("../../scripts/dispatch.lua")),
-            lease: script(include_str!("../../scripts/lease.lua")),
-            extend: script(include_str!("../../scripts/extend.lua")),
-            complete: script(include_str!("../../scripts/complete.lua")),
-            fail: script(include_str!("../../scripts/fail.lua")),
-            expire: script(include_str!("../../scripts/expire.lua")),
-            cancel: script(include_str!("../../scripts/cancel.lua")),
-            retry: script(include_str!("../../scripts/retry.lua")),
-            delete: script(include_str!("../../scripts/delete.lua")),
-            requeue_inbox: script(include_str!("../../scripts/requeue_inbox.lua")),
-            heartbeat: script(include_str!("../../scripts/heartbeat.lua")),
-            dep_register: script(include_str!("../../scripts/dep_register.lua")),
-            dep_resolved: script(include_str!("../../scripts/dep_resolved.lua")),
-            batch_create: script(include_str!("../../scripts/batch_create.lua")),
-            batch_begin: script(include_str!("../../scripts/batch_begin.lua")),
-            batch_add: script(include_str!("../../scripts/batch_add.lua")),
-            batch_child: script(include_str!("../../scripts/batch_child.lua")),
-            batch_then: script(include_str!("../../scripts/batch_then.lua")),
-            report_many: script(include_str!("../../scripts/report_many.lua")),
+            submit: script(include_str!("../../lua/submit.lua")),
+            promote: script(include_str!("../../lua/promote.lua")),
+            dispatch: script(include_str!("../../lua/dispatch.lua")),
+            lease: script(include_str!("../../lua/lease.lua")),
+            extend: script(include_str!("../../lua/extend.lua")),
+            complete: script(include_str!("../../lua/complete.lua")),
+            fail: script(include_str!("../../lua/fail.lua")),
+            expire: script(include_str!("../../lua/expire.lua")),
+            cancel: script(include_str!("../../lua/cancel.lua")),
+            retry: script(include_str!("../../lua/retry.lua")),
+            delete: script(include_str!("../../lua/delete.lua")),
+            requeue_inbox: script(include_str!("../../lua/requeue_inbox.lua")),
+            heartbeat: script(include_str!("../../lua/heartbeat.lua")),
+            dep_register: script(include_str!("../../lua/dep_register.lua")),
+            dep_resolved: script(include_str!("../../lua/dep_resolved.lua")),
+            batch_create: script(include_str!("../../lua/batch_create.lua")),
+            batch_begin: script(include_str!("../../lua/batch_begin.lua")),
+            batch_add: script(include_str!("../../lua/batch_add.lua")),
+            batch_child: script(include_str!("../../lua/batch_child.lua")),
+            batch_then: script(include_str!("../../lua/batch_then.lua")),
+            report_many: script(include_str!("../../lua/report_many.lua")),
         }
     }
 
@@ -144,13 +144,13 @@ pub struct CoordScripts {
 
 /// The coordination scripts, built once per process.
 pub static COORD: std::sync::LazyLock<CoordScripts> = std::sync::LazyLock::new(|| CoordScripts {
-    lock_acquire: script(include_str!("../../scripts/lock_acquire.lua")),
-    lock_extend: script(include_str!("../../scripts/lock_extend.lua")),
-    lock_release: script(include_str!("../../scripts/lock_release.lua")),
-    sched_create: script(include_str!("../../scripts/sched_create.lua")),
-    sched_delete: script(include_str!("../../scripts/sched_delete.lua")),
-    sched_pause: script(include_str!("../../scripts/sched_pause.lua")),
-    sched_leader: script(include_str!("../../scripts/sched_leader.lua")),
-    sched_fire: script(include_str!("../../scripts/sched_fire.lua")),
-    sched_done: script(include_str!("../../scripts/sched_done.lua")),
+    lock_acquire: script(include_str!("../../lua/lock_acquire.lua")),
+    lock_extend: script(include_str!("../../lua/lock_extend.lua")),
+    lock_release: script(include_str!("../../lua/lock_release.lua")),
+    sched_create: script(include_str!("../../lua/sched_create.lua")),
+    sched_delete: script(include_str!("../../lua/sched_delete.lua")),
+    sched_pause: script(include_str!("../../lua/sched_pause.lua")),
+    sched_leader: script(include_str!("../../lua/sched_leader.lua")),
+    sched_fire: script(include_str!("../../lua/sched_fire.lua")),
+    sched_done: script(include_str!("../../lua/sched_done.lua")),
 });
