@@ -1,10 +1,116 @@
-//! Batched reports: a node's completions and failures written with one
-//! `report_many.lua` call per queue (and per 1,000 reports), each item answered as
-//! [`Store::complete`] or [`Store::fail`] would have.
+//! Reports: a node's completion or failure of its current lease, one at a time
+//! (`complete.lua`, `fail.lua`) or many with one `report_many.lua` call per queue (and
+//! per [`CHUNK`] reports), each item answered as [`Store::complete`] or [`Store::fail`]
+//! would have.
 
-use super::{Reported, Result, Store, StoreError, array, coded, parse_lease_token};
-use crate::domain::validate;
+use super::{Result, Store, StoreError, array, coded, int, parse_lease_token, state_of, text};
+use crate::domain::{TaskState, validate};
 use redis::Value;
+
+/// Outcome of complete / fail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reported {
+    /// The task's state after the report.
+    pub state: TaskState,
+    /// Run time of the attempt (ms); `None` for a repeat.
+    pub run_ms: Option<i64>,
+    /// The node that held the lease; `None` for a repeat.
+    pub node: Option<String>,
+}
+
+impl Store {
+    fn reported(code: i64, rest: &[Value]) -> Result<Reported> {
+        let state = || {
+            TaskState::parse(&state_of(rest.first()))
+                .ok_or_else(|| StoreError::Protocol("bad state".into()))
+        };
+        match code {
+            0 => Ok(Reported {
+                state: state()?,
+                run_ms: rest.get(1).and_then(int),
+                node: rest.get(2).and_then(text),
+            }),
+            3 => Ok(Reported {
+                state: state()?,
+                run_ms: None,
+                node: None,
+            }),
+            1 => Err(StoreError::NotFound),
+            _ => Err(StoreError::LeaseConflict {
+                state: state_of(rest.first()),
+            }),
+        }
+    }
+
+    /// Accepts a completion for the current lease (a repeat for the same lease answers
+    /// the same; anything else is a [`StoreError::LeaseConflict`]).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::LeaseConflict`].
+    pub async fn complete(
+        &self,
+        id: &str,
+        node: Option<&str>,
+        token: &str,
+        result: &str,
+    ) -> Result<Reported> {
+        let (code, rest) = self
+            .report(&self.scripts.complete, id, node, token, &[result])
+            .await?;
+        Self::reported(code, &rest)
+    }
+
+    /// Runs complete.lua or fail.lua: KEYS[1] the queue, ARGV channel, id, node, fence,
+    /// nonce, then `extra`.
+    async fn report(
+        &self,
+        script: &redis::Script,
+        id: &str,
+        node: Option<&str>,
+        token: &str,
+        extra: &[&str],
+    ) -> Result<(i64, Vec<Value>)> {
+        let queue = validate::task_queue(id).ok_or(StoreError::NotFound)?;
+        let (fence, nonce) = parse_lease_token(token).ok_or(StoreError::LeaseConflict {
+            state: "unknown".into(),
+        })?;
+        let mut inv = script.key(self.keys.queue_prefix(queue));
+        inv.arg(self.channel())
+            .arg(id)
+            .arg(node.unwrap_or(""))
+            .arg(fence)
+            .arg(nonce)
+            .arg(extra);
+        let mut c = self.conn();
+        coded(inv.invoke_async(&mut c).await?)
+    }
+
+    /// Records a failed attempt for the current lease.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::LeaseConflict`].
+    pub async fn fail(
+        &self,
+        id: &str,
+        node: Option<&str>,
+        token: &str,
+        error: &str,
+        retryable: bool,
+    ) -> Result<Reported> {
+        let jitter = rand::random::<f64>().to_string();
+        let retryable = if retryable { "1" } else { "0" };
+        let (code, rest) = self
+            .report(
+                &self.scripts.fail,
+                id,
+                node,
+                token,
+                &[error, retryable, &jitter],
+            )
+            .await?;
+        Self::reported(code, &rest)
+    }
+}
 
 /// Reports per script call: bounds the time one call holds Redis.
 pub const CHUNK: usize = 500;
@@ -135,22 +241,5 @@ impl Store {
             .into_iter()
             .map(|row| coded(row).and_then(|(code, rest)| Self::reported(code, &rest)))
             .collect())
-    }
-
-    /// The number of pending tasks of each queue given, in order (one pipeline), so the
-    /// reconciler's sweep looks again only at queues with work.
-    ///
-    /// # Errors
-    /// Redis errors.
-    pub async fn pending_counts(&self, queues: &[String]) -> Result<Vec<i64>> {
-        if queues.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for q in queues {
-            pipe.zcard(self.keys.state_index(q, "pending"));
-        }
-        let mut c = self.conn();
-        Ok(pipe.query_async(&mut c).await?)
     }
 }
