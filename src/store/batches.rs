@@ -3,7 +3,7 @@
 //! `{~batch:<id>}`. A child's end reaches its batch through a follow-up
 //! ([`super::dependencies`]).
 
-use super::{Result, Store, StoreError, coded, int, text};
+use super::{Missing, Result, Store, StoreError, coded, int, text};
 use crate::domain::batches::{Batch, BatchResult, BatchResultPage, BatchState};
 use crate::domain::{TaskState, rfc3339_ms, validate};
 use redis::AsyncCommands;
@@ -103,7 +103,9 @@ impl Store {
             inv.arg(ch);
         }
         let mut c = self.conn_for(children.len());
-        batch_check(inv.invoke_async(&mut c).await?)?.ok_or(StoreError::NotFound)
+        batch_check(inv.invoke_async(&mut c).await?)?.ok_or(StoreError::NotFound {
+            what: Missing::Batch,
+        })
     }
 
     /// Records the stored `then` task of a batch.
@@ -128,7 +130,9 @@ impl Store {
             .hgetall(format!("{}meta", self.keys.batch_prefix(id)))
             .await?;
         if h.is_empty() {
-            return Err(StoreError::NotFound);
+            return Err(StoreError::NotFound {
+                what: Missing::Batch,
+            });
         }
         let num = |k: &str| h.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
         let total = num("total");
@@ -169,7 +173,9 @@ impl Store {
         let mut c = self.conn();
         let exists: bool = c.exists(format!("{prefix}meta")).await?;
         if !exists {
-            return Err(StoreError::NotFound);
+            return Err(StoreError::NotFound {
+                what: Missing::Batch,
+            });
         }
         let ids: Vec<String> = c
             .lrange(

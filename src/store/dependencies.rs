@@ -8,7 +8,7 @@
 //! wake-up delays a follow-up but never loses it.
 
 use super::batches::{BatchCheck, batch_check};
-use super::{PreparedTask, Result, Store, StoreError, coded, text};
+use super::{Missing, PreparedTask, Result, Store, StoreError, coded, text};
 use crate::domain::validate;
 use redis::AsyncCommands;
 
@@ -92,7 +92,9 @@ impl Store {
     /// # Errors
     /// Redis errors.
     pub async fn resolve_dependency(&self, id: &str, dep: &str, state: &str) -> Result<()> {
-        let q = validate::task_queue(id).ok_or(StoreError::NotFound)?;
+        let q = validate::task_queue(id).ok_or(StoreError::NotFound {
+            what: Missing::Task,
+        })?;
         let mut inv = self.scripts.dep_resolved.key(self.keys.queue_prefix(q));
         inv.arg(self.keys.wake_channel())
             .arg(id)
@@ -191,7 +193,7 @@ impl Store {
         let waiters: Vec<String> = c.smembers(&dkey).await?;
         for w in &waiters {
             match self.resolve_dependency(w, id, &state).await {
-                Ok(()) | Err(StoreError::NotFound) => {}
+                Ok(()) | Err(StoreError::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
         }

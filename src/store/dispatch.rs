@@ -3,7 +3,7 @@
 //! past its deadline → a failed attempt), and requeue (an inbox → pending).
 
 use super::{
-    Result, Store, StoreError, array, coded, flat_map, int, state_of, task_from_hash, text,
+    Missing, Result, Store, StoreError, array, coded, flat_map, int, state_of, task_from_hash, text,
 };
 use crate::domain::{Task, validate};
 
@@ -139,7 +139,9 @@ impl Store {
         token: &str,
         progress: Option<&str>,
     ) -> Result<Extended> {
-        let queue = validate::task_queue(id).ok_or(StoreError::NotFound)?;
+        let queue = validate::task_queue(id).ok_or(StoreError::NotFound {
+            what: Missing::Task,
+        })?;
         let (fence, nonce) = parse_lease_token(token).ok_or(StoreError::LeaseConflict {
             state: "unknown".into(),
         })?;
@@ -161,7 +163,9 @@ impl Store {
                 expires_ms: rest.first().and_then(int).unwrap_or(0),
                 cancel_requested: rest.get(1).and_then(int) == Some(1),
             }),
-            1 => Err(StoreError::NotFound),
+            1 => Err(StoreError::NotFound {
+                what: Missing::Task,
+            }),
             _ => Err(StoreError::LeaseConflict {
                 state: state_of(rest.first()),
             }),

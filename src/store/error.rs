@@ -1,11 +1,39 @@
 //! [`StoreError`], the one error type of the store, and its [`Result`] alias.
 
+/// What a [`StoreError::NotFound`] did not find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// A task (an unknown or malformed id).
+    Task,
+    /// A batch.
+    Batch,
+}
+
+impl Missing {
+    /// The name of what is missing: `task`, `batch`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Missing::Task => "task",
+            Missing::Batch => "batch",
+        }
+    }
+}
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Errors of the store layer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The task or node does not exist.
-    #[error("not found")]
-    NotFound,
+    /// What the call names does not exist.
+    #[error("no such {what}")]
+    NotFound {
+        /// What is missing.
+        what: Missing,
+    },
     /// The lease token is stale or belongs to another node.
     #[error("the lease is not current (task is {state})")]
     LeaseConflict {

@@ -28,7 +28,7 @@ mod tokens;
 
 pub use batches::{BatchBegin, BatchCheck};
 pub use dispatch::{Extended, Leased, parse_lease_token};
-pub use error::{Result, StoreError};
+pub use error::{Missing, Result, StoreError};
 pub use nodes::NodeRecord;
 pub use reports::Reported;
 pub use tasks::{Cancelled, PreparedTask, Submitted, task_from_hash};

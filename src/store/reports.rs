@@ -3,7 +3,9 @@
 //! per [`CHUNK`] reports), each item answered as [`Store::complete`] or [`Store::fail`]
 //! would have.
 
-use super::{Result, Store, StoreError, array, coded, int, parse_lease_token, state_of, text};
+use super::{
+    Missing, Result, Store, StoreError, array, coded, int, parse_lease_token, state_of, text,
+};
 use crate::domain::{TaskState, validate};
 use redis::Value;
 
@@ -35,7 +37,9 @@ impl Store {
                 run_ms: None,
                 node: None,
             }),
-            1 => Err(StoreError::NotFound),
+            1 => Err(StoreError::NotFound {
+                what: Missing::Task,
+            }),
             _ => Err(StoreError::LeaseConflict {
                 state: state_of(rest.first()),
             }),
@@ -70,7 +74,9 @@ impl Store {
         token: &str,
         extra: &[&str],
     ) -> Result<(i64, Vec<Value>)> {
-        let queue = validate::task_queue(id).ok_or(StoreError::NotFound)?;
+        let queue = validate::task_queue(id).ok_or(StoreError::NotFound {
+            what: Missing::Task,
+        })?;
         let (fence, nonce) = parse_lease_token(token).ok_or(StoreError::LeaseConflict {
             state: "unknown".into(),
         })?;
@@ -161,7 +167,9 @@ impl Store {
         let mut groups: Vec<(&str, Vec<Item<'_>>)> = Vec::new();
         for (i, r) in reports.iter().enumerate() {
             let Some(queue) = validate::task_queue(r.id) else {
-                out[i] = Some(Err(StoreError::NotFound));
+                out[i] = Some(Err(StoreError::NotFound {
+                    what: Missing::Task,
+                }));
                 continue;
             };
             let Some((fence, nonce)) = parse_lease_token(r.token) else {

@@ -2,7 +2,7 @@
 //! with the decoder of a task hash.
 
 use super::tokens::sha256_hex;
-use super::{Result, Store, StoreError, coded, int, state_of, text};
+use super::{Missing, Result, Store, StoreError, coded, int, state_of, text};
 use crate::domain::{Backoff, OnDependencyFailure, Task, TaskState, rfc3339_ms, validate};
 use redis::{AsyncCommands, Value};
 use std::collections::HashMap;
@@ -266,10 +266,14 @@ impl Store {
     /// # Errors
     /// [`StoreError::NotFound`] for an unknown or malformed id.
     pub async fn task(&self, id: &str) -> Result<Task> {
-        let queue = validate::task_queue(id).ok_or(StoreError::NotFound)?;
+        let queue = validate::task_queue(id).ok_or(StoreError::NotFound {
+            what: Missing::Task,
+        })?;
         let mut c = self.conn();
         let h: HashMap<String, String> = c.hgetall(self.keys.task(queue, id)).await?;
-        task_from_hash(queue, &h).ok_or(StoreError::NotFound)
+        task_from_hash(queue, &h).ok_or(StoreError::NotFound {
+            what: Missing::Task,
+        })
     }
 
     /// Several tasks of one queue (missing ones skipped), in one pipeline.
@@ -336,7 +340,9 @@ impl Store {
         id: &str,
         channel: bool,
     ) -> Result<(i64, Vec<Value>)> {
-        let queue = validate::task_queue(id).ok_or(StoreError::NotFound)?;
+        let queue = validate::task_queue(id).ok_or(StoreError::NotFound {
+            what: Missing::Task,
+        })?;
         let mut inv = script.key(self.keys.queue_prefix(queue));
         if channel {
             inv.arg(self.channel());
@@ -349,7 +355,9 @@ impl Store {
     /// The error of a refusing operator script: 1 not found, else an illegal transition.
     fn refused(code: i64, rest: &[Value]) -> StoreError {
         if code == 1 {
-            StoreError::NotFound
+            StoreError::NotFound {
+                what: Missing::Task,
+            }
         } else {
             StoreError::IllegalTransition {
                 from: state_of(rest.first()),
