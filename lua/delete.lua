@@ -1,12 +1,12 @@
 -- delete.lua: delete a finished task (succeeded, failed or cancelled).
 -- KEYS[1]: queue prefix   ARGV[1]: task id
--- Returns: {0} deleted; {1} no such task; {2, state} not finished.
+-- Returns: {OK} deleted; {NOT_FOUND} no such task; {CONFLICT, state} not finished.
 local p, id = KEYS[1], ARGV[1]
-local tkey = p .. 't:' .. id
+local tkey = k_task(p, id)
 local state = redis.call('HGET', tkey, 'state')
-if not state then return {1} end
-if state ~= 'succeeded' and state ~= 'failed' and state ~= 'cancelled' then return {2, state} end
-redis.call('ZREM', p .. state, id)
+if not state then return {NOT_FOUND} end
+if state ~= 'succeeded' and state ~= 'failed' and state ~= 'cancelled' then return {CONFLICT, state} end
+redis.call('ZREM', k_state_index(p, state), id)
 redis.call('DEL', tkey)
 emit(p, 'task.deleted', id, '', state)
-return {0}
+return {OK}

@@ -6,42 +6,42 @@
 -- ARGV[1]: wake channel   ARGV[2]: task id   ARGV[3]: dependency id
 -- ARGV[4]: the dependency's end: succeeded, failed, cancelled, missing; or
 --   "registered": every dependency is registered (marks the task, nothing else)
--- Returns: {0, state} the task's state afterwards; {1} no such task.
+-- Returns: {OK, state} the task's state afterwards; {NOT_FOUND} no such task.
 local p, channel, id, dep, dstate = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local tkey = p .. 't:' .. id
+local tkey = k_task(p, id)
 local h = redis.call('HMGET', tkey, 'state', 'on_dep_fail', 'run_at', 'priority')
-if not h[1] then return {1} end
-if h[1] ~= 'blocked' then return {0, h[1]} end
+if not h[1] then return {NOT_FOUND} end
+if h[1] ~= 'blocked' then return {OK, h[1]} end
 if dstate == 'registered' then
   redis.call('HSET', tkey, 'registered', 1)
-  return {0, h[1]}
+  return {OK, h[1]}
 end
-if redis.call('SADD', p .. 'depdone:' .. id, dep) == 0 then return {0, h[1]} end
+if redis.call('SADD', k_dep_done(p, id), dep) == 0 then return {OK, h[1]} end
 local now = now_ms()
 local state
 if dstate == 'succeeded' or h[2] == 'run' then
-  if redis.call('HINCRBY', tkey, 'deps_left', -1) > 0 then return {0, h[1]} end
-  redis.call('ZREM', p .. 'blocked', id)
+  if redis.call('HINCRBY', tkey, 'deps_left', -1) > 0 then return {OK, h[1]} end
+  redis.call('ZREM', k_state_index(p, 'blocked'), id)
   local run_at = tonumber(h[3]) or now
   if run_at > now then
     state = 'scheduled'
     redis.call('HSET', tkey, 'state', state)
-    redis.call('ZADD', p .. 'scheduled', run_at, id)
+    redis.call('ZADD', k_state_index(p, 'scheduled'), run_at, id)
   else
     state = 'pending'
-    local seq = redis.call('INCR', p .. 'seq')
+    local seq = redis.call('INCR', k_seq(p))
     redis.call('HSET', tkey, 'state', state, 'seq', seq)
-    redis.call('ZADD', p .. 'pending', pending_score(tonumber(h[4]) or 0, seq), id)
-    redis.call('PUBLISH', channel, 'new ' .. p)
+    redis.call('ZADD', k_state_index(p, 'pending'), pending_score(tonumber(h[4]) or 0, seq), id)
+    redis.call('PUBLISH', channel, wake_new(p))
   end
 else
-  redis.call('ZREM', p .. 'blocked', id)
+  redis.call('ZREM', k_state_index(p, 'blocked'), id)
   state = 'failed'
   if h[2] == 'cancel' then state = 'cancelled' end
   redis.call('HSET', tkey, 'error', 'dependency ' .. dep .. ' ended ' .. dstate)
   finish(p, id, tkey, state, now)
-  redis.call('PUBLISH', channel, 'done ' .. p .. '  ' .. id)
+  redis.call('PUBLISH', channel, wake_done(p, '', id))
 end
-redis.call('DEL', p .. 'depdone:' .. id)
+redis.call('DEL', k_dep_done(p, id))
 emit(p, 'task.' .. state, id, '', state)
-return {0, state}
+return {OK, state}

@@ -11,9 +11,9 @@
 -- Returns: {assigned, pending left, ms until the rate limit allows the next task (0:
 -- not rate-limited)}. Paused queues assign nothing.
 local p, channel, max, scan, m = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local conf = redis.call('HMGET', p .. 'conf', 'paused', 'max_running', 'rate_limit')
+local conf = redis.call('HMGET', k_conf(p), 'paused', 'max_running', 'rate_limit')
 if conf[1] == '1' then
-  return {0, redis.call('ZCARD', p .. 'pending'), 0}
+  return {0, redis.call('ZCARD', k_state_index(p, 'pending')), 0}
 end
 local now = nil
 local allowed, tokens, wait = nil, nil, 0
@@ -27,7 +27,7 @@ for i = 0, m - 1 do
   local b = 5 + i * 3
   local tags = {}
   for t in string.gmatch(ARGV[b + 2], '[^,]+') do tags[t] = true end
-  local free = tonumber(ARGV[b + 1]) - (tonumber(redis.call('HGET', p .. 'load', ARGV[b])) or 0)
+  local free = tonumber(ARGV[b + 1]) - (tonumber(redis.call('HGET', k_load(p), ARGV[b])) or 0)
   if free < 0 then free = 0 end
   nodes[#nodes + 1] = {id = ARGV[b], free = free, tags = tags, got = 0}
   total_free = total_free + free
@@ -37,15 +37,15 @@ if allowed and allowed < max then max = allowed end
 local assigned = 0
 local full = {}
 if max > 0 then
-  local ids = redis.call('ZRANGE', p .. 'pending', 0, scan - 1)
+  local ids = redis.call('ZRANGE', k_state_index(p, 'pending'), 0, scan - 1)
   for _, id in ipairs(ids) do
     if assigned >= max then break end
-    local tkey = p .. 't:' .. id
+    local tkey = k_task(p, id)
     local t = redis.call('HMGET', tkey, 'requires', 'ckey', 'climit', 'timeout_ms')
     local requires = t[1]
     if not requires then
       -- An index entry without its hash: drop it (doctor would flag it).
-      redis.call('ZREM', p .. 'pending', id)
+      redis.call('ZREM', k_state_index(p, 'pending'), id)
     elseif t[2] and full[t[2]] then
       -- Its key has no free slot: it waits, in order.
     else
@@ -69,8 +69,8 @@ if max > 0 then
         end
       end
       if best then
-        redis.call('ZREM', p .. 'pending', id)
-        redis.call('RPUSH', p .. 'inbox:' .. best.id, id)
+        redis.call('ZREM', k_state_index(p, 'pending'), id)
+        redis.call('RPUSH', k_inbox(p, best.id), id)
         redis.call('HSET', tkey, 'state', 'assigned', 'node', best.id)
         incr_load(p, best.id, 1)
         emit(p, 'task.assigned', id, best.id, 'assigned')
@@ -82,7 +82,7 @@ if max > 0 then
   end
 end
 for _, nd in ipairs(nodes) do
-  if nd.got > 0 then redis.call('PUBLISH', channel, 'assigned ' .. p .. ' ' .. nd.id) end
+  if nd.got > 0 then redis.call('PUBLISH', channel, wake_assigned(p, nd.id)) end
 end
 spend_tokens(p, tokens, assigned, now)
 if tokens and assigned > 0 and wait == 0 then
@@ -91,4 +91,4 @@ if tokens and assigned > 0 and wait == 0 then
   local rate = tonumber(conf[3])
   if left < 1 then wait = math.ceil((1 - left) * 1000 / rate) end
 end
-return {assigned, redis.call('ZCARD', p .. 'pending'), wait}
+return {assigned, redis.call('ZCARD', k_state_index(p, 'pending')), wait}

@@ -4,10 +4,10 @@
 -- Returns: a flat list {id, node, new state, ...} of the expired tasks.
 local p, channel, limit, seed = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]) or 0.5
 local now = now_ms()
-local ids = redis.call('ZRANGEBYSCORE', p .. 'running', '-inf', now, 'LIMIT', 0, limit)
+local ids = redis.call('ZRANGEBYSCORE', k_state_index(p, 'running'), '-inf', now, 'LIMIT', 0, limit)
 local out = {}
 for i, id in ipairs(ids) do
-  local tkey = p .. 't:' .. id
+  local tkey = k_task(p, id)
   local node = redis.call('HGET', tkey, 'node') or ''
   if redis.call('HGET', tkey, 'state') == 'running' then
     -- Golden-ratio steps spread one seed into distinct jitters.
@@ -16,9 +16,9 @@ for i, id in ipairs(ids) do
     out[#out + 1] = id
     out[#out + 1] = node
     out[#out + 1] = state
-    redis.call('PUBLISH', channel, 'done ' .. p .. ' ' .. node .. ' ' .. id)
+    redis.call('PUBLISH', channel, wake_done(p, node, id))
   else
-    redis.call('ZREM', p .. 'running', id)
+    redis.call('ZREM', k_state_index(p, 'running'), id)
   end
 end
 return out

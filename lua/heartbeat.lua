@@ -1,9 +1,9 @@
 -- heartbeat.lua: a node is alive; an offline node comes back active.
 -- KEYS[1]: node index zset "<ns>:{~nodes}:all"   KEYS[2]: node hash
 -- ARGV[1]: node id
--- Returns: {0, status, now}; {1} no such node.
+-- Returns: {OK, status, now}; {NOT_FOUND} no such node.
 local status = redis.call('HGET', KEYS[2], 'status')
-if not status then return {1} end
+if not status then return {NOT_FOUND} end
 local now = now_ms()
 if status == 'offline' then
   status = 'active'
@@ -11,4 +11,4 @@ if status == 'offline' then
 end
 redis.call('HSET', KEYS[2], 'last_seen', now)
 redis.call('ZADD', KEYS[1], now, ARGV[1])
-return {0, status, now}
+return {OK, status, now}

@@ -2,17 +2,18 @@
 -- KEYS[1]: holder "<ns>:{~lock:<name>}:holder" (STRING, PX)
 -- KEYS[2]: fence counter "<ns>:{~lock:<name>}:fence" (never deleted)
 -- ARGV[1]: TTL ms   ARGV[2]: 32 hex characters of randomness (from the caller's CSPRNG)
--- Returns: {0, token, fence, expires_ms} taken; {1, remaining_ms} held by someone else.
+-- Returns: {OK, token, fence, expires_ms} taken; {CONFLICT, remaining_ms} held by
+-- someone else.
 local ttl = tonumber(ARGV[1])
 if not ttl or ttl <= 0 then
   return redis.error_reply('ERR lock TTL must be a positive number of ms')
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  return {1, math.max(redis.call('PTTL', KEYS[1]), 0)}
+  return {CONFLICT, math.max(redis.call('PTTL', KEYS[1]), 0)}
 end
 local now = now_ms()
 -- The counter survives the holder key, so a fence is never handed out twice.
 local fence = redis.call('INCR', KEYS[2])
 local token = fence .. '.' .. ARGV[2]
 redis.call('SET', KEYS[1], token, 'PX', ttl)
-return {0, token, fence, now + ttl}
+return {OK, token, fence, now + ttl}

@@ -5,19 +5,19 @@ local p, channel, limit = KEYS[1], ARGV[1], tonumber(ARGV[2])
 local now = now_ms()
 local moved = 0
 for _, set in ipairs({'scheduled', 'retrying'}) do
-  local due = redis.call('ZRANGEBYSCORE', p .. set, '-inf', now, 'LIMIT', 0, limit - moved)
+  local due = redis.call('ZRANGEBYSCORE', k_state_index(p, set), '-inf', now, 'LIMIT', 0, limit - moved)
   for _, id in ipairs(due) do
-    local tkey = p .. 't:' .. id
-    redis.call('ZREM', p .. set, id)
+    local tkey = k_task(p, id)
+    redis.call('ZREM', k_state_index(p, set), id)
     if redis.call('HGET', tkey, 'state') == set then
-      local seq = redis.call('INCR', p .. 'seq')
+      local seq = redis.call('INCR', k_seq(p))
       local priority = tonumber(redis.call('HGET', tkey, 'priority')) or 0
       redis.call('HSET', tkey, 'state', 'pending', 'seq', seq)
-      redis.call('ZADD', p .. 'pending', pending_score(priority, seq), id)
+      redis.call('ZADD', k_state_index(p, 'pending'), pending_score(priority, seq), id)
       emit(p, 'task.pending', id, '', 'pending')
       moved = moved + 1
     end
   end
 end
-if moved > 0 then redis.call('PUBLISH', channel, 'new ' .. p) end
+if moved > 0 then redis.call('PUBLISH', channel, wake_new(p)) end
 return moved

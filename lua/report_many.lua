@@ -7,8 +7,8 @@
 --   in [0, 1)   ARGV[4]: n, then n records of 6 fields: task id, fence, nonce, outcome
 --   ("s" succeeded, "f" failed), result JSON or error text, "1" retryable (failures)
 -- Returns: n replies in order, each as complete.lua's or fail.lua's:
--- {0, state, run_ms, node} accepted; {3, state} repeat; {1} no such task;
--- {2, state} stale or foreign token.
+-- {OK, state, run_ms, node} accepted; {REPEAT, state} repeat; {NOT_FOUND} no such
+-- task; {CONFLICT, state} stale or foreign token.
 local p, channel, node = KEYS[1], ARGV[1], ARGV[2]
 local seed, n = tonumber(ARGV[3]) or 0.5, tonumber(ARGV[4])
 local acc = report_acc()

@@ -3,17 +3,17 @@
 -- KEYS[1]: queue prefix   ARGV[1]: wake channel   ARGV[2]: node id
 -- Returns: number of tasks returned to pending.
 local p, channel, node = KEYS[1], ARGV[1], ARGV[2]
-local inbox = p .. 'inbox:' .. node
+local inbox = k_inbox(p, node)
 local ids = redis.call('LRANGE', inbox, 0, -1)
 local moved = 0
 for _, id in ipairs(ids) do
-  local tkey = p .. 't:' .. id
+  local tkey = k_task(p, id)
   local h = redis.call('HMGET', tkey, 'state', 'node', 'priority', 'ckey')
   if h[1] == 'assigned' and h[2] == node then
-    local seq = redis.call('INCR', p .. 'seq')
+    local seq = redis.call('INCR', k_seq(p))
     redis.call('HSET', tkey, 'state', 'pending', 'seq', seq)
     redis.call('HDEL', tkey, 'node')
-    redis.call('ZADD', p .. 'pending', pending_score(tonumber(h[3]) or 0, seq), id)
+    redis.call('ZADD', k_state_index(p, 'pending'), pending_score(tonumber(h[3]) or 0, seq), id)
     incr_load(p, node, -1)
     release_slot(p, id, h[4])
     emit(p, 'task.pending', id, node, 'pending')
@@ -21,5 +21,5 @@ for _, id in ipairs(ids) do
   end
 end
 redis.call('DEL', inbox)
-if moved > 0 then redis.call('PUBLISH', channel, 'new ' .. p) end
+if moved > 0 then redis.call('PUBLISH', channel, wake_new(p)) end
 return moved

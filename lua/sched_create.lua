@@ -2,8 +2,9 @@
 -- KEYS[1]: schedule hash "<ns>:{~sched}:s:<name>"   KEYS[2]: name set "<ns>:{~sched}:all"
 -- ARGV[1]: name  ARGV[2]: cron  ARGV[3]: timezone  ARGV[4]: task (JSON)
 -- ARGV[5]: overlap (allow|skip)  ARGV[6]: catch_up (none|one)
--- Returns: {0, now} created; {1} a schedule of that name exists (nothing changed).
-if redis.call('EXISTS', KEYS[1]) == 1 then return {1} end
+-- Returns: {OK, now} created; {CONFLICT} a schedule of that name exists (nothing
+-- changed).
+if redis.call('EXISTS', KEYS[1]) == 1 then return {CONFLICT} end
 local now = now_ms()
 -- cursor: every tick at or before it is handled (fired, skipped or missed).
 redis.call('HSET', KEYS[1], 'name', ARGV[1], 'cron', ARGV[2], 'timezone', ARGV[3],
@@ -11,4 +12,4 @@ redis.call('HSET', KEYS[1], 'name', ARGV[1], 'cron', ARGV[2], 'timezone', ARGV[3
   'created_at', now, 'cursor', now, 'fired', 0, 'skipped', 0, 'missed', 0,
   'last_task', '', 'pending', '')
 redis.call('SADD', KEYS[2], ARGV[1])
-return {0, now}
+return {OK, now}

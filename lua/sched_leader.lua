@@ -4,26 +4,26 @@
 -- ARGV[1]: "acquire" | "renew" | "release"
 -- ARGV[2]: acquire: random nonce; renew/release: the token held
 -- ARGV[3]: TTL ms   ARGV[4]: acquire: holder label (process id), shown in the token
--- Returns: acquire {0, token} or {1, remaining_ms}; renew {0} or {1, remaining_ms};
--- release {0} or {1}.
+-- Returns: acquire {OK, token} or {CONFLICT, remaining_ms}; renew {OK} or
+-- {CONFLICT, remaining_ms}; release {OK} or {CONFLICT}.
 local mode, ttl = ARGV[1], tonumber(ARGV[3])
 if mode == 'acquire' then
   if redis.call('EXISTS', KEYS[1]) == 1 then
-    return {1, math.max(redis.call('PTTL', KEYS[1]), 0)}
+    return {CONFLICT, math.max(redis.call('PTTL', KEYS[1]), 0)}
   end
   local fence = redis.call('INCR', KEYS[2])
   local token = fence .. '.' .. ARGV[2] .. '.' .. ARGV[4]
   redis.call('SET', KEYS[1], token, 'PX', ttl)
-  return {0, token}
+  return {OK, token}
 elseif mode == 'renew' then
   if redis.call('GET', KEYS[1]) ~= ARGV[2] then
-    return {1, math.max(redis.call('PTTL', KEYS[1]), 0)}
+    return {CONFLICT, math.max(redis.call('PTTL', KEYS[1]), 0)}
   end
   redis.call('PEXPIRE', KEYS[1], ttl)
-  return {0}
+  return {OK}
 elseif mode == 'release' then
-  if redis.call('GET', KEYS[1]) ~= ARGV[2] then return {1} end
+  if redis.call('GET', KEYS[1]) ~= ARGV[2] then return {CONFLICT} end
   redis.call('DEL', KEYS[1])
-  return {0}
+  return {OK}
 end
 return redis.error_reply('ERR unknown mode')

@@ -2,8 +2,8 @@
 -- ticks that passed while paused are never fired (nor counted as missed).
 -- KEYS[1]: schedule hash
 -- ARGV[1]: "1" pause, "0" resume
--- Returns: {0} done; {1} no such schedule.
-if redis.call('EXISTS', KEYS[1]) == 0 then return {1} end
+-- Returns: {OK} done; {NOT_FOUND} no such schedule.
+if redis.call('EXISTS', KEYS[1]) == 0 then return {NOT_FOUND} end
 local was = redis.call('HGET', KEYS[1], 'paused')
 if ARGV[1] == '0' and was == '1' then
   local now = now_ms()
@@ -11,4 +11,4 @@ if ARGV[1] == '0' and was == '1' then
   if now > cursor then redis.call('HSET', KEYS[1], 'cursor', now) end
 end
 redis.call('HSET', KEYS[1], 'paused', ARGV[1])
-return {0}
+return {OK}

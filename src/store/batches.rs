@@ -3,7 +3,7 @@
 //! `{~batch:<id>}`. A child's end reaches its batch through a follow-up
 //! ([`super::dependencies`]).
 
-use super::{Missing, Result, Store, StoreError, coded, int, text};
+use super::{Code, Missing, Result, Store, StoreError, coded, int, ok, text};
 use crate::domain::batches::{Batch, BatchResult, BatchResultPage, BatchState};
 use crate::domain::{TaskState, rfc3339_ms, validate};
 use redis::AsyncCommands;
@@ -41,8 +41,10 @@ pub enum BatchBegin {
 
 pub(super) fn batch_check(v: redis::Value) -> Result<Option<BatchCheck>> {
     let (code, rest) = coded(v)?;
-    if code == -1 {
-        return Ok(None);
+    match code {
+        Code::Ok => {}
+        Code::NotFound => return Ok(None),
+        c => return Err(c.unexpected("batch_check")),
     }
     let n = |i: usize| rest.get(i).and_then(int).unwrap_or(0);
     Ok(Some(BatchCheck {
@@ -67,8 +69,7 @@ impl Store {
             .arg(then_json.unwrap_or(""))
             .arg(if open { "1" } else { "0" });
         let mut c = self.conn();
-        let _ = coded(inv.invoke_async(&mut c).await?)?;
-        Ok(())
+        ok(coded(inv.invoke_async(&mut c).await?)?, "batch_create")
     }
 
     /// Counts a chunk in flight before its children are stored.
@@ -80,9 +81,10 @@ impl Store {
         let mut c = self.conn();
         let (code, _) = coded(inv.invoke_async(&mut c).await?)?;
         Ok(match code {
-            0 => BatchBegin::Open,
-            1 => BatchBegin::NotFound,
-            _ => BatchBegin::Finished,
+            Code::Ok => BatchBegin::Open,
+            Code::NotFound => BatchBegin::NotFound,
+            Code::Conflict => BatchBegin::Finished,
+            c => return Err(c.unexpected("batch_begin")),
         })
     }
 
@@ -116,8 +118,7 @@ impl Store {
         let mut inv = self.scripts.batch_then.key(self.keys.batch_prefix(id));
         inv.arg(then_id);
         let mut c = self.conn();
-        let _ = coded(inv.invoke_async(&mut c).await?)?;
-        Ok(())
+        ok(coded(inv.invoke_async(&mut c).await?)?, "batch_then")
     }
 
     /// A batch's progress.
@@ -126,9 +127,7 @@ impl Store {
     /// [`StoreError::NotFound`]; Redis errors.
     pub async fn batch(&self, id: &str) -> Result<Batch> {
         let mut c = self.conn();
-        let h: HashMap<String, String> = c
-            .hgetall(format!("{}meta", self.keys.batch_prefix(id)))
-            .await?;
+        let h: HashMap<String, String> = c.hgetall(self.keys.batch_meta(id)).await?;
         if h.is_empty() {
             return Err(StoreError::NotFound {
                 what: Missing::Batch,
@@ -169,9 +168,8 @@ impl Store {
         cursor: usize,
         limit: usize,
     ) -> Result<BatchResultPage> {
-        let prefix = self.keys.batch_prefix(id);
         let mut c = self.conn();
-        let exists: bool = c.exists(format!("{prefix}meta")).await?;
+        let exists: bool = c.exists(self.keys.batch_meta(id)).await?;
         if !exists {
             return Err(StoreError::NotFound {
                 what: Missing::Batch,
@@ -179,7 +177,7 @@ impl Store {
         }
         let ids: Vec<String> = c
             .lrange(
-                format!("{prefix}children"),
+                self.keys.batch_children(id),
                 cursor as isize,
                 (cursor + limit) as isize - 1,
             )

@@ -8,7 +8,7 @@
 //! wake-up delays a follow-up but never loses it.
 
 use super::batches::{BatchCheck, batch_check};
-use super::{Missing, PreparedTask, Result, Store, StoreError, coded, text};
+use super::{Code, Missing, PreparedTask, Result, Store, StoreError, coded, text};
 use crate::domain::validate;
 use redis::AsyncCommands;
 
@@ -73,9 +73,11 @@ impl Store {
                     let mut c = self.conn();
                     let (code, rest) = coded(inv.invoke_async(&mut c).await?)?;
                     match code {
-                        0 => None,
-                        1 => Some("missing".to_string()),
-                        _ => Some(rest.first().and_then(text).unwrap_or_default()),
+                        Code::Ok => None,
+                        Code::NotFound => Some("missing".to_string()),
+                        // Already ended: resolved now, as its follow-up would have.
+                        Code::Conflict => Some(rest.first().and_then(text).unwrap_or_default()),
+                        c => return Err(c.unexpected("dep_register")),
                     }
                 }
             };
@@ -101,8 +103,11 @@ impl Store {
             .arg(dep)
             .arg(state);
         let mut c = self.conn();
-        let _ = coded(inv.invoke_async(&mut c).await?)?;
-        Ok(())
+        match coded(inv.invoke_async(&mut c).await?)?.0 {
+            // A task gone meanwhile (deleted, expired) has nothing left to resolve.
+            Code::Ok | Code::NotFound => Ok(()),
+            c => Err(c.unexpected("dep_resolved")),
+        }
     }
 
     /// Blocked tasks of `queue` submitted before `before_ms` whose dependencies were

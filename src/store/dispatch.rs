@@ -3,7 +3,8 @@
 //! past its deadline → a failed attempt), and requeue (an inbox → pending).
 
 use super::{
-    Missing, Result, Store, StoreError, array, coded, flat_map, int, state_of, task_from_hash, text,
+    Code, Missing, Result, Store, StoreError, array, coded, flat_map, int, state_of,
+    task_from_hash, text,
 };
 use crate::domain::{Task, validate};
 
@@ -159,16 +160,17 @@ impl Store {
                 .await?,
         )?;
         match code {
-            0 => Ok(Extended {
+            Code::Ok => Ok(Extended {
                 expires_ms: rest.first().and_then(int).unwrap_or(0),
                 cancel_requested: rest.get(1).and_then(int) == Some(1),
             }),
-            1 => Err(StoreError::NotFound {
+            Code::NotFound => Err(StoreError::NotFound {
                 what: Missing::Task,
             }),
-            _ => Err(StoreError::LeaseConflict {
+            Code::Conflict => Err(StoreError::LeaseConflict {
                 state: state_of(rest.first()),
             }),
+            c => Err(c.unexpected("extend")),
         }
     }
 

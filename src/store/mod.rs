@@ -6,7 +6,8 @@
 //!   lease, extend, expire, requeue; [`reports`]: complete and fail, one or many;
 //! - [`nodes`], [`queues`], [`listing`] (task pages), [`dependencies`] (and the
 //!   follow-ups that resolve them), [`batches`], [`schedules`], [`locks`];
-//! - [`doctor`]: the invariant checker; [`error`], [`reply`]: errors and reply decoding.
+//! - [`doctor`]: the invariant checker; [`wakeups`]: the pub/sub hints scripts publish;
+//!   [`error`], [`reply`]: errors and reply decoding.
 
 pub mod batches;
 pub mod coord;
@@ -25,6 +26,7 @@ pub mod schedules;
 pub mod scripts;
 pub mod tasks;
 mod tokens;
+pub mod wakeups;
 
 pub use batches::{BatchBegin, BatchCheck};
 pub use dispatch::{Extended, Leased, parse_lease_token};
@@ -33,11 +35,12 @@ pub use nodes::NodeRecord;
 pub use reports::Reported;
 pub use tasks::{Cancelled, PreparedTask, Submitted, task_from_hash};
 pub use tokens::token_sha;
+pub use wakeups::Wakeup;
 
 use keys::{Keys, SCHEMA_VERSION};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
-use reply::{array, coded, flat_map, int, state_of, text};
+use reply::{Code, array, coded, flat_map, int, ok, ok_unless, state_of, text};
 use scripts::Scripts;
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,7 +121,8 @@ impl Store {
     }
 
     /// Checks the schema version (writing it on an empty keyspace), refuses an evicting
-    /// `maxmemory-policy`, loads the scripts, and reports whether persistence is on.
+    /// `maxmemory-policy`, loads the scripts (checking each SHA1), and reports whether
+    /// persistence is on.
     ///
     /// # Errors
     /// [`StoreError::Unfit`] for an unknown schema or an evicting policy.
@@ -145,9 +149,7 @@ impl Store {
                  (CONFIG SET maxmemory-policy noeviction)"
             )));
         }
-        for s in self.scripts.all() {
-            s.prepare_invoke().load_async(&mut c).await?;
-        }
+        self.scripts.load(&mut c).await?;
         let aof = self.config_get("appendonly").await.unwrap_or_default();
         let save = self.config_get("save").await.unwrap_or_default();
         Ok(aof == "yes" || !save.trim().is_empty())

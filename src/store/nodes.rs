@@ -1,7 +1,7 @@
 //! Nodes: registration, heartbeats, status, statistics and removal, with the decoder
 //! of a node hash.
 
-use super::{Result, Store, coded, int, state_of};
+use super::{Code, Result, Store, coded, int, state_of};
 use crate::domain::{Node, NodeKind, NodeStatus, rfc3339_ms, validate};
 use redis::AsyncCommands;
 use std::collections::HashMap;
@@ -99,8 +99,10 @@ impl Store {
                 .invoke_async(&mut c)
                 .await?,
         )?;
-        if code != 0 {
-            return Ok(None);
+        match code {
+            Code::Ok => {}
+            Code::NotFound => return Ok(None),
+            c => return Err(c.unexpected("heartbeat")),
         }
         let status = NodeStatus::parse(&state_of(rest.first())).unwrap_or(NodeStatus::Active);
         Ok(Some((status, rest.get(1).and_then(int).unwrap_or(0))))

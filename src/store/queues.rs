@@ -1,6 +1,6 @@
 //! Queues: the set of names, settings, counts and per-node load.
 
-use super::{Result, Store};
+use super::{Result, Store, Wakeup};
 use crate::domain::{QueueCounts, QueueInfo, QueueUpdate};
 use redis::AsyncCommands;
 use std::collections::HashMap;
@@ -127,10 +127,7 @@ impl Store {
             let mut c = self.conn();
             let _: () = c.hset_multiple(self.keys.conf(queue), &fields).await?;
             let _: i64 = c
-                .publish(
-                    self.channel(),
-                    format!("new {}", self.keys.queue_prefix(queue)),
-                )
+                .publish(self.channel(), Wakeup::New { queue }.message(&self.keys))
                 .await?;
         }
         Ok(())

@@ -4,7 +4,7 @@
 //! would have.
 
 use super::{
-    Missing, Result, Store, StoreError, array, coded, int, parse_lease_token, state_of, text,
+    Code, Missing, Result, Store, StoreError, array, coded, int, parse_lease_token, state_of, text,
 };
 use crate::domain::{TaskState, validate};
 use redis::Value;
@@ -21,28 +21,30 @@ pub struct Reported {
 }
 
 impl Store {
-    fn reported(code: i64, rest: &[Value]) -> Result<Reported> {
+    /// Decodes complete.lua's or fail.lua's reply (and each of report_many.lua's).
+    fn reported((code, rest): (Code, Vec<Value>)) -> Result<Reported> {
         let state = || {
             TaskState::parse(&state_of(rest.first()))
                 .ok_or_else(|| StoreError::Protocol("bad state".into()))
         };
         match code {
-            0 => Ok(Reported {
+            Code::Ok => Ok(Reported {
                 state: state()?,
                 run_ms: rest.get(1).and_then(int),
                 node: rest.get(2).and_then(text),
             }),
-            3 => Ok(Reported {
+            Code::Repeat => Ok(Reported {
                 state: state()?,
                 run_ms: None,
                 node: None,
             }),
-            1 => Err(StoreError::NotFound {
+            Code::NotFound => Err(StoreError::NotFound {
                 what: Missing::Task,
             }),
-            _ => Err(StoreError::LeaseConflict {
+            Code::Conflict => Err(StoreError::LeaseConflict {
                 state: state_of(rest.first()),
             }),
+            c => Err(c.unexpected("complete/fail")),
         }
     }
 
@@ -58,10 +60,10 @@ impl Store {
         token: &str,
         result: &str,
     ) -> Result<Reported> {
-        let (code, rest) = self
-            .report(&self.scripts.complete, id, node, token, &[result])
-            .await?;
-        Self::reported(code, &rest)
+        Self::reported(
+            self.report(&self.scripts.complete, id, node, token, &[result])
+                .await?,
+        )
     }
 
     /// Runs complete.lua or fail.lua: KEYS[1] the queue, ARGV channel, id, node, fence,
@@ -73,7 +75,7 @@ impl Store {
         node: Option<&str>,
         token: &str,
         extra: &[&str],
-    ) -> Result<(i64, Vec<Value>)> {
+    ) -> Result<(Code, Vec<Value>)> {
         let queue = validate::task_queue(id).ok_or(StoreError::NotFound {
             what: Missing::Task,
         })?;
@@ -105,16 +107,16 @@ impl Store {
     ) -> Result<Reported> {
         let jitter = rand::random::<f64>().to_string();
         let retryable = if retryable { "1" } else { "0" };
-        let (code, rest) = self
-            .report(
+        Self::reported(
+            self.report(
                 &self.scripts.fail,
                 id,
                 node,
                 token,
                 &[error, retryable, &jitter],
             )
-            .await?;
-        Self::reported(code, &rest)
+            .await?,
+        )
     }
 }
 
@@ -247,7 +249,7 @@ impl Store {
         }
         Ok(rows
             .into_iter()
-            .map(|row| coded(row).and_then(|(code, rest)| Self::reported(code, &rest)))
+            .map(|row| coded(row).and_then(Self::reported))
             .collect())
     }
 }

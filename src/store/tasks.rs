@@ -2,7 +2,7 @@
 //! with the decoder of a task hash.
 
 use super::tokens::sha256_hex;
-use super::{Missing, Result, Store, StoreError, coded, int, state_of, text};
+use super::{Code, Missing, Result, Store, StoreError, coded, int, state_of, text};
 use crate::domain::{Backoff, OnDependencyFailure, Task, TaskState, rfc3339_ms, validate};
 use redis::{AsyncCommands, Value};
 use std::collections::HashMap;
@@ -235,7 +235,7 @@ impl Store {
         let mut c = self.conn_for(tasks.len());
         let (code, rest) = coded(inv.invoke_async(&mut c).await?)?;
         match code {
-            0 => Ok(Submitted::Created {
+            Code::Ok => Ok(Submitted::Created {
                 now_ms: rest.first().and_then(int).unwrap_or(0),
                 existing: rest
                     .get(1)
@@ -250,14 +250,14 @@ impl Store {
                     })
                     .unwrap_or_default(),
             }),
-            1 => Ok(Submitted::Duplicate {
+            Code::Repeat => Ok(Submitted::Duplicate {
                 ids: rest
                     .get(1)
                     .and_then(text)
                     .map(|s| s.split(',').map(str::to_string).collect())
                     .unwrap_or_default(),
             }),
-            c => Err(StoreError::Protocol(format!("submit returned {c}"))),
+            c => Err(c.unexpected("submit")),
         }
     }
 
@@ -298,12 +298,14 @@ impl Store {
     /// # Errors
     /// [`StoreError::NotFound`], [`StoreError::IllegalTransition`] once succeeded or failed.
     pub async fn cancel(&self, id: &str) -> Result<Cancelled> {
-        let (code, rest) = self.operate(&self.scripts.cancel, id, true).await?;
-        match code {
-            0 if state_of(rest.first()) == "requested" => Ok(Cancelled::Requested),
-            0 => Ok(Cancelled::Done),
-            _ => Err(Self::refused(code, &rest)),
-        }
+        let rest = self
+            .operate(&self.scripts.cancel, "cancel", id, true)
+            .await?;
+        Ok(if state_of(rest.first()) == "requested" {
+            Cancelled::Requested
+        } else {
+            Cancelled::Done
+        })
     }
 
     /// Sends a failed or cancelled task back to pending with attempts reset.
@@ -311,12 +313,9 @@ impl Store {
     /// # Errors
     /// [`StoreError::NotFound`], [`StoreError::IllegalTransition`].
     pub async fn retry(&self, id: &str) -> Result<()> {
-        let (code, rest) = self.operate(&self.scripts.retry, id, true).await?;
-        if code == 0 {
-            Ok(())
-        } else {
-            Err(Self::refused(code, &rest))
-        }
+        self.operate(&self.scripts.retry, "retry", id, true)
+            .await
+            .map(drop)
     }
 
     /// Deletes a finished task.
@@ -324,22 +323,21 @@ impl Store {
     /// # Errors
     /// [`StoreError::NotFound`], [`StoreError::IllegalTransition`].
     pub async fn delete(&self, id: &str) -> Result<()> {
-        let (code, rest) = self.operate(&self.scripts.delete, id, false).await?;
-        if code == 0 {
-            Ok(())
-        } else {
-            Err(Self::refused(code, &rest))
-        }
+        self.operate(&self.scripts.delete, "delete", id, false)
+            .await
+            .map(drop)
     }
 
     /// Runs an operator script (cancel, retry, delete): KEYS[1] the queue, ARGV
-    /// [channel,] id.
+    /// [channel,] id. Returns the rest of its `OK` reply; `NOT_FOUND` and `CONFLICT` (the
+    /// task's state refuses it) are errors.
     async fn operate(
         &self,
         script: &redis::Script,
+        name: &str,
         id: &str,
         channel: bool,
-    ) -> Result<(i64, Vec<Value>)> {
+    ) -> Result<Vec<Value>> {
         let queue = validate::task_queue(id).ok_or(StoreError::NotFound {
             what: Missing::Task,
         })?;
@@ -349,19 +347,16 @@ impl Store {
         }
         inv.arg(id);
         let mut c = self.conn();
-        coded(inv.invoke_async(&mut c).await?)
-    }
-
-    /// The error of a refusing operator script: 1 not found, else an illegal transition.
-    fn refused(code: i64, rest: &[Value]) -> StoreError {
-        if code == 1 {
-            StoreError::NotFound {
+        let (code, rest) = coded(inv.invoke_async(&mut c).await?)?;
+        match code {
+            Code::Ok => Ok(rest),
+            Code::NotFound => Err(StoreError::NotFound {
                 what: Missing::Task,
-            }
-        } else {
-            StoreError::IllegalTransition {
+            }),
+            Code::Conflict => Err(StoreError::IllegalTransition {
                 from: state_of(rest.first()),
-            }
+            }),
+            c => Err(c.unexpected(name)),
         }
     }
 
