@@ -3,7 +3,8 @@
 //! every running task has a lease; per-node load counters match the tasks; no
 //! concurrency slot is held by a task that is not assigned or running; no blocked task
 //! waits on dependencies that all ended; batch counters match their children (once
-//! no follow-up is outstanding).
+//! no follow-up is outstanding); schedules, the scheduler lease and handler locks are
+//! well formed.
 
 use super::keys::KeyFamily;
 use super::locks::parse_lock_token;

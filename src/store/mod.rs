@@ -7,7 +7,7 @@
 //! - [`nodes`], [`queues`], [`listing`] (task pages), [`dependencies`] (and the
 //!   follow-ups that resolve them), [`batches`], [`schedules`], [`locks`];
 //! - [`doctor`]: the invariant checker; [`wakeups`]: the pub/sub hints scripts publish;
-//!   [`error`], [`reply`]: errors and reply decoding.
+//!   [`error`] and `reply`: errors and reply decoding.
 
 pub mod batches;
 pub mod coord;
