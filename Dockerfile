@@ -3,7 +3,7 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-COPY scripts ./scripts
+COPY lua ./lua
 COPY openapi ./openapi
 RUN cargo build --release --locked --bin muster
 

@@ -170,7 +170,7 @@ impl From<SubmitError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NotFound => ApiError::NotFound("no such task".into()),
+            StoreError::NotFound { what } => ApiError::NotFound(format!("no such {what}")),
             StoreError::LeaseConflict { state } => ApiError::conflict(
                 "lease_conflict",
                 format!(
@@ -226,3 +226,21 @@ impl IntoResponse for ApiError {
 
 /// Result of a handler.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Missing;
+
+    #[test]
+    fn a_missing_batch_answers_not_found_naming_the_batch() {
+        for (what, detail) in [
+            (Missing::Task, "no such task"),
+            (Missing::Batch, "no such batch"),
+        ] {
+            let p = ApiError::from(StoreError::NotFound { what }).problem();
+            assert_eq!((p.status, p.code.as_str()), (404, "not_found"));
+            assert_eq!(p.detail, detail);
+        }
+    }
+}

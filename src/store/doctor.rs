@@ -3,9 +3,13 @@
 //! every running task has a lease; per-node load counters match the tasks; no
 //! concurrency slot is held by a task that is not assigned or running; no blocked task
 //! waits on dependencies that all ended; batch counters match their children (once
-//! no follow-up is outstanding).
+//! no follow-up is outstanding); schedules, the scheduler lease and handler locks are
+//! well formed.
 
-use super::{Result, Store};
+use super::keys::KeyFamily;
+use super::locks::parse_lock_token;
+use super::schedules::{fire_from_json, schedule_from_hash};
+use super::{Result, Store, flat_map};
 use redis::AsyncCommands;
 use std::collections::HashMap;
 
@@ -58,23 +62,15 @@ impl Store {
         }
         let loads: HashMap<String, i64> = c.hgetall(k.load(q)).await?;
         // Inboxes: scan for inbox keys (nodes may be gone).
-        let inbox_prefix = k.inbox(q, "");
-        let inbox_keys: Vec<String> =
-            scan(&mut c, &format!("{}*", glob_escape(&inbox_prefix))).await?;
         let mut inboxes: HashMap<String, Vec<String>> = HashMap::new();
-        for key in inbox_keys {
-            let node = key[inbox_prefix.len()..].to_string();
+        for (node, key) in scan(&mut c, &KeyFamily::of(|n| k.inbox(q, n))).await? {
             let ids: Vec<String> = c.lrange(&key, 0, -1).await?;
             inboxes.insert(node, ids);
         }
         // Tasks.
-        let task_prefix = k.task(q, "");
-        let task_keys: Vec<String> =
-            scan(&mut c, &format!("{}*", glob_escape(&task_prefix))).await?;
         let mut counted: HashMap<String, i64> = HashMap::new();
         let mut states: HashMap<String, String> = HashMap::new();
-        for key in &task_keys {
-            let id = &key[task_prefix.len()..];
+        for (id, key) in &scan(&mut c, &KeyFamily::of(|id| k.task(q, id))).await? {
             let h: HashMap<String, String> = c.hgetall(key).await?;
             report.tasks += 1;
             let state = h.get("state").cloned().unwrap_or_default();
@@ -146,10 +142,9 @@ impl Store {
             }
         }
         // Concurrency slots: held only by assigned or running tasks of that key.
-        let sem_prefix = k.semaphore(q, "");
         let now = self.now_ms().await?;
-        for key in scan(&mut c, &format!("{}*", glob_escape(&sem_prefix))).await? {
-            let ckey = &key[sem_prefix.len()..];
+        for (ckey, key) in scan(&mut c, &KeyFamily::of(|ck| k.semaphore(q, ck))).await? {
+            let ckey = ckey.as_str();
             let holders: Vec<(String, f64)> = c.zrange_withscores(&key, 0, -1).await?;
             for (id, until) in holders {
                 if (until as i64) < now {
@@ -226,15 +221,14 @@ impl Store {
 
     async fn doctor_batches(&self, report: &mut Report) -> Result<()> {
         let mut c = self.conn();
-        let pattern = format!("{}:{{~batch:*}}:meta", glob_escape(self.keys.ns()));
-        for key in scan(&mut c, &pattern).await? {
-            let prefix = &key[..key.len() - "meta".len()];
+        let metas = KeyFamily::of(|id| self.keys.batch_meta(id));
+        for (batch, key) in scan(&mut c, &metas).await? {
             let meta: HashMap<String, String> = c.hgetall(&key).await?;
             let num = |f: &str| meta.get(f).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
             if num("adding") > 0 {
                 continue; // a chunk is being stored right now
             }
-            let children: Vec<String> = c.lrange(format!("{prefix}children"), 0, -1).await?;
+            let children: Vec<String> = c.lrange(self.keys.batch_children(&batch), 0, -1).await?;
             let mut counts: HashMap<String, i64> = HashMap::new();
             for chunk in children.chunks(1000) {
                 let mut pipe = redis::pipe();
@@ -270,33 +264,98 @@ impl Store {
     }
 }
 
-pub(super) fn glob_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for ch in s.chars() {
-        if matches!(ch, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
+impl Store {
+    /// Doctor checks of schedules, the scheduler lease and handler locks: every listed
+    /// schedule has a well-formed record with a usable cron expression and vice versa,
+    /// every stored fire parses, the leader lease has a TTL, and every held lock has
+    /// a TTL and a fence counter at least its token's fence.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn doctor_coordination(&self, violations: &mut Vec<String>) -> Result<()> {
+        let mut c = self.conn();
+        let k = &self.keys;
+        let names = self.schedule_names().await?;
+        for name in &names {
+            let v: redis::Value = redis::cmd("HGETALL")
+                .arg(k.schedule(name))
+                .query_async(&mut c)
+                .await?;
+            let h = flat_map(v)?;
+            match schedule_from_hash(&h) {
+                None if h.is_empty() => {
+                    violations.push(format!("schedule {name} is listed but has no record"))
+                }
+                None => violations.push(format!("schedule {name} has a malformed record")),
+                Some(rec) => {
+                    if rec.name != *name {
+                        violations.push(format!("schedule {name} records the name {:?}", rec.name));
+                    }
+                    if let Err(e) = crate::domain::cron::CronSpec::parse(&rec.cron, &rec.timezone) {
+                        violations.push(format!("schedule {name} cannot be fired: {e}"));
+                    }
+                }
+            }
+            let fires: Vec<String> = c.lrange(k.schedule_fires(name), 0, -1).await?;
+            if fires.iter().any(|f| fire_from_json(f).is_none()) {
+                violations.push(format!("schedule {name} has a malformed fire record"));
+            }
         }
-        out.push(ch);
+        for (name, _) in scan(&mut c, &KeyFamily::of(|n| k.schedule(n))).await? {
+            if !names.contains(&name) {
+                violations.push(format!("schedule record {name} is not in the schedule set"));
+            }
+        }
+        let pttl: i64 = c.pttl(k.scheduler_leader()).await?;
+        if pttl == -1 {
+            violations.push("the scheduler leader lease has no TTL".into());
+        }
+        for (name, key) in scan(&mut c, &KeyFamily::of(|n| k.lock_holder(n))).await? {
+            let token: Option<String> = c.get(&key).await?;
+            let ttl: i64 = c.pttl(&key).await?;
+            let counter: Option<i64> = c.get(k.lock_fence(&name)).await?;
+            let fence = token.as_deref().and_then(parse_lock_token);
+            match (fence, counter) {
+                (_, None) => {
+                    violations.push(format!("lock {name} is held without a fence counter"))
+                }
+                (None, _) if token.is_some() => {
+                    violations.push(format!("lock {name} has a malformed token"))
+                }
+                (Some(f), Some(n)) if f > n => violations.push(format!(
+                    "lock {name} is held with fence {f} above its counter {n}"
+                )),
+                _ => {}
+            }
+            if ttl == -1 {
+                violations.push(format!("lock {name} is held without a TTL"));
+            }
+        }
+        Ok(())
     }
-    out
 }
 
-pub(super) async fn scan(
+/// Every key of `family` with its name (SCAN, so a key written meanwhile may be missed).
+async fn scan(
     c: &mut redis::aio::ConnectionManager,
-    pattern: &str,
-) -> Result<Vec<String>> {
+    family: &KeyFamily,
+) -> Result<Vec<(String, String)>> {
+    let pattern = family.pattern();
     let mut cursor: u64 = 0;
     let mut out = Vec::new();
     loop {
         let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
-            .arg(pattern)
+            .arg(&pattern)
             .arg("COUNT")
             .arg(1000)
             .query_async(c)
             .await?;
-        out.extend(keys);
+        out.extend(keys.into_iter().filter_map(|key| {
+            let name = family.name_of(&key)?.to_string();
+            Some((name, key))
+        }));
         if next == 0 {
             return Ok(out);
         }

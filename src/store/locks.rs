@@ -3,8 +3,7 @@
 //! counter is never deleted, so fences strictly increase per name. Scripts:
 //! `lock_acquire.lua`, `lock_extend.lua`, `lock_release.lua`.
 
-use super::scripts::COORD;
-use super::{Result, Store, StoreError, coded, int, text};
+use super::{Code, Result, Store, StoreError, coded, int, ok_unless, text};
 
 /// Outcome of [`Store::lock_acquire`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +40,8 @@ impl Store {
     pub async fn lock_acquire(&self, name: &str, ttl_ms: i64) -> Result<LockTaken> {
         let nonce = hex::encode(rand::random::<[u8; 16]>());
         let mut c = self.conn();
-        let v = COORD
+        let v = self
+            .scripts
             .lock_acquire
             .key(self.keys.lock_holder(name))
             .key(self.keys.lock_fence(name))
@@ -52,7 +52,7 @@ impl Store {
         let (code, rest) = coded(v)?;
         let at = |i: usize| rest.get(i).and_then(int);
         match code {
-            0 => Ok(LockTaken::Held {
+            Code::Ok => Ok(LockTaken::Held {
                 token: rest
                     .first()
                     .and_then(text)
@@ -60,10 +60,10 @@ impl Store {
                 fence: at(1).unwrap_or(0),
                 expires_ms: at(2).unwrap_or(0),
             }),
-            1 => Ok(LockTaken::Busy {
+            Code::Conflict => Ok(LockTaken::Busy {
                 remaining_ms: at(0).unwrap_or(0),
             }),
-            c => Err(StoreError::Protocol(format!("lock_acquire returned {c}"))),
+            c => Err(c.unexpected("lock_acquire")),
         }
     }
 
@@ -74,7 +74,8 @@ impl Store {
     /// Redis errors.
     pub async fn lock_extend(&self, name: &str, token: &str, ttl_ms: i64) -> Result<Option<i64>> {
         let mut c = self.conn();
-        let v = COORD
+        let v = self
+            .scripts
             .lock_extend
             .key(self.keys.lock_holder(name))
             .arg(token)
@@ -83,9 +84,9 @@ impl Store {
             .await?;
         let (code, rest) = coded(v)?;
         match code {
-            0 => Ok(Some(rest.first().and_then(int).unwrap_or(0))),
-            1 => Ok(None),
-            c => Err(StoreError::Protocol(format!("lock_extend returned {c}"))),
+            Code::Ok => Ok(Some(rest.first().and_then(int).unwrap_or(0))),
+            Code::Conflict => Ok(None),
+            c => Err(c.unexpected("lock_extend")),
         }
     }
 
@@ -96,17 +97,14 @@ impl Store {
     /// Redis errors.
     pub async fn lock_release(&self, name: &str, token: &str) -> Result<bool> {
         let mut c = self.conn();
-        let v = COORD
+        let v = self
+            .scripts
             .lock_release
             .key(self.keys.lock_holder(name))
             .arg(token)
             .invoke_async(&mut c)
             .await?;
-        match coded(v)?.0 {
-            0 => Ok(true),
-            1 => Ok(false),
-            c => Err(StoreError::Protocol(format!("lock_release returned {c}"))),
-        }
+        ok_unless(coded(v)?.0, Code::Conflict, "lock_release")
     }
 }
 

@@ -1,10 +1,124 @@
-//! Batched reports: a node's completions and failures written with one
-//! `report_many.lua` call per queue (and per 1,000 reports), each item answered as
-//! [`Store::complete`] or [`Store::fail`] would have.
+//! Reports: a node's completion or failure of its current lease, one at a time
+//! (`complete.lua`, `fail.lua`) or many with one `report_many.lua` call per queue (and
+//! per [`CHUNK`] reports), each item answered as [`Store::complete`] or [`Store::fail`]
+//! would have.
 
-use super::{Reported, Result, Store, StoreError, array, coded, parse_lease_token};
-use crate::domain::validate;
+use super::{
+    Code, Missing, Result, Store, StoreError, array, coded, int, parse_lease_token, state_of, text,
+};
+use crate::domain::{TaskState, validate};
 use redis::Value;
+
+/// Outcome of complete / fail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reported {
+    /// The task's state after the report.
+    pub state: TaskState,
+    /// Run time of the attempt (ms); `None` for a repeat.
+    pub run_ms: Option<i64>,
+    /// The node that held the lease; `None` for a repeat.
+    pub node: Option<String>,
+}
+
+impl Store {
+    /// Decodes complete.lua's or fail.lua's reply (and each of report_many.lua's).
+    fn reported((code, rest): (Code, Vec<Value>)) -> Result<Reported> {
+        let state = || {
+            TaskState::parse(&state_of(rest.first()))
+                .ok_or_else(|| StoreError::Protocol("bad state".into()))
+        };
+        match code {
+            Code::Ok => Ok(Reported {
+                state: state()?,
+                run_ms: rest.get(1).and_then(int),
+                node: rest.get(2).and_then(text),
+            }),
+            Code::Repeat => Ok(Reported {
+                state: state()?,
+                run_ms: None,
+                node: None,
+            }),
+            Code::NotFound => Err(StoreError::NotFound {
+                what: Missing::Task,
+            }),
+            Code::Conflict => Err(StoreError::LeaseConflict {
+                state: state_of(rest.first()),
+            }),
+            c => Err(c.unexpected("complete/fail")),
+        }
+    }
+
+    /// Accepts a completion for the current lease (a repeat for the same lease answers
+    /// the same; anything else is a [`StoreError::LeaseConflict`]).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::LeaseConflict`].
+    pub async fn complete(
+        &self,
+        id: &str,
+        node: Option<&str>,
+        token: &str,
+        result: &str,
+    ) -> Result<Reported> {
+        Self::reported(
+            self.report(&self.scripts.complete, id, node, token, &[result])
+                .await?,
+        )
+    }
+
+    /// Runs complete.lua or fail.lua: KEYS[1] the queue, ARGV channel, id, node, fence,
+    /// nonce, then `extra`.
+    async fn report(
+        &self,
+        script: &redis::Script,
+        id: &str,
+        node: Option<&str>,
+        token: &str,
+        extra: &[&str],
+    ) -> Result<(Code, Vec<Value>)> {
+        let queue = validate::task_queue(id).ok_or(StoreError::NotFound {
+            what: Missing::Task,
+        })?;
+        let (fence, nonce) = parse_lease_token(token).ok_or(StoreError::LeaseConflict {
+            state: "unknown".into(),
+        })?;
+        let mut inv = script.key(self.keys.queue_prefix(queue));
+        inv.arg(self.channel())
+            .arg(id)
+            .arg(node.unwrap_or(""))
+            .arg(fence)
+            .arg(nonce)
+            .arg(extra);
+        let mut c = self.conn();
+        coded(inv.invoke_async(&mut c).await?)
+    }
+
+    /// Records a failed attempt for the current lease.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::LeaseConflict`].
+    pub async fn fail(
+        &self,
+        id: &str,
+        node: Option<&str>,
+        token: &str,
+        error: &str,
+        retryable: bool,
+    ) -> Result<Reported> {
+        let jitter = rand::random::<f64>().to_string();
+        let retryable = if retryable { "1" } else { "0" };
+        Self::reported(
+            self.report(
+                &self.scripts.fail,
+                id,
+                node,
+                token,
+                &[error, retryable, &jitter],
+            )
+            .await?,
+        )
+    }
+}
 
 /// Reports per script call: bounds the time one call holds Redis.
 pub const CHUNK: usize = 500;
@@ -55,7 +169,9 @@ impl Store {
         let mut groups: Vec<(&str, Vec<Item<'_>>)> = Vec::new();
         for (i, r) in reports.iter().enumerate() {
             let Some(queue) = validate::task_queue(r.id) else {
-                out[i] = Some(Err(StoreError::NotFound));
+                out[i] = Some(Err(StoreError::NotFound {
+                    what: Missing::Task,
+                }));
                 continue;
             };
             let Some((fence, nonce)) = parse_lease_token(r.token) else {
@@ -133,24 +249,7 @@ impl Store {
         }
         Ok(rows
             .into_iter()
-            .map(|row| coded(row).and_then(|(code, rest)| Self::reported(code, &rest)))
+            .map(|row| coded(row).and_then(Self::reported))
             .collect())
-    }
-
-    /// The number of pending tasks of each queue given, in order (one pipeline), so the
-    /// reconciler's sweep looks again only at queues with work.
-    ///
-    /// # Errors
-    /// Redis errors.
-    pub async fn pending_counts(&self, queues: &[String]) -> Result<Vec<i64>> {
-        if queues.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for q in queues {
-            pipe.zcard(self.keys.state_index(q, "pending"));
-        }
-        let mut c = self.conn();
-        Ok(pipe.query_async(&mut c).await?)
     }
 }

@@ -3,8 +3,7 @@
 //! script can check the leader and record a fire atomically. Scripts: `sched_*.lua`.
 //! The scheduler loop that fires them is `crate::workers::scheduler`.
 
-use super::scripts::COORD;
-use super::{Result, Store, StoreError, coded, flat_map, int, text};
+use super::{Code, Result, Store, StoreError, coded, flat_map, int, ok_unless, text};
 use crate::domain::coord::{CatchUp, Fire, FireOutcome, Overlap};
 use crate::domain::rfc3339_ms;
 use redis::AsyncCommands;
@@ -121,7 +120,7 @@ struct StoredFire {
     error: String,
 }
 
-fn fire_from_json(s: &str) -> Option<Fire> {
+pub(super) fn fire_from_json(s: &str) -> Option<Fire> {
     let f: StoredFire = serde_json::from_str(s).ok()?;
     Some(Fire {
         tick_at: rfc3339_ms(f.tick),
@@ -171,7 +170,8 @@ impl Store {
         catch_up: CatchUp,
     ) -> Result<Option<i64>> {
         let mut c = self.conn();
-        let v = COORD
+        let v = self
+            .scripts
             .sched_create
             .key(self.keys.schedule(name))
             .key(self.keys.schedules())
@@ -185,9 +185,9 @@ impl Store {
             .await?;
         let (code, rest) = coded(v)?;
         match code {
-            0 => Ok(Some(rest.first().and_then(int).unwrap_or(0))),
-            1 => Ok(None),
-            c => Err(StoreError::Protocol(format!("sched_create returned {c}"))),
+            Code::Ok => Ok(Some(rest.first().and_then(int).unwrap_or(0))),
+            Code::Conflict => Ok(None),
+            c => Err(c.unexpected("sched_create")),
         }
     }
 
@@ -248,7 +248,8 @@ impl Store {
     /// Redis errors.
     pub async fn schedule_delete(&self, name: &str) -> Result<bool> {
         let mut c = self.conn();
-        let v = COORD
+        let v = self
+            .scripts
             .sched_delete
             .key(self.keys.schedule(name))
             .key(self.keys.schedule_fires(name))
@@ -256,7 +257,7 @@ impl Store {
             .arg(name)
             .invoke_async(&mut c)
             .await?;
-        Ok(coded(v)?.0 == 0)
+        ok_unless(coded(v)?.0, Code::NotFound, "sched_delete")
     }
 
     /// Pauses or resumes a schedule; `false` when absent. Resuming never fires the
@@ -266,13 +267,14 @@ impl Store {
     /// Redis errors.
     pub async fn schedule_set_paused(&self, name: &str, paused: bool) -> Result<bool> {
         let mut c = self.conn();
-        let v = COORD
+        let v = self
+            .scripts
             .sched_pause
             .key(self.keys.schedule(name))
             .arg(if paused { "1" } else { "0" })
             .invoke_async(&mut c)
             .await?;
-        Ok(coded(v)?.0 == 0)
+        ok_unless(coded(v)?.0, Code::NotFound, "sched_pause")
     }
 
     async fn leader_call(
@@ -281,9 +283,10 @@ impl Store {
         token: &str,
         ttl_ms: i64,
         label: &str,
-    ) -> Result<(i64, Vec<redis::Value>)> {
+    ) -> Result<(Code, Vec<redis::Value>)> {
         let mut c = self.conn();
-        let v = COORD
+        let v = self
+            .scripts
             .sched_leader
             .key(self.keys.scheduler_leader())
             .key(self.keys.scheduler_fence())
@@ -305,10 +308,11 @@ impl Store {
         let nonce = hex::encode(rand::random::<[u8; 16]>());
         let (code, rest) = self.leader_call("acquire", &nonce, ttl_ms, label).await?;
         match code {
-            0 => Ok(Ok(rest.first().and_then(text).ok_or_else(|| {
+            Code::Ok => Ok(Ok(rest.first().and_then(text).ok_or_else(|| {
                 StoreError::Protocol("sched_leader: no token".into())
             })?)),
-            _ => Ok(Err(rest.first().and_then(int).unwrap_or(0))),
+            Code::Conflict => Ok(Err(rest.first().and_then(int).unwrap_or(0))),
+            c => Err(c.unexpected("sched_leader")),
         }
     }
 
@@ -317,7 +321,8 @@ impl Store {
     /// # Errors
     /// Redis errors.
     pub async fn scheduler_renew(&self, token: &str, ttl_ms: i64) -> Result<bool> {
-        Ok(self.leader_call("renew", token, ttl_ms, "").await?.0 == 0)
+        let (code, _) = self.leader_call("renew", token, ttl_ms, "").await?;
+        ok_unless(code, Code::Conflict, "sched_leader")
     }
 
     /// Gives the leader lease up (at shutdown) so another replica takes over at once.
@@ -325,7 +330,8 @@ impl Store {
     /// # Errors
     /// Redis errors.
     pub async fn scheduler_release(&self, token: &str) -> Result<bool> {
-        Ok(self.leader_call("release", token, 0, "").await?.0 == 0)
+        let (code, _) = self.leader_call("release", token, 0, "").await?;
+        ok_unless(code, Code::Conflict, "sched_leader")
     }
 
     /// The current leader token, if any (for tests and operators).
@@ -355,7 +361,8 @@ impl Store {
         earlier_missed: i64,
     ) -> Result<FireStep> {
         let mut c = self.conn();
-        let v = COORD
+        let v = self
+            .scripts
             .sched_fire
             .key(self.keys.scheduler_leader())
             .key(self.keys.schedule(name))
@@ -371,14 +378,13 @@ impl Store {
             .await?;
         let (code, rest) = coded(v)?;
         Ok(match code {
-            0 => FireStep::Recorded {
+            Code::Ok => FireStep::Recorded {
                 now_ms: rest.first().and_then(int).unwrap_or(0),
             },
-            -1 => FireStep::NotLeader,
-            -2 => FireStep::Gone,
-            1 => FireStep::Already,
-            2 => FireStep::Pending,
-            c => return Err(StoreError::Protocol(format!("sched_fire returned {c}"))),
+            Code::NotLeader => FireStep::NotLeader,
+            Code::NotFound => FireStep::Gone,
+            Code::Repeat => FireStep::Already,
+            Code::Conflict => FireStep::Pending,
         })
     }
 
@@ -388,99 +394,14 @@ impl Store {
     /// Redis errors.
     pub async fn schedule_fire_done(&self, name: &str, tick_ms: i64, task_id: &str) -> Result<()> {
         let mut c = self.conn();
-        let _: redis::Value = COORD
+        let v = self
+            .scripts
             .sched_done
             .key(self.keys.schedule(name))
             .arg(pending_marker(tick_ms, task_id))
             .invoke_async(&mut c)
             .await?;
-        Ok(())
-    }
-}
-
-impl Store {
-    /// Doctor checks of schedules, the scheduler lease and handler locks: every listed
-    /// schedule has a well-formed record with a usable cron expression and vice versa,
-    /// every stored fire parses, the leader lease has a TTL, and every held lock has
-    /// a TTL and a fence counter at least its token's fence.
-    ///
-    /// # Errors
-    /// Redis errors.
-    pub async fn doctor_coordination(&self, violations: &mut Vec<String>) -> Result<()> {
-        let mut c = self.conn();
-        let k = &self.keys;
-        let names = self.schedule_names().await?;
-        for name in &names {
-            let v: redis::Value = redis::cmd("HGETALL")
-                .arg(k.schedule(name))
-                .query_async(&mut c)
-                .await?;
-            let h = flat_map(v)?;
-            match schedule_from_hash(&h) {
-                None if h.is_empty() => {
-                    violations.push(format!("schedule {name} is listed but has no record"))
-                }
-                None => violations.push(format!("schedule {name} has a malformed record")),
-                Some(rec) => {
-                    if rec.name != *name {
-                        violations.push(format!("schedule {name} records the name {:?}", rec.name));
-                    }
-                    if let Err(e) = crate::domain::cron::CronSpec::parse(&rec.cron, &rec.timezone) {
-                        violations.push(format!("schedule {name} cannot be fired: {e}"));
-                    }
-                }
-            }
-            let fires: Vec<String> = c.lrange(k.schedule_fires(name), 0, -1).await?;
-            if fires.iter().any(|f| fire_from_json(f).is_none()) {
-                violations.push(format!("schedule {name} has a malformed fire record"));
-            }
-        }
-        let prefix = k.schedule("");
-        for key in super::doctor::scan(&mut c, &format!("{}*", super::doctor::glob_escape(&prefix)))
-            .await?
-        {
-            let name = &key[prefix.len()..];
-            if !names.iter().any(|n| n == name) {
-                violations.push(format!("schedule record {name} is not in the schedule set"));
-            }
-        }
-        let pttl: i64 = c.pttl(k.scheduler_leader()).await?;
-        if pttl == -1 {
-            violations.push("the scheduler leader lease has no TTL".into());
-        }
-        let holder_suffix = "}:holder";
-        let lock_prefix = format!("{}:{{~lock:", k.ns());
-        let pattern = format!(
-            "{}*{holder_suffix}",
-            super::doctor::glob_escape(&lock_prefix)
-        );
-        for key in super::doctor::scan(&mut c, &pattern).await? {
-            let Some(name) = key
-                .strip_prefix(&lock_prefix)
-                .and_then(|r| r.strip_suffix(holder_suffix))
-            else {
-                continue;
-            };
-            let token: Option<String> = c.get(&key).await?;
-            let ttl: i64 = c.pttl(&key).await?;
-            let counter: Option<i64> = c.get(k.lock_fence(name)).await?;
-            let fence = token.as_deref().and_then(super::locks::parse_lock_token);
-            match (fence, counter) {
-                (_, None) => {
-                    violations.push(format!("lock {name} is held without a fence counter"))
-                }
-                (None, _) if token.is_some() => {
-                    violations.push(format!("lock {name} has a malformed token"))
-                }
-                (Some(f), Some(n)) if f > n => violations.push(format!(
-                    "lock {name} is held with fence {f} above its counter {n}"
-                )),
-                _ => {}
-            }
-            if ttl == -1 {
-                violations.push(format!("lock {name} is held without a TTL"));
-            }
-        }
-        Ok(())
+        // A marker already cleared (by an earlier try) or another fire's is left alone.
+        ok_unless(coded(v)?.0, Code::NotFound, "sched_done").map(drop)
     }
 }

@@ -1,114 +1,77 @@
-//! The Lua scripts of `scripts/`, compiled in. Each transition script is prefixed with
-//! `scripts/lib.lua` (shared helpers); redis-rs runs them with EVALSHA and loads them
-//! again on NOSCRIPT (after a Redis restart or SCRIPT FLUSH).
+//! The Lua scripts of `lua/`, compiled in: one table, loaded once per process. Each
+//! script is `lua/lib.lua` (shared helpers, key functions, return codes, wake-up
+//! messages) followed by its own file; redis-rs runs it with EVALSHA of the SHA1 it
+//! computed and loads it again on NOSCRIPT (after a Redis restart or SCRIPT FLUSH).
+//! [`Scripts::load`] checks at start-up that Redis hashes each one to that same SHA1.
 
+use super::{Result, StoreError};
 use redis::Script;
 
-const LIB: &str = include_str!("../../scripts/lib.lua");
+/// `lua/lib.lua`, prepended to every script.
+pub const LIB: &str = include_str!("../../lua/lib.lua");
 
 fn script(body: &str) -> Script {
     Script::new(&format!("{LIB}\n{body}"))
 }
 
-/// Every transition script, loaded once per process.
-pub struct Scripts {
-    /// `submit.lua`
-    pub submit: Script,
-    /// `promote.lua`
-    pub promote: Script,
-    /// `dispatch.lua`
-    pub dispatch: Script,
-    /// `lease.lua`
-    pub lease: Script,
-    /// `extend.lua`
-    pub extend: Script,
-    /// `complete.lua`
-    pub complete: Script,
-    /// `fail.lua`
-    pub fail: Script,
-    /// `expire.lua`
-    pub expire: Script,
-    /// `cancel.lua`
-    pub cancel: Script,
-    /// `retry.lua`
-    pub retry: Script,
-    /// `delete.lua`
-    pub delete: Script,
-    /// `requeue_inbox.lua`
-    pub requeue_inbox: Script,
-    /// `heartbeat.lua`
-    pub heartbeat: Script,
-    /// `dep_register.lua`
-    pub dep_register: Script,
-    /// `dep_resolved.lua`
-    pub dep_resolved: Script,
-    /// `batch_create.lua`
-    pub batch_create: Script,
-    /// `batch_begin.lua`
-    pub batch_begin: Script,
-    /// `batch_add.lua`
-    pub batch_add: Script,
-    /// `batch_child.lua`
-    pub batch_child: Script,
-    /// `batch_then.lua`
-    pub batch_then: Script,
-    /// `report_many.lua`
-    pub report_many: Script,
+/// Declares the one script table: a field per `lua/<name>.lua`, built from that file.
+macro_rules! scripts {
+    ($($name:ident),* $(,)?) => {
+        /// Every script, built once per process (no I/O).
+        pub struct Scripts {
+            $(
+                #[doc = concat!("`lua/", stringify!($name), ".lua`")]
+                pub $name: Script,
+            )*
+        }
+
+        impl Scripts {
+            /// Builds every script (no I/O).
+            pub fn new() -> Scripts {
+                Scripts {
+                    $($name: script(include_str!(concat!("../../lua/", stringify!($name), ".lua"))),)*
+                }
+            }
+
+            /// Every script with its name, for SCRIPT LOAD at start-up.
+            pub fn all(&self) -> Vec<(&'static str, &Script)> {
+                vec![$((stringify!($name), &self.$name)),*]
+            }
+        }
+    };
+}
+
+scripts! {
+    // Task transitions.
+    submit, promote, dispatch, lease, extend, complete, fail, report_many, expire, cancel,
+    retry, delete, requeue_inbox,
+    // Nodes.
+    heartbeat,
+    // Dependencies and batches.
+    dep_register, dep_resolved, batch_create, batch_begin, batch_add, batch_child, batch_then,
+    // Cron schedules and handler locks.
+    sched_create, sched_delete, sched_pause, sched_leader, sched_fire, sched_done,
+    lock_acquire, lock_extend, lock_release,
 }
 
 impl Scripts {
-    /// Builds every script (no I/O).
-    pub fn new() -> Scripts {
-        Scripts {
-            submit: script(include_str!("../../scripts/submit.lua")),
-            promote: script(include_str!("../../scripts/promote.lua")),
-            dispatch: script(include_str!("../../scripts/dispatch.lua")),
-            lease: script(include_str!("../../scripts/lease.lua")),
-            extend: script(include_str!("../../scripts/extend.lua")),
-            complete: script(include_str!("../../scripts/complete.lua")),
-            fail: script(include_str!("../../scripts/fail.lua")),
-            expire: script(include_str!("../../scripts/expire.lua")),
-            cancel: script(include_str!("../../scripts/cancel.lua")),
-            retry: script(include_str!("../../scripts/retry.lua")),
-            delete: script(include_str!("../../scripts/delete.lua")),
-            requeue_inbox: script(include_str!("../../scripts/requeue_inbox.lua")),
-            heartbeat: script(include_str!("../../scripts/heartbeat.lua")),
-            dep_register: script(include_str!("../../scripts/dep_register.lua")),
-            dep_resolved: script(include_str!("../../scripts/dep_resolved.lua")),
-            batch_create: script(include_str!("../../scripts/batch_create.lua")),
-            batch_begin: script(include_str!("../../scripts/batch_begin.lua")),
-            batch_add: script(include_str!("../../scripts/batch_add.lua")),
-            batch_child: script(include_str!("../../scripts/batch_child.lua")),
-            batch_then: script(include_str!("../../scripts/batch_then.lua")),
-            report_many: script(include_str!("../../scripts/report_many.lua")),
+    /// SCRIPT LOADs every script and checks that Redis answers the SHA1 EVALSHA will
+    /// use (a mismatch would make every call fall back to loading again).
+    ///
+    /// # Errors
+    /// Redis errors; [`StoreError::Unfit`] when a SHA1 differs.
+    pub async fn load(&self, c: &mut impl redis::aio::ConnectionLike) -> Result<()> {
+        for (name, s) in self.all() {
+            let sha = s.prepare_invoke().load_async(c).await?;
+            if sha != s.get_hash() {
+                return Err(StoreError::Unfit(format!(
+                    "redis hashed {name}.lua to {sha}, muster to {}: scripts would not run \
+                     by EVALSHA",
+                    s.get_hash()
+                )));
+            }
         }
-    }
-
-    /// All scripts, for SCRIPT LOAD at start-up.
-    pub fn all(&self) -> Vec<&Script> {
-        vec![
-            &self.submit,
-            &self.promote,
-            &self.dispatch,
-            &self.lease,
-            &self.extend,
-            &self.complete,
-            &self.fail,
-            &self.expire,
-            &self.cancel,
-            &self.retry,
-            &self.delete,
-            &self.requeue_inbox,
-            &self.heartbeat,
-            &self.dep_register,
-            &self.dep_resolved,
-            &self.batch_create,
-            &self.batch_begin,
-            &self.batch_add,
-            &self.batch_child,
-            &self.batch_then,
-            &self.report_many,
-        ]
+        Ok(())
     }
 }
 
@@ -118,39 +81,155 @@ impl Default for Scripts {
     }
 }
 
-/// The scripts of cron schedules and handler locks (`sched_*.lua`, `lock_*.lua`), kept
-/// apart from the task transitions; loaded on first use (EVALSHA, then SCRIPT LOAD on
-/// NOSCRIPT).
-pub struct CoordScripts {
-    /// `lock_acquire.lua`
-    pub lock_acquire: Script,
-    /// `lock_extend.lua`
-    pub lock_extend: Script,
-    /// `lock_release.lua`
-    pub lock_release: Script,
-    /// `sched_create.lua`
-    pub sched_create: Script,
-    /// `sched_delete.lua`
-    pub sched_delete: Script,
-    /// `sched_pause.lua`
-    pub sched_pause: Script,
-    /// `sched_leader.lua`
-    pub sched_leader: Script,
-    /// `sched_fire.lua`
-    pub sched_fire: Script,
-    /// `sched_done.lua`
-    pub sched_done: Script,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::keys::Keys;
+    use crate::store::reply::Code;
+    use crate::store::wakeups::Wakeup;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
 
-/// The coordination scripts, built once per process.
-pub static COORD: std::sync::LazyLock<CoordScripts> = std::sync::LazyLock::new(|| CoordScripts {
-    lock_acquire: script(include_str!("../../scripts/lock_acquire.lua")),
-    lock_extend: script(include_str!("../../scripts/lock_extend.lua")),
-    lock_release: script(include_str!("../../scripts/lock_release.lua")),
-    sched_create: script(include_str!("../../scripts/sched_create.lua")),
-    sched_delete: script(include_str!("../../scripts/sched_delete.lua")),
-    sched_pause: script(include_str!("../../scripts/sched_pause.lua")),
-    sched_leader: script(include_str!("../../scripts/sched_leader.lua")),
-    sched_fire: script(include_str!("../../scripts/sched_fire.lua")),
-    sched_done: script(include_str!("../../scripts/sched_done.lua")),
-});
+    /// A private redis-server on a unix socket, stopped on drop.
+    struct Redis {
+        child: Child,
+        client: redis::Client,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Redis {
+        async fn start() -> (Redis, redis::aio::MultiplexedConnection) {
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            let sock = dir.path().join("redis.sock");
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    "0",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--unixsocket",
+                ])
+                .arg(&sock)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server is on PATH (scripts/ensure-redis.sh installs it)");
+            let client = redis::Client::open(format!("unix://{}", sock.display())).unwrap();
+            let redis = Redis {
+                child,
+                client,
+                _dir: dir,
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(c) = redis.client.get_multiplexed_async_connection().await {
+                    return (redis, c);
+                }
+                assert!(Instant::now() < deadline, "redis-server did not start");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    impl Drop for Redis {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Evaluates `exprs` after lib.lua with `p` the prefix of queue `q.1` and `b` that of
+    /// batch `b1`, as one table.
+    async fn eval<T: redis::FromRedisValue>(
+        c: &mut redis::aio::MultiplexedConnection,
+        k: &Keys,
+        exprs: &[&str],
+    ) -> T {
+        let body = format!(
+            "{LIB}\nlocal p, b = ARGV[1], ARGV[2]\nreturn {{{}}}",
+            exprs.join(", ")
+        );
+        redis::cmd("EVAL")
+            .arg(body)
+            .arg(0)
+            .arg(k.queue_prefix("q.1"))
+            .arg(k.batch_prefix("b1"))
+            .query_async(c)
+            .await
+            .expect("lib.lua evaluates")
+    }
+
+    #[tokio::test]
+    async fn every_script_loads_under_the_sha1_muster_computed() {
+        let (_redis, mut c) = Redis::start().await;
+        Scripts::new()
+            .load(&mut c)
+            .await
+            .expect("every script loads");
+    }
+
+    #[tokio::test]
+    async fn lib_lua_builds_every_key_as_keys_rs_does() {
+        let (_redis, mut c) = Redis::start().await;
+        let k = Keys::new("muster");
+        let q = "q.1";
+        let pairs = [
+            ("k_task(p, 'i.q.1')", k.task(q, "i.q.1")),
+            ("k_state_index(p, 'pending')", k.state_index(q, "pending")),
+            ("k_inbox(p, 'n1')", k.inbox(q, "n1")),
+            ("k_load(p)", k.load(q)),
+            ("k_cancels(p, 'n1')", k.cancels(q, "n1")),
+            ("k_conf(p)", k.conf(q)),
+            ("k_stats(p)", k.stats(q)),
+            ("k_events(p)", k.events(q)),
+            ("k_followups(p)", k.followups(q)),
+            ("k_dependents(p, 'i.q.1')", k.dependents(q, "i.q.1")),
+            ("k_dep_done(p, 'i.q.1')", k.dep_done(q, "i.q.1")),
+            ("k_semaphore(p, 'ck')", k.semaphore(q, "ck")),
+            ("k_unique(p, 'u')", k.unique(q, "u")),
+            ("k_idempotency(p, 'ab12')", k.idempotency(q, "ab12")),
+            ("k_seq(p)", k.seq(q)),
+            ("k_bucket(p)", k.bucket(q)),
+            ("k_batch_meta(b)", k.batch_meta("b1")),
+            ("k_batch_children(b)", k.batch_children("b1")),
+            ("k_batch_done(b)", k.batch_done("b1")),
+        ];
+        let exprs: Vec<&str> = pairs.iter().map(|(lua, _)| *lua).collect();
+        let lua: Vec<String> = eval(&mut c, &k, &exprs).await;
+        for ((expr, rust), lua) in pairs.iter().zip(&lua) {
+            assert_eq!(lua, rust, "{expr}");
+        }
+        assert_eq!(lua.len(), pairs.len());
+    }
+
+    #[tokio::test]
+    async fn lib_lua_return_codes_and_wakeups_are_those_rust_reads() {
+        let (_redis, mut c) = Redis::start().await;
+        let k = Keys::new("muster");
+        let codes: Vec<i64> = eval(
+            &mut c,
+            &k,
+            &["OK", "NOT_FOUND", "CONFLICT", "REPEAT", "NOT_LEADER"],
+        )
+        .await;
+        assert_eq!(codes, Code::ALL.map(|code| code as i64));
+        let wakeups: Vec<String> = eval(
+            &mut c,
+            &k,
+            &[
+                "wake_new(p)",
+                "wake_assigned(p, 'n1')",
+                "wake_done(p, 'n1', 'a.q.1 b.q.1')",
+                "wake_done(p, '', 'a.q.1')",
+            ],
+        )
+        .await;
+        let want = crate::store::wakeups::examples();
+        for (msg, want) in wakeups.iter().zip(&want) {
+            assert_eq!(Wakeup::parse(&k, msg).as_ref(), Some(want), "{msg}");
+            assert_eq!(&want.message(&k), msg);
+        }
+        assert_eq!(wakeups.len(), want.len());
+    }
+}

@@ -5,7 +5,7 @@
 
 use crate::service::directory::Directory;
 use crate::service::hub::Hub;
-use crate::store::Store;
+use crate::store::{Store, Wakeup};
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,28 +33,17 @@ impl Reconciler {
 
     /// Handles one wake-up message.
     pub fn handle(&self, msg: &str) {
-        let mut parts = msg.split(' ');
-        let kind = parts.next().unwrap_or("");
-        let queue = parts
-            .next()
-            .and_then(|p| self.store.keys.queue_of_prefix(p));
-        match (kind, queue) {
-            ("new", Some(q)) => self.hub.mark_dirty(q),
-            ("assigned", Some(_)) => {
-                if let Some(node) = parts.next() {
-                    self.hub.wake_node(node);
-                }
-            }
-            ("done", Some(q)) => {
-                // "done <prefix> <node> <id> [<id> ...]": one message per report batch.
-                let _node = parts.next();
-                for id in parts {
+        match Wakeup::parse(&self.store.keys, msg) {
+            Some(Wakeup::New { queue }) => self.hub.mark_dirty(queue),
+            Some(Wakeup::Assigned { node, .. }) => self.hub.wake_node(node),
+            Some(Wakeup::Done { queue, tasks, .. }) => {
+                for id in tasks {
                     self.hub.wake_task(id);
                 }
                 // A slot freed on a node: this queue (and others) may dispatch more.
-                self.hub.mark_dirty(q);
+                self.hub.mark_dirty(queue);
             }
-            _ => tracing::debug!(msg, "unknown wake-up message"),
+            None => tracing::debug!(msg, "unknown wake-up message"),
         }
     }
 

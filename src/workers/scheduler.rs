@@ -300,7 +300,7 @@ impl Scheduler {
     async fn unfinished(&self, id: &str) -> Result<bool, StoreError> {
         match self.store.task(id).await {
             Ok(t) => Ok(!t.state.is_terminal()),
-            Err(StoreError::NotFound) => Ok(false),
+            Err(StoreError::NotFound { .. }) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -351,7 +351,7 @@ impl Scheduler {
     ) -> Result<(), StoreError> {
         match self.store.task(id).await {
             Ok(_) => self.store.schedule_fire_done(&rec.name, tick, id).await,
-            Err(StoreError::NotFound) => match fire_task(&rec.task, &rec.name, Some(id)) {
+            Err(StoreError::NotFound { .. }) => match fire_task(&rec.task, &rec.name, Some(id)) {
                 Ok(p) => {
                     tracing::info!(schedule = %rec.name, tick, task_id = %id, "scheduler: completing a pending fire");
                     self.submit(rec, spec, tick, p).await

@@ -1197,7 +1197,7 @@ async fn complete_with_a_token_of_another_lease_is_a_lease_conflict_and_changes_
         k.store
             .complete(&new_task_id("q"), None, &l.token, "1")
             .await,
-        Err(StoreError::NotFound)
+        Err(StoreError::NotFound { .. })
     ));
     k.assert_doctor_clean(&["q"]).await;
 }
@@ -1756,11 +1756,11 @@ async fn cancel_of_a_succeeded_or_failed_task_is_an_illegal_transition() {
     }
     assert!(matches!(
         k.store.cancel(&new_task_id("q")).await,
-        Err(StoreError::NotFound)
+        Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
         k.store.cancel("not-an-id").await,
-        Err(StoreError::NotFound)
+        Err(StoreError::NotFound { .. })
     ));
     k.assert_doctor_clean(&["q"]).await;
 }
@@ -1876,11 +1876,11 @@ async fn delete_removes_only_finished_tasks() {
         assert!(k.indexes("q", id).is_empty(), "{state}: still indexed");
         assert_eq!(k.xlen("q"), events + 1, "{state}");
         assert!(
-            matches!(k.store.delete(id).await, Err(StoreError::NotFound)),
+            matches!(k.store.delete(id).await, Err(StoreError::NotFound { .. })),
             "{state}: twice"
         );
         assert!(
-            matches!(k.store.task(id).await, Err(StoreError::NotFound)),
+            matches!(k.store.task(id).await, Err(StoreError::NotFound { .. })),
             "{state}"
         );
     }

@@ -1,0 +1,94 @@
+-- dispatch.lua: assign pending tasks to nodes' inboxes.
+-- KEYS[1]: queue prefix
+-- ARGV[1]: wake channel   ARGV[2]: most tasks to assign   ARGV[3]: most pending to scan
+-- ARGV[4]: node count m, then m records of 3 fields: node id, budget, tags (csv),
+--   ordered by preference (most free slots, then shortest mean run time). The budget is
+--   the node's capacity minus its load in other queues; this queue's load is read here,
+--   atomically, so several dispatchers (or replicas) never overfill a node.
+-- Limits: the queue's max_running and rate_limit (conf) cap how many go now; a task
+-- with a concurrency key goes only when it gets a slot of its key's semaphore (others
+-- stay pending, in order, and go when a slot frees: finishing publishes a wake-up).
+-- Returns: {assigned, pending left, ms until the rate limit allows the next task (0:
+-- not rate-limited)}. Paused queues assign nothing.
+local p, channel, max, scan, m = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local conf = redis.call('HMGET', k_conf(p), 'paused', 'max_running', 'rate_limit')
+if conf[1] == '1' then
+  return {0, redis.call('ZCARD', k_state_index(p, 'pending')), 0}
+end
+local now = nil
+local allowed, tokens, wait = nil, nil, 0
+if conf[2] or conf[3] then
+  now = now_ms()
+  allowed, tokens, wait = queue_budget(p, now, conf[2], conf[3])
+end
+local nodes = {}
+local total_free = 0
+for i = 0, m - 1 do
+  local b = 5 + i * 3
+  local tags = {}
+  for t in string.gmatch(ARGV[b + 2], '[^,]+') do tags[t] = true end
+  local free = tonumber(ARGV[b + 1]) - (tonumber(redis.call('HGET', k_load(p), ARGV[b])) or 0)
+  if free < 0 then free = 0 end
+  nodes[#nodes + 1] = {id = ARGV[b], free = free, tags = tags, got = 0}
+  total_free = total_free + free
+end
+if total_free < max then max = total_free end
+if allowed and allowed < max then max = allowed end
+local assigned = 0
+local full = {}
+if max > 0 then
+  local ids = redis.call('ZRANGE', k_state_index(p, 'pending'), 0, scan - 1)
+  for _, id in ipairs(ids) do
+    if assigned >= max then break end
+    local tkey = k_task(p, id)
+    local t = redis.call('HMGET', tkey, 'requires', 'ckey', 'climit', 'timeout_ms')
+    local requires = t[1]
+    if not requires then
+      -- An index entry without its hash: drop it (doctor would flag it).
+      redis.call('ZREM', k_state_index(p, 'pending'), id)
+    elseif t[2] and full[t[2]] then
+      -- Its key has no free slot: it waits, in order.
+    else
+      local best = nil
+      for _, nd in ipairs(nodes) do
+        if nd.free > 0 and (best == nil or nd.free > best.free) then
+          local ok = true
+          for tg in string.gmatch(requires, '[^,]+') do
+            if not nd.tags[tg] then ok = false break end
+          end
+          if ok then best = nd end
+        end
+      end
+      if best and t[2] then
+        now = now or now_ms()
+        -- Until the lease starts, the slot is held for the lease TTL plus a minute (an
+        -- inbox of a vanished node is requeued, which frees it, well before).
+        if not take_slot(p, id, t[2], t[3], now + (tonumber(t[4]) or 30000) + 60000, now) then
+          full[t[2]] = true
+          best = nil
+        end
+      end
+      if best then
+        redis.call('ZREM', k_state_index(p, 'pending'), id)
+        redis.call('RPUSH', k_inbox(p, best.id), id)
+        redis.call('HSET', tkey, 'state', 'assigned', 'node', best.id)
+        incr_load(p, best.id, 1)
+        emit(p, 'task.assigned', id, best.id, 'assigned')
+        best.free = best.free - 1
+        best.got = best.got + 1
+        assigned = assigned + 1
+      end
+    end
+  end
+end
+for _, nd in ipairs(nodes) do
+  if nd.got > 0 then redis.call('PUBLISH', channel, wake_assigned(p, nd.id)) end
+end
+spend_tokens(p, tokens, assigned, now)
+if tokens and assigned > 0 and wait == 0 then
+  -- Spent down to under one token: the next one comes in this many ms.
+  local left = tokens - assigned
+  local rate = tonumber(conf[3])
+  if left < 1 then wait = math.ceil((1 - left) * 1000 / rate) end
+end
+return {assigned, redis.call('ZCARD', k_state_index(p, 'pending')), wait}

@@ -1,0 +1,308 @@
+-- lib.lua: helpers prepended to every script (not a transition itself).
+-- Conventions: KEYS[1] is the queue's key prefix "<ns>:{<queue>}:" (or a batch's,
+-- "<ns>:{~batch:<id>}:"); every key a script touches is built from it with the k_*
+-- functions below, so all of them share one hash tag. Scripts of nodes, schedules and
+-- locks get their keys whole, as KEYS, from src/store/keys.rs.
+-- The clock is Redis TIME, so every replica agrees on one clock.
+
+-- ----- Key schema -----
+-- One function per key built in Lua, mirroring src/store/keys.rs exactly: k_<name>(p,
+-- ...) is `Keys::<name>(queue, ...)` with p = `Keys::queue_prefix(queue)` (batch keys:
+-- p = `Keys::batch_prefix(id)`). Change both together; the unit test in
+-- src/store/scripts.rs evaluates these in a real redis-server and compares.
+local function k_task(p, id) return p .. 't:' .. id end
+local function k_state_index(p, state) return p .. state end
+local function k_inbox(p, node) return p .. 'inbox:' .. node end
+local function k_load(p) return p .. 'load' end
+local function k_cancels(p, node) return p .. 'cancels:' .. node end
+local function k_conf(p) return p .. 'conf' end
+local function k_stats(p) return p .. 'stats' end
+local function k_events(p) return p .. 'events' end
+local function k_followups(p) return p .. 'followups' end
+local function k_dependents(p, id) return p .. 'dependents:' .. id end
+local function k_dep_done(p, id) return p .. 'depdone:' .. id end
+local function k_semaphore(p, key) return p .. 'sem:' .. key end
+local function k_unique(p, key) return p .. 'uniq:' .. key end
+local function k_idempotency(p, sha) return p .. 'idem:' .. sha end
+local function k_seq(p) return p .. 'seq' end
+local function k_bucket(p) return p .. 'bucket' end
+local function k_batch_meta(p) return p .. 'meta' end
+local function k_batch_children(p) return p .. 'children' end
+local function k_batch_done(p) return p .. 'done' end
+
+-- ----- Return codes -----
+-- The first element of a script's {code, ...} reply, mirroring `Code` in
+-- src/store/reply.rs (compared by the same unit test).
+local OK = 0          -- done; the rest of the reply says how
+local NOT_FOUND = 1   -- what the script names (task, node, batch, schedule) does not exist
+local CONFLICT = 2    -- its state refuses the call: stale lease, illegal transition,
+                      -- ended, finished, taken, held by another; a task's state follows
+local REPEAT = 3      -- already done exactly so (same lease, same idempotency key, same
+                      -- tick): nothing written, answered as the first time
+local NOT_LEADER = 4  -- the caller's scheduler leader token is not current
+
+-- ----- Wake-up messages -----
+-- Published on the wake channel, parsed by `Wakeup::parse` in src/store/wakeups.rs
+-- (compared by the same unit test). `ids`: task ids separated by one space.
+local function wake_new(p) return 'new ' .. p end
+local function wake_assigned(p, node) return 'assigned ' .. p .. ' ' .. node end
+local function wake_done(p, node, ids) return 'done ' .. p .. ' ' .. node .. ' ' .. ids end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Strict priority (0..9, higher first), FIFO inside one priority.
+local function pending_score(priority, seq)
+  return (9 - priority) * 10000000000000 + seq
+end
+
+-- Appends a lifecycle event to the queue's capped stream (the source of SSE).
+local function emit(p, typ, id, node, state)
+  redis.call('XADD', k_events(p), 'MAXLEN', '~', 10000, '*',
+    'type', typ, 'task', id, 'node', node or '', 'state', state or '')
+end
+
+local function incr_load(p, node, by)
+  if node and node ~= '' then
+    local v = redis.call('HINCRBY', k_load(p), node, by)
+    if v <= 0 then redis.call('HDEL', k_load(p), node) end
+  end
+end
+
+local function stat(p, field, by)
+  redis.call('HINCRBY', k_stats(p), field, by or 1)
+end
+
+-- Frees the task's concurrency slot, if it holds one (a semaphore entry scored by its
+-- lease deadline, so a slot whose holder vanished frees itself when that passes).
+local function release_slot(p, id, ckey)
+  if ckey then redis.call('ZREM', k_semaphore(p, ckey), id) end
+end
+
+-- Moves a task into a terminal state: its zset (by finish time) and its retention.
+-- Frees its unique key (unless it has its own TTL) and concurrency slot, and queues a
+-- follow-up (dependents, batch) for the coordinator when anything waits on it.
+local function finish(p, id, tkey, state, now)
+  redis.call('HSET', tkey, 'state', state, 'finished_at', now, 'lease_expires', '')
+  redis.call('ZADD', k_state_index(p, state), now, id)
+  local h = redis.call('HMGET', tkey, 'retention_ms', 'unique_key', 'unique_ttl', 'ckey',
+    'followup', 'batch')
+  local retention = tonumber(h[1] or '0') or 0
+  if retention > 0 then redis.call('PEXPIRE', tkey, retention) end
+  if h[2] and not h[3] then
+    local ukey = k_unique(p, h[2])
+    if redis.call('GET', ukey) == id then redis.call('DEL', ukey) end
+  end
+  release_slot(p, id, h[4])
+  if h[5] == '1' or h[6] then redis.call('RPUSH', k_followups(p), id) end
+  stat(p, state)
+end
+
+-- Queue limits at dispatch: how many more tasks may start now. Reads `max_running`
+-- (assigned + running, from the load hash) and `rate_limit` (a token bucket with a
+-- burst of a tenth of a second's worth, at least 1). Returns allowed (nil: no limit),
+-- the bucket's tokens (nil: no rate limit) and, when the bucket is empty, the ms until
+-- the next token.
+local function queue_budget(p, now, conf_max, conf_rate)
+  local allowed = nil
+  local maxr = tonumber(conf_max or '') or 0
+  if maxr > 0 then
+    local active = 0
+    for _, v in ipairs(redis.call('HVALS', k_load(p))) do active = active + tonumber(v) end
+    allowed = math.max(0, maxr - active)
+  end
+  local rate = tonumber(conf_rate or '') or 0
+  local tokens, wait = nil, 0
+  if rate > 0 then
+    local burst = math.max(1, rate / 10)
+    local bk = redis.call('HMGET', k_bucket(p), 'tokens', 'ts')
+    tokens = tonumber(bk[1] or '') or burst
+    local ts = tonumber(bk[2] or '') or now
+    tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
+    local whole = math.floor(tokens)
+    if allowed == nil or whole < allowed then allowed = whole end
+    if whole < 1 then wait = math.ceil((1 - tokens) * 1000 / rate) end
+  end
+  return allowed, tokens, wait
+end
+
+-- Spends `used` tokens of the bucket read by queue_budget.
+local function spend_tokens(p, tokens, used, now)
+  if tokens then
+    redis.call('HSET', k_bucket(p), 'tokens', tostring(tokens - used), 'ts', now)
+  end
+end
+
+-- Takes a concurrency slot for a task about to be assigned or started; false when the
+-- key's slots are all held. `until_ms` is the slot's deadline (the lease's).
+local function take_slot(p, id, ckey, climit, until_ms, now)
+  local sem = k_semaphore(p, ckey)
+  redis.call('ZREMRANGEBYSCORE', sem, '-inf', now)
+  if redis.call('ZSCORE', sem, id) then
+    redis.call('ZADD', sem, until_ms, id)
+    return true
+  end
+  if redis.call('ZCARD', sem) >= (tonumber(climit) or 1) then return false end
+  redis.call('ZADD', sem, until_ms, id)
+  return true
+end
+
+-- A running task's attempt ended without success (fail, or an expired lease).
+-- Returns the new state: cancelled, retrying or failed.
+local function fail_attempt(p, id, tkey, now, err, retryable, jitter)
+  local h = redis.call('HMGET', tkey, 'attempts', 'max_attempts', 'backoff_initial',
+    'backoff_max', 'node', 'cancel_requested', 'ckey')
+  local attempts = tonumber(h[1]) or 0
+  local max_attempts = tonumber(h[2]) or 1
+  local node = h[5] or ''
+  redis.call('ZREM', k_state_index(p, 'running'), id)
+  incr_load(p, node, -1)
+  release_slot(p, id, h[7])
+  if node ~= '' then redis.call('SREM', k_cancels(p, node), id) end
+  redis.call('HSET', tkey, 'error', err)
+  local state
+  if h[6] == '1' then
+    state = 'cancelled'
+    finish(p, id, tkey, state, now)
+  elseif retryable and attempts < max_attempts then
+    state = 'retrying'
+    local initial = tonumber(h[3]) or 1000
+    local cap = tonumber(h[4]) or 300000
+    local delay = math.min(cap, initial * (2 ^ (attempts - 1)))
+    -- "Equal jitter": half fixed, half random, so retries of a burst spread out.
+    delay = math.floor(delay / 2 + (delay / 2) * jitter)
+    redis.call('HSET', tkey, 'state', state, 'run_at', now + delay, 'lease_expires', '')
+    redis.call('ZADD', k_state_index(p, 'retrying'), now + delay, id)
+    stat(p, 'retried')
+  else
+    state = 'failed'
+    finish(p, id, tkey, state, now)
+  end
+  emit(p, 'task.' .. state, id, node, state)
+  return state
+end
+
+-- Batches (keys under the batch's own tag). A batch is complete when it is not held
+-- open, no chunk is in flight and every child ended; then its state is fixed
+-- (failed when any child failed or was cancelled) and its then task becomes due.
+-- Returns {OK, then_due (0/1), state, total, succeeded, failed, cancelled, then JSON}
+-- with then_due 1 while the then task is due and not yet recorded as stored.
+local function batch_check(p, now)
+  local meta = k_batch_meta(p)
+  local h = redis.call('HMGET', meta, 'open', 'adding', 'total', 'done', 'succeeded', 'failed',
+    'cancelled', 'then', 'then_state', 'finished_at', 'state')
+  local total, done = tonumber(h[3]) or 0, tonumber(h[4]) or 0
+  local state = h[11] or 'running'
+  if not h[10] and h[1] ~= '1' and (tonumber(h[2]) or 0) <= 0 and done >= total then
+    state = 'succeeded'
+    if (tonumber(h[6]) or 0) + (tonumber(h[7]) or 0) > 0 then state = 'failed' end
+    local then_state = ''
+    if h[8] and h[8] ~= '' then then_state = 'due' end
+    redis.call('HSET', meta, 'state', state, 'finished_at', now, 'then_state', then_state)
+    h[9] = then_state
+    -- Kept as long as a finished task is by default: 7 days.
+    for _, k in ipairs({k_batch_meta(p), k_batch_children(p), k_batch_done(p)}) do
+      redis.call('PEXPIRE', k, 604800000)
+    end
+  end
+  local due = 0
+  if h[9] == 'due' then due = 1 end
+  return {OK, due, state, total, tonumber(h[5]) or 0, tonumber(h[6]) or 0, tonumber(h[7]) or 0,
+    h[8] or ''}
+end
+
+-- ----- Reports (complete.lua, report_many.lua) -----
+-- A report batch defers what can be written once per call: the clock (one TIME), the
+-- ZREM from `running`, the load per node and the 'done' wake-up (one PUBLISH per node,
+-- "done <prefix> <node> <id> <id> ...", read by the reconciler).
+
+local function report_acc()
+  return {running = {}, load = {}, done = {}, nodes = {}}
+end
+
+local function report_now(acc)
+  if not acc.now then acc.now = now_ms() end
+  return acc.now
+end
+
+local function report_done(acc, node, id)
+  local d = acc.done[node]
+  if not d then
+    d = {}
+    acc.done[node] = d
+    acc.nodes[#acc.nodes + 1] = node
+  end
+  d[#d + 1] = id
+end
+
+-- Accepts a node's result for its current lease. node "" = any (admin).
+-- Returns: {OK, state, run_ms, node} accepted (state succeeded, or cancelled when a
+-- cancel was pending); {REPEAT, state} a repeat of the completion already accepted for
+-- this very lease (answered like the first, nothing written); {NOT_FOUND} no such task;
+-- {CONFLICT, state} stale or foreign token: nothing written.
+local function complete_one(p, acc, id, node, fence, nonce, result)
+  local tkey = k_task(p, id)
+  local h = redis.call('HMGET', tkey, 'state', 'node', 'fence', 'nonce', 'started_at',
+    'cancel_requested', 'result')
+  if not h[1] then return {NOT_FOUND} end
+  local same_lease = h[3] == fence and h[4] == nonce and (node == '' or h[2] == node)
+  -- A completion accepted while a cancel was pending ended the task cancelled (with its
+  -- result kept; only a completion writes a result, and retry clears it): a repeat too.
+  local completed = h[1] == 'succeeded' or (h[1] == 'cancelled' and h[7] ~= false)
+  if completed and same_lease then return {REPEAT, h[1]} end
+  if h[1] ~= 'running' or not same_lease then return {CONFLICT, h[1]} end
+  local now = report_now(acc)
+  acc.running[#acc.running + 1] = id
+  acc.load[h[2]] = (acc.load[h[2]] or 0) - 1
+  local state = 'succeeded'
+  if h[6] == '1' then
+    state = 'cancelled'
+    -- Only a pending cancel puts the id in the node's cancels set.
+    redis.call('SREM', k_cancels(p, h[2]), id)
+  end
+  redis.call('HSET', tkey, 'result', result)
+  finish(p, id, tkey, state, now)
+  emit(p, 'task.' .. state, id, h[2], state)
+  report_done(acc, h[2], id)
+  return {OK, state, now - (tonumber(h[5]) or now), h[2]}
+end
+
+-- A node reports that its current attempt failed (fail.lua's semantics).
+-- Returns: {OK, state, run_ms, node} with state retrying, failed or cancelled;
+-- {REPEAT, state} a repeat for the same lease already recorded; {NOT_FOUND} no such
+-- task; {CONFLICT, state} stale or foreign token: nothing written.
+local function fail_one(p, acc, id, node, fence, nonce, err, retryable, jitter)
+  local tkey = k_task(p, id)
+  local h = redis.call('HMGET', tkey, 'state', 'node', 'fence', 'nonce', 'started_at')
+  if not h[1] then return {NOT_FOUND} end
+  local same_lease = h[3] == fence and h[4] == nonce and (node == '' or h[2] == node)
+  if h[1] ~= 'running' then
+    if same_lease and (h[1] == 'retrying' or h[1] == 'failed' or h[1] == 'cancelled') then
+      return {REPEAT, h[1]}
+    end
+    return {CONFLICT, h[1]}
+  end
+  if not same_lease then return {CONFLICT, h[1]} end
+  local now = report_now(acc)
+  local state = fail_attempt(p, id, tkey, now, err, retryable, jitter)
+  report_done(acc, h[2], id)
+  return {OK, state, now - (tonumber(h[5]) or now), h[2]}
+end
+
+-- Writes what a report batch deferred.
+local function report_flush(p, channel, acc)
+  local r = acc.running
+  for i = 1, #r, 1000 do
+    redis.call('ZREM', k_state_index(p, 'running'), unpack(r, i, math.min(i + 999, #r)))
+  end
+  for _, node in ipairs(acc.nodes) do
+    if acc.load[node] then incr_load(p, node, acc.load[node]) end
+    local ids = acc.done[node]
+    for i = 1, #ids, 1000 do
+      redis.call('PUBLISH', channel,
+        wake_done(p, node, table.concat(ids, ' ', i, math.min(i + 999, #ids))))
+    end
+  end
+end

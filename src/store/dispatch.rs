@@ -1,0 +1,214 @@
+//! The way of a task to a node and back: promote (due → pending), dispatch (pending →
+//! a node's inbox), lease (inbox → running), extend (renew a lease), expire (a lease
+//! past its deadline → a failed attempt), and requeue (an inbox → pending).
+
+use super::{
+    Code, Missing, Result, Store, StoreError, array, coded, flat_map, int, state_of,
+    task_from_hash, text,
+};
+use crate::domain::{Task, validate};
+
+/// A lease handed out by [`Store::lease`].
+#[derive(Debug, Clone)]
+pub struct Leased {
+    /// The task, running.
+    pub task: Task,
+    /// `<fence>.<nonce>`.
+    pub token: String,
+    /// Lease deadline (ms).
+    pub expires_ms: i64,
+}
+
+/// Outcome of [`Store::extend`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extended {
+    /// New deadline (ms).
+    pub expires_ms: i64,
+    /// The task was cancelled meanwhile: stop it.
+    pub cancel_requested: bool,
+}
+
+/// Parsed lease token `<fence>.<nonce>`.
+pub fn parse_lease_token(token: &str) -> Option<(i64, &str)> {
+    let (fence, nonce) = token.split_once('.')?;
+    let fence: i64 = fence.parse().ok()?;
+    (fence > 0
+        && !nonce.is_empty()
+        && nonce.len() <= 64
+        && nonce.bytes().all(|b| b.is_ascii_hexdigit()))
+    .then_some((fence, nonce))
+}
+
+impl Store {
+    /// Moves due scheduled and retrying tasks to pending.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn promote(&self, queue: &str, limit: usize) -> Result<i64> {
+        let mut c = self.conn();
+        let n: i64 = self
+            .scripts
+            .promote
+            .key(self.keys.queue_prefix(queue))
+            .arg(self.channel())
+            .arg(limit)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(n)
+    }
+
+    /// Assigns up to `max` pending tasks of `queue` to `nodes` (id, budget, tags), where
+    /// the budget is the node's capacity minus its load in other queues (the script
+    /// subtracts this queue's load atomically), preferring the node with most free
+    /// slots. Returns (assigned, pending left, ms until the queue's rate limit allows
+    /// the next task or 0).
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn dispatch(
+        &self,
+        queue: &str,
+        nodes: &[(String, i64, String)],
+        max: usize,
+        scan: usize,
+    ) -> Result<(i64, i64, i64)> {
+        let mut inv = self.scripts.dispatch.key(self.keys.queue_prefix(queue));
+        inv.arg(self.channel()).arg(max).arg(scan).arg(nodes.len());
+        for (id, free, tags) in nodes {
+            inv.arg(id).arg(*free).arg(tags);
+        }
+        let mut c = self.conn();
+        let v = array(inv.invoke_async(&mut c).await?)?;
+        Ok((
+            v.first().and_then(int).unwrap_or(0),
+            v.get(1).and_then(int).unwrap_or(0),
+            v.get(2).and_then(int).unwrap_or(0),
+        ))
+    }
+
+    /// Leases up to `max` tasks of `queue` to `node` from its inbox (and, with `pull`,
+    /// straight from pending: human nodes).
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn lease(
+        &self,
+        queue: &str,
+        node: &str,
+        max: usize,
+        pull: bool,
+        tags: &str,
+    ) -> Result<Vec<Leased>> {
+        // One seed per call, not one nonce per possible lease: most calls lease few.
+        let seed = hex::encode(rand::random::<[u8; 12]>());
+        let mut inv = self.scripts.lease.key(self.keys.queue_prefix(queue));
+        inv.arg(self.channel())
+            .arg(node)
+            .arg(max)
+            .arg(if pull { "1" } else { "0" })
+            .arg(tags);
+        inv.arg(&seed);
+        let mut c = self.conn();
+        let rows = array(inv.invoke_async(&mut c).await?)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let h = flat_map(row)?;
+            let task = task_from_hash(queue, &h)
+                .ok_or_else(|| StoreError::Protocol("bad task hash".into()))?;
+            let nonce = h.get("nonce").cloned().unwrap_or_default();
+            let expires_ms = h
+                .get("lease_expires")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            out.push(Leased {
+                token: format!("{}.{nonce}", task.fence),
+                task,
+                expires_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Renews a lease. `node` is `None` for an admin caller.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::LeaseConflict`].
+    pub async fn extend(
+        &self,
+        id: &str,
+        node: Option<&str>,
+        token: &str,
+        progress: Option<&str>,
+    ) -> Result<Extended> {
+        let queue = validate::task_queue(id).ok_or(StoreError::NotFound {
+            what: Missing::Task,
+        })?;
+        let (fence, nonce) = parse_lease_token(token).ok_or(StoreError::LeaseConflict {
+            state: "unknown".into(),
+        })?;
+        let mut c = self.conn();
+        let (code, rest) = coded(
+            self.scripts
+                .extend
+                .key(self.keys.queue_prefix(queue))
+                .arg(id)
+                .arg(node.unwrap_or(""))
+                .arg(fence)
+                .arg(nonce)
+                .arg(progress.unwrap_or(""))
+                .invoke_async(&mut c)
+                .await?,
+        )?;
+        match code {
+            Code::Ok => Ok(Extended {
+                expires_ms: rest.first().and_then(int).unwrap_or(0),
+                cancel_requested: rest.get(1).and_then(int) == Some(1),
+            }),
+            Code::NotFound => Err(StoreError::NotFound {
+                what: Missing::Task,
+            }),
+            Code::Conflict => Err(StoreError::LeaseConflict {
+                state: state_of(rest.first()),
+            }),
+            c => Err(c.unexpected("extend")),
+        }
+    }
+
+    /// Treats expired leases of `queue` as failed attempts. Returns (id, node, new state).
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn expire(&self, queue: &str, limit: usize) -> Result<Vec<(String, String, String)>> {
+        let mut c = self.conn();
+        let v = array(
+            self.scripts
+                .expire
+                .key(self.keys.queue_prefix(queue))
+                .arg(self.channel())
+                .arg(limit)
+                .arg(rand::random::<f64>())
+                .invoke_async(&mut c)
+                .await?,
+        )?;
+        Ok(v.chunks(3)
+            .filter_map(|c| Some((text(c.first()?)?, text(c.get(1)?)?, text(c.get(2)?)?)))
+            .collect())
+    }
+
+    /// Returns a node's inbox in `queue` to pending.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn requeue_inbox(&self, queue: &str, node: &str) -> Result<i64> {
+        let mut c = self.conn();
+        let n: i64 = self
+            .scripts
+            .requeue_inbox
+            .key(self.keys.queue_prefix(queue))
+            .arg(self.channel())
+            .arg(node)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(n)
+    }
+}

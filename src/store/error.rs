@@ -1,0 +1,89 @@
+//! [`StoreError`], the one error type of the store, and its [`Result`] alias.
+
+/// What a [`StoreError::NotFound`] did not find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// A task (an unknown or malformed id).
+    Task,
+    /// A batch.
+    Batch,
+}
+
+impl Missing {
+    /// The name of what is missing: `task`, `batch`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Missing::Task => "task",
+            Missing::Batch => "batch",
+        }
+    }
+}
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Errors of the store layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// What the call names does not exist.
+    #[error("no such {what}")]
+    NotFound {
+        /// What is missing.
+        what: Missing,
+    },
+    /// The lease token is stale or belongs to another node.
+    #[error("the lease is not current (task is {state})")]
+    LeaseConflict {
+        /// The task's state now.
+        state: String,
+    },
+    /// The transition is not legal from the current state.
+    #[error("illegal transition from {from}")]
+    IllegalTransition {
+        /// The task's state now.
+        from: String,
+    },
+    /// Redis cannot be reached (down, timing out, loading).
+    #[error("redis unavailable: {0}")]
+    Unavailable(#[source] redis::RedisError),
+    /// Any other Redis error.
+    #[error("redis error: {0}")]
+    Redis(#[source] redis::RedisError),
+    /// Redis answered something the scripts never return.
+    #[error("unexpected reply from redis: {0}")]
+    Protocol(String),
+    /// The Redis instance is not fit for muster.
+    #[error("{0}")]
+    Unfit(String),
+}
+
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        use redis::{ErrorKind, ServerErrorKind};
+        let unavailable = e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || matches!(
+                e.kind(),
+                ErrorKind::Server(
+                    ServerErrorKind::BusyLoading
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::ClusterDown
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::ReadOnly
+                )
+            );
+        if unavailable {
+            StoreError::Unavailable(e)
+        } else {
+            StoreError::Redis(e)
+        }
+    }
+}
+
+/// Result alias of the store.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,350 @@
+//! Tasks: submitting, reading, and the operator transitions (cancel, retry, delete),
+//! with the decoder of a task hash.
+
+use super::tokens::sha256_hex;
+use super::{Code, Missing, Result, Store, StoreError, coded, int, state_of, text};
+use crate::domain::{OnDependencyFailure, Task, TaskState, rfc3339_ms, validate};
+use redis::{AsyncCommands, Value};
+use std::collections::HashMap;
+
+/// A validated task ready to be stored (validated in [`crate::domain::spec`]).
+pub use crate::domain::TaskSpec as PreparedTask;
+
+impl PreparedTask {
+    /// Optional hash fields, stored only when set (a task without them stays small).
+    fn extras(&self) -> Vec<(&'static str, String)> {
+        let mut x = Vec::new();
+        if !self.depends_on.is_empty() {
+            x.push(("deps", self.depends_on.join(",")));
+            x.push(("deps_left", self.depends_on.len().to_string()));
+            x.push((
+                "on_dep_fail",
+                self.on_dependency_failure
+                    .unwrap_or(OnDependencyFailure::Fail)
+                    .as_str()
+                    .to_string(),
+            ));
+        }
+        if let Some(k) = &self.unique_key {
+            x.push(("unique_key", k.clone()));
+            if let Some(t) = self.unique_ttl_ms {
+                x.push(("unique_ttl", t.to_string()));
+            }
+        }
+        if let Some((k, n)) = &self.concurrency {
+            x.push(("ckey", k.clone()));
+            x.push(("climit", n.to_string()));
+        }
+        if let Some(r) = &self.result_schema {
+            x.push(("result_schema", r.clone()));
+        }
+        if let Some(b) = &self.batch {
+            x.push(("batch", b.clone()));
+        }
+        if let Some(o) = &self.origin {
+            x.push(("origin", o.clone()));
+        }
+        x
+    }
+}
+
+/// Outcome of [`Store::submit`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Submitted {
+    /// Stored at Redis time `now_ms`.
+    Created {
+        /// Redis time of the submission.
+        now_ms: i64,
+        /// Tasks not created because a live task holds their `unique_key`: (index in
+        /// the submission, the existing task's id).
+        existing: Vec<(usize, String)>,
+    },
+    /// An earlier submission with the same idempotency key; nothing stored.
+    Duplicate {
+        /// Its ids.
+        ids: Vec<String>,
+    },
+}
+
+/// Outcome of [`Store::cancel`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// The task is cancelled.
+    Done,
+    /// The task is running: its node is told at the next heartbeat.
+    Requested,
+}
+
+/// Builds a [`Task`] from its hash; `None` when the hash is empty or malformed.
+pub fn task_from_hash(queue: &str, h: &HashMap<String, String>) -> Option<Task> {
+    let get = |k: &str| h.get(k).filter(|v| !v.is_empty());
+    let num = |k: &str| get(k).and_then(|v| v.parse::<i64>().ok());
+    let json = |k: &str| {
+        get(k).map(|v| serde_json::from_str(v).unwrap_or(serde_json::Value::String(v.clone())))
+    };
+    let ts = |k: &str| num(k).map(rfc3339_ms);
+    let state = TaskState::parse(get("state")?)?;
+    Some(Task {
+        id: get("id")?.clone(),
+        queue: queue.to_string(),
+        kind: get("kind")?.clone(),
+        payload: json("payload").unwrap_or(serde_json::Value::Null),
+        priority: num("priority").unwrap_or(0),
+        state,
+        attempts: num("attempts").unwrap_or(0),
+        max_attempts: num("max_attempts").unwrap_or(1),
+        timeout_ms: num("timeout_ms").unwrap_or(30_000),
+        max_run_ms: num("max_run_ms"),
+        requires: get("requires")
+            .map(|r| r.split(',').map(str::to_string).collect())
+            .unwrap_or_default(),
+        node: get("node").cloned(),
+        result: json("result"),
+        error: get("error").cloned(),
+        progress: json("progress"),
+        fence: num("fence").unwrap_or(0),
+        created_at: ts("created_at").unwrap_or_default(),
+        run_at: ts("run_at"),
+        started_at: ts("started_at"),
+        finished_at: ts("finished_at"),
+        lease_expires_at: if state == TaskState::Running {
+            ts("lease_expires")
+        } else {
+            None
+        },
+        cancel_requested: get("cancel_requested").is_some_and(|v| v == "1"),
+        depends_on: get("deps")
+            .map(|r| r.split(',').map(str::to_string).collect())
+            .unwrap_or_default(),
+        on_dependency_failure: get("on_dep_fail").and_then(|v| OnDependencyFailure::parse(v)),
+        unique_key: get("unique_key").cloned(),
+        concurrency_key: get("ckey").cloned(),
+        concurrency_limit: num("climit"),
+        batch: get("batch").cloned(),
+        origin: get("origin").cloned(),
+        result_schema: json("result_schema"),
+    })
+}
+
+impl Store {
+    /// Stores tasks all or nothing (one script call). With `idem`, a repeat returns
+    /// the first submission's ids and stores nothing.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn submit(
+        &self,
+        tasks: &[PreparedTask],
+        idem: Option<&str>,
+        idem_ttl_ms: i64,
+    ) -> Result<Submitted> {
+        let mut prefixes: Vec<String> = Vec::new();
+        let mut inv = self.scripts.submit.prepare_invoke();
+        let mut args: Vec<String> = Vec::with_capacity(4 + tasks.len() * 14);
+        args.push(self.channel());
+        args.push(idem.map(sha256_hex).unwrap_or_default());
+        args.push(idem_ttl_ms.to_string());
+        args.push(tasks.len().to_string());
+        for t in tasks {
+            let p = self.keys.queue_prefix(&t.queue);
+            let idx = match prefixes.iter().position(|x| *x == p) {
+                Some(i) => i + 1,
+                None => {
+                    prefixes.push(p);
+                    prefixes.len()
+                }
+            };
+            args.push(idx.to_string());
+            args.push(t.id.clone());
+            args.push(t.kind.clone());
+            args.push(t.payload.clone());
+            args.push(t.priority.to_string());
+            args.push(t.run_at_ms.map(|v| v.to_string()).unwrap_or_default());
+            args.push(t.delay_ms.map(|v| v.to_string()).unwrap_or_default());
+            args.push(t.max_attempts.to_string());
+            args.push(t.timeout_ms.to_string());
+            args.push(t.backoff.initial_ms.to_string());
+            args.push(t.backoff.max_ms.to_string());
+            args.push(t.requires.join(","));
+            args.push(t.retention_ms.to_string());
+            args.push(t.max_run_ms.map(|v| v.to_string()).unwrap_or_default());
+            let extras = t.extras();
+            args.push(extras.len().to_string());
+            for (k, v) in extras {
+                args.push(k.to_string());
+                args.push(v);
+            }
+        }
+        if prefixes.is_empty() {
+            return Err(StoreError::Protocol("empty submission".into()));
+        }
+        // Before the tasks exist, so timers, listings and the doctor never miss a queue
+        // that holds tasks (the `queues` set has no hash tag, so the script cannot add it).
+        let mut names: Vec<&str> = tasks.iter().map(|t| t.queue.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        self.add_queues(&names).await?;
+        for p in &prefixes {
+            inv.key(p);
+        }
+        inv.arg(args);
+        let mut c = self.conn_for(tasks.len());
+        let (code, rest) = coded(inv.invoke_async(&mut c).await?)?;
+        match code {
+            Code::Ok => Ok(Submitted::Created {
+                now_ms: rest.first().and_then(int).unwrap_or(0),
+                existing: rest
+                    .get(1)
+                    .and_then(text)
+                    .map(|s| {
+                        s.split(',')
+                            .filter_map(|e| {
+                                let (i, id) = e.split_once('=')?;
+                                Some((i.parse::<usize>().ok()?.checked_sub(1)?, id.to_string()))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }),
+            Code::Repeat => Ok(Submitted::Duplicate {
+                ids: rest
+                    .get(1)
+                    .and_then(text)
+                    .map(|s| s.split(',').map(str::to_string).collect())
+                    .unwrap_or_default(),
+            }),
+            c => Err(c.unexpected("submit")),
+        }
+    }
+
+    /// One task by id.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown or malformed id.
+    pub async fn task(&self, id: &str) -> Result<Task> {
+        let queue = validate::task_queue(id).ok_or(StoreError::NotFound {
+            what: Missing::Task,
+        })?;
+        let mut c = self.conn();
+        let h: HashMap<String, String> = c.hgetall(self.keys.task(queue, id)).await?;
+        task_from_hash(queue, &h).ok_or(StoreError::NotFound {
+            what: Missing::Task,
+        })
+    }
+
+    /// Several tasks of one queue (missing ones skipped), in one pipeline.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn tasks(&self, queue: &str, ids: &[String]) -> Result<Vec<Task>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.hgetall(self.keys.task(queue, id));
+        }
+        let mut c = self.conn();
+        let hs: Vec<HashMap<String, String>> = pipe.query_async(&mut c).await?;
+        Ok(hs.iter().filter_map(|h| task_from_hash(queue, h)).collect())
+    }
+
+    /// Cancels a task.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::IllegalTransition`] once succeeded or failed.
+    pub async fn cancel(&self, id: &str) -> Result<Cancelled> {
+        let rest = self
+            .operate(&self.scripts.cancel, "cancel", id, true)
+            .await?;
+        Ok(if state_of(rest.first()) == "requested" {
+            Cancelled::Requested
+        } else {
+            Cancelled::Done
+        })
+    }
+
+    /// Sends a failed or cancelled task back to pending with attempts reset.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::IllegalTransition`].
+    pub async fn retry(&self, id: &str) -> Result<()> {
+        self.operate(&self.scripts.retry, "retry", id, true)
+            .await
+            .map(drop)
+    }
+
+    /// Deletes a finished task.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::IllegalTransition`].
+    pub async fn delete(&self, id: &str) -> Result<()> {
+        self.operate(&self.scripts.delete, "delete", id, false)
+            .await
+            .map(drop)
+    }
+
+    /// Runs an operator script (cancel, retry, delete): KEYS[1] the queue, ARGV
+    /// [channel,] id. Returns the rest of its `OK` reply; `NOT_FOUND` and `CONFLICT` (the
+    /// task's state refuses it) are errors.
+    async fn operate(
+        &self,
+        script: &redis::Script,
+        name: &str,
+        id: &str,
+        channel: bool,
+    ) -> Result<Vec<Value>> {
+        let queue = validate::task_queue(id).ok_or(StoreError::NotFound {
+            what: Missing::Task,
+        })?;
+        let mut inv = script.key(self.keys.queue_prefix(queue));
+        if channel {
+            inv.arg(self.channel());
+        }
+        inv.arg(id);
+        let mut c = self.conn();
+        let (code, rest) = coded(inv.invoke_async(&mut c).await?)?;
+        match code {
+            Code::Ok => Ok(rest),
+            Code::NotFound => Err(StoreError::NotFound {
+                what: Missing::Task,
+            }),
+            Code::Conflict => Err(StoreError::IllegalTransition {
+                from: state_of(rest.first()),
+            }),
+            c => Err(c.unexpected(name)),
+        }
+    }
+
+    /// Drops index entries of finished states whose task hash has expired (retention).
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn trim_finished(&self, queue: &str, limit: usize) -> Result<usize> {
+        let mut c = self.conn();
+        let mut removed = 0;
+        for st in ["succeeded", "failed", "cancelled"] {
+            let key = self.keys.state_index(queue, st);
+            let ids: Vec<String> = c.zrange(&key, 0, limit as isize - 1).await?;
+            if ids.is_empty() {
+                continue;
+            }
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                pipe.exists(self.keys.task(queue, id));
+            }
+            let exists: Vec<bool> = pipe.query_async(&mut c).await?;
+            let gone: Vec<&String> = ids
+                .iter()
+                .zip(exists)
+                .filter(|(_, e)| !e)
+                .map(|(i, _)| i)
+                .collect();
+            if !gone.is_empty() {
+                let _: i64 = c.zrem(&key, gone.as_slice()).await?;
+                removed += gone.len();
+            }
+        }
+        Ok(removed)
+    }
+}
