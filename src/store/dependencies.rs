@@ -162,15 +162,10 @@ impl Store {
     /// # Errors
     /// Redis errors.
     pub async fn followup_counts(&self, queues: &[String]) -> Result<Vec<i64>> {
-        if queues.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for q in queues {
+        self.per_queue(queues, |pipe, q| {
             pipe.llen(self.keys.followups(q));
-        }
-        let mut c = self.conn();
-        Ok(pipe.query_async(&mut c).await?)
+        })
+        .await
     }
 
     /// Works off one follow-up of ended task `id`: resolves its dependents and counts

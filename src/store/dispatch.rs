@@ -28,6 +28,21 @@ pub struct Extended {
     pub cancel_requested: bool,
 }
 
+/// What a lease holder's call names: task `id`'s queue and the token's fence and nonce.
+///
+/// # Errors
+/// [`StoreError::NotFound`] for a malformed id, [`StoreError::LeaseConflict`] for a
+/// malformed token.
+pub(super) fn claim<'a>(id: &'a str, token: &'a str) -> Result<(&'a str, i64, &'a str)> {
+    let queue = validate::task_queue(id).ok_or(StoreError::NotFound {
+        what: Missing::Task,
+    })?;
+    let (fence, nonce) = parse_lease_token(token).ok_or(StoreError::LeaseConflict {
+        state: "unknown".into(),
+    })?;
+    Ok((queue, fence, nonce))
+}
+
 /// Parsed lease token `<fence>.<nonce>`.
 pub fn parse_lease_token(token: &str) -> Option<(i64, &str)> {
     let (fence, nonce) = token.split_once('.')?;
@@ -140,12 +155,7 @@ impl Store {
         token: &str,
         progress: Option<&str>,
     ) -> Result<Extended> {
-        let queue = validate::task_queue(id).ok_or(StoreError::NotFound {
-            what: Missing::Task,
-        })?;
-        let (fence, nonce) = parse_lease_token(token).ok_or(StoreError::LeaseConflict {
-            state: "unknown".into(),
-        })?;
+        let (queue, fence, nonce) = claim(id, token)?;
         let mut c = self.conn();
         let (code, rest) = coded(
             self.scripts

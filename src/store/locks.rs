@@ -3,7 +3,7 @@
 //! counter is never deleted, so fences strictly increase per name. Scripts:
 //! `lock_acquire.lua`, `lock_extend.lua`, `lock_release.lua`.
 
-use super::{Code, Result, Store, StoreError, coded, int, ok_unless, text};
+use super::{Code, Result, Store, StoreError, coded, int, int_unless, ok_unless, text};
 
 /// Outcome of [`Store::lock_acquire`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,12 +82,7 @@ impl Store {
             .arg(ttl_ms)
             .invoke_async(&mut c)
             .await?;
-        let (code, rest) = coded(v)?;
-        match code {
-            Code::Ok => Ok(Some(rest.first().and_then(int).unwrap_or(0))),
-            Code::Conflict => Ok(None),
-            c => Err(c.unexpected("lock_extend")),
-        }
+        int_unless(coded(v)?, Code::Conflict, "lock_extend")
     }
 
     /// Frees a lock held with `token`; `false` when the token is not the current

@@ -40,7 +40,7 @@ pub use wakeups::Wakeup;
 use keys::{Keys, SCHEMA_VERSION};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
-use reply::{Code, array, coded, flat_map, int, ok, ok_unless, state_of, text};
+use reply::{Code, array, coded, flat_map, int, int_unless, ok, ok_unless, state_of, text};
 use scripts::Scripts;
 use std::sync::Arc;
 use std::time::Duration;
@@ -183,6 +183,24 @@ impl Store {
         let mut c = self.conn();
         let (s, us): (i64, i64) = redis::cmd("TIME").query_async(&mut c).await?;
         Ok(s * 1000 + us / 1000)
+    }
+
+    /// One command per queue in one pipeline (`add` appends it), the answers in order;
+    /// no round trip for no queues (an empty pipeline is an error in redis-rs).
+    async fn per_queue<T: redis::FromRedisValue>(
+        &self,
+        queues: &[String],
+        mut add: impl FnMut(&mut redis::Pipeline, &str),
+    ) -> Result<Vec<T>> {
+        if queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for q in queues {
+            add(&mut pipe, q);
+        }
+        let mut c = self.conn();
+        Ok(pipe.query_async(&mut c).await?)
     }
 
     fn channel(&self) -> String {

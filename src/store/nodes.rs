@@ -205,15 +205,11 @@ impl Store {
     /// # Errors
     /// Redis errors.
     pub async fn node_cancels(&self, node: &Node) -> Result<Vec<String>> {
-        if node.queues.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for q in &node.queues {
-            pipe.smembers(self.keys.cancels(q, &node.id));
-        }
-        let mut c = self.conn();
-        let v: Vec<Vec<String>> = pipe.query_async(&mut c).await?;
+        let v: Vec<Vec<String>> = self
+            .per_queue(&node.queues, |pipe, q| {
+                pipe.smembers(self.keys.cancels(q, &node.id));
+            })
+            .await?;
         Ok(v.into_iter().flatten().collect())
     }
 

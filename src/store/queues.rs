@@ -161,15 +161,11 @@ impl Store {
     /// # Errors
     /// Redis errors.
     pub async fn loads(&self, queues: &[String]) -> Result<HashMap<String, HashMap<String, i64>>> {
-        if queues.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let mut pipe = redis::pipe();
-        for q in queues {
-            pipe.hgetall(self.keys.load(q));
-        }
-        let mut c = self.conn();
-        let v: Vec<HashMap<String, i64>> = pipe.query_async(&mut c).await?;
+        let v: Vec<HashMap<String, i64>> = self
+            .per_queue(queues, |pipe, q| {
+                pipe.hgetall(self.keys.load(q));
+            })
+            .await?;
         Ok(queues.iter().cloned().zip(v).collect())
     }
 
@@ -179,14 +175,9 @@ impl Store {
     /// # Errors
     /// Redis errors.
     pub async fn pending_counts(&self, queues: &[String]) -> Result<Vec<i64>> {
-        if queues.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for q in queues {
+        self.per_queue(queues, |pipe, q| {
             pipe.zcard(self.keys.state_index(q, "pending"));
-        }
-        let mut c = self.conn();
-        Ok(pipe.query_async(&mut c).await?)
+        })
+        .await
     }
 }

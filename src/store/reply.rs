@@ -98,6 +98,16 @@ pub(super) fn ok_unless(code: Code, no: Code, script: &str) -> Result<bool> {
     }
 }
 
+/// The integer after [`Code::Ok`] (a time, a deadline), `None` for `no`, an error for
+/// any other code.
+pub(super) fn int_unless(
+    (code, rest): (Code, Vec<Value>),
+    no: Code,
+    script: &str,
+) -> Result<Option<i64>> {
+    Ok(ok_unless(code, no, script)?.then(|| rest.first().and_then(int).unwrap_or(0)))
+}
+
 /// Decodes a script's `{code, ...}` reply.
 pub(super) fn coded(v: Value) -> Result<(Code, Vec<Value>)> {
     let mut a = array(v)?;

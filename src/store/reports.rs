@@ -3,10 +3,9 @@
 //! per [`CHUNK`] reports), each item answered as [`Store::complete`] or [`Store::fail`]
 //! would have.
 
-use super::{
-    Code, Missing, Result, Store, StoreError, array, coded, int, parse_lease_token, state_of, text,
-};
-use crate::domain::{TaskState, validate};
+use super::dispatch::claim;
+use super::{Code, Missing, Result, Store, StoreError, array, coded, int, state_of, text};
+use crate::domain::TaskState;
 use redis::Value;
 
 /// Outcome of complete / fail.
@@ -76,12 +75,7 @@ impl Store {
         token: &str,
         extra: &[&str],
     ) -> Result<(Code, Vec<Value>)> {
-        let queue = validate::task_queue(id).ok_or(StoreError::NotFound {
-            what: Missing::Task,
-        })?;
-        let (fence, nonce) = parse_lease_token(token).ok_or(StoreError::LeaseConflict {
-            state: "unknown".into(),
-        })?;
+        let (queue, fence, nonce) = claim(id, token)?;
         let mut inv = script.key(self.keys.queue_prefix(queue));
         inv.arg(self.channel())
             .arg(id)
@@ -168,17 +162,12 @@ impl Store {
         // Valid reports grouped by queue, in order: (queue, [(index, fence, nonce)]).
         let mut groups: Vec<(&str, Vec<Item<'_>>)> = Vec::new();
         for (i, r) in reports.iter().enumerate() {
-            let Some(queue) = validate::task_queue(r.id) else {
-                out[i] = Some(Err(StoreError::NotFound {
-                    what: Missing::Task,
-                }));
-                continue;
-            };
-            let Some((fence, nonce)) = parse_lease_token(r.token) else {
-                out[i] = Some(Err(StoreError::LeaseConflict {
-                    state: "unknown".into(),
-                }));
-                continue;
+            let (queue, fence, nonce) = match claim(r.id, r.token) {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    out[i] = Some(Err(e));
+                    continue;
+                }
             };
             match groups.iter_mut().find(|g| g.0 == queue) {
                 Some(g) => g.1.push((i, fence, nonce)),

@@ -3,7 +3,7 @@
 //! script can check the leader and record a fire atomically. Scripts: `sched_*.lua`.
 //! The scheduler loop that fires them is `crate::workers::scheduler`.
 
-use super::{Code, Result, Store, StoreError, coded, flat_map, int, ok_unless, text};
+use super::{Code, Result, Store, StoreError, coded, flat_map, int, int_unless, ok_unless, text};
 use crate::domain::coord::{CatchUp, Fire, FireOutcome, Overlap};
 use crate::domain::rfc3339_ms;
 use redis::AsyncCommands;
@@ -183,12 +183,7 @@ impl Store {
             .arg(catch_up_str(catch_up))
             .invoke_async(&mut c)
             .await?;
-        let (code, rest) = coded(v)?;
-        match code {
-            Code::Ok => Ok(Some(rest.first().and_then(int).unwrap_or(0))),
-            Code::Conflict => Ok(None),
-            c => Err(c.unexpected("sched_create")),
-        }
+        int_unless(coded(v)?, Code::Conflict, "sched_create")
     }
 
     /// Every schedule name, sorted.
