@@ -25,6 +25,8 @@ if idem ~= '' then
 end
 local ids = {}
 local dups = {}
+-- Per task, what this script chose: `<state>@<run_at>`, or '' for a unique-key holder's.
+local chosen = {}
 local woken = {}
 local b = 5
 for i = 1, n do
@@ -61,6 +63,7 @@ for i = 1, n do
   if holder then
     dups[#dups + 1] = i .. '=' .. holder
     ids[#ids + 1] = holder
+    chosen[i] = ''
   else
     -- With both, the later of run_at and now + delay holds.
     if delay and (not run_at or now + delay > run_at) then run_at = now + delay end
@@ -86,6 +89,7 @@ for i = 1, n do
     stat(p, 'submitted')
     emit(p, 'task.submitted', id, '', state)
     ids[#ids + 1] = id
+    chosen[i] = state .. '@' .. (run_at or now)
   end
   b = b + 15 + k * 2
 end
@@ -93,4 +97,4 @@ if idem ~= '' then
   redis.call('SET', idem_key, table.concat(ids, ','), 'PX', idem_ttl)
 end
 for p, _ in pairs(woken) do redis.call('PUBLISH', channel, wake_new(p)) end
-return {OK, now, table.concat(dups, ',')}
+return {OK, now, table.concat(dups, ','), table.concat(chosen, ',')}

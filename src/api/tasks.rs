@@ -63,26 +63,16 @@ pub(crate) async fn store_tasks(
     Ok(submit::submit(&st.store, &st.hub, tasks, idem).await?)
 }
 
-/// The record `submit.lua` just wrote, built without reading it back.
-fn created(t: PreparedTask, now_ms: i64) -> Task {
-    // With both run_at and delay_ms, the later of the two holds (as in submit.lua).
-    let run_at = match (t.run_at_ms, t.delay_ms.map(|d| now_ms + d)) {
-        (Some(a), Some(b)) => a.max(b),
-        (a, b) => a.or(b).unwrap_or(now_ms),
-    };
+/// The record `submit.lua` just wrote, built without reading it back: the fields as
+/// submitted, and the state and due time the script chose.
+fn created(t: PreparedTask, now_ms: i64, (state, run_at): (TaskState, i64)) -> Task {
     Task {
         id: t.id,
         queue: t.queue,
         kind: t.kind,
         payload: serde_json::from_str(&t.payload).unwrap_or(serde_json::Value::Null),
         priority: t.priority,
-        state: if !t.depends_on.is_empty() {
-            TaskState::Blocked
-        } else if run_at > now_ms {
-            TaskState::Scheduled
-        } else {
-            TaskState::Pending
-        },
+        state,
         attempts: 0,
         max_attempts: t.max_attempts,
         timeout_ms: t.timeout_ms,
@@ -144,7 +134,11 @@ pub async fn tasks_create(
             // A live task holds the unique key: that one, and nothing created.
             Ok((StatusCode::OK, Json(st.store.task(&existing[0].1).await?)))
         }
-        Submitted::Created { now_ms, .. } => Ok((StatusCode::CREATED, Json(created(task, now_ms)))),
+        Submitted::Created { now_ms, chosen, .. } => match chosen.first().copied().flatten() {
+            Some(chosen) => Ok((StatusCode::CREATED, Json(created(task, now_ms, chosen)))),
+            // (A script that did not say: read what it wrote.)
+            None => Ok((StatusCode::CREATED, Json(st.store.task(&task.id).await?))),
+        },
         Submitted::Duplicate { ids } => {
             let id = ids
                 .first()

@@ -58,6 +58,9 @@ pub enum Submitted {
         /// Tasks not created because a live task holds their `unique_key`: (index in
         /// the submission, the existing task's id).
         existing: Vec<(usize, String)>,
+        /// Per submitted task, the state and due time (ms) `submit.lua` gave it; `None`
+        /// for the tasks in `existing`.
+        chosen: Vec<Option<(TaskState, i64)>>,
     },
     /// An earlier submission with the same idempotency key; nothing stored.
     Duplicate {
@@ -201,6 +204,18 @@ impl Store {
                             .filter_map(|e| {
                                 let (i, id) = e.split_once('=')?;
                                 Some((i.parse::<usize>().ok()?.checked_sub(1)?, id.to_string()))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                chosen: rest
+                    .get(2)
+                    .and_then(text)
+                    .map(|s| {
+                        s.split(',')
+                            .map(|e| {
+                                let (state, run_at) = e.split_once('@')?;
+                                Some((TaskState::parse(state)?, run_at.parse().ok()?))
                             })
                             .collect()
                     })
