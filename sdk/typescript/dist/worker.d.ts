@@ -171,9 +171,12 @@ export declare class Worker {
     private stopping;
     private forceStop;
     private forced;
+    private signalled;
     private fatal;
-    /** Aborts sleeps and the lease long-poll once the drain starts. */
+    /** Aborts sleeps once the drain starts. */
     private readonly stopCtl;
+    /** Aborts the lease long-poll in flight (drain, or a new registration). */
+    private leaseCtl;
     /** Aborts the heartbeat loop at the very end. */
     private readonly endCtl;
     private ticker;

@@ -41,6 +41,8 @@ const MAX_RESULT_BYTES = 1024 * 1024;
 const REPORT_RETRY_FOR_MS = 300_000;
 /** How long the final flush of reports may take after the drain. */
 const FINAL_FLUSH_MS = 30_000;
+/** After a signal's drain, how long abandoned handlers may keep the process alive. */
+const EXIT_AFTER_DRAIN_MS = 1_000;
 /** Heartbeat interval when the server gives none. */
 const DEFAULT_HEARTBEAT_MS = 5_000;
 /** Longest error text sent (the server keeps 16 KiB). */
@@ -220,9 +222,12 @@ export class Worker {
     stopping = false;
     forceStop;
     forced = false;
+    signalled = false;
     fatal;
-    /** Aborts sleeps and the lease long-poll once the drain starts. */
+    /** Aborts sleeps once the drain starts. */
     stopCtl = new AbortController();
+    /** Aborts the lease long-poll in flight (drain, or a new registration). */
+    leaseCtl;
     /** Aborts the heartbeat loop at the very end. */
     endCtl = new AbortController();
     ticker;
@@ -296,12 +301,16 @@ export class Worker {
                 .call("POST", `/v1/nodes/${s.id}/drain`, { token: s.token, timeoutMs: 2_000 })
                 .catch((e) => this.log.debug("drain call failed", { error: String(e) }))
             : Promise.resolve();
-        drained.finally(() => this.stopCtl.abort());
+        drained.finally(() => {
+            this.stopCtl.abort();
+            this.leaseCtl?.abort();
+        });
     }
     async runInner() {
         if (this.handlers.size === 0)
             throw new Error("no handlers: call worker.task(kind, handler) before run()");
         const onSignal = (sig) => {
+            this.signalled = true;
             if (!this.stopping) {
                 this.log.info(`${sig}: draining`, { running: this.busy, grace_ms: this.graceMs });
                 this.beginStop();
@@ -331,6 +340,12 @@ export class Worker {
             await this.deregister();
             if (this.fatal)
                 throw this.fatal;
+            if (this.signalled && this.busy > 0) {
+                // Handlers that ignored their aborted signal would keep the process alive past
+                // the grace (JavaScript cannot kill them): end it, as SIGTERM would have.
+                this.log.warn("handlers still running after the grace ignore ctx.signal: exiting", { running: this.busy });
+                setTimeout(() => process.exit(), EXIT_AFTER_DRAIN_MS).unref();
+            }
         }
         finally {
             if (this.ticker)
@@ -408,6 +423,8 @@ export class Worker {
                     const s = await this.register();
                     this.log.info("registered again", { node_id: s.id, old_node_id: staleId });
                     this.session = s;
+                    // A long-poll of the old node would hold on for nothing.
+                    this.leaseCtl?.abort();
                     return;
                 }
                 catch (e) {
@@ -480,13 +497,15 @@ export class Worker {
                     token: s.token,
                     body: `{"max":${max},"wait_ms":${this.leaseWaitMs}}`,
                     timeoutMs: this.leaseWaitMs + 10_000,
-                    signal: this.stopCtl.signal,
+                    signal: (this.leaseCtl = new AbortController()).signal,
                 });
                 leases = reply.leases;
             }
             catch (e) {
                 if (this.stopping)
                     return;
+                if (this.session !== s)
+                    continue; // registered again meanwhile: lease as the new node
                 if (isForgotten(e)) {
                     await this.reregister(s.id);
                     continue;

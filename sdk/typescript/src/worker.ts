@@ -54,6 +54,8 @@ const MAX_RESULT_BYTES = 1024 * 1024;
 const REPORT_RETRY_FOR_MS = 300_000;
 /** How long the final flush of reports may take after the drain. */
 const FINAL_FLUSH_MS = 30_000;
+/** After a signal's drain, how long abandoned handlers may keep the process alive. */
+const EXIT_AFTER_DRAIN_MS = 1_000;
 /** Heartbeat interval when the server gives none. */
 const DEFAULT_HEARTBEAT_MS = 5_000;
 /** Longest error text sent (the server keeps 16 KiB). */
@@ -328,9 +330,12 @@ export class Worker {
   private stopping = false;
   private forceStop: (() => void) | undefined;
   private forced = false;
+  private signalled = false;
   private fatal: unknown;
-  /** Aborts sleeps and the lease long-poll once the drain starts. */
+  /** Aborts sleeps once the drain starts. */
   private readonly stopCtl = new AbortController();
+  /** Aborts the lease long-poll in flight (drain, or a new registration). */
+  private leaseCtl: AbortController | undefined;
   /** Aborts the heartbeat loop at the very end. */
   private readonly endCtl = new AbortController();
   private ticker: NodeJS.Timeout | undefined;
@@ -406,12 +411,16 @@ export class Worker {
             .call("POST", `/v1/nodes/${s.id}/drain`, { token: s.token, timeoutMs: 2_000 })
             .catch((e) => this.log.debug("drain call failed", { error: String(e) }))
         : Promise.resolve();
-    drained.finally(() => this.stopCtl.abort());
+    drained.finally(() => {
+      this.stopCtl.abort();
+      this.leaseCtl?.abort();
+    });
   }
 
   private async runInner(): Promise<void> {
     if (this.handlers.size === 0) throw new Error("no handlers: call worker.task(kind, handler) before run()");
     const onSignal = (sig: NodeJS.Signals) => {
+      this.signalled = true;
       if (!this.stopping) {
         this.log.info(`${sig}: draining`, { running: this.busy, grace_ms: this.graceMs });
         this.beginStop();
@@ -438,6 +447,12 @@ export class Worker {
       await heartbeat;
       await this.deregister();
       if (this.fatal) throw this.fatal;
+      if (this.signalled && this.busy > 0) {
+        // Handlers that ignored their aborted signal would keep the process alive past
+        // the grace (JavaScript cannot kill them): end it, as SIGTERM would have.
+        this.log.warn("handlers still running after the grace ignore ctx.signal: exiting", { running: this.busy });
+        setTimeout(() => process.exit(), EXIT_AFTER_DRAIN_MS).unref();
+      }
     } finally {
       if (this.ticker) clearInterval(this.ticker);
       this.endCtl.abort();
@@ -512,6 +527,8 @@ export class Worker {
           const s = await this.register();
           this.log.info("registered again", { node_id: s.id, old_node_id: staleId });
           this.session = s;
+          // A long-poll of the old node would hold on for nothing.
+          this.leaseCtl?.abort();
           return;
         } catch (e) {
           if (!(e instanceof MusterError) || !e.transient) {
@@ -584,11 +601,12 @@ export class Worker {
           token: s.token,
           body: `{"max":${max},"wait_ms":${this.leaseWaitMs}}`,
           timeoutMs: this.leaseWaitMs + 10_000,
-          signal: this.stopCtl.signal,
+          signal: (this.leaseCtl = new AbortController()).signal,
         });
         leases = reply.leases;
       } catch (e) {
         if (this.stopping) return;
+        if (this.session !== s) continue; // registered again meanwhile: lease as the new node
         if (isForgotten(e)) {
           await this.reregister(s.id);
           continue;
