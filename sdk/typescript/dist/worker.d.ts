@@ -181,6 +181,7 @@ export declare class Worker {
     private readonly endCtl;
     private ticker;
     private tickMs;
+    private renewalsInFlight;
     constructor(options?: WorkerOptions);
     /**
      * Registers the handler of a kind. A handler returns the result (any JSON value;

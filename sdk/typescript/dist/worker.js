@@ -41,6 +41,8 @@ const MAX_RESULT_BYTES = 1024 * 1024;
 const REPORT_RETRY_FOR_MS = 300_000;
 /** How long the final flush of reports may take after the drain. */
 const FINAL_FLUSH_MS = 30_000;
+/** Lease renewals in flight at once. */
+const MAX_RENEWALS_IN_FLIGHT = 32;
 /** After a signal's drain, how long abandoned handlers may keep the process alive. */
 const EXIT_AFTER_DRAIN_MS = 1_000;
 /** Heartbeat interval when the server gives none. */
@@ -232,6 +234,7 @@ export class Worker {
     endCtl = new AbortController();
     ticker;
     tickMs = 1_000;
+    renewalsInFlight = 0;
     constructor(options = {}) {
         this.queues = options.queues && options.queues.length > 0 ? [...options.queues] : ["default"];
         const c = options.concurrency ?? 10;
@@ -644,6 +647,11 @@ export class Worker {
             return;
         const now = Date.now();
         for (const ctx of this.running.values()) {
+            // One call per lease (the protocol has no bulk extend): bounded, so a node with
+            // thousands of long tasks does not open thousands of connections; the rest wait
+            // for the next tick, well inside their TTL.
+            if (this.renewalsInFlight >= MAX_RENEWALS_IN_FLIGHT)
+                break;
             if (ctx._renewAt <= now && !ctx._renewing)
                 void this._renew(ctx, undefined, false);
         }
@@ -659,6 +667,7 @@ export class Worker {
         const s = this.session;
         const sent = Date.now();
         ctx._renewing = true;
+        this.renewalsInFlight++;
         this.stats.renewals++;
         const body = withProgress
             ? `{"lease_token":${JSON.stringify(ctx._raw.lease_token)},"progress":${safeJson(progress)}}`
@@ -693,6 +702,7 @@ export class Worker {
         }
         finally {
             ctx._renewing = false;
+            this.renewalsInFlight--;
         }
     }
     // ---- heartbeats ----------------------------------------------------------------------

@@ -54,6 +54,8 @@ const MAX_RESULT_BYTES = 1024 * 1024;
 const REPORT_RETRY_FOR_MS = 300_000;
 /** How long the final flush of reports may take after the drain. */
 const FINAL_FLUSH_MS = 30_000;
+/** Lease renewals in flight at once. */
+const MAX_RENEWALS_IN_FLIGHT = 32;
 /** After a signal's drain, how long abandoned handlers may keep the process alive. */
 const EXIT_AFTER_DRAIN_MS = 1_000;
 /** Heartbeat interval when the server gives none. */
@@ -340,6 +342,7 @@ export class Worker {
   private readonly endCtl = new AbortController();
   private ticker: NodeJS.Timeout | undefined;
   private tickMs = 1_000;
+  private renewalsInFlight = 0;
 
   constructor(options: WorkerOptions = {}) {
     this.queues = options.queues && options.queues.length > 0 ? [...options.queues] : ["default"];
@@ -743,6 +746,10 @@ export class Worker {
     if (this.running.size === 0) return;
     const now = Date.now();
     for (const ctx of this.running.values()) {
+      // One call per lease (the protocol has no bulk extend): bounded, so a node with
+      // thousands of long tasks does not open thousands of connections; the rest wait
+      // for the next tick, well inside their TTL.
+      if (this.renewalsInFlight >= MAX_RENEWALS_IN_FLIGHT) break;
       if (ctx._renewAt <= now && !ctx._renewing) void this._renew(ctx, undefined, false);
     }
   }
@@ -757,6 +764,7 @@ export class Worker {
     const s = this.session!;
     const sent = Date.now();
     ctx._renewing = true;
+    this.renewalsInFlight++;
     this.stats.renewals++;
     const body = withProgress
       ? `{"lease_token":${JSON.stringify(ctx._raw.lease_token)},"progress":${safeJson(progress)}}`
@@ -786,6 +794,7 @@ export class Worker {
       }
     } finally {
       ctx._renewing = false;
+      this.renewalsInFlight--;
     }
   }
 
