@@ -513,7 +513,8 @@ export class Worker {
                     await this.reregister(s.id);
                     continue;
                 }
-                if (!(e instanceof MusterError) || (!e.transient && !(e instanceof PermissionDeniedError))) {
+                if (!(e instanceof MusterError) || !e.transient) {
+                    // 403, 400, 422...: a refused token or a bug; retrying would loop for ever.
                     this.failFatally(e);
                     return;
                 }
