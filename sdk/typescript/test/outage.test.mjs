@@ -1,5 +1,5 @@
 // The worker while the control plane or Redis is away: a server restart during a run,
-// fail-over between two replicas, and a Redis that lost everything (the node is
+// Redis paused, fail-over between two replicas, and a Redis that lost everything (the node is
 // registered again). Each test has its own Redis and servers.
 
 import assert from "node:assert/strict";
@@ -52,6 +52,30 @@ describe("outages", () => {
       assert.ok(w.stats.succeeded > doneAtKill, "work went on after the restart");
       assert.ok(w.nodeId);
     } finally {
+      await w.stop();
+      await running;
+      await m.stop();
+      await redis.stop();
+    }
+  });
+
+  test("Redis paused for 3 s (503s from the server): the worker waits it out and every task succeeds", async () => {
+    const redis = await Redis.start();
+    const m = await Muster.start(redis);
+    const client = new Client({ server: m.url, token: m.token, retries: 20 });
+    const q = queueName();
+    const { w, logger, running } = startWorker(m.url, q, { work: async (p) => (await delay(5), p) }, { token: m.token });
+    try {
+      const ids = await client.submitMany(Array.from({ length: 200 }, (_, i) => ({ kind: "work", payload: i })), { queue: q });
+      await until(() => w.stats.succeeded >= 20, { ms: 30_000, what: "some tasks done" });
+      redis.proc.kill("SIGSTOP");
+      await delay(3_000);
+      redis.proc.kill("SIGCONT");
+      for (const id of ids) assert.equal((await client.wait(id, { timeoutMs: 30_000 })).state, "succeeded");
+      assert.ok(logger.lines.some((l) => l.level === "warn" && /503|unavailable|timeout/.test(JSON.stringify(l.fields))), "the outage was seen");
+      assert.ok(!logger.lines.some((l) => /registered again/.test(l.msg)), "Redis kept its data: same node");
+    } finally {
+      redis.proc.kill("SIGCONT");
       await w.stop();
       await running;
       await m.stop();
