@@ -45,7 +45,7 @@ try {
     console.log(
       `run ${r}: submit ${fmt(N / submitSecs)}/s; TS worker: handler rate ${fmt(N / res.handler_secs)}/s, ` +
         `accepted rate ${fmt(N / res.accepted_secs)}/s, incl. startup ${fmt(N / res.incl_startup_secs)}/s, ` +
-        `CPU ${res.cpu_us_per_task.toFixed(1)} µs/task, RSS ${res.rss_mib} MiB, ` +
+        `CPU ${res.cpu_us_per_task.toFixed(1)} µs/task (user ${res.cpu_user_us_per_task.toFixed(1)}, sys ${res.cpu_sys_us_per_task.toFixed(1)}), RSS ${res.rss_mib} MiB, ` +
         `lease calls ${res.stats.leaseCalls}, report calls ${res.stats.reportCalls}`,
     );
     if (process.env.BENCH_AGENT === "1") {

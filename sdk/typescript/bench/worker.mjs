@@ -36,6 +36,8 @@ const timer = setInterval(async () => {
       accepted_secs: (accepted - firstStart) / 1000,
       incl_startup_secs: (accepted - spawnedAt) / 1000,
       cpu_us_per_task: (cpu.user + cpu.system) / n,
+      cpu_user_us_per_task: cpu.user / n,
+      cpu_sys_us_per_task: cpu.system / n,
       stats: w.stats,
       rss_mib: Math.round(process.memoryUsage().rss / 1048576),
     }) + "\n",

@@ -642,6 +642,9 @@ export class Worker {
         }
         this.start(l, s.id, now);
       }
+      // Handlers that finished at once (sync ones): their report leaves before the next
+      // lease request, since the server frees this node's slots on the report.
+      if (this.reports.length > 0 && !this.flushing) void this.flush();
     }
   }
 
@@ -841,8 +844,10 @@ export class Worker {
     this.reportMeta.push({ taskId, token, failed });
     if (!this.flushing && !this.flushScheduled) {
       this.flushScheduled = true;
-      // Everything that settles in this turn of the event loop goes in one call.
-      setImmediate(() => void this.flush());
+      // After the microtasks queued now: every handler of a lease batch that settles at
+      // once goes in one call, and the call leaves before the next lease request (the
+      // server frees this node's slots on the report, then fills its inbox).
+      queueMicrotask(() => void this.flush());
     }
   }
 
