@@ -10,6 +10,7 @@ import {
   ConnectionError,
   MusterError,
   NotFoundError,
+  TimeoutError,
   ValidationError,
 } from "../dist/index.js";
 import { freePort, queueName, startStack } from "./helpers.mjs";
@@ -180,6 +181,22 @@ describe("Client", () => {
       assert.match(e.message, /ECONNREFUSED/);
       return true;
     });
+  });
+
+  test("a call with no answer in time is a TimeoutError; a wait stops on its signal", async () => {
+    const t = await client.submit("nobody-runs-this", {}, { queue: queueName() });
+    const c = new Client({ server: stack.url, token: stack.token, retries: 0 });
+    await assert.rejects(c.request("GET", `/v1/tasks/${t.id}/wait?timeout_ms=5000`, undefined, { timeoutMs: 200 }), (e) => {
+      assert.ok(e instanceof TimeoutError, `${e}`);
+      assert.equal(e.code, "timeout");
+      assert.equal(e.transient, true);
+      return true;
+    });
+    const ac = new AbortController();
+    const t0 = Date.now();
+    setTimeout(() => ac.abort(new Error("enough")), 200);
+    await assert.rejects(c.wait(t.id, { timeoutMs: 10_000, signal: ac.signal }), /enough/);
+    assert.ok(Date.now() - t0 < 3_000);
   });
 
   test("several servers: a dead first one is skipped", async () => {
