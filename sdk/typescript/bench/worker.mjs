@@ -1,0 +1,47 @@
+// The worker process of bench/noop.mjs: one Worker with a no-op handler. Env: QUEUE,
+// CONCURRENCY, N, plus MUSTER_SERVER / MUSTER_TOKEN. Prints one JSON line when N
+// reports were accepted, then exits.
+import { Worker } from "../dist/index.js";
+
+const n = Number(process.env.N);
+const spawnedAt = Number(process.env.SPAWNED_AT);
+const now = () => performance.timeOrigin + performance.now();
+const w = new Worker({
+  queues: [process.env.QUEUE],
+  concurrency: Number(process.env.CONCURRENCY || 64),
+  handleSignals: false,
+  logger: null,
+});
+let count = 0;
+let firstStart = 0;
+let lastEnd = 0;
+w.task("noop", () => {
+  const t = now();
+  if (count === 0) firstStart = t;
+  count++;
+  lastEnd = t;
+  return null;
+});
+const cpu0 = process.cpuUsage();
+const run = w.run();
+const timer = setInterval(async () => {
+  if (w.stats.succeeded < n) return;
+  clearInterval(timer);
+  const accepted = now();
+  const cpu = process.cpuUsage(cpu0);
+  process.stdout.write(
+    JSON.stringify({
+      n: count,
+      handler_secs: (lastEnd - firstStart) / 1000,
+      accepted_secs: (accepted - firstStart) / 1000,
+      incl_startup_secs: (accepted - spawnedAt) / 1000,
+      cpu_us_per_task: (cpu.user + cpu.system) / n,
+      cpu_user_us_per_task: cpu.user / n,
+      cpu_sys_us_per_task: cpu.system / n,
+      stats: w.stats,
+      rss_mib: Math.round(process.memoryUsage().rss / 1048576),
+    }) + "\n",
+  );
+  await w.stop();
+  await run;
+}, 2);
