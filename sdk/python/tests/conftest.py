@@ -212,9 +212,9 @@ def start_worker(server):
 
 
 class WorkerProc:
-    """``python -m muster worker apps.<module>:worker`` as a child process."""
+    """``python -m muster worker apps.<target>`` as a child process."""
 
-    def __init__(self, module: str, server_url: str, tmp: Path, env: Dict[str, str], args: List[str]) -> None:
+    def __init__(self, target: str, server_url: str, tmp: Path, env: Dict[str, str], args: List[str]) -> None:
         self.log = tmp / f"worker-{uuid.uuid4().hex[:6]}.log"
         full_env = {
             **os.environ,
@@ -224,7 +224,7 @@ class WorkerProc:
             **env,
         }
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "muster", "worker", f"apps.{module}:worker", *args],
+            [sys.executable, "-m", "muster", "worker", f"apps.{target}", *args],
             stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=full_env, cwd=str(HERE),
         )
 
@@ -239,9 +239,10 @@ class WorkerProc:
 def spawn_worker(server, tmp_path):
     procs: List[WorkerProc] = []
 
-    def spawn(module: str, env: Optional[Dict[str, str]] = None, args: Optional[List[str]] = None,
+    def spawn(target: str, env: Optional[Dict[str, str]] = None, args: Optional[List[str]] = None,
               server_url: Optional[str] = None) -> WorkerProc:
-        p = WorkerProc(module, server_url or server.url, tmp_path, env or {}, args or [])
+        """``target`` is ``module:attr`` under tests/apps (attr defaults to worker)."""
+        p = WorkerProc(target, server_url or server.url, tmp_path, env or {}, args or [])
         procs.append(p)
         return p
 

@@ -113,7 +113,7 @@ CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout)
 
 def transport_error(method: str, url: str, exc: BaseException) -> TransportError:
     msg = str(exc) or type(exc).__name__
-    return TransportError(f"cannot reach {url}: {msg}", method=method, url=url)
+    return TransportError(f"no answer: {msg}", method=method, url=url)
 
 
 def decode(method: str, url: str, response: httpx.Response) -> Any:

@@ -373,7 +373,9 @@ class Worker:
         self._stop_requested: Optional[asyncio.Event] = None
         self._force: Optional[asyncio.Event] = None
         self._pending_stop: Optional[bool] = None  # stop() before the loop started
-        self.stats = {"succeeded": 0, "failed": 0, "leased": 0}
+        #: Counters of the current or last run: tasks leased, succeeded and failed (as
+        #: reported), and the lease and report calls that carried them.
+        self.stats = {"leased": 0, "succeeded": 0, "failed": 0, "lease_calls": 0, "report_calls": 0}
 
     # -- registration of handlers ---------------------------------------------------
     def task(self, kind: str) -> Callable[[Handler], Handler]:
@@ -430,6 +432,8 @@ class Worker:
         if not self.queues:
             raise ValueError("give at least one queue")
         loop = asyncio.get_running_loop()
+        for k in self.stats:
+            self.stats[k] = 0
         self._loop = loop
         self._loop_thread = threading.get_ident()
         self._stop_requested = asyncio.Event()
@@ -749,6 +753,7 @@ class _Run:
                 await asyncio.sleep(delay)
                 continue
             leases = reply.get("leases") or ()
+            self.w.stats["lease_calls"] += 1
             if not leases:
                 # A server answering an empty long-poll at once (a draining node) must
                 # not turn this loop into a busy one.
@@ -964,6 +969,7 @@ class _Run:
                 continue
             failing_since = None
             backoff.reset()
+            self.w.stats["report_calls"] += 1
             for r in (reply or {}).get("results", ()):
                 st = r.get("status", 200)
                 if st >= 300:
