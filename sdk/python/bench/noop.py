@@ -147,6 +147,8 @@ def main() -> None:
             "process_per_s": round(n / secs) if secs > 0 else None,
             "process_incl_startup_per_s": round(n / (state["last"] - spawn)),
             "worker_cpu_us_per_task": round(cpu / n * 1e6, 1),
+            "lease_calls": w.stats["lease_calls"],
+            "report_calls": w.stats["report_calls"],
         }
         print(json.dumps(out) if a.json else "\n".join(f"{k:28} {v}" for k, v in out.items()))
     finally:

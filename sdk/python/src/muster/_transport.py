@@ -28,6 +28,10 @@ MAX_WAIT_MS = 60_000
 ServerSpec = Union[str, Sequence[str], None]
 
 
+# One encoder: json.dumps with arguments builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(value: Any) -> bytes:
     """JSON-encodes ``value`` compactly (orjson when it is installed)."""
     if _orjson is not None:
@@ -35,7 +39,7 @@ def dumps(value: Any) -> bytes:
             return _orjson.dumps(value)
         except TypeError:  # e.g. non-str keys, which the stdlib turns into strings
             pass
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(value).encode()
 
 
 def loads(data: Union[bytes, str]) -> Any:

@@ -81,7 +81,7 @@ def default_name() -> str:
 
 
 class Context:
-    """What a handler knows about the attempt it runs.
+    """What a handler knows about the attempt it runs (one per leased task).
 
     Attributes:
         task_id: the task's id.
@@ -93,32 +93,69 @@ class Context:
         node_id: the id of this worker's node.
     """
 
+    # The worker's own bookkeeping of the lease lives here too (underscored): one
+    # object per task keeps the hot path short.
     __slots__ = (
-        "task_id", "attempt", "fence", "kind", "queue", "payload", "lease_token", "node_id",
-        "_raw", "_job", "_worker", "_reason", "_tev", "_aev",
+        "task_id", "_lease", "_t", "_run", "_reason", "_tev", "_aev", "_token", "_ttl", "_deadline",
+        "_renew_at", "_atask", "_kill_timer", "_finished", "_reported", "_extending", "_progress",
+        "_progress_dirty", "_last_extend",
     )
 
-    def __init__(self, worker: "Worker", job: "_Job", lease: Dict[str, Any]) -> None:
-        t = lease["task"]
-        self._raw = t
-        self.task_id: str = t["id"]
-        self.attempt: int = int(t.get("attempts") or 1)
-        self.fence: int = int(lease.get("fence", t.get("fence", 0)))
-        self.kind: str = t.get("kind", "")
-        self.queue: str = t.get("queue", "")
-        self.payload: Any = t.get("payload")
-        self.lease_token: str = lease["lease_token"]
-        self.node_id: str = worker.node_id or ""
-        self._job = job
-        self._worker = worker
+    def __init__(self, run: "_Run", lease: Dict[str, Any], task: Dict[str, Any], now: float, ttl: float) -> None:
+        self.task_id: str = task["id"]
+        self._lease = lease
+        self._t = task
+        self._run = run
         self._reason: Optional[str] = None
         self._tev: Optional[threading.Event] = None
         self._aev: Optional[asyncio.Event] = None
+        self._token: str = lease["lease_token"]
+        self._ttl = ttl
+        self._deadline = now + ttl  # our conservative estimate of the lease's end
+        self._renew_at = now + ttl / 3
+        self._atask: Optional[asyncio.Task] = None
+        self._kill_timer: Optional[asyncio.TimerHandle] = None
+        self._finished = False  # the handler is over
+        self._reported = False  # an outcome is queued (or none will be: lease lost)
+        self._extending = False
+        self._progress: Any = None
+        self._progress_dirty = False
+        self._last_extend = now
+
+    @property
+    def attempt(self) -> int:
+        return int(self._t.get("attempts") or 1)
+
+    @property
+    def fence(self) -> int:
+        f = self._lease.get("fence")
+        return int(f if f is not None else self._t.get("fence", 0))
+
+    @property
+    def kind(self) -> str:
+        return self._t.get("kind", "")
+
+    @property
+    def queue(self) -> str:
+        return self._t.get("queue", "")
+
+    @property
+    def payload(self) -> Any:
+        return self._t.get("payload")
+
+    @property
+    def lease_token(self) -> str:
+        return self._token
+
+    @property
+    def node_id(self) -> str:
+        reg = self._run.reg
+        return reg.id if reg is not None else ""
 
     @property
     def task(self) -> Task:
         """The task as leased (state ``running``)."""
-        return Task(self._raw)
+        return Task(self._t)
 
     @property
     def cancelled(self) -> bool:
@@ -168,13 +205,14 @@ class Context:
         the server with the next lease renewal, at most every 0.25 s per task; safe to
         call from any thread."""
         tr.dumps(data)  # fail in the handler, not later in the worker
-        w = self._worker
-        if w._loop_thread == threading.get_ident():
-            w._progress(self._job, data)
+        run = self._run
+        if run.loop_thread == threading.get_ident():
+            run.progress(self, data)
         else:
-            loop = w._loop
-            if loop is not None:
-                loop.call_soon_threadsafe(w._progress, self._job, data)
+            try:
+                run.loop.call_soon_threadsafe(run.progress, self, data)
+            except RuntimeError:  # the loop is closed: the worker is gone
+                pass
 
     def _stop(self, reason: str) -> None:
         self._reason = reason
@@ -188,31 +226,6 @@ class Context:
 
 
 _EVENT_LOCK = threading.Lock()
-
-
-class _Job:
-    """One leased task on this worker, from lease to report."""
-
-    __slots__ = (
-        "task_id", "token", "ttl", "deadline", "ctx", "atask", "timer", "kill_timer", "finished",
-        "reported", "extending", "progress", "progress_dirty", "last_extend",
-    )
-
-    def __init__(self, task_id: str, token: str, ttl: float, now: float) -> None:
-        self.task_id = task_id
-        self.token = token
-        self.ttl = ttl
-        self.deadline = now + ttl  # our conservative estimate of the lease's end
-        self.ctx: Optional[Context] = None
-        self.atask: Optional[asyncio.Task] = None
-        self.timer: Optional[asyncio.TimerHandle] = None
-        self.kill_timer: Optional[asyncio.TimerHandle] = None
-        self.finished = False  # the handler is over
-        self.reported = False  # an outcome is queued (or none will be: lease lost)
-        self.extending = False
-        self.progress: Any = None
-        self.progress_dirty = False
-        self.last_extend = now
 
 
 class _Registration:
@@ -260,9 +273,9 @@ class _Threads:
     """Threads for sync handlers. Completions go to a shared list and wake the loop
     once per bunch (``call_soon_threadsafe`` writes to a pipe: not once per task)."""
 
-    def __init__(self, worker: "Worker", loop: asyncio.AbstractEventLoop, size: int) -> None:
-        self._worker = worker
-        self._loop = loop
+    def __init__(self, run: "_Run", size: int) -> None:
+        self._finish = run.finish
+        self._loop = run.loop
         self._size = max(1, size)
         self._q: "_queue.SimpleQueue[Any]" = _queue.SimpleQueue()
         self._threads: List[threading.Thread] = []
@@ -271,33 +284,32 @@ class _Threads:
         self._lock = threading.Lock()
         self._wake_pending = False
 
-    def submit(self, job: _Job, fn: Handler) -> None:
+    def submit(self, ctx: Context, fn: Handler) -> None:
         self._busy += 1
         if self._busy > len(self._threads) and len(self._threads) < self._size:
-            t = threading.Thread(target=self._run, name=f"muster-handler-{len(self._threads)}", daemon=True)
+            t = threading.Thread(target=self._work, name=f"muster-handler-{len(self._threads)}", daemon=True)
             self._threads.append(t)
             t.start()
-        self._q.put((job, fn))
+        self._q.put((ctx, fn))
 
     def close(self) -> None:
         for _ in self._threads:
             self._q.put(None)
 
-    def _run(self) -> None:
+    def _work(self) -> None:
         q = self._q
         while True:
             item = q.get()
             if item is None:
                 return
-            job, fn = item
-            ctx = job.ctx
+            ctx, fn = item
             try:
-                result = fn(ctx.payload, ctx)
-                out = _success_item(job.task_id, job.token, result)
+                result = fn(ctx._t.get("payload"), ctx)
+                out = _success_item(ctx.task_id, ctx._token, result)
             except BaseException as e:  # noqa: BLE001 - every failure is reported
-                out = _failure_item(job.task_id, job.token, e)
+                out = _failure_item(ctx.task_id, ctx._token, e)
             with self._lock:
-                self._done.append((job, out))
+                self._done.append((ctx, out))
                 wake = not self._wake_pending
                 self._wake_pending = True
             if wake:
@@ -311,9 +323,9 @@ class _Threads:
             done, self._done = self._done, []
             self._wake_pending = False
         self._busy -= len(done)
-        finish = self._worker._finish
-        for job, out in done:
-            finish(job, out)
+        finish = self._finish
+        for ctx, out in done:
+            finish(ctx, out)
 
 
 class Worker:
@@ -462,16 +474,6 @@ class Worker:
         log.info("%s: draining", signal.Signals(sig).name)
         self._request_stop()
 
-    def _progress(self, job: _Job, data: Any) -> None:
-        run = self._run
-        if run is not None:
-            run.progress(job, data)
-
-    def _finish(self, job: _Job, out: Optional[bytes]) -> None:
-        run = self._run
-        if run is not None:
-            run.finish(job, out)
-
     _run: Optional["_Run"] = None
 
 
@@ -489,7 +491,10 @@ class _Run:
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=32),
         )
         self.reg: Optional[_Registration] = None
-        self.jobs: Dict[str, _Job] = {}
+        self.jobs: Dict[str, Context] = {}
+        self.loop_thread = threading.get_ident()
+        self.renew_next = float("inf")  # when the renewal loop wakes next
+        self.renew_wake = asyncio.Event()
         self.free = worker.concurrency
         self.slot_freed = asyncio.Event()
         self.idle = asyncio.Event()
@@ -651,11 +656,12 @@ class _Run:
 
     async def serve(self) -> None:
         w = self.w
-        self.threads = _Threads(w, self.loop, w.threads or w.concurrency)
+        self.threads = _Threads(self, w.threads or w.concurrency)
         heartbeat = self.spawn(self.heartbeat_loop())
         reporter = self.spawn(self.report_loop())
+        renewer = self.spawn(self.renew_loop())
         leaser = self.spawn(self.lease_loop())
-        for t in (heartbeat, reporter, leaser):
+        for t in (heartbeat, reporter, renewer, leaser):
             t.add_done_callback(self.loop_died)
         await w._stop_requested.wait()  # type: ignore[union-attr]
 
@@ -678,9 +684,9 @@ class _Run:
             forced.cancel()
         if self.jobs:
             log.warning("grace over: handing back %d running tasks", len(self.jobs))
-            for job in list(self.jobs.values()):
-                self.stop_job(job, "shutdown")
-            async_left = [j.atask for j in self.jobs.values() if j.atask is not None]
+            for ctx in list(self.jobs.values()):
+                self.stop_job(ctx, "shutdown")
+            async_left = [c._atask for c in self.jobs.values() if c._atask is not None]
             if async_left:
                 await asyncio.wait(async_left, timeout=5.0)
         self.threads.close()
@@ -694,7 +700,8 @@ class _Run:
             log.error("could not flush %d reports in time; dropping them", len(self.reports))
             reporter.cancel()
         heartbeat.cancel()
-        await asyncio.gather(heartbeat, return_exceptions=True)
+        renewer.cancel()
+        await asyncio.gather(heartbeat, renewer, return_exceptions=True)
         reg = self.reg
         for attempt in range(3):
             try:
@@ -766,70 +773,64 @@ class _Run:
 
     def start(self, lease: Dict[str, Any]) -> None:
         task = lease["task"]
-        task_id = task["id"]
-        token = lease["lease_token"]
-        ms = task.get("timeout_ms") or 30000
         now = self.loop.time()
-        job = _Job(task_id, token, ms / 1000, now)
+        ctx = Context(self, lease, task, now, (task.get("timeout_ms") or 30000) / 1000)
+        task_id = ctx.task_id
         if self.free <= 0 or task_id in self.jobs:
             log.warning("task %s: leased beyond capacity or twice; handing it back", task_id)
-            self.queue_report(_report_item(task_id, token, "failed", "worker at capacity", True))
+            self.queue_report(_report_item(task_id, ctx._token, "failed", "worker at capacity", True))
             return
         self.free -= 1
         self.w.stats["leased"] += 1
-        ctx = Context(self.w, job, lease)
-        job.ctx = ctx
-        self.jobs[task_id] = job
-        job.timer = self.loop.call_at(now + job.ttl / 3, self.renew_due, job)
+        self.jobs[task_id] = ctx
+        if ctx._renew_at < self.renew_next:
+            self.renew_next = ctx._renew_at
+            self.renew_wake.set()
         max_run = task.get("max_run_ms")
         if max_run:
-            job.kill_timer = self.loop.call_at(now + max_run / 1000, self.stop_job, job, "timeout")
+            ctx._kill_timer = self.loop.call_at(now + max_run / 1000, self.stop_job, ctx, "timeout")
         kind = task.get("kind")
         fn = self.w.handlers.get(kind)  # type: ignore[arg-type]
         if fn is None:
             known = ", ".join(sorted(self.w.handlers)) or "none"
-            self.finish(job, _report_item(
-                task_id, token, "failed",
+            self.finish(ctx, _report_item(
+                task_id, ctx._token, "failed",
                 f"no handler for kind {kind!r} on worker {self.name} (handlers: {known})", True))
         elif self.w._async[kind]:  # type: ignore[index]
-            coro = self.run_async(job, fn)
+            coro = self.run_async(ctx, fn)
             if _PY312:
-                job.atask = asyncio.Task(coro, loop=self.loop, eager_start=True)  # type: ignore[call-arg]
+                ctx._atask = asyncio.Task(coro, loop=self.loop, eager_start=True)  # type: ignore[call-arg]
             else:
-                job.atask = self.loop.create_task(coro)
+                ctx._atask = self.loop.create_task(coro)
         else:
-            self.threads.submit(job, fn)  # type: ignore[union-attr]
+            self.threads.submit(ctx, fn)  # type: ignore[union-attr]
 
-    async def run_async(self, job: _Job, fn: Handler) -> None:
-        ctx = job.ctx
-        assert ctx is not None
+    async def run_async(self, ctx: Context, fn: Handler) -> None:
         try:
-            result = await fn(ctx.payload, ctx)
+            result = await fn(ctx._t.get("payload"), ctx)
         except asyncio.CancelledError:
             if ctx._reason is None:  # not our doing: the loop is going away
-                self.finish(job, _report_item(job.task_id, job.token, "failed", SHUTDOWN_ERROR, True))
+                self.finish(ctx, _report_item(ctx.task_id, ctx._token, "failed", SHUTDOWN_ERROR, True))
                 raise
-            self.finish(job, None)
+            self.finish(ctx, None)
             return
         except BaseException as e:  # noqa: BLE001 - every failure is reported
-            self.finish(job, _failure_item(job.task_id, job.token, e))
+            self.finish(ctx, _failure_item(ctx.task_id, ctx._token, e))
             return
-        self.finish(job, _success_item(job.task_id, job.token, result))
+        self.finish(ctx, _success_item(ctx.task_id, ctx._token, result))
 
-    def finish(self, job: _Job, out: Optional[bytes]) -> None:
+    def finish(self, ctx: Context, out: Optional[bytes]) -> None:
         """The handler is over: queue its outcome (unless one was already given) and
         free its slot."""
-        if job.finished:
+        if ctx._finished:
             return
-        job.finished = True
-        if self.jobs.get(job.task_id) is job:
-            del self.jobs[job.task_id]
-        if job.timer is not None:
-            job.timer.cancel()
-        if job.kill_timer is not None:
-            job.kill_timer.cancel()
-        if not job.reported and out is not None:
-            job.reported = True
+        ctx._finished = True
+        if self.jobs.get(ctx.task_id) is ctx:
+            del self.jobs[ctx.task_id]
+        if ctx._kill_timer is not None:
+            ctx._kill_timer.cancel()
+        if not ctx._reported and out is not None:
+            ctx._reported = True
             self.queue_report(out)
             # The outcome key comes right after the (bounded) id and token.
             self.w.stats["succeeded" if b'"outcome":"succeeded"' in out[:600] else "failed"] += 1
@@ -838,91 +839,100 @@ class _Run:
         if not self.jobs:
             self.idle.set()
 
-    def stop_job(self, job: _Job, reason: str) -> None:
+    def stop_job(self, ctx: Context, reason: str) -> None:
         """Stops a running task: cancelled (report failed, not retryable), lease lost
         (report nothing), timeout (failed, retryable) or shutdown (failed, retryable).
         The slot stays taken until the handler really returns."""
-        if job.finished or job.reported or job.ctx is None or job.ctx._reason is not None:
+        if ctx._finished or ctx._reported or ctx._reason is not None:
             return
-        log.info("task %s: stopping (%s)", job.task_id, reason)
-        job.ctx._stop(reason)
-        if job.timer is not None:
-            job.timer.cancel()
-        job.reported = True
+        log.info("task %s: stopping (%s)", ctx.task_id, reason)
+        ctx._stop(reason)
+        ctx._reported = True
         if reason == "cancelled":
-            self.queue_report(_report_item(job.task_id, job.token, "failed", CANCELLED_ERROR, False))
+            self.queue_report(_report_item(ctx.task_id, ctx._token, "failed", CANCELLED_ERROR, False))
         elif reason == "timeout":
-            self.queue_report(_report_item(job.task_id, job.token, "failed", "ran past max_run_ms", True))
+            self.queue_report(_report_item(ctx.task_id, ctx._token, "failed", "ran past max_run_ms", True))
         elif reason == "shutdown":
-            self.queue_report(_report_item(job.task_id, job.token, "failed", SHUTDOWN_ERROR, True))
-        if job.atask is not None:
-            job.atask.cancel()
+            self.queue_report(_report_item(ctx.task_id, ctx._token, "failed", SHUTDOWN_ERROR, True))
+        if ctx._atask is not None:
+            ctx._atask.cancel()
 
     # -- renewals and progress -------------------------------------------------------
-    def renew_due(self, job: _Job) -> None:
-        job.timer = None
-        if job.finished or job.reported or job.extending:
-            return
-        job.extending = True
-        self.spawn(self.extend(job))
+    async def renew_loop(self) -> None:
+        """One loop renews every lease: it wakes at the earliest renewal due (a third
+        of the TTL after the last one), so a short task costs no timer of its own."""
+        loop = self.loop
+        inf = float("inf")
+        while True:
+            now = loop.time()
+            nxt = inf
+            for ctx in self.jobs.values():
+                if ctx._reported or ctx._extending:
+                    continue  # an extend in flight reschedules when it ends
+                if ctx._renew_at <= now:
+                    ctx._extending = True
+                    self.spawn(self.extend(ctx))
+                elif ctx._renew_at < nxt:
+                    nxt = ctx._renew_at
+            self.renew_next = nxt
+            self.renew_wake.clear()
+            try:
+                await asyncio.wait_for(self.renew_wake.wait(), None if nxt == inf else max(0.0, nxt - loop.time()))
+            except asyncio.TimeoutError:
+                pass
 
-    async def extend(self, job: _Job) -> None:
-        reg = self.reg
-        assert reg is not None
-        body: Dict[str, Any] = {"lease_token": job.token}
-        sent_progress = job.progress_dirty
+    def schedule_renew(self, ctx: Context, when: float) -> None:
+        ctx._renew_at = when
+        if when < self.renew_next:
+            self.renew_next = when
+            self.renew_wake.set()
+
+    async def extend(self, ctx: Context) -> None:
+        body: Dict[str, Any] = {"lease_token": ctx._token}
+        sent_progress = ctx._progress_dirty
         if sent_progress:
-            body["progress"] = job.progress
-            job.progress_dirty = False
+            body["progress"] = ctx._progress
+            ctx._progress_dirty = False
         sent = self.loop.time()
-        job.last_extend = sent
+        ctx._last_extend = sent
         try:
-            reply = await self.call("POST", f"/v1/tasks/{job.task_id}/extend", tr.dumps(body))
+            reply = await self.call("POST", f"/v1/tasks/{ctx.task_id}/extend", tr.dumps(body))
         except (NotFound, Conflict, Unauthorized, Forbidden) as e:
-            job.extending = False
-            log.warning("task %s: lease lost (%s)", job.task_id, e)
-            self.stop_job(job, "lease_lost")
+            ctx._extending = False
+            log.warning("task %s: lease lost (%s)", ctx.task_id, e)
+            self.stop_job(ctx, "lease_lost")
             return
         except MusterError as e:
-            job.extending = False
-            if sent_progress and not job.progress_dirty:
-                job.progress_dirty = True
+            ctx._extending = False
+            if sent_progress and not ctx._progress_dirty:
+                ctx._progress_dirty = True
             now = self.loop.time()
-            if now >= job.deadline:
-                log.warning("task %s: lease expired without a renewal (%s)", job.task_id, e)
-                self.stop_job(job, "lease_lost")
+            if now >= ctx._deadline:
+                log.warning("task %s: lease expired without a renewal (%s)", ctx.task_id, e)
+                self.stop_job(ctx, "lease_lost")
                 return
             # Retry soon, well inside what is left of the lease.
-            nxt = min(0.2, (job.deadline - now) / 4)
-            log.warning("task %s: renewal failed (%s), retrying in %.2fs", job.task_id, e, nxt)
-            self.schedule_renew(job, now + nxt)
+            nxt = min(0.2, (ctx._deadline - now) / 4)
+            log.warning("task %s: renewal failed (%s), retrying in %.2fs", ctx.task_id, e, nxt)
+            self.schedule_renew(ctx, now + nxt)
             return
-        job.extending = False
-        job.deadline = sent + job.ttl
+        ctx._extending = False
+        ctx._deadline = sent + ctx._ttl
         if reply and reply.get("cancel_requested"):
-            self.stop_job(job, "cancelled")
+            self.stop_job(ctx, "cancelled")
             return
-        nxt = sent + job.ttl / 3
-        if job.progress_dirty:
+        nxt = sent + ctx._ttl / 3
+        if ctx._progress_dirty:
             nxt = min(nxt, self.loop.time() + PROGRESS_MIN_GAP)
-        self.schedule_renew(job, nxt)
+        self.schedule_renew(ctx, nxt)
 
-    def schedule_renew(self, job: _Job, when: float) -> None:
-        if job.finished or job.reported:
+    def progress(self, ctx: Context, data: Any) -> None:
+        if ctx._finished or ctx._reported:
             return
-        if job.timer is not None:
-            if job.timer.when() <= when:
-                return
-            job.timer.cancel()
-        job.timer = self.loop.call_at(when, self.renew_due, job)
-
-    def progress(self, job: _Job, data: Any) -> None:
-        if job.finished or job.reported:
-            return
-        job.progress = data
-        job.progress_dirty = True
-        if not job.extending:
-            self.schedule_renew(job, max(self.loop.time(), job.last_extend + PROGRESS_MIN_GAP))
+        ctx._progress = data
+        ctx._progress_dirty = True
+        if not ctx._extending:
+            self.schedule_renew(ctx, min(ctx._renew_at, max(self.loop.time(), ctx._last_extend + PROGRESS_MIN_GAP)))
 
     # -- reports ---------------------------------------------------------------------
     def queue_report(self, item: bytes) -> None:
@@ -997,9 +1007,9 @@ class _Run:
                 log.info("node %s is %s", reg.id, status)
                 last_status = status
             for task_id in reply.get("cancel") or ():
-                job = self.jobs.get(task_id)
-                if job is not None:
-                    self.stop_job(job, "cancelled")
+                ctx = self.jobs.get(task_id)
+                if ctx is not None:
+                    self.stop_job(ctx, "cancelled")
 
 
 class _Stopped(Exception):
