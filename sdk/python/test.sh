@@ -12,7 +12,7 @@ repo=$(cd "$here/../.." && pwd)
 MUSTER_BIN=${MUSTER_BIN:-$repo/target/debug/muster}
 export MUSTER_BIN
 PYTHON=${PYTHON:-python3}
-venv="$here/.venv"
+venv=${VENV:-$here/.venv}
 
 if [ ! -x "$MUSTER_BIN" ]; then
     echo "sdk/python/test.sh: no muster binary at $MUSTER_BIN (run cargo build --bins or set MUSTER_BIN)" >&2
