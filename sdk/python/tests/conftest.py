@@ -49,15 +49,21 @@ def wait_until(pred: Callable[[], object], timeout: float = 10.0, every: float =
 
 
 class RedisProc:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, durable: bool = False) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}"
         self.log = tmp / f"redis-{self.port}.log"
+        self.dir = tmp / f"redis-{self.port}"
+        self.durable = durable  # an AOF written on every command: survives kill -9
         self.proc: Optional[subprocess.Popen] = None
 
     def start(self) -> None:
+        persistence = ["--appendonly", "no"]
+        if self.durable:
+            self.dir.mkdir(exist_ok=True)
+            persistence = ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.dir)]
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persistence],
             stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
         )
         wait_until(self._pong, 10, what="redis PING")
@@ -148,6 +154,15 @@ def own_server(redis, session_tmp):
     s.start()
     yield s
     s.kill()
+
+
+@pytest.fixture
+def durable_redis(session_tmp):
+    """A Redis of this test alone that keeps its data across kill -9 and restart."""
+    r = RedisProc(session_tmp, durable=True)
+    r.start()
+    yield r
+    r.stop()
 
 
 @pytest.fixture

@@ -128,3 +128,34 @@ def test_a_module_without_the_worker_is_exit_code_1(queue, spawn_worker):
     w = spawn_worker("factory", env={"TEST_QUEUE": queue})  # looks for apps.factory:worker
     assert w.wait(15) == 1
     assert "no attribute 'worker'" in w.output()
+
+
+def test_the_worker_rides_out_a_redis_outage(durable_redis, session_tmp, queue):
+    from conftest import ServerProc
+
+    srv = ServerProc(durable_redis.url, session_tmp)
+    srv.start()
+    w = Worker(queues=[queue], concurrency=8, server=srv.url, token=ADMIN_TOKEN)
+
+    @w.task("step")
+    async def step(payload, ctx):
+        import asyncio
+
+        await asyncio.sleep(0.05)
+        return payload
+
+    tw = ThreadWorker(w).start()
+    try:
+        with Client(srv.url, token=ADMIN_TOKEN, retries=30) as c:
+            ids = c.submit_many([{"kind": "step", "payload": i, "timeout_ms": 5000} for i in range(40)], queue=queue)
+            wait_until(lambda: w.stats["succeeded"] >= 5, 20, what="some tasks done")
+            durable_redis.proc.kill()
+            durable_redis.proc.wait(10)
+            time.sleep(1.5)
+            durable_redis.start()
+            results = [c.wait(i, timeout=60) for i in ids]
+        assert [r.result for r in results] == list(range(40)), [r for r in results if r.state != "succeeded"][:3]
+        assert tw.thread.is_alive() and tw.error is None
+    finally:
+        tw.stop()
+        srv.kill()

@@ -290,3 +290,18 @@ def test_a_token_without_the_agent_role_is_forbidden(server, queue):
     with pytest.raises((Forbidden, Unauthorized)):
         w.run()
     Client(server.url, token=ADMIN_TOKEN).request("DELETE", f"/v1/nodes/{reg['id']}")
+
+
+def test_a_forgotten_node_registers_again_and_keeps_working(client, queue, start_worker):
+    w = Worker(queues=[queue])
+
+    @w.task("k")
+    def k(payload, ctx):
+        return ctx.node_id
+
+    start_worker(w)
+    first = w.node_id
+    assert client.wait(client.submit("k", queue=queue), timeout=30).result == first
+    client.request("DELETE", f"/v1/nodes/{first}")
+    wait_until(lambda: w.node_id != first, 15, what="re-registration")
+    assert client.wait(client.submit("k", queue=queue), timeout=30).result == w.node_id != first

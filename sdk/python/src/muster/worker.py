@@ -502,6 +502,7 @@ class _Run:
         self.report_wake = asyncio.Event()
         self.reports_closing = False
         self.reregister_lock = asyncio.Lock()
+        self.lease_fut: Optional[asyncio.Future] = None
         self.fatal: Optional[BaseException] = None
         self.threads: Optional[_Threads] = None
         self.background: set = set()
@@ -605,6 +606,8 @@ class _Run:
                     continue
                 log.info("registered again as node %s (was %s)", reg.id, stale_id)
                 self.reg = reg
+                if self.lease_fut is not None:
+                    self.lease_fut.cancel()
                 return
 
     async def _until_stop(self, aw: Awaitable[Any]) -> Any:
@@ -748,8 +751,21 @@ class _Run:
             assert reg is not None
             body = b'{"max":%d,"wait_ms":%d}' % (min(self.free, 1000), wait_ms)
             asked = self.loop.time()
+            # The long-poll runs as its own future so that a re-registration can cut it
+            # short (it would hold on to the forgotten node for up to lease_wait).
+            fut = asyncio.ensure_future(self.call("POST", f"/v1/nodes/{reg.id}/lease", body, timeout=timeout))
+            self.lease_fut = fut
             try:
-                reply = await self.call("POST", f"/v1/nodes/{reg.id}/lease", body, timeout=timeout)
+                await asyncio.wait({fut})
+            except asyncio.CancelledError:
+                fut.cancel()
+                raise
+            finally:
+                self.lease_fut = None
+            if fut.cancelled():
+                continue
+            try:
+                reply = fut.result()
             except (NotFound, Unauthorized) as e:
                 log.debug("lease: %s", e)
                 await self.reregister(reg.id)
