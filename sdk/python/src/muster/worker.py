@@ -385,6 +385,7 @@ class Worker:
         self._stop_requested: Optional[asyncio.Event] = None
         self._force: Optional[asyncio.Event] = None
         self._pending_stop: Optional[bool] = None  # stop() before the loop started
+        self._state_lock = threading.Lock()  # _loop and _pending_stop, for stop()
         #: Counters of the current or last run: tasks leased, succeeded and failed (as
         #: reported), and the lease and report calls that carried them.
         self.stats = {"leased": 0, "succeeded": 0, "failed": 0, "lease_calls": 0, "report_calls": 0}
@@ -421,11 +422,15 @@ class Worker:
 
     def stop(self, force: bool = False) -> None:
         """Starts the drain (thread-safe). ``force`` skips the grace period."""
-        loop = self._loop
-        if loop is None:
-            self._pending_stop = bool(force) or bool(self._pending_stop)
-            return
-        loop.call_soon_threadsafe(self._request_stop, force)
+        with self._state_lock:
+            loop = self._loop
+            if loop is None:
+                self._pending_stop = bool(force) or bool(self._pending_stop)
+                return
+        try:
+            loop.call_soon_threadsafe(self._request_stop, force)
+        except RuntimeError:  # the loop closed meanwhile: nothing runs any more
+            pass
 
     def _request_stop(self, force: bool = False) -> None:
         assert self._stop_requested is not None and self._force is not None
@@ -444,14 +449,17 @@ class Worker:
         if not self.queues:
             raise ValueError("give at least one queue")
         loop = asyncio.get_running_loop()
-        for k in self.stats:
-            self.stats[k] = 0
-        self._loop = loop
-        self._loop_thread = threading.get_ident()
-        self._stop_requested = asyncio.Event()
-        self._force = asyncio.Event()
-        if self._pending_stop is not None:
-            self._request_stop(self._pending_stop)
+        with self._state_lock:
+            if self._loop is not None:
+                raise RuntimeError("this worker is already running")
+            for k in self.stats:
+                self.stats[k] = 0
+            self._stop_requested = asyncio.Event()
+            self._force = asyncio.Event()
+            self._loop = loop
+            self._loop_thread = threading.get_ident()
+            if self._pending_stop is not None:
+                self._request_stop(self._pending_stop)
         installed: List[int] = []
         if self.handle_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -465,9 +473,10 @@ class Worker:
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
-            self._loop = None
-            self._loop_thread = None
-            self._pending_stop = None
+            with self._state_lock:
+                self._loop = None
+                self._loop_thread = None
+                self._pending_stop = None
             self.node_id = None
 
     def _on_signal(self, sig: int) -> None:
