@@ -1,6 +1,6 @@
 """No-op throughput of one Python worker process.
 
-    python bench/noop.py [-n 20000] [--concurrency 64] [--handler async|sync]
+    python bench/noop.py [-n 20000] [--concurrency 64] [--handler async|sync] [--sleep S]
                          [--server URL --token T | --muster-bin PATH]
 
 Without ``--server`` it starts a private redis-server and ``muster serve`` (from
@@ -86,6 +86,7 @@ def main() -> None:
     ap.add_argument("--server")
     ap.add_argument("--token")
     ap.add_argument("--muster-bin")
+    ap.add_argument("--sleep", type=float, default=0.0, help="seconds each handler sleeps (asyncio.sleep / time.sleep)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
 
@@ -111,6 +112,8 @@ def main() -> None:
         if a.handler == "async":
             @w.task("noop")
             async def noop(payload, ctx):
+                if a.sleep:
+                    await asyncio.sleep(a.sleep)
                 now = time.perf_counter()
                 if state["first"] is None:
                     state["first"] = now
@@ -124,6 +127,8 @@ def main() -> None:
 
             @w.task("noop")
             def noop(payload, ctx):
+                if a.sleep:
+                    time.sleep(a.sleep)
                 with lock:
                     now = time.perf_counter()
                     if state["first"] is None:
@@ -141,7 +146,7 @@ def main() -> None:
         secs = state["last"] - state["first"]
         out = {
             "n": n,
-            "handler": a.handler,
+            "handler": a.handler + (f" sleeping {a.sleep}s" if a.sleep else ""),
             "concurrency": a.concurrency,
             "enqueue_per_s": round(n / enqueue_s),
             "process_per_s": round(n / secs) if secs > 0 else None,
