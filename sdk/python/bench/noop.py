@@ -68,6 +68,13 @@ def start_stack(binary: str, tmp: str):
     return url, token, [serve, redis]
 
 
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def default_binary() -> str:
     if os.environ.get("MUSTER_BIN"):
         return os.environ["MUSTER_BIN"]
@@ -138,10 +145,12 @@ def main() -> None:
                     if state["n"] == n:
                         w.stop()
 
+        others0 = {p.pid: proc_cpu(p.pid) for p in procs}
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
         spawn = time.perf_counter()
         asyncio.run(w.run_async())
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        others = {p.pid: proc_cpu(p.pid) - others0[p.pid] for p in procs}
         cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
         secs = state["last"] - state["first"]
         out = {
@@ -152,6 +161,8 @@ def main() -> None:
             "process_per_s": round(n / secs) if secs > 0 else None,
             "process_incl_startup_per_s": round(n / (state["last"] - spawn)),
             "worker_cpu_us_per_task": round(cpu / n * 1e6, 1),
+            **({"server_cpu_us_per_task": round(others[procs[0].pid] / n * 1e6, 1),
+                "redis_cpu_us_per_task": round(others[procs[1].pid] / n * 1e6, 1)} if procs else {}),
             "lease_calls": w.stats["lease_calls"],
             "report_calls": w.stats["report_calls"],
         }

@@ -305,3 +305,18 @@ def test_a_forgotten_node_registers_again_and_keeps_working(client, queue, start
     client.request("DELETE", f"/v1/nodes/{first}")
     wait_until(lambda: w.node_id != first, 15, what="re-registration")
     assert client.wait(client.submit("k", queue=queue), timeout=30).result == w.node_id != first
+
+
+def test_the_worker_can_send_its_calls_through_httpx(client, queue, start_worker):
+    w = Worker(queues=[queue], concurrency=8, http="httpx")
+
+    @w.task("k")
+    async def k(payload, ctx):
+        ctx.progress({"p": payload})
+        return payload * 2
+
+    start_worker(w)
+    ids = client.submit_many([{"kind": "k", "payload": i} for i in range(20)], queue=queue)
+    assert [client.wait(i, timeout=30).result for i in ids] == [i * 2 for i in range(20)]
+    with pytest.raises(ValueError):
+        Worker(queues=[queue], http="urllib")

@@ -122,8 +122,11 @@ def transport_error(method: str, url: str, exc: BaseException) -> TransportError
 
 def decode(method: str, url: str, response: httpx.Response) -> Any:
     """The JSON of a 2xx answer (``None`` for an empty body); a typed error otherwise."""
-    status = response.status_code
-    body = response.content
+    return decode_parts(method, url, response.status_code, response.headers, response.content)
+
+
+def decode_parts(method: str, url: str, status: int, headers: Any, body: bytes) -> Any:
+    """:func:`decode` from the status, headers (``.get`` by lower-case name) and body."""
     if 200 <= status < 300:
         if not body or status == 204:
             return None
@@ -132,7 +135,7 @@ def decode(method: str, url: str, response: httpx.Response) -> Any:
         except ValueError as e:
             raise MusterError(f"unexpected answer (not JSON): {e}", status=status, code="decode",
                               method=method, url=url) from None
-    raise error_from_response(method, url, status, response.headers, body)
+    raise error_from_response(method, url, status, headers, body)
 
 
 class Backoff:

@@ -44,6 +44,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Uni
 import httpx
 
 from . import _transport as tr
+from ._http11 import Broken, ConnectFailed, Pool
 from .client import Task
 from .errors import Conflict, Forbidden, Invalid, MusterError, NonRetryable, NotFound, TransportError, Unauthorized
 
@@ -337,7 +338,8 @@ class Worker:
     sync handlers (default: ``concurrency``). ``grace`` is how long running tasks may
     finish after a drain starts. ``register_timeout`` is how long the first
     registration retries a server that is away (None: forever); a refused token is
-    never retried.
+    never retried. ``http="httpx"`` sends the worker's calls through ``httpx`` (proxy
+    settings, ...) instead of its own lean HTTP/1.1 client.
 
     ::
 
@@ -364,7 +366,10 @@ class Worker:
         lease_wait: float = LEASE_WAIT,
         register_timeout: Optional[float] = 60.0,
         handle_signals: bool = True,
+        http: str = "builtin",
     ) -> None:
+        if http not in ("builtin", "httpx"):
+            raise ValueError("http must be 'builtin' or 'httpx'")
         self.queues: List[str] = [queues] if isinstance(queues, str) else list(queues)
         self.concurrency = int(concurrency)
         self.server = server
@@ -376,6 +381,7 @@ class Worker:
         self.lease_wait = float(lease_wait)
         self.register_timeout = register_timeout
         self.handle_signals = handle_signals
+        self.http = http
         self.handlers: Dict[str, Handler] = {}
         self._async: Dict[str, bool] = {}
         # Set while running.
@@ -495,10 +501,16 @@ class _Run:
         self.servers = tr.Servers(tr.parse_servers(worker.server))
         self.token = tr.resolve_token(worker.token)
         self.name = worker.name or default_name()
-        self.http = httpx.AsyncClient(
-            timeout=CALL_TIMEOUT,
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=32),
-        )
+        # The hot path speaks HTTP/1.1 itself (see _http11); httpx on request.
+        self.pool: Optional[Pool] = None
+        self.http: Optional[httpx.AsyncClient] = None
+        if worker.http == "httpx":
+            self.http = httpx.AsyncClient(
+                timeout=CALL_TIMEOUT,
+                limits=httpx.Limits(max_connections=100, max_keepalive_connections=32),
+            )
+        else:
+            self.pool = Pool(max_idle=32)
         self.reg: Optional[_Registration] = None
         self.jobs: Dict[str, Context] = {}
         self.loop_thread = threading.get_ident()
@@ -533,18 +545,21 @@ class _Run:
         err: Optional[TransportError] = None
         for _ in range(n):
             idx = self.servers.index
-            url = self.servers.urls[idx % n] + path
+            base = self.servers.urls[idx % n]
             try:
-                r = await self.http.request(method, url, content=body, headers=hdrs, timeout=timeout)
-            except tr.CONNECT_ERRORS as e:
-                err = tr.transport_error(method, url, e)
+                if self.pool is not None:
+                    r = await self.pool.request(method, base, path, hdrs, body, timeout)
+                    return tr.decode_parts(method, base + path, r.status, r.headers, r.content)
+                resp = await self.http.request(method, base + path, content=body, headers=hdrs, timeout=timeout)  # type: ignore[union-attr]
+                return tr.decode(method, base + path, resp)
+            except (ConnectFailed, *tr.CONNECT_ERRORS) as e:
+                err = tr.transport_error(method, base + path, e)
                 if n > 1:
-                    log.warning("control plane %s unreachable, trying the next one", self.servers.urls[idx % n])
+                    log.warning("control plane %s unreachable, trying the next one", base)
                 self.servers.failed(idx)
                 continue
-            except httpx.TransportError as e:
-                raise tr.transport_error(method, url, e) from None
-            return tr.decode(method, url, r)
+            except (Broken, OSError, asyncio.TimeoutError, httpx.TransportError) as e:
+                raise tr.transport_error(method, base + path, e) from None
         assert err is not None
         raise err
 
@@ -662,7 +677,10 @@ class _Run:
             await self.serve()
         finally:
             w._run = None
-            await self.http.aclose()
+            if self.http is not None:
+                await self.http.aclose()
+            if self.pool is not None:
+                await self.pool.aclose()
         if self.fatal is not None:
             raise self.fatal
 
