@@ -37,7 +37,6 @@ import signal
 import socket
 import sys
 import threading
-import time
 import traceback
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Union
 
