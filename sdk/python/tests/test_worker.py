@@ -60,6 +60,9 @@ def test_many_tasks_go_through_in_batches(client, queue, start_worker):
     results = [client.wait(i, timeout=60) for i in ids]
     assert [t.result for t in results] == list(range(400))
     assert w.stats["succeeded"] == 400
+    # Batches, not a call per task: a lease call brings many, a report call answers many.
+    print("lease calls", w.stats["lease_calls"], "report calls", w.stats["report_calls"])
+    assert w.stats["lease_calls"] <= 100 and w.stats["report_calls"] <= 100, w.stats
 
 
 def test_a_failing_task_is_retried_then_succeeds(client, queue, start_worker):

@@ -1,8 +1,9 @@
 """The worker: runs Python handlers in-process over the HTTP agent protocol.
 
 # Shape
-Everything protocol-side runs on one asyncio event loop with one keep-alive
-``httpx.AsyncClient`` (the reference is the Rust agent in ``src/agent/mod.rs``):
+Everything protocol-side runs on one asyncio event loop over keep-alive connections
+(its own lean HTTP/1.1 client, ``_http11``; ``http="httpx"`` for httpx). The reference
+is the Rust agent in ``src/agent/mod.rs``:
 
 - registration as a node (queues, tags, capacity = ``concurrency``, name); a node the
   control plane forgot (404/401 on a node route) is registered again;
@@ -13,9 +14,10 @@ Everything protocol-side runs on one asyncio event loop with one keep-alive
   wake-up of the loop for however many finished meanwhile);
 - one report flusher: every outcome ready when a flush starts goes out in one
   ``POST /v1/nodes/{id}/reports``; outcomes arriving during a flush go in the next;
-- renewals: one timer per running task, at a third of its lease TTL, calls
-  ``POST /v1/tasks/{id}/extend`` (also how progress travels); a refused renewal (404,
-  409) stops the task and reports nothing, as the lease is someone else's now;
+- renewals: one loop wakes at the earliest renewal due (a third of each lease's TTL)
+  and calls ``POST /v1/tasks/{id}/extend`` for the tasks due (also how progress
+  travels); a refused renewal (404, 409) stops the task and reports nothing, as the
+  lease is someone else's now;
 - heartbeats at the interval the server gives; its ``cancel`` list (and an extend's
   ``cancel_requested``) stops the named tasks;
 - drain on SIGTERM/SIGINT or :meth:`Worker.stop`: no more leases, the node is marked
