@@ -323,3 +323,31 @@ def test_the_worker_can_send_its_calls_through_httpx(client, queue, start_worker
     assert [client.wait(i, timeout=30).result for i in ids] == [i * 2 for i in range(20)]
     with pytest.raises(ValueError):
         Worker(queues=[queue], http="urllib")
+
+
+def test_a_result_too_large_for_the_server_fails_the_task_for_good(client, queue, start_worker):
+    w = Worker(queues=[queue])
+
+    @w.task("big")
+    def big(payload, ctx):
+        return "x" * (2 << 20)
+
+    start_worker(w)
+    done = client.wait(client.submit("big", queue=queue, max_attempts=3), timeout=30)
+    assert done.state == "failed" and done.attempts == 1 and "bytes" in done.error
+
+
+def test_a_result_the_server_refuses_fails_the_task_for_good(client, queue, start_worker, monkeypatch):
+    import muster.worker
+
+    monkeypatch.setattr(muster.worker, "MAX_RESULT_BYTES", 64 << 20)  # skip the worker's own check
+    w = Worker(queues=[queue])
+
+    @w.task("big")
+    def big(payload, ctx):
+        return "x" * (2 << 20)
+
+    start_worker(w)
+    done = client.wait(client.submit("big", queue=queue, max_attempts=3), timeout=30)
+    assert done.state == "failed" and done.attempts == 1
+    assert "the server refused the result (413" in done.error

@@ -61,6 +61,10 @@ CALL_TIMEOUT = 15.0
 LONG_POLL_SLACK = 10.0
 #: Most reports in one call (the server takes up to 10,000).
 MAX_REPORT_BATCH = 1000
+#: Most bytes of reports in one call (the server takes bodies up to 32 MiB).
+MAX_REPORT_BYTES = 8 << 20
+#: Largest result the server stores (its MAX_PAYLOAD); a larger one fails the task.
+MAX_RESULT_BYTES = 1 << 20
 #: How long a batch of reports is retried before it is given up (the leases will have
 #: expired by then and the tasks been retried anyway).
 REPORT_RETRY_FOR = 300.0
@@ -251,9 +255,15 @@ def _report_item(task_id: str, token: str, outcome: str, value: Any = None, retr
 
 def _success_item(task_id: str, token: str, result: Any) -> bytes:
     try:
-        return _report_item(task_id, token, "succeeded", result)
+        item = _report_item(task_id, token, "succeeded", result)
     except (TypeError, ValueError) as e:
         return _report_item(task_id, token, "failed", f"the handler's result is not JSON: {e}", False)
+    if len(item) > MAX_RESULT_BYTES:
+        size = len(tr.dumps(result))
+        if size > MAX_RESULT_BYTES:
+            return _report_item(task_id, token, "failed",
+                                f"the result is {size} bytes; the server stores at most {MAX_RESULT_BYTES}", False)
+    return item
 
 
 def _error_text(e: BaseException) -> str:
@@ -768,7 +778,7 @@ class _Run:
     # -- lease loop ------------------------------------------------------------------
     async def lease_loop(self) -> None:
         w = self.w
-        backoff = tr.Backoff(0.25, 10.0)
+        backoff = tr.Backoff(0.25, 5.0)
         wait_ms = int(max(0.0, min(w.lease_wait, tr.MAX_WAIT_MS / 1000)) * 1000)
         timeout = wait_ms / 1000 + LONG_POLL_SLACK
         while True:
@@ -993,8 +1003,14 @@ class _Run:
                 self.report_wake.clear()
                 await self.report_wake.wait()
                 continue
-            batch = self.reports[:MAX_REPORT_BATCH]
-            del self.reports[:MAX_REPORT_BATCH]
+            n, size = 0, 0
+            for item in self.reports:
+                if n == MAX_REPORT_BATCH or (n and size + len(item) > MAX_REPORT_BYTES):
+                    break
+                n += 1
+                size += len(item) + 1
+            batch = self.reports[:n]
+            del self.reports[:n]
             reg = self.reg
             assert reg is not None
             body = b'{"reports":[' + b",".join(batch) + b"]}"
@@ -1024,11 +1040,22 @@ class _Run:
             failing_since = None
             backoff.reset()
             self.w.stats["report_calls"] += 1
-            for r in (reply or {}).get("results", ()):
+            for i, r in enumerate((reply or {}).get("results", ())):
                 st = r.get("status", 200)
-                if st >= 300:
-                    level = logging.DEBUG if st in (404, 409) else logging.WARNING
-                    log.log(level, "report for %s refused: %s %s", r.get("task_id"), st, r.get("code"))
+                if st < 300:
+                    continue
+                if st in (404, 409):  # the lease is gone: someone else finishes the task
+                    log.debug("report for %s refused: %s %s", r.get("task_id"), st, r.get("code"))
+                    continue
+                log.warning("report for %s refused: %s %s", r.get("task_id"), st, r.get("code"))
+                if st in (413, 422) and i < len(batch):
+                    # A result the server will not store: fail the task for good rather
+                    # than leave it to its lease's expiry and the same refusal again.
+                    item = tr.loads(batch[i])
+                    if item.get("outcome") == "succeeded":
+                        self.queue_report(_report_item(
+                            item["task_id"], item["lease_token"], "failed",
+                            f"the server refused the result ({st} {r.get('code')})", False))
 
     # -- heartbeats ------------------------------------------------------------------
     async def heartbeat_loop(self) -> None:
