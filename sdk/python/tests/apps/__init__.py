@@ -1,0 +1,1 @@
+"""Worker modules the tests run as child processes (``python -m muster worker``)."""
