@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, clap::Args)]
 pub struct DevArgs {
     /// API address.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, default_value = crate::config::DEFAULT_LISTEN)]
     pub listen: String,
     /// Local agents to start.
     #[arg(long, default_value_t = 2)]

@@ -3,6 +3,8 @@
 
 pub mod batches;
 pub mod coord;
+pub mod limits;
+pub mod roles;
 pub mod validate;
 
 /// Integers in request bodies: JSON Schema counts `102.0` as the integer 102, and so do we.
