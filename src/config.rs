@@ -193,14 +193,20 @@ mod tests {
         for secret in ["admin-secret", "read-secret", "hunter2"] {
             assert!(!shown.contains(secret), "{secret} leaked: {shown}");
         }
-        assert!(shown.contains("redis://default:<redacted>@redis.internal:6379/0"), "{shown}");
+        assert!(
+            shown.contains("redis://default:<redacted>@redis.internal:6379/0"),
+            "{shown}"
+        );
         assert!(shown.contains("(Read, \"<redacted>\")"), "{shown}");
         assert!(shown.contains("namespace: \"muster\""), "{shown}");
     }
 
     #[test]
     fn urls_without_a_password_are_shown_as_they_are() {
-        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
         assert_eq!(redact_url("redis://:pw@h:1"), "redis://:<redacted>@h:1");
         assert_eq!(redact_url("redis://pw@h:1/0"), "redis://<redacted>@h:1/0");
         assert_eq!(redact_url("unix:///tmp/r.sock"), "unix:///tmp/r.sock");
@@ -219,9 +225,13 @@ mod tests {
 
     #[test]
     fn settings_out_of_range_are_refused() {
-        let cases: Vec<(fn(&mut Config), ConfigError)> = vec![
+        type Case = (fn(&mut Config), ConfigError);
+        let cases: Vec<Case> = vec![
             (|c| c.rate_limit = Some((0.0, 1.0)), ConfigError::RateLimit),
-            (|c| c.rate_limit = Some((f64::NAN, 1.0)), ConfigError::RateLimit),
+            (
+                |c| c.rate_limit = Some((f64::NAN, 1.0)),
+                ConfigError::RateLimit,
+            ),
             (
                 |c| c.tokens = vec![(Role::Agent, "short".into())],
                 ConfigError::ShortToken("agent"),

@@ -47,9 +47,7 @@ async fn sleep(payload: &Value) -> Result<Value, ExecError> {
         Some(v) => v
             .as_u64()
             .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
-            .ok_or_else(|| {
-                ExecError::fatal("sleep: payload.ms must be a non-negative number")
-            })?,
+            .ok_or_else(|| ExecError::fatal("sleep: payload.ms must be a non-negative number"))?,
     };
     tokio::time::sleep(Duration::from_millis(ms)).await;
     Ok(json!({ "slept_ms": ms }))

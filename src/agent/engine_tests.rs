@@ -7,13 +7,13 @@ use crate::domain::{
     NodeStatus, RegisterNode, Report, ReportBatch, ReportBatchReply, ReportOutcome, ReportResult,
     Task, TaskState,
 };
-use std::time::Instant;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
+use std::time::Instant;
 
 #[derive(Default)]
 struct Mock {

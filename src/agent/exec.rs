@@ -123,7 +123,7 @@ impl Drop for GroupKiller {
     }
 }
 
-/// Sends SIGKILL to the process group `pgid`. The crate forbids `unsafe`, so this goes
+/// Sends SIGKILL to the process group `pgid`. The crate denies `unsafe`, so this goes
 /// through kill(1) rather than `libc::kill`.
 fn kill_group(pgid: u32) {
     if pgid <= 1 {
@@ -437,10 +437,16 @@ mod tests {
     #[tokio::test]
     async fn a_custom_handler_runs_within_the_task_bound() {
         let r = Runner::new(Executor::Handler(std::sync::Arc::new(Doubler))).expect("runner");
-        assert_eq!(r.run(&lease("k", json!({"n": 21}), 1000)).await, Ok(json!(42)));
+        assert_eq!(
+            r.run(&lease("k", json!({"n": 21}), 1000)).await,
+            Ok(json!(42))
+        );
         let e = r.run(&lease("k", Value::Null, 1000)).await.unwrap_err();
         assert_eq!(e, ExecError::fatal("no n"));
-        let e = r.run(&lease("nap", json!({"n": 1}), 100)).await.unwrap_err();
+        let e = r
+            .run(&lease("nap", json!({"n": 1}), 100))
+            .await
+            .unwrap_err();
         assert_eq!(e.message, "timed out after 100 ms");
         assert!(e.retryable);
     }

@@ -2,9 +2,9 @@
 //! runner per leased task (the executor raced against renewal and stop requests),
 //! and the renewal at a third of the lease TTL.
 
-use super::state::{Agent, StopReason, TaskHandle, lock, node_forgotten};
 use super::backoff::Backoff;
 use super::exec;
+use super::state::{Agent, StopReason, TaskHandle, lock, node_forgotten};
 use super::{CANCELLED_ERROR, LEASE_WAIT_MS, SHUTDOWN_ERROR};
 use crate::domain::{ExtendRequest, Lease, Report, ReportOutcome};
 use std::sync::Arc;
@@ -15,7 +15,11 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 /// Leases tasks while slots are free, until `shutdown`.
-pub(super) async fn lease_loop(agent: &Arc<Agent>, tasks: &TaskTracker, shutdown: &CancellationToken) {
+pub(super) async fn lease_loop(
+    agent: &Arc<Agent>,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(agent.config.capacity as usize));
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
     loop {
@@ -175,7 +179,11 @@ async fn renew_loop(agent: &Agent, lease: &Lease, handle: &TaskHandle) {
         tokio::time::sleep(next).await;
         let sent = Instant::now();
         let s = agent.session();
-        match agent.client.tasks_extend(&lease.task.id, &s.token, &req).await {
+        match agent
+            .client
+            .tasks_extend(&lease.task.id, &s.token, &req)
+            .await
+        {
             Ok(reply) => {
                 deadline = sent + ttl;
                 next = every;

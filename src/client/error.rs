@@ -37,7 +37,7 @@ pub enum ClientError {
         /// HTTP status.
         status: u16,
         /// The problem+json body, when the answer was one.
-        problem: Option<Problem>,
+        problem: Option<Box<Problem>>,
         /// The body (at most [`ERROR_BODY_LIMIT`] bytes).
         body: Vec<u8>,
         /// `Retry-After`, when given.
@@ -174,7 +174,7 @@ impl ClientError {
 }
 
 /// See [`ClientError::detail`].
-fn status_detail(status: &u16, problem: &Option<Problem>, body: &[u8]) -> String {
+fn status_detail(status: &u16, problem: &Option<Box<Problem>>, body: &[u8]) -> String {
     match problem {
         Some(p) if p.detail.is_empty() => p.title.clone(),
         Some(p) => p.detail.clone(),
@@ -212,7 +212,10 @@ pub(super) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     while let Some(next) = cur.source() {
         cur = next;
     }
-    cur.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
+    cur.to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The transport error of a failed exchange with `server`.
@@ -243,7 +246,7 @@ pub(super) fn status(
     ClientError::Status {
         what: what.to_string(),
         status,
-        problem: serde_json::from_slice::<Problem>(body).ok(),
+        problem: serde_json::from_slice::<Problem>(body).ok().map(Box::new),
         body: body[..body.len().min(ERROR_BODY_LIMIT)].to_vec(),
         retry_after,
     }

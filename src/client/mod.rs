@@ -475,7 +475,10 @@ mod tests {
             "http://localhost:8080/v1/nodes"
         );
         assert_eq!(parse_base_url(""), Err(UrlError::Empty));
-        assert_eq!(parse_base_url("ftp://x"), Err(UrlError::NotHttp("ftp://x".into())));
+        assert_eq!(
+            parse_base_url("ftp://x"),
+            Err(UrlError::NotHttp("ftp://x".into()))
+        );
         Ok(())
     }
 
@@ -512,7 +515,13 @@ mod tests {
         let e = c.nodes_heartbeat("n", "t").await.unwrap_err();
         assert!(e.is_transient(), "{e}");
         assert!(
-            matches!(e, ClientError::Transport { kind: TransportKind::Connect, .. }),
+            matches!(
+                e,
+                ClientError::Transport {
+                    kind: TransportKind::Connect,
+                    ..
+                }
+            ),
             "{e:?}"
         );
         assert_eq!(c.current_server(), "http://127.0.0.1:9");
@@ -531,10 +540,22 @@ mod tests {
             ClientError::Decode { kind, .. } => Some(kind),
             _ => None,
         };
-        assert_eq!(kind(r("{").answer::<Value>().unwrap_err()), Some(DecodeKind::NotJson));
-        assert_eq!(kind(r("[1]").answer::<u8>().unwrap_err()), Some(DecodeKind::Shape));
-        assert_eq!(kind(r("").json::<u8>().unwrap_err()), Some(DecodeKind::Empty));
-        let a = r(r#"{"a": 1}"#).answer::<Value>().expect("ok").expect("some");
+        assert_eq!(
+            kind(r("{").answer::<Value>().unwrap_err()),
+            Some(DecodeKind::NotJson)
+        );
+        assert_eq!(
+            kind(r("[1]").answer::<u8>().unwrap_err()),
+            Some(DecodeKind::Shape)
+        );
+        assert_eq!(
+            kind(r("").json::<u8>().unwrap_err()),
+            Some(DecodeKind::Empty)
+        );
+        let a = r(r#"{"a": 1}"#)
+            .answer::<Value>()
+            .expect("ok")
+            .expect("some");
         assert_eq!(a.raw, serde_json::json!({"a": 1}));
     }
 }
