@@ -4,7 +4,6 @@
 use crate::agent::{self, AgentConfig, Executor};
 use std::process::ExitCode;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 /// Flags of `muster agent`.
 #[derive(Debug, Clone, clap::Args)]
@@ -52,19 +51,7 @@ pub struct AgentArgs {
 /// Registration failure or an unusable flag combination.
 pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let config = config(args)?;
-    let shutdown = CancellationToken::new();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: draining"),
-            r = tokio::signal::ctrl_c() => match r {
-                Ok(()) => tracing::info!("interrupted: draining"),
-                Err(e) => tracing::warn!(error = %e, "cannot listen for Ctrl-C"),
-            },
-        }
-        on_signal.cancel();
-    });
+    let shutdown = crate::shutdown::on_signals("draining");
     agent::run(config, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,7 +1,7 @@
 //! Pieces of a private local stack, shared by `muster dev`, `muster demo` and
 //! `muster bench`: a private `redis-server` on a free loopback port, child processes
-//! that die with muster ([`die_with_muster`]), admin tokens, the stop signals, and
-//! the removal of a key namespace.
+//! that die with muster ([`die_with_muster`]), admin tokens, the in-process control
+//! plane ([`LocalPlane`]) and the removal of a key namespace.
 
 use crate::config::Config;
 use crate::startup::Application;
@@ -100,21 +100,6 @@ pub fn send_signal(pid: u32, signal: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Resolves when SIGINT (Ctrl-C) or SIGTERM arrives; names the signal.
-pub async fn stop_signal() -> &'static str {
-    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
-    match term {
-        Ok(mut term) => tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = tokio::signal::ctrl_c() => "SIGINT",
-        },
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            "SIGINT"
-        }
-    }
-}
-
 /// Makes the child that `cmd` spawns receive `signal` when muster dies, however it
 /// dies (`kill -9` included, when no destructor runs): `prctl(PR_SET_PDEATHSIG)` in
 /// the child between fork and exec. Linux only; elsewhere a no-op.
@@ -185,7 +170,9 @@ impl PrivateRedis {
         let port = free_port()?;
         let log = dir.join("redis.log");
         let mut cmd = Command::new(bin);
-        // SIGTERM: redis writes its AOF out and exits, even when muster was killed hard.
+        // SIGTERM: redis writes its AOF out and exits, even when muster was killed hard
+        // (a redis that cannot write it refuses to exit; `muster dev` kills it on its
+        // next start).
         die_with_muster(&mut cmd, libc::SIGTERM);
         let mut child = cmd
             .arg("--port")

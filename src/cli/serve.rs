@@ -70,7 +70,8 @@ pub struct ServeArgs {
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let cfg = config(args)?;
     let app = Application::build(cfg).await?;
-    app.run(crate::shutdown::on_signals()).await?;
+    app.run(crate::shutdown::on_signals("shutting down"))
+        .await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -136,7 +136,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut stack = Stack::default();
     let res = tokio::select! {
         r = phases::bench(&args, &mut stack) => r,
-        sig = local::stop_signal() => Err(anyhow::anyhow!("interrupted by {sig}; stopped the benchmark")),
+        sig = crate::shutdown::signal() => Err(anyhow::anyhow!("interrupted by {sig}; stopped the benchmark")),
     };
     stack.shutdown().await;
     let report = res?;

@@ -104,7 +104,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut stack = Stack::default();
     let res = tokio::select! {
         r = demo(&args, &work, &mut stack) => r,
-        sig = local::stop_signal() => Err(anyhow::anyhow!("interrupted by {sig}; stopped the demo")),
+        sig = crate::shutdown::signal() => Err(anyhow::anyhow!("interrupted by {sig}; stopped the demo")),
     };
     stack.shutdown().await;
     drop(work);
