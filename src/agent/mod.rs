@@ -6,13 +6,13 @@
 //!
 //! # Shape
 //! - one heartbeat task (re-registers when the node was forgotten, stops cancelled
-//!   tasks): [`state`];
+//!   tasks): `state.rs`;
 //! - the lease loop: a semaphore sized to the capacity; it waits for a free slot
-//!   (no polling), then long-polls for at most the free slots: [`leases`];
+//!   (no polling), then long-polls for at most the free slots: `leases.rs`;
 //! - one runner per leased task: the executor raced against lease renewal and stop
-//!   requests (cancel, lost lease, shutdown): [`leases`], [`exec`];
+//!   requests (cancel, lost lease, shutdown): `leases.rs`, [`exec`];
 //! - one report flusher: sends whatever outcomes are ready in one batch, so outcomes
-//!   arriving during a flush go out together in the next one: [`reports`];
+//!   arriving during a flush go out together in the next one: `reports.rs`;
 //! - drain on shutdown: no more leases, `grace` for running tasks, then kill, report,
 //!   flush and `DELETE /v1/nodes/{id}`: [`run`].
 

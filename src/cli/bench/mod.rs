@@ -2,7 +2,7 @@
 //!
 //! One process holds everything: a private `redis-server` (persistence off, for
 //! throughput) or `--redis-url` with a fresh key namespace, the control plane
-//! ([`Application`] on `127.0.0.1:0`) and K *bench agents*: lean in-process HTTP clients
+//! ([`crate::startup::Application`] on `127.0.0.1:0`) and K *bench agents*: lean in-process HTTP clients
 //! that register a node, long-poll `POST /v1/nodes/{id}/lease` (large `max`) in several
 //! loops and report every leased task as succeeded with one
 //! `POST /v1/nodes/{id}/reports` per lease batch. The no-op "executor" is in-process, so
