@@ -1,9 +1,34 @@
-//! Control-plane settings.
+//! Control-plane settings: [`Config`], its defaults (written once, here, and used by
+//! the `muster serve` flags too) and [`Config::validate`], which
+//! [`crate::startup::Application::build`] runs for every way of starting a server.
 
+use crate::domain::limits::{MAX_WAIT, MAX_WAIT_MS};
+use crate::domain::roles::{MIN_TOKEN_LEN, Role};
 use std::time::Duration;
 
-/// Settings of one `muster serve` process.
-#[derive(Debug, Clone)]
+/// Default HTTP listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default Redis URL.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// Default key namespace.
+pub const DEFAULT_NAMESPACE: &str = "muster";
+/// Default heartbeat interval told to agents, ms.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 5_000;
+/// Default reaper interval, ms.
+pub const DEFAULT_REAPER_MS: u64 = 1_000;
+/// Default Redis command timeout.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
+/// Shortest heartbeat interval accepted, ms.
+pub const MIN_HEARTBEAT_MS: u64 = 100;
+/// Shortest reaper interval accepted, ms.
+pub const MIN_REAPER_MS: u64 = 10;
+
+/// What shows in place of a secret in `Debug` output.
+const REDACTED: &str = "<redacted>";
+
+/// Settings of one `muster serve` process. `Debug` redacts the tokens and the Redis
+/// password.
+#[derive(Clone)]
 pub struct Config {
     /// HTTP listen address (`127.0.0.1:0` picks a free port).
     pub listen: String,
@@ -14,7 +39,7 @@ pub struct Config {
     /// Admin bearer token; `None` only with `no_auth`.
     pub admin_token: Option<String>,
     /// More tokens with their roles (`read`, `submit`, `agent`, `admin`).
-    pub tokens: Vec<(crate::api::auth::Role, String)>,
+    pub tokens: Vec<(Role, String)>,
     /// Serve without authentication (loopback only).
     pub no_auth: bool,
     /// Per-token rate limit: (requests per second, burst).
@@ -26,10 +51,38 @@ pub struct Config {
     /// How often expired leases and due tasks are looked for.
     pub reaper_interval: Duration,
     /// Longest a long-poll (`/wait`, `lease`) is held, whatever the client asks (at
-    /// most 60 s); answering earlier is always allowed by the contract.
+    /// most [`MAX_WAIT`]); answering earlier is always allowed by the contract.
     pub max_wait: Duration,
     /// Redis command timeout; past it the API answers 503.
     pub redis_timeout: Duration,
+}
+
+/// A setting out of range. The messages name the `muster serve` flag that sets it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// Rate limit not above 0.
+    #[error("--rate-limit must be above 0")]
+    RateLimit,
+    /// A role token shorter than [`MIN_TOKEN_LEN`].
+    #[error("--token: the {0} token is too short: use at least {MIN_TOKEN_LEN} characters")]
+    ShortToken(&'static str),
+    /// No dispatcher worker.
+    #[error("--dispatchers must be at least 1")]
+    Dispatchers,
+    /// Heartbeat interval under [`MIN_HEARTBEAT_MS`].
+    #[error("--heartbeat-interval-ms must be at least {MIN_HEARTBEAT_MS}")]
+    HeartbeatInterval,
+    /// Reaper interval under [`MIN_REAPER_MS`].
+    #[error("--reaper-interval-ms must be at least {MIN_REAPER_MS}")]
+    ReaperInterval,
+    /// Long-poll ceiling above [`MAX_WAIT`].
+    #[error("--max-wait-ms must be at most {MAX_WAIT_MS}")]
+    MaxWait,
+    /// Neither an admin token nor `no_auth`.
+    #[error(
+        "no admin token: set MUSTER_ADMIN_TOKEN (or --admin-token), or use --no-auth on a loopback address"
+    )]
+    NoAdminToken,
 }
 
 impl Config {
@@ -38,16 +91,169 @@ impl Config {
         Config {
             listen: listen.into(),
             redis_url: redis_url.into(),
-            namespace: "muster".into(),
+            namespace: DEFAULT_NAMESPACE.into(),
             admin_token: None,
             tokens: Vec::new(),
             no_auth: false,
             rate_limit: None,
             dispatchers: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            heartbeat_interval: Duration::from_secs(5),
-            reaper_interval: Duration::from_millis(1000),
-            redis_timeout: Duration::from_secs(1),
-            max_wait: Duration::from_secs(60),
+            heartbeat_interval: Duration::from_millis(DEFAULT_HEARTBEAT_MS),
+            reaper_interval: Duration::from_millis(DEFAULT_REAPER_MS),
+            redis_timeout: DEFAULT_REDIS_TIMEOUT,
+            max_wait: MAX_WAIT,
+        }
+    }
+
+    /// Checks every setting that does not need Redis or the bound address (the
+    /// loopback rule of `no_auth` is checked once the listener is bound).
+    ///
+    /// # Errors
+    /// The first setting out of range, in the order the `muster serve` flags are listed.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some((rate, _)) = self.rate_limit
+            && (rate.is_nan() || rate <= 0.0)
+        {
+            return Err(ConfigError::RateLimit);
+        }
+        if let Some((role, _)) = self.tokens.iter().find(|(_, t)| t.len() < MIN_TOKEN_LEN) {
+            return Err(ConfigError::ShortToken(role.name()));
+        }
+        if self.dispatchers == 0 {
+            return Err(ConfigError::Dispatchers);
+        }
+        if self.heartbeat_interval < Duration::from_millis(MIN_HEARTBEAT_MS) {
+            return Err(ConfigError::HeartbeatInterval);
+        }
+        if self.reaper_interval < Duration::from_millis(MIN_REAPER_MS) {
+            return Err(ConfigError::ReaperInterval);
+        }
+        if self.max_wait > MAX_WAIT {
+            return Err(ConfigError::MaxWait);
+        }
+        if self.admin_token.is_none() && !self.no_auth {
+            return Err(ConfigError::NoAdminToken);
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tokens: Vec<(Role, &str)> = self.tokens.iter().map(|(r, _)| (*r, REDACTED)).collect();
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("namespace", &self.namespace)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| REDACTED))
+            .field("tokens", &tokens)
+            .field("no_auth", &self.no_auth)
+            .field("rate_limit", &self.rate_limit)
+            .field("dispatchers", &self.dispatchers)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("reaper_interval", &self.reaper_interval)
+            .field("max_wait", &self.max_wait)
+            .field("redis_timeout", &self.redis_timeout)
+            .finish()
+    }
+}
+
+/// A URL with the password of its user info (`scheme://user:password@host`) redacted;
+/// user info without a `:` is redacted whole, since Redis takes a lone one as a password.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    let user = match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{user}:{REDACTED}"),
+        None => REDACTED.to_string(),
+    };
+    format!("{scheme}://{user}{}", &rest[at..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> Config {
+        let mut c = Config::new("127.0.0.1:0", "redis://127.0.0.1:6379");
+        c.admin_token = Some("admin-secret-0123456789".into());
+        c
+    }
+
+    #[test]
+    fn debug_redacts_the_tokens_and_the_redis_password() {
+        let mut c = valid();
+        c.redis_url = "redis://default:hunter2@redis.internal:6379/0".into();
+        c.tokens = vec![(Role::Read, "read-secret-0123456789".into())];
+        let shown = format!("{c:?}");
+        for secret in ["admin-secret", "read-secret", "hunter2"] {
+            assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+        }
+        assert!(
+            shown.contains("redis://default:<redacted>@redis.internal:6379/0"),
+            "{shown}"
+        );
+        assert!(shown.contains("(Read, \"<redacted>\")"), "{shown}");
+        assert!(shown.contains("namespace: \"muster\""), "{shown}");
+    }
+
+    #[test]
+    fn urls_without_a_password_are_shown_as_they_are() {
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(redact_url("redis://:pw@h:1"), "redis://:<redacted>@h:1");
+        assert_eq!(redact_url("redis://pw@h:1/0"), "redis://<redacted>@h:1/0");
+        assert_eq!(redact_url("unix:///tmp/r.sock"), "unix:///tmp/r.sock");
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn the_defaults_are_valid_once_there_is_an_admin_token() {
+        assert_eq!(valid().validate(), Ok(()));
+        let open = Config::new("127.0.0.1:0", DEFAULT_REDIS_URL);
+        assert_eq!(open.validate(), Err(ConfigError::NoAdminToken));
+        let mut no_auth = open;
+        no_auth.no_auth = true;
+        assert_eq!(no_auth.validate(), Ok(()));
+    }
+
+    #[test]
+    fn settings_out_of_range_are_refused() {
+        type Case = (fn(&mut Config), ConfigError);
+        let cases: Vec<Case> = vec![
+            (|c| c.rate_limit = Some((0.0, 1.0)), ConfigError::RateLimit),
+            (
+                |c| c.rate_limit = Some((f64::NAN, 1.0)),
+                ConfigError::RateLimit,
+            ),
+            (
+                |c| c.tokens = vec![(Role::Agent, "short".into())],
+                ConfigError::ShortToken("agent"),
+            ),
+            (|c| c.dispatchers = 0, ConfigError::Dispatchers),
+            (
+                |c| c.heartbeat_interval = Duration::from_millis(99),
+                ConfigError::HeartbeatInterval,
+            ),
+            (
+                |c| c.reaper_interval = Duration::from_millis(9),
+                ConfigError::ReaperInterval,
+            ),
+            (
+                |c| c.max_wait = MAX_WAIT + Duration::from_millis(1),
+                ConfigError::MaxWait,
+            ),
+        ];
+        for (tweak, want) in cases {
+            let mut c = valid();
+            tweak(&mut c);
+            assert_eq!(c.validate(), Err(want));
         }
     }
 }

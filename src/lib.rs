@@ -6,11 +6,13 @@
 //! - [`api`]: the axum router, auth, problem+json errors.
 //! - [`dispatcher`], [`reconciler`], [`timers`], [`scheduler`]: the background components.
 //! - [`startup`]: [`startup::Application`] wires them together.
-//! - [`agent`]: the node agent. [`cli`]: the commands of the `muster` binary.
+//! - [`agent`]: the node agent, a library ([`agent::run`]). [`client`]: the HTTP client of
+//!   the v1 API (agent, CLI, demo, bench). [`cli`]: the commands of the `muster` binary.
 
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod domain;
 pub mod metrics;

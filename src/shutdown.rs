@@ -1,32 +1,31 @@
-//! Signals: SIGTERM or Ctrl-C cancel the root token.
+//! Signals: SIGTERM or Ctrl-C (SIGINT) stop a command; [`on_signals`] turns them into
+//! the cancellation of a root token, [`signal`] into a future that names the signal.
 
 use tokio_util::sync::CancellationToken;
 
-/// A token cancelled on SIGTERM or SIGINT.
-pub fn on_signals() -> CancellationToken {
+/// Resolves when SIGINT (Ctrl-C) or SIGTERM arrives; names the signal.
+pub async fn signal() -> &'static str {
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    match term {
+        Ok(mut term) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
+    }
+}
+
+/// A token cancelled on SIGTERM or SIGINT; logs `<signal>: <what>` then.
+pub fn on_signals(what: &'static str) -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = ctrl_c => {}
-                        _ = term.recv() => {}
-                    }
-                }
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = ctrl_c.await;
-        }
-        tracing::info!("shutting down");
+        let sig = signal().await;
+        tracing::info!("{sig}: {what}");
         t.cancel();
     });
     token

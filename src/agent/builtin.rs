@@ -3,6 +3,7 @@
 //!
 //! Kinds: `echo`, `noop`, `sleep`, `fail`, `fail_once`, `wordcount`.
 
+use super::handler::ExecError;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,40 +12,12 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 /// The kinds [`run_builtin`] knows.
 pub const KINDS: &[&str] = &["echo", "noop", "sleep", "fail", "fail_once", "wordcount"];
 
-/// Why a built-in handler failed one attempt.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct BuiltinError {
-    /// What went wrong (becomes the task's `error`).
-    pub message: String,
-    /// False fails the task for good.
-    pub retryable: bool,
-}
-
-impl BuiltinError {
-    /// A failure that a later attempt may not repeat.
-    pub fn retryable(message: impl Into<String>) -> Self {
-        BuiltinError {
-            message: message.into(),
-            retryable: true,
-        }
-    }
-
-    /// A failure that every attempt would repeat.
-    pub fn fatal(message: impl Into<String>) -> Self {
-        BuiltinError {
-            message: message.into(),
-            retryable: false,
-        }
-    }
-}
-
 /// Runs the built-in handler for `kind` on `payload`; `attempt` is the task's attempt
 /// number (1 for the first).
 ///
 /// # Errors
 /// The handler's failure; an unknown kind fails for good.
-pub async fn run_builtin(kind: &str, payload: &Value, attempt: i64) -> Result<Value, BuiltinError> {
+pub async fn run_builtin(kind: &str, payload: &Value, attempt: i64) -> Result<Value, ExecError> {
     match kind {
         "echo" => Ok(payload.clone()),
         "noop" => Ok(Value::Null),
@@ -52,7 +25,7 @@ pub async fn run_builtin(kind: &str, payload: &Value, attempt: i64) -> Result<Va
         "fail" => Err(fail(payload)),
         "fail_once" => {
             if attempt <= 1 {
-                Err(BuiltinError::retryable(format!(
+                Err(ExecError::retryable(format!(
                     "failed on purpose on attempt {attempt}; the next attempt succeeds"
                 )))
             } else if payload.get("text").is_some() {
@@ -62,34 +35,32 @@ pub async fn run_builtin(kind: &str, payload: &Value, attempt: i64) -> Result<Va
             }
         }
         "wordcount" => wordcount(payload).await,
-        other => Err(BuiltinError::fatal(format!(
+        other => Err(ExecError::fatal(format!(
             "unknown kind {other} for the built-in executor"
         ))),
     }
 }
 
-async fn sleep(payload: &Value) -> Result<Value, BuiltinError> {
+async fn sleep(payload: &Value) -> Result<Value, ExecError> {
     let ms = match payload.get("ms") {
         None | Some(Value::Null) => 0,
         Some(v) => v
             .as_u64()
             .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
-            .ok_or_else(|| {
-                BuiltinError::fatal("sleep: payload.ms must be a non-negative number")
-            })?,
+            .ok_or_else(|| ExecError::fatal("sleep: payload.ms must be a non-negative number"))?,
     };
     tokio::time::sleep(Duration::from_millis(ms)).await;
     Ok(json!({ "slept_ms": ms }))
 }
 
-fn fail(payload: &Value) -> BuiltinError {
+fn fail(payload: &Value) -> ExecError {
     let message = payload
         .get("message")
         .and_then(Value::as_str)
         .unwrap_or("failed on purpose")
         .to_string();
     let retryable = payload.get("retryable").and_then(Value::as_bool) != Some(false);
-    BuiltinError { message, retryable }
+    ExecError { message, retryable }
 }
 
 /// Counts lower-cased words, split on every character that is not alphanumeric.
@@ -113,15 +84,15 @@ pub fn wordcount_result(text: &str) -> Value {
     json!({ "words": words, "total": total })
 }
 
-async fn wordcount(payload: &Value) -> Result<Value, BuiltinError> {
+async fn wordcount(payload: &Value) -> Result<Value, ExecError> {
     if let Some(text) = payload.get("text") {
         let text = text
             .as_str()
-            .ok_or_else(|| BuiltinError::fatal("wordcount: payload.text must be a string"))?;
+            .ok_or_else(|| ExecError::fatal("wordcount: payload.text must be a string"))?;
         return Ok(wordcount_result(text));
     }
     let Some(path) = payload.get("path").and_then(Value::as_str) else {
-        return Err(BuiltinError::fatal(
+        return Err(ExecError::fatal(
             "wordcount: give payload.text, or payload.path with optional offset and len",
         ));
     };
@@ -130,19 +101,19 @@ async fn wordcount(payload: &Value) -> Result<Value, BuiltinError> {
     let text = read_range(path, offset, len).await.map_err(|e| {
         let msg = format!("wordcount: cannot read {path}: {e}");
         if e.kind() == std::io::ErrorKind::NotFound {
-            BuiltinError::fatal(msg)
+            ExecError::fatal(msg)
         } else {
-            BuiltinError::retryable(msg)
+            ExecError::retryable(msg)
         }
     })?;
     Ok(wordcount_result(&text))
 }
 
-fn opt_u64(payload: &Value, field: &str) -> Result<Option<u64>, BuiltinError> {
+fn opt_u64(payload: &Value, field: &str) -> Result<Option<u64>, ExecError> {
     match payload.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v.as_u64().map(Some).ok_or_else(|| {
-            BuiltinError::fatal(format!(
+            ExecError::fatal(format!(
                 "wordcount: payload.{field} must be a non-negative integer"
             ))
         }),
@@ -199,11 +170,11 @@ mod tests {
     #[tokio::test]
     async fn fail_uses_message_and_retryable() {
         let e = run_builtin("fail", &json!({}), 1).await.unwrap_err();
-        assert_eq!(e, BuiltinError::retryable("failed on purpose"));
+        assert_eq!(e, ExecError::retryable("failed on purpose"));
         let e = run_builtin("fail", &json!({"message": "boom", "retryable": false}), 1)
             .await
             .unwrap_err();
-        assert_eq!(e, BuiltinError::fatal("boom"));
+        assert_eq!(e, ExecError::fatal("boom"));
         let e = run_builtin("fail", &Value::Null, 1).await.unwrap_err();
         assert!(e.retryable);
     }
@@ -227,7 +198,7 @@ mod tests {
         let e = run_builtin("teleport", &Value::Null, 1).await.unwrap_err();
         assert_eq!(
             e,
-            BuiltinError::fatal("unknown kind teleport for the built-in executor")
+            ExecError::fatal("unknown kind teleport for the built-in executor")
         );
     }
 

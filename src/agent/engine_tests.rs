@@ -3,8 +3,9 @@
 
 use super::*;
 use crate::domain::{
-    ExtendReply, HeartbeatReply, LeaseReply, LeaseRequest, Node, NodeRegistered, ReportBatchReply,
-    ReportResult, Task, TaskState,
+    ExtendReply, HeartbeatReply, Lease, LeaseReply, LeaseRequest, Node, NodeKind, NodeRegistered,
+    NodeStatus, RegisterNode, Report, ReportBatch, ReportBatchReply, ReportOutcome, ReportResult,
+    Task, TaskState,
 };
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -12,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
+use std::time::Instant;
 
 #[derive(Default)]
 struct Mock {
@@ -228,17 +230,12 @@ fn report_of<'a>(m: &'a Mock, id: &str) -> Option<&'a Report> {
 }
 
 fn config(server: String, capacity: u32, grace: Duration) -> AgentConfig {
-    AgentConfig {
-        // A dead URL first: the client must fail over to the mock.
-        servers: vec!["http://127.0.0.1:9".into(), server],
-        token: Some("admin".into()),
-        queues: vec!["default".into()],
-        capacity,
-        tags: vec![],
-        name: "test-agent".into(),
-        executor: Executor::Builtin,
-        grace,
-    }
+    // A dead URL first: the client must fail over to the mock.
+    let mut c = tests::config(vec!["http://127.0.0.1:9".into(), server]);
+    c.capacity = capacity;
+    c.name = "test-agent".into();
+    c.grace = grace;
+    c
 }
 
 #[tokio::test]

@@ -1,10 +1,12 @@
 //! Executors: how one leased task runs. A shell command (`sh -c`, payload on stdin,
-//! result on stdout), an HTTP webhook, or the built-in handlers. `timeout_ms` is the
-//! lease TTL, renewed while the handler runs; the handler itself is only bounded by the
-//! task's optional `max_run_ms` (killed past it, a retryable failure).
+//! result on stdout), an HTTP webhook, the built-in handlers, or any
+//! [`Handler`](super::Handler). `timeout_ms` is the lease TTL, renewed while the
+//! handler runs; the handler itself is only bounded by the task's optional
+//! `max_run_ms` (killed past it, a retryable failure).
 
 use super::Executor;
 use super::builtin::run_builtin;
+use super::handler::ExecError;
 use crate::domain::Lease;
 use serde_json::Value;
 use std::process::Stdio;
@@ -16,25 +18,6 @@ pub const ERROR_TAIL_BYTES: usize = 2048;
 
 /// Run-time bound when a task carries no `max_run_ms`: in effect, none.
 pub const UNBOUNDED_MS: u64 = 365 * 24 * 3600 * 1000;
-
-/// Why one attempt failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct ExecError {
-    /// Becomes the task's `error`.
-    pub message: String,
-    /// False fails the task for good.
-    pub retryable: bool,
-}
-
-impl ExecError {
-    fn retryable(message: impl Into<String>) -> Self {
-        ExecError {
-            message: message.into(),
-            retryable: true,
-        }
-    }
-}
 
 /// The lease TTL (`timeout_ms`), 30 s when it is not positive.
 pub fn lease_ttl(lease: &Lease) -> Duration {
@@ -85,18 +68,23 @@ impl Runner {
             Executor::Exec(cmd) => run_command(cmd, lease).await,
             Executor::Http(url) => run_http(&self.http, url, lease).await,
             Executor::Builtin => {
-                let timeout = task_timeout(lease);
-                let fut = run_builtin(&lease.task.kind, &lease.task.payload, lease.task.attempts);
-                match tokio::time::timeout(timeout, fut).await {
-                    Ok(Ok(v)) => Ok(v),
-                    Ok(Err(e)) => Err(ExecError {
-                        message: e.message,
-                        retryable: e.retryable,
-                    }),
-                    Err(_) => Err(timed_out(timeout)),
-                }
+                let task = &lease.task;
+                bounded(lease, run_builtin(&task.kind, &task.payload, task.attempts)).await
             }
+            Executor::Handler(h) => bounded(lease, h.run(lease)).await,
         }
+    }
+}
+
+/// Runs an in-process handler within the task's run-time bound.
+async fn bounded(
+    lease: &Lease,
+    work: impl Future<Output = Result<Value, ExecError>>,
+) -> Result<Value, ExecError> {
+    let timeout = task_timeout(lease);
+    match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(timed_out(timeout)),
     }
 }
 
@@ -135,7 +123,7 @@ impl Drop for GroupKiller {
     }
 }
 
-/// Sends SIGKILL to the process group `pgid`. The crate forbids `unsafe`, so this goes
+/// Sends SIGKILL to the process group `pgid`. The crate denies `unsafe`, so this goes
 /// through kill(1) rather than `libc::kill`.
 fn kill_group(pgid: u32) {
     if pgid <= 1 {
@@ -424,6 +412,43 @@ mod tests {
         assert_eq!(e.message, "timed out after 100 ms");
         let e = r.run(&lease("nope", Value::Null, 1000)).await.unwrap_err();
         assert!(!e.retryable);
+    }
+
+    /// An in-process handler as the SDK will plug in: doubles `n`, or sleeps on `nap`.
+    struct Doubler;
+
+    impl crate::agent::Handler for Doubler {
+        fn run<'a>(
+            &'a self,
+            lease: &'a Lease,
+        ) -> futures::future::BoxFuture<'a, Result<Value, ExecError>> {
+            Box::pin(async move {
+                if lease.task.kind == "nap" {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+                let n = lease.task.payload["n"]
+                    .as_i64()
+                    .ok_or_else(|| ExecError::fatal("no n"))?;
+                Ok(json!(n * 2))
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_custom_handler_runs_within_the_task_bound() {
+        let r = Runner::new(Executor::Handler(std::sync::Arc::new(Doubler))).expect("runner");
+        assert_eq!(
+            r.run(&lease("k", json!({"n": 21}), 1000)).await,
+            Ok(json!(42))
+        );
+        let e = r.run(&lease("k", Value::Null, 1000)).await.unwrap_err();
+        assert_eq!(e, ExecError::fatal("no n"));
+        let e = r
+            .run(&lease("nap", json!({"n": 1}), 100))
+            .await
+            .unwrap_err();
+        assert_eq!(e.message, "timed out after 100 ms");
+        assert!(e.retryable);
     }
 
     #[test]

@@ -40,70 +40,7 @@ pub async fn role_header(mut req: Request, next: Next) -> Response {
     res
 }
 
-/// A token's role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// GET routes.
-    Read,
-    /// Submit and cancel tasks, and read.
-    Submit,
-    /// Register nodes.
-    Agent,
-    /// Everything.
-    Admin,
-}
-
-impl Role {
-    /// Parses `admin`, `submit`, `read` or `agent`.
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "admin" => Some(Role::Admin),
-            "submit" => Some(Role::Submit),
-            "read" => Some(Role::Read),
-            "agent" => Some(Role::Agent),
-            _ => None,
-        }
-    }
-
-    /// `admin`, `submit`, `read` or `agent`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Read => "read",
-            Role::Submit => "submit",
-            Role::Agent => "agent",
-            Role::Admin => "admin",
-        }
-    }
-
-    /// Whether this role includes `need`.
-    pub fn grants(self, need: Role) -> bool {
-        match self {
-            Role::Admin => true,
-            Role::Submit => matches!(need, Role::Submit | Role::Read),
-            Role::Read => need == Role::Read,
-            Role::Agent => need == Role::Agent,
-        }
-    }
-}
-
-/// Parses `role:token` (as given to `--token` / `MUSTER_TOKENS`).
-///
-/// # Errors
-/// A one-line message naming the bad entry.
-pub fn parse_role_token(s: &str) -> Result<(Role, String), String> {
-    let (r, t) = s
-        .split_once(':')
-        .ok_or_else(|| "a token entry must be ROLE:TOKEN".to_string())?;
-    let role = Role::parse(r.trim())
-        .ok_or_else(|| format!("unknown role {r:?}: use admin, submit, read or agent"))?;
-    let t = t.trim();
-    if t.len() < 16 {
-        return Err(format!(
-            "the {r} token is too short: use at least 16 characters"
-        ));
-    }
-    Ok((role, t.to_string()))
-}
+pub use crate::domain::roles::Role;
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -272,34 +209,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn roles_grant_what_the_table_says() {
-        assert!(Role::Admin.grants(Role::Agent));
-        assert!(Role::Submit.grants(Role::Read));
-        assert!(!Role::Submit.grants(Role::Admin));
-        assert!(!Role::Read.grants(Role::Submit));
-        assert!(!Role::Agent.grants(Role::Read));
+    fn node_principals_only_reach_their_own_node() {
         assert!(Principal::Node("n".into()).require(Role::Read).is_err());
         assert!(Principal::Node("n".into()).require_node("n").is_ok());
         assert!(Principal::Node("n".into()).require_node("m").is_err());
         assert!(Principal::Role(Role::Read).require_node("n").is_err());
-    }
-
-    #[test]
-    fn role_token_entries_parse_or_explain() {
-        assert_eq!(
-            parse_role_token("read:0123456789abcdef"),
-            Ok((Role::Read, "0123456789abcdef".into()))
-        );
-        assert!(
-            parse_role_token("reader:0123456789abcdef")
-                .unwrap_err()
-                .contains("unknown role")
-        );
-        assert!(
-            parse_role_token("read:short")
-                .unwrap_err()
-                .contains("too short")
-        );
-        assert!(parse_role_token("0123456789abcdef").is_err());
     }
 }

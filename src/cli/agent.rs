@@ -1,6 +1,9 @@
-//! `muster agent`: a node agent (see `crate::agent`).
+//! `muster agent`: maps the flags onto an [`AgentConfig`] and runs [`agent::run`]
+//! until SIGTERM or Ctrl-C.
 
+use crate::agent::{self, AgentConfig, Executor};
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// Flags of `muster agent`.
 #[derive(Debug, Clone, clap::Args)]
@@ -9,7 +12,7 @@ pub struct AgentArgs {
     #[arg(
         long = "server",
         env = "MUSTER_SERVER",
-        default_value = "http://127.0.0.1:8080",
+        default_value = crate::client::DEFAULT_SERVER,
         value_delimiter = ','
     )]
     pub servers: Vec<String>,
@@ -47,5 +50,32 @@ pub struct AgentArgs {
 /// # Errors
 /// Registration failure or an unusable flag combination.
 pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
-    crate::agent::run_cli(args).await
+    let config = config(args)?;
+    let shutdown = crate::shutdown::on_signals("draining");
+    agent::run(config, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Maps the flags onto an [`AgentConfig`].
+fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
+    let executor = match (args.exec, args.http, args.builtin) {
+        (Some(cmd), None, false) => Executor::Exec(cmd),
+        (None, Some(url), false) => Executor::Http(url),
+        (None, None, true) => Executor::Builtin,
+        (None, None, false) => anyhow::bail!("give --exec CMD, --http URL or --builtin"),
+        _ => anyhow::bail!("give only one of --exec CMD, --http URL or --builtin"),
+    };
+    Ok(AgentConfig {
+        servers: args.servers,
+        token: args.token,
+        queues: args.queues,
+        capacity: args.capacity,
+        tags: args.tags,
+        name: args
+            .name
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(agent::default_name),
+        executor,
+        grace: Duration::from_secs(args.grace_secs),
+    })
 }

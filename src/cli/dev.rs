@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, clap::Args)]
 pub struct DevArgs {
     /// API address.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, default_value = crate::config::DEFAULT_LISTEN)]
     pub listen: String,
     /// Local agents to start.
     #[arg(long, default_value_t = 2)]
@@ -109,12 +109,15 @@ async fn check_not_running(data_dir: &Path, dev_pid_file: &Path) -> anyhow::Resu
             pid,
             "stopping a redis-server left behind by an earlier muster dev"
         );
-        local::send_signal(pid, "TERM");
-        for _ in 0..100 {
-            if !local::process_matches(pid, "redis-server") {
-                break;
+        // A redis that cannot write its AOF out refuses SIGTERM: SIGKILL after 5 s.
+        for signal in ["TERM", "KILL"] {
+            local::send_signal(pid, signal);
+            for _ in 0..100 {
+                if !local::process_matches(pid, "redis-server") {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
     Ok(())
@@ -173,7 +176,7 @@ async fn run_stack(
 
     let mut server_done = None;
     tokio::select! {
-        sig = local::stop_signal() => {
+        sig = crate::shutdown::signal() => {
             eprintln!("{sig}: stopping muster dev (agents, then the control plane, then redis-server)");
         }
         r = &mut server => server_done = Some(r),
@@ -194,7 +197,7 @@ async fn run_stack(
     let mut forced = false;
     tokio::select! {
         _ = drain => {}
-        sig = local::stop_signal() => {
+        sig = crate::shutdown::signal() => {
             eprintln!("{sig} again: stopping now");
             forced = true;
         }

@@ -12,11 +12,11 @@ pub struct DoctorArgs {
     #[arg(
         long,
         env = "MUSTER_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
+        default_value = crate::config::DEFAULT_REDIS_URL
     )]
     pub redis_url: String,
     /// Key namespace.
-    #[arg(long, env = "MUSTER_NAMESPACE", default_value = "muster")]
+    #[arg(long, env = "MUSTER_NAMESPACE", default_value = crate::config::DEFAULT_NAMESPACE)]
     pub namespace: String,
     /// Print JSON.
     #[arg(long)]

@@ -1,12 +1,16 @@
-//! Pieces of a private local stack, shared by `muster dev`, `muster demo` (and bench):
-//! a private `redis-server` on a free loopback port, a watchdog that kills child
-//! processes when muster dies hard, admin tokens, and the stop signals.
+//! Pieces of a private local stack, shared by `muster dev`, `muster demo` and
+//! `muster bench`: a private `redis-server` on a free loopback port, child processes
+//! that die with muster ([`die_with_muster`]), admin tokens, the in-process control
+//! plane ([`LocalPlane`]) and the removal of a key namespace.
 
+use crate::config::Config;
+use crate::startup::Application;
 use anyhow::Context as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
 
 /// The one-line error when `redis-server` is not on PATH.
 pub const NO_REDIS_SERVER: &str = "redis-server not found on PATH: install it (Debian/Ubuntu: sudo apt-get install -y redis-server) or pass --redis-url redis://HOST:PORT to use a running Redis";
@@ -96,65 +100,39 @@ pub fn send_signal(pid: u32, signal: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Resolves when SIGINT (Ctrl-C) or SIGTERM arrives; names the signal.
-pub async fn stop_signal() -> &'static str {
-    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
-    match term {
-        Ok(mut term) => tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = tokio::signal::ctrl_c() => "SIGINT",
-        },
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            "SIGINT"
-        }
-    }
-}
-
-/// A shell process that kills the given pids once muster is gone (killed hard, so
-/// that no destructor ran). Stopped and reaped by [`Watchdog::stop`] or on drop.
-pub struct Watchdog {
-    child: Option<Child>,
-}
-
-impl Watchdog {
-    /// Starts a watchdog for `pids` (best effort: without `sh`, there is none).
-    pub fn start(pids: &[u32]) -> Watchdog {
-        if pids.is_empty() {
-            return Watchdog { child: None };
-        }
-        let list: Vec<String> = pids.iter().map(u32::to_string).collect();
-        let script = format!(
-            "while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill -TERM {list} 2>/dev/null; sleep 5; kill -KILL {list} 2>/dev/null",
-            parent = std::process::id(),
-            list = list.join(" ")
-        );
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn();
-        match child {
-            Ok(c) => Watchdog { child: Some(c) },
-            Err(e) => {
-                tracing::debug!(error = %e, "no watchdog");
-                Watchdog { child: None }
+/// Makes the child that `cmd` spawns receive `signal` when muster dies, however it
+/// dies (`kill -9` included, when no destructor runs): `prctl(PR_SET_PDEATHSIG)` in
+/// the child between fork and exec. Linux only; elsewhere a no-op.
+///
+/// The signal fires when the *thread* that spawned the child exits, so spawn from a
+/// thread that lives as long as muster: the main thread or a runtime worker (as
+/// every command does), never from `spawn_blocking`.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub fn die_with_muster(cmd: &mut Command, signal: libc::c_int) {
+    let parent = std::process::id();
+    let pdeathsig = libc::c_ulong::try_from(signal).unwrap_or(libc::SIGKILL as libc::c_ulong);
+    // SAFETY: the closure runs in the forked child before exec, where only
+    // async-signal-safe calls are allowed: prctl(2) and getppid(2) are, and the
+    // closure neither allocates nor takes locks (`last_os_error` and
+    // `from_raw_os_error` only wrap an errno).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, pdeathsig, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
             }
-        }
-    }
-
-    /// Kills the watchdog and reaps it.
-    pub async fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.start_kill();
-            let _ = c.wait().await;
-        }
+            // Muster may have died between fork and prctl: then no signal would come.
+            if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
     }
 }
+
+/// See the Linux version; other systems have no parent-death signal.
+#[cfg(not(target_os = "linux"))]
+pub fn die_with_muster(_cmd: &mut Command, _signal: i32) {}
 
 /// A private `redis-server` child process on a free loopback port.
 pub struct PrivateRedis {
@@ -162,7 +140,6 @@ pub struct PrivateRedis {
     port: u16,
     pid: u32,
     dir: PathBuf,
-    watchdog: Watchdog,
 }
 
 impl PrivateRedis {
@@ -192,7 +169,12 @@ impl PrivateRedis {
     async fn start_once(bin: &Path, dir: &Path, extra: &[&str]) -> anyhow::Result<PrivateRedis> {
         let port = free_port()?;
         let log = dir.join("redis.log");
-        let mut child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        // SIGTERM: redis writes its AOF out and exits, even when muster was killed hard
+        // (a redis that cannot write it refuses to exit; `muster dev` kills it on its
+        // next start).
+        die_with_muster(&mut cmd, libc::SIGTERM);
+        let mut child = cmd
             .arg("--port")
             .arg(port.to_string())
             .arg("--bind")
@@ -214,18 +196,15 @@ impl PrivateRedis {
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
         let pid = child.id().unwrap_or(0);
-        let watchdog = Watchdog::start(&[pid]);
         let mut redis = PrivateRedis {
             child: None,
             port,
             pid,
             dir: dir.to_path_buf(),
-            watchdog,
         };
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = child.try_wait()? {
-                redis.watchdog.stop().await;
                 anyhow::bail!(
                     "redis-server exited at start ({status}): {}",
                     last_log_line(&log).unwrap_or_else(|| "see its log".into())
@@ -237,7 +216,6 @@ impl PrivateRedis {
             if Instant::now() > deadline {
                 let _ = child.start_kill();
                 let _ = child.wait().await;
-                redis.watchdog.stop().await;
                 anyhow::bail!(
                     "redis-server on port {port} did not answer PING within {READY_TIMEOUT:?}; see {}",
                     log.display()
@@ -279,7 +257,6 @@ impl PrivateRedis {
 
     async fn stop_inner(&mut self) {
         let Some(mut child) = self.child.take() else {
-            self.watchdog.stop().await;
             return;
         };
         if child.try_wait().ok().flatten().is_none() {
@@ -299,7 +276,6 @@ impl PrivateRedis {
                 }
             }
         }
-        self.watchdog.stop().await;
         let _ = std::fs::remove_file(self.dir.join("redis.pid"));
         let _ = std::fs::remove_file(self.dir.join("redis.port"));
     }
@@ -343,6 +319,110 @@ fn last_log_line(log: &Path) -> Option<String> {
         .rev()
         .find(|l| !l.trim().is_empty())
         .map(|l| l.trim().to_string())
+}
+
+/// A control plane run in this process, as `muster demo` and `muster bench` run it:
+/// on a private redis-server, or on a fresh key namespace of a given Redis (removed
+/// again by [`LocalPlane::shutdown`]).
+#[derive(Default)]
+pub struct LocalPlane {
+    /// The private redis-server, when one was started.
+    pub redis: Option<PrivateRedis>,
+    /// Redis URL and namespace to remove at shutdown (only with a given Redis).
+    cleanup_ns: Option<(String, String)>,
+    stop: CancellationToken,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl LocalPlane {
+    /// The Redis to use: `redis_url` with a fresh namespace `<prefix>-<random>`, else a
+    /// private redis-server in `dir` started with `persistence` arguments and the
+    /// namespace `muster`. Returns the URL and the namespace.
+    ///
+    /// # Errors
+    /// The private redis-server did not start.
+    pub async fn redis(
+        &mut self,
+        redis_url: Option<&str>,
+        prefix: &str,
+        dir: &Path,
+        persistence: &[&str],
+    ) -> anyhow::Result<(String, String)> {
+        match redis_url {
+            Some(url) => {
+                let ns = format!("{prefix}-{}", &random_hex_token()[..12]);
+                self.cleanup_ns = Some((url.to_string(), ns.clone()));
+                Ok((url.to_string(), ns))
+            }
+            None => {
+                let r = PrivateRedis::start(dir, persistence).await?;
+                let url = r.url();
+                self.redis = Some(r);
+                Ok((url, crate::config::DEFAULT_NAMESPACE.to_string()))
+            }
+        }
+    }
+
+    /// Builds the control plane from `cfg` and runs it in the background; returns
+    /// its URL.
+    ///
+    /// # Errors
+    /// See [`Application::build`].
+    pub async fn serve(&mut self, cfg: Config) -> anyhow::Result<String> {
+        let app = Application::build(cfg).await?;
+        let url = format!("http://{}", app.local_addr());
+        self.server = Some(tokio::spawn(app.run(self.stop.clone())));
+        Ok(url)
+    }
+
+    /// Stops the control plane (15 s, then it is aborted), removes the namespace and
+    /// stops the private redis-server; `what` names the command in a warning.
+    pub async fn shutdown(&mut self, what: &str) {
+        self.stop.cancel();
+        if let Some(mut h) = self.server.take()
+            && tokio::time::timeout(Duration::from_secs(15), &mut h)
+                .await
+                .is_err()
+        {
+            h.abort();
+        }
+        if let Some((url, ns)) = self.cleanup_ns.take()
+            && let Err(e) = delete_namespace(&url, &ns).await
+        {
+            tracing::warn!(error = %e, namespace = %ns, "could not remove the {what}'s keys");
+        }
+        if let Some(r) = self.redis.take() {
+            r.stop().await;
+        }
+    }
+}
+
+/// Deletes every key under `ns` (best effort, standalone Redis): what `muster demo`
+/// and `muster bench` leave in a Redis given with `--redis-url`.
+///
+/// # Errors
+/// Redis unreachable or failing.
+pub async fn delete_namespace(url: &str, ns: &str) -> anyhow::Result<()> {
+    let client = redis::Client::open(url)?;
+    let mut c = client.get_multiplexed_async_connection().await?;
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{ns}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut c)
+            .await?;
+        if !keys.is_empty() {
+            let _: i64 = redis::cmd("UNLINK").arg(&keys).query_async(&mut c).await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
 }
 
 /// A running child process of muster (an agent), killed on drop.

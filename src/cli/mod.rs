@@ -50,19 +50,24 @@ pub enum Command {
     Bench(bench::BenchArgs),
 }
 
+impl Command {
+    /// Commands whose logs stay at warnings by default (their output is the point).
+    pub fn quiet(&self) -> bool {
+        matches!(
+            self,
+            Command::Submit(_)
+                | Command::Task(_)
+                | Command::Queues(_)
+                | Command::Nodes(_)
+                | Command::Schedules(_)
+                | Command::Demo(_)
+                | Command::Bench(_)
+        )
+    }
+}
+
 /// Runs the command and maps errors to a one-line message and a non-zero exit.
 pub fn main(cli: Cli) -> ExitCode {
-    let quiet = matches!(
-        cli.command,
-        Command::Submit(_)
-            | Command::Task(_)
-            | Command::Queues(_)
-            | Command::Nodes(_)
-            | Command::Schedules(_)
-            | Command::Demo(_)
-            | Command::Bench(_)
-    );
-    crate::telemetry::init(&cli.log_format, quiet);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,6 +1,8 @@
 //! `muster serve`: the control plane.
 
-use crate::config::Config;
+use crate::config::{self, Config};
+use crate::domain::limits::MAX_WAIT_MS;
+use crate::domain::roles::parse_role_token;
 use crate::startup::Application;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -9,13 +11,13 @@ use std::time::Duration;
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
     /// HTTP listen address.
-    #[arg(long, env = "MUSTER_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "MUSTER_LISTEN", default_value = config::DEFAULT_LISTEN)]
     pub listen: String,
     /// Redis URL.
     #[arg(
         long,
         env = "MUSTER_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
+        default_value = config::DEFAULT_REDIS_URL
     )]
     pub redis_url: String,
     /// Admin bearer token.
@@ -47,33 +49,42 @@ pub struct ServeArgs {
     #[arg(long)]
     pub dispatchers: Option<usize>,
     /// Key namespace.
-    #[arg(long, env = "MUSTER_NAMESPACE", default_value = "muster")]
+    #[arg(long, env = "MUSTER_NAMESPACE", default_value = config::DEFAULT_NAMESPACE)]
     pub namespace: String,
     /// Heartbeat interval told to agents, ms; a node is offline after 3 missed.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = config::DEFAULT_HEARTBEAT_MS)]
     pub heartbeat_interval_ms: u64,
     /// Longest a long-poll is held, ms (clients may ask for up to 60000).
-    #[arg(long, default_value_t = 60_000)]
+    #[arg(long, default_value_t = MAX_WAIT_MS as u64)]
     pub max_wait_ms: u64,
     /// Reaper interval (expired leases, due tasks), ms.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = config::DEFAULT_REAPER_MS)]
     pub reaper_interval_ms: u64,
 }
 
 /// Runs the control plane until SIGTERM / Ctrl-C.
 ///
 /// # Errors
-/// Bad flags, Redis unusable, or a component that died.
+/// Bad flags (checked by [`Config::validate`] in [`Application::build`]), Redis
+/// unusable, or a component that died.
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let cfg = config(args)?;
+    let app = Application::build(cfg).await?;
+    app.run(crate::shutdown::on_signals("shutting down"))
+        .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Maps the flags onto a [`Config`]; reads `--tokens-file`.
+fn config(args: ServeArgs) -> anyhow::Result<Config> {
     let mut cfg = Config::new(args.listen, args.redis_url);
     cfg.namespace = args.namespace;
     cfg.admin_token = args.admin_token.filter(|t| !t.is_empty());
     cfg.no_auth = args.no_auth;
-    if let Some(r) = args.rate_limit {
-        anyhow::ensure!(r > 0.0, "--rate-limit must be above 0");
-        cfg.rate_limit = Some((r, args.rate_burst.unwrap_or(2.0 * r)));
-    }
-    let mut entries: Vec<String> = args.tokens.clone();
+    cfg.rate_limit = args
+        .rate_limit
+        .map(|r| (r, args.rate_burst.unwrap_or(2.0 * r)));
+    let mut entries: Vec<String> = args.tokens;
     if let Some(path) = &args.tokens_file {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read --tokens-file {}: {e}", path.display()))?;
@@ -85,30 +96,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         );
     }
     for t in entries.iter().filter(|t| !t.trim().is_empty()) {
-        cfg.tokens.push(
-            crate::api::auth::parse_role_token(t).map_err(|e| anyhow::anyhow!("--token: {e}"))?,
-        );
+        cfg.tokens
+            .push(parse_role_token(t).map_err(|e| anyhow::anyhow!("--token: {e}"))?);
     }
     if let Some(n) = args.dispatchers {
-        anyhow::ensure!(n >= 1, "--dispatchers must be at least 1");
         cfg.dispatchers = n;
     }
-    anyhow::ensure!(
-        args.heartbeat_interval_ms >= 100,
-        "--heartbeat-interval-ms must be at least 100"
-    );
-    anyhow::ensure!(
-        args.reaper_interval_ms >= 10,
-        "--reaper-interval-ms must be at least 10"
-    );
     cfg.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms);
     cfg.reaper_interval = Duration::from_millis(args.reaper_interval_ms);
-    anyhow::ensure!(
-        args.max_wait_ms <= 60_000,
-        "--max-wait-ms must be at most 60000"
-    );
     cfg.max_wait = Duration::from_millis(args.max_wait_ms);
-    let app = Application::build(cfg).await?;
-    app.run(crate::shutdown::on_signals()).await?;
-    Ok(ExitCode::SUCCESS)
+    Ok(cfg)
 }

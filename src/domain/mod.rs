@@ -4,8 +4,10 @@
 pub mod batches;
 pub mod coord;
 pub mod cron;
+pub mod limits;
 pub mod nodes;
 pub mod queues;
+pub mod roles;
 pub mod spec;
 pub mod validate;
 

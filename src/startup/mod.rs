@@ -27,16 +27,14 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects to Redis, checks it, loads the scripts and binds the listener.
+    /// Validates the config, connects to Redis, checks it, loads the scripts and binds
+    /// the listener.
     ///
     /// # Errors
-    /// Redis unreachable or unsuitable, or the address taken.
+    /// A setting out of range ([`crate::config::ConfigError`]), Redis unreachable or
+    /// unsuitable, or the address taken.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
-        if config.admin_token.is_none() && !config.no_auth {
-            anyhow::bail!(
-                "no admin token: set MUSTER_ADMIN_TOKEN (or --admin-token), or use --no-auth on a loopback address"
-            );
-        }
+        config.validate()?;
         let store = Store::connect(&config.redis_url, &config.namespace, config.redis_timeout)
             .await
             .with_context(|| {

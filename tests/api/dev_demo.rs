@@ -289,6 +289,63 @@ fn dev_runs_tasks_and_ctrl_c_leaves_no_process_behind() {
     assert!(TcpStream::connect(("127.0.0.1", redis_port2)).is_err());
 }
 
+/// True while `pid` runs (a zombie, not yet reaped by init, does not count).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .is_some_and(|zombie| !zombie)
+}
+
+#[test]
+fn dev_killed_with_sigkill_takes_its_redis_server_with_it() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let logs = tempfile::tempdir().expect("temp dir");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut dev = Dev::start(&listen, data.path(), 1, &logs.path().join("dev1.err"));
+    dev.wait_token();
+    let read = |name: &str| -> u32 {
+        std::fs::read_to_string(data.path().join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let redis_pid = read("redis.pid");
+    let redis_port = u16::try_from(read("redis.port")).expect("a port");
+    assert!(running(redis_pid), "the private redis-server runs");
+    // No watchdog process: the kernel signals redis-server when muster dies.
+    let children = children_of(dev.pid());
+    assert!(
+        children.iter().all(|(_, cmd)| cmd.contains("redis-server")),
+        "muster dev has children besides redis-server: {children:?}"
+    );
+
+    let status = dev.stop("KILL", Duration::from_secs(10));
+    assert!(!status.success(), "{status}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while running(redis_pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !running(redis_pid),
+        "redis-server (pid {redis_pid}) outlived muster dev killed with SIGKILL"
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", redis_port)).is_err(),
+        "the private redis-server still listens on {redis_port}"
+    );
+
+    // The data directory is usable again at once.
+    let mut dev2 = Dev::start(&listen, data.path(), 0, &logs.path().join("dev2.err"));
+    dev2.wait_token();
+    let status = dev2.stop("INT", Duration::from_secs(60));
+    assert!(status.success(), "{status}: {}", dev2.diagnostics());
+}
+
 #[test]
 fn dev_and_demo_without_redis_server_say_how_to_get_it() {
     let empty = tempfile::tempdir().expect("temp dir");

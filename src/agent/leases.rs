@@ -1,0 +1,221 @@
+//! Leasing and running: the lease loop (long-polls for at most the free slots), one
+//! runner per leased task (the executor raced against renewal and stop requests),
+//! and the renewal at a third of the lease TTL.
+
+use super::backoff::Backoff;
+use super::exec;
+use super::state::{Agent, StopReason, TaskHandle, lock, node_forgotten};
+use super::{CANCELLED_ERROR, LEASE_WAIT_MS, SHUTDOWN_ERROR};
+use crate::domain::{ExtendRequest, Lease, Report, ReportOutcome};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+/// Leases tasks while slots are free, until `shutdown`.
+pub(super) async fn lease_loop(
+    agent: &Arc<Agent>,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(agent.config.capacity as usize));
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
+    loop {
+        // Wait for a free slot: no polling while the node is full.
+        let first = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let max = u32::try_from(slots.available_permits())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
+        let s = agent.session();
+        let asked = Instant::now();
+        let res = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            r = agent.client.nodes_lease(&s.id, &s.token, max, LEASE_WAIT_MS) => r,
+        };
+        match res {
+            Ok(reply) => {
+                if reply.leases.is_empty() {
+                    drop(first);
+                    // A server that answers an empty long-poll at once (draining node,
+                    // no long-poll support) must not turn this loop into a busy one.
+                    if asked.elapsed() < Duration::from_millis(LEASE_WAIT_MS / 2) {
+                        let delay = backoff.next_delay();
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                    }
+                    continue;
+                }
+                backoff.reset();
+                let mut first = Some(first);
+                for lease in reply.leases {
+                    let permit = first
+                        .take()
+                        .or_else(|| slots.clone().try_acquire_owned().ok());
+                    match permit {
+                        Some(p) => {
+                            tasks.spawn(run_task(agent.clone(), lease, p));
+                        }
+                        None => {
+                            tracing::warn!(node_id = %s.id, task_id = %lease.task.id, "server granted more leases than asked; giving it back");
+                            agent.send_report(failed_report(&lease, "node at capacity", true));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                drop(first);
+                if node_forgotten(&e) {
+                    agent.reregister(&s.id, shutdown).await;
+                    continue;
+                }
+                let delay = e.retry_after().unwrap_or_else(|| backoff.next_delay());
+                tracing::warn!(node_id = %s.id, error = %e, retry_in_ms = delay.as_millis() as u64, "lease failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+fn failed_report(lease: &Lease, error: &str, retryable: bool) -> Report {
+    Report {
+        task_id: lease.task.id.clone(),
+        lease_token: lease.lease_token.clone(),
+        outcome: ReportOutcome::Failed,
+        result: None,
+        error: Some(error.to_string()),
+        retryable: Some(retryable),
+    }
+}
+
+/// Runs one leased task: the executor raced against renewal and stop requests; the
+/// slot (`permit`) is freed once the outcome is queued for reporting.
+async fn run_task(agent: Arc<Agent>, lease: Lease, permit: OwnedSemaphorePermit) {
+    let handle = Arc::new(TaskHandle::default());
+    let task_id = lease.task.id.clone();
+    lock(&agent.running).insert(task_id.clone(), handle.clone());
+    let node_id = agent.session().id.clone();
+    let span = tracing::info_span!("task", task_id = %task_id, node_id = %node_id, kind = %lease.task.kind);
+    async {
+        tracing::debug!(attempt = lease.task.attempts, fence = lease.fence, "task started");
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            r = agent.runner.run(&lease) => Some(r),
+            _ = handle.stop.cancelled() => None,
+            () = renew_loop(&agent, &lease, &handle) => None,
+        };
+        {
+            let mut running = lock(&agent.running);
+            if running.get(&task_id).is_some_and(|h| Arc::ptr_eq(h, &handle)) {
+                running.remove(&task_id);
+            }
+        }
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let report = match (outcome, handle.reason()) {
+            (Some(Ok(result)), _) => {
+                tracing::debug!(elapsed_ms, "task succeeded");
+                Some(Report {
+                    task_id: task_id.clone(),
+                    lease_token: lease.lease_token.clone(),
+                    outcome: ReportOutcome::Succeeded,
+                    result: Some(result),
+                    error: None,
+                    retryable: None,
+                })
+            }
+            (Some(Err(e)), _) => {
+                tracing::info!(elapsed_ms, error = %e.message, retryable = e.retryable, "task failed");
+                Some(failed_report(&lease, &e.message, e.retryable))
+            }
+            (None, Some(StopReason::Cancelled)) => {
+                tracing::info!(elapsed_ms, "task cancelled");
+                Some(failed_report(&lease, CANCELLED_ERROR, false))
+            }
+            (None, Some(StopReason::Shutdown)) => {
+                tracing::info!(elapsed_ms, "task killed by the shutdown");
+                Some(failed_report(&lease, SHUTDOWN_ERROR, true))
+            }
+            (None, Some(StopReason::LeaseLost) | None) => {
+                tracing::info!(elapsed_ms, "lease lost: task stopped, not reported");
+                None
+            }
+        };
+        if let Some(r) = report {
+            agent.send_report(r);
+        }
+        drop(permit);
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Renews the lease every third of the TTL until the task is stopped; returns after
+/// stopping it (lease lost or cancel requested).
+async fn renew_loop(agent: &Agent, lease: &Lease, handle: &TaskHandle) {
+    let ttl = exec::lease_ttl(lease);
+    let every = (ttl / 3).max(Duration::from_millis(20));
+    // Our own estimate of the lease deadline, kept conservative.
+    let mut deadline = Instant::now() + ttl;
+    let mut next = every;
+    let req = ExtendRequest {
+        lease_token: lease.lease_token.clone(),
+        progress: None,
+    };
+    loop {
+        tokio::time::sleep(next).await;
+        let sent = Instant::now();
+        let s = agent.session();
+        match agent
+            .client
+            .tasks_extend(&lease.task.id, &s.token, &req)
+            .await
+        {
+            Ok(reply) => {
+                deadline = sent + ttl;
+                next = every;
+                if reply.cancel_requested {
+                    tracing::info!("cancel requested: stopping the task");
+                    handle.stop(StopReason::Cancelled);
+                    return;
+                }
+            }
+            Err(e) if matches!(e.status(), Some(404 | 409)) => {
+                tracing::warn!(error = %e, "lease lost: stopping the task");
+                handle.stop(StopReason::LeaseLost);
+                return;
+            }
+            Err(e) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    tracing::warn!(error = %e, "lease expired without a renewal: stopping the task");
+                    handle.stop(StopReason::LeaseLost);
+                    return;
+                }
+                // Retry soon, well inside what is left of the lease: a Retry-After
+                // that lands on the deadline races the reaper (a Redis blip would
+                // expire healthy leases).
+                let left = deadline - now;
+                next = e
+                    .retry_after()
+                    .unwrap_or(Duration::from_millis(200))
+                    .min(Duration::from_millis(200))
+                    .min(left / 4);
+                tracing::warn!(error = %e, retry_in_ms = next.as_millis() as u64, "lease renewal failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Typed calls of the agent protocol: register, heartbeat, lease, extend, reports and
+//! deregister. Every call but `nodes_register` carries the node's own token.
+
+use super::{Client, ClientError};
+use crate::domain::{
+    ExtendReply, ExtendRequest, HeartbeatReply, LeaseReply, LeaseRequest, NodeRegistered,
+    RegisterNode, ReportBatch, ReportBatchReply,
+};
+use reqwest::Method;
+use std::time::Duration;
+
+/// Extra time a lease long-poll gets beyond its `wait_ms`.
+pub const LONG_POLL_SLACK: Duration = Duration::from_secs(10);
+
+impl Client {
+    /// `POST /v1/nodes` with a token allowed to register nodes (`None`: the client's).
+    ///
+    /// # Errors
+    /// See [`ClientError`].
+    pub async fn nodes_register(
+        &self,
+        token: Option<&str>,
+        body: &RegisterNode,
+    ) -> Result<NodeRegistered, ClientError> {
+        let mut req = self.request(Method::POST, &["v1", "nodes"]).json(body);
+        if token.is_some() {
+            req = req.token(token);
+        }
+        req.fetch().await
+    }
+
+    /// `POST /v1/nodes/{id}/heartbeat`.
+    ///
+    /// # Errors
+    /// See [`ClientError`].
+    pub async fn nodes_heartbeat(
+        &self,
+        node_id: &str,
+        token: &str,
+    ) -> Result<HeartbeatReply, ClientError> {
+        self.request(Method::POST, &["v1", "nodes", node_id, "heartbeat"])
+            .token(Some(token))
+            .json(&serde_json::json!({}))
+            .fetch()
+            .await
+    }
+
+    /// `POST /v1/nodes/{id}/lease`, long-polling up to `wait_ms`.
+    ///
+    /// # Errors
+    /// See [`ClientError`].
+    pub async fn nodes_lease(
+        &self,
+        node_id: &str,
+        token: &str,
+        max: u32,
+        wait_ms: u64,
+    ) -> Result<LeaseReply, ClientError> {
+        let body = LeaseRequest {
+            max: Some(i64::from(max)),
+            wait_ms: Some(i64::try_from(wait_ms).unwrap_or(i64::MAX)),
+        };
+        self.request(Method::POST, &["v1", "nodes", node_id, "lease"])
+            .token(Some(token))
+            .json(&body)
+            .timeout(Duration::from_millis(wait_ms) + LONG_POLL_SLACK)
+            .fetch()
+            .await
+    }
+
+    /// `POST /v1/tasks/{id}/extend`.
+    ///
+    /// # Errors
+    /// See [`ClientError`]; 409 and 404 mean the lease is lost.
+    pub async fn tasks_extend(
+        &self,
+        task_id: &str,
+        token: &str,
+        body: &ExtendRequest,
+    ) -> Result<ExtendReply, ClientError> {
+        self.request(Method::POST, &["v1", "tasks", task_id, "extend"])
+            .token(Some(token))
+            .json(body)
+            .fetch()
+            .await
+    }
+
+    /// `POST /v1/nodes/{id}/reports`.
+    ///
+    /// # Errors
+    /// See [`ClientError`].
+    pub async fn nodes_reports(
+        &self,
+        node_id: &str,
+        token: &str,
+        body: &ReportBatch,
+    ) -> Result<ReportBatchReply, ClientError> {
+        self.request(Method::POST, &["v1", "nodes", node_id, "reports"])
+            .token(Some(token))
+            .json(body)
+            .fetch()
+            .await
+    }
+
+    /// `DELETE /v1/nodes/{id}`.
+    ///
+    /// # Errors
+    /// See [`ClientError`].
+    pub async fn nodes_deregister(&self, node_id: &str, token: &str) -> Result<(), ClientError> {
+        self.request(Method::DELETE, &["v1", "nodes", node_id])
+            .token(Some(token))
+            .fetch::<serde::de::IgnoredAny>()
+            .await
+            .map(|_| ())
+    }
+}
