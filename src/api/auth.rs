@@ -150,6 +150,90 @@ impl FromRequestParts<AppState> for Principal {
     }
 }
 
+/// What a route needs of its caller. Checked by [`Authorized`] while the request's head
+/// is extracted, so a caller without the right is refused before its body is read or
+/// parsed (a low-privilege token cannot make the server parse 32 MiB for a 403).
+pub trait Need: Send + Sync + 'static {
+    /// Allows `who` on the request whose head is `parts`, or says why not.
+    ///
+    /// # Errors
+    /// 403.
+    fn check(who: &Principal, parts: &Parts) -> Result<(), ApiError>;
+}
+
+/// The `submit` role (or admin).
+pub struct NeedSubmit;
+/// The `agent` role (or admin).
+pub struct NeedAgent;
+/// The admin token.
+pub struct NeedAdmin;
+/// A node token, or admin acting for any node: the lease operations.
+pub struct NeedLeaseHolder;
+/// The token of the node named by the path's `{id}` (`/v1/nodes/{id}/...`), or admin.
+pub struct NeedPathNode;
+/// Handler locks: node and agent tokens, or `submit` and up.
+pub struct NeedLocker;
+
+impl Need for NeedSubmit {
+    fn check(who: &Principal, _: &Parts) -> Result<(), ApiError> {
+        who.require(Role::Submit)
+    }
+}
+impl Need for NeedAgent {
+    fn check(who: &Principal, _: &Parts) -> Result<(), ApiError> {
+        who.require(Role::Agent)
+    }
+}
+impl Need for NeedAdmin {
+    fn check(who: &Principal, _: &Parts) -> Result<(), ApiError> {
+        who.require_admin()
+    }
+}
+impl Need for NeedLeaseHolder {
+    fn check(who: &Principal, _: &Parts) -> Result<(), ApiError> {
+        who.require_lease_holder()
+    }
+}
+impl Need for NeedPathNode {
+    fn check(who: &Principal, parts: &Parts) -> Result<(), ApiError> {
+        // `/v1/nodes/{id}/...`: the id is the third segment (percent-decoding is not
+        // needed: a node id is a ULID, and anything else matches no node).
+        let id = parts.uri.path().split('/').nth(3).unwrap_or("");
+        who.require_node(id)
+    }
+}
+impl Need for NeedLocker {
+    fn check(who: &Principal, _: &Parts) -> Result<(), ApiError> {
+        match who {
+            Principal::Node(_) | Principal::Role(Role::Agent) => Ok(()),
+            other => other.require(Role::Submit),
+        }
+    }
+}
+
+/// A caller allowed by `N`, checked before the body (extractors of the head run first).
+pub struct Authorized<N: Need>(pub Principal, std::marker::PhantomData<N>);
+
+impl<N: Need> std::ops::Deref for Authorized<N> {
+    type Target = Principal;
+    fn deref(&self) -> &Principal {
+        &self.0
+    }
+}
+
+impl<N: Need> FromRequestParts<AppState> for Authorized<N> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let who = Principal::from_request_parts(parts, state).await?;
+        N::check(&who, parts)?;
+        Ok(Authorized(who, std::marker::PhantomData))
+    }
+}
+
 /// A request's caller, found by the rate limiter before the handler runs.
 #[derive(Clone)]
 pub(crate) struct Authenticated(pub(crate) Principal);

@@ -1,7 +1,7 @@
 //! Batch routes: fan-out (children in any queues) and fan-in (a `then` task submitted
 //! exactly once when every child ended). See `crate::workers::coordinator` for the follow-up side.
 
-use super::auth::{Principal, Role};
+use super::auth::{Authorized, NeedSubmit, Principal, Role};
 use super::error::{ApiError, ApiResult};
 use super::openapi::parts::{BadRequest, Guarded, Invalid, JsonBody, NotFound, UnknownDependency};
 use super::tasks::{prepare, store_tasks};
@@ -114,7 +114,7 @@ async fn add_chunk(
 /// 422 invalid children or then task, 503 Redis down.
 pub async fn batches_create(
     State(st): State<AppState>,
-    who: Principal,
+    who: Authorized<NeedSubmit>,
     Json(body): Json<NewBatch>,
 ) -> ApiResult<(StatusCode, Json<Batch>)> {
     who.require(Role::Submit)?;
@@ -242,7 +242,7 @@ pub async fn batches_results(
 /// 404 unknown batch, 409 finished batch, 422 invalid children.
 pub async fn batches_add(
     State(st): State<AppState>,
-    who: Principal,
+    who: Authorized<NeedSubmit>,
     Path(id): Path<String>,
     Json(body): Json<BatchTasks>,
 ) -> ApiResult<(StatusCode, Json<BatchTasksAdded>)> {

@@ -2,7 +2,7 @@
 //! them: node tokens (handlers run on nodes), and the `agent`, `submit` and `admin`
 //! roles; a `read` token may not (taking a lock is a write).
 
-use super::auth::{Principal, Role};
+use super::auth::{Authorized, NeedLocker, Principal, Role};
 use super::error::{ApiError, ApiResult};
 use super::openapi::parts::{BadRequest, Guarded, Invalid};
 use super::{AppState, Json};
@@ -80,7 +80,7 @@ fn not_holder(name: &str) -> ApiError {
 /// 409 `lock_held` with Retry-After, 422 bad TTL, 400 bad name.
 pub async fn locks_acquire(
     State(st): State<AppState>,
-    who: Principal,
+    who: Authorized<NeedLocker>,
     Path(name): Path<String>,
     Json(body): Json<LockAcquire>,
 ) -> ApiResult<Response> {
@@ -138,7 +138,7 @@ pub async fn locks_acquire(
 /// 409 `lock_not_held`, 422 bad TTL or token.
 pub async fn locks_extend(
     State(st): State<AppState>,
-    who: Principal,
+    who: Authorized<NeedLocker>,
     Path(name): Path<String>,
     Json(body): Json<LockExtend>,
 ) -> ApiResult<Json<Lock>> {
@@ -179,7 +179,7 @@ pub async fn locks_extend(
 /// 409 `lock_not_held`, 422 bad token.
 pub async fn locks_release(
     State(st): State<AppState>,
-    who: Principal,
+    who: Authorized<NeedLocker>,
     Path(name): Path<String>,
     Json(body): Json<LockRelease>,
 ) -> ApiResult<StatusCode> {

@@ -19,7 +19,6 @@ use crate::service::directory::Directory;
 use crate::service::hub::Hub;
 use crate::store::Store;
 use axum::Router;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request};
 use axum::routing::{get, post};
 use error::ApiError;
@@ -66,41 +65,92 @@ pub struct Json<T>(pub T);
 
 impl<T, S> FromRequest<S> for Json<T>
 where
-    T: serde::de::DeserializeOwned,
+    T: serde::de::DeserializeOwned + Send + 'static,
     S: Send + Sync,
 {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        // Through a Value first: every body of this API is an object, and serde would
-        // otherwise also read a struct from an array of its fields.
-        match axum::Json::<serde_json::Value>::from_request(req, state).await {
-            Ok(axum::Json(v)) => {
-                if !v.is_object() {
-                    return Err(ApiError::invalid(
-                        "invalid_body",
-                        "the body must be a JSON object",
-                    ));
+        let json_type = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<mime_type::Essence>().ok())
+            .is_some_and(|m| m.is_json());
+        if !json_type {
+            return Err(ApiError::UnsupportedMediaType(
+                "send the body as JSON with 'Content-Type: application/json'".into(),
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| {
+                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::TooLarge(format!("the request body exceeds {MAX_BODY} bytes"))
+                } else {
+                    ApiError::bad("unreadable_body", e.body_text())
                 }
-                serde_json::from_value(v)
-                    .map(Json)
-                    .map_err(|e| ApiError::invalid("invalid_body", e.to_string()))
-            }
-            Err(r) => Err(match r {
-                JsonRejection::JsonDataError(e) => ApiError::invalid("invalid_body", e.body_text()),
-                JsonRejection::JsonSyntaxError(e) => ApiError::bad("malformed_json", e.body_text()),
-                JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
-                    "send the body as JSON with 'Content-Type: application/json'".into(),
-                ),
-                JsonRejection::BytesRejection(e) => {
-                    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                        ApiError::TooLarge(format!("the request body exceeds {MAX_BODY} bytes"))
-                    } else {
-                        ApiError::bad("unreadable_body", e.body_text())
-                    }
-                }
-                other => ApiError::bad("invalid_body", other.body_text()),
-            }),
+            })?;
+        // Small bodies parse here; large ones on the blocking pool, a few at a time, so
+        // that a burst of big or deeply nested bodies cannot stall the async workers.
+        if bytes.len() <= PARSE_INLINE {
+            return parse_body(&bytes);
+        }
+        let _permit = LARGE_PARSES
+            .acquire()
+            .await
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("parse gate closed: {e}")))?;
+        tokio::task::spawn_blocking(move || parse_body(&bytes))
+            .await
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("body parse task: {e}")))?
+    }
+}
+
+/// Bodies up to this size are parsed on the async worker that read them.
+pub const PARSE_INLINE: usize = 256 * 1024;
+/// Large bodies parsed at once (the rest wait their turn).
+static LARGE_PARSES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// A JSON object body into `T`. Through a `Value` first: every body of this API is an
+/// object, and serde would otherwise also read a struct from an array of its fields.
+fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<Json<T>, ApiError> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        if e.is_data() {
+            ApiError::invalid("invalid_body", e.to_string())
+        } else {
+            ApiError::bad("malformed_json", format!("the body is not valid JSON: {e}"))
+        }
+    })?;
+    if !v.is_object() {
+        return Err(ApiError::invalid(
+            "invalid_body",
+            "the body must be a JSON object",
+        ));
+    }
+    serde_json::from_value(v)
+        .map(Json)
+        .map_err(|e| ApiError::invalid("invalid_body", e.to_string()))
+}
+
+/// `Content-Type` essence check: `application/json` or `application/<x>+json`.
+mod mime_type {
+    pub struct Essence(String);
+    impl std::str::FromStr for Essence {
+        type Err = ();
+        fn from_str(s: &str) -> Result<Self, ()> {
+            let essence = s
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            Ok(Essence(essence))
+        }
+    }
+    impl Essence {
+        pub fn is_json(&self) -> bool {
+            self.0 == "application/json"
+                || (self.0.starts_with("application/") && self.0.ends_with("+json"))
         }
     }
 }

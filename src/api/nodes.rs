@@ -1,7 +1,7 @@
 //! Node routes and the agent protocol: register, list, heartbeat, drain, deregister,
 //! lease (long-poll) and batched reports.
 
-use super::auth::{Principal, Role};
+use super::auth::{Authorized, NeedAgent, NeedPathNode, Principal, Role};
 use super::error::{ApiError, ApiResult};
 use super::openapi::parts::{BadRequest, Guarded, Invalid, JsonBody, NotFound};
 use super::tasks::{after_report, error_text, result_json};
@@ -42,7 +42,7 @@ async fn node_or_404(st: &AppState, id: &str) -> ApiResult<NodeRecord> {
 /// 422 invalid fields.
 pub async fn nodes_register(
     State(st): State<AppState>,
-    who: Principal,
+    who: Authorized<NeedAgent>,
     Json(body): Json<RegisterNode>,
 ) -> ApiResult<(StatusCode, Json<NodeRegistered>)> {
     who.require(Role::Agent)?;
@@ -419,7 +419,7 @@ pub async fn nodes_lease(
 #[tracing::instrument(skip_all, fields(node_id = %id))]
 pub async fn nodes_reports(
     State(st): State<AppState>,
-    who: Principal,
+    who: Authorized<NeedPathNode>,
     Path(id): Path<String>,
     Json(body): Json<ReportBatch>,
 ) -> ApiResult<Json<ReportBatchReply>> {

@@ -1,6 +1,6 @@
 //! Queue routes: list with counts, read, settings, pause and resume.
 
-use super::auth::{Principal, Role};
+use super::auth::{Authorized, NeedAdmin, Principal, Role};
 use super::error::{ApiError, ApiResult};
 use super::openapi::parts::{BadRequest, Guarded, Invalid, JsonBody, NotFound};
 use super::{AppState, Json};
@@ -86,7 +86,7 @@ pub async fn queues_get(
 /// 400 bad name, 422 bad values.
 pub async fn queues_put(
     State(st): State<AppState>,
-    who: Principal,
+    who: Authorized<NeedAdmin>,
     Path(name): Path<String>,
     Json(body): Json<QueueUpdate>,
 ) -> ApiResult<Json<QueueInfo>> {

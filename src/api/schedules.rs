@@ -2,7 +2,7 @@
 //! last fires), delete, pause and resume. Reading needs `read`; changing needs
 //! `submit` (a schedule submits tasks on the caller's behalf) or `admin`.
 
-use super::auth::{Principal, Role};
+use super::auth::{Authorized, NeedSubmit, Principal, Role};
 use super::error::{ApiError, ApiResult};
 use super::openapi::parts::{BadRequest, Guarded, JsonBody, NotFound};
 use super::{AppState, Json};
@@ -95,7 +95,7 @@ async fn load(st: &AppState, name: &str, fires: i64) -> ApiResult<Schedule> {
 /// 422 invalid cron, time zone or task; 409 name taken.
 pub async fn schedules_create(
     State(st): State<AppState>,
-    who: Principal,
+    who: Authorized<NeedSubmit>,
     Json(body): Json<NewSchedule>,
 ) -> ApiResult<(StatusCode, Json<Schedule>)> {
     who.require(Role::Submit)?;

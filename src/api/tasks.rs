@@ -1,7 +1,7 @@
 //! Task routes: submit (single, batch), read, list, wait, cancel, retry, delete, and
 //! the lease operations of the agent protocol (extend, complete, fail).
 
-use super::auth::{Principal, Role};
+use super::auth::{Authorized, NeedLeaseHolder, NeedSubmit, Principal, Role};
 use super::error::{ApiError, ApiResult};
 use super::openapi::parts::{
     BadRequest, Conflict, Guarded, Invalid, JsonBody, NotFound, UnknownDependency,
@@ -122,7 +122,7 @@ fn created(t: PreparedTask, now_ms: i64, (state, run_at): (TaskState, i64)) -> T
 /// 422 invalid task, 413 payload too large, 503 Redis down.
 pub async fn tasks_create(
     State(st): State<AppState>,
-    who: Principal,
+    who: Authorized<NeedSubmit>,
     headers: HeaderMap,
     Json(body): Json<NewTask>,
 ) -> ApiResult<(StatusCode, Json<Task>)> {
@@ -168,7 +168,7 @@ pub async fn tasks_create(
 /// 422 naming the first invalid task, 503 Redis down.
 pub async fn tasks_batch(
     State(st): State<AppState>,
-    who: Principal,
+    who: Authorized<NeedSubmit>,
     headers: HeaderMap,
     Json(body): Json<NewTaskBatch>,
 ) -> ApiResult<(StatusCode, Json<BatchCreated>)> {
@@ -510,7 +510,7 @@ fn progress_json(p: &Option<serde_json::Value>) -> ApiResult<Option<String>> {
 #[tracing::instrument(skip_all, fields(task_id = %id))]
 pub async fn tasks_extend(
     State(st): State<AppState>,
-    who: Principal,
+    who: Authorized<NeedLeaseHolder>,
     Path(id): Path<String>,
     Json(body): Json<ExtendRequest>,
 ) -> ApiResult<Json<ExtendReply>> {
@@ -612,7 +612,7 @@ pub(crate) fn error_text(e: &Option<String>) -> String {
 #[tracing::instrument(skip_all, fields(task_id = %id))]
 pub async fn tasks_complete(
     State(st): State<AppState>,
-    who: Principal,
+    who: Authorized<NeedLeaseHolder>,
     Path(id): Path<String>,
     Json(body): Json<CompleteRequest>,
 ) -> ApiResult<Json<Task>> {
@@ -648,7 +648,7 @@ pub async fn tasks_complete(
 #[tracing::instrument(skip_all, fields(task_id = %id))]
 pub async fn tasks_fail(
     State(st): State<AppState>,
-    who: Principal,
+    who: Authorized<NeedLeaseHolder>,
     Path(id): Path<String>,
     Json(body): Json<FailRequest>,
 ) -> ApiResult<Json<Task>> {

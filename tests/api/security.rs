@@ -1770,3 +1770,82 @@ async fn no_auth_serves_only_loopback_hosts_and_origins() {
         );
     }
 }
+
+/// Issue 16 item 1: a `read` token's 20 MB body of nested arrays was read and parsed
+/// into a `serde_json::Value` on an async worker before the role check (seconds of CPU
+/// and hundreds of MiB per request; `/healthz` froze). Now the role is checked from the
+/// head and the body is never parsed, and big bodies parse on the blocking pool.
+#[tokio::test]
+async fn a_low_privilege_token_is_refused_before_its_body_is_parsed() {
+    let app = spawn_sec_app(&shared_redis().url(), |_| {}).await;
+    let mut body = String::from(r#"{"kind":"k","payload":["#);
+    body.push_str(&"[[[]]],".repeat(3_000_000));
+    body.push_str("1]}");
+    let body = std::sync::Arc::new(body);
+    let big = |token: String| {
+        let (http, url, body) = (app.http.clone(), app.url("/v1/tasks"), body.clone());
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            let r = http
+                .post(url)
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await;
+            (r.map(|r| r.status().as_u16()), t0.elapsed())
+        })
+    };
+    let floods = [big(app.read.clone()), big(app.read.clone())];
+    // /healthz stays quick while both are in flight.
+    let mut lat = Vec::new();
+    for _ in 0..20 {
+        let t0 = Instant::now();
+        let r = app
+            .http
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .expect("healthz");
+        assert_eq!(r.status(), 200);
+        lat.push(t0.elapsed());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    lat.sort();
+    for f in floods {
+        let (status, took) = f.await.expect("task");
+        // The server may answer and close before the upload ends: a reset is refusal too.
+        if let Ok(s) = status {
+            assert_eq!(s, 403, "a read token may not submit");
+        }
+        assert!(took < Duration::from_secs(2), "the refusal took {took:?}");
+    }
+    assert!(
+        lat[lat.len() - 1] < Duration::from_millis(500),
+        "/healthz max {:?} while two big bodies were refused",
+        lat[lat.len() - 1]
+    );
+    // A read token is refused before validation too (403, not 400 or 422).
+    let r = app
+        .http
+        .post(app.url("/v1/tasks"))
+        .bearer_auth(&app.read)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 403);
+    // The admin's big body of the same shape is parsed (off the async workers) and
+    // judged on its merits: a 20 MB payload is over the 1 MiB limit.
+    let r = app
+        .http
+        .post(app.url("/v1/tasks"))
+        .bearer_auth(&app.admin)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 413);
+}
