@@ -61,7 +61,25 @@ pub struct Ready {
 /// `GET /readyz`: Redis reachable and scripts loaded; shows whether Redis persists.
 pub async fn readyz(State(st): State<AppState>) -> Response {
     let persistence = st.persistence.load(Ordering::Relaxed);
-    match st.store.ping().await {
+    let ping = st.store.ping().await;
+    if ping.is_ok()
+        && let Err(crate::store::StoreError::Unfit(why)) = st.store.check_eviction().await
+    {
+        tracing::error!(%why, "not ready: redis may evict muster's keys");
+        let mut r =
+            ApiError::Unavailable(crate::store::StoreError::Unfit(why.clone())).into_response();
+        if let Ok(v) = serde_json::to_vec(&Problem {
+            type_: "https://muster.dev/problems/unfit_redis".into(),
+            title: "Service Unavailable".into(),
+            status: 503,
+            detail: why,
+            code: "unfit_redis".into(),
+        }) {
+            *r.body_mut() = axum::body::Body::from(v);
+        }
+        return r;
+    }
+    match ping {
         Ok(()) => axum::Json(Ready {
             status: "ready".into(),
             redis: "ok".into(),

@@ -63,7 +63,11 @@ pub enum StoreError {
 impl From<redis::RedisError> for StoreError {
     fn from(e: redis::RedisError) -> Self {
         use redis::{ErrorKind, ServerErrorKind};
-        let unavailable = e.is_io_error()
+        // Redis over its maxmemory refuses writes ("OOM command not allowed"), also
+        // from inside a script: the caller may retry later, it did nothing wrong.
+        let oom = e.code() == Some("OOM") || e.to_string().contains("OOM command not allowed");
+        let unavailable = oom
+            || e.is_io_error()
             || e.is_timeout()
             || e.is_connection_dropped()
             || e.is_connection_refusal()

@@ -139,20 +139,32 @@ impl Store {
                 v
             )));
         }
-        let policy = self
-            .config_get("maxmemory-policy")
-            .await
-            .unwrap_or_default();
-        if policy.starts_with("allkeys") {
-            return Err(StoreError::Unfit(format!(
-                "redis maxmemory-policy is '{policy}': it may evict tasks; set it to noeviction \
-                 (CONFIG SET maxmemory-policy noeviction)"
-            )));
-        }
+        self.check_eviction().await?;
         self.scripts.load(&mut c).await?;
         let aof = self.config_get("appendonly").await.unwrap_or_default();
         let save = self.config_get("save").await.unwrap_or_default();
         Ok(aof == "yes" || !save.trim().is_empty())
+    }
+
+    /// Refuses every evicting `maxmemory-policy`: `allkeys-*` evicts tasks, `volatile-*`
+    /// evicts keys with a TTL (held locks, idempotency keys, unique keys), both silently.
+    /// Checked at start-up, by `/readyz` and periodically (a `CONFIG SET` at run time).
+    /// A Redis that forbids `CONFIG` (a managed service) is not refused.
+    ///
+    /// # Errors
+    /// [`StoreError::Unfit`] naming the policy and the fix.
+    pub async fn check_eviction(&self) -> Result<()> {
+        let policy = self
+            .config_get("maxmemory-policy")
+            .await
+            .unwrap_or_default();
+        if policy.starts_with("allkeys") || policy.starts_with("volatile") {
+            return Err(StoreError::Unfit(format!(
+                "redis maxmemory-policy is '{policy}': it may evict tasks, locks or idempotency keys; \
+                 set it to noeviction (CONFIG SET maxmemory-policy noeviction)"
+            )));
+        }
+        Ok(())
     }
 
     async fn config_get(&self, name: &str) -> Result<String> {

@@ -1849,3 +1849,81 @@ async fn a_low_privilege_token_is_refused_before_its_body_is_parsed() {
         .expect("send");
     assert_eq!(r.status(), 413);
 }
+
+/// Issue 16 item 4: only `allkeys-*` was refused, only at start-up, and an OOM from
+/// Redis answered 500. A `volatile-*` policy evicts held locks and idempotency keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evicting_policies_are_refused_and_redis_oom_answers_503() {
+    let redis = RedisGuard::start_with(&["--maxmemory-policy", "volatile-lru"]);
+    let mut cfg = muster::config::Config::new("127.0.0.1:0", &redis.url());
+    cfg.admin_token = Some("admin-evict-0123456789abcdef".into());
+    cfg.namespace = format!("evict{}", std::process::id());
+    let err = match muster::startup::Application::build(cfg).await {
+        Ok(_) => panic!("a volatile-lru redis was accepted"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("volatile-lru") && err.contains("noeviction"),
+        "{err}"
+    );
+
+    // Accepted with noeviction; a policy switched at run time makes /readyz not ready.
+    let redis = RedisGuard::start();
+    let app = spawn_sec_app(&redis.url(), |_| {}).await;
+    let mut conn = app.redis();
+    let ready = app
+        .http
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("allkeys-lru")
+        .query(&mut conn)
+        .expect("config set");
+    let ready = app
+        .http
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.expect("problem");
+    assert_eq!(body["code"], "unfit_redis", "{body}");
+
+    // Over maxmemory with noeviction, Redis refuses writes: 503 + Retry-After, not 500.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("noeviction")
+        .query(&mut conn)
+        .expect("config set");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("1")
+        .query(&mut conn)
+        .expect("config set");
+    let r = app
+        .http
+        .post(app.url("/v1/tasks"))
+        .bearer_auth(&app.admin)
+        .json(&json!({"kind": "k", "queue": "oom", "payload": "x".repeat(10_000)}))
+        .send()
+        .await
+        .expect("submit");
+    let status = r.status();
+    let retry_after = r.headers().contains_key("retry-after");
+    let text = r.text().await.unwrap_or_default();
+    assert_eq!(status, 503, "{text}");
+    assert!(retry_after, "503 without Retry-After");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("0")
+        .query(&mut conn)
+        .expect("config set");
+}
