@@ -5,7 +5,7 @@ use super::*;
 use crate::domain::{
     ExtendReply, HeartbeatReply, Lease, LeaseReply, LeaseRequest, Node, NodeKind, NodeRegistered,
     NodeStatus, RegisterNode, Report, ReportBatch, ReportBatchReply, ReportOutcome, ReportResult,
-    Task, TaskState,
+    TaskState,
 };
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -36,43 +36,7 @@ struct Mock {
 type Shared = Arc<(Mutex<Mock>, tokio::sync::Notify)>;
 
 fn lease(id: &str, kind: &str, payload: Value, timeout_ms: i64, attempts: i64) -> Lease {
-    Lease {
-        task: Task {
-            id: id.into(),
-            queue: "default".into(),
-            kind: kind.into(),
-            payload,
-            priority: 0,
-            state: TaskState::Running,
-            attempts,
-            max_attempts: 3,
-            timeout_ms,
-            max_run_ms: Some(timeout_ms),
-            requires: vec![],
-            node: Some("n1".into()),
-            result: None,
-            error: None,
-            progress: None,
-            fence: 1,
-            created_at: "2026-01-01T00:00:00.000Z".into(),
-            run_at: None,
-            started_at: None,
-            finished_at: None,
-            lease_expires_at: None,
-            depends_on: Vec::new(),
-            on_dependency_failure: None,
-            unique_key: None,
-            concurrency_key: None,
-            concurrency_limit: None,
-            batch: None,
-            origin: None,
-            result_schema: None,
-            cancel_requested: false,
-        },
-        lease_token: format!("1.{id}"),
-        fence: 1,
-        lease_expires_at: "2026-01-01T00:00:30.000Z".into(),
-    }
+    tests::lease(id, kind, payload, timeout_ms, attempts, 1)
 }
 
 fn problem(status: StatusCode, code: &str) -> Response {
@@ -238,15 +202,25 @@ fn config(server: String, capacity: u32, grace: Duration) -> AgentConfig {
     c
 }
 
-#[tokio::test]
-async fn runs_reports_cancels_and_drops_lost_leases() {
+/// Starts an agent of `capacity` against a fresh mock and waits for its registration.
+async fn start_agent(
+    capacity: u32,
+    grace: Duration,
+) -> (
+    Shared,
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
     let (url, m) = start_mock().await;
     let shutdown = CancellationToken::new();
-    let agent = tokio::spawn(run(
-        config(url, 3, Duration::from_secs(5)),
-        shutdown.clone(),
-    ));
+    let agent = tokio::spawn(run(config(url, capacity, grace), shutdown.clone()));
     wait_for(&m, "registration", |g| g.registered == 1).await;
+    (m, shutdown, agent)
+}
+
+#[tokio::test]
+async fn runs_reports_cancels_and_drops_lost_leases() {
+    let (m, shutdown, agent) = start_agent(3, Duration::from_secs(5)).await;
 
     push(
         &m,
@@ -338,13 +312,7 @@ async fn full_node_does_not_lease_and_shutdown_kills_after_grace() {
 
 #[tokio::test]
 async fn many_outcomes_are_coalesced_into_few_report_calls() {
-    let (url, m) = start_mock().await;
-    let shutdown = CancellationToken::new();
-    let agent = tokio::spawn(run(
-        config(url, 64, Duration::from_secs(5)),
-        shutdown.clone(),
-    ));
-    wait_for(&m, "registration", |g| g.registered == 1).await;
+    let (m, shutdown, agent) = start_agent(64, Duration::from_secs(5)).await;
     let leases = (0..200)
         .map(|i| lease(&format!("n{i}"), "noop", Value::Null, 5000, 1))
         .collect();
@@ -360,13 +328,7 @@ async fn many_outcomes_are_coalesced_into_few_report_calls() {
 
 #[tokio::test]
 async fn a_forgotten_node_registers_again() {
-    let (url, m) = start_mock().await;
-    let shutdown = CancellationToken::new();
-    let agent = tokio::spawn(run(
-        config(url, 1, Duration::from_secs(5)),
-        shutdown.clone(),
-    ));
-    wait_for(&m, "registration", |g| g.registered == 1).await;
+    let (m, shutdown, agent) = start_agent(1, Duration::from_secs(5)).await;
     lock(&m.0).forgotten.push("node1".into());
     wait_for(&m, "re-registration", |g| g.registered == 2).await;
     push(&m, vec![lease("after", "echo", json!("hi"), 5000, 1)]);

@@ -276,47 +276,10 @@ async fn run_http(http: &reqwest::Client, url: &str, lease: &Lease) -> Result<Va
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Task, TaskState};
     use serde_json::json;
 
     fn lease(kind: &str, payload: Value, timeout_ms: i64) -> Lease {
-        Lease {
-            task: Task {
-                id: "01TEST.default".into(),
-                queue: "default".into(),
-                kind: kind.into(),
-                payload,
-                priority: 0,
-                state: TaskState::Running,
-                attempts: 2,
-                max_attempts: 3,
-                timeout_ms,
-                max_run_ms: Some(timeout_ms),
-                requires: vec![],
-                node: None,
-                result: None,
-                error: None,
-                progress: None,
-                fence: 7,
-                created_at: "2026-01-01T00:00:00.000Z".into(),
-                run_at: None,
-                started_at: None,
-                finished_at: None,
-                lease_expires_at: None,
-                depends_on: Vec::new(),
-                on_dependency_failure: None,
-                unique_key: None,
-                concurrency_key: None,
-                concurrency_limit: None,
-                batch: None,
-                origin: None,
-                result_schema: None,
-                cancel_requested: false,
-            },
-            lease_token: "7.nonce".into(),
-            fence: 7,
-            lease_expires_at: "2026-01-01T00:00:30.000Z".into(),
-        }
+        crate::agent::tests::lease("01TEST.default", kind, payload, timeout_ms, 2, 7)
     }
 
     fn exec(cmd: &str) -> Runner {

@@ -228,6 +228,55 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::domain::{Lease, Task, TaskState};
+
+    /// A lease of task `id` for tests (queue `default`, node `n1`, token `<fence>.<id>`).
+    pub(crate) fn lease(
+        id: &str,
+        kind: &str,
+        payload: serde_json::Value,
+        timeout_ms: i64,
+        attempts: i64,
+        fence: i64,
+    ) -> Lease {
+        Lease {
+            task: Task {
+                id: id.into(),
+                queue: "default".into(),
+                kind: kind.into(),
+                payload,
+                priority: 0,
+                state: TaskState::Running,
+                attempts,
+                max_attempts: 3,
+                timeout_ms,
+                max_run_ms: Some(timeout_ms),
+                requires: vec![],
+                node: Some("n1".into()),
+                result: None,
+                error: None,
+                progress: None,
+                fence,
+                created_at: "2026-01-01T00:00:00.000Z".into(),
+                run_at: None,
+                started_at: None,
+                finished_at: None,
+                lease_expires_at: None,
+                depends_on: Vec::new(),
+                on_dependency_failure: None,
+                unique_key: None,
+                concurrency_key: None,
+                concurrency_limit: None,
+                batch: None,
+                origin: None,
+                result_schema: None,
+                cancel_requested: false,
+            },
+            lease_token: format!("{fence}.{id}"),
+            fence,
+            lease_expires_at: "2026-01-01T00:00:30.000Z".into(),
+        }
+    }
 
     #[test]
     fn default_name_ends_with_the_pid() {

@@ -7,6 +7,8 @@ use crate::domain::{
     RegisterNode, ReportBatch, ReportBatchReply,
 };
 use reqwest::Method;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use std::time::Duration;
 
 /// Extra time a lease long-poll gets beyond its `wait_ms`.
@@ -38,11 +40,12 @@ impl Client {
         node_id: &str,
         token: &str,
     ) -> Result<HeartbeatReply, ClientError> {
-        self.request(Method::POST, &["v1", "nodes", node_id, "heartbeat"])
-            .token(Some(token))
-            .json(&serde_json::json!({}))
-            .fetch()
-            .await
+        self.node_post(
+            &["v1", "nodes", node_id, "heartbeat"],
+            token,
+            &serde_json::json!({}),
+        )
+        .await
     }
 
     /// `POST /v1/nodes/{id}/lease`, long-polling up to `wait_ms`.
@@ -78,10 +81,7 @@ impl Client {
         token: &str,
         body: &ExtendRequest,
     ) -> Result<ExtendReply, ClientError> {
-        self.request(Method::POST, &["v1", "tasks", task_id, "extend"])
-            .token(Some(token))
-            .json(body)
-            .fetch()
+        self.node_post(&["v1", "tasks", task_id, "extend"], token, body)
             .await
     }
 
@@ -95,10 +95,7 @@ impl Client {
         token: &str,
         body: &ReportBatch,
     ) -> Result<ReportBatchReply, ClientError> {
-        self.request(Method::POST, &["v1", "nodes", node_id, "reports"])
-            .token(Some(token))
-            .json(body)
-            .fetch()
+        self.node_post(&["v1", "nodes", node_id, "reports"], token, body)
             .await
     }
 
@@ -112,5 +109,19 @@ impl Client {
             .fetch::<serde::de::IgnoredAny>()
             .await
             .map(|_| ())
+    }
+
+    /// POSTs `body` with the node's token and decodes the answer.
+    async fn node_post<B: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        token: &str,
+        body: &B,
+    ) -> Result<R, ClientError> {
+        self.request(Method::POST, segments)
+            .token(Some(token))
+            .json(body)
+            .fetch()
+            .await
     }
 }
