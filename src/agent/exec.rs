@@ -165,6 +165,29 @@ async fn read_all<R: AsyncRead + Unpin>(mut r: R) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Variables a command handler inherits from the agent: these, and what
+/// [`pass_env`] adds (`muster agent --env NAME`).
+pub const BASE_ENV: [&str; 7] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER"];
+
+static PASSED: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// Also passes these variables of the agent's environment on to command handlers
+/// (once per process, before the agent runs; later calls are ignored).
+pub fn pass_env(names: Vec<String>) {
+    let _ = PASSED.set(names);
+}
+
+/// The environment a command handler starts with (besides the `MUSTER_TASK_*` ones).
+pub fn passed_env() -> Vec<(String, String)> {
+    let extra = PASSED.get().map(Vec::as_slice).unwrap_or_default();
+    BASE_ENV
+        .iter()
+        .map(|s| s.to_string())
+        .chain(extra.iter().cloned())
+        .filter_map(|name| std::env::var(&name).ok().map(|v| (name, v)))
+        .collect()
+}
+
 /// Runs `sh -c cmd` for the task (see the module docs).
 async fn run_command(cmd: &str, lease: &Lease) -> Result<Value, ExecError> {
     let timeout = task_timeout(lease);
@@ -175,6 +198,10 @@ async fn run_command(cmd: &str, lease: &Lease) -> Result<Value, ExecError> {
     command
         .arg("-c")
         .arg(cmd)
+        // A minimal environment: the agent's own (its MUSTER_TOKEN above all) stays out
+        // of the handler, which could return it in a result that any read token sees.
+        .env_clear()
+        .envs(passed_env())
         .env("MUSTER_TASK_ID", &task.id)
         .env("MUSTER_TASK_KIND", &task.kind)
         .env("MUSTER_ATTEMPT", task.attempts.to_string())

@@ -34,7 +34,7 @@ pub const MAX_HEAD: usize = 64 * 1024;
 /// Most tasks in one batch, reports in one report batch.
 pub const MAX_BATCH: usize = 10_000;
 /// Longest long-poll.
-pub const MAX_WAIT_MS: i64 = 60_000;
+pub use crate::domain::limits::MAX_WAIT_MS;
 
 /// Shared state of the handlers.
 #[derive(Clone)]

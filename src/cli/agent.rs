@@ -43,6 +43,11 @@ pub struct AgentArgs {
     /// Seconds running tasks get to finish after SIGTERM.
     #[arg(long, default_value_t = 30)]
     pub grace_secs: u64,
+    /// Pass this variable of the agent's environment on to `--exec` commands (repeat it).
+    /// They get only PATH, HOME, LANG, LC_ALL, TZ, TMPDIR, USER and the MUSTER_TASK_*
+    /// variables otherwise: never the agent's token.
+    #[arg(long = "env", value_name = "NAME")]
+    pub env: Vec<String>,
 }
 
 /// Runs the agent until SIGTERM / Ctrl-C.
@@ -50,6 +55,7 @@ pub struct AgentArgs {
 /// # Errors
 /// Registration failure or an unusable flag combination.
 pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    agent::exec::pass_env(args.env.clone());
     let config = config(args)?;
     let shutdown = crate::shutdown::on_signals("draining");
     agent::run(config, shutdown).await?;

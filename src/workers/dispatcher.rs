@@ -226,7 +226,10 @@ impl Dispatcher {
         }
         let (hub, waits, q) = (self.hub.clone(), self.rate_waits.clone(), queue.to_string());
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(wait_ms.clamp(1, 60_000) as u64)).await;
+            tokio::time::sleep(Duration::from_millis(
+                wait_ms.clamp(1, crate::domain::limits::MAX_WAIT_MS) as u64,
+            ))
+            .await;
             if let Ok(mut w) = waits.lock() {
                 w.remove(&q);
             }

@@ -1927,3 +1927,45 @@ async fn evicting_policies_are_refused_and_redis_oom_answers_503() {
         .query(&mut conn)
         .expect("config set");
 }
+
+/// Issue 16 item 5: `--exec` handlers inherited the agent's environment, MUSTER_TOKEN
+/// included, and could return it in a result any read token can see.
+#[tokio::test]
+async fn exec_handlers_get_a_minimal_environment() {
+    let app = crate::helpers::spawn_app().await;
+    let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_muster"))
+        .args(["agent", "--server", &app.url, "--capacity", "1", "--env", "HANDLER_SETTING"])
+        .args(["--exec", "env | sort | sed 's/\"//g' | awk 'BEGIN{printf \"[\"} {printf \"%s\\\"%s\\\"\", (NR>1?\",\":\"\"), $0} END{print \"]\"}'"])
+        .env("MUSTER_TOKEN", crate::helpers::ADMIN_TOKEN)
+        .env("AGENT_ONLY_SECRET", "do-not-leak")
+        .env("HANDLER_SETTING", "passed-on")
+        .env_remove("MUSTER_SERVER")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn agent");
+    let t = app.api.submit(json!({"kind": "env"})).await;
+    let done = app.api.wait_terminal(&t.id, Duration::from_secs(30)).await;
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let vars: Vec<String> = serde_json::from_value(done.result.clone().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("result {:?}: {e}", done.result));
+    let names: Vec<&str> = vars.iter().filter_map(|v| v.split('=').next()).collect();
+    assert!(names.contains(&"PATH"), "{names:?}");
+    assert!(names.contains(&"MUSTER_TASK_ID"), "{names:?}");
+    assert!(
+        vars.contains(&"HANDLER_SETTING=passed-on".to_string()),
+        "{vars:?}"
+    );
+    for leaked in ["MUSTER_TOKEN", "AGENT_ONLY_SECRET", "MUSTER_ADMIN_TOKEN"] {
+        assert!(
+            !names.contains(&leaked),
+            "{leaked} reached the handler: {vars:?}"
+        );
+    }
+    assert!(
+        !vars.iter().any(|v| v.contains(crate::helpers::ADMIN_TOKEN)),
+        "the token's value reached the handler"
+    );
+}
