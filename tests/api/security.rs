@@ -1855,7 +1855,7 @@ async fn a_low_privilege_token_is_refused_before_its_body_is_parsed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evicting_policies_are_refused_and_redis_oom_answers_503() {
     let redis = RedisGuard::start_with(&["--maxmemory-policy", "volatile-lru"]);
-    let mut cfg = muster::config::Config::new("127.0.0.1:0", &redis.url());
+    let mut cfg = muster::config::Config::new("127.0.0.1:0", redis.url());
     cfg.admin_token = Some("admin-evict-0123456789abcdef".into());
     cfg.namespace = format!("evict{}", std::process::id());
     let err = match muster::startup::Application::build(cfg).await {
