@@ -7,9 +7,9 @@ use super::openapi::parts::{BadRequest, Guarded, Invalid, JsonBody, NotFound};
 use super::tasks::{after_report, error_text, progress_json, result_json};
 use super::{AppState, Json, MAX_BATCH, MAX_WAIT_MS};
 use crate::domain::{
-    ExtendBatch, ExtendBatchReply, HeartbeatReply, Lease, LeaseReply, MAX_EXTEND_BATCH,
-    RenewalResult, RenewalStatus, LeaseRequest, Node, NodeKind, NodeList, NodeRegistered,
-    NodeStatus, RegisterNode, ReportBatch, ReportBatchReply, ReportOutcome, ReportResult,
+    ExtendBatch, ExtendBatchReply, HeartbeatReply, Lease, LeaseReply, LeaseRequest,
+    MAX_EXTEND_BATCH, Node, NodeKind, NodeList, NodeRegistered, NodeStatus, RegisterNode,
+    RenewalResult, RenewalStatus, ReportBatch, ReportBatchReply, ReportOutcome, ReportResult,
     rfc3339_ms, validate,
 };
 use crate::store::reports::{Outcome, Report};
