@@ -83,7 +83,14 @@ async fn renew(agent: &Agent, due: &[(String, Arc<TaskHandle>)]) {
                         }
                     }
                     RenewalStatus::Conflict | RenewalStatus::NotFound => {
-                        tracing::warn!(task_id = %id, code = ?r.code, "lease lost: stopping the task");
+                        // The status the single route would have answered, for logs
+                        // that grep for it.
+                        let status = if r.status == RenewalStatus::Conflict {
+                            409
+                        } else {
+                            404
+                        };
+                        tracing::warn!(task_id = %id, status, code = ?r.code, "lease lost: stopping the task");
                         h.stop(StopReason::LeaseLost);
                     }
                 }
