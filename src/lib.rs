@@ -14,6 +14,7 @@
 //! - [`startup`]: [`startup::Application`] validates the config and wires them together.
 //! - [`agent`]: the node agent, a library ([`agent::run`]); [`client`]: the HTTP client of
 //!   the v1 API (agent, CLI, demo, bench); [`cli`]: the commands of the `muster` binary.
+//! - [`worker`]: the Rust SDK ([`worker::Worker`]), in-process handlers on the agent engine.
 //! - Leaves: [`config`], [`metrics`], [`telemetry`], [`shutdown`].
 
 pub mod agent;
@@ -28,4 +29,5 @@ pub mod shutdown;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod worker;
 pub mod workers;

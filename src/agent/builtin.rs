@@ -12,6 +12,22 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 /// The kinds [`run_builtin`] knows.
 pub const KINDS: &[&str] = &["echo", "noop", "sleep", "fail", "fail_once", "wordcount"];
 
+/// The built-in handlers as a [`Registry`](super::Registry): what
+/// [`Executor::Builtin`](super::Executor::Builtin) runs, through the same engine as the
+/// Rust SDK's functions.
+pub fn registry() -> super::Registry {
+    let mut r = super::Registry::new("the built-in executor");
+    for kind in KINDS {
+        r.insert(
+            *kind,
+            std::sync::Arc::new(move |payload: Value, ctx: super::TaskContext| {
+                Box::pin(async move { run_builtin(kind, &payload, ctx.attempt()).await })
+            }),
+        );
+    }
+    r
+}
+
 /// Runs the built-in handler for `kind` on `payload`; `attempt` is the task's attempt
 /// number (1 for the first).
 ///

@@ -3,9 +3,9 @@
 
 use super::*;
 use crate::domain::{
-    ExtendReply, HeartbeatReply, Lease, LeaseReply, LeaseRequest, Node, NodeKind, NodeRegistered,
-    NodeStatus, RegisterNode, Report, ReportBatch, ReportBatchReply, ReportOutcome, ReportResult,
-    TaskState,
+    ExtendBatch, ExtendBatchReply, ExtendReply, HeartbeatReply, Lease, LeaseReply, LeaseRequest,
+    Node, NodeKind, NodeRegistered, NodeStatus, RegisterNode, RenewalResult, RenewalStatus, Report,
+    ReportBatch, ReportBatchReply, ReportOutcome, ReportResult, TaskState,
 };
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -131,6 +131,32 @@ async fn extend(State(m): State<Shared>, Path(id): Path<String>) -> Response {
     .into_response()
 }
 
+async fn extend_many(
+    State(m): State<Shared>,
+    Json(batch): Json<ExtendBatch>,
+) -> Json<ExtendBatchReply> {
+    let g = lock(&m.0);
+    let results = batch
+        .leases
+        .iter()
+        .map(|l| {
+            let lost = g.lost.contains(&l.task_id);
+            RenewalResult {
+                task_id: l.task_id.clone(),
+                status: if lost {
+                    RenewalStatus::Conflict
+                } else {
+                    RenewalStatus::Extended
+                },
+                code: lost.then(|| "lease_lost".to_string()),
+                lease_expires_at: (!lost).then(|| "2026-01-01T00:00:30.000Z".to_string()),
+                cancel_requested: false,
+            }
+        })
+        .collect();
+    Json(ExtendBatchReply { results })
+}
+
 async fn reports(
     State(m): State<Shared>,
     Json(batch): Json<ReportBatch>,
@@ -163,6 +189,7 @@ async fn start_mock() -> (String, Shared) {
         .route("/v1/nodes/{id}/heartbeat", post(heartbeat))
         .route("/v1/nodes/{id}/lease", post(lease_route))
         .route("/v1/nodes/{id}/reports", post(reports))
+        .route("/v1/nodes/{id}/extend", post(extend_many))
         .route("/v1/nodes/{id}", delete(deregister))
         .route("/v1/tasks/{id}/extend", post(extend))
         .with_state(shared.clone());

@@ -6,7 +6,7 @@
 
 use super::Executor;
 use super::builtin::run_builtin;
-use super::handler::ExecError;
+use super::handler::{ExecError, TaskContext};
 use crate::domain::Lease;
 use serde_json::Value;
 use std::process::Stdio;
@@ -52,6 +52,11 @@ impl Runner {
     /// # Errors
     /// The HTTP client cannot be built.
     pub fn new(executor: Executor) -> anyhow::Result<Self> {
+        // The built-in kinds are a registry like any SDK worker's: one engine.
+        let executor = match executor {
+            Executor::Builtin => Executor::Handler(std::sync::Arc::new(super::builtin::registry())),
+            other => other,
+        };
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .build()?;
@@ -64,6 +69,14 @@ impl Runner {
     /// # Errors
     /// The attempt failed (including "timed out after N ms").
     pub async fn run(&self, lease: &Lease) -> Result<Value, ExecError> {
+        self.run_with(lease, TaskContext::detached(lease)).await
+    }
+
+    /// Runs the leased task with `ctx` (what in-process handlers see).
+    ///
+    /// # Errors
+    /// The attempt failed (including "timed out after N ms").
+    pub async fn run_with(&self, lease: &Lease, ctx: TaskContext) -> Result<Value, ExecError> {
         match &self.executor {
             Executor::Exec(cmd) => run_command(cmd, lease).await,
             Executor::Http(url) => run_http(&self.http, url, lease).await,
@@ -71,8 +84,13 @@ impl Runner {
                 let task = &lease.task;
                 bounded(lease, run_builtin(&task.kind, &task.payload, task.attempts)).await
             }
-            Executor::Handler(h) => bounded(lease, h.run(lease)).await,
+            Executor::Handler(h) => bounded(lease, h.run(lease, ctx)).await,
         }
+    }
+
+    /// True for in-process executors, which may take a moment to see a stop request.
+    pub fn in_process(&self) -> bool {
+        matches!(self.executor, Executor::Builtin | Executor::Handler(_))
     }
 }
 
@@ -411,6 +429,7 @@ mod tests {
         fn run<'a>(
             &'a self,
             lease: &'a Lease,
+            _ctx: TaskContext,
         ) -> futures::future::BoxFuture<'a, Result<Value, ExecError>> {
             Box::pin(async move {
                 if lease.task.kind == "nap" {

@@ -1,17 +1,21 @@
-//! Leasing and running: the lease loop (long-polls for at most the free slots), one
-//! runner per leased task (the executor raced against renewal and stop requests),
-//! and the renewal at a third of the lease TTL.
+//! Leasing and running: the lease loop (long-polls for at most the free slots) and one
+//! runner per leased task (the executor raced against stop requests). Renewals are
+//! the node's renewal loop (`renewals.rs`).
 
 use super::backoff::Backoff;
 use super::exec;
+use super::handler::TaskContext;
 use super::state::{Agent, StopReason, TaskHandle, lock, node_forgotten};
 use super::{CANCELLED_ERROR, LEASE_WAIT_MS, SHUTDOWN_ERROR};
-use crate::domain::{ExtendRequest, Lease, Report, ReportOutcome};
+use crate::domain::{Lease, Report, ReportOutcome};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// How long a stopped in-process handler may run on to see the stop and clean up.
+const STOP_GRACE: Duration = Duration::from_secs(1);
 use tracing::Instrument;
 
 /// Leases tasks while slots are free, until `shutdown`.
@@ -105,7 +109,10 @@ fn failed_report(lease: &Lease, error: &str, retryable: bool) -> Report {
 /// Runs one leased task: the executor raced against renewal and stop requests; the
 /// slot (`permit`) is freed once the outcome is queued for reporting.
 async fn run_task(agent: Arc<Agent>, lease: Lease, permit: OwnedSemaphorePermit) {
-    let handle = Arc::new(TaskHandle::default());
+    let handle = Arc::new(TaskHandle::new(
+        lease.lease_token.clone(),
+        exec::lease_ttl(&lease),
+    ));
     let task_id = lease.task.id.clone();
     lock(&agent.running).insert(task_id.clone(), handle.clone());
     let node_id = agent.session().id.clone();
@@ -113,11 +120,19 @@ async fn run_task(agent: Arc<Agent>, lease: Lease, permit: OwnedSemaphorePermit)
     async {
         tracing::debug!(attempt = lease.task.attempts, fence = lease.fence, "task started");
         let started = Instant::now();
+        let ctx = TaskContext::new(&lease, handle.stop.clone(), handle.progress.clone());
+        let run = agent.runner.run_with(&lease, ctx);
+        tokio::pin!(run);
         let outcome = tokio::select! {
-            r = agent.runner.run(&lease) => Some(r),
+            r = &mut run => Some(r),
             _ = handle.stop.cancelled() => None,
-            () = renew_loop(&agent, &lease, &handle) => None,
         };
+        if outcome.is_none() && agent.runner.in_process() {
+            // In-process handlers see the stop through their context: give them a
+            // moment to notice and clean up before the future is dropped. Whatever
+            // they return now is not reported (the stop reason decides).
+            let _ = tokio::time::timeout(STOP_GRACE, &mut run).await;
+        }
         {
             let mut running = lock(&agent.running);
             if running.get(&task_id).is_some_and(|h| Arc::ptr_eq(h, &handle)) {
@@ -161,61 +176,4 @@ async fn run_task(agent: Arc<Agent>, lease: Lease, permit: OwnedSemaphorePermit)
     }
     .instrument(span)
     .await;
-}
-
-/// Renews the lease every third of the TTL until the task is stopped; returns after
-/// stopping it (lease lost or cancel requested).
-async fn renew_loop(agent: &Agent, lease: &Lease, handle: &TaskHandle) {
-    let ttl = exec::lease_ttl(lease);
-    let every = (ttl / 3).max(Duration::from_millis(20));
-    // Our own estimate of the lease deadline, kept conservative.
-    let mut deadline = Instant::now() + ttl;
-    let mut next = every;
-    let req = ExtendRequest {
-        lease_token: lease.lease_token.clone(),
-        progress: None,
-    };
-    loop {
-        tokio::time::sleep(next).await;
-        let sent = Instant::now();
-        let s = agent.session();
-        match agent
-            .client
-            .tasks_extend(&lease.task.id, &s.token, &req)
-            .await
-        {
-            Ok(reply) => {
-                deadline = sent + ttl;
-                next = every;
-                if reply.cancel_requested {
-                    tracing::info!("cancel requested: stopping the task");
-                    handle.stop(StopReason::Cancelled);
-                    return;
-                }
-            }
-            Err(e) if matches!(e.status(), Some(404 | 409)) => {
-                tracing::warn!(error = %e, "lease lost: stopping the task");
-                handle.stop(StopReason::LeaseLost);
-                return;
-            }
-            Err(e) => {
-                let now = Instant::now();
-                if now >= deadline {
-                    tracing::warn!(error = %e, "lease expired without a renewal: stopping the task");
-                    handle.stop(StopReason::LeaseLost);
-                    return;
-                }
-                // Retry soon, well inside what is left of the lease: a Retry-After
-                // that lands on the deadline races the reaper (a Redis blip would
-                // expire healthy leases).
-                let left = deadline - now;
-                next = e
-                    .retry_after()
-                    .unwrap_or(Duration::from_millis(200))
-                    .min(Duration::from_millis(200))
-                    .min(left / 4);
-                tracing::warn!(error = %e, retry_in_ms = next.as_millis() as u64, "lease renewal failed");
-            }
-        }
-    }
 }

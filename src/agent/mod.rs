@@ -9,8 +9,10 @@
 //!   tasks): `state.rs`;
 //! - the lease loop: a semaphore sized to the capacity; it waits for a free slot
 //!   (no polling), then long-polls for at most the free slots: `leases.rs`;
-//! - one runner per leased task: the executor raced against lease renewal and stop
-//!   requests (cancel, lost lease, shutdown): `leases.rs`, [`exec`];
+//! - one runner per leased task: the executor raced against stop requests (cancel,
+//!   lost lease, shutdown): `leases.rs`, [`exec`];
+//! - one renewal loop: every lease due (a third of its TTL) in one
+//!   `POST /v1/nodes/{id}/extend` per round: `renewals.rs`;
 //! - one report flusher: sends whatever outcomes are ready in one batch, so outcomes
 //!   arriving during a flush go out together in the next one: `reports.rs`;
 //! - drain on shutdown: no more leases, `grace` for running tasks, then kill, report,
@@ -21,14 +23,16 @@ pub mod builtin;
 pub mod exec;
 mod handler;
 mod leases;
+mod renewals;
 mod reports;
 mod state;
 
-pub use handler::{ExecError, Handler};
+pub use handler::{ExecError, Handler, HandlerFn, Registry, TaskContext};
 
 use crate::client::{CONNECT_TIMEOUT, Client};
 use backoff::Backoff;
 use leases::lease_loop;
+use renewals::renew_loop;
 use reports::report_loop;
 use state::{Agent, StopReason, TaskHandle, heartbeat_loop, lock, register_first};
 use std::collections::HashMap;
@@ -161,6 +165,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
 
     let heartbeat_stop = CancellationToken::new();
     let heartbeat = tokio::spawn(heartbeat_loop(agent.clone(), heartbeat_stop.clone()));
+    let renewer_stop = CancellationToken::new();
+    let renewer = tokio::spawn(renew_loop(agent.clone(), renewer_stop.clone()));
     let reporter_stop = CancellationToken::new();
     let reporter = tokio::spawn(report_loop(agent.clone(), report_rx, reporter_stop.clone()));
     let tasks = TaskTracker::new();
@@ -192,6 +198,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             tracing::error!(node_id = %node_id, "tasks did not stop after the kill");
         }
     }
+    renewer_stop.cancel();
+    let _ = renewer.await;
     reporter_stop.cancel();
     let mut reporter = reporter;
     if tokio::time::timeout(FINAL_FLUSH_TIMEOUT, &mut reporter)

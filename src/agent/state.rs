@@ -38,14 +38,37 @@ pub(super) enum StopReason {
     Shutdown,
 }
 
-/// Stop switch of one running task.
-#[derive(Debug, Default)]
+/// Stop switch and renewal state of one running task.
+#[derive(Debug)]
 pub(super) struct TaskHandle {
     pub(super) stop: CancellationToken,
     reason: Mutex<Option<StopReason>>,
+    pub(super) lease_token: String,
+    /// The lease TTL and the renewal period (a third of it).
+    pub(super) ttl: Duration,
+    pub(super) every: Duration,
+    /// (next renewal due, our conservative estimate of the lease deadline).
+    pub(super) times: Mutex<(Instant, Instant)>,
+    /// Latest progress from the handler, sent with the next renewal.
+    pub(super) progress: Arc<Mutex<Option<serde_json::Value>>>,
 }
 
 impl TaskHandle {
+    /// The handle of a task leased now with `lease_token` and `ttl`.
+    pub(super) fn new(lease_token: String, ttl: Duration) -> Self {
+        let every = (ttl / 3).max(Duration::from_millis(20));
+        let now = Instant::now();
+        TaskHandle {
+            stop: CancellationToken::new(),
+            reason: Mutex::new(None),
+            lease_token,
+            ttl,
+            every,
+            times: Mutex::new((now + every, now + ttl)),
+            progress: Arc::default(),
+        }
+    }
+
     /// Stops the task; the first reason wins.
     pub(super) fn stop(&self, reason: StopReason) {
         let mut r = lock(&self.reason);
@@ -236,7 +259,8 @@ mod tests {
 
     #[test]
     fn the_first_stop_reason_wins() {
-        let h = TaskHandle::default();
+        let h = TaskHandle::new("1.ab".into(), Duration::from_secs(3));
+        assert_eq!(h.every, Duration::from_secs(1));
         assert_eq!(h.reason(), None);
         h.stop(StopReason::Cancelled);
         h.stop(StopReason::Shutdown);

@@ -194,6 +194,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/nodes/{id}/drain", post(nodes::nodes_drain))
         .route("/v1/nodes/{id}/lease", post(nodes::nodes_lease))
         .route("/v1/nodes/{id}/reports", post(nodes::nodes_reports))
+        .route("/v1/nodes/{id}/extend", post(nodes::nodes_extend))
         .route("/v1/events", get(events::events))
         .route("/v1/batches", post(batches::batches_create))
         .route("/v1/batches/{id}", get(batches::batches_get))

@@ -1,14 +1,15 @@
 //! Node routes and the agent protocol: register, list, heartbeat, drain, deregister,
-//! lease (long-poll) and batched reports.
+//! lease (long-poll), batched lease renewals and batched reports.
 
 use super::auth::{Authorized, NeedAgent, NeedPathNode, Principal, Role};
 use super::error::{ApiError, ApiResult};
 use super::openapi::parts::{BadRequest, Guarded, Invalid, JsonBody, NotFound};
-use super::tasks::{after_report, error_text, result_json};
+use super::tasks::{after_report, error_text, progress_json, result_json};
 use super::{AppState, Json, MAX_BATCH, MAX_WAIT_MS};
 use crate::domain::{
-    HeartbeatReply, Lease, LeaseReply, LeaseRequest, Node, NodeKind, NodeList, NodeRegistered,
-    NodeStatus, RegisterNode, ReportBatch, ReportBatchReply, ReportOutcome, ReportResult,
+    ExtendBatch, ExtendBatchReply, HeartbeatReply, Lease, LeaseReply, LeaseRequest,
+    MAX_EXTEND_BATCH, Node, NodeKind, NodeList, NodeRegistered, NodeStatus, RegisterNode,
+    RenewalResult, RenewalStatus, ReportBatch, ReportBatchReply, ReportOutcome, ReportResult,
     rfc3339_ms, validate,
 };
 use crate::store::reports::{Outcome, Report};
@@ -497,4 +498,84 @@ pub async fn nodes_reports(
         });
     }
     Ok(Json(ReportBatchReply { results }))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/nodes/{id}/extend",
+    tag = "agent protocol",
+    summary = "Renew many leases of a node (and report progress)",
+    request_body = ExtendBatch,
+    responses(
+        (status = 200, body = ExtendBatchReply, description = "One result per lease, in request order"),
+        JsonBody,
+        NotFound,
+        Invalid,
+        Guarded
+    )
+)]
+/// `POST /v1/nodes/{id}/extend`: the batched form of `POST /v1/tasks/{id}/extend`, so
+/// that an agent renews all its leases in one call per round. A lease that is not the
+/// node's current one answers `conflict` (or `not_found`) on its own; the others are
+/// renewed.
+///
+/// # Errors
+/// 404 node, 422 empty or more than 1,000 leases (or progress that is not storable),
+/// 413 progress over 64 KiB.
+#[tracing::instrument(skip_all, fields(node_id = %id))]
+pub async fn nodes_extend(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+    Json(body): Json<ExtendBatch>,
+) -> ApiResult<Json<ExtendBatchReply>> {
+    who.require_node(&id)?;
+    if body.leases.is_empty() || body.leases.len() > MAX_EXTEND_BATCH {
+        return Err(ApiError::invalid(
+            "batch_too_long",
+            format!("1 to {MAX_EXTEND_BATCH} leases per call"),
+        ));
+    }
+    node_or_404(&st, &id).await?;
+    let progress = body
+        .leases
+        .iter()
+        .map(|l| progress_json(&l.progress))
+        .collect::<ApiResult<Vec<_>>>()?;
+    let items: Vec<(&str, &str, Option<&str>)> = body
+        .leases
+        .iter()
+        .zip(&progress)
+        .map(|(l, p)| (l.task_id.as_str(), l.lease_token.as_str(), p.as_deref()))
+        .collect();
+    // Admin callers renew on behalf of this node: the lease must be the node's.
+    let stored = st.store.extend_many(Some(id.as_str()), &items).await;
+    let mut results = Vec::with_capacity(stored.len());
+    for (l, r) in body.leases.iter().zip(stored) {
+        results.push(match r {
+            Ok(e) => RenewalResult {
+                task_id: l.task_id.clone(),
+                status: RenewalStatus::Extended,
+                code: None,
+                lease_expires_at: Some(rfc3339_ms(e.expires_ms)),
+                cancel_requested: e.cancel_requested,
+            },
+            Err(e) => {
+                let status = match &e {
+                    StoreError::NotFound { .. } => RenewalStatus::NotFound,
+                    StoreError::LeaseConflict { .. } => RenewalStatus::Conflict,
+                    // Redis trouble fails the whole call (5xx, retried by the agent).
+                    _ => return Err(e.into()),
+                };
+                RenewalResult {
+                    task_id: l.task_id.clone(),
+                    status,
+                    code: Some(ApiError::from(e).problem().code),
+                    lease_expires_at: None,
+                    cancel_requested: false,
+                }
+            }
+        });
+    }
+    Ok(Json(ExtendBatchReply { results }))
 }

@@ -474,7 +474,7 @@ pub async fn tasks_delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn progress_json(p: &Option<serde_json::Value>) -> ApiResult<Option<String>> {
+pub(crate) fn progress_json(p: &Option<serde_json::Value>) -> ApiResult<Option<String>> {
     match p {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(v) => {

@@ -1,10 +1,11 @@
-//! Typed calls of the agent protocol: register, heartbeat, lease, extend, reports and
+//! Typed calls of the agent protocol: register, heartbeat, lease, extend (one lease or
+//! many), reports and
 //! deregister. Every call but `nodes_register` carries the node's own token.
 
 use super::{Client, ClientError};
 use crate::domain::{
-    ExtendReply, ExtendRequest, HeartbeatReply, LeaseReply, LeaseRequest, NodeRegistered,
-    RegisterNode, ReportBatch, ReportBatchReply,
+    ExtendBatch, ExtendBatchReply, ExtendReply, ExtendRequest, HeartbeatReply, LeaseReply,
+    LeaseRequest, NodeRegistered, RegisterNode, ReportBatch, ReportBatchReply,
 };
 use reqwest::Method;
 use serde::Serialize;
@@ -82,6 +83,23 @@ impl Client {
         body: &ExtendRequest,
     ) -> Result<ExtendReply, ClientError> {
         self.node_post(&["v1", "tasks", task_id, "extend"], token, body)
+            .await
+    }
+
+    /// `POST /v1/nodes/{id}/extend`: renew many leases of the node in one call.
+    ///
+    /// # Errors
+    /// See [`ClientError`]; lost leases are per-item results, not errors.
+    pub async fn nodes_extend(
+        &self,
+        node_id: &str,
+        token: &str,
+        body: &ExtendBatch,
+    ) -> Result<ExtendBatchReply, ClientError> {
+        self.request(Method::POST, &["v1", "nodes", node_id, "extend"])
+            .token(Some(token))
+            .json(body)
+            .fetch()
             .await
     }
 

@@ -204,6 +204,69 @@ pub struct ExtendReply {
     pub cancel_requested: bool,
 }
 
+/// Most leases renewed by one `POST /v1/nodes/{id}/extend`.
+pub const MAX_EXTEND_BATCH: usize = 1000;
+
+/// One lease of `POST /v1/nodes/{id}/extend`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRenewal {
+    /// Task id.
+    pub task_id: String,
+    /// The lease's token.
+    pub lease_token: String,
+    /// Optional progress (any JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Value>,
+}
+
+/// Body of `POST /v1/nodes/{id}/extend`: the batched form of `POST /v1/tasks/{id}/extend`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"leases": [{"task_id": "01JD0000000000000000000000.default", "lease_token": "1.5b4c177b96fb3d0fb4032c58"}]}))]
+pub struct ExtendBatch {
+    /// 1 to 1,000 leases of this node.
+    #[schema(min_items = 1, max_items = 1000)]
+    pub leases: Vec<LeaseRenewal>,
+}
+
+/// What renewing one lease did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RenewalStatus {
+    /// Renewed: `lease_expires_at` is the new deadline.
+    Extended,
+    /// The token is not the current lease (409 on the single route).
+    Conflict,
+    /// No such task (404 on the single route).
+    NotFound,
+}
+
+/// Per-item answer of `POST /v1/nodes/{id}/extend`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RenewalResult {
+    /// Task id.
+    pub task_id: String,
+    /// What happened.
+    pub status: RenewalStatus,
+    /// Stable error code when not extended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// RFC 3339 new deadline, when extended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_expires_at: Option<String>,
+    /// True when the task was cancelled: stop it and report a failure.
+    #[serde(default)]
+    pub cancel_requested: bool,
+}
+
+/// Answer of `POST /v1/nodes/{id}/extend`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExtendBatchReply {
+    /// One per lease, same order.
+    pub results: Vec<RenewalResult>,
+}
+
 /// Body of `POST /v1/tasks/{id}/complete`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -184,6 +184,22 @@ impl Store {
         }
     }
 
+    /// Renews many leases of `node` (`None`: any holder): (task id, lease token,
+    /// progress JSON) each. One `extend.lua` call per lease, sent together over the
+    /// multiplexed connection (so pipelined); one result per item, in order.
+    pub async fn extend_many(
+        &self,
+        node: Option<&str>,
+        leases: &[(&str, &str, Option<&str>)],
+    ) -> Vec<Result<Extended>> {
+        futures::future::join_all(
+            leases
+                .iter()
+                .map(|(id, token, progress)| self.extend(id, node, token, *progress)),
+        )
+        .await
+    }
+
     /// Treats expired leases of `queue` as failed attempts. Returns (id, node, new state).
     ///
     /// # Errors

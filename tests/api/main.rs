@@ -13,3 +13,4 @@ mod schedules;
 mod security;
 mod store;
 mod ui;
+mod worker_sdk;

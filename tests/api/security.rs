@@ -362,6 +362,20 @@ async fn auth_table_covers_every_route_in_the_spec() {
             ],
         ),
         row(
+            "POST",
+            "/v1/nodes/{id}/extend",
+            format!("/v1/nodes/{node_a}/extend"),
+            Some(json!({"leases": [{"task_id": missing_task, "lease_token": "1.ab"}]})),
+            &[
+                (Read, 403),
+                (Submit, 403),
+                (Agent, 403),
+                (NodeB, 403),
+                (NodeA, 200),
+                (Admin, 200),
+            ],
+        ),
+        row(
             "GET",
             "/v1/queues",
             "/v1/queues".into(),
