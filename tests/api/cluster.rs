@@ -1,7 +1,7 @@
 //! Several `muster serve` processes on one Redis: the scripts, not the processes, keep
 //! every task assigned once.
 
-use crate::helpers::*;
+use crate::support::*;
 use muster::domain::{Task, TaskState};
 use serde_json::{Value, json};
 use std::collections::HashMap;

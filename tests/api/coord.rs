@@ -10,7 +10,7 @@
 //! runs 20,000 children to stay inside the CI budget (see `big_batch_size`); chunks are
 //! 10,000 children unless `MUSTER_COORD_CHUNK` says otherwise.
 
-use crate::helpers::*;
+use crate::support::*;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;

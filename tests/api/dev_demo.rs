@@ -1,6 +1,6 @@
 //! `muster dev` and `muster demo`, driven through the real binary.
 
-use crate::helpers::{free_port, muster_bin};
+use crate::support::{free_port, muster_bin};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

@@ -12,4 +12,5 @@ mod locks;
 mod schedules;
 mod security;
 mod store;
+mod support;
 mod ui;

@@ -2,7 +2,7 @@
 //! asserts every key it touches (task hash, state indexes, inboxes, load, cancels,
 //! events, stats), then runs the invariant checker, which must find nothing.
 
-use crate::helpers::{shared_redis, store};
+use crate::support::{shared_redis, store};
 use muster::domain::validate::new_task_id;
 use muster::domain::{Backoff, Node, NodeKind, NodeStatus, QueueUpdate, TaskState};
 use muster::store::{Cancelled, Leased, PreparedTask, Store, StoreError, Submitted};
