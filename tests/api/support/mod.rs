@@ -1,15 +1,17 @@
 //! The one test support module of the `api` binary: redis-server processes
 //! ([`redis_server`]), in-process control planes ([`app`]), `muster` child processes
-//! ([`procs`]), HTTP clients ([`http`]) and waiting and Redis inspection ([`wait`]).
+//! ([`procs`]), HTTP clients ([`http`]), event-stream tails ([`events`]) and waiting and Redis inspection ([`wait`]).
 //! Every test file uses it; the fault suite builds its harness on it.
 
 pub mod app;
+pub mod events;
 pub mod http;
 pub mod procs;
 pub mod redis_server;
 pub mod wait;
 
 pub use app::*;
+pub use events::*;
 pub use http::*;
 pub use procs::*;
 pub use redis_server::*;

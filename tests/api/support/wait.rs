@@ -4,7 +4,16 @@
 use std::time::{Duration, Instant};
 
 /// Polls `f` every 50 ms until it gives `Some`, panicking with `what` after `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    eventually_every(timeout, Duration::from_millis(50), what, f).await
+}
+
+/// Polls `f` every `every` until it gives `Some`, panicking with `what` after `timeout`.
+pub async fn eventually_every<T, F, Fut>(timeout: Duration, every: Duration, what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -18,7 +27,7 @@ where
             Instant::now() < deadline,
             "timed out after {timeout:?} waiting for: {what}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
