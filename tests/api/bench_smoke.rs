@@ -1,7 +1,7 @@
 //! `muster bench --quick --json` through the real binary, so the bench never rots: it
 //! must exit 0 and report positive rates for every phase.
 
-use crate::helpers::muster_bin;
+use crate::support::muster_bin;
 use serde_json::Value;
 use std::process::{Command, Stdio};
 

@@ -1,65 +1,11 @@
 //! Several `muster serve` processes on one Redis: the scripts, not the processes, keep
 //! every task assigned once.
 
-use crate::helpers::*;
+use crate::support::*;
 use muster::domain::{Task, TaskState};
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-/// Reads a stream from its start while it grows (`XREAD BLOCK`), so that entries the
-/// stream's MAXLEN trims later are still seen.
-struct StreamTail {
-    stop: Arc<AtomicBool>,
-    handle: std::thread::JoinHandle<Vec<(String, String, String)>>,
-}
-
-impl StreamTail {
-    fn start(url: String, key: String) -> StreamTail {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let handle = std::thread::spawn(move || {
-            let mut c = redis::Client::open(url)
-                .expect("url")
-                .get_connection()
-                .expect("connection");
-            let mut last = "0-0".to_string();
-            let mut out = Vec::new();
-            loop {
-                let stopping = flag.load(Ordering::SeqCst);
-                let reply: Option<redis::streams::StreamReadReply> = redis::cmd("XREAD")
-                    .arg("COUNT")
-                    .arg(2000)
-                    .arg("BLOCK")
-                    .arg(100)
-                    .arg("STREAMS")
-                    .arg(&key)
-                    .arg(&last)
-                    .query(&mut c)
-                    .expect("xread");
-                let mut got = 0;
-                for k in reply.map(|r| r.keys).unwrap_or_default() {
-                    for e in &k.ids {
-                        out.push(event_fields(e));
-                        last = e.id.clone();
-                        got += 1;
-                    }
-                }
-                if stopping && got == 0 {
-                    return out;
-                }
-            }
-        });
-        StreamTail { stop, handle }
-    }
-
-    fn finish(self) -> Vec<(String, String, String)> {
-        self.stop.store(true, Ordering::SeqCst);
-        self.handle.join().expect("stream reader")
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_serve_processes_on_one_redis_run_5000_tasks_each_assigned_exactly_once() {
@@ -70,7 +16,7 @@ async fn two_serve_processes_on_one_redis_run_5000_tasks_each_assigned_exactly_o
     let mut s2 = spawn_serve_process(&redis.url(), &ns).await;
     let api1 = Http::new(&s1.url, Some(ADMIN_TOKEN));
     let api2 = Http::new(&s2.url, Some(ADMIN_TOKEN));
-    let tail = StreamTail::start(redis.url(), format!("{ns}:{{default}}:events"));
+    let tail = EventTail::start(&redis.url(), &ns, "default");
 
     let mut agents = vec![
         spawn_agent_process(
@@ -141,7 +87,11 @@ async fn two_serve_processes_on_one_redis_run_5000_tasks_each_assigned_exactly_o
     }
     // Let in-flight writes settle, then read the whole stream as it grew.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let events = tail.finish();
+    let events: Vec<(String, String, String)> = tail
+        .finish()
+        .into_iter()
+        .map(|e| (e.typ, e.task, e.node))
+        .collect();
     let mut count: HashMap<(&str, &str), usize> = HashMap::new();
     for (typ, task, _) in &events {
         *count.entry((typ.as_str(), task.as_str())).or_default() += 1;

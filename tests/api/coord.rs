@@ -10,7 +10,7 @@
 //! runs 20,000 children to stay inside the CI budget (see `big_batch_size`); chunks are
 //! 10,000 children unless `MUSTER_COORD_CHUNK` says otherwise.
 
-use crate::helpers::*;
+use crate::support::*;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -82,28 +82,9 @@ fn s<'a>(v: &'a Value, field: &str) -> &'a str {
     v[field].as_str().unwrap_or("")
 }
 
-/// Polls `f` every `every` until it gives `Some`, panicking with `what` after `timeout`.
-async fn poll<T, F, Fut>(timeout: Duration, every: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        tokio::time::sleep(every).await;
-    }
-}
-
 /// Waits until `n` active nodes are registered.
 async fn wait_nodes(api: &Http, want: usize) {
-    poll(
+    eventually_every(
         Duration::from_secs(30),
         Duration::from_millis(100),
         &format!("{want} active nodes"),
@@ -682,7 +663,7 @@ async fn concurrency_fields_are_validated_and_a_crashed_holders_slot_frees_after
     api.submit(t(2)).await;
     let a = register_node(api, "cv-a", &["cv"], 5).await;
     let b = register_node(api, "cv-b", &["cv"], 5).await;
-    let first = poll(
+    let first = eventually_every(
         Duration::from_secs(10),
         Duration::from_millis(10),
         "a first lease",
@@ -701,7 +682,7 @@ async fn concurrency_fields_are_validated_and_a_crashed_holders_slot_frees_after
         more.is_empty(),
         "a second task leased under limit 1: {more:#?}"
     );
-    let second = poll(
+    let second = eventually_every(
         Duration::from_secs(10),
         Duration::from_millis(10),
         "the second task after the first lease expired",
@@ -790,7 +771,7 @@ async fn queue_rate_limit_50_per_second_starts_500_tasks_in_10_seconds_across_tw
     );
     assert_eq!(x.len() + y.len(), N);
     let submitted = Instant::now();
-    poll(
+    eventually_every(
         Duration::from_secs(20),
         Duration::from_millis(20),
         "a first start",
@@ -837,7 +818,7 @@ async fn queue_rate_limit_50_per_second_starts_500_tasks_in_10_seconds_across_tw
     let v = r.body["rate_limit"].clone();
     assert!(v.is_null() || v.as_f64() == Some(0.0), "{}", r.text);
     let lifted = Instant::now();
-    poll(
+    eventually_every(
         Duration::from_secs(60),
         Duration::from_millis(100),
         "every task succeeded once the limit was lifted",
@@ -1613,7 +1594,7 @@ async fn a_big_batch_filled_in_chunks_completes_and_runs_then_once_with_a_serve_
     assert_eq!(b["unfinished"], json!(0), "{b}");
     assert_eq!(b["open"], json!(false), "{b}");
     assert!(ts(&b, "finished_at").is_some(), "{b}");
-    let then_id = poll(
+    let then_id = eventually_every(
         Duration::from_secs(30),
         Duration::from_millis(100),
         "the batch's then task",
@@ -1766,7 +1747,7 @@ async fn a_batch_with_a_failed_child_reports_failed_runs_then_once_and_pages_eve
         .body;
     let id = s(&created, "id").to_string();
     assert_eq!(created["total"], json!(10), "{created}");
-    poll(
+    eventually_every(
         Duration::from_secs(30),
         Duration::from_millis(100),
         "the first ten children terminal",
@@ -1799,7 +1780,7 @@ async fn a_batch_with_a_failed_child_reports_failed_runs_then_once_and_pages_eve
         .await
         .expect(201);
     assert_eq!(r.body["ids"].as_array().map(Vec::len), Some(10));
-    let b = poll(
+    let b = eventually_every(
         Duration::from_secs(30),
         Duration::from_millis(100),
         "the batch finished",
@@ -1814,7 +1795,7 @@ async fn a_batch_with_a_failed_child_reports_failed_runs_then_once_and_pages_eve
     assert_eq!(b["succeeded"], json!(19), "{b}");
     assert_eq!(b["failed"], json!(1), "{b}");
     assert_eq!(b["cancelled"], json!(0), "{b}");
-    let then_id = poll(
+    let then_id = eventually_every(
         Duration::from_secs(30),
         Duration::from_millis(100),
         "the then task",
@@ -1904,7 +1885,7 @@ async fn a_batch_with_a_failed_child_reports_failed_runs_then_once_and_pages_eve
     a1.post(&format!("/v1/tasks/{late}/cancel"), &json!({}))
         .await
         .expect(200);
-    let b = poll(
+    let b = eventually_every(
         Duration::from_secs(30),
         Duration::from_millis(100),
         "the second batch finished",

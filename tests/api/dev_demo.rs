@@ -1,6 +1,6 @@
 //! `muster dev` and `muster demo`, driven through the real binary.
 
-use crate::helpers::{free_port, muster_bin};
+use crate::support::{free_port, muster_bin};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -126,31 +126,15 @@ impl Drop for Dev {
 
 /// Pids of the processes whose parent is `ppid`, with their command lines.
 fn children_of(ppid: u32) -> Vec<(u32, String)> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let mut f = rest.split_whitespace();
-        let _state = f.next();
-        if f.next().and_then(|p| p.parse::<u32>().ok()) == Some(ppid) {
+    crate::support::children_of(ppid)
+        .into_iter()
+        .map(|pid| {
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
                 .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
                 .unwrap_or_default();
-            out.push((pid, cmd));
-        }
-    }
-    out
+            (pid, cmd)
+        })
+        .collect()
 }
 
 fn run(cmd: &mut Command) -> Output {

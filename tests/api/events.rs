@@ -1,7 +1,7 @@
 //! `GET /v1/events` (RELIABILITY.md R7, light): an SSE consumer killed and resumed with
 //! `Last-Event-ID` while tasks complete misses no completion; and `/metrics` counts them.
 
-use crate::helpers::{SecApp, shared_redis, spawn_sec_app};
+use crate::support::{SecApp, shared_redis, spawn_sec_app};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;

@@ -2,7 +2,7 @@
 //! `muster agent` processes or nodes driven by hand over HTTP, and the invariant
 //! checker at the end of every scenario.
 
-use crate::helpers::*;
+use crate::support::*;
 use muster::domain::{Node, Task, TaskState};
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};

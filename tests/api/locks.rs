@@ -1,12 +1,12 @@
 //! Fenced locks (`/v1/locks`): mutual exclusion, strictly increasing fences, holder-only
 //! extend and release, expiry, input validation and roles.
 
-use crate::helpers::{Http, assert_doctor_clean, register_node, spawn_app};
+use crate::support::{Http, assert_doctor_clean, register_node, spawn_app};
 use muster::domain::coord::Lock;
 use serde_json::json;
 use std::time::Duration;
 
-async fn release(api: &Http, name: &str, token: &str) -> crate::helpers::Resp {
+async fn release(api: &Http, name: &str, token: &str) -> crate::support::Resp {
     let rb = api
         .req(reqwest::Method::DELETE, &format!("/v1/locks/{name}"))
         .json(&json!({ "token": token }));
@@ -130,7 +130,7 @@ async fn extend_and_release_with_a_stale_or_wrong_token_change_nothing() {
         "lock_not_held"
     );
     // Nothing changed: still held by `cur`, with its own expiry.
-    let mut conn = crate::helpers::shared_redis().conn();
+    let mut conn = crate::support::shared_redis().conn();
     let holder: String = redis::cmd("GET")
         .arg(app.store.keys.lock_holder("db"))
         .query(&mut conn)
@@ -191,8 +191,8 @@ async fn bad_lock_requests_get_4xx_and_store_nothing() {
     }
     let r = app.api.post_raw("/v1/locks/ok", "{not json").await;
     r.problem(400);
-    let mut conn = crate::helpers::shared_redis().conn();
-    let keys = crate::helpers::ns_keys(&mut conn, &app.ns);
+    let mut conn = crate::support::shared_redis().conn();
+    let keys = crate::support::ns_keys(&mut conn, &app.ns);
     assert!(
         keys.iter().all(|k| !k.contains("~lock")),
         "no lock key stored: {keys:?}"

@@ -12,5 +12,6 @@ mod locks;
 mod schedules;
 mod security;
 mod store;
+mod support;
 mod ui;
 mod worker_sdk;

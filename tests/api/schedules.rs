@@ -3,7 +3,7 @@
 //! soak: one-second ticks on three `muster serve` replicas with the leader killed and
 //! restarted, exactly one task per tick and none missed.
 
-use crate::helpers::{
+use crate::support::{
     ADMIN_TOKEN, Http, ServeProc, assert_doctor_clean, eventually, shared_redis, spawn_app,
     spawn_serve_process, unique_ns,
 };
@@ -138,7 +138,7 @@ async fn schedules_are_created_listed_read_and_deleted_and_bad_ones_get_4xx() {
 
     // `muster schedules` lists them (table and --json).
     // Async: the server under test runs on this test's runtime.
-    let out = tokio::process::Command::new(crate::helpers::muster_bin())
+    let out = tokio::process::Command::new(crate::support::muster_bin())
         .args(["schedules", "--server", &app.url, "--token", ADMIN_TOKEN])
         .env_remove("MUSTER_TOKEN")
         .output()
@@ -158,7 +158,7 @@ async fn schedules_are_created_listed_read_and_deleted_and_bad_ones_get_4xx() {
         text.contains("nightly.report") && text.contains("Europe/Paris"),
         "{text}"
     );
-    let out = tokio::process::Command::new(crate::helpers::muster_bin())
+    let out = tokio::process::Command::new(crate::support::muster_bin())
         .args([
             "schedules",
             "--json",
@@ -280,7 +280,7 @@ async fn a_paused_schedule_does_not_fire_and_resuming_does_not_catch_up() {
 
 /// A store and a scheduler stepped by hand (no background loop) on a fresh namespace.
 async fn manual() -> (muster::store::Store, muster::workers::scheduler::Scheduler) {
-    let store = crate::helpers::store().await;
+    let store = crate::support::store().await;
     let sched =
         muster::workers::scheduler::Scheduler::new(store.clone(), muster::service::hub::Hub::new());
     (store, sched)

@@ -2,7 +2,7 @@
 //! driven by `openapi/openapi.json`, node isolation, size limits with a keyspace audit,
 //! secrets hygiene, the per-token rate limit and the header-read timeout.
 
-use crate::helpers::{
+use crate::support::{
     RedisGuard, SecApp, dump_namespace, raw_chunked_post, raw_request, shared_redis, spawn_sec_app,
 };
 use serde_json::{Value, json};

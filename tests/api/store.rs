@@ -2,7 +2,7 @@
 //! asserts every key it touches (task hash, state indexes, inboxes, load, cancels,
 //! events, stats), then runs the invariant checker, which must find nothing.
 
-use crate::helpers::{shared_redis, store};
+use crate::support::{shared_redis, store};
 use muster::domain::validate::new_task_id;
 use muster::domain::{Backoff, Node, NodeKind, NodeStatus, QueueUpdate, TaskState};
 use muster::store::{Cancelled, Leased, PreparedTask, Store, StoreError, Submitted};
@@ -209,6 +209,59 @@ impl Kit {
             .lease(q, node, max, false, "")
             .await
             .expect("lease")
+    }
+
+    /// Seeds `t` straight into `state` instead of driving the transitions that lead
+    /// there: `submit` writes the hash a task starts with, then the fields of `state`
+    /// and its index entry are written with the production key names ([`Keys`]), as
+    /// the scripts leave them (`finish()` in `lua/lib.lua` for the ended states, a due
+    /// time one minute ahead for `scheduled` / `retrying`). `running` is not seeded: a
+    /// lease also spans the node's load and fence; use [`Kit::running`].
+    ///
+    /// [`Keys`]: muster::store::keys::Keys
+    async fn seed(&mut self, t: PreparedTask, state: &str) -> String {
+        let q = t.queue.clone();
+        let id = self.submit_one(t).await;
+        let keys = self.store.keys.clone();
+        let now = self.redis_now();
+        let (score, fields): (i64, Vec<(&str, String)>) = match state {
+            "pending" => return id,
+            "scheduled" | "retrying" => (now + 60_000, vec![("run_at", (now + 60_000).to_string())]),
+            "succeeded" => (now, vec![("attempts", "1".into()), ("result", "1".into())]),
+            "failed" => (now, vec![("attempts", "3".into()), ("error", "x".into())]),
+            "cancelled" => (now, vec![]),
+            other => panic!("cannot seed state {other}"),
+        };
+        let tkey = keys.task(&q, &id);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset(&tkey, "state", state)
+            .zrem(keys.state_index(&q, "pending"), &id)
+            .zadd(keys.state_index(&q, state), &id, score);
+        for (f, v) in &fields {
+            pipe.hset(&tkey, *f, v);
+        }
+        if matches!(state, "succeeded" | "failed" | "cancelled") {
+            pipe.hset(&tkey, "finished_at", now)
+                .hset(&tkey, "lease_expires", "")
+                .hincr(keys.stats(&q), state, 1);
+        }
+        let () = pipe.query(&mut self.r).expect("seed");
+        assert_eq!(self.field(&q, &id, "state"), state, "seeded");
+        id
+    }
+
+    /// The keys whose content differs between two snapshots (added, removed or changed).
+    fn changed(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) -> Vec<String> {
+        let mut keys: Vec<String> = before
+            .keys()
+            .chain(after.keys())
+            .filter(|k| before.get(*k) != after.get(*k))
+            .cloned()
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
     }
 
     /// Submits `t`, assigns it to `node` and leases it (no other task may be pending).
@@ -1736,35 +1789,6 @@ async fn cancel_of_a_running_task_asks_its_node_and_the_task_ends_cancelled_when
     k.assert_doctor_clean(&["q"]).await;
 }
 
-#[tokio::test]
-async fn cancel_of_a_succeeded_or_failed_task_is_an_illegal_transition() {
-    let mut k = Kit::new().await;
-    let ok = k.running(task("q"), "n1").await;
-    k.store
-        .complete(&ok.task.id, Some("n1"), &ok.token, "1")
-        .await
-        .unwrap();
-    let bad = k.running(task("q"), "n1").await;
-    k.store
-        .fail(&bad.task.id, Some("n1"), &bad.token, "x", false)
-        .await
-        .unwrap();
-    for (id, state) in [(&ok.task.id, "succeeded"), (&bad.task.id, "failed")] {
-        let before = k.snapshot();
-        assert_illegal(k.store.cancel(id).await, state, state);
-        assert_eq!(k.snapshot(), before, "{state}: keys changed");
-    }
-    assert!(matches!(
-        k.store.cancel(&new_task_id("q")).await,
-        Err(StoreError::NotFound { .. })
-    ));
-    assert!(matches!(
-        k.store.cancel("not-an-id").await,
-        Err(StoreError::NotFound { .. })
-    ));
-    k.assert_doctor_clean(&["q"]).await;
-}
-
 // ----- retry, delete -----
 
 #[tokio::test]
@@ -1820,71 +1844,141 @@ async fn retry_sends_a_failed_or_cancelled_task_back_to_pending_with_attempts_re
     k.assert_doctor_clean(&["q"]).await;
 }
 
-#[tokio::test]
-async fn retry_of_a_task_that_has_not_ended_in_failure_is_an_illegal_transition() {
-    let mut k = Kit::new().await;
-    let running = k.running(task("q"), "n1").await;
-    let done = k.running(task("q"), "n1").await;
-    k.store
-        .complete(&done.task.id, Some("n1"), &done.token, "1")
-        .await
-        .unwrap();
-    let pending = k.submit_one(task("q")).await;
-    for (id, state) in [
-        (&pending, "pending"),
-        (&running.task.id, "running"),
-        (&done.task.id, "succeeded"),
-    ] {
-        let before = k.snapshot();
-        assert_illegal(k.store.retry(id).await, state, state);
-        assert_eq!(k.snapshot(), before, "{state}");
-    }
-    k.assert_doctor_clean(&["q"]).await;
+/// What an operator transition does from one state, and every key it writes:
+/// `task`, `stats`, `events`, `seq`, `cancels:n1` or a state index by name.
+#[derive(Clone, Copy, Debug)]
+enum Want {
+    /// Done: the task ends in this state ("" = deleted); exactly these keys change.
+    To(&'static str, &'static [&'static str]),
+    /// `IllegalTransition { from }`; nothing is written.
+    Illegal,
+    /// Accepted, nothing to do: nothing is written.
+    Unchanged,
 }
 
+/// The operator transitions `cancel`, `retry` and `delete` from every state a task can
+/// be in outside an inbox, each from a seeded state in a namespace of its own (as
+/// asynq's `rdb_test.go` tables): the reply, the task's state and indexes, the event,
+/// and the exact set of keys written; then the invariant checker. Replaces
+/// `cancel_of_a_succeeded_or_failed_task_is_an_illegal_transition`,
+/// `retry_of_a_task_that_has_not_ended_in_failure_is_an_illegal_transition` and
+/// `delete_removes_only_finished_tasks`, which checked fewer states and keys.
 #[tokio::test]
-async fn delete_removes_only_finished_tasks() {
-    let mut k = Kit::new().await;
-    let running = k.running(task("q"), "n1").await;
-    let done = k.running(task("q"), "n1").await;
-    k.store
-        .complete(&done.task.id, Some("n1"), &done.token, "1")
-        .await
-        .unwrap();
-    let failed = k.running(task("q"), "n1").await;
-    k.store
-        .fail(&failed.task.id, Some("n1"), &failed.token, "x", false)
-        .await
-        .unwrap();
-    let pending = k.submit_one(task("q")).await;
-    let cancelled = k.submit_one(task("q")).await;
-    k.store.cancel(&cancelled).await.unwrap();
-
-    for (id, state) in [(&pending, "pending"), (&running.task.id, "running")] {
-        let before = k.snapshot();
-        assert_illegal(k.store.delete(id).await, state, state);
-        assert_eq!(k.snapshot(), before, "{state}");
+async fn operator_transitions_from_every_state_write_exactly_their_keys() {
+    use Want::{Illegal, To, Unchanged};
+    let cases: &[(&str, &str, Want)] = &[
+        ("cancel", "pending", To("cancelled", &["task", "pending", "cancelled", "stats", "events"])),
+        ("cancel", "scheduled", To("cancelled", &["task", "scheduled", "cancelled", "stats", "events"])),
+        ("cancel", "retrying", To("cancelled", &["task", "retrying", "cancelled", "stats", "events"])),
+        ("cancel", "running", To("running", &["task", "cancels:n1", "events"])),
+        ("cancel", "succeeded", Illegal),
+        ("cancel", "failed", Illegal),
+        ("cancel", "cancelled", Unchanged),
+        ("retry", "pending", Illegal),
+        ("retry", "scheduled", Illegal),
+        ("retry", "retrying", Illegal),
+        ("retry", "running", Illegal),
+        ("retry", "succeeded", Illegal),
+        ("retry", "failed", To("pending", &["task", "failed", "pending", "seq", "events"])),
+        ("retry", "cancelled", To("pending", &["task", "cancelled", "pending", "seq", "events"])),
+        ("delete", "pending", Illegal),
+        ("delete", "scheduled", Illegal),
+        ("delete", "retrying", Illegal),
+        ("delete", "running", Illegal),
+        ("delete", "succeeded", To("", &["task", "succeeded", "events"])),
+        ("delete", "failed", To("", &["task", "failed", "events"])),
+        ("delete", "cancelled", To("", &["task", "cancelled", "events"])),
+    ];
+    for &(op, from, want) in cases {
+        let case = format!("{op} from {from}");
+        let mut k = Kit::new().await;
+        let id = if from == "running" {
+            k.running(task("q"), "n1").await.task.id
+        } else {
+            k.seed(task("q"), from).await
+        };
+        let keys = k.store.keys.clone();
+        let key = |name: &str| match name {
+            "task" => keys.task("q", &id),
+            "stats" => keys.stats("q"),
+            "events" => keys.events("q"),
+            "seq" => keys.seq("q"),
+            "cancels:n1" => keys.cancels("q", "n1"),
+            index => keys.state_index("q", index),
+        };
+        let (before, events, stat) = (k.snapshot(), k.xlen("q"), k.stat("q", "cancelled"));
+        let r = match op {
+            "cancel" => k.store.cancel(&id).await.map(|c| format!("{c:?}")),
+            "retry" => k.store.retry(&id).await.map(|()| String::new()),
+            _ => k.store.delete(&id).await.map(|()| String::new()),
+        };
+        let after = k.snapshot();
+        match want {
+            Illegal => {
+                assert_illegal(r, from, &case);
+                assert_eq!(after, before, "{case}: keys changed");
+            }
+            Unchanged => {
+                assert_eq!(r.expect(&case), "Done", "{case}");
+                assert_eq!(after, before, "{case}: keys changed");
+            }
+            To(to, written) => {
+                let reply = r.unwrap_or_else(|e| panic!("{case}: {e:?}"));
+                let mut want_keys: Vec<String> = written.iter().map(|n| key(n)).collect();
+                want_keys.sort();
+                assert_eq!(Kit::changed(&before, &after), want_keys, "{case}: keys written");
+                assert_eq!(k.xlen("q"), events + 1, "{case}: one event");
+                match to {
+                    "" => {
+                        assert!(k.hash("q", &id).is_empty(), "{case}: hash kept");
+                        assert!(k.indexes("q", &id).is_empty(), "{case}: still indexed");
+                        assert!(
+                            matches!(k.store.delete(&id).await, Err(StoreError::NotFound { .. })),
+                            "{case}: twice"
+                        );
+                        assert!(
+                            matches!(k.store.task(&id).await, Err(StoreError::NotFound { .. })),
+                            "{case}: still readable"
+                        );
+                    }
+                    "running" => {
+                        assert_eq!(reply, "Requested", "{case}");
+                        assert_eq!(k.field("q", &id, "cancel_requested"), "1", "{case}");
+                        assert_eq!(k.cancels("q", "n1"), [id.clone()], "{case}");
+                        assert_eq!(k.indexes("q", &id), ["running"], "{case}");
+                    }
+                    to => {
+                        let h = k.hash("q", &id);
+                        assert_eq!(h["state"], to, "{case}");
+                        assert_eq!(k.indexes("q", &id), [to], "{case}");
+                        if to == "cancelled" {
+                            assert_eq!(reply, "Done", "{case}");
+                            assert_eq!(k.stat("q", "cancelled"), stat + 1, "{case}: stat");
+                            assert!(!h["finished_at"].is_empty(), "{case}: finished_at");
+                        } else {
+                            assert_eq!(h["attempts"], "0", "{case}");
+                            assert_eq!(h["cancel_requested"], "0", "{case}");
+                            for gone in ["finished_at", "error", "result"] {
+                                assert!(!h.contains_key(gone), "{case}: {gone} kept");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        k.assert_doctor_clean(&["q"]).await;
     }
-    for (id, state) in [
-        (&done.task.id, "succeeded"),
-        (&failed.task.id, "failed"),
-        (&cancelled, "cancelled"),
-    ] {
-        let events = k.xlen("q");
-        k.store.delete(id).await.unwrap();
-        assert!(k.hash("q", id).is_empty(), "{state}: hash kept");
-        assert!(k.indexes("q", id).is_empty(), "{state}: still indexed");
-        assert_eq!(k.xlen("q"), events + 1, "{state}");
-        assert!(
-            matches!(k.store.delete(id).await, Err(StoreError::NotFound { .. })),
-            "{state}: twice"
-        );
-        assert!(
-            matches!(k.store.task(id).await, Err(StoreError::NotFound { .. })),
-            "{state}"
-        );
+    // An id of no task, and a malformed one.
+    let k = Kit::new().await;
+    for id in [new_task_id("q"), "not-an-id".to_string()] {
+        for r in [
+            k.store.cancel(&id).await.map(drop),
+            k.store.retry(&id).await,
+            k.store.delete(&id).await,
+        ] {
+            assert!(matches!(r, Err(StoreError::NotFound { .. })), "{id}: {r:?}");
+        }
     }
-    k.assert_doctor_clean(&["q"]).await;
 }
 
 // ----- requeue_inbox -----

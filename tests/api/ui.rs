@@ -6,7 +6,7 @@
 //! `scripts/ensure-chromium.sh` (run by `scripts/test.sh`) installs it. One browser at a
 //! time: the machine has two cores.
 
-use crate::helpers::{SecApp, e2e_redis, free_port, spawn_sec_app};
+use crate::support::{SecApp, e2e_redis, free_port, spawn_sec_app};
 use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};

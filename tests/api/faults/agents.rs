@@ -1,7 +1,7 @@
 //! R1 (agent `kill -9` mid-task) and R2 (a paused agent comes back as a zombie).
 
 use super::harness::*;
-use crate::helpers::{Http, register_node};
+use crate::support::*;
 use muster::domain::{Task, TaskState};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -48,7 +48,7 @@ async fn r1_agents_killed_mid_task_lose_nothing_accept_one_result_and_are_reclai
     let mut rng = StdRng::seed_from_u64(seed);
     let queue = "r1";
     let redis = FaultRedis::start("everysec");
-    let ns = ns();
+    let ns = unique_ns();
     let serve = Serve::start(&redis.url(), &ns).await;
     let api = serve.api();
     let store = store_on(&redis.url(), &ns).await;
@@ -56,9 +56,9 @@ async fn r1_agents_killed_mid_task_lose_nothing_accept_one_result_and_are_reclai
     let rec = Recorder::new();
     // The handler runs longer than the lease TTL: it lives on renewals.
     let exec = ["--queue", queue, "--capacity", "2", "--exec", "sleep 4"];
-    let mut agents: Vec<(String, FProc)> = Vec::new();
+    let mut agents: Vec<(String, Proc)> = Vec::new();
     let mut serial_no = 0;
-    let mut spawn = |agents: &mut Vec<(String, FProc)>| {
+    let mut spawn = |agents: &mut Vec<(String, Proc)>| {
         let name = format!("r1-agent-{serial_no}");
         serial_no += 1;
         agents.push((name.clone(), agent(&name, &[&serve.url], &exec, false)));
@@ -235,7 +235,7 @@ async fn r1_agents_killed_mid_task_lose_nothing_accept_one_result_and_are_reclai
         "R1 (seed {seed}): kill to re-claim took {max_reclaim} ms > TTL + 1 s"
     );
     drop(agents);
-    assert_doctor(&redis.url(), &ns);
+    assert_doctor_cli_clean(&redis.url(), &ns);
 }
 
 /// The fenced sink: lines `<task> <fence>` in the order they were appended. A write
@@ -271,7 +271,7 @@ async fn r2_a_paused_agent_is_a_zombie_whose_renew_and_complete_are_refused_and_
     let (rounds, zombies): (usize, usize) = if long() { (10, 5) } else { (3, 2) };
     let queue = "r2";
     let redis = FaultRedis::start("everysec");
-    let ns = ns();
+    let ns = unique_ns();
     let serve = Serve::start(&redis.url(), &ns).await;
     let api = serve.api();
     let tail = EventTail::start(&redis.url(), &ns, queue);
@@ -293,7 +293,7 @@ async fn r2_a_paused_agent_is_a_zombie_whose_renew_and_complete_are_refused_and_
     for round in 0..rounds {
         let stop_group = round % 2 == 0;
         let znames: Vec<String> = (0..zombies).map(|i| format!("r2-z{round}-{i}")).collect();
-        let mut zs: Vec<FProc> = znames
+        let mut zs: Vec<Proc> = znames
             .iter()
             .map(|n| agent(n, &[&serve.url], &exec, true))
             .collect();
@@ -326,7 +326,7 @@ async fn r2_a_paused_agent_is_a_zombie_whose_renew_and_complete_are_refused_and_
         zombie_count += zs.len();
         // Other agents take the tasks over once the leases expire and finish them.
         let hnames: Vec<String> = (0..zombies).map(|i| format!("r2-h{round}-{i}")).collect();
-        let hs: Vec<FProc> = hnames
+        let hs: Vec<Proc> = hnames
             .iter()
             .map(|n| agent(n, &[&serve.url], &exec, false))
             .collect();
@@ -361,7 +361,7 @@ async fn r2_a_paused_agent_is_a_zombie_whose_renew_and_complete_are_refused_and_
             );
         }
         for z in &zs {
-            let log = z.log();
+            let log = z.output();
             let renew = log
                 .lines()
                 .any(|l| l.contains("lease lost: stopping the task") && l.contains("409"));
@@ -372,7 +372,7 @@ async fn r2_a_paused_agent_is_a_zombie_whose_renew_and_complete_are_refused_and_
                 renew || complete,
                 "R2: zombie {} was never refused with 409\n{}",
                 z.name,
-                z.log_tail()
+                z.log()
             );
             renew_refused += usize::from(renew);
             complete_refused += usize::from(complete);
@@ -478,7 +478,7 @@ async fn r2_a_paused_agent_is_a_zombie_whose_renew_and_complete_are_refused_and_
         self_fenced + 1 >= group_zombies,
         "R2: only {self_fenced}/{group_zombies} zombies fenced themselves"
     );
-    assert_doctor(&redis.url(), &ns);
+    assert_doctor_cli_clean(&redis.url(), &ns);
 }
 
 /// Polls a task until `pred`.
@@ -503,7 +503,7 @@ async fn eventually_task(
 }
 
 async fn eventually_lease(
-    n: &crate::helpers::ManualNode,
+    n: &crate::support::ManualNode,
     api: &Http,
     task: &str,
     timeout: Duration,

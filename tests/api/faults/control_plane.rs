@@ -2,6 +2,7 @@
 //! Redis; clients retry with the same Idempotency-Key against either; agents fail over).
 
 use super::harness::*;
+use crate::support::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -16,14 +17,14 @@ async fn r3_a_control_plane_killed_under_load_loses_and_duplicates_nothing_and_i
     };
     let queue = "r3";
     let redis = FaultRedis::start("always");
-    let ns = ns();
+    let ns = unique_ns();
     let mut a = Serve::start(&redis.url(), &ns).await;
     let mut b = Serve::start(&redis.url(), &ns).await;
     let store = store_on(&redis.url(), &ns).await;
     let tail = EventTail::start(&redis.url(), &ns, queue);
     let exec = ["--queue", queue, "--capacity", "8", "--builtin"];
     let names: Vec<String> = (0..3).map(|i| format!("r3-agent-{i}")).collect();
-    let agents: Vec<FProc> = names
+    let agents: Vec<Proc> = names
         .iter()
         .enumerate()
         .map(|(i, n)| {
@@ -140,5 +141,5 @@ async fn r3_a_control_plane_killed_under_load_loses_and_duplicates_nothing_and_i
         "R3: kill to first 2xx took {max_rec:?}"
     );
     drop(agents);
-    assert_doctor(&redis.url(), &ns);
+    assert_doctor_cli_clean(&redis.url(), &ns);
 }

@@ -2,6 +2,7 @@
 //! the attempt retried; cancelling a running task reaches its node within one heartbeat.
 
 use super::harness::*;
+use crate::support::*;
 use muster::domain::{Task, TaskState};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 async fn a_handler_past_max_run_ms_is_killed_with_its_process_group_and_the_attempt_retried() {
     let _serial = serial().await;
     let redis = FaultRedis::start("everysec");
-    let ns = ns();
+    let ns = unique_ns();
     let serve = Serve::start(&redis.url(), &ns).await;
     let api = serve.api();
     let dir = tempfile::tempdir().expect("temp dir");
@@ -93,7 +94,7 @@ async fn a_handler_past_max_run_ms_is_killed_with_its_process_group_and_the_atte
     eprintln!(
         "max_run_ms figures: killed handlers=3 surviving=0 side effects=0 kill+retry took {took:?}"
     );
-    assert_doctor(&redis.url(), &ns);
+    assert_doctor_cli_clean(&redis.url(), &ns);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -101,7 +102,7 @@ async fn cancelling_a_running_task_reaches_its_node_and_kills_the_handler_within
     let _serial = serial().await;
     let rounds = if long() { 20 } else { 5 };
     let redis = FaultRedis::start("everysec");
-    let ns = ns();
+    let ns = unique_ns();
     let serve = Serve::start(&redis.url(), &ns).await;
     let api = serve.api();
     let dir = tempfile::tempdir().expect("temp dir");
@@ -169,5 +170,5 @@ async fn cancelling_a_running_task_reaches_its_node_and_kills_the_handler_within
         worst_kill <= gate && worst_state <= gate,
         "cancel took {worst_kill:?} / {worst_state:?}"
     );
-    assert_doctor(&redis.url(), &ns);
+    assert_doctor_cli_clean(&redis.url(), &ns);
 }

@@ -1,28 +1,20 @@
-//! The fault harness: a redis-server with AOF on (fsync policy per test) that can be
-//! killed, restarted in place and paused; `muster serve` replicas on fixed ports that
-//! can be killed and restarted; `muster agent` processes that can be killed, stopped
-//! and continued (with the process groups of their handlers); a recorder of client
+//! The fault harness, built on [`crate::support`] (which owns processes, `muster serve`
+//! replicas that restart in place, signals and the process table): a redis-server with
+//! AOF on (fsync policy per test) that can be killed, restarted in place and paused;
+//! `muster agent` processes named for the checker; a recorder of client
 //! operations (ok / failed / indeterminate); a tail of the queues' event streams; and
 //! the checker (lost, duplicate_accepted, duplicate_task, unexpected, doctor).
 
-use crate::helpers::{ADMIN_TOKEN, Http, RedisGuard, free_port, muster_bin, unique_ns};
+use crate::support::{Ev, Http, Proc, RedisGuard, agent_args, signal};
 use muster::domain::{Task, TaskState};
 use muster::store::Store;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Shrunk timers of the suite.
 pub const TTL_MS: u64 = 3000;
-/// Heartbeat interval told to agents (offline after 3 missed).
-pub const HEARTBEAT_MS: u64 = 500;
-/// Reaper interval of the control plane.
-pub const REAPER_MS: u64 = 250;
-
 /// One fault scenario at a time: they measure recovery times on a 2-core box.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -42,43 +34,6 @@ pub fn wall_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_millis() as i64
-}
-
-/// Sends a signal with kill(1): `kill -s SIG -- target` (target a pid, or `-pgid`).
-pub fn signal(sig: &str, target: &str) {
-    let st = Command::new("kill")
-        .args(["-s", sig, "--", target])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("kill(1)");
-    let _ = st;
-}
-
-/// Direct children of `pid` (from /proc).
-pub fn children_of(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid ...": comm may hold spaces, so split after the last ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|x| x.1) else {
-            continue;
-        };
-        let mut it = rest.split_whitespace();
-        let _state = it.next();
-        if it.next().and_then(|v| v.parse::<u32>().ok()) == Some(pid) {
-            out.push(p);
-        }
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------
@@ -166,226 +121,13 @@ impl Drop for FaultRedis {
     }
 }
 
-// ---------------------------------------------------------------------------------
-// processes
-// ---------------------------------------------------------------------------------
-
-/// A `muster` child process with its output in a log file; SIGKILLed on drop
-/// (continued first if stopped).
-pub struct FProc {
-    child: Child,
-    /// What it is.
-    pub name: String,
-    log_path: PathBuf,
-    _dir: tempfile::TempDir,
-    stopped: bool,
-}
-
-impl FProc {
-    /// Spawns `muster <args>` with `RUST_LOG=<log>`.
-    pub fn spawn(name: &str, args: &[String], log: &str) -> FProc {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let log_path = dir.path().join("log");
-        let f = std::fs::File::create(&log_path).expect("log file");
-        let child = Command::new(muster_bin())
-            .args(args)
-            .env("RUST_LOG", log)
-            .env_remove("MUSTER_TOKEN")
-            .env_remove("MUSTER_SERVER")
-            .env_remove("MUSTER_ADMIN_TOKEN")
-            .env_remove("MUSTER_TOKENS")
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().expect("log fd"))
-            .stderr(f)
-            .spawn()
-            .expect("spawn muster");
-        FProc {
-            child,
-            name: name.to_string(),
-            log_path,
-            _dir: dir,
-            stopped: false,
-        }
-    }
-
-    /// Its pid.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// kill -9 and reap.
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// True while it runs.
-    pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// SIGSTOP the process, and with `group` the process groups of its children too
-    /// (an agent runs each `--exec` handler in a process group of its own). Returns
-    /// the groups stopped.
-    pub fn stop(&mut self, group: bool) -> Vec<u32> {
-        signal("STOP", &self.pid().to_string());
-        self.stopped = true;
-        let mut groups = Vec::new();
-        if group {
-            for c in children_of(self.pid()) {
-                signal("STOP", &format!("-{c}"));
-                groups.push(c);
-            }
-        }
-        groups
-    }
-
-    /// SIGCONT the process and the given groups.
-    pub fn cont(&mut self, groups: &[u32]) {
-        for g in groups {
-            signal("CONT", &format!("-{g}"));
-        }
-        signal("CONT", &self.pid().to_string());
-        self.stopped = false;
-    }
-
-    /// Its whole output.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    /// The last 8 KiB of its output, titled.
-    pub fn log_tail(&self) -> String {
-        let s = self.log();
-        let mut start = s.len().saturating_sub(8192);
-        while !s.is_char_boundary(start) {
-            start += 1;
-        }
-        format!("--- {} log ---\n{}", self.name, &s[start..])
-    }
-}
-
-impl Drop for FProc {
-    fn drop(&mut self) {
-        if self.stopped {
-            signal("CONT", &self.pid().to_string());
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() || std::env::var_os("MUSTER_TEST_SHOW_LOGS").is_some() {
-            eprintln!("{}", self.log_tail());
-        }
-    }
-}
-
-/// A `muster serve` replica on a fixed port (so it can be restarted in place).
-pub struct Serve {
-    /// The process (None while killed).
-    pub proc: Option<FProc>,
-    /// Its port.
-    pub port: u16,
-    /// `http://127.0.0.1:<port>`.
-    pub url: String,
-    redis_url: String,
-    ns: String,
-}
-
-impl Serve {
-    /// Starts a replica on a free port and waits until `/readyz` answers 200.
-    pub async fn start(redis_url: &str, ns: &str) -> Serve {
-        let port = free_port();
-        let mut s = Serve {
-            proc: None,
-            port,
-            url: format!("http://127.0.0.1:{port}"),
-            redis_url: redis_url.to_string(),
-            ns: ns.to_string(),
-        };
-        s.spawn();
-        s.wait_ready(Duration::from_secs(30))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        s
-    }
-
-    /// Spawns the process (does not wait).
-    pub fn spawn(&mut self) {
-        let listen = format!("127.0.0.1:{}", self.port);
-        let args: Vec<String> = [
-            "serve",
-            "--listen",
-            &listen,
-            "--redis-url",
-            &self.redis_url,
-            "--admin-token",
-            ADMIN_TOKEN,
-            "--namespace",
-            &self.ns,
-            "--heartbeat-interval-ms",
-            &HEARTBEAT_MS.to_string(),
-            "--reaper-interval-ms",
-            &REAPER_MS.to_string(),
-            "--dispatchers",
-            "2",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        self.proc = Some(FProc::spawn(&format!("serve {listen}"), &args, "info"));
-    }
-
-    /// Waits until `/readyz` answers 200; the time it took.
-    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<Duration, String> {
-        let started = Instant::now();
-        let http = Http::new(&self.url, None);
-        loop {
-            if let Some(p) = self.proc.as_mut()
-                && !p.running()
-            {
-                return Err(format!("muster serve exited\n{}", p.log_tail()));
-            }
-            if let Ok(Ok(r)) = tokio::time::timeout(
-                Duration::from_secs(2),
-                http.req(reqwest::Method::GET, "/readyz").send(),
-            )
-            .await
-                && r.status().is_success()
-            {
-                return Ok(started.elapsed());
-            }
-            if started.elapsed() > timeout {
-                return Err("muster serve not ready in time".into());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// kill -9.
-    pub fn kill9(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.kill9();
-        }
-    }
-
-    /// An admin client.
-    pub fn api(&self) -> Http {
-        Http::new(&self.url, Some(ADMIN_TOKEN))
-    }
-}
-
 /// Starts `muster agent` with the admin token against `servers`; `extra` e.g.
 /// `["--builtin", "--capacity", "4"]`. `debug` logs the agent at debug level (report
 /// outcomes are logged there).
-pub fn agent(name: &str, servers: &[&str], extra: &[&str], debug: bool) -> FProc {
-    let mut args: Vec<String> = vec!["agent".into(), "--name".into(), name.into()];
-    for s in servers {
-        args.push("--server".into());
-        args.push((*s).to_string());
-    }
-    args.push("--token".into());
-    args.push(ADMIN_TOKEN.into());
-    args.extend(extra.iter().map(|s| s.to_string()));
-    FProc::spawn(
+pub fn agent(name: &str, servers: &[&str], extra: &[&str], debug: bool) -> Proc {
+    let mut args = agent_args(servers, extra);
+    args.splice(1..1, ["--name".to_string(), name.to_string()]);
+    Proc::spawn_logged(
         &format!("agent {name}"),
         &args,
         if debug {
@@ -420,18 +162,6 @@ pub async fn node_ids(api: &Http, names: &[String], timeout: Duration) -> HashMa
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// A store on `redis_url` / `ns` (for assertions).
-pub async fn store_on(redis_url: &str, ns: &str) -> Store {
-    Store::connect(redis_url, ns, Duration::from_secs(3))
-        .await
-        .expect("store connects")
-}
-
-/// A fresh namespace.
-pub fn ns() -> String {
-    unique_ns()
 }
 
 // ---------------------------------------------------------------------------------
@@ -602,123 +332,6 @@ impl Recorder {
             .filter(|o| matches!(o.outcome, Outcome::Failed(_)))
             .count();
         (ok, failed, ops.len() - ok - failed)
-    }
-}
-
-// ---------------------------------------------------------------------------------
-// event tail
-// ---------------------------------------------------------------------------------
-
-/// One stream entry.
-#[derive(Debug, Clone)]
-pub struct Ev {
-    /// Stream-id time (Redis clock, ms).
-    pub ms: i64,
-    /// `task.running`, `task.succeeded`, ...
-    pub typ: String,
-    /// Task id.
-    pub task: String,
-    /// Node id.
-    pub node: String,
-}
-
-/// Tails queues' event streams from `0-0` with XREAD while they grow (a thread that
-/// reconnects across Redis restarts), so that the capped stream never drops an event
-/// before it is counted.
-pub struct EventTail {
-    events: Arc<Mutex<Vec<Ev>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl EventTail {
-    /// Starts tailing `<ns>:{<queue>}:events` on `redis_url`.
-    pub fn start(redis_url: &str, ns: &str, queue: &str) -> EventTail {
-        let events: Arc<Mutex<Vec<Ev>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let key = format!("{ns}:{{{queue}}}:events");
-        let client = redis::Client::open(redis_url).expect("url");
-        let (ev, st) = (events.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let mut last = "0-0".to_string();
-            let mut conn: Option<redis::Connection> = None;
-            while !st.load(Ordering::Relaxed) {
-                if conn.is_none() {
-                    match client.get_connection_with_timeout(Duration::from_secs(1)) {
-                        Ok(c) => {
-                            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-                            conn = Some(c);
-                        }
-                        Err(_) => {
-                            std::thread::sleep(Duration::from_millis(50));
-                            continue;
-                        }
-                    }
-                }
-                let c = conn.as_mut().unwrap();
-                let r: redis::RedisResult<Option<redis::streams::StreamReadReply>> =
-                    redis::cmd("XREAD")
-                        .arg("COUNT")
-                        .arg(2000)
-                        .arg("BLOCK")
-                        .arg(100)
-                        .arg("STREAMS")
-                        .arg(&key)
-                        .arg(&last)
-                        .query(c);
-                match r {
-                    Ok(Some(reply)) => {
-                        let mut out = ev.lock().unwrap();
-                        for k in reply.keys {
-                            for e in k.ids {
-                                let f = |n: &str| e.get::<String>(n).unwrap_or_default();
-                                let ms =
-                                    e.id.split('-')
-                                        .next()
-                                        .and_then(|v| v.parse().ok())
-                                        .unwrap_or(0);
-                                out.push(Ev {
-                                    ms,
-                                    typ: f("type"),
-                                    task: f("task"),
-                                    node: f("node"),
-                                });
-                                last = e.id.clone();
-                            }
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(_) => {
-                        conn = None;
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                }
-            }
-        });
-        EventTail {
-            events,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// The events so far.
-    pub fn events(&self) -> Vec<Ev> {
-        self.events.lock().unwrap().clone()
-    }
-
-    /// Waits until the tail has caught up with events up to now (one more read round).
-    pub async fn settle(&self) {
-        tokio::time::sleep(Duration::from_millis(400)).await;
-    }
-}
-
-impl Drop for EventTail {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -922,29 +535,6 @@ pub async fn check(store: &Store, queue: &str, rec: &Recorder, events: &[Ev]) ->
     c
 }
 
-/// `muster doctor` (the CLI) on `redis_url` / `ns`: exit status and output.
-pub fn doctor_cli(redis_url: &str, ns: &str) -> (bool, String) {
-    let out = Command::new(muster_bin())
-        .args(["doctor", "--redis-url", redis_url, "--namespace", ns])
-        .output()
-        .expect("run muster doctor");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-/// Asserts `muster doctor` exits 0.
-#[track_caller]
-pub fn assert_doctor(redis_url: &str, ns: &str) {
-    let (ok, out) = doctor_cli(redis_url, ns);
-    assert!(ok, "muster doctor found violations:\n{out}");
-}
-
 /// A task body for the builtin `echo` carrying its key.
 pub fn echo_task(queue: &str, key: &str) -> Value {
     json!({
@@ -965,30 +555,6 @@ pub fn pct(mut v: Vec<u128>, p: f64) -> u128 {
     v.sort_unstable();
     let i = ((p / 100.0) * (v.len() as f64 - 1.0)).round() as usize;
     v[i.min(v.len() - 1)]
-}
-
-/// True while any process of the process group `pgid` exists (zombies aside).
-pub fn group_alive(pgid: u32) -> bool {
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    for e in rd.flatten() {
-        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        let Some(rest) = stat.rsplit_once(')').map(|x| x.1) else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        // state ppid pgrp ...
-        if f.len() > 2 && f[0] != "Z" && f[2].parse::<u32>().ok() == Some(pgid) {
-            return true;
-        }
-    }
-    false
 }
 
 /// The pids a handler wrote to `path` (one a line).

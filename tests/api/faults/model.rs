@@ -8,6 +8,7 @@
 //! schedule: `MUSTER_R8_SEED=<seed>` replays it alone.
 
 use super::harness::*;
+use crate::support::*;
 use muster::domain::{Backoff, Task, TaskState};
 use muster::store::{Cancelled, PreparedTask, Store, StoreError};
 use rand::rngs::StdRng;
@@ -862,7 +863,7 @@ async fn r8_random_schedules_keep_one_live_lease_increasing_fences_absorbing_end
     );
     let redis =
         FaultRedis::start(&std::env::var("MUSTER_R8_FSYNC").unwrap_or_else(|_| "always".into()));
-    let store = store_on(&redis.url(), &ns()).await;
+    let store = store_on(&redis.url(), &unique_ns()).await;
     let mut w = World {
         redis,
         store,
@@ -879,7 +880,7 @@ async fn r8_random_schedules_keep_one_live_lease_increasing_fences_absorbing_end
         // A fresh, empty keyspace per schedule.
         let mut c = w.redis.conn();
         let _: () = redis::cmd("FLUSHALL").query(&mut c).expect("flushall");
-        w.store = store_on(&w.redis.url(), &ns()).await;
+        w.store = store_on(&w.redis.url(), &unique_ns()).await;
         w.store.prepare().await.expect("prepare");
         w.rng = StdRng::seed_from_u64(seed);
         w.seed = seed;

@@ -2,6 +2,7 @@
 //! R6 (redis-server paused shorter and longer than the lease TTL).
 
 use super::harness::*;
+use crate::support::*;
 use muster::domain::TaskState;
 use serde_json::json;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 /// answered) until `stop`.
 fn start_load(
     rec: &Recorder,
-    servers: Vec<crate::helpers::Http>,
+    servers: Vec<crate::support::Http>,
     queue: &'static str,
     clients: usize,
     stop: &Arc<AtomicBool>,
@@ -42,12 +43,12 @@ fn start_load(
 async fn r4(fsync: &str, queue: &'static str) {
     let kills = if long() { 10 } else { 3 };
     let mut redis = FaultRedis::start(fsync);
-    let ns = ns();
+    let ns = unique_ns();
     let serve = Serve::start(&redis.url(), &ns).await;
     let store = store_on(&redis.url(), &ns).await;
     let tail = EventTail::start(&redis.url(), &ns, queue);
     let names: Vec<String> = (0..2).map(|i| format!("{queue}-agent-{i}")).collect();
-    let agents: Vec<FProc> = names
+    let agents: Vec<Proc> = names
         .iter()
         .map(|n| {
             agent(
@@ -154,7 +155,7 @@ async fn r4(fsync: &str, queue: &'static str) {
         check.succeeded_without_event
     );
     drop(agents);
-    assert_doctor(&redis.url(), &ns);
+    assert_doctor_cli_clean(&redis.url(), &ns);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -174,7 +175,7 @@ async fn r4_redis_killed_under_load_with_appendfsync_everysec_loses_nothing_and_
 /// Pauses Redis for `pause` while tasks run; returns after checking the common gates.
 async fn r6(pause: Duration, queue: &'static str, short: bool, gate_redispatch: bool) {
     let mut redis = FaultRedis::start("everysec");
-    let ns = ns();
+    let ns = unique_ns();
     let serve = Serve::start(&redis.url(), &ns).await;
     let store = store_on(&redis.url(), &ns).await;
     let probe_q: &'static str = if short { "r6p-short" } else { "r6p-long" };
@@ -187,7 +188,7 @@ async fn r6(pause: Duration, queue: &'static str, short: bool, gate_redispatch: 
         "sleep {}",
         (pause.as_millis() as f64 / 1000.0 + extra).ceil()
     );
-    let mut agents: Vec<FProc> = names
+    let mut agents: Vec<Proc> = names
         .iter()
         .map(|n| {
             agent(
@@ -397,7 +398,7 @@ async fn r6(pause: Duration, queue: &'static str, short: bool, gate_redispatch: 
         assert!(tasks.iter().all(|t| t.fence == 1));
     }
     drop(agents);
-    assert_doctor(&redis.url(), &ns);
+    assert_doctor_cli_clean(&redis.url(), &ns);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,0 +1,61 @@
+//! The one test support module of the `api` binary: redis-server processes
+//! ([`redis_server`]), in-process control planes ([`app`]), `muster` child processes
+//! ([`procs`]), HTTP clients ([`http`]), event-stream tails ([`events`]) and waiting and Redis inspection ([`wait`]).
+//! Every test file uses it; the fault suite builds its harness on it.
+
+pub mod app;
+pub mod events;
+pub mod http;
+pub mod procs;
+pub mod redis_server;
+pub mod wait;
+
+pub use app::*;
+pub use events::*;
+pub use http::*;
+pub use procs::*;
+pub use redis_server::*;
+pub use wait::*;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// The admin token every test server is started with.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+/// Heartbeat interval of test servers and agents, in ms (offline after 3 missed).
+pub const HEARTBEAT_MS: u64 = 500;
+/// Reaper interval of test servers, in ms.
+pub const REAPER_MS: u64 = 250;
+
+/// A namespace no other test uses.
+pub fn unique_ns() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "t{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Path of the built `muster` binary.
+pub fn muster_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_muster"))
+}
+
+/// A store on `redis_url` / `ns` (without `prepare`).
+pub async fn store_on(redis_url: &str, ns: &str) -> muster::store::Store {
+    muster::store::Store::connect(redis_url, ns, Duration::from_secs(3))
+        .await
+        .expect("store connects")
+}
+
+/// A store on the shared Redis under a fresh namespace, prepared.
+pub async fn store() -> muster::store::Store {
+    let s =
+        muster::store::Store::connect(&shared_redis().url(), &unique_ns(), Duration::from_secs(2))
+            .await
+            .expect("connect");
+    s.prepare().await.expect("prepare");
+    s
+}
