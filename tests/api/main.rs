@@ -9,6 +9,7 @@ mod faults;
 mod flow;
 mod helpers;
 mod locks;
+mod router;
 mod schedules;
 mod security;
 mod store;

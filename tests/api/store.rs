@@ -226,7 +226,9 @@ impl Kit {
         let now = self.redis_now();
         let (score, fields): (i64, Vec<(&str, String)>) = match state {
             "pending" => return id,
-            "scheduled" | "retrying" => (now + 60_000, vec![("run_at", (now + 60_000).to_string())]),
+            "scheduled" | "retrying" => {
+                (now + 60_000, vec![("run_at", (now + 60_000).to_string())])
+            }
             "succeeded" => (now, vec![("attempts", "1".into()), ("result", "1".into())]),
             "failed" => (now, vec![("attempts", "3".into()), ("error", "x".into())]),
             "cancelled" => (now, vec![]),
@@ -1867,10 +1869,35 @@ enum Want {
 async fn operator_transitions_from_every_state_write_exactly_their_keys() {
     use Want::{Illegal, To, Unchanged};
     let cases: &[(&str, &str, Want)] = &[
-        ("cancel", "pending", To("cancelled", &["task", "pending", "cancelled", "stats", "events"])),
-        ("cancel", "scheduled", To("cancelled", &["task", "scheduled", "cancelled", "stats", "events"])),
-        ("cancel", "retrying", To("cancelled", &["task", "retrying", "cancelled", "stats", "events"])),
-        ("cancel", "running", To("running", &["task", "cancels:n1", "events"])),
+        (
+            "cancel",
+            "pending",
+            To(
+                "cancelled",
+                &["task", "pending", "cancelled", "stats", "events"],
+            ),
+        ),
+        (
+            "cancel",
+            "scheduled",
+            To(
+                "cancelled",
+                &["task", "scheduled", "cancelled", "stats", "events"],
+            ),
+        ),
+        (
+            "cancel",
+            "retrying",
+            To(
+                "cancelled",
+                &["task", "retrying", "cancelled", "stats", "events"],
+            ),
+        ),
+        (
+            "cancel",
+            "running",
+            To("running", &["task", "cancels:n1", "events"]),
+        ),
         ("cancel", "succeeded", Illegal),
         ("cancel", "failed", Illegal),
         ("cancel", "cancelled", Unchanged),
@@ -1879,15 +1906,34 @@ async fn operator_transitions_from_every_state_write_exactly_their_keys() {
         ("retry", "retrying", Illegal),
         ("retry", "running", Illegal),
         ("retry", "succeeded", Illegal),
-        ("retry", "failed", To("pending", &["task", "failed", "pending", "seq", "events"])),
-        ("retry", "cancelled", To("pending", &["task", "cancelled", "pending", "seq", "events"])),
+        (
+            "retry",
+            "failed",
+            To("pending", &["task", "failed", "pending", "seq", "events"]),
+        ),
+        (
+            "retry",
+            "cancelled",
+            To(
+                "pending",
+                &["task", "cancelled", "pending", "seq", "events"],
+            ),
+        ),
         ("delete", "pending", Illegal),
         ("delete", "scheduled", Illegal),
         ("delete", "retrying", Illegal),
         ("delete", "running", Illegal),
-        ("delete", "succeeded", To("", &["task", "succeeded", "events"])),
+        (
+            "delete",
+            "succeeded",
+            To("", &["task", "succeeded", "events"]),
+        ),
         ("delete", "failed", To("", &["task", "failed", "events"])),
-        ("delete", "cancelled", To("", &["task", "cancelled", "events"])),
+        (
+            "delete",
+            "cancelled",
+            To("", &["task", "cancelled", "events"]),
+        ),
     ];
     for &(op, from, want) in cases {
         let case = format!("{op} from {from}");
@@ -1926,7 +1972,11 @@ async fn operator_transitions_from_every_state_write_exactly_their_keys() {
                 let reply = r.unwrap_or_else(|e| panic!("{case}: {e:?}"));
                 let mut want_keys: Vec<String> = written.iter().map(|n| key(n)).collect();
                 want_keys.sort();
-                assert_eq!(Kit::changed(&before, &after), want_keys, "{case}: keys written");
+                assert_eq!(
+                    Kit::changed(&before, &after),
+                    want_keys,
+                    "{case}: keys written"
+                );
                 assert_eq!(k.xlen("q"), events + 1, "{case}: one event");
                 match to {
                     "" => {

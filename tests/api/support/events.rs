@@ -79,7 +79,12 @@ impl EventTail {
                                         .next()
                                         .and_then(|v| v.parse().ok())
                                         .unwrap_or(0);
-                                out.push(Ev { ms, typ, task, node });
+                                out.push(Ev {
+                                    ms,
+                                    typ,
+                                    task,
+                                    node,
+                                });
                                 last = e.id.clone();
                                 got += 1;
                             }

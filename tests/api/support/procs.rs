@@ -258,7 +258,11 @@ impl Serve {
     pub fn spawn(&mut self) {
         let listen = format!("127.0.0.1:{}", self.port);
         let args = serve_args(&listen, &self.redis_url, &self.ns);
-        self.proc = Some(Proc::spawn_logged(&format!("serve {listen}"), &args, "info"));
+        self.proc = Some(Proc::spawn_logged(
+            &format!("serve {listen}"),
+            &args,
+            "info",
+        ));
     }
 
     /// Waits until `/readyz` answers 200; the time it took.

@@ -13,7 +13,12 @@ where
 }
 
 /// Polls `f` every `every` until it gives `Some`, panicking with `what` after `timeout`.
-pub async fn eventually_every<T, F, Fut>(timeout: Duration, every: Duration, what: &str, mut f: F) -> T
+pub async fn eventually_every<T, F, Fut>(
+    timeout: Duration,
+    every: Duration,
+    what: &str,
+    mut f: F,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
