@@ -82,8 +82,21 @@ where
                 "send the body as JSON with 'Content-Type: application/json'".into(),
             ));
         }
-        let bytes = axum::body::Bytes::from_request(req, state)
+        let read = tokio::time::timeout(
+            BODY_READ_TIMEOUT,
+            axum::body::Bytes::from_request(req, state),
+        );
+        let bytes = read
             .await
+            .map_err(|_| {
+                ApiError::bad(
+                    "body_timeout",
+                    format!(
+                        "the request body did not arrive within {} s; send it at once",
+                        BODY_READ_TIMEOUT.as_secs()
+                    ),
+                )
+            })?
             .map_err(|e| {
                 if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::TooLarge(format!("the request body exceeds {MAX_BODY} bytes"))
@@ -105,6 +118,10 @@ where
             .map_err(|e| ApiError::Internal(anyhow::anyhow!("body parse task: {e}")))?
     }
 }
+
+/// Longest wait for a request's body once its head arrived: a client trickling one
+/// byte a second cannot hold a connection and a worker open.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Bodies up to this size are parsed on the async worker that read them.
 pub const PARSE_INLINE: usize = 256 * 1024;

@@ -1983,3 +1983,44 @@ async fn exec_handlers_get_a_minimal_environment() {
         "the token's value reached the handler"
     );
 }
+
+/// Issue 16 item 8: no body-read timeout, so a client sending one byte a second kept a
+/// request (and its worker) open for as long as it liked.
+#[tokio::test]
+async fn a_trickled_body_is_cut_off_after_the_body_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_sec_app(&shared_redis().url(), |_| {}).await;
+    let mut s = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n",
+        app.submit
+    );
+    s.write_all(head.as_bytes()).await.expect("head");
+    let t0 = Instant::now();
+    let trickle = async {
+        for _ in 0..60 {
+            if s.write_all(b" ").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let mut buf = [0u8; 1024];
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await
+            {
+                return String::from_utf8_lossy(&buf[..n]).to_string();
+            }
+        }
+        String::new()
+    };
+    let answer = trickle.await;
+    let took = t0.elapsed();
+    assert!(
+        answer.starts_with("HTTP/1.1 400"),
+        "answer after {took:?}: {answer:?}"
+    );
+    assert!(answer.contains("body_timeout"), "{answer}");
+    assert!(took < Duration::from_secs(45), "cut off after {took:?}");
+}
