@@ -8,7 +8,10 @@ use super::{Backoff, NewTask, OnDependencyFailure, validate};
 /// Largest payload, as JSON text.
 pub const MAX_PAYLOAD: usize = 1024 * 1024;
 
-/// Longest `delay_ms`, and how far ahead `run_at` may be: one year.
+/// Latest `run_at` kept as given: 9999-12-31T23:59:59.999Z (later ones are clamped to it).
+pub const MAX_RUN_AT_MS: i64 = 253_402_300_799_999;
+
+/// Longest `delay_ms`: one year.
 pub const MAX_DELAY_MS: i64 = 365 * 24 * 3600 * 1000;
 
 /// Default attempts.
@@ -115,17 +118,10 @@ impl TaskSpec {
             Some(s) => {
                 let ms = parse_rfc3339_ms(s)
                     .ok_or_else(|| bad("run_at", format!("{s:?} is not an RFC 3339 time")))?;
-                // Bounded like delay_ms: from the Unix epoch (past times run now) to one
-                // year ahead.
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as i64);
-                if !(0..=now + MAX_DELAY_MS).contains(&ms) {
-                    return Err(bad(
-                        "run_at",
-                        format!("{s:?} must be between 1970-01-01 and one year from now"),
-                    ));
-                }
+                // Every RFC 3339 time is accepted (the schema cannot say less), and held
+                // to what the API can show: a time before 1970 is due now (the epoch),
+                // one past the year 9999 is the last millisecond of 9999.
+                let ms = ms.clamp(0, MAX_RUN_AT_MS);
                 Some(ms)
             }
             None => None,
@@ -273,18 +269,22 @@ mod tests {
     }
 
     #[test]
-    fn run_at_is_bounded_like_delay_ms() {
-        assert!(
-            refused(serde_json::json!({"run_at": "9999-12-31T23:59:59-23:59"})).contains("run_at")
+    fn run_at_is_held_to_what_the_api_can_show() {
+        let at = |v: &str| {
+            TaskSpec::parse(task(serde_json::json!({ "run_at": v })), "")
+                .unwrap()
+                .run_at_ms
+                .unwrap()
+        };
+        // Year 10000 in UTC (the offset pushes it over): the last millisecond of 9999.
+        assert_eq!(at("9999-12-31T23:59:59-23:59"), MAX_RUN_AT_MS);
+        assert_eq!(
+            crate::domain::rfc3339_ms(MAX_RUN_AT_MS),
+            "9999-12-31T23:59:59.999Z"
         );
-        assert!(refused(serde_json::json!({"run_at": "1969-12-31T23:59:59Z"})).contains("run_at"));
-        assert!(
-            TaskSpec::parse(
-                task(serde_json::json!({"run_at": "2020-01-01T00:00:00Z"})),
-                ""
-            )
-            .is_ok()
-        );
+        // Before the epoch: due now.
+        assert_eq!(at("0129-02-10T21:29:14Z"), 0);
+        assert_eq!(at("2020-01-01T00:00:00Z"), 1_577_836_800_000);
     }
 
     #[test]

@@ -151,16 +151,6 @@ async fn the_router_refuses_bad_requests_with_problem_json_and_stores_nothing() 
             code: "invalid_task",
         },
         Case {
-            name: "run_at in year 9999",
-            method: "POST",
-            path: "/v1/tasks",
-            token: Some(SUBMIT),
-            content_type: json,
-            body: r#"{"kind":"k","run_at":"9999-12-31T23:59:59Z"}"#,
-            status: 422,
-            code: "invalid_task",
-        },
-        Case {
             name: "unknown dependency",
             method: "POST",
             path: "/v1/tasks",
