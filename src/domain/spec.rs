@@ -198,8 +198,8 @@ impl TaskSpec {
                 let k = key.unwrap_or_else(|| format!("kind:{}", t.kind));
                 // `kind:<kind>` names a kind's limit; anything else is a name like a queue's.
                 match k.strip_prefix("kind:") {
-                    Some(kind) => validate::kind(kind),
-                    None => validate::queue_name(&k),
+                    Some(kind) if !kind.is_empty() => validate::kind(kind),
+                    _ => validate::queue_name(&k),
                 }
                 .map_err(|e| bad("concurrency_key", e))?;
                 let n = limit.unwrap_or(1);

@@ -335,7 +335,7 @@ impl Scheduler {
             Err(SubmitError::Store(e)) => return Err(e),
             Err(e @ SubmitError::UnknownDependency { .. }) => {
                 // Recorded as fired: a tick whose task cannot be stored is skipped, not retried forever.
-                tracing::error!(schedule = %rec.name, tick, error = %e, "scheduler: the schedule's task waits on a task that does not exist; this tick is skipped");
+                tracing::warn!(schedule = %rec.name, tick, error = %e, "scheduler: the schedule's task waits on a task that does not exist; this tick is skipped");
             }
         }
         self.store.schedule_fire_done(&rec.name, tick, &id).await
