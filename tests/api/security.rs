@@ -1892,12 +1892,7 @@ async fn evicting_policies_are_refused_and_redis_oom_answers_503() {
         .await
         .expect("readyz");
     assert_eq!(ready.status(), 200);
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory-policy")
-        .arg("allkeys-lru")
-        .query(&mut conn)
-        .expect("config set");
+    config_set(&mut conn, "maxmemory-policy", "allkeys-lru");
     let ready = app
         .http
         .get(app.url("/readyz"))
@@ -1909,18 +1904,8 @@ async fn evicting_policies_are_refused_and_redis_oom_answers_503() {
     assert_eq!(body["code"], "unfit_redis", "{body}");
 
     // Over maxmemory with noeviction, Redis refuses writes: 503 + Retry-After, not 500.
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory-policy")
-        .arg("noeviction")
-        .query(&mut conn)
-        .expect("config set");
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg("1")
-        .query(&mut conn)
-        .expect("config set");
+    config_set(&mut conn, "maxmemory-policy", "noeviction");
+    config_set(&mut conn, "maxmemory", "1");
     let r = app
         .http
         .post(app.url("/v1/tasks"))
@@ -1934,12 +1919,7 @@ async fn evicting_policies_are_refused_and_redis_oom_answers_503() {
     let text = r.text().await.unwrap_or_default();
     assert_eq!(status, 503, "{text}");
     assert!(retry_after, "503 without Retry-After");
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg("0")
-        .query(&mut conn)
-        .expect("config set");
+    config_set(&mut conn, "maxmemory", "0");
 }
 
 /// Issue 16 item 5: `--exec` handlers inherited the agent's environment, MUSTER_TOKEN
@@ -2023,4 +2003,14 @@ async fn a_trickled_body_is_cut_off_after_the_body_read_timeout() {
     );
     assert!(answer.contains("body_timeout"), "{answer}");
     assert!(took < Duration::from_secs(45), "cut off after {took:?}");
+}
+
+/// `CONFIG SET name value` on a test's own redis-server.
+fn config_set(conn: &mut redis::Connection, name: &str, value: &str) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg(name)
+        .arg(value)
+        .query(conn)
+        .unwrap_or_else(|e| panic!("CONFIG SET {name} {value}: {e}"));
 }
