@@ -3,7 +3,7 @@
 
 use super::auth::{Authorized, NeedSubmit, Principal, Role};
 use super::error::{ApiError, ApiResult};
-use super::openapi::parts::{BadRequest, Guarded, Invalid, JsonBody, NotFound, UnknownDependency};
+use super::openapi::parts::{BadRequest, Guarded, Invalid, InvalidSpec, JsonBody, NotFound};
 use super::tasks::{prepare, store_tasks};
 use super::{AppState, Json, MAX_BATCH};
 use crate::domain::batches::{Batch, BatchResultPage, BatchTasks, BatchTasksAdded, NewBatch};
@@ -103,8 +103,7 @@ async fn add_chunk(
     responses(
         (status = 201, body = Batch, description = "The batch"),
         JsonBody,
-        UnknownDependency,
-        Invalid,
+        InvalidSpec,
         Guarded
     )
 )]
@@ -232,7 +231,7 @@ pub async fn batches_results(
         (status = 409, body = Problem, description = "The batch finished", content_type = "application/problem+json"),
         JsonBody,
         NotFound,
-        Invalid,
+        InvalidSpec,
         Guarded
     )
 )]

@@ -35,9 +35,6 @@ pub enum ApiError {
     /// 404.
     #[error("{0}")]
     NotFound(String),
-    /// 404 with its own code: something the body refers to does not exist.
-    #[error("{1}")]
-    NotFoundCode(&'static str, String),
     /// 409: conflicts with the current state (stale lease, illegal transition).
     #[error("{detail}")]
     Conflict {
@@ -97,7 +94,6 @@ impl ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized", "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden", "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "Not Found", "not_found"),
-            ApiError::NotFoundCode(code, _) => (StatusCode::NOT_FOUND, "Not Found", code),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, "Conflict", code),
             ApiError::TooLarge(_) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -159,8 +155,10 @@ impl From<SpecError> for ApiError {
 impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         match e {
+            // 422, not 404: the route exists; what the body names does not (a malformed
+            // id gets the same code from `TaskSpec::parse`).
             e @ SubmitError::UnknownDependency { .. } => {
-                Self::NotFoundCode("unknown_dependency", e.to_string())
+                Self::invalid("unknown_dependency", e.to_string())
             }
             SubmitError::Store(e) => e.into(),
         }
