@@ -3,7 +3,7 @@
 
 use super::auth::{Authorized, NeedSubmit, Principal, Role};
 use super::error::{ApiError, ApiResult};
-use super::openapi::parts::{BadRequest, Guarded, Invalid, InvalidSpec, JsonBody, NotFound};
+use super::openapi::parts::{BadRequest, Guarded, Invalid, JsonBody, NotFound, UnknownDependency};
 use super::tasks::{prepare, store_tasks};
 use super::{AppState, Json, MAX_BATCH};
 use crate::domain::batches::{Batch, BatchResultPage, BatchTasks, BatchTasksAdded, NewBatch};
@@ -103,7 +103,8 @@ async fn add_chunk(
     responses(
         (status = 201, body = Batch, description = "The batch"),
         JsonBody,
-        InvalidSpec,
+        Invalid,
+        UnknownDependency,
         Guarded
     )
 )]
@@ -228,10 +229,10 @@ pub async fn batches_results(
     request_body = BatchTasks,
     responses(
         (status = 201, body = BatchTasksAdded, description = "The new children and the batch"),
-        (status = 409, body = Problem, description = "The batch finished", content_type = "application/problem+json"),
+        (status = 409, body = Problem, description = "The batch finished, or (code unknown_dependency) a task named in depends_on does not exist", content_type = "application/problem+json"),
         JsonBody,
         NotFound,
-        InvalidSpec,
+        Invalid,
         Guarded
     )
 )]

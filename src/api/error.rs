@@ -155,10 +155,10 @@ impl From<SpecError> for ApiError {
 impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         match e {
-            // 422, not 404: the route exists; what the body names does not (a malformed
-            // id gets the same code from `TaskSpec::parse`).
+            // 409, not 404 (the route exists) nor 422 (the body is valid): it conflicts
+            // with what is stored now. A malformed id is a 422 from `TaskSpec::parse`.
             e @ SubmitError::UnknownDependency { .. } => {
-                Self::invalid("unknown_dependency", e.to_string())
+                Self::conflict("unknown_dependency", e.to_string())
             }
             SubmitError::Store(e) => e.into(),
         }

@@ -300,8 +300,8 @@ pub async fn nodes_lease(
     body: axum::body::Bytes,
 ) -> ApiResult<Json<LeaseReply>> {
     who.require_node(&id)?;
-    // An empty body means the defaults.
-    let req: LeaseRequest = if body.iter().all(u8::is_ascii_whitespace) {
+    // An empty body means the defaults (whitespace is not empty: it is not JSON).
+    let req: LeaseRequest = if body.is_empty() {
         LeaseRequest::default()
     } else {
         let v: serde_json::Value = serde_json::from_slice(&body)

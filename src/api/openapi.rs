@@ -228,7 +228,7 @@ pub mod parts {
         Conflict => ("409", "Conflicts with the current state");
         /// 422.
         Invalid => ("422", "Invalid");
-        /// 422, also `unknown_dependency`: a task named in depends_on does not exist.
-        InvalidSpec => ("422", "Invalid, or (code unknown_dependency) a task named in depends_on does not exist");
+        /// 409 `unknown_dependency`: a task named in depends_on does not exist (now).
+        UnknownDependency => ("409", "A task named in depends_on does not exist (code unknown_dependency)");
     }
 }

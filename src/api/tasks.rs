@@ -4,7 +4,7 @@
 use super::auth::{Authorized, NeedLeaseHolder, NeedSubmit, Principal, Role};
 use super::error::{ApiError, ApiResult};
 use super::openapi::parts::{
-    BadRequest, Conflict, Guarded, Invalid, InvalidSpec, JsonBody, NotFound,
+    BadRequest, Conflict, Guarded, Invalid, JsonBody, NotFound, UnknownDependency,
 };
 use super::{AppState, Json, MAX_BATCH, MAX_PAYLOAD, MAX_WAIT_MS};
 use crate::domain::spec::IDEMPOTENCY_TTL_MS;
@@ -111,7 +111,8 @@ fn created(t: PreparedTask, now_ms: i64, (state, run_at): (TaskState, i64)) -> T
         (status = 201, body = Task, description = "The task"),
         (status = 200, body = Task, description = "A live task of the queue holds the unique_key: that task; nothing created"),
         JsonBody,
-        InvalidSpec,
+        Invalid,
+        UnknownDependency,
         Guarded
     )
 )]
@@ -156,7 +157,8 @@ pub async fn tasks_create(
     responses(
         (status = 201, body = BatchCreated, description = "Ids in request order"),
         JsonBody,
-        InvalidSpec,
+        Invalid,
+        UnknownDependency,
         Guarded
     )
 )]

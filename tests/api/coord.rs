@@ -1316,14 +1316,14 @@ async fn on_dependency_failure_fail_run_and_cancel_follow_a_failed_or_cancelled_
             &json!({ "kind": "noop", "queue": "df", "depends_on": [ghost] }),
         )
         .await;
-    assert_eq!(r.problem(422), "unknown_dependency", "{}", r.text);
+    assert_eq!(r.problem(409), "unknown_dependency", "{}", r.text);
     let r = api
         .post(
             "/v1/tasks",
             &json!({ "kind": "noop", "queue": "df", "depends_on": [ok, ghost] }),
         )
         .await;
-    assert_eq!(r.problem(422), "unknown_dependency", "{}", r.text);
+    assert_eq!(r.problem(409), "unknown_dependency", "{}", r.text);
     let r = api
         .post(
             "/v1/tasks/batch",
@@ -1333,7 +1333,7 @@ async fn on_dependency_failure_fail_run_and_cancel_follow_a_failed_or_cancelled_
             ] }),
         )
         .await;
-    assert_eq!(r.problem(422), "unknown_dependency", "{}", r.text);
+    assert_eq!(r.problem(409), "unknown_dependency", "{}", r.text);
     let many: Vec<&str> = std::iter::repeat_n(ok.as_str(), 1001).collect();
     for bad_body in [
         json!({ "kind": "noop", "queue": "df", "depends_on": ["not-an-id"] }),

@@ -157,7 +157,7 @@ async fn the_router_refuses_bad_requests_with_problem_json_and_stores_nothing() 
             token: Some(SUBMIT),
             content_type: json,
             body: r#"{"kind":"k","depends_on":["01J9ZV7Q5X7M3S1RZ0B6H8K2QW.q"]}"#,
-            status: 422,
+            status: 409,
             code: "unknown_dependency",
         },
         Case {

@@ -906,7 +906,7 @@ async fn json_bodies_must_be_objects() {
 
 /// Found by schemathesis (ST202): the spec declares the lease body optional and nullable
 /// (`Option<LeaseRequest>`), and an empty body means the defaults, but a JSON `null` body
-/// is refused with 422.
+/// is refused with 422. And (ST201) a body of only whitespace is malformed, not empty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_accepts_a_null_body() {
     let app = spawn_sec_app(&shared_redis().url(), |_| {}).await;
@@ -929,6 +929,17 @@ async fn lease_accepts_a_null_body() {
     )
     .await;
     assert_eq!(null.status, 200, "null body: {}", null.body);
+    // ST201: a body of whitespace is not empty, and it is not JSON either.
+    let ws = app
+        .http
+        .post(app.url(&format!("/v1/nodes/{node}/lease")))
+        .header("Authorization", format!("Bearer {token}"))
+        .header("Content-Type", "application/json")
+        .body("\n")
+        .send()
+        .await
+        .expect("lease");
+    assert_eq!(ws.status().as_u16(), 400, "whitespace body: {:?}", ws.text().await);
 }
 
 // ----- S2: node isolation -----
