@@ -30,7 +30,7 @@ if dstate == 'succeeded' or h[2] == 'run' then
   else
     state = 'pending'
     local seq = redis.call('INCR', k_seq(p))
-    redis.call('HSET', tkey, 'state', state, 'seq', seq)
+    redis.call('HSET', tkey, 'state', state)
     redis.call('ZADD', k_state_index(p, 'pending'), pending_score(tonumber(h[4]) or 0, seq), id)
     redis.call('PUBLISH', channel, wake_new(p))
   end

@@ -29,24 +29,25 @@ for i = 0, m - 1 do
   for t in string.gmatch(ARGV[b + 2], '[^,]+') do tags[t] = true end
   local free = tonumber(ARGV[b + 1]) - (tonumber(redis.call('HGET', k_load(p), ARGV[b])) or 0)
   if free < 0 then free = 0 end
-  nodes[#nodes + 1] = {id = ARGV[b], free = free, tags = tags, got = 0}
+  nodes[#nodes + 1] = {id = ARGV[b], free = free, tags = tags, ids = {}}
   total_free = total_free + free
 end
 if total_free < max then max = total_free end
 if allowed and allowed < max then max = allowed end
 local assigned = 0
 local full = {}
+local pending = k_state_index(p, 'pending')
 if max > 0 then
-  local ids = redis.call('ZRANGE', k_state_index(p, 'pending'), 0, scan - 1)
+  local ids = redis.call('ZRANGE', pending, 0, scan - 1)
   for _, id in ipairs(ids) do
     if assigned >= max then break end
     local tkey = k_task(p, id)
-    local t = redis.call('HMGET', tkey, 'requires', 'ckey', 'climit', 'timeout_ms')
-    local requires = t[1]
-    if not requires then
+    local t = redis.call('HMGET', tkey, 'state', 'requires', 'ckey', 'climit', 'timeout_ms')
+    local requires = t[2] or ''
+    if not t[1] then
       -- An index entry without its hash: drop it (doctor would flag it).
-      redis.call('ZREM', k_state_index(p, 'pending'), id)
-    elseif t[2] and full[t[2]] then
+      zrem_later(pending, id)
+    elseif t[3] and full[t[3]] then
       -- Its key has no free slot: it waits, in order.
     else
       local best = nil
@@ -59,30 +60,36 @@ if max > 0 then
           if ok then best = nd end
         end
       end
-      if best and t[2] then
+      if best and t[3] then
         now = now or now_ms()
         -- Until the lease starts, the slot is held for the lease TTL plus a minute (an
         -- inbox of a vanished node is requeued, which frees it, well before).
-        if not take_slot(p, id, t[2], t[3], now + (tonumber(t[4]) or 30000) + 60000, now) then
-          full[t[2]] = true
+        local ttl = tonumber(t[5]) or DEFAULT_TIMEOUT_MS
+        if not take_slot(p, id, t[3], t[4], now + ttl + 60000, now) then
+          full[t[3]] = true
           best = nil
         end
       end
       if best then
-        redis.call('ZREM', k_state_index(p, 'pending'), id)
-        redis.call('RPUSH', k_inbox(p, best.id), id)
+        zrem_later(pending, id)
+        best.ids[#best.ids + 1] = id
         redis.call('HSET', tkey, 'state', 'assigned', 'node', best.id)
-        incr_load(p, best.id, 1)
         emit(p, 'task.assigned', id, best.id, 'assigned')
         best.free = best.free - 1
-        best.got = best.got + 1
         assigned = assigned + 1
       end
     end
   end
 end
+-- One RPUSH, one load change and one wake-up per node that got tasks.
 for _, nd in ipairs(nodes) do
-  if nd.got > 0 then redis.call('PUBLISH', channel, wake_assigned(p, nd.id)) end
+  local got = #nd.ids
+  if got > 0 then
+    local inbox = k_inbox(p, nd.id)
+    for i = 1, got, 1000 do redis.call('RPUSH', inbox, unpack(nd.ids, i, math.min(i + 999, got))) end
+    incr_load(p, nd.id, got)
+    redis.call('PUBLISH', channel, wake_assigned(p, nd.id))
+  end
 end
 spend_tokens(p, tokens, assigned, now)
 if tokens and assigned > 0 and wait == 0 then
@@ -91,4 +98,5 @@ if tokens and assigned > 0 and wait == 0 then
   local rate = tonumber(conf[3])
   if left < 1 then wait = math.ceil((1 - left) * 1000 / rate) end
 end
-return {assigned, redis.call('ZCARD', k_state_index(p, 'pending')), wait}
+flush_all()
+return {assigned, redis.call('ZCARD', pending), wait}

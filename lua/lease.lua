@@ -4,31 +4,57 @@
 -- ARGV[4]: "1" when the node pulls from pending itself (human nodes), else "0"
 -- ARGV[5]: the node's tags (csv, for pull)   ARGV[6]: a fresh random hex seed; each
 --   lease's nonce is the seed followed by its index (unguessable, unique per lease)
--- Returns: a list of task records, each a flat HGETALL array, state running with
--- fence incremented, a new nonce and lease_expires = now + timeout_ms.
+-- Returns: a list of task records, each a flat field/value array of the task hash as
+-- written here (state running, fence and attempts incremented, a new nonce,
+-- lease_expires = now + timeout_ms) with the field 'id' added.
+-- Per task: one HGETALL and one HSET; the inbox pop and the running index are one
+-- command per call.
 local p, node, max, pull = KEYS[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
 local now = now_ms()
 local out = {}
-local function start(id)
-  local tkey = k_task(p, id)
-  local t = redis.call('HMGET', tkey, 'timeout_ms', 'ckey')
-  local timeout = tonumber(t[1]) or 30000
-  -- The concurrency slot (taken at dispatch) now lives as long as the lease.
-  if t[2] then redis.call('ZADD', k_semaphore(p, t[2]), now + timeout, id) end
-  local fence = redis.call('HINCRBY', tkey, 'fence', 1)
-  redis.call('HINCRBY', tkey, 'attempts', 1)
-  redis.call('HSET', tkey, 'state', 'running', 'node', node, 'nonce', ARGV[6] .. string.format('%04x', #out),
-    'started_at', now, 'lease_expires', now + timeout)
-  redis.call('ZADD', k_state_index(p, 'running'), now + timeout, id)
-  emit(p, 'task.running', id, node, 'running')
-  out[#out + 1] = redis.call('HGETALL', tkey)
+local running = k_state_index(p, 'running')
+
+-- A flat HGETALL reply as a table.
+local function as_map(flat)
+  local h = {}
+  for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
+  return h
 end
+
+local function start(id, tkey, h)
+  local timeout = tonumber(h.timeout_ms) or DEFAULT_TIMEOUT_MS
+  -- The concurrency slot (taken at dispatch) now lives as long as the lease.
+  if h.ckey then redis.call('ZADD', k_semaphore(p, h.ckey), now + timeout, id) end
+  h.state = 'running'
+  h.node = node
+  h.nonce = ARGV[6] .. string.format('%04x', #out)
+  h.started_at = tostring(now)
+  h.lease_expires = tostring(now + timeout)
+  h.fence = tostring((tonumber(h.fence) or 0) + 1)
+  h.attempts = tostring((tonumber(h.attempts) or 0) + 1)
+  redis.call('HSET', tkey, 'state', 'running', 'node', node, 'nonce', h.nonce,
+    'started_at', now, 'lease_expires', h.lease_expires, 'fence', h.fence,
+    'attempts', h.attempts)
+  zadd_later(running, now + timeout, id)
+  emit(p, 'task.running', id, node, 'running')
+  local row = {'id', id}
+  for k, v in pairs(h) do
+    row[#row + 1] = k
+    row[#row + 1] = v
+  end
+  out[#out + 1] = row
+end
+
+local inbox = k_inbox(p, node)
 while #out < max do
-  local id = redis.call('LPOP', k_inbox(p, node))
-  if not id then break end
-  local h = redis.call('HMGET', k_task(p, id), 'state', 'node')
-  -- Entries whose task moved on (cancelled, requeued) are dropped.
-  if h[1] == 'assigned' and h[2] == node then start(id) end
+  local ids = redis.call('LPOP', inbox, max - #out)
+  if not ids then break end
+  for _, id in ipairs(ids) do
+    local tkey = k_task(p, id)
+    local h = as_map(redis.call('HGETALL', tkey))
+    -- Entries whose task moved on (cancelled, requeued) are dropped.
+    if h.state == 'assigned' and h.node == node then start(id, tkey, h) end
+  end
 end
 local conf = pull and redis.call('HMGET', k_conf(p), 'paused', 'max_running', 'rate_limit')
 if pull and #out < max and conf[1] ~= '1' then
@@ -42,24 +68,23 @@ if pull and #out < max and conf[1] ~= '1' then
   local ids = redis.call('ZRANGE', k_state_index(p, 'pending'), 0, 99)
   for _, id in ipairs(ids) do
     if taken >= room then break end
-    local h = redis.call('HMGET', k_task(p, id), 'requires', 'ckey', 'climit', 'timeout_ms')
-    local requires = h[1]
-    local ok = requires ~= false
+    local tkey = k_task(p, id)
+    local h = as_map(redis.call('HGETALL', tkey))
+    local ok = h.state ~= nil
     if not ok then
       -- An index entry without its hash: drop it, as dispatch does (never start a ghost).
       redis.call('ZREM', k_state_index(p, 'pending'), id)
-      requires = ''
     end
-    for tg in string.gmatch(requires, '[^,]+') do
+    for tg in string.gmatch(h.requires or '', '[^,]+') do
       if not tags[tg] then ok = false break end
     end
-    if ok and h[2] then
-      ok = take_slot(p, id, h[2], h[3], now + (tonumber(h[4]) or 30000), now)
+    if ok and h.ckey then
+      ok = take_slot(p, id, h.ckey, h.climit, now + (tonumber(h.timeout_ms) or DEFAULT_TIMEOUT_MS), now)
     end
     if ok then
       redis.call('ZREM', k_state_index(p, 'pending'), id)
       incr_load(p, node, 1)
-      start(id)
+      start(id, tkey, h)
       taken = taken + 1
     end
   end

@@ -48,6 +48,16 @@ local function wake_new(p) return 'new ' .. p end
 local function wake_assigned(p, node) return 'assigned ' .. p .. ' ' .. node end
 local function wake_done(p, node, ids) return 'done ' .. p .. ' ' .. node .. ' ' .. ids end
 
+-- ----- Defaults -----
+-- A task field equal to its default is not stored (src/store/tasks.rs leaves it out,
+-- `task_from_hash` reads it back); these mirror crate::domain::spec (compared by the
+-- unit test in src/store/scripts.rs).
+local DEFAULT_MAX_ATTEMPTS = 3
+local DEFAULT_TIMEOUT_MS = 30000
+local DEFAULT_BACKOFF_INITIAL_MS = 1000
+local DEFAULT_BACKOFF_MAX_MS = 300000
+local DEFAULT_RETENTION_MS = 604800000
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -64,15 +74,83 @@ local function emit(p, typ, id, node, state)
     'type', typ, 'task', id, 'node', node or '', 'state', state or '')
 end
 
-local function incr_load(p, node, by)
-  if node and node ~= '' then
-    local v = redis.call('HINCRBY', k_load(p), node, by)
-    if v <= 0 then redis.call('HDEL', k_load(p), node) end
+-- ----- Per-call counters -----
+-- Statistics and node loads change by one many times in a call; the steps are summed
+-- here and written once per field by flush_all(), which runs after every script's body
+-- (src/store/scripts.rs wraps each script so). A call reads a load (dispatch's node
+-- budget, queue_budget) before making its own changes to it.
+local acc_stats, acc_load = {}, {}
+-- State-index writes of many tasks, one ZADD / ZREM per key (member order kept).
+local acc_zadd, acc_zrem, acc_keys = {}, {}, {}
+
+local function deferred(acc, key)
+  local a = acc[key]
+  if not a then
+    a = {}
+    acc[key] = a
+    acc_keys[#acc_keys + 1] = key
   end
+  return a
+end
+
+local function zadd_later(key, score, member)
+  local a = deferred(acc_zadd, key)
+  a[#a + 1] = score
+  a[#a + 1] = member
+end
+
+local function zrem_later(key, member)
+  local a = deferred(acc_zrem, key)
+  a[#a + 1] = member
+end
+
+local function bump(t, p, field, by)
+  local s = t[p]
+  if not s then
+    s = {}
+    t[p] = s
+  end
+  s[field] = (s[field] or 0) + by
+end
+
+local function incr_load(p, node, by)
+  if node and node ~= '' then bump(acc_load, p, node, by) end
 end
 
 local function stat(p, field, by)
-  redis.call('HINCRBY', k_stats(p), field, by or 1)
+  bump(acc_stats, p, field, by or 1)
+end
+
+-- One command per index: `cmd key <items>` in chunks of `step` items.
+local function flush_index(acc, cmd, step)
+  for _, key in ipairs(acc_keys) do
+    local a = acc[key]
+    if a then
+      for i = 1, #a, step do redis.call(cmd, key, unpack(a, i, math.min(i + step - 1, #a))) end
+      acc[key] = nil
+    end
+  end
+end
+
+local function flush_all()
+  -- Removals first: one call never removes a member it added to the same index.
+  flush_index(acc_zrem, 'ZREM', 1000)
+  flush_index(acc_zadd, 'ZADD', 2000)
+  acc_keys = {}
+  for p, s in pairs(acc_stats) do
+    for field, n in pairs(s) do
+      if n ~= 0 then redis.call('HINCRBY', k_stats(p), field, n) end
+    end
+  end
+  for p, s in pairs(acc_load) do
+    for node, n in pairs(s) do
+      if n ~= 0 then
+        local v = redis.call('HINCRBY', k_load(p), node, n)
+        if v <= 0 then redis.call('HDEL', k_load(p), node) end
+      end
+    end
+  end
+  acc_stats, acc_load = {}, {}
 end
 
 -- Frees the task's concurrency slot, if it holds one (a semaphore entry scored by its
@@ -84,19 +162,25 @@ end
 -- Moves a task into a terminal state: its zset (by finish time) and its retention.
 -- Frees its unique key (unless it has its own TTL) and concurrency slot, and queues a
 -- follow-up (dependents, batch) for the coordinator when anything waits on it.
-local function finish(p, id, tkey, state, now)
-  redis.call('HSET', tkey, 'state', state, 'finished_at', now, 'lease_expires', '')
-  redis.call('ZADD', k_state_index(p, state), now, id)
-  local h = redis.call('HMGET', tkey, 'retention_ms', 'unique_key', 'unique_ttl', 'ckey',
-    'followup', 'batch')
-  local retention = tonumber(h[1] or '0') or 0
+-- `f` holds the FINISH_FIELDS of the task (read here when nil); `more` is a list of
+-- field/value pairs to write with the state (e.g. the result).
+local FINISH_FIELDS = {'retention_ms', 'unique_key', 'unique_ttl', 'ckey', 'followup', 'batch'}
+local function finish(p, id, tkey, state, now, f, more)
+  if not f then f = redis.call('HMGET', tkey, unpack(FINISH_FIELDS)) end
+  if more then
+    redis.call('HSET', tkey, 'state', state, 'finished_at', now, 'lease_expires', '', unpack(more))
+  else
+    redis.call('HSET', tkey, 'state', state, 'finished_at', now, 'lease_expires', '')
+  end
+  zadd_later(k_state_index(p, state), now, id)
+  local retention = tonumber(f[1] or '') or DEFAULT_RETENTION_MS
   if retention > 0 then redis.call('PEXPIRE', tkey, retention) end
-  if h[2] and not h[3] then
-    local ukey = k_unique(p, h[2])
+  if f[2] and not f[3] then
+    local ukey = k_unique(p, f[2])
     if redis.call('GET', ukey) == id then redis.call('DEL', ukey) end
   end
-  release_slot(p, id, h[4])
-  if h[5] == '1' or h[6] then redis.call('RPUSH', k_followups(p), id) end
+  release_slot(p, id, f[4])
+  if f[5] == '1' or f[6] then redis.call('RPUSH', k_followups(p), id) end
   stat(p, state)
 end
 
@@ -155,7 +239,7 @@ local function fail_attempt(p, id, tkey, now, err, retryable, jitter)
   local h = redis.call('HMGET', tkey, 'attempts', 'max_attempts', 'backoff_initial',
     'backoff_max', 'node', 'cancel_requested', 'ckey')
   local attempts = tonumber(h[1]) or 0
-  local max_attempts = tonumber(h[2]) or 1
+  local max_attempts = tonumber(h[2]) or DEFAULT_MAX_ATTEMPTS
   local node = h[5] or ''
   redis.call('ZREM', k_state_index(p, 'running'), id)
   incr_load(p, node, -1)
@@ -168,8 +252,8 @@ local function fail_attempt(p, id, tkey, now, err, retryable, jitter)
     finish(p, id, tkey, state, now)
   elseif retryable and attempts < max_attempts then
     state = 'retrying'
-    local initial = tonumber(h[3]) or 1000
-    local cap = tonumber(h[4]) or 300000
+    local initial = tonumber(h[3]) or DEFAULT_BACKOFF_INITIAL_MS
+    local cap = tonumber(h[4]) or DEFAULT_BACKOFF_MAX_MS
     local delay = math.min(cap, initial * (2 ^ (attempts - 1)))
     -- "Equal jitter": half fixed, half random, so retries of a burst spread out.
     delay = math.floor(delay / 2 + (delay / 2) * jitter)
@@ -245,7 +329,7 @@ end
 local function complete_one(p, acc, id, node, fence, nonce, result)
   local tkey = k_task(p, id)
   local h = redis.call('HMGET', tkey, 'state', 'node', 'fence', 'nonce', 'started_at',
-    'cancel_requested', 'result')
+    'cancel_requested', 'result', unpack(FINISH_FIELDS))
   if not h[1] then return {NOT_FOUND} end
   local same_lease = h[3] == fence and h[4] == nonce and (node == '' or h[2] == node)
   -- A completion accepted while a cancel was pending ended the task cancelled (with its
@@ -262,8 +346,7 @@ local function complete_one(p, acc, id, node, fence, nonce, result)
     -- Only a pending cancel puts the id in the node's cancels set.
     redis.call('SREM', k_cancels(p, h[2]), id)
   end
-  redis.call('HSET', tkey, 'result', result)
-  finish(p, id, tkey, state, now)
+  finish(p, id, tkey, state, now, {h[8], h[9], h[10], h[11], h[12], h[13]}, {'result', result})
   emit(p, 'task.' .. state, id, h[2], state)
   report_done(acc, h[2], id)
   return {OK, state, now - (tonumber(h[5]) or now), h[2]}

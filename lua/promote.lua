@@ -12,7 +12,7 @@ for _, set in ipairs({'scheduled', 'retrying'}) do
     if redis.call('HGET', tkey, 'state') == set then
       local seq = redis.call('INCR', k_seq(p))
       local priority = tonumber(redis.call('HGET', tkey, 'priority')) or 0
-      redis.call('HSET', tkey, 'state', 'pending', 'seq', seq)
+      redis.call('HSET', tkey, 'state', 'pending')
       redis.call('ZADD', k_state_index(p, 'pending'), pending_score(priority, seq), id)
       emit(p, 'task.pending', id, '', 'pending')
       moved = moved + 1

@@ -11,7 +11,7 @@ for _, id in ipairs(ids) do
   local h = redis.call('HMGET', tkey, 'state', 'node', 'priority', 'ckey')
   if h[1] == 'assigned' and h[2] == node then
     local seq = redis.call('INCR', k_seq(p))
-    redis.call('HSET', tkey, 'state', 'pending', 'seq', seq)
+    redis.call('HSET', tkey, 'state', 'pending')
     redis.call('HDEL', tkey, 'node')
     redis.call('ZADD', k_state_index(p, 'pending'), pending_score(tonumber(h[3]) or 0, seq), id)
     incr_load(p, node, -1)

@@ -11,7 +11,7 @@ redis.call('ZREM', k_state_index(p, state), id)
 redis.call('PERSIST', tkey)
 local seq = redis.call('INCR', k_seq(p))
 local priority = tonumber(redis.call('HGET', tkey, 'priority')) or 0
-redis.call('HSET', tkey, 'state', 'pending', 'attempts', 0, 'seq', seq, 'cancel_requested', 0)
+redis.call('HSET', tkey, 'state', 'pending', 'attempts', 0, 'cancel_requested', 0)
 redis.call('HDEL', tkey, 'finished_at', 'error', 'result', 'progress')
 redis.call('ZADD', k_state_index(p, 'pending'), pending_score(priority, seq), id)
 emit(p, 'task.retried', id, '', 'pending')

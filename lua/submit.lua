@@ -1,14 +1,13 @@
 -- submit.lua: store new tasks, all or nothing (single submit is a batch of one).
 -- KEYS[1..k]: queue prefixes "<ns>:{<queue>}:" (one per distinct queue in the batch)
 -- ARGV[1]: wake channel   ARGV[2]: idempotency key suffix or ""   ARGV[3]: its TTL ms
--- ARGV[4]: n, then n records of 14 fields:
---   key index (into KEYS), id, kind, payload, priority, run_at ms or "", delay ms or "",
---   max_attempts, timeout_ms, backoff_initial, backoff_max, requires (csv), retention_ms,
---   max_run_ms or ""
---   each followed by k and k optional field/value pairs stored as they are (deps,
---   deps_left, on_dep_fail, unique_key, unique_ttl, ckey, climit, result_schema, batch,
---   origin). With deps_left the task starts blocked; with unique_key, a live holder of
---   the key (same queue) is returned instead of a new task.
+-- ARGV[4]: n, then n records: key index (into KEYS), id, priority, run_at ms or "",
+--   delay ms or "", k, then k field/value pairs stored as they are (kind, payload and
+--   every field not at its default: src/store/tasks.rs chooses). Among them, with
+--   deps_left the task starts blocked; with unique_key, a live holder of the key (same
+--   queue) is returned instead of a new task.
+-- Written here: state, created_at, and run_at when it is not created_at. Per task one
+-- HSET (and one XADD); the sequence, the indexes and the statistics once per call.
 -- Returns: {OK, now, "i=id,..."} created, except the 1-based indexes listed, whose
 -- unique key a live task holds (its id); {REPEAT, now, "id,id,..."} an earlier
 -- submission with this idempotency key (nothing created).
@@ -28,19 +27,33 @@ local dups = {}
 -- Per task, what this script chose: `<state>@<run_at>`, or '' for a unique-key holder's.
 local chosen = {}
 local woken = {}
+-- Sequence numbers (FIFO within a priority), reserved once per queue: n at a time.
+local seqs = {}
+local function next_seq(p)
+  local s = seqs[p]
+  if not s then
+    local last = redis.call('INCRBY', k_seq(p), n)
+    s = {next = last - n + 1}
+    seqs[p] = s
+  end
+  s.next = s.next + 1
+  return s.next - 1
+end
 local b = 5
 for i = 1, n do
   local p = KEYS[tonumber(ARGV[b])]
   local id = ARGV[b + 1]
-  local priority = tonumber(ARGV[b + 4])
-  local run_at = tonumber(ARGV[b + 5])
-  local delay = tonumber(ARGV[b + 6])
+  local priority = tonumber(ARGV[b + 2])
+  local run_at = tonumber(ARGV[b + 3])
+  local delay = tonumber(ARGV[b + 4])
+  local k = tonumber(ARGV[b + 5])
+  local fields = {}
   local extra = {}
-  local k = tonumber(ARGV[b + 14])
   for j = 0, k - 1 do
-    extra[#extra + 1] = ARGV[b + 15 + j * 2]
-    extra[#extra + 1] = ARGV[b + 16 + j * 2]
-    extra[ARGV[b + 15 + j * 2]] = ARGV[b + 16 + j * 2]
+    local name, value = ARGV[b + 6 + j * 2], ARGV[b + 7 + j * 2]
+    fields[#fields + 1] = name
+    fields[#fields + 1] = value
+    extra[name] = value
   end
   local holder = nil
   if extra.unique_key then
@@ -71,19 +84,17 @@ for i = 1, n do
     local state = 'pending'
     if run_at and run_at > now then state = 'scheduled' end
     if tonumber(extra.deps_left or '0') > 0 then state = 'blocked' end
-    local seq = redis.call('INCR', k_seq(p))
-    redis.call('HSET', tkey, 'id', id, 'kind', ARGV[b + 2], 'payload', ARGV[b + 3],
-      'priority', priority, 'state', state, 'attempts', 0, 'max_attempts', ARGV[b + 7],
-      'timeout_ms', ARGV[b + 8], 'backoff_initial', ARGV[b + 9], 'backoff_max', ARGV[b + 10],
-      'requires', ARGV[b + 11], 'retention_ms', ARGV[b + 12], 'fence', 0,
-      'created_at', now, 'run_at', run_at or now, 'seq', seq, 'max_run_ms', ARGV[b + 13])
-    if #extra > 0 then redis.call('HSET', tkey, unpack(extra)) end
-    if state == 'scheduled' then
-      redis.call('ZADD', k_state_index(p, 'scheduled'), run_at, id)
-    elseif state == 'blocked' then
-      redis.call('ZADD', k_state_index(p, 'blocked'), now, id)
+    if run_at and run_at ~= now then
+      redis.call('HSET', tkey, 'state', state, 'created_at', now, 'run_at', run_at, unpack(fields))
     else
-      redis.call('ZADD', k_state_index(p, 'pending'), pending_score(priority, seq), id)
+      redis.call('HSET', tkey, 'state', state, 'created_at', now, unpack(fields))
+    end
+    if state == 'scheduled' then
+      zadd_later(k_state_index(p, 'scheduled'), run_at, id)
+    elseif state == 'blocked' then
+      zadd_later(k_state_index(p, 'blocked'), now, id)
+    else
+      zadd_later(k_state_index(p, 'pending'), pending_score(priority, next_seq(p)), id)
       woken[p] = true
     end
     stat(p, 'submitted')
@@ -91,7 +102,7 @@ for i = 1, n do
     ids[#ids + 1] = id
     chosen[i] = state .. '@' .. (run_at or now)
   end
-  b = b + 15 + k * 2
+  b = b + 6 + k * 2
 end
 if idem ~= '' then
   redis.call('SET', idem_key, table.concat(ids, ','), 'PX', idem_ttl)

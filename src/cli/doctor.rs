@@ -5,10 +5,10 @@ use anyhow::Context;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Flags of `muster doctor`.
+/// The keyspace a maintenance command works on (`doctor`, `migrate`).
 #[derive(Debug, Clone, clap::Args)]
-pub struct DoctorArgs {
-    /// Redis to check.
+pub struct KeyspaceArgs {
+    /// Redis holding the keyspace.
     #[arg(
         long,
         env = "MUSTER_REDIS_URL",
@@ -23,21 +23,39 @@ pub struct DoctorArgs {
     pub json: bool,
 }
 
+impl KeyspaceArgs {
+    /// A store on that keyspace (not prepared: its schema version is not checked).
+    ///
+    /// # Errors
+    /// Redis unreachable or a bad URL.
+    pub async fn connect(&self, timeout: Duration) -> anyhow::Result<Store> {
+        Store::connect(&self.redis_url, &self.namespace, timeout)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot connect to redis at {}; pass --redis-url",
+                    self.redis_url
+                )
+            })
+    }
+}
+
+/// Flags of `muster doctor`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DoctorArgs {
+    /// Redis and namespace to check.
+    #[command(flatten)]
+    pub keyspace: KeyspaceArgs,
+}
+
 /// Runs the checks.
 ///
 /// # Errors
 /// Redis unreachable.
 pub async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
-    let store = Store::connect(&args.redis_url, &args.namespace, Duration::from_secs(5))
-        .await
-        .with_context(|| {
-            format!(
-                "cannot connect to redis at {}; pass --redis-url",
-                args.redis_url
-            )
-        })?;
+    let store = args.keyspace.connect(Duration::from_secs(5)).await?;
     let report = store.doctor().await.context("reading the keyspace")?;
-    if args.json {
+    if args.keyspace.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         for v in &report.violations {

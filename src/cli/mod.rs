@@ -7,6 +7,7 @@ pub mod demo;
 pub mod dev;
 pub mod doctor;
 pub mod local;
+pub mod migrate;
 pub mod serve;
 
 use clap::{Parser, Subcommand};
@@ -48,6 +49,8 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
     /// End-to-end benchmark on a private Redis.
     Bench(bench::BenchArgs),
+    /// Convert a stored keyspace to this version's schema (stop every server first).
+    Migrate(migrate::MigrateArgs),
 }
 
 impl Command {
@@ -91,6 +94,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Schedules(a) => client::schedules(a).await,
             Command::Doctor(a) => doctor::run(a).await,
             Command::Bench(a) => bench::run(a).await,
+            Command::Migrate(a) => migrate::run(a).await,
         }
     });
     match res {

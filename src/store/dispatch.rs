@@ -128,7 +128,10 @@ impl Store {
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let h = flat_map(row)?;
-            let task = task_from_hash(queue, &h)
+            let id = h
+                .get("id")
+                .ok_or_else(|| StoreError::Protocol("lease row without an id".into()))?;
+            let task = task_from_hash(queue, id, &h)
                 .ok_or_else(|| StoreError::Protocol("bad task hash".into()))?;
             let nonce = h.get("nonce").cloned().unwrap_or_default();
             let expires_ms = h

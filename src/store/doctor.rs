@@ -336,7 +336,7 @@ impl Store {
 }
 
 /// Every key of `family` with its name (SCAN, so a key written meanwhile may be missed).
-async fn scan(
+pub(super) async fn scan(
     c: &mut redis::aio::ConnectionManager,
     family: &KeyFamily,
 ) -> Result<Vec<(String, String)>> {

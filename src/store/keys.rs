@@ -8,7 +8,7 @@
 //! [`super::scripts`] evaluates the Lua ones in a real redis-server and compares.
 
 /// Version of this schema, stored at [`Keys::schema`].
-pub const SCHEMA_VERSION: &str = "1";
+pub const SCHEMA_VERSION: &str = "2";
 
 /// Key builder for one namespace.
 #[derive(Debug, Clone)]

@@ -18,6 +18,7 @@ pub mod error;
 pub mod keys;
 pub mod listing;
 pub mod locks;
+pub mod migrate;
 pub mod nodes;
 pub mod queues;
 mod reply;
@@ -132,11 +133,18 @@ impl Store {
         let _: bool = c.set_nx(&key, SCHEMA_VERSION).await?;
         let v: Option<String> = c.get(&key).await?;
         if v.as_deref() != Some(SCHEMA_VERSION) {
+            let ns = self.keys.ns();
+            let how = match v.as_deref() {
+                Some(old) if old < SCHEMA_VERSION => format!(
+                    "stop every muster of this namespace and run `muster migrate --redis-url <url> \
+                     --namespace {ns}` (converts it in place), or drain it with the muster that \
+                     wrote it (stop submitting, let the tasks end) and start on a new --namespace"
+                ),
+                _ => "use the muster that wrote it, or another --namespace".to_string(),
+            };
             return Err(StoreError::Unfit(format!(
-                "the keyspace under '{}' has schema version {:?}, this muster knows {SCHEMA_VERSION}; \
-                 use another --namespace or the matching muster version",
-                self.keys.ns(),
-                v
+                "the keyspace under '{ns}' has schema version {}, this muster uses {SCHEMA_VERSION}: {how}",
+                v.as_deref().unwrap_or("?")
             )));
         }
         self.check_eviction().await?;

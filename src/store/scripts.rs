@@ -10,8 +10,13 @@ use redis::Script;
 /// `lua/lib.lua`, prepended to every script.
 pub const LIB: &str = include_str!("../../lua/lib.lua");
 
+/// lib.lua, then the script's body as a function, then `flush_all()`: the counters and
+/// index writes that lib.lua defers during a call are written once, at its end, whatever
+/// `return` the body took.
 fn script(body: &str) -> Script {
-    Script::new(&format!("{LIB}\n{body}"))
+    Script::new(&format!(
+        "{LIB}\nlocal function main()\n{body}\nend\nlocal reply = main()\nflush_all()\nreturn reply\n"
+    ))
 }
 
 /// Declares the one script table: a field per `lua/<name>.lua`, built from that file.
@@ -52,6 +57,8 @@ scripts! {
     // Cron schedules and handler locks.
     sched_create, sched_delete, sched_pause, sched_leader, sched_fire, sched_done,
     lock_acquire, lock_extend, lock_release,
+    // Schema migrations (`muster migrate`).
+    migrate_task,
 }
 
 impl Scripts {
@@ -231,5 +238,34 @@ mod tests {
             assert_eq!(&want.message(&k), msg);
         }
         assert_eq!(wakeups.len(), want.len());
+    }
+
+    #[tokio::test]
+    async fn lib_lua_task_defaults_are_the_domain_defaults() {
+        use crate::domain::Backoff;
+        use crate::domain::spec::{DEFAULT_MAX_ATTEMPTS, DEFAULT_RETENTION_MS, DEFAULT_TIMEOUT_MS};
+        let (_redis, mut c) = Redis::start().await;
+        let k = Keys::new("muster");
+        let lua: Vec<i64> = eval(
+            &mut c,
+            &k,
+            &[
+                "DEFAULT_MAX_ATTEMPTS",
+                "DEFAULT_TIMEOUT_MS",
+                "DEFAULT_BACKOFF_INITIAL_MS",
+                "DEFAULT_BACKOFF_MAX_MS",
+                "DEFAULT_RETENTION_MS",
+            ],
+        )
+        .await;
+        let b = Backoff::default();
+        let rust = vec![
+            DEFAULT_MAX_ATTEMPTS,
+            DEFAULT_TIMEOUT_MS,
+            b.initial_ms as i64,
+            b.max_ms as i64,
+            DEFAULT_RETENTION_MS,
+        ];
+        assert_eq!(lua, rust);
     }
 }

@@ -3,7 +3,8 @@
 
 use super::tokens::sha256_hex;
 use super::{Code, Missing, Result, Store, StoreError, coded, int, state_of, text};
-use crate::domain::{OnDependencyFailure, Task, TaskState, rfc3339_ms, validate};
+use crate::domain::spec::{DEFAULT_MAX_ATTEMPTS, DEFAULT_RETENTION_MS, DEFAULT_TIMEOUT_MS};
+use crate::domain::{Backoff, OnDependencyFailure, Task, TaskState, rfc3339_ms, validate};
 use redis::{AsyncCommands, Value};
 use std::collections::HashMap;
 
@@ -11,9 +12,36 @@ use std::collections::HashMap;
 pub use crate::domain::TaskSpec as PreparedTask;
 
 impl PreparedTask {
-    /// Optional hash fields, stored only when set (a task without them stays small).
-    fn extras(&self) -> Vec<(&'static str, String)> {
-        let mut x = Vec::new();
+    /// The hash fields `submit.lua` stores as they are: kind, payload and every field
+    /// not at its default (the defaults are `task_from_hash`'s and lib.lua's), so that
+    /// a plain task is a hash of five small fields.
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let mut x = vec![("kind", self.kind.clone())];
+        if self.payload != "null" {
+            x.push(("payload", self.payload.clone()));
+        }
+        let mut num = |name: &'static str, v: i64, default: i64| {
+            if v != default {
+                x.push((name, v.to_string()));
+            }
+        };
+        num("priority", self.priority, 0);
+        num("max_attempts", self.max_attempts, DEFAULT_MAX_ATTEMPTS);
+        num("timeout_ms", self.timeout_ms, DEFAULT_TIMEOUT_MS);
+        num("retention_ms", self.retention_ms, DEFAULT_RETENTION_MS);
+        let defaults = Backoff::default();
+        if self.backoff.initial_ms != defaults.initial_ms {
+            x.push(("backoff_initial", self.backoff.initial_ms.to_string()));
+        }
+        if self.backoff.max_ms != defaults.max_ms {
+            x.push(("backoff_max", self.backoff.max_ms.to_string()));
+        }
+        if !self.requires.is_empty() {
+            x.push(("requires", self.requires.join(",")));
+        }
+        if let Some(m) = self.max_run_ms {
+            x.push(("max_run_ms", m.to_string()));
+        }
         if !self.depends_on.is_empty() {
             x.push(("deps", self.depends_on.join(",")));
             x.push(("deps_left", self.depends_on.len().to_string()));
@@ -78,8 +106,9 @@ pub enum Cancelled {
     Requested,
 }
 
-/// Builds a [`Task`] from its hash; `None` when the hash is empty or malformed.
-pub fn task_from_hash(queue: &str, h: &HashMap<String, String>) -> Option<Task> {
+/// Builds the [`Task`] `id` from its hash (fields at their default are not stored);
+/// `None` when the hash is empty or malformed.
+pub fn task_from_hash(queue: &str, id: &str, h: &HashMap<String, String>) -> Option<Task> {
     let get = |k: &str| h.get(k).filter(|v| !v.is_empty());
     let num = |k: &str| get(k).and_then(|v| v.parse::<i64>().ok());
     let json = |k: &str| {
@@ -88,15 +117,15 @@ pub fn task_from_hash(queue: &str, h: &HashMap<String, String>) -> Option<Task> 
     let ts = |k: &str| num(k).map(rfc3339_ms);
     let state = TaskState::parse(get("state")?)?;
     Some(Task {
-        id: get("id")?.clone(),
+        id: id.to_string(),
         queue: queue.to_string(),
         kind: get("kind")?.clone(),
         payload: json("payload").unwrap_or(serde_json::Value::Null),
         priority: num("priority").unwrap_or(0),
         state,
         attempts: num("attempts").unwrap_or(0),
-        max_attempts: num("max_attempts").unwrap_or(1),
-        timeout_ms: num("timeout_ms").unwrap_or(30_000),
+        max_attempts: num("max_attempts").unwrap_or(DEFAULT_MAX_ATTEMPTS),
+        timeout_ms: num("timeout_ms").unwrap_or(DEFAULT_TIMEOUT_MS),
         max_run_ms: num("max_run_ms"),
         requires: get("requires")
             .map(|r| r.split(',').map(str::to_string).collect())
@@ -107,7 +136,7 @@ pub fn task_from_hash(queue: &str, h: &HashMap<String, String>) -> Option<Task> 
         progress: json("progress"),
         fence: num("fence").unwrap_or(0),
         created_at: ts("created_at").unwrap_or_default(),
-        run_at: ts("run_at"),
+        run_at: ts("run_at").or_else(|| ts("created_at")),
         started_at: ts("started_at"),
         finished_at: ts("finished_at"),
         lease_expires_at: if state == TaskState::Running {
@@ -159,21 +188,12 @@ impl Store {
             };
             args.push(idx.to_string());
             args.push(t.id.clone());
-            args.push(t.kind.clone());
-            args.push(t.payload.clone());
             args.push(t.priority.to_string());
             args.push(t.run_at_ms.map(|v| v.to_string()).unwrap_or_default());
             args.push(t.delay_ms.map(|v| v.to_string()).unwrap_or_default());
-            args.push(t.max_attempts.to_string());
-            args.push(t.timeout_ms.to_string());
-            args.push(t.backoff.initial_ms.to_string());
-            args.push(t.backoff.max_ms.to_string());
-            args.push(t.requires.join(","));
-            args.push(t.retention_ms.to_string());
-            args.push(t.max_run_ms.map(|v| v.to_string()).unwrap_or_default());
-            let extras = t.extras();
-            args.push(extras.len().to_string());
-            for (k, v) in extras {
+            let fields = t.fields();
+            args.push(fields.len().to_string());
+            for (k, v) in fields {
                 args.push(k.to_string());
                 args.push(v);
             }
@@ -242,7 +262,7 @@ impl Store {
         })?;
         let mut c = self.conn();
         let h: HashMap<String, String> = c.hgetall(self.keys.task(queue, id)).await?;
-        task_from_hash(queue, &h).ok_or(StoreError::NotFound {
+        task_from_hash(queue, id, &h).ok_or(StoreError::NotFound {
             what: Missing::Task,
         })
     }
@@ -261,7 +281,11 @@ impl Store {
         }
         let mut c = self.conn();
         let hs: Vec<HashMap<String, String>> = pipe.query_async(&mut c).await?;
-        Ok(hs.iter().filter_map(|h| task_from_hash(queue, h)).collect())
+        Ok(ids
+            .iter()
+            .zip(&hs)
+            .filter_map(|(id, h)| task_from_hash(queue, id, h))
+            .collect())
     }
 
     /// Cancels a task.

@@ -939,7 +939,12 @@ async fn lease_accepts_a_null_body() {
         .send()
         .await
         .expect("lease");
-    assert_eq!(ws.status().as_u16(), 400, "whitespace body: {:?}", ws.text().await);
+    assert_eq!(
+        ws.status().as_u16(),
+        400,
+        "whitespace body: {:?}",
+        ws.text().await
+    );
 }
 
 // ----- S2: node isolation -----

@@ -2,7 +2,7 @@
 //! asserts every key it touches (task hash, state indexes, inboxes, load, cancels,
 //! events, stats), then runs the invariant checker, which must find nothing.
 
-use crate::support::{shared_redis, store};
+use crate::support::{shared_redis, store, store_on, unique_ns};
 use muster::domain::validate::new_task_id;
 use muster::domain::{Backoff, Node, NodeKind, NodeStatus, QueueUpdate, TaskState};
 use muster::store::{Cancelled, Leased, PreparedTask, Store, StoreError, Submitted};
@@ -366,28 +366,41 @@ async fn submit_stores_one_pending_task_with_its_fields_index_stats_and_event() 
     let id = t.id.clone();
     let now = k.submit(&[t]).await;
 
+    // Only what differs from the defaults is stored (the id is the key's).
     let h = k.hash("q", &id);
+    let mut fields: Vec<&str> = h.keys().map(String::as_str).collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        [
+            "backoff_max",
+            "created_at",
+            "kind",
+            "max_attempts",
+            "payload",
+            "priority",
+            "requires",
+            "retention_ms",
+            "state",
+            "timeout_ms"
+        ]
+    );
     for (f, want) in [
-        ("id", id.as_str()),
         ("kind", "echo"),
         ("payload", r#"{"n":1}"#),
         ("priority", "4"),
         ("state", "pending"),
-        ("attempts", "0"),
         ("max_attempts", "5"),
         ("timeout_ms", "1234"),
-        ("backoff_initial", "1000"),
         ("backoff_max", "60000"),
         ("requires", "gpu,linux"),
         ("retention_ms", "60000"),
-        ("fence", "0"),
     ] {
         assert_eq!(h.get(f).map(String::as_str), Some(want), "field {f}");
     }
     assert_eq!(h["created_at"], now.to_string());
-    assert_eq!(h["run_at"], now.to_string());
     assert_eq!(k.indexes("q", &id), ["pending"]);
-    let seq: i64 = h["seq"].parse().unwrap();
+    let seq: i64 = k.r.get(k.store.keys.seq("q")).unwrap();
     assert_eq!(
         k.score("q", "pending", &id),
         Some((9 - 4) * 10_000_000_000_000 + seq)
@@ -551,12 +564,14 @@ async fn submit_with_a_future_run_at_or_a_delay_is_scheduled_and_otherwise_pendi
         assert_eq!(k.field("q", &id, "state"), c.want, "{}", c.name);
         assert_eq!(k.indexes("q", &id), [c.want], "{}", c.name);
         let want_run_at = c.run_at_ms.unwrap_or(at + c.delay_ms.unwrap_or(0));
-        assert_eq!(
-            k.int_field("q", &id, "run_at"),
-            want_run_at,
-            "{}: run_at",
-            c.name
-        );
+        // run_at is stored only when it is not created_at.
+        let run_at = k.field("q", &id, "run_at");
+        let run_at = if run_at.is_empty() {
+            k.int_field("q", &id, "created_at")
+        } else {
+            run_at.parse().unwrap()
+        };
+        assert_eq!(run_at, want_run_at, "{}: run_at", c.name);
         if c.want == "scheduled" {
             assert_eq!(
                 k.score("q", "scheduled", &id),
@@ -632,7 +647,7 @@ async fn promote_moves_a_scheduled_task_to_pending_once_it_is_due_and_not_before
     assert_eq!(k.store.promote("q", 100).await.unwrap(), 1);
     assert_eq!(k.field("q", &id, "state"), "pending");
     assert_eq!(k.indexes("q", &id), ["pending"]);
-    let seq = k.int_field("q", &id, "seq");
+    let seq: i64 = k.r.get(k.store.keys.seq("q")).unwrap();
     assert_eq!(
         k.score("q", "pending", &id),
         Some(7 * 10_000_000_000_000 + seq)
@@ -982,12 +997,13 @@ async fn lease_drops_a_cancelled_task_left_in_an_inbox() {
         [live.as_str()]
     );
     assert_eq!(k.field("q", &gone, "state"), "cancelled");
+    // Never leased: fence and attempts are still at their default (0, not stored).
     assert_eq!(
         k.field("q", &gone, "fence"),
-        "0",
+        "",
         "the cancelled task was not leased"
     );
-    assert_eq!(k.field("q", &gone, "attempts"), "0");
+    assert_eq!(k.field("q", &gone, "attempts"), "");
     assert_eq!(k.indexes("q", &gone), ["cancelled"]);
     assert!(!k.inbox_exists("q", "n1"));
     assert_eq!(k.load("q"), HashMap::from([("n1".to_string(), 1)]));
@@ -2077,7 +2093,8 @@ async fn requeue_inbox_returns_assigned_tasks_to_pending_without_counting_an_att
     for (id, attempts) in [(&earlier.task.id, "1"), (&fresh[0], "0"), (&fresh[1], "0")] {
         let h = k.hash("q", id);
         assert_eq!(h["state"], "pending");
-        assert_eq!(h["attempts"], attempts, "requeue is not an attempt");
+        let got = h.get("attempts").map_or("0", String::as_str); // 0 is not stored
+        assert_eq!(got, attempts, "requeue is not an attempt");
         assert!(!h.contains_key("node"), "node kept");
         assert_eq!(k.indexes("q", id), ["pending"]);
     }
@@ -2196,4 +2213,66 @@ async fn doctor_reports_every_kind_of_corruption() {
             report.violations
         );
     }
+}
+
+/// Schema 1 stored every field (and the id and sequence number); a server refuses that
+/// keyspace naming `muster migrate`, which converts it in place without changing a task.
+#[tokio::test]
+async fn a_schema_1_keyspace_is_refused_until_muster_migrate_converts_it_and_its_tasks_read_the_same()
+ {
+    let ns = unique_ns();
+    let store = store_on(&shared_redis().url(), &ns).await;
+    let keys = store.keys.clone();
+    let mut r = shared_redis().conn();
+    let id = new_task_id("old");
+    let tkey = keys.task("old", &id);
+    let v1: Vec<(&str, String)> = vec![
+        ("id", id.clone()),
+        ("kind", "echo".into()),
+        ("payload", r#"{"n":1}"#.into()),
+        ("priority", "0".into()),
+        ("state", "pending".into()),
+        ("attempts", "0".into()),
+        ("max_attempts", "3".into()),
+        ("timeout_ms", "30000".into()),
+        ("backoff_initial", "1000".into()),
+        ("backoff_max", "300000".into()),
+        ("requires", "".into()),
+        ("retention_ms", "604800000".into()),
+        ("fence", "0".into()),
+        ("created_at", "1764547200000".into()),
+        ("run_at", "1764547200000".into()),
+        ("seq", "7".into()),
+        ("max_run_ms", "".into()),
+    ];
+    let () = redis::pipe()
+        .set(keys.schema(), "1")
+        .sadd(keys.queues(), "old")
+        .hset_multiple(&tkey, &v1)
+        .zadd(
+            keys.state_index("old", "pending"),
+            &id,
+            90_000_000_000_000_i64 + 7,
+        )
+        .query(&mut r)
+        .unwrap();
+    let before = store.task(&id).await.expect("schema 1 tasks read");
+
+    let err = store
+        .prepare()
+        .await
+        .expect_err("schema 1 refused")
+        .to_string();
+    assert!(err.contains("muster migrate"), "{err}");
+
+    let done = store.migrate(|_, _| {}).await.expect("migrate");
+    assert_eq!((done.from.as_deref(), done.tasks), (Some("1"), 1));
+    assert_eq!(done.fields_removed, 13, "{done:?}");
+    let mut fields: Vec<String> = r.hkeys(&tkey).unwrap();
+    fields.sort();
+    assert_eq!(fields, ["created_at", "kind", "payload", "state"]);
+    assert_eq!(store.task(&id).await.unwrap(), before);
+    store.prepare().await.expect("schema 2 accepted");
+    // Twice is harmless.
+    assert_eq!(store.migrate(|_, _| {}).await.unwrap().tasks, 0);
 }

@@ -75,6 +75,8 @@ pub(super) struct Counters {
     pub(super) record_latency: AtomicBool,
     /// (sequence number, start - submit in ns).
     pub(super) latency: Mutex<Vec<(u64, u64)>>,
+    /// Round trips (ns) of the lease calls that brought tasks: the claim latency.
+    pub(super) claims: Mutex<Vec<u64>>,
 }
 
 impl Counters {
@@ -90,6 +92,7 @@ impl Counters {
             last_done: Mutex::new(None),
             record_latency: AtomicBool::new(false),
             latency: Mutex::new(Vec::new()),
+            claims: Mutex::new(Vec::new()),
         })
     }
 }
@@ -272,6 +275,7 @@ async fn lease_loop(
     let lease_path = ["v1", "nodes", id.as_str(), "lease"];
     let report_path = ["v1", "nodes", id.as_str(), "reports"];
     loop {
+        let asked = Instant::now();
         let reply = tokio::select! {
             _ = stop.cancelled() => return,
             r = api.post_json::<LeaseReplyLean>(&lease_path, &token, body.clone()) => r,
@@ -291,6 +295,7 @@ async fn lease_loop(
             continue;
         }
         let now = Instant::now();
+        lock(&c.claims).push(now.duration_since(asked).as_nanos() as u64);
         lock(&c.first_lease).get_or_insert(now);
         c.leased
             .fetch_add(reply.leases.len() as u64, Ordering::Relaxed);

@@ -92,6 +92,11 @@ pub struct BenchArgs {
     /// (1,000 with --quick), 0 skips.
     #[arg(long)]
     pub census_n: Option<u64>,
+    /// Last phase: a queue holding this many pending tasks (e.g. 1000000), from which
+    /// the agents drain N; claim rate, claim p99 and memory per task are compared with
+    /// the process phase's (a queue of N). 0 skips it.
+    #[arg(long, default_value_t = 0)]
+    pub backlog: u64,
 }
 
 /// Latency samples excluded as warm-up (as the peers do).

@@ -162,24 +162,10 @@ pub(super) async fn bench(args: &BenchArgs, stack: &mut Stack) -> anyhow::Result
 
     // 2. Batch submit, no agents: rate, commands per submitted task, memory per pending task.
     let pb = bar(n, "submit: POST /v1/tasks/batch");
-    let s0 = probe.snap().await?;
-    let d = submit_batches(
-        &api,
-        "bench-batch",
-        n,
-        args.batch,
-        args.batch_concurrency,
-        &pb,
-    )
-    .await?;
-    let s1 = probe.snap().await?;
+    let (d, cost_submit_batch, mem_per_task) =
+        fill(&api, &mut probe, "bench-batch", n, args, &pb).await?;
     pb.finish();
     let submit_batch = rate(n, d);
-    let cost_submit_batch = cost(&s0, &s1, n);
-    let mem_per_task = round(
-        (s1.redis.used_memory as f64 - s0.redis.used_memory as f64) / n as f64,
-        1,
-    );
     let pbytes = payload_bytes();
 
     // 3. Single submit, no agents.
@@ -205,16 +191,15 @@ pub(super) async fn bench(args: &BenchArgs, stack: &mut Stack) -> anyhow::Result
     pb.finish_and_clear();
     let pb = bar(n, "process: pre-submitted, draining");
     let s0 = probe.snap().await?;
-    let (c, agents) = Agents::start_phase(&api, "bench-process", args, t_base, stack).await?;
-    let last = wait_done(&c, n, &pb).await?;
+    let (c, last) = drain(&api, "bench-process", n, args, stack, t_base, &pb).await?;
     let s1 = probe.snap().await?;
     pb.finish();
-    agents.stop(&api).await;
     let first = lock(&c.first_lease).unwrap_or(c.started);
     let process_only = rate(n, last.duration_since(first));
     let process_only_incl = rate(n, last.duration_since(c.started));
     let cost_process_only = cost(&s0, &s1, n);
     let process_counts = api.queue_counts("bench-process").await?;
+    let process_claims = claim_ms(&c);
 
     // 5. End to end: agents idle and long-polling, then N submitted in batches.
     let (c, agents) = Agents::start_phase(&api, "bench-e2e", args, t_base, stack).await?;
@@ -259,16 +244,28 @@ pub(super) async fn bench(args: &BenchArgs, stack: &mut Stack) -> anyhow::Result
     // 7. Idle: many agents long-polling, nothing to do.
     let idle = runs::idle(&api, &mut probe, args, stack, t_base, idle_secs).await?;
 
+    // 8. Backlog: the process phase again, from a queue holding --backlog tasks.
+    let backlog = if args.backlog > 0 {
+        let empty = json!({
+            "tasks": n,
+            "per_sec": process_only.per_sec,
+            "redis_memory_bytes_per_task": mem_per_task,
+            "claim_p50_ms": process_claims.0,
+            "claim_p99_ms": process_claims.1,
+        });
+        runs::backlog(&api, &mut probe, n, args, stack, t_base, empty).await?
+    } else {
+        json!({"skipped": "--backlog 0"})
+    };
+
     let targets = targets(&Measured {
-        end_to_end: &end_to_end,
-        submit_batch: &submit_batch,
         latency: &latency,
         cost_end_to_end: &cost_end_to_end,
-        census: &census,
         mem_per_task,
         pbytes,
         idle: &idle,
         idle_agents: args.idle_agents,
+        backlog: &backlog,
     });
     let beyond = beyond_payload(mem_per_task, pbytes);
     let checks = json!({
@@ -310,6 +307,7 @@ pub(super) async fn bench(args: &BenchArgs, stack: &mut Stack) -> anyhow::Result
         payload_bytes: pbytes,
         redis_memory_bytes_per_pending_task_beyond_payload: beyond,
         idle,
+        backlog,
         server_rss_kb: proc_status_kb("VmRSS:"),
         server_peak_rss_kb: proc_status_kb("VmHWM:"),
         census,
@@ -317,4 +315,51 @@ pub(super) async fn bench(args: &BenchArgs, stack: &mut Stack) -> anyhow::Result
         targets,
         checks,
     })
+}
+
+/// p50 and p99 (ms) of the phase's claims (lease calls that brought tasks).
+pub(super) fn claim_ms(c: &super::agents::Counters) -> (f64, f64) {
+    let mut v = lock(&c.claims).clone();
+    v.sort_unstable();
+    (
+        round(super::report::percentile(&v, 0.50), 3),
+        round(super::report::percentile(&v, 0.99), 3),
+    )
+}
+
+/// Submits `n` tasks to `queue` in batches; the time, the cost per task and the Redis
+/// memory each one took (tasks pending, no agents).
+pub(super) async fn fill(
+    api: &Api,
+    probe: &mut Probe,
+    queue: &str,
+    n: u64,
+    args: &BenchArgs,
+    pb: &ProgressBar,
+) -> anyhow::Result<(Duration, super::probe::Cost, f64)> {
+    let s0 = probe.snap().await?;
+    let d = submit_batches(api, queue, n, args.batch, args.batch_concurrency, pb).await?;
+    let s1 = probe.snap().await?;
+    let mem = round(
+        (s1.redis.used_memory as f64 - s0.redis.used_memory as f64) / n as f64,
+        1,
+    );
+    Ok((d, cost(&s0, &s1, n), mem))
+}
+
+/// Starts the phase's agents on `queue`, waits until they finished `n` tasks, stops
+/// them; their counters and the instant of the last report.
+pub(super) async fn drain(
+    api: &Api,
+    queue: &str,
+    n: u64,
+    args: &BenchArgs,
+    stack: &mut Stack,
+    t_base: Instant,
+    pb: &ProgressBar,
+) -> anyhow::Result<(std::sync::Arc<super::agents::Counters>, Instant)> {
+    let (c, agents) = Agents::start_phase(api, queue, args, t_base, stack).await?;
+    let last = wait_done(&c, n, pb).await?;
+    agents.stop(api).await;
+    Ok((c, last))
 }

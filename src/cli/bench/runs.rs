@@ -218,3 +218,41 @@ pub(super) async fn census(
         "note": "redis-cli MONITOR over an untimed end-to-end run; top level = commands muster sent (EVALSHA counts 1), inside = commands its Lua scripts ran; includes the background loops (reconciler, timers, dispatcher) during the run",
     }))
 }
+
+/// The process phase from a queue holding `--backlog` pending tasks: fills it, drains
+/// `n`, and compares the claim rate, claim p99 and memory per task with `empty` (the
+/// process phase's, from a queue of `n`).
+pub(super) async fn backlog(
+    api: &Api,
+    probe: &mut Probe,
+    n: u64,
+    args: &BenchArgs,
+    stack: &mut Stack,
+    t_base: Instant,
+    empty: Value,
+) -> anyhow::Result<Value> {
+    let total = args.backlog.max(n);
+    let pb = bar(total, &format!("backlog: pre-submitting {total}"));
+    let (_, _, mem) = super::phases::fill(api, probe, "bench-backlog", total, args, &pb).await?;
+    pb.finish();
+    let pb = bar(n, &format!("backlog: draining {n} of {total}"));
+    let (c, last) = super::phases::drain(api, "bench-backlog", n, args, stack, t_base, &pb).await?;
+    pb.finish();
+    let first = lock(&c.first_lease).unwrap_or(c.started);
+    let drained = super::report::rate(n, last.duration_since(first));
+    let claims = super::phases::claim_ms(&c);
+    let ratio = |a: f64, b: f64| if b > 0.0 { round(a / b, 3) } else { 0.0 };
+    let empty_rate = empty["per_sec"].as_f64().unwrap_or(0.0);
+    let empty_p99 = empty["claim_p99_ms"].as_f64().unwrap_or(0.0);
+    Ok(json!({
+        "tasks": total,
+        "drained": drained,
+        "redis_memory_bytes_per_task": mem,
+        "claim_p50_ms": claims.0,
+        "claim_p99_ms": claims.1,
+        "rate_ratio_empty_over_backlog": ratio(empty_rate, drained.per_sec),
+        "claim_p99_ratio_backlog_over_empty": ratio(claims.1, empty_p99),
+        "empty": empty,
+        "note": "claim = one lease call that brought tasks (HTTP round trip, lease.lua included)",
+    }))
+}
