@@ -55,6 +55,10 @@ pub struct DoctorArgs {
 pub async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     let store = args.keyspace.connect(Duration::from_secs(5)).await?;
     let report = store.doctor().await.context("reading the keyspace")?;
+    // Advice is not a violation: printed (to stderr with --json), the exit code unchanged.
+    for a in store.tuning_advice().await.unwrap_or_default() {
+        eprintln!("advice: {a}");
+    }
     if args.keyspace.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

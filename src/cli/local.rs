@@ -185,6 +185,7 @@ impl PrivateRedis {
             .arg(&log)
             .arg("--daemonize")
             .arg("no")
+            .args(crate::store::tuning::PRIVATE_REDIS_ARGS)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -27,6 +27,7 @@ pub mod schedules;
 pub mod scripts;
 pub mod tasks;
 mod tokens;
+pub mod tuning;
 pub mod wakeups;
 
 pub use batches::{BatchBegin, BatchCheck};
@@ -175,7 +176,8 @@ impl Store {
         Ok(())
     }
 
-    async fn config_get(&self, name: &str) -> Result<String> {
+    /// `CONFIG GET name` (empty when Redis does not know it).
+    pub(crate) async fn config_get(&self, name: &str) -> Result<String> {
         let mut c = self.conn();
         let v: Vec<String> = redis::cmd("CONFIG")
             .arg("GET")
