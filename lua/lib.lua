@@ -68,10 +68,36 @@ local function pending_score(priority, seq)
   return (9 - priority) * 10000000000000 + seq
 end
 
--- Appends a lifecycle event to the queue's capped stream (the source of SSE).
+-- Lifecycle events, the source of SSE, in each queue's capped stream. One entry per
+-- call and kind (type, node, state): `task` when it is one task, else `tasks`, the ids
+-- separated by one space (src/store/event_entry.rs reads both). Written by flush_all.
+local acc_events, acc_event_keys = {}, {}
+
 local function emit(p, typ, id, node, state)
-  redis.call('XADD', k_events(p), 'MAXLEN', '~', 10000, '*',
-    'type', typ, 'task', id, 'node', node or '', 'state', state or '')
+  node, state = node or '', state or ''
+  local key = p .. '|' .. typ .. '|' .. node .. '|' .. state
+  local e = acc_events[key]
+  if not e then
+    e = {p = p, typ = typ, node = node, state = state, ids = {}}
+    acc_events[key] = e
+    acc_event_keys[#acc_event_keys + 1] = key
+  end
+  e.ids[#e.ids + 1] = id
+end
+
+local function flush_events()
+  for _, key in ipairs(acc_event_keys) do
+    local e = acc_events[key]
+    local ids = e.ids
+    for i = 1, #ids, 1000 do
+      local last = math.min(i + 999, #ids)
+      local field, value = 'tasks', table.concat(ids, ' ', i, last)
+      if last == i then field = 'task' end
+      redis.call('XADD', k_events(e.p), 'MAXLEN', '~', 10000, '*',
+        'type', e.typ, field, value, 'node', e.node, 'state', e.state)
+    end
+  end
+  acc_events, acc_event_keys = {}, {}
 end
 
 -- ----- Per-call counters -----
@@ -151,6 +177,7 @@ local function flush_all()
     end
   end
   acc_stats, acc_load = {}, {}
+  flush_events()
 end
 
 -- Frees the task's concurrency slot, if it holds one (a semaphore entry scored by its

@@ -1,6 +1,7 @@
 //! `GET /v1/events`: server-sent events (`task.*`) read from the queues' capped event
-//! streams. At-least-once and resumable: each event's id is `<stream id>@<queue>`;
-//! with `Last-Event-ID` the stream of that queue resumes right after it and every other
+//! streams. At-least-once and resumable: each event's id is `<stream id>@<queue>` (or
+//! `<stream id>.<n>@<queue>`, see `store::event_entry`); with `Last-Event-ID` the stream
+//! of that queue resumes right after it and every other
 //! queue one second before it (Redis's clock is shared), so a reconnecting client misses
 //! nothing and drops duplicates by id. Memory is bounded: one batch in flight per client.
 
@@ -8,6 +9,7 @@ use super::AppState;
 use super::auth::{Principal, Role};
 use super::error::{ApiError, ApiResult};
 use crate::domain::{Problem, validate};
+use crate::store::event_entry::{before, entry_tasks, event_id, parse_event_id, parse_stream_id};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -34,7 +36,9 @@ pub struct EventsQuery {
 /// One event as sent in `data:`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct TaskEvent {
-    /// `<stream id>@<queue>`; also the SSE `id:`.
+    /// `<stream id>@<queue>`, or `<stream id>.<n>@<queue>` for the n-th task (from 0) of a
+    /// stream entry listing several (one script call's events of one kind); also the
+    /// SSE `id:`.
     pub id: String,
     /// `task.submitted`, `task.assigned`, `task.running`, `task.succeeded`, `task.failed`,
     /// `task.retrying`, `task.cancelled`, …; also the SSE `event:`.
@@ -58,11 +62,6 @@ fn text(v: &Value) -> Option<String> {
         Value::SimpleString(s) => Some(s.clone()),
         _ => None,
     }
-}
-
-fn parse_id(id: &str) -> Option<(u64, u64)> {
-    let (ms, seq) = id.split_once('-')?;
-    Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
 /// Parses an XREAD reply into events.
@@ -92,21 +91,37 @@ fn parse_xread(v: Value, keys: &HashMap<String, String>) -> Vec<TaskEvent> {
                     f.insert(k, v);
                 }
             }
-            let ts = parse_id(&sid).map(|(ms, _)| ms as i64).unwrap_or(0);
-            out.push(TaskEvent {
-                id: format!("{sid}@{queue}"),
-                type_: f.remove("type").unwrap_or_default(),
-                queue: queue.clone(),
-                task: f.remove("task").unwrap_or_default(),
-                node: f.remove("node").filter(|n| !n.is_empty()),
-                state: f.remove("state").unwrap_or_default(),
-                ts,
-            });
+            let ts = parse_stream_id(&sid).map(|(ms, _)| ms as i64).unwrap_or(0);
+            let tasks = entry_tasks(&mut f);
+            let (type_, state) = (
+                f.remove("type").unwrap_or_default(),
+                f.remove("state").unwrap_or_default(),
+            );
+            let node = f.remove("node").filter(|n| !n.is_empty());
+            for (i, task) in tasks.iter().enumerate() {
+                out.push(TaskEvent {
+                    id: event_id(&sid, i, tasks.len(), queue),
+                    type_: type_.clone(),
+                    queue: queue.clone(),
+                    task: task.clone(),
+                    node: node.clone(),
+                    state: state.clone(),
+                    ts,
+                });
+            }
         }
     }
     // One order across queues: by stream id (shared Redis clock).
-    out.sort_by_key(|e| e.id.split('@').next().and_then(parse_id).unwrap_or((0, 0)));
+    // Stable: the events of one entry keep their order.
+    out.sort_by_key(|e| position(&e.id).0);
     out
+}
+
+/// An event id's stream position and index within its entry.
+fn position(id: &str) -> ((u64, u64), usize) {
+    parse_event_id(id)
+        .and_then(|(sid, i, _)| Some((parse_stream_id(&sid)?, i.unwrap_or(0))))
+        .unwrap_or(((0, 0), 0))
 }
 
 struct Cursor {
@@ -118,6 +133,8 @@ struct Cursor {
     ids: HashMap<String, String>,
     /// Where queues first seen later start.
     start_id: String,
+    /// Per queue, an entry resumed in its middle: its events up to this index were sent.
+    skip: HashMap<String, (String, usize)>,
     buf: VecDeque<TaskEvent>,
 }
 
@@ -172,9 +189,18 @@ impl Cursor {
             .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Client, "no connection")))?;
         let v: Value = cmd.query_async(conn).await?;
         for e in parse_xread(v, &keys) {
-            if let Some(sid) = e.id.split('@').next() {
-                self.ids.insert(e.queue.clone(), sid.to_string());
+            let Some((sid, index, _)) = parse_event_id(&e.id) else {
+                continue;
+            };
+            if let Some((skip_sid, upto)) = self.skip.get(&e.queue) {
+                if *skip_sid == sid && index.unwrap_or(0) <= *upto {
+                    continue;
+                }
+                if parse_stream_id(&sid) > parse_stream_id(skip_sid) {
+                    self.skip.remove(&e.queue);
+                }
             }
+            self.ids.insert(e.queue.clone(), sid);
             if self.task.as_ref().is_none_or(|t| *t == e.task) {
                 self.buf.push_back(e);
             }
@@ -222,20 +248,36 @@ pub async fn events(
         fixed_queue = Some(tq.to_string());
     }
     let mut ids = HashMap::new();
+    let mut skip = HashMap::new();
     let start_id = match headers
         .get("last-event-id")
         .map(|v| v.to_str().unwrap_or(""))
     {
         Some(last) => {
-            let (sid, queue) = last.split_once('@').unwrap_or((last, ""));
-            let (ms, _) = parse_id(sid).ok_or_else(|| {
+            let bad = || {
                 ApiError::bad(
                     "bad_last_event_id",
-                    "Last-Event-ID must be an id this server sent (<ms>-<seq>@<queue>)",
+                    "Last-Event-ID must be an id this server sent (<ms>-<seq>[.<n>]@<queue>)",
                 )
-            })?;
-            if validate::queue_name(queue).is_ok() {
-                ids.insert(queue.to_string(), sid.to_string());
+            };
+            let (sid, index, queue) = if last.contains('@') {
+                parse_event_id(last).ok_or_else(bad)?
+            } else {
+                parse_stream_id(last).ok_or_else(bad)?;
+                (last.to_string(), None, String::new())
+            };
+            let (ms, _) = parse_stream_id(&sid).ok_or_else(bad)?;
+            if validate::queue_name(&queue).is_ok() {
+                match index {
+                    // In the middle of an entry: read it again, skip what was sent.
+                    Some(i) => {
+                        ids.insert(queue.clone(), before(&sid).ok_or_else(bad)?);
+                        skip.insert(queue, (sid.clone(), i));
+                    }
+                    None => {
+                        ids.insert(queue, sid.clone());
+                    }
+                }
             }
             format!("{}-0", ms.saturating_sub(1000))
         }
@@ -248,6 +290,7 @@ pub async fn events(
         task: q.task,
         ids,
         start_id,
+        skip,
         buf: VecDeque::new(),
     };
     let stream = futures::stream::unfold(cursor, |mut c| async move {

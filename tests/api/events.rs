@@ -226,8 +226,14 @@ async fn sse_consumer_resumed_with_last_event_id_misses_no_completion() {
     let pattern = [250u64, 420, 330, 610, 180, 500, 370, 290, 700, 450];
     let t0 = Instant::now();
     let mut submitted: Option<Vec<String>> = None;
+    // Resumes from the event of an entry listing several tasks (`<sid>.<n>@<queue>`):
+    // that entry is read again and its events up to n are skipped.
+    let mut mid_entry_resumes = 0;
     loop {
         let last = seen.last().map(|e| e.id.clone());
+        if last.as_deref().is_some_and(|id| id.contains('.')) {
+            mid_entry_resumes += 1;
+        }
         let dur = Duration::from_millis(pattern[sessions % pattern.len()]);
         seen.extend(sse_session(app.addr, &app.read, &q, last.as_deref(), dur).await);
         sessions += 1;
@@ -276,6 +282,10 @@ async fn sse_consumer_resumed_with_last_event_id_misses_no_completion() {
         }
     }
     assert_eq!(conflicting, 0, "one id carried two different events");
+    assert!(
+        mid_entry_resumes > 0,
+        "no session resumed inside a multi-task entry ({sessions} sessions)"
+    );
     let duplicates = raw - unique.len();
     let mut per_task: HashMap<String, usize> = HashMap::new();
     for e in unique.values() {

@@ -106,8 +106,23 @@ impl Kit {
         self.r.smembers(self.store.keys.cancels(q, node)).unwrap()
     }
 
+    /// Events in the queue's stream: an entry holds one task (`task`) or several
+    /// (`tasks`, one script call's events of one kind).
     fn xlen(&mut self, q: &str) -> usize {
-        self.r.xlen(self.store.keys.events(q)).unwrap()
+        let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+            .arg(self.store.keys.events(q))
+            .arg("-")
+            .arg("+")
+            .query(&mut self.r)
+            .unwrap();
+        entries
+            .iter()
+            .map(|(_, f)| match (f.get("task"), f.get("tasks")) {
+                (Some(_), _) => 1,
+                (None, Some(ts)) => ts.split(' ').count(),
+                (None, None) => panic!("an event entry without tasks: {f:?}"),
+            })
+            .sum()
     }
 
     fn stat(&mut self, q: &str, f: &str) -> i64 {

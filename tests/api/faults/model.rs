@@ -730,10 +730,10 @@ impl World {
         let reply: redis::streams::StreamRangeReply = c.xrange_all(&key).await.expect("xrange");
         let mut succeeded: HashMap<String, usize> = HashMap::new();
         for e in &reply.ids {
-            if e.get::<String>("type").as_deref() == Some("task.succeeded") {
-                *succeeded
-                    .entry(e.get::<String>("task").unwrap_or_default())
-                    .or_default() += 1;
+            for (typ, task, _) in crate::support::event_fields(e) {
+                if typ == "task.succeeded" {
+                    *succeeded.entry(task).or_default() += 1;
+                }
             }
         }
         for t in self.read_all().await {

@@ -73,20 +73,21 @@ impl EventTail {
                         let mut out = ev.lock().unwrap();
                         for k in reply.keys {
                             for e in k.ids {
-                                let (typ, task, node) = event_fields(&e);
                                 let ms =
                                     e.id.split('-')
                                         .next()
                                         .and_then(|v| v.parse().ok())
                                         .unwrap_or(0);
-                                out.push(Ev {
-                                    ms,
-                                    typ,
-                                    task,
-                                    node,
-                                });
+                                for (typ, task, node) in event_fields(&e) {
+                                    out.push(Ev {
+                                        ms,
+                                        typ,
+                                        task,
+                                        node,
+                                    });
+                                    got += 1;
+                                }
                                 last = e.id.clone();
-                                got += 1;
                             }
                         }
                     }

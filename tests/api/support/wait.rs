@@ -77,13 +77,21 @@ pub fn stream_events(
         .arg("+")
         .query(conn)
         .expect("xrange");
-    reply.ids.iter().map(event_fields).collect()
+    reply.ids.iter().flat_map(event_fields).collect()
 }
 
-/// `(type, task, node)` of one stream entry.
-pub fn event_fields(e: &redis::streams::StreamId) -> (String, String, String) {
+/// `(type, task, node)` of each task of one stream entry: `task` (one) or `tasks`
+/// (several, separated by a space).
+pub fn event_fields(e: &redis::streams::StreamId) -> Vec<(String, String, String)> {
     let f = |k: &str| e.get::<String>(k).unwrap_or_default();
-    (f("type"), f("task"), f("node"))
+    let tasks = match e.get::<String>("task") {
+        Some(t) => vec![t],
+        None => f("tasks").split(' ').map(str::to_string).collect(),
+    };
+    tasks
+        .into_iter()
+        .map(|t| (f("type"), t, f("node")))
+        .collect()
 }
 
 /// Every key under `ns:` with its content rendered as text (type-aware), for audits.
