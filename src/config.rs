@@ -23,6 +23,14 @@ pub const MIN_HEARTBEAT_MS: u64 = 100;
 /// Shortest reaper interval accepted, ms.
 pub const MIN_REAPER_MS: u64 = 10;
 
+/// Default cap on open HTTP connections (lowered to fit the open-files limit).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default cap on open long-lived requests (event streams and long-polls) in all.
+pub const DEFAULT_MAX_STREAMS: usize = 8192;
+/// Default cap on open long-lived requests of one caller (a token or a node; the
+/// admin token is held only to the total).
+pub const DEFAULT_MAX_STREAMS_PER_CALLER: usize = 256;
+
 /// What shows in place of a secret in `Debug` output.
 const REDACTED: &str = "<redacted>";
 
@@ -55,6 +63,13 @@ pub struct Config {
     pub max_wait: Duration,
     /// Redis command timeout; past it the API answers 503.
     pub redis_timeout: Duration,
+    /// Most open HTTP connections; at the cap an idle connection is closed for a new
+    /// one (strangers' first), else the new one gets 503 (see `startup::server`).
+    pub max_connections: usize,
+    /// Most open event streams and long-polls in all (503 past it).
+    pub max_streams: usize,
+    /// Most open event streams and long-polls per caller (429 past it).
+    pub max_streams_per_caller: usize,
 }
 
 /// A setting out of range. The messages name the `muster serve` flag that sets it.
@@ -78,6 +93,9 @@ pub enum ConfigError {
     /// Long-poll ceiling above [`MAX_WAIT`].
     #[error("--max-wait-ms must be at most {MAX_WAIT_MS}")]
     MaxWait,
+    /// A connection or stream cap of 0.
+    #[error("the connection and stream limits must be at least 1")]
+    Limits,
     /// Neither an admin token nor `no_auth`.
     #[error(
         "no admin token: set MUSTER_ADMIN_TOKEN (or --admin-token), or use --no-auth on a loopback address"
@@ -101,6 +119,9 @@ impl Config {
             reaper_interval: Duration::from_millis(DEFAULT_REAPER_MS),
             redis_timeout: DEFAULT_REDIS_TIMEOUT,
             max_wait: MAX_WAIT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_streams: DEFAULT_MAX_STREAMS,
+            max_streams_per_caller: DEFAULT_MAX_STREAMS_PER_CALLER,
         }
     }
 
@@ -130,6 +151,9 @@ impl Config {
         if self.max_wait > MAX_WAIT {
             return Err(ConfigError::MaxWait);
         }
+        if self.max_connections == 0 || self.max_streams == 0 || self.max_streams_per_caller == 0 {
+            return Err(ConfigError::Limits);
+        }
         if self.admin_token.is_none() && !self.no_auth {
             return Err(ConfigError::NoAdminToken);
         }
@@ -153,6 +177,9 @@ impl std::fmt::Debug for Config {
             .field("reaper_interval", &self.reaper_interval)
             .field("max_wait", &self.max_wait)
             .field("redis_timeout", &self.redis_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("max_streams", &self.max_streams)
+            .field("max_streams_per_caller", &self.max_streams_per_caller)
             .finish()
     }
 }

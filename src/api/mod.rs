@@ -57,6 +57,10 @@ pub struct AppState {
     pub directory: Arc<Directory>,
     /// Redis persists data (AOF or RDB); shown by `/readyz`.
     pub persistence: Arc<AtomicBool>,
+    /// The shared reader of the event streams (`/v1/events`).
+    pub events: Arc<events::EventFeed>,
+    /// Open event streams and long-polls.
+    pub streams: Arc<limit::StreamLimits>,
 }
 
 /// `axum::Json` whose rejections come out as problem+json.
@@ -253,6 +257,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limit::stream_limit,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limit::rate_limit,
