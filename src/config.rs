@@ -81,6 +81,29 @@ pub enum ConfigError {
     /// A role token shorter than [`MIN_TOKEN_LEN`].
     #[error("--token: the {0} token is too short: use at least {MIN_TOKEN_LEN} characters")]
     ShortToken(&'static str),
+    /// The admin token shorter than [`MIN_TOKEN_LEN`].
+    #[error(
+        "the admin token (MUSTER_ADMIN_TOKEN / --admin-token) is too short: use at least {MIN_TOKEN_LEN} characters"
+    )]
+    ShortAdminToken,
+    /// The tokens file can be read by other users.
+    #[error(
+        "--tokens-file {path} can be read by other users (mode {mode:03o}); run chmod 600 {path}"
+    )]
+    TokensFileReadable {
+        /// The file.
+        path: String,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The tokens file cannot be read or holds a bad line.
+    #[error("--tokens-file {path}: {reason}")]
+    TokensFile {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// No dispatcher worker.
     #[error("--dispatchers must be at least 1")]
     Dispatchers,
@@ -136,6 +159,13 @@ impl Config {
         {
             return Err(ConfigError::RateLimit);
         }
+        if self
+            .admin_token
+            .as_ref()
+            .is_some_and(|t| t.len() < MIN_TOKEN_LEN)
+        {
+            return Err(ConfigError::ShortAdminToken);
+        }
         if let Some((role, _)) = self.tokens.iter().find(|(_, t)| t.len() < MIN_TOKEN_LEN) {
             return Err(ConfigError::ShortToken(role.name()));
         }
@@ -182,6 +212,44 @@ impl std::fmt::Debug for Config {
             .field("max_streams_per_caller", &self.max_streams_per_caller)
             .finish()
     }
+}
+
+/// Reads a tokens file (`ROLE:TOKEN` per line, `#` comments), refusing one that the
+/// group or others may read: it holds every role token in clear.
+///
+/// # Errors
+/// [`ConfigError::TokensFileReadable`] (with the `chmod 600` to run), or
+/// [`ConfigError::TokensFile`] for an unreadable file or a bad line.
+pub fn read_tokens_file(path: &std::path::Path) -> Result<Vec<(Role, String)>, ConfigError> {
+    let shown = path.display().to_string();
+    let fail = |reason: String| ConfigError::TokensFile {
+        path: shown.clone(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(ConfigError::TokensFileReadable {
+                path: shown.clone(),
+                mode,
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = meta;
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .enumerate()
+        .map(|(i, l)| {
+            crate::domain::roles::parse_role_token(l)
+                .map_err(|e| fail(format!("entry {}: {e}", i + 1)))
+        })
+        .collect()
 }
 
 /// A URL with the password of its user info (`scheme://user:password@host`) redacted;
@@ -240,6 +308,31 @@ mod tests {
         assert_eq!(redact_url("not a url"), "not a url");
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn a_tokens_file_others_may_read_is_refused_with_the_chmod_to_run() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("tokens");
+        std::fs::write(
+            &path,
+            "# roles\nread:read-0123456789abcdef\n\nagent:agent-0123456789abcdef\n",
+        )
+        .expect("write");
+        for mode in [0o644, 0o640, 0o604] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let e = read_tokens_file(&path).expect_err("readable by others");
+            assert!(e.to_string().contains("chmod 600"), "{e}");
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let tokens = read_tokens_file(&path).expect("private file");
+        assert_eq!(tokens.len(), 2);
+        assert_eq!(tokens[1], (Role::Agent, "agent-0123456789abcdef".into()));
+        std::fs::write(&path, "reader:x\n").expect("write");
+        let e = read_tokens_file(&path).expect_err("bad role");
+        assert!(e.to_string().contains("entry 1"), "{e}");
+    }
+
     #[test]
     fn the_defaults_are_valid_once_there_is_an_admin_token() {
         assert_eq!(valid().validate(), Ok(()));
@@ -264,6 +357,11 @@ mod tests {
                 ConfigError::ShortToken("agent"),
             ),
             (|c| c.dispatchers = 0, ConfigError::Dispatchers),
+            (
+                |c| c.admin_token = Some("fifteen-chars-x".into()),
+                ConfigError::ShortAdminToken,
+            ),
+            (|c| c.max_streams = 0, ConfigError::Limits),
             (
                 |c| c.heartbeat_interval = Duration::from_millis(99),
                 ConfigError::HeartbeatInterval,

@@ -270,6 +270,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             system::loopback_only,
         ))
+        .layer(axum::middleware::from_fn(system::utf8_path))
         .route_layer(axum::middleware::from_fn(system::track_http))
         .layer(axum::middleware::from_fn(system::limit_head))
         .layer(tower_http::trace::TraceLayer::new_for_http())
