@@ -23,6 +23,14 @@ pub const MIN_HEARTBEAT_MS: u64 = 100;
 /// Shortest reaper interval accepted, ms.
 pub const MIN_REAPER_MS: u64 = 10;
 
+/// Default cap on open HTTP connections (lowered to fit the open-files limit).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default cap on open long-lived requests (event streams and long-polls) in all.
+pub const DEFAULT_MAX_STREAMS: usize = 8192;
+/// Default cap on open long-lived requests of one caller (a token or a node; the
+/// admin token is held only to the total).
+pub const DEFAULT_MAX_STREAMS_PER_CALLER: usize = 256;
+
 /// What shows in place of a secret in `Debug` output.
 const REDACTED: &str = "<redacted>";
 
@@ -55,6 +63,13 @@ pub struct Config {
     pub max_wait: Duration,
     /// Redis command timeout; past it the API answers 503.
     pub redis_timeout: Duration,
+    /// Most open HTTP connections; at the cap an idle connection is closed for a new
+    /// one (strangers' first), else the new one gets 503 (see `startup::server`).
+    pub max_connections: usize,
+    /// Most open event streams and long-polls in all (503 past it).
+    pub max_streams: usize,
+    /// Most open event streams and long-polls per caller (429 past it).
+    pub max_streams_per_caller: usize,
 }
 
 /// A setting out of range. The messages name the `muster serve` flag that sets it.
@@ -66,6 +81,29 @@ pub enum ConfigError {
     /// A role token shorter than [`MIN_TOKEN_LEN`].
     #[error("--token: the {0} token is too short: use at least {MIN_TOKEN_LEN} characters")]
     ShortToken(&'static str),
+    /// The admin token shorter than [`MIN_TOKEN_LEN`].
+    #[error(
+        "the admin token (MUSTER_ADMIN_TOKEN / --admin-token) is too short: use at least {MIN_TOKEN_LEN} characters"
+    )]
+    ShortAdminToken,
+    /// The tokens file can be read by other users.
+    #[error(
+        "--tokens-file {path} can be read by other users (mode {mode:03o}); run chmod 600 {path}"
+    )]
+    TokensFileReadable {
+        /// The file.
+        path: String,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The tokens file cannot be read or holds a bad line.
+    #[error("--tokens-file {path}: {reason}")]
+    TokensFile {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// No dispatcher worker.
     #[error("--dispatchers must be at least 1")]
     Dispatchers,
@@ -78,6 +116,9 @@ pub enum ConfigError {
     /// Long-poll ceiling above [`MAX_WAIT`].
     #[error("--max-wait-ms must be at most {MAX_WAIT_MS}")]
     MaxWait,
+    /// A connection or stream cap of 0.
+    #[error("the connection and stream limits must be at least 1")]
+    Limits,
     /// Neither an admin token nor `no_auth`.
     #[error(
         "no admin token: set MUSTER_ADMIN_TOKEN (or --admin-token), or use --no-auth on a loopback address"
@@ -101,6 +142,9 @@ impl Config {
             reaper_interval: Duration::from_millis(DEFAULT_REAPER_MS),
             redis_timeout: DEFAULT_REDIS_TIMEOUT,
             max_wait: MAX_WAIT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_streams: DEFAULT_MAX_STREAMS,
+            max_streams_per_caller: DEFAULT_MAX_STREAMS_PER_CALLER,
         }
     }
 
@@ -114,6 +158,13 @@ impl Config {
             && (rate.is_nan() || rate <= 0.0)
         {
             return Err(ConfigError::RateLimit);
+        }
+        if self
+            .admin_token
+            .as_ref()
+            .is_some_and(|t| t.len() < MIN_TOKEN_LEN)
+        {
+            return Err(ConfigError::ShortAdminToken);
         }
         if let Some((role, _)) = self.tokens.iter().find(|(_, t)| t.len() < MIN_TOKEN_LEN) {
             return Err(ConfigError::ShortToken(role.name()));
@@ -129,6 +180,9 @@ impl Config {
         }
         if self.max_wait > MAX_WAIT {
             return Err(ConfigError::MaxWait);
+        }
+        if self.max_connections == 0 || self.max_streams == 0 || self.max_streams_per_caller == 0 {
+            return Err(ConfigError::Limits);
         }
         if self.admin_token.is_none() && !self.no_auth {
             return Err(ConfigError::NoAdminToken);
@@ -153,8 +207,49 @@ impl std::fmt::Debug for Config {
             .field("reaper_interval", &self.reaper_interval)
             .field("max_wait", &self.max_wait)
             .field("redis_timeout", &self.redis_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("max_streams", &self.max_streams)
+            .field("max_streams_per_caller", &self.max_streams_per_caller)
             .finish()
     }
+}
+
+/// Reads a tokens file (`ROLE:TOKEN` per line, `#` comments), refusing one that the
+/// group or others may read: it holds every role token in clear.
+///
+/// # Errors
+/// [`ConfigError::TokensFileReadable`] (with the `chmod 600` to run), or
+/// [`ConfigError::TokensFile`] for an unreadable file or a bad line.
+pub fn read_tokens_file(path: &std::path::Path) -> Result<Vec<(Role, String)>, ConfigError> {
+    let shown = path.display().to_string();
+    let fail = |reason: String| ConfigError::TokensFile {
+        path: shown.clone(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(ConfigError::TokensFileReadable {
+                path: shown.clone(),
+                mode,
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = meta;
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .enumerate()
+        .map(|(i, l)| {
+            crate::domain::roles::parse_role_token(l)
+                .map_err(|e| fail(format!("entry {}: {e}", i + 1)))
+        })
+        .collect()
 }
 
 /// A URL with the password of its user info (`scheme://user:password@host`) redacted;
@@ -213,6 +308,31 @@ mod tests {
         assert_eq!(redact_url("not a url"), "not a url");
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn a_tokens_file_others_may_read_is_refused_with_the_chmod_to_run() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("tokens");
+        std::fs::write(
+            &path,
+            "# roles\nread:read-0123456789abcdef\n\nagent:agent-0123456789abcdef\n",
+        )
+        .expect("write");
+        for mode in [0o644, 0o640, 0o604] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let e = read_tokens_file(&path).expect_err("readable by others");
+            assert!(e.to_string().contains("chmod 600"), "{e}");
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let tokens = read_tokens_file(&path).expect("private file");
+        assert_eq!(tokens.len(), 2);
+        assert_eq!(tokens[1], (Role::Agent, "agent-0123456789abcdef".into()));
+        std::fs::write(&path, "reader:x\n").expect("write");
+        let e = read_tokens_file(&path).expect_err("bad role");
+        assert!(e.to_string().contains("entry 1"), "{e}");
+    }
+
     #[test]
     fn the_defaults_are_valid_once_there_is_an_admin_token() {
         assert_eq!(valid().validate(), Ok(()));
@@ -237,6 +357,11 @@ mod tests {
                 ConfigError::ShortToken("agent"),
             ),
             (|c| c.dispatchers = 0, ConfigError::Dispatchers),
+            (
+                |c| c.admin_token = Some("fifteen-chars-x".into()),
+                ConfigError::ShortAdminToken,
+            ),
+            (|c| c.max_streams = 0, ConfigError::Limits),
             (
                 |c| c.heartbeat_interval = Duration::from_millis(99),
                 ConfigError::HeartbeatInterval,

@@ -140,7 +140,7 @@ impl FromRequestParts<AppState> for Principal {
     ) -> Result<Self, Self::Rejection> {
         // The rate limiter authenticated this request already (its result rides along).
         let who = match parts.extensions.remove::<Authenticated>() {
-            Some(Authenticated(who)) => who,
+            Some(Authenticated(who, _)) => who,
             None => authenticate(parts, state).await?.0,
         };
         if let Some(slot) = parts.extensions.get::<RoleSlot>() {
@@ -234,9 +234,10 @@ impl<N: Need> FromRequestParts<AppState> for Authorized<N> {
     }
 }
 
-/// A request's caller, found by the rate limiter before the handler runs.
+/// A request's caller and its identity, found by the rate limiter or the stream limit
+/// before the handler runs.
 #[derive(Clone)]
-pub(crate) struct Authenticated(pub(crate) Principal);
+pub(crate) struct Authenticated(pub(crate) Principal, pub(crate) String);
 
 /// The caller and its rate-limit identity (`admin`, `token:<sha>`, `node:<id>`).
 pub(crate) async fn authenticate(

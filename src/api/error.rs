@@ -52,6 +52,25 @@ pub enum ApiError {
     /// 429 with Retry-After (seconds): the caller is over its rate limit.
     #[error("this token is over its rate limit; retry after {0} s")]
     RateLimited(u64),
+    /// 429 with Retry-After (seconds): the caller holds as much as it may at once (open
+    /// streams, a quota).
+    #[error("{detail}")]
+    TooMany {
+        /// Stable code.
+        code: &'static str,
+        /// What the limit is and how to stay under it.
+        detail: String,
+        /// Seconds to wait.
+        retry_after: u64,
+    },
+    /// 503 with Retry-After: this server is at one of its capacity limits (not Redis).
+    #[error("{detail}")]
+    Overloaded {
+        /// Stable code.
+        code: &'static str,
+        /// Which limit.
+        detail: String,
+    },
     /// 503 with Retry-After: Redis unreachable.
     #[error("redis is unavailable")]
     Unavailable(#[source] StoreError),
@@ -110,6 +129,12 @@ impl ApiError {
                 "Too Many Requests",
                 "rate_limited",
             ),
+            ApiError::TooMany { code, .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests", code)
+            }
+            ApiError::Overloaded { code, .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable", code)
+            }
             ApiError::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Service Unavailable",
@@ -204,10 +229,13 @@ impl IntoResponse for ApiError {
             HeaderValue::from_static("application/problem+json"),
         );
         match self {
-            ApiError::Unavailable(_) => {
+            ApiError::Unavailable(_) | ApiError::Overloaded { .. } => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            ApiError::RateLimited(secs) => {
+            ApiError::RateLimited(secs)
+            | ApiError::TooMany {
+                retry_after: secs, ..
+            } => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }
             ApiError::Unauthorized(_) => {

@@ -12,7 +12,7 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Token buckets, one per bearer token.
@@ -85,7 +85,9 @@ pub async fn rate_limit(State(st): State<AppState>, req: Request, next: Next) ->
     let (mut parts, body) = req.into_parts();
     let identity = match authenticate(&parts, &st).await {
         Ok((who, identity)) => {
-            parts.extensions.insert(Authenticated(who));
+            parts
+                .extensions
+                .insert(Authenticated(who, identity.clone()));
             identity
         }
         Err(_) => ANONYMOUS.to_string(),
@@ -94,6 +96,148 @@ pub async fn rate_limit(State(st): State<AppState>, req: Request, next: Next) ->
         return e.into_response();
     }
     next.run(Request::from_parts(parts, body)).await
+}
+
+/// Open long-lived requests (event streams and long-polls), in all and per caller.
+/// Each holds a connection, a file descriptor and a task for up to minutes, so neither
+/// one caller nor all of them together may hold more than configured.
+#[derive(Debug)]
+pub struct StreamLimits {
+    max_total: usize,
+    max_per_caller: usize,
+    open: Mutex<(usize, HashMap<String, usize>)>,
+}
+
+/// One open stream, counted until dropped (with the response body).
+#[derive(Debug)]
+pub struct StreamPermit {
+    limits: Arc<StreamLimits>,
+    identity: String,
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        let mut o = self.limits.open.lock().unwrap_or_else(|e| e.into_inner());
+        o.0 = o.0.saturating_sub(1);
+        if let Some(n) = o.1.get_mut(&self.identity) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                o.1.remove(&self.identity);
+            }
+        }
+    }
+}
+
+impl StreamLimits {
+    /// At most `max_total` open in all, `max_per_caller` per caller.
+    pub fn new(max_total: usize, max_per_caller: usize) -> Arc<StreamLimits> {
+        Arc::new(StreamLimits {
+            max_total,
+            max_per_caller,
+            open: Mutex::new((0, HashMap::new())),
+        })
+    }
+
+    /// Open streams in all.
+    pub fn open(&self) -> usize {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    /// Counts one more stream for `identity`, held to `per_caller` (the caller's
+    /// quota, else the configured default; `None` for no per-caller limit: the admin).
+    ///
+    /// # Errors
+    /// 503 `too_many_streams` past the total, 429 `too_many_streams` past the caller's.
+    pub fn admit(
+        self: &Arc<Self>,
+        identity: &str,
+        per_caller: Option<Option<usize>>,
+    ) -> Result<StreamPermit, ApiError> {
+        let mut o = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if o.0 >= self.max_total {
+            return Err(ApiError::Overloaded {
+                code: "too_many_streams",
+                detail: format!(
+                    "this server holds {} event streams and long-polls, as many as it may; retry",
+                    self.max_total
+                ),
+            });
+        }
+        let mine = o.1.get(identity).copied().unwrap_or(0);
+        if let Some(max) = per_caller.unwrap_or(Some(self.max_per_caller))
+            && mine >= max
+        {
+            return Err(ApiError::TooMany {
+                code: "too_many_streams",
+                detail: format!(
+                    "this token holds {max} event streams and long-polls, as many as it may; \
+                     close one first"
+                ),
+                retry_after: 1,
+            });
+        }
+        o.0 += 1;
+        *o.1.entry(identity.to_string()).or_default() += 1;
+        Ok(StreamPermit {
+            limits: self.clone(),
+            identity: identity.to_string(),
+        })
+    }
+}
+
+/// Whether a request is long-lived: the event stream and the long-polls.
+fn is_stream(method: &axum::http::Method, path: &str) -> bool {
+    let seg: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    matches!(
+        (method.as_str(), seg.as_slice()),
+        ("GET", ["", "v1", "events"])
+            | ("GET", ["", "v1", "tasks", _, "wait"])
+            | ("POST", ["", "v1", "nodes", _, "lease"])
+    )
+}
+
+/// Middleware: counts event streams and long-polls per caller ([`StreamLimits`]) for as
+/// long as their response body is open. Requests that do not authenticate pass on to
+/// be refused by the handler.
+pub async fn stream_limit(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    if !is_stream(req.method(), req.uri().path()) {
+        return next.run(req).await;
+    }
+    let (mut parts, body) = req.into_parts();
+    let found = match parts.extensions.get::<Authenticated>() {
+        Some(a) => Some((a.0.clone(), a.1.clone())),
+        None => match authenticate(&parts, &st).await {
+            Ok((who, identity)) => {
+                parts
+                    .extensions
+                    .insert(Authenticated(who.clone(), identity.clone()));
+                Some((who, identity))
+            }
+            Err(_) => None,
+        },
+    };
+    let Some((who, identity)) = found else {
+        return next.run(Request::from_parts(parts, body)).await;
+    };
+    let per_caller = if who == super::auth::Principal::Admin {
+        Some(None)
+    } else {
+        None
+    };
+    let permit = match st.streams.admit(&identity, per_caller) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let res = next.run(Request::from_parts(parts, body)).await;
+    let (parts, body) = res.into_parts();
+    let body = axum::body::Body::from_stream(futures::StreamExt::map(
+        body.into_data_stream(),
+        move |chunk| {
+            let _held = &permit;
+            chunk
+        },
+    ));
+    Response::from_parts(parts, body)
 }
 
 #[cfg(test)]
@@ -108,5 +252,25 @@ mod tests {
         assert!(rl.take("a").is_err());
         // Another token has its own bucket.
         assert!(rl.take("b").is_ok());
+    }
+
+    #[test]
+    fn streams_are_held_to_the_total_and_per_caller() {
+        let l = StreamLimits::new(3, 2);
+        let a1 = l.admit("a", None).expect("a 1");
+        let _a2 = l.admit("a", None).expect("a 2");
+        assert!(matches!(l.admit("a", None), Err(ApiError::TooMany { .. })));
+        let _admin = l.admit("admin", Some(None)).expect("admin");
+        assert!(matches!(
+            l.admit("b", None),
+            Err(ApiError::Overloaded { .. })
+        ));
+        drop(a1);
+        assert_eq!(l.open(), 2);
+        let _b = l.admit("b", None).expect("b after a closed one");
+        assert!(is_stream(&axum::http::Method::GET, "/v1/events"));
+        assert!(is_stream(&axum::http::Method::GET, "/v1/tasks/x/wait"));
+        assert!(is_stream(&axum::http::Method::POST, "/v1/nodes/n/lease"));
+        assert!(!is_stream(&axum::http::Method::GET, "/v1/tasks/x"));
     }
 }

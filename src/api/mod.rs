@@ -57,6 +57,10 @@ pub struct AppState {
     pub directory: Arc<Directory>,
     /// Redis persists data (AOF or RDB); shown by `/readyz`.
     pub persistence: Arc<AtomicBool>,
+    /// The shared reader of the event streams (`/v1/events`).
+    pub events: Arc<events::EventFeed>,
+    /// Open event streams and long-polls.
+    pub streams: Arc<limit::StreamLimits>,
 }
 
 /// `axum::Json` whose rejections come out as problem+json.
@@ -255,6 +259,10 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            limit::stream_limit,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             limit::rate_limit,
         ))
         .layer(axum::middleware::from_fn(auth::role_header))
@@ -262,6 +270,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             system::loopback_only,
         ))
+        .layer(axum::middleware::from_fn(system::utf8_path))
         .route_layer(axum::middleware::from_fn(system::track_http))
         .layer(axum::middleware::from_fn(system::limit_head))
         .layer(tower_http::trace::TraceLayer::new_for_http())

@@ -215,9 +215,10 @@ pub mod parts {
     }
 
     problems! {
-        /// 401, 403 and 503: every route that takes a token.
+        /// 401, 403, 429 and 503: every route that takes a token.
         Guarded => ("401", "No or unknown token"), ("403", "The token may not do this"),
-            ("503", "Redis unavailable; retry after Retry-After");
+            ("429", "Over the rate limit, a stream limit or a quota; retry after Retry-After"),
+            ("503", "Redis unavailable, or the server at a capacity limit; retry after Retry-After");
         /// 400: the request does not parse.
         BadRequest => ("400", "Malformed request");
         /// 400, 413, 415: a JSON body that is not one.

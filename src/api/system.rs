@@ -325,3 +325,58 @@ pub async fn limit_head(req: axum::extract::Request, next: axum::middleware::Nex
     }
     next.run(req).await
 }
+
+/// Whether a path's percent-escapes decode to UTF-8 (what every path parameter must be).
+fn path_is_utf8(path: &str) -> bool {
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    std::str::from_utf8(&out).is_ok()
+}
+
+/// Middleware: a path whose percent-escapes are not UTF-8 (`/v1/tasks/%ff`) answers 400
+/// problem+json `bad_path` here, instead of the text/plain rejection of axum's `Path`.
+pub async fn utf8_path(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if path_is_utf8(req.uri().path()) {
+        return next.run(req).await;
+    }
+    ApiError::bad(
+        "bad_path",
+        "the path is not valid UTF-8 once percent-decoded",
+    )
+    .into_response()
+}
+
+#[cfg(test)]
+mod path_tests {
+    #[test]
+    fn percent_escapes_must_decode_to_utf8() {
+        for ok in [
+            "/v1/tasks/abc",
+            "/v1/queues/a%2Eb",
+            "/%C3%A9",
+            "/100%",
+            "/%zz",
+        ] {
+            assert!(super::path_is_utf8(ok), "{ok}");
+        }
+        for bad in ["/v1/tasks/%ff", "/v1/queues/%C3", "/%e2%82"] {
+            assert!(!super::path_is_utf8(bad), "{bad}");
+        }
+    }
+}

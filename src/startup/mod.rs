@@ -66,7 +66,7 @@ impl Application {
         }
         let hub = Hub::new();
         let state = AppState {
-            store,
+            store: store.clone(),
             admin_sha: config.admin_token.as_deref().map(token_sha),
             tokens: Arc::new(
                 config
@@ -82,6 +82,11 @@ impl Application {
             hub,
             directory: Arc::new(Directory::new(Duration::from_millis(500))),
             persistence: Arc::new(AtomicBool::new(persistence)),
+            events: crate::api::events::EventFeed::new(store.clone()),
+            streams: crate::api::limit::StreamLimits::new(
+                config.max_streams,
+                config.max_streams_per_caller,
+            ),
             config: Arc::new(config),
         };
         Ok(Application {
@@ -157,8 +162,9 @@ impl Application {
         let app = api::router(st);
         let sd = child.clone();
         let listener = self.listener;
+        let max_connections = cfg.max_connections;
         set.spawn(async move {
-            crate::startup::server::serve(listener, app, sd).await;
+            crate::startup::server::serve(listener, app, max_connections, sd).await;
             "http server"
         });
         tracing::info!(addr = %self.addr, "muster serving");

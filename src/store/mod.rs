@@ -15,7 +15,7 @@ pub mod dependencies;
 pub mod dispatch;
 pub mod doctor;
 pub mod error;
-pub mod event_entry;
+pub mod events;
 pub mod keys;
 pub mod listing;
 pub mod locks;

@@ -2,6 +2,7 @@
 
 mod bench_smoke;
 mod cluster;
+mod connections;
 mod coord;
 mod dev_demo;
 mod events;

@@ -2030,3 +2030,34 @@ fn config_set(conn: &mut redis::Connection, name: &str, value: &str) {
         .query(conn)
         .unwrap_or_else(|e| panic!("CONFIG SET {name} {value}: {e}"));
 }
+
+/// Issue 16 item 10: a path whose percent-escapes are not UTF-8 got axum's text/plain
+/// 400; every answer of the API is problem+json.
+#[tokio::test]
+async fn a_path_that_is_not_utf8_answers_problem_json() {
+    let app = spawn_sec_app(&shared_redis().url(), |_| {}).await;
+    let auth = format!("Bearer {}", app.admin);
+    for (method, path) in [
+        ("GET", "/v1/tasks/%ff"),
+        ("DELETE", "/v1/tasks/%ff%fe"),
+        ("GET", "/v1/queues/%C3"),
+        ("POST", "/v1/nodes/%e2%82/heartbeat"),
+    ] {
+        let a = call_raw(&app, method, path, Some(&auth), None).await;
+        assert_eq!(a.status, 400, "{method} {path}: {}", a.body);
+        assert!(is_problem(&a), "{method} {path}: {}", a.body);
+        assert!(a.body.contains("bad_path"), "{}", a.body);
+    }
+}
+
+/// Issue 16 item 10: the admin token had no minimum length (role tokens had 16).
+#[tokio::test]
+async fn a_short_admin_token_is_refused_at_start_up() {
+    let mut cfg = muster::config::Config::new("127.0.0.1:0", shared_redis().url());
+    cfg.admin_token = Some("short-admin".into());
+    let err = match muster::startup::Application::build(cfg).await {
+        Ok(_) => panic!("a control plane started with an 11-character admin token"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("at least 16 characters"), "{err}");
+}
