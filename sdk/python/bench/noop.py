@@ -1,13 +1,17 @@
 """No-op throughput of one Python worker process.
 
     python bench/noop.py [-n 20000] [--concurrency 64] [--handler async|sync] [--sleep S]
-                         [--server URL --token T | --muster-bin PATH]
+                         [--server URL --token T [--queue Q] | --muster-bin PATH] [--json]
 
 Without ``--server`` it starts a private redis-server and ``muster serve`` (from
 ``--muster-bin``, else MUSTER_BIN, else <repo>/target/release/muster or debug). It
 submits N no-op tasks with ``submit_many`` (enqueue rate), then runs one Worker in this
 process on the full queue and reports N / (last handler end - first handler start), the
 same measure as the peers' benchmark, and the worker's CPU time per task.
+
+With ``--queue`` the queue already holds the N tasks (``scripts/bench-sdk`` submits
+them and measures this process from outside): nothing is submitted, the worker runs on
+that queue and exits after its N-th handler call.
 """
 
 from __future__ import annotations
@@ -93,6 +97,7 @@ def main() -> None:
     ap.add_argument("--server")
     ap.add_argument("--token")
     ap.add_argument("--muster-bin")
+    ap.add_argument("--queue", help="a queue already holding the N tasks: submit nothing, only work")
     ap.add_argument("--sleep", type=float, default=0.0, help="seconds each handler sleeps (asyncio.sleep / time.sleep)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
@@ -105,12 +110,17 @@ def main() -> None:
         binary = a.muster_bin or default_binary()
         url, token, procs = start_stack(binary, tmp)
     try:
-        q = "bench" + uuid.uuid4().hex[:8]
-        with Client(url, token=token, timeout=120) as c:
-            t0 = time.perf_counter()
-            for i in range(0, a.n, 10000):
-                c.submit_many([{"kind": "noop", "payload": {"i": j}} for j in range(i, min(a.n, i + 10000))], queue=q)
-            enqueue_s = time.perf_counter() - t0
+        enqueue_s = None
+        if a.queue:
+            q = a.queue
+        else:
+            q = "bench" + uuid.uuid4().hex[:8]
+            with Client(url, token=token, timeout=120) as c:
+                t0 = time.perf_counter()
+                for i in range(0, a.n, 10000):
+                    c.submit_many([{"kind": "noop", "payload": {"i": j}} for j in range(i, min(a.n, i + 10000))],
+                                  queue=q)
+                enqueue_s = time.perf_counter() - t0
 
         w = Worker(queues=[q], concurrency=a.concurrency, server=url, token=token, handle_signals=False)
         state = {"n": 0, "first": None, "last": None}
@@ -157,7 +167,7 @@ def main() -> None:
             "n": n,
             "handler": a.handler + (f" sleeping {a.sleep}s" if a.sleep else ""),
             "concurrency": a.concurrency,
-            "enqueue_per_s": round(n / enqueue_s),
+            "enqueue_per_s": round(n / enqueue_s) if enqueue_s else None,
             "process_per_s": round(n / secs) if secs > 0 else None,
             "process_incl_startup_per_s": round(n / (state["last"] - spawn)),
             "worker_cpu_us_per_task": round(cpu / n * 1e6, 1),

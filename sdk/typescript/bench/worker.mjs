@@ -1,10 +1,12 @@
-// The worker process of bench/noop.mjs: one Worker with a no-op handler. Env: QUEUE,
-// CONCURRENCY, N, plus MUSTER_SERVER / MUSTER_TOKEN. Prints one JSON line when N
-// reports were accepted, then exits.
+// The worker process of bench/noop.mjs and scripts/bench-sdk: one Worker with a no-op
+// handler. Env: QUEUE, CONCURRENCY, N, SLEEP_MS (0: the handler returns at once; else it
+// awaits a timer of that many ms), SPAWNED_AT (epoch ms), plus MUSTER_SERVER /
+// MUSTER_TOKEN. Prints one JSON line when N reports were accepted, then exits.
 import { Worker } from "../dist/index.js";
 
 const n = Number(process.env.N);
 const spawnedAt = Number(process.env.SPAWNED_AT);
+const sleepMs = Number(process.env.SLEEP_MS || 0);
 const now = () => performance.timeOrigin + performance.now();
 const w = new Worker({
   queues: [process.env.QUEUE],
@@ -15,13 +17,14 @@ const w = new Worker({
 let count = 0;
 let firstStart = 0;
 let lastEnd = 0;
-w.task("noop", () => {
+const mark = () => {
   const t = now();
   if (count === 0) firstStart = t;
   count++;
   lastEnd = t;
   return null;
-});
+};
+w.task("noop", sleepMs > 0 ? () => new Promise((res) => setTimeout(() => res(mark()), sleepMs)) : mark);
 const cpu0 = process.cpuUsage();
 const run = w.run();
 const timer = setInterval(async () => {
