@@ -26,6 +26,7 @@ pub(super) async fn lease_loop(
 ) {
     let slots = Arc::new(Semaphore::new(agent.config.capacity as usize));
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
+    let mut last_leased = Instant::now() - super::reports::BUSY;
     loop {
         // Wait for a free slot: no polling while the node is full.
         let first = tokio::select! {
@@ -36,6 +37,13 @@ pub(super) async fn lease_loop(
                 Err(_) => return,
             },
         };
+        // Busy (the last lease brought tasks a moment ago, and most slots are taken): let
+        // the slots freeing now join this call, one lease for many instead of one each.
+        if last_leased.elapsed() < super::reports::BUSY
+            && slots.available_permits() < agent.config.capacity as usize / 2
+        {
+            tokio::time::sleep(super::reports::LINGER).await;
+        }
         let max = u32::try_from(slots.available_permits())
             .unwrap_or(u32::MAX)
             .saturating_add(1);
@@ -62,6 +70,7 @@ pub(super) async fn lease_loop(
                     continue;
                 }
                 backoff.reset();
+                last_leased = Instant::now();
                 let mut first = Some(first);
                 for lease in reply.leases {
                     let permit = first

@@ -13,6 +13,11 @@ use tokio_util::sync::CancellationToken;
 /// How long a batch of reports is retried before it is given up.
 const REPORT_RETRY_FOR: Duration = Duration::from_secs(300);
 
+/// A flush this soon after the previous one means a busy node ...
+pub(super) const BUSY: Duration = Duration::from_millis(10);
+/// ... whose next batch waits this long for more outcomes (or leases, see `leases.rs`).
+pub(super) const LINGER: Duration = Duration::from_millis(1);
+
 /// Sends outcomes in batches: everything queued when a flush starts goes in it, so
 /// reports arriving during a flush are coalesced into the next one. Failed flushes
 /// are retried with backoff. Returns once `stop` fired and everything was sent.
@@ -24,6 +29,7 @@ pub(super) async fn report_loop(
     let mut pending: Vec<Report> = Vec::new();
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut failing_since: Option<Instant> = None;
+    let mut last_flush = Instant::now() - BUSY;
     loop {
         if pending.is_empty() {
             tokio::select! {
@@ -41,7 +47,13 @@ pub(super) async fn report_loop(
                     }
                 }
             }
+            // Busy (the last flush was a moment ago): let the outcomes finishing now
+            // join this batch, one call for many instead of one each. Idle: at once.
+            if last_flush.elapsed() < BUSY && !stop.is_cancelled() {
+                tokio::time::sleep(LINGER).await;
+            }
         }
+        last_flush = Instant::now();
         while let Ok(r) = rx.try_recv() {
             pending.push(r);
         }

@@ -2291,3 +2291,24 @@ async fn a_schema_1_keyspace_is_refused_until_muster_migrate_converts_it_and_its
     // Twice is harmless.
     assert_eq!(store.migrate(|_, _| {}).await.unwrap().tasks, 0);
 }
+
+/// A Redis at the default `hash-max-listpack-value` (64) gets advice naming the setting,
+/// and is not changed; one set as muster's private Redis is gets none.
+#[tokio::test]
+async fn tuning_advice_names_a_small_hash_max_listpack_value_and_changes_nothing() {
+    let r = crate::support::RedisGuard::start_with(&["--hash-max-ziplist-value", "64"]);
+    let s = store_on(&r.url(), &unique_ns()).await;
+    let advice = s.tuning_advice().await.expect("advice");
+    assert_eq!(advice.len(), 1, "{advice:?}");
+    assert!(advice[0].contains("hash-max-listpack-value"), "{advice:?}");
+    let mut c = r.conn();
+    let v: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("hash-max-listpack-value")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(v[1], "64", "advice only: the setting is not changed");
+    let r2 = crate::support::RedisGuard::start_with(&muster::store::tuning::PRIVATE_REDIS_ARGS);
+    let s2 = store_on(&r2.url(), &unique_ns()).await;
+    assert_eq!(s2.tuning_advice().await.unwrap(), Vec::<String>::new());
+}
