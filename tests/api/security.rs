@@ -2056,3 +2056,110 @@ async fn a_short_admin_token_is_refused_at_start_up() {
     };
     assert!(err.contains("at least 16 characters"), "{err}");
 }
+
+/// Issue 16 item 11: `/docs` (Swagger UI) had no CSP and could be framed.
+#[tokio::test]
+async fn the_api_docs_forbid_framing_and_foreign_scripts() {
+    let app = spawn_sec_app(&shared_redis().url(), |_| {}).await;
+    for path in ["/docs/", "/docs/swagger-initializer.js"] {
+        let a = call_raw(&app, "GET", path, None, None).await;
+        assert_eq!(a.status, 200, "{path}");
+        let csp = a.header("content-security-policy");
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp:?}");
+        assert!(csp.contains("script-src 'self'"), "{path}: {csp:?}");
+        assert_eq!(a.header("x-frame-options"), "DENY", "{path}");
+        assert_eq!(a.header("x-content-type-options"), "nosniff", "{path}");
+    }
+}
+
+/// Issue 16 item 11: the scheduler logged its leader lease's fencing token at info.
+#[tokio::test]
+async fn the_scheduler_leader_token_is_not_logged() {
+    let url = shared_redis().url();
+    let ns = crate::support::unique_ns();
+    let serve = crate::support::Serve::start(&url, &ns).await;
+    let store = crate::support::store_on(&url, &ns).await;
+    // Nobody leads without a schedule.
+    serve
+        .api()
+        .post(
+            "/v1/schedules",
+            &json!({"name": "nightly", "cron": "0 0 3 * * *", "task": {"kind": "k"}}),
+        )
+        .await
+        .expect(201);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let token = loop {
+        if let Some(t) = store.scheduler_leader().await.expect("leader key") {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "no scheduler leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let proc = serve.proc.as_ref().expect("running");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !proc.log().contains("this replica leads") {
+        assert!(Instant::now() < deadline, "no leader line:\n{}", proc.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !proc.log().contains(&token),
+        "the leader token is in the log"
+    );
+}
+
+/// Issue 16 item 11: an `--http` handler followed redirects, re-sending the payload and
+/// the `X-Muster-*` headers to wherever a 3xx pointed. Now a 3xx fails the attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_handler_does_not_follow_redirects() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let followed = std::sync::Arc::new(AtomicUsize::new(0));
+    let hits = followed.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let hits = hits.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                let answer = if head.starts_with("POST /elsewhere") {
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}".to_string()
+                } else {
+                    format!(
+                        "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://{addr}/elsewhere\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    )
+                };
+                let _ = s.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let app = crate::support::spawn_app().await;
+    let queue = "redirects";
+    let _agent = crate::support::spawn_agent_process(
+        &[app.url.as_str()],
+        &["--queue", queue, "--http", &format!("http://{addr}/hook")],
+    );
+    let task = app
+        .api
+        .submit(json!({"kind": "k", "queue": queue, "payload": {"secret": "s"}, "max_attempts": 1}))
+        .await;
+    let done = app
+        .api
+        .wait_terminal(&task.id, Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        serde_json::to_value(done.state).expect("state"),
+        json!("failed")
+    );
+    assert_eq!(
+        followed.load(Ordering::SeqCst),
+        0,
+        "the redirect was followed"
+    );
+}
