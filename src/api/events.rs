@@ -522,11 +522,8 @@ pub async fn events(
         }
         fixed_queue = Some(tq.to_string());
     }
-    let feed = st.events.clone();
-    // Subscribe before reading the clock or catching up: see [`EventFeed`].
-    let rx = feed.subscribe(fixed_queue.as_deref()).await?;
     let mut seen = HashMap::new();
-    let (floor, catching_up) = match headers.get("last-event-id") {
+    let resume = match headers.get("last-event-id") {
         Some(last) => {
             let last = last.to_str().unwrap_or("");
             let (sid, queue) = last.split_once('@').unwrap_or((last, ""));
@@ -539,8 +536,15 @@ pub async fn events(
             if validate::queue_name(queue).is_ok() {
                 seen.insert(queue.to_string(), pos);
             }
-            ((pos.0.saturating_sub(1000), 0), true)
+            Some((pos.0.saturating_sub(1000), 0))
         }
+        None => None,
+    };
+    let feed = st.events.clone();
+    // Subscribe before reading the clock or catching up: see [`EventFeed`].
+    let rx = feed.subscribe(fixed_queue.as_deref()).await?;
+    let (floor, catching_up) = match resume {
+        Some(floor) => (floor, true),
         None => {
             let now = st.store.now_ms().await?.max(1) as u64;
             ((now - 1, u64::MAX), false)
