@@ -522,8 +522,11 @@ pub async fn events(
         }
         fixed_queue = Some(tq.to_string());
     }
+    let feed = st.events.clone();
+    // Subscribe before reading the clock or catching up: see [`EventFeed`].
+    let rx = feed.subscribe(fixed_queue.as_deref()).await?;
     let mut seen = HashMap::new();
-    let resume = match headers.get("last-event-id") {
+    let (floor, catching_up) = match headers.get("last-event-id") {
         Some(last) => {
             let last = last.to_str().unwrap_or("");
             let (sid, queue) = last.split_once('@').unwrap_or((last, ""));
@@ -536,15 +539,8 @@ pub async fn events(
             if validate::queue_name(queue).is_ok() {
                 seen.insert(queue.to_string(), pos);
             }
-            Some((pos.0.saturating_sub(1000), 0))
+            ((pos.0.saturating_sub(1000), 0), true)
         }
-        None => None,
-    };
-    let feed = st.events.clone();
-    // Subscribe before reading the clock or catching up: see [`EventFeed`].
-    let rx = feed.subscribe(fixed_queue.as_deref()).await?;
-    let (floor, catching_up) = match resume {
-        Some(floor) => (floor, true),
         None => {
             let now = st.store.now_ms().await?.max(1) as u64;
             ((now - 1, u64::MAX), false)
