@@ -31,6 +31,9 @@ pub const DEFAULT_MAX_STREAMS: usize = 8192;
 /// admin token is held only to the total).
 pub const DEFAULT_MAX_STREAMS_PER_CALLER: usize = 256;
 
+/// Default time without a heartbeat after which a node holding no lease is removed.
+pub const DEFAULT_DEAD_NODE_AFTER: Duration = Duration::from_secs(24 * 3600);
+
 /// What shows in place of a secret in `Debug` output.
 const REDACTED: &str = "<redacted>";
 
@@ -70,6 +73,8 @@ pub struct Config {
     pub max_streams: usize,
     /// Most open event streams and long-polls per caller (429 past it).
     pub max_streams_per_caller: usize,
+    /// A node without a heartbeat for this long and holding no lease is removed.
+    pub dead_node_after: Duration,
 }
 
 /// A setting out of range. The messages name the `muster serve` flag that sets it.
@@ -145,6 +150,7 @@ impl Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_streams: DEFAULT_MAX_STREAMS,
             max_streams_per_caller: DEFAULT_MAX_STREAMS_PER_CALLER,
+            dead_node_after: DEFAULT_DEAD_NODE_AFTER,
         }
     }
 
@@ -210,6 +216,7 @@ impl std::fmt::Debug for Config {
             .field("max_connections", &self.max_connections)
             .field("max_streams", &self.max_streams)
             .field("max_streams_per_caller", &self.max_streams_per_caller)
+            .field("dead_node_after", &self.dead_node_after)
             .finish()
     }
 }

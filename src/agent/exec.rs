@@ -57,8 +57,11 @@ impl Runner {
             Executor::Builtin => Executor::Handler(std::sync::Arc::new(super::builtin::registry())),
             other => other,
         };
+        // No redirects: a 3xx would re-send the payload and the X-Muster-* headers to
+        // wherever the handler points (issue 16 item 11); it is answered as a failure.
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Runner { executor, http })
     }

@@ -229,15 +229,41 @@ pub async fn stream_limit(State(st): State<AppState>, req: Request, next: Next) 
         Err(e) => return e.into_response(),
     };
     let res = next.run(Request::from_parts(parts, body)).await;
-    let (parts, body) = res.into_parts();
-    let body = axum::body::Body::from_stream(futures::StreamExt::map(
-        body.into_data_stream(),
-        move |chunk| {
-            let _held = &permit;
-            chunk
-        },
-    ));
-    Response::from_parts(parts, body)
+    res.map(|body| hold(body, permit))
+}
+
+/// A response body that keeps `guard` alive until the body is dropped (sent, or the
+/// connection gone); its frames, end and size (`Content-Length`) are the inner body's.
+pub fn hold<G: Send + Unpin + 'static>(body: axum::body::Body, guard: G) -> axum::body::Body {
+    axum::body::Body::new(Held {
+        body,
+        _guard: guard,
+    })
+}
+
+struct Held<G> {
+    body: axum::body::Body,
+    _guard: G,
+}
+
+impl<G: Unpin> hyper::body::Body for Held<G> {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 #[cfg(test)]

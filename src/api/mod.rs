@@ -271,6 +271,7 @@ pub fn router(state: AppState) -> Router {
             system::loopback_only,
         ))
         .layer(axum::middleware::from_fn(system::utf8_path))
+        .layer(axum::middleware::from_fn(ui::docs_headers))
         .route_layer(axum::middleware::from_fn(system::track_http))
         .layer(axum::middleware::from_fn(system::limit_head))
         .layer(tower_http::trace::TraceLayer::new_for_http())

@@ -4,30 +4,83 @@ use super::auth::{Authorized, NeedAdmin, Principal, Role};
 use super::error::{ApiError, ApiResult};
 use super::openapi::parts::{BadRequest, Guarded, Invalid, JsonBody, NotFound};
 use super::{AppState, Json};
-use crate::domain::{QueueInfo, QueueList, QueueUpdate, validate};
-use axum::extract::{Path, State};
+use crate::domain::{QueueInfo, QueueUpdate, validate};
+use axum::extract::{Path, Query, State};
+
+/// Most queues on one page of `GET /v1/queues` (also the page size without `limit`).
+pub const MAX_QUEUE_PAGE: usize = 1000;
+
+/// Query of `GET /v1/queues`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct QueuesQuery {
+    /// Queues per page, 1 to 1000 (default 1000).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+    /// `next_cursor` of the previous page: queues after this name.
+    #[param(pattern = r"^(?!\.{1,2}$)[A-Za-z0-9._:-]{1,128}$")]
+    cursor: Option<String>,
+}
+
+/// Answer of `GET /v1/queues`: a page of queues by name.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct QueuePage {
+    /// Queues by name.
+    pub items: Vec<QueueInfo>,
+    /// Pass as `cursor` for the next page; null on the last.
+    pub next_cursor: Option<String>,
+}
 
 #[utoipa::path(
     get,
     path = "/v1/queues",
     tag = "queues",
-    summary = "List queues with counts",
+    summary = "List queues with counts, a page at a time",
+    params(QueuesQuery),
     responses(
-        (status = 200, body = QueueList, description = "Queues"),
+        (status = 200, body = QueuePage, description = "A page of queues by name"),
+        BadRequest,
         Guarded
     )
 )]
-/// `GET /v1/queues`: every queue with counts per state.
+/// `GET /v1/queues?limit=&cursor=`: queues by name with counts per state, at most
+/// [`MAX_QUEUE_PAGE`] at a time (a caller that sends neither gets the first page, which
+/// is every queue of a deployment with up to 1000).
 ///
 /// # Errors
-/// 503 Redis down.
-pub async fn queues_list(State(st): State<AppState>, who: Principal) -> ApiResult<Json<QueueList>> {
+/// 400 bad limit or cursor, 503 Redis down.
+pub async fn queues_list(
+    State(st): State<AppState>,
+    who: Principal,
+    q: Result<Query<QueuesQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<QueuePage>> {
     who.require(Role::Read)?;
-    let mut items = Vec::new();
-    for q in st.store.queues().await? {
-        items.push(st.store.queue_info(&q).await?);
+    let Query(q) = q.map_err(|e| ApiError::bad("bad_query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(MAX_QUEUE_PAGE);
+    if !(1..=MAX_QUEUE_PAGE).contains(&limit) {
+        return Err(ApiError::bad(
+            "bad_query",
+            format!("limit must be 1 to {MAX_QUEUE_PAGE}"),
+        ));
     }
-    Ok(Json(QueueList { items }))
+    if let Some(c) = &q.cursor {
+        validate::queue_name(c).map_err(|e| ApiError::bad("bad_query", format!("cursor: {e}")))?;
+    }
+    let names = st.store.queues().await?;
+    let start = match &q.cursor {
+        Some(c) => names.partition_point(|n| n <= c),
+        None => 0,
+    };
+    let page = &names[start.min(names.len())..];
+    let mut items = Vec::new();
+    for name in page.iter().take(limit) {
+        items.push(st.store.queue_info(name).await?);
+    }
+    let next_cursor = (page.len() > limit)
+        .then(|| items.last().map(|i: &QueueInfo| i.name.clone()))
+        .flatten();
+    Ok(Json(QueuePage { items, next_cursor }))
 }
 
 async fn known(st: &AppState, name: &str) -> ApiResult<()> {

@@ -51,11 +51,47 @@ pub struct NodeStats {
     pub runs: i64,
 }
 
+/// Waiters by key (a task id, a node id).
+type Waiters = Arc<Mutex<HashMap<String, Arc<Notify>>>>;
+
+/// A registered waiter: the notifier of its key, dropped from the hub's map when the
+/// last waiter of that key goes, whether it finished or was cancelled (a `/wait` or
+/// lease long-poll whose client went away drops its future, and with it this guard).
+#[derive(Debug)]
+pub struct Waiter {
+    map: Waiters,
+    key: String,
+    notify: Option<Arc<Notify>>,
+}
+
+impl std::ops::Deref for Waiter {
+    type Target = Notify;
+    fn deref(&self) -> &Notify {
+        // Some until drop.
+        self.notify.as_deref().unwrap_or(&NEVER)
+    }
+}
+
+/// What a [`Waiter`] derefs to once released (never: only `drop` takes its notifier).
+static NEVER: Notify = Notify::const_new();
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if let Some(n) = self.notify.take() {
+            let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+            // Two references: the map's and this one. Then nobody else waits.
+            if Arc::strong_count(&n) <= 2 {
+                m.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// The wake-up registry shared by the API, the dispatcher and the reconciler.
 #[derive(Debug, Default)]
 pub struct Hub {
-    tasks: Mutex<HashMap<String, Arc<Notify>>>,
-    nodes: Mutex<HashMap<String, Arc<Notify>>>,
+    tasks: Waiters,
+    nodes: Waiters,
     // Queues with possibly dispatchable work, in FIFO order without duplicates.
     dirty: Mutex<(VecDeque<String>, HashSet<String>)>,
     /// Woken when `dirty` gains a queue.
@@ -64,12 +100,17 @@ pub struct Hub {
     confs: Mutex<HashMap<String, (Instant, QueueConf)>>,
 }
 
-fn notify_of(map: &Mutex<HashMap<String, Arc<Notify>>>, key: &str) -> Arc<Notify> {
+fn notify_of(map: &Waiters, key: &str) -> Waiter {
     let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
-    m.entry(key.to_string()).or_default().clone()
+    let notify = m.entry(key.to_string()).or_default().clone();
+    Waiter {
+        map: map.clone(),
+        key: key.to_string(),
+        notify: Some(notify),
+    }
 }
 
-fn wake(map: &Mutex<HashMap<String, Arc<Notify>>>, key: &str) {
+fn wake(map: &Waiters, key: &str) {
     let n = map
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -80,40 +121,38 @@ fn wake(map: &Mutex<HashMap<String, Arc<Notify>>>, key: &str) {
     }
 }
 
-fn release(map: &Mutex<HashMap<String, Arc<Notify>>>, key: &str, n: Arc<Notify>) {
-    let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
-    // Two references: the map's and ours. Then nobody else waits.
-    if Arc::strong_count(&n) <= 2 {
-        m.remove(key);
-    }
-}
-
 impl Hub {
     /// A new hub.
     pub fn new() -> Arc<Hub> {
         Arc::new(Hub::default())
     }
 
-    /// The notifier of a task; call [`Hub::release_task`] when done waiting.
-    pub fn task(&self, id: &str) -> Arc<Notify> {
+    /// The notifier of a task, registered until the [`Waiter`] is dropped.
+    pub fn task(&self, id: &str) -> Waiter {
         notify_of(&self.tasks, id)
     }
-    /// Drops the notifier of a task when no one else waits on it.
-    pub fn release_task(&self, id: &str, n: Arc<Notify>) {
-        release(&self.tasks, id, n)
+    /// Done waiting on a task (the same as dropping the waiter).
+    pub fn release_task(&self, _id: &str, n: Waiter) {
+        drop(n)
     }
     /// Wakes the waiters of a task.
     pub fn wake_task(&self, id: &str) {
         wake(&self.tasks, id)
     }
 
-    /// The notifier of a node's inbox.
-    pub fn node(&self, id: &str) -> Arc<Notify> {
+    /// The notifier of a node's inbox, registered until the [`Waiter`] is dropped.
+    pub fn node(&self, id: &str) -> Waiter {
         notify_of(&self.nodes, id)
     }
-    /// Drops the notifier of a node when no one else waits on it.
-    pub fn release_node(&self, id: &str, n: Arc<Notify>) {
-        release(&self.nodes, id, n)
+    /// Done waiting on a node (the same as dropping the waiter).
+    pub fn release_node(&self, _id: &str, n: Waiter) {
+        drop(n)
+    }
+
+    /// Keys with a registered waiter: (tasks, nodes).
+    pub fn waiting(&self) -> (usize, usize) {
+        let len = |m: &Waiters| m.lock().unwrap_or_else(|e| e.into_inner()).len();
+        (len(&self.tasks), len(&self.nodes))
     }
     /// Wakes the lease long-polls of a node.
     pub fn wake_node(&self, id: &str) {
@@ -208,6 +247,34 @@ mod tests {
         assert_eq!(h.take_dirty().as_deref(), Some("a"));
         assert_eq!(h.take_dirty().as_deref(), Some("b"));
         assert_eq!(h.take_dirty(), None);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_wait_leaves_nothing_in_the_hub() {
+        let h = Hub::new();
+        let hub = h.clone();
+        let (registered, is_registered) = tokio::sync::oneshot::channel();
+        let wait = tokio::spawn(async move {
+            let n = hub.task("t");
+            let _ = registered.send(());
+            n.notified().await;
+            hub.release_task("t", n);
+        });
+        is_registered.await.expect("the wait registered");
+        let other = h.task("t");
+        // The client went away: the long-poll's future is dropped mid-wait.
+        wait.abort();
+        let _ = wait.await;
+        assert_eq!(h.waiting(), (1, 0), "another waiter still waits");
+        drop(other);
+        assert_eq!(h.waiting(), (0, 0));
+        let n = h.node("n");
+        let m = h.node("n");
+        h.wake_node("n");
+        h.release_node("n", n);
+        assert_eq!(h.waiting(), (0, 1));
+        drop(m);
+        assert_eq!(h.waiting(), (0, 0));
     }
 
     #[test]

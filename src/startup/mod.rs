@@ -128,7 +128,8 @@ impl Application {
             dispatcher.run(workers, sd).await;
             "dispatcher"
         });
-        let reconciler = Reconciler::new(st.store.clone(), st.hub.clone(), st.directory.clone());
+        let reconciler = Reconciler::new(st.store.clone(), st.hub.clone(), st.directory.clone())
+            .with_dead_node_after(cfg.dead_node_after);
         let sd = child.clone();
         set.spawn(async move {
             reconciler.run(sd).await;

@@ -152,15 +152,9 @@ pub async fn serve(
                     st.known.store(true, Ordering::Release);
                 }
                 // Busy until the body ends: an event stream is in flight while it lasts.
-                let (parts, body) = res.into_parts();
-                let body = axum::body::Body::from_stream(futures::StreamExt::map(
-                    body.into_data_stream(),
-                    move |chunk| {
-                        let _held = &guard;
-                        chunk
-                    },
-                ));
-                Ok::<_, std::convert::Infallible>(hyper::Response::from_parts(parts, body))
+                Ok::<_, std::convert::Infallible>(
+                    res.map(|body| crate::api::limit::hold(body, guard)),
+                )
             }
         });
         let mut builder = hyper::server::conn::http1::Builder::new();

@@ -1,7 +1,7 @@
 //! Nodes: registration, heartbeats, status, statistics and removal, with the decoder
 //! of a node hash.
 
-use super::{Code, Result, Store, coded, int, state_of};
+use super::{Code, Result, Store, coded, int, ok_unless, state_of};
 use crate::domain::{Node, NodeKind, NodeStatus, rfc3339_ms, validate};
 use redis::AsyncCommands;
 use std::collections::HashMap;
@@ -239,6 +239,40 @@ impl Store {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Removes the nodes last seen at or before `before_ms` that hold no lease (a node
+    /// with a running task stays until it ends or its lease expires); their inboxes go
+    /// back to pending first. A node that heartbeats meanwhile stays (`node_forget.lua`
+    /// checks its last heartbeat again). Returns the ids removed.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn forget_dead_nodes(&self, before_ms: i64) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        for id in self.stale_nodes(before_ms).await? {
+            let rec = self.node(&id).await?;
+            if rec.as_ref().is_some_and(|r| r.node.running > 0) {
+                continue;
+            }
+            if let Some(r) = &rec {
+                self.requeue_node(&r.node).await?;
+            }
+            let mut c = self.conn();
+            let v = self
+                .scripts
+                .node_forget
+                .key(self.keys.nodes())
+                .key(self.keys.node(&id))
+                .arg(&id)
+                .arg(before_ms)
+                .invoke_async(&mut c)
+                .await?;
+            if ok_unless(coded(v)?.0, Code::Conflict, "node_forget")? {
+                removed.push(id);
+            }
+        }
+        Ok(removed)
     }
 
     /// Nodes whose last heartbeat is older than `before_ms` and not yet offline.

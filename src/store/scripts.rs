@@ -51,7 +51,7 @@ scripts! {
     submit, promote, dispatch, lease, extend, complete, fail, report_many, expire, cancel,
     retry, delete, requeue_inbox,
     // Nodes.
-    heartbeat,
+    heartbeat, node_forget,
     // Dependencies and batches.
     dep_register, dep_resolved, batch_create, batch_begin, batch_add, batch_child, batch_then,
     // Cron schedules and handler locks.

@@ -14,11 +14,17 @@ use tokio_util::sync::CancellationToken;
 /// How often the sweep runs.
 pub const SWEEP: Duration = Duration::from_millis(1000);
 
+/// Default time without a heartbeat after which a node holding no lease is removed.
+pub const DEAD_NODE_AFTER: Duration = crate::config::DEFAULT_DEAD_NODE_AFTER;
+
 /// The reconciler component.
 pub struct Reconciler {
     store: Store,
     hub: Arc<Hub>,
     directory: Arc<Directory>,
+    dead_after: Duration,
+    /// When dead nodes were last looked for.
+    forgot_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Reconciler {
@@ -28,6 +34,47 @@ impl Reconciler {
             store,
             hub,
             directory,
+            dead_after: DEAD_NODE_AFTER,
+            forgot_at: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Removes nodes after `d` without a heartbeat (instead of [`DEAD_NODE_AFTER`]).
+    pub fn with_dead_node_after(mut self, d: Duration) -> Reconciler {
+        self.dead_after = d;
+        self
+    }
+
+    /// Removes the nodes not seen for the dead-node time that hold no lease, at most
+    /// every minute (a quarter of that time when shorter): nodes are never left behind
+    /// for ever by agents that went away without deregistering.
+    pub async fn forget_dead_nodes(&self) {
+        let every = (self.dead_after / 4).min(Duration::from_secs(60));
+        {
+            let mut at = self.forgot_at.lock().unwrap_or_else(|e| e.into_inner());
+            if at.is_some_and(|t| t.elapsed() < every) {
+                return;
+            }
+            *at = Some(std::time::Instant::now());
+        }
+        let before = match self.store.now_ms().await {
+            Ok(now) => now - self.dead_after.as_millis() as i64,
+            Err(e) => {
+                tracing::debug!(error = %e, "sweep: cannot read the clock");
+                return;
+            }
+        };
+        match self.store.forget_dead_nodes(before).await {
+            Ok(ids) if !ids.is_empty() => {
+                tracing::info!(
+                    removed = ids.len(),
+                    ?ids,
+                    "removed dead nodes (no heartbeat, no lease)"
+                );
+                self.directory.invalidate();
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "sweep: cannot remove dead nodes"),
         }
     }
 
@@ -81,6 +128,7 @@ impl Reconciler {
         }
         self.directory.invalidate();
         self.flush_stats().await;
+        self.forget_dead_nodes().await;
     }
 
     /// Writes accumulated node statistics to the node hashes.

@@ -168,7 +168,8 @@ impl Scheduler {
                 .await?
             {
                 Ok(token) => {
-                    tracing::info!(token = %token, "scheduler: this replica leads");
+                    // Not the token: it is the fencing secret of the leader lease.
+                    tracing::info!(replica = %self.label, "scheduler: this replica leads");
                     self.leader = Some(Leader {
                         token,
                         valid_until: t0 + ttl - margin,

@@ -330,3 +330,29 @@ async fn idle_strangers_do_not_starve_authenticated_traffic() {
     }
     drop(idle);
 }
+
+/// The connection and stream accounting wraps every answer's body: the answers keep
+/// their `Content-Length` (not chunked), streams stay streams.
+#[tokio::test]
+async fn counted_answers_keep_their_content_length() {
+    let app = spawn_sec_app(&shared_redis().url(), |_| {}).await;
+    let r = app
+        .http
+        .get(app.url("/v1/queues"))
+        .bearer_auth(&app.read)
+        .send()
+        .await
+        .expect("queues");
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers().contains_key("content-length"),
+        "{:?}",
+        r.headers()
+    );
+    let (status, _, head) = open_stream(app.addr, "/v1/events", &app.read, None).await;
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase().contains("text/event-stream"),
+        "{head}"
+    );
+}
