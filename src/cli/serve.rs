@@ -84,18 +84,11 @@ fn config(args: ServeArgs) -> anyhow::Result<Config> {
     cfg.rate_limit = args
         .rate_limit
         .map(|r| (r, args.rate_burst.unwrap_or(2.0 * r)));
-    let mut entries: Vec<String> = args.tokens;
     if let Some(path) = &args.tokens_file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read --tokens-file {}: {e}", path.display()))?;
-        entries.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(str::to_string),
-        );
+        // Refuses a file the group or others may read (it says `chmod 600`).
+        cfg.tokens.extend(crate::config::read_tokens_file(path)?);
     }
-    for t in entries.iter().filter(|t| !t.trim().is_empty()) {
+    for t in args.tokens.iter().filter(|t| !t.trim().is_empty()) {
         cfg.tokens
             .push(parse_role_token(t).map_err(|e| anyhow::anyhow!("--token: {e}"))?);
     }

@@ -2289,3 +2289,27 @@ async fn dead_nodes_are_removed_unless_they_hold_a_lease() {
     .await;
     assert_eq!(a.status, 200, "a node holding a lease stays: {}", a.body);
 }
+
+/// Issue 16 item 10: `muster serve --tokens-file` read a file any local user could read.
+#[test]
+fn serve_refuses_a_tokens_file_others_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("tokens");
+    std::fs::write(&path, "read:a-read-token-of-some-length\n").expect("write");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = std::process::Command::new(crate::support::muster_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--redis-url"])
+        .arg(shared_redis().url())
+        .arg("--tokens-file")
+        .arg(&path)
+        .env_remove("MUSTER_ADMIN_TOKEN")
+        .output()
+        .expect("muster serve runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "served with a world-readable tokens file"
+    );
+    assert!(err.contains("chmod 600"), "{err}");
+}
