@@ -282,10 +282,32 @@ async fn sse_consumer_resumed_with_last_event_id_misses_no_completion() {
         }
     }
     assert_eq!(conflicting, 0, "one id carried two different events");
+    // Resuming inside an entry listing several tasks (`<sid>.<n>@<queue>`, here the
+    // submission of a batch): the rest of that entry comes, what was before does not.
+    let first = unique
+        .keys()
+        .find(|id| id.contains(".0@") && unique.contains_key(&id.replace(".0@", ".1@")))
+        .expect("a multi-task entry (a batch's task.submitted)")
+        .clone();
+    let second = first.replace(".0@", ".1@");
+    let again = sse_session(
+        app.addr,
+        &app.read,
+        &q,
+        Some(&first),
+        Duration::from_millis(500),
+    )
+    .await;
+    let ids: Vec<&str> = again.iter().map(|e| e.id.as_str()).collect();
     assert!(
-        mid_entry_resumes > 0,
-        "no session resumed inside a multi-task entry ({sessions} sessions)"
+        ids.contains(&second.as_str()),
+        "{second} not resent after {first}: {ids:?}"
     );
+    assert!(
+        !ids.contains(&first.as_str()),
+        "{first} resent after itself"
+    );
+    eprintln!("sse resume: {mid_entry_resumes} sessions resumed inside a multi-task entry");
     let duplicates = raw - unique.len();
     let mut per_task: HashMap<String, usize> = HashMap::new();
     for e in unique.values() {
