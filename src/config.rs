@@ -45,6 +45,11 @@ pub struct Config {
     pub listen: String,
     /// Redis URL.
     pub redis_url: String,
+    /// A Cluster or Sentinels instead of `redis_url` (`--redis-cluster`,
+    /// `--redis-sentinel`).
+    pub redis_target: Option<crate::store::RedisTarget>,
+    /// Replicas every acknowledged write waits for (`WAIT`; 0: none).
+    pub replica_acks: u32,
     /// Key namespace (default `muster`).
     pub namespace: String,
     /// Admin bearer token; `None` only with `no_auth`.
@@ -132,11 +137,20 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// Where the keyspace is: the Cluster or Sentinels when given, else `redis_url`.
+    pub fn target(&self) -> crate::store::RedisTarget {
+        self.redis_target
+            .clone()
+            .unwrap_or_else(|| crate::store::RedisTarget::Standalone(self.redis_url.clone()))
+    }
+
     /// Defaults for a given Redis URL and listen address.
     pub fn new(listen: impl Into<String>, redis_url: impl Into<String>) -> Config {
         Config {
             listen: listen.into(),
             redis_url: redis_url.into(),
+            redis_target: None,
+            replica_acks: 0,
             namespace: DEFAULT_NAMESPACE.into(),
             admin_token: None,
             tokens: Vec::new(),
@@ -203,6 +217,11 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("listen", &self.listen)
             .field("redis_url", &redact_url(&self.redis_url))
+            .field(
+                "redis_target",
+                &self.redis_target.as_ref().map(|t| t.describe()),
+            )
+            .field("replica_acks", &self.replica_acks)
             .field("namespace", &self.namespace)
             .field("admin_token", &self.admin_token.as_ref().map(|_| REDACTED))
             .field("tokens", &tokens)
@@ -262,18 +281,7 @@ pub fn read_tokens_file(path: &std::path::Path) -> Result<Vec<(Role, String)>, C
 /// A URL with the password of its user info (`scheme://user:password@host`) redacted;
 /// user info without a `:` is redacted whole, since Redis takes a lone one as a password.
 fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_string();
-    };
-    let user = match rest[..at].split_once(':') {
-        Some((user, _)) => format!("{user}:{REDACTED}"),
-        None => REDACTED.to_string(),
-    };
-    format!("{scheme}://{user}{}", &rest[at..])
+    crate::store::connection::redact(url)
 }
 
 #[cfg(test)]

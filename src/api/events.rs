@@ -214,7 +214,7 @@ impl EventFeed {
 /// every queue's stream after its cursor and broadcast what comes. Ends when the feed
 /// is dropped (the server stopped and every stream closed).
 async fn read_loop(weak: std::sync::Weak<EventFeed>) {
-    let mut conn: Option<redis::aio::MultiplexedConnection> = None;
+    let mut conn: Option<crate::store::Conn> = None;
     let mut cursors: HashMap<String, String> = HashMap::new();
     let mut arm_id = String::new();
     let mut listed: Option<std::time::Instant> = None;

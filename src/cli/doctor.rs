@@ -9,12 +9,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, clap::Args)]
 pub struct KeyspaceArgs {
     /// Redis holding the keyspace.
-    #[arg(
-        long,
-        env = "MUSTER_REDIS_URL",
-        default_value = crate::config::DEFAULT_REDIS_URL
-    )]
-    pub redis_url: String,
+    #[command(flatten)]
+    pub redis: super::redis::RedisArgs,
     /// Key namespace.
     #[arg(long, env = "MUSTER_NAMESPACE", default_value = crate::config::DEFAULT_NAMESPACE)]
     pub namespace: String,
@@ -29,14 +25,7 @@ impl KeyspaceArgs {
     /// # Errors
     /// Redis unreachable or a bad URL.
     pub async fn connect(&self, timeout: Duration) -> anyhow::Result<Store> {
-        Store::connect(&self.redis_url, &self.namespace, timeout)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot connect to redis at {}; pass --redis-url",
-                    self.redis_url
-                )
-            })
+        self.redis.connect(&self.namespace, timeout).await
     }
 }
 

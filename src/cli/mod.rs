@@ -8,6 +8,7 @@ pub mod dev;
 pub mod doctor;
 pub mod local;
 pub mod migrate;
+pub mod redis;
 pub mod serve;
 
 use clap::{Parser, Subcommand};

@@ -13,13 +13,13 @@ pub struct ServeArgs {
     /// HTTP listen address.
     #[arg(long, env = "MUSTER_LISTEN", default_value = config::DEFAULT_LISTEN)]
     pub listen: String,
-    /// Redis URL.
-    #[arg(
-        long,
-        env = "MUSTER_REDIS_URL",
-        default_value = config::DEFAULT_REDIS_URL
-    )]
-    pub redis_url: String,
+    /// Where the keyspace is: one server, a Cluster or Sentinels.
+    #[command(flatten)]
+    pub redis: crate::cli::redis::RedisArgs,
+    /// Replicas every acknowledged write waits for (Redis `WAIT`), so a failover loses
+    /// no acknowledged submission or result; 0 (the default) waits for none.
+    #[arg(long, env = "MUSTER_REPLICA_ACKS", default_value_t = 0)]
+    pub replica_acks: u32,
     /// Admin bearer token.
     #[arg(long, env = "MUSTER_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -77,7 +77,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
 /// Maps the flags onto a [`Config`]; reads `--tokens-file`.
 fn config(args: ServeArgs) -> anyhow::Result<Config> {
-    let mut cfg = Config::new(args.listen, args.redis_url);
+    let target = args.redis.target()?;
+    let mut cfg = Config::new(args.listen, args.redis.redis_url.clone());
+    if !matches!(target, crate::store::RedisTarget::Standalone(_)) {
+        cfg.redis_target = Some(target);
+    }
+    cfg.replica_acks = args.replica_acks;
     cfg.namespace = args.namespace;
     cfg.admin_token = args.admin_token.filter(|t| !t.is_empty());
     cfg.no_auth = args.no_auth;

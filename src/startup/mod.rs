@@ -35,14 +35,16 @@ impl Application {
     /// unsuitable, or the address taken.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         config.validate()?;
-        let store = Store::connect(&config.redis_url, &config.namespace, config.redis_timeout)
+        let target = config.target();
+        let store = Store::connect_to(&target, &config.namespace, config.redis_timeout)
             .await
             .with_context(|| {
                 format!(
-                    "cannot connect to redis at {}; start redis-server or pass --redis-url",
-                    config.redis_url
+                    "cannot connect to {}; start redis-server or pass --redis-url (--redis-cluster, --redis-sentinel)",
+                    target.describe()
                 )
-            })?;
+            })?
+            .with_replica_acks(config.replica_acks);
         let persistence = store.prepare().await.context("redis is not usable")?;
         if !persistence {
             tracing::warn!(

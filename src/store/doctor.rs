@@ -337,28 +337,15 @@ impl Store {
 
 /// Every key of `family` with its name (SCAN, so a key written meanwhile may be missed).
 pub(super) async fn scan(
-    c: &mut redis::aio::ConnectionManager,
+    c: &mut super::Conn,
     family: &KeyFamily,
 ) -> Result<Vec<(String, String)>> {
-    let pattern = family.pattern();
-    let mut cursor: u64 = 0;
-    let mut out = Vec::new();
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(c)
-            .await?;
-        out.extend(keys.into_iter().filter_map(|key| {
+    let keys = c.scan_match(&family.pattern()).await?;
+    Ok(keys
+        .into_iter()
+        .filter_map(|key| {
             let name = family.name_of(&key)?.to_string();
             Some((name, key))
-        }));
-        if next == 0 {
-            return Ok(out);
-        }
-        cursor = next;
-    }
+        })
+        .collect())
 }

@@ -79,13 +79,32 @@ impl From<redis::RedisError> for StoreError {
                         | ServerErrorKind::ClusterDown
                         | ServerErrorKind::MasterDown
                         | ServerErrorKind::ReadOnly
-                )
+                        | ServerErrorKind::Moved
+                        | ServerErrorKind::Ask
+                ) | ErrorKind::ClusterConnectionNotFound
             );
         if unavailable {
             StoreError::Unavailable(e)
         } else {
             StoreError::Redis(e)
         }
+    }
+}
+
+impl From<redis::ParsingError> for StoreError {
+    fn from(e: redis::ParsingError) -> Self {
+        StoreError::Protocol(e.to_string())
+    }
+}
+
+impl StoreError {
+    /// Redis did not answer in time (or at all): [`StoreError::Unavailable`].
+    pub(crate) fn timed_out(what: &'static str) -> StoreError {
+        StoreError::Unavailable(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "timed out",
+            what.to_string(),
+        )))
     }
 }
 

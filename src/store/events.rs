@@ -7,7 +7,7 @@
 //! `<stream id>@<queue>` when the entry holds one task, `<stream id>.<index>@<queue>`
 //! when it holds more.
 
-use super::{Result, Store};
+use super::{Conn, Result, Store};
 use redis::Value;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -166,26 +166,28 @@ pub fn parse_xread(v: Value, keys: &HashMap<String, String>) -> Vec<StreamEvent>
 ///
 /// # Errors
 /// Redis unreachable.
-pub async fn blocking_connection(store: &Store) -> Result<redis::aio::MultiplexedConnection> {
-    let cfg = redis::AsyncConnectionConfig::new()
-        .set_response_timeout(Some(Duration::from_secs(5) + store.timeout()));
-    Ok(store
-        .client()
-        .get_multiplexed_async_connection_with_config(&cfg)
-        .await?)
+pub async fn blocking_connection(store: &Store) -> Result<Conn> {
+    store
+        .own_connection(Duration::from_secs(5) + store.timeout())
+        .await
 }
+
+/// On a Cluster, how often the streams are polled instead of a blocking XREAD (the
+/// streams of several queues are in several slots: one XREAD cannot name them all).
+const CLUSTER_POLL: Duration = Duration::from_millis(50);
 
 impl Store {
     /// Reads up to `count` events per queue after each given stream id (`(queue, id)`),
     /// waiting up to `block` for the first one when given (then `conn` must be a
     /// connection of its own, see [`blocking_connection`]); without `block` on the
-    /// shared connection.
+    /// shared connection. On a Cluster: one XREAD per queue at once, polled every
+    /// [`CLUSTER_POLL`] while `block` lasts.
     ///
     /// # Errors
     /// Redis errors.
     pub async fn read_events(
         &self,
-        conn: Option<&mut redis::aio::MultiplexedConnection>,
+        conn: Option<&mut Conn>,
         after: &[(String, String)],
         count: usize,
         block: Option<Duration>,
@@ -193,6 +195,35 @@ impl Store {
         if after.is_empty() {
             return Ok(Vec::new());
         }
+        if self.is_cluster() {
+            let until = block.map(|b| std::time::Instant::now() + b);
+            loop {
+                let reads = after.iter().map(|one| {
+                    self.read_events_once(None, std::slice::from_ref(one), count, None)
+                });
+                let mut out: Vec<StreamEvent> = futures::future::try_join_all(reads)
+                    .await?
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                let waited = until.is_none_or(|u| std::time::Instant::now() >= u);
+                if !out.is_empty() || waited {
+                    out.sort_by_key(StreamEvent::pos);
+                    return Ok(out);
+                }
+                tokio::time::sleep(CLUSTER_POLL).await;
+            }
+        }
+        self.read_events_once(conn, after, count, block).await
+    }
+
+    async fn read_events_once(
+        &self,
+        conn: Option<&mut Conn>,
+        after: &[(String, String)],
+        count: usize,
+        block: Option<Duration>,
+    ) -> Result<Vec<StreamEvent>> {
         let mut keys = HashMap::new();
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT").arg(count.max(1));
@@ -215,7 +246,6 @@ impl Store {
         Ok(parse_xread(v, &keys))
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@
 //!   [`error`] and `reply`: errors and reply decoding.
 
 pub mod batches;
+pub mod connection;
 pub mod coord;
 pub mod dependencies;
 pub mod dispatch;
@@ -32,6 +33,7 @@ pub mod tuning;
 pub mod wakeups;
 
 pub use batches::{BatchBegin, BatchCheck};
+pub use connection::{Conn, RedisTarget};
 pub use dispatch::{Extended, Leased, parse_lease_token};
 pub use error::{Missing, Result, StoreError};
 pub use nodes::NodeRecord;
@@ -42,22 +44,22 @@ pub use wakeups::Wakeup;
 
 use keys::{Keys, SCHEMA_VERSION};
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use reply::{Code, array, coded, flat_map, int, int_unless, ok, ok_unless, state_of, text};
 use scripts::Scripts;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Handle on the muster keyspace of one Redis.
+/// Handle on the muster keyspace of one Redis (a server, a Cluster or the primary of a
+/// Sentinel set: [`connection`]).
 #[derive(Clone)]
 pub struct Store {
     /// The key schema.
     pub keys: Keys,
-    conn: ConnectionManager,
+    conn: Conn,
     /// For scripts over thousands of tasks (a 10,000-task submission): ten times the
     /// timeout, so a busy Redis does not turn a long script into a 503.
-    bulk: ConnectionManager,
-    client: redis::Client,
+    bulk: Conn,
+    backend: Arc<connection::Backend>,
     scripts: Arc<Scripts>,
     timeout: Duration,
 }
@@ -66,51 +68,89 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("ns", &self.keys.ns())
+            .field("redis", &self.backend.target.describe())
             .finish()
     }
 }
 
 impl Store {
-    /// Connects, with every command bounded by `timeout` (past it: [`StoreError::Unavailable`]).
+    /// Connects to one server at `url`, with every command bounded by `timeout` (past
+    /// it: [`StoreError::Unavailable`]).
     ///
     /// # Errors
     /// A bad URL or an unreachable Redis.
     pub async fn connect(url: &str, namespace: &str, timeout: Duration) -> Result<Store> {
-        let client = redis::Client::open(url).map_err(StoreError::Redis)?;
-        let cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_with_config(client.clone(), cfg.clone()).await?;
-        let bulk = ConnectionManager::new_with_config(
-            client.clone(),
-            cfg.set_response_timeout(Some(timeout * 10)),
-        )
-        .await?;
+        Store::connect_to(&RedisTarget::Standalone(url.to_string()), namespace, timeout).await
+    }
+
+    /// Connects to `target` (a server, a Cluster or Sentinels), with every command
+    /// bounded by `timeout`.
+    ///
+    /// # Errors
+    /// A bad URL or an unreachable Redis.
+    pub async fn connect_to(
+        target: &RedisTarget,
+        namespace: &str,
+        timeout: Duration,
+    ) -> Result<Store> {
+        let t = connection::Timeouts {
+            response: timeout,
+            connect: timeout,
+        };
+        let (backend, conn, bulk) = connection::Backend::connect(target, t, timeout * 10).await?;
         Ok(Store {
             keys: Keys::new(namespace),
             conn,
             bulk,
-            client,
+            backend: Arc::new(backend),
             scripts: Arc::new(Scripts::new()),
             timeout,
         })
     }
 
-    /// The underlying client (for pub/sub connections).
-    pub fn client(&self) -> &redis::Client {
-        &self.client
+    /// This store with every script call waiting for `n` replicas (`WAIT n`, up to the
+    /// command timeout); 0 waits for none.
+    pub fn with_replica_acks(mut self, n: u32) -> Store {
+        self.conn = self.conn.with_acks(n, self.timeout);
+        self.bulk = self.bulk.with_acks(n, self.timeout * 10);
+        self
+    }
+
+    /// Where this store's Redis is.
+    pub fn target(&self) -> &RedisTarget {
+        &self.backend.target
+    }
+
+    /// Whether the keyspace is on a Redis Cluster (commands over several queues are
+    /// split per slot).
+    pub fn is_cluster(&self) -> bool {
+        self.backend.target.is_cluster()
+    }
+
+    /// A pub/sub connection of its own.
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn pubsub(&self) -> Result<redis::aio::PubSub> {
+        self.backend.pubsub().await
+    }
+
+    /// A connection of its own (for blocking commands), answers awaited up to `response`.
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn own_connection(&self, response: Duration) -> Result<Conn> {
+        self.backend.own(response).await
     }
 
     /// A clone of the shared multiplexed connection.
-    pub fn conn(&self) -> ConnectionManager {
+    pub fn conn(&self) -> Conn {
         self.conn.clone()
     }
 
     /// The connection for a call touching `n` tasks: the bulk one (longer timeout)
     /// past a few hundred.
-    pub(crate) fn conn_for(&self, n: usize) -> ConnectionManager {
+    pub(crate) fn conn_for(&self, n: usize) -> Conn {
         if n > 200 {
             self.bulk.clone()
         } else {

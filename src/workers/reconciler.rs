@@ -167,9 +167,9 @@ impl Reconciler {
         let mut backoff = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
             let sub = async {
-                let mut ps = this.store.client().get_async_pubsub().await?;
+                let mut ps = this.store.pubsub().await?;
                 ps.subscribe(&channel).await?;
-                Ok::<_, redis::RedisError>(ps)
+                Ok::<_, crate::store::StoreError>(ps)
             };
             let ps = tokio::select! {
                 _ = shutdown.cancelled() => break,

@@ -3,7 +3,7 @@
 //! nodes registered by hand ([`register_node`]).
 
 use super::http::Http;
-use super::{ADMIN_TOKEN, HEARTBEAT_MS, REAPER_MS, e2e_redis, unique_ns};
+use super::{ADMIN_TOKEN, HEARTBEAT_MS, REAPER_MS, e2e_target, unique_ns};
 use std::time::{Duration, Instant};
 
 /// An in-process control plane (`Application`) on `127.0.0.1:0`, stopped on drop.
@@ -35,15 +35,39 @@ impl TestApp {
     }
 }
 
-/// Starts a control plane on [`e2e_redis`] under a fresh namespace, with short
-/// timers (heartbeat 500 ms, reaper 250 ms).
+/// Starts a control plane on [`e2e_target`] (the shared server, or the shared Cluster)
+/// under a fresh namespace, with short timers (heartbeat 500 ms, reaper 250 ms).
 pub async fn spawn_app() -> TestApp {
-    spawn_app_on(&e2e_redis().url(), &unique_ns()).await
+    spawn_app_target(e2e_target(), &unique_ns(), 0).await
 }
 
 /// Starts a control plane on `redis_url` under `ns`.
 pub async fn spawn_app_on(redis_url: &str, ns: &str) -> TestApp {
+    spawn_app_target(
+        muster::store::RedisTarget::Standalone(redis_url.to_string()),
+        ns,
+        0,
+    )
+    .await
+}
+
+/// Starts a control plane on `target` under `ns`, its writes waiting for
+/// `replica_acks` replicas.
+pub async fn spawn_app_target(
+    target: muster::store::RedisTarget,
+    ns: &str,
+    replica_acks: u32,
+) -> TestApp {
+    let redis_url = match &target {
+        muster::store::RedisTarget::Standalone(u) => u.clone(),
+        other => other.describe(),
+    };
+    let redis_url = redis_url.as_str();
     let mut cfg = muster::config::Config::new("127.0.0.1:0", redis_url);
+    if !matches!(target, muster::store::RedisTarget::Standalone(_)) {
+        cfg.redis_target = Some(target);
+    }
+    cfg.replica_acks = replica_acks;
     cfg.namespace = ns.to_string();
     cfg.admin_token = Some(ADMIN_TOKEN.to_string());
     cfg.heartbeat_interval = Duration::from_millis(HEARTBEAT_MS);

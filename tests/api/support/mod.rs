@@ -7,6 +7,7 @@ pub mod app;
 pub mod events;
 pub mod http;
 pub mod procs;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod wait;
 
@@ -14,6 +15,7 @@ pub use app::*;
 pub use events::*;
 pub use http::*;
 pub use procs::*;
+pub use redis_cluster::*;
 pub use redis_server::*;
 pub use wait::*;
 
@@ -50,12 +52,21 @@ pub async fn store_on(redis_url: &str, ns: &str) -> muster::store::Store {
         .expect("store connects")
 }
 
-/// A store on the shared Redis under a fresh namespace, prepared.
+/// The Redis the end-to-end suites run on: the shared server, or the shared Cluster
+/// under `MUSTER_TEST_BACKEND=cluster` ([`on_cluster`]).
+pub fn e2e_target() -> muster::store::RedisTarget {
+    if on_cluster() {
+        shared_cluster().target()
+    } else {
+        muster::store::RedisTarget::Standalone(e2e_redis().url())
+    }
+}
+
+/// A store on the shared Redis (or Cluster) under a fresh namespace, prepared.
 pub async fn store() -> muster::store::Store {
-    let s =
-        muster::store::Store::connect(&shared_redis().url(), &unique_ns(), Duration::from_secs(2))
-            .await
-            .expect("connect");
+    let s = muster::store::Store::connect_to(&e2e_target(), &unique_ns(), Duration::from_secs(2))
+        .await
+        .expect("connect");
     s.prepare().await.expect("prepare");
     s
 }

@@ -1,0 +1,763 @@
+//! How muster reaches Redis: one server ([`RedisTarget::Standalone`]), a Redis Cluster
+//! from seed nodes ([`RedisTarget::Cluster`], redis-rs' cluster-async: slots, `MOVED`
+//! and `ASK` are followed by it), or the primary a set of Sentinels names
+//! ([`RedisTarget::Sentinel`], re-asked after a connection error or a `READONLY`
+//! answer, so a failover is followed without a restart).
+//!
+//! [`Conn`] is the one connection type the store uses; it hides the three. A pipeline
+//! whose commands fall in several Cluster slots (one command per queue, say) is split
+//! by hash tag into one pipeline per tag, sent at once, and its answers put back in
+//! order: the store's code is the same on all three.
+//!
+//! Users and passwords come in the URLs (`redis://user:pass@host:port`), TLS with
+//! `rediss://`. Behind Sentinels the primary is reached with the user, password and
+//! TLS of the first Sentinel URL.
+
+use super::{Result, StoreError};
+use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// Where the keyspace lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One server (`redis://` or `rediss://`).
+    Standalone(String),
+    /// A Redis Cluster, reached through any of these seed nodes.
+    Cluster(Vec<String>),
+    /// The primary that these Sentinels name `master`.
+    Sentinel {
+        /// Sentinel URLs (`redis://host:26379`).
+        sentinels: Vec<String>,
+        /// The monitored primary's name (`sentinel monitor <name> …`).
+        master: String,
+    },
+}
+
+impl RedisTarget {
+    /// Splits a comma-separated URL list (`--redis-cluster a,b,c`), dropping blanks.
+    pub fn list(urls: &str) -> Vec<String> {
+        urls.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Checks every URL parses and a list is not empty.
+    ///
+    /// # Errors
+    /// A one-line message naming the bad URL.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let urls: Vec<&String> = match self {
+            RedisTarget::Standalone(u) => vec![u],
+            RedisTarget::Cluster(us) | RedisTarget::Sentinel { sentinels: us, .. } => {
+                us.iter().collect()
+            }
+        };
+        if urls.is_empty() {
+            return Err("no Redis URL given: name at least one seed node".into());
+        }
+        for u in urls {
+            u.as_str()
+                .into_connection_info()
+                .map_err(|e| format!("bad Redis URL '{}': {e}", redact(u)))?;
+        }
+        if let RedisTarget::Sentinel { master, .. } = self
+            && master.trim().is_empty()
+        {
+            return Err("--sentinel-master is required with --redis-sentinel".into());
+        }
+        Ok(())
+    }
+
+    /// Human description without passwords, for logs and errors.
+    pub fn describe(&self) -> String {
+        match self {
+            RedisTarget::Standalone(u) => redact(u),
+            RedisTarget::Cluster(us) => format!(
+                "redis cluster via {}",
+                us.iter().map(|u| redact(u)).collect::<Vec<_>>().join(",")
+            ),
+            RedisTarget::Sentinel { sentinels, master } => format!(
+                "redis primary '{master}' via sentinels {}",
+                sentinels
+                    .iter()
+                    .map(|u| redact(u))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        }
+    }
+
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, RedisTarget::Cluster(_))
+    }
+}
+
+/// A URL with its password (or a lone credential) replaced by `<redacted>`.
+pub fn redact(url: &str) -> String {
+    const REDACTED: &str = "<redacted>";
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    let user = match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{user}:{REDACTED}"),
+        None => REDACTED.to_string(),
+    };
+    format!("{scheme}://{user}{}", &rest[at..])
+}
+
+/// Timeouts for every connection of a store.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    pub response: Duration,
+    pub connect: Duration,
+}
+
+/// The store's connection: cheap to clone, multiplexed, reconnecting. With
+/// `replica_acks` > 0 every script call (every task transition) is followed, on the
+/// same connection and so the same primary, by `WAIT replica_acks`: its answer comes
+/// only once that many replicas have the write; fewer in time is an error
+/// ([`StoreError::Unavailable`], a 503: the write may or may not survive a failover).
+#[derive(Clone)]
+pub struct Conn {
+    link: Link,
+    acks: u32,
+    ack_timeout_ms: u64,
+}
+
+#[derive(Clone)]
+enum Link {
+    /// One server, through redis-rs' reconnecting manager.
+    Single(ConnectionManager),
+    /// A Redis Cluster.
+    Cluster(ClusterConnection),
+    /// The primary named by Sentinels.
+    Sentinel(Arc<SentinelConn>),
+    /// A plain connection of its own (blocking reads).
+    Plain(MultiplexedConnection),
+}
+
+impl Conn {
+    fn new(link: Link) -> Conn {
+        Conn {
+            link,
+            acks: 0,
+            ack_timeout_ms: 0,
+        }
+    }
+
+    /// This connection, its script calls waiting for `n` replicas (up to `timeout`).
+    pub(crate) fn with_acks(mut self, n: u32, timeout: Duration) -> Conn {
+        self.acks = n;
+        self.ack_timeout_ms = timeout.as_millis().max(1) as u64;
+        self
+    }
+
+    /// Whether this is a Cluster connection.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.link, Link::Cluster(_))
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        if self.acks > 0 && is_script(cmd) {
+            let (acks, timeout) = (self.acks, self.ack_timeout_ms);
+            let mut link = self.link.clone();
+            return Box::pin(async move {
+                let mut p = redis::pipe();
+                p.add_command(cmd.clone());
+                p.cmd("WAIT").arg(acks).arg(timeout);
+                let mut vals = link.req_packed_commands(&p, 0, 2).await?.into_iter();
+                let reply = vals.next().unwrap_or(Value::Nil);
+                if let Value::ServerError(e) = reply {
+                    return Err(e.into());
+                }
+                let got: i64 = match vals.next() {
+                    Some(Value::Int(n)) => n,
+                    Some(Value::ServerError(e)) => return Err(e.into()),
+                    _ => 0,
+                };
+                if got < i64::from(acks) {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "not replicated",
+                        format!("{got} of {acks} replicas acknowledged the write within {timeout} ms"),
+                    )));
+                }
+                Ok(reply)
+            });
+        }
+        self.link.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        self.link.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.link.get_db()
+    }
+}
+
+/// `EVAL`/`EVALSHA`: a script call, a write of muster's.
+fn is_script(cmd: &Cmd) -> bool {
+    cmd.args_iter()
+        .next()
+        .is_some_and(|a| matches!(a, redis::Arg::Simple(b) if b.eq_ignore_ascii_case(b"EVALSHA") || b.eq_ignore_ascii_case(b"EVAL")))
+}
+
+impl ConnectionLike for Link {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Link::Single(c) => c.req_packed_command(cmd),
+            Link::Cluster(c) => c.req_packed_command(cmd),
+            Link::Plain(c) => c.req_packed_command(cmd),
+            Link::Sentinel(s) => {
+                let s = s.clone();
+                Box::pin(async move {
+                    let mut c = s.current();
+                    let r = c.req_packed_command(cmd).await;
+                    if let Err(e) = &r {
+                        s.after_error(e);
+                    }
+                    r
+                })
+            }
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Link::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Link::Plain(c) => c.req_packed_commands(pipeline, offset, count),
+            Link::Cluster(c) => {
+                if offset != 0 || single_tag(pipeline) {
+                    // One slot (or an atomic MULTI block, which must stay whole).
+                    c.req_packed_commands(pipeline, offset, count)
+                } else {
+                    let c = c.clone();
+                    Box::pin(split_by_tag(c, pipeline))
+                }
+            }
+            Link::Sentinel(s) => {
+                let s = s.clone();
+                Box::pin(async move {
+                    let mut c = s.current();
+                    let r = c.req_packed_commands(pipeline, offset, count).await;
+                    if let Err(e) = &r {
+                        s.after_error(e);
+                    }
+                    r
+                })
+            }
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Link::Single(c) => c.get_db(),
+            Link::Cluster(_) => 0,
+            Link::Plain(c) => c.get_db(),
+            Link::Sentinel(s) => s.current().get_db(),
+        }
+    }
+}
+
+impl Conn {
+    /// Every key matching `pattern` (SCAN; a key written meanwhile may be missed). On a
+    /// Cluster a pattern with a fixed hash tag (`<ns>:{q}:t:*`) is scanned on the primary
+    /// of that slot, any other on every primary.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn scan_match(&mut self, pattern: &str) -> Result<Vec<String>> {
+        let Link::Cluster(c) = &self.link else {
+            return scan_on(self, pattern, None).await;
+        };
+        let tag = hash_tag(pattern.as_bytes());
+        let fixed = tag.len() < pattern.len() && !tag.iter().any(|b| b"*?[\\".contains(b));
+        if fixed {
+            let route = redis::cluster_routing::Route::with_key(
+                tag,
+                redis::cluster_routing::SlotAddr::Master,
+            );
+            let r = redis::cluster_routing::SingleNodeRoutingInfo::SpecificNode(route);
+            return scan_on(self, pattern, Some(r)).await;
+        }
+        let mut c = c.clone();
+        let nodes: String = c
+            .route_command(
+                redis::cmd("CLUSTER").arg("NODES").clone(),
+                redis::cluster_routing::RoutingInfo::SingleNode(
+                    redis::cluster_routing::SingleNodeRoutingInfo::Random,
+                ),
+            )
+            .await
+            .and_then(|v| redis::from_redis_value(v).map_err(Into::into))?;
+        let mut out = Vec::new();
+        for (host, port) in primaries(&nodes) {
+            let r = redis::cluster_routing::SingleNodeRoutingInfo::ByAddress { host, port };
+            out.extend(scan_on(self, pattern, Some(r)).await?);
+        }
+        Ok(out)
+    }
+}
+
+/// The reachable primaries' addresses in a `CLUSTER NODES` answer.
+fn primaries(nodes: &str) -> Vec<(String, u16)> {
+    nodes
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let flags = f.get(2)?;
+            if !flags.contains("master") || flags.contains("fail") || flags.contains("noaddr") {
+                return None;
+            }
+            let addr = f.get(1)?.split('@').next()?;
+            let (h, p) = addr.rsplit_once(':')?;
+            Some((h.to_string(), p.parse().ok()?))
+        })
+        .collect()
+}
+
+async fn scan_on(
+    c: &mut Conn,
+    pattern: &str,
+    route: Option<redis::cluster_routing::SingleNodeRoutingInfo>,
+) -> Result<Vec<String>> {
+    let mut cursor: u64 = 0;
+    let mut out = Vec::new();
+    loop {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
+        let v: Value = match (&route, &mut c.link) {
+            (Some(r), Link::Cluster(cc)) => {
+                cc.route_command(
+                    cmd,
+                    redis::cluster_routing::RoutingInfo::SingleNode(r.clone()),
+                )
+                .await?
+            }
+            _ => cmd.query_async(&mut *c).await?,
+        };
+        let (next, keys): (u64, Vec<String>) = redis::from_redis_value(v)?;
+        out.extend(keys);
+        if next == 0 {
+            return Ok(out);
+        }
+        cursor = next;
+    }
+}
+
+/// The part of `key` Redis Cluster hashes: the first non-empty `{…}`, else all of it.
+fn hash_tag(key: &[u8]) -> &[u8] {
+    if let Some(open) = key.iter().position(|&b| b == b'{')
+        && let Some(len) = key[open + 1..].iter().position(|&b| b == b'}')
+        && len > 0
+    {
+        return &key[open + 1..open + 1 + len];
+    }
+    key
+}
+
+/// The hash tag of a command's first key, as far as muster's commands go: `EVAL`/
+/// `EVALSHA` name it after the key count, `XREAD` after `STREAMS`, the rest first.
+/// `None` for a command without a key (it may go anywhere).
+fn cmd_tag(cmd: &Cmd) -> Option<Vec<u8>> {
+    let args: Vec<&[u8]> = cmd
+        .args_iter()
+        .filter_map(|a| match a {
+            redis::Arg::Simple(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    let name = args.first()?.to_ascii_uppercase();
+    let key = match name.as_slice() {
+        b"EVAL" | b"EVALSHA" | b"EVAL_RO" | b"EVALSHA_RO" | b"FCALL" => {
+            let n: usize = std::str::from_utf8(args.get(2)?).ok()?.parse().ok()?;
+            if n == 0 {
+                return None;
+            }
+            args.get(3)?
+        }
+        b"XREAD" | b"XREADGROUP" => {
+            let at = args
+                .iter()
+                .position(|a| a.eq_ignore_ascii_case(b"STREAMS"))?;
+            args.get(at + 1)?
+        }
+        b"PING" | b"TIME" | b"INFO" | b"SCRIPT" | b"CONFIG" | b"PUBLISH" | b"MULTI"
+        | b"EXEC" | b"WAIT" => return None,
+        _ => args.get(1)?,
+    };
+    Some(hash_tag(key).to_vec())
+}
+
+/// Whether every keyed command of `pipeline` shares one hash tag (or it is atomic).
+fn single_tag(pipeline: &Pipeline) -> bool {
+    let mut seen: Option<Vec<u8>> = None;
+    for cmd in pipeline.cmd_iter() {
+        match (cmd_tag(cmd), &seen) {
+            (None, _) => {}
+            (Some(t), None) => seen = Some(t),
+            (Some(t), Some(s)) if &t == s => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Runs a non-atomic pipeline over several slots: one sub-pipeline per hash tag, all
+/// at once, the answers put back in the pipeline's order. (A keyless command joins the
+/// first group.) An error inside one command comes back in its place, as it would from
+/// one server; a failed sub-pipeline fails the whole.
+async fn split_by_tag(c: ClusterConnection, pipeline: &Pipeline) -> redis::RedisResult<Vec<Value>> {
+    let mut groups: Vec<(Option<Vec<u8>>, Vec<usize>)> = Vec::new();
+    let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
+    for (i, cmd) in pipeline.cmd_iter().enumerate() {
+        match cmd_tag(cmd) {
+            Some(t) => {
+                let g = *index.entry(t.clone()).or_insert_with(|| {
+                    groups.push((Some(t), Vec::new()));
+                    groups.len() - 1
+                });
+                groups[g].1.push(i);
+            }
+            None => {
+                if groups.is_empty() {
+                    groups.push((None, Vec::new()));
+                }
+                groups[0].1.push(i);
+            }
+        }
+    }
+    let cmds: Vec<&Cmd> = pipeline.cmd_iter().collect();
+    let runs = groups.iter().map(|(_, members)| {
+        let mut c = c.clone();
+        let mut p = redis::pipe();
+        for &i in members {
+            p.add_command(cmds[i].clone());
+        }
+        async move {
+            let n = members.len();
+            c.req_packed_commands(&p, 0, n).await
+        }
+    });
+    let answers = futures::future::try_join_all(runs).await?;
+    let mut out: Vec<Option<Value>> = vec![None; cmds.len()];
+    for ((_, members), vals) in groups.iter().zip(answers) {
+        for (&i, v) in members.iter().zip(vals) {
+            out[i] = Some(v);
+        }
+    }
+    Ok(out.into_iter().map(|v| v.unwrap_or(Value::Nil)).collect())
+}
+
+/// The primary behind Sentinels: a reconnecting connection to the address they name,
+/// replaced when a command fails in a way that says the primary moved.
+pub struct SentinelConn {
+    sentinel: tokio::sync::Mutex<SentinelClient>,
+    current: RwLock<(ConnectionManager, redis::Client)>,
+    refreshing: AtomicBool,
+    timeouts: Timeouts,
+    this: std::sync::Weak<SentinelConn>,
+}
+
+impl SentinelConn {
+    fn current(&self) -> ConnectionManager {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
+    }
+
+    fn client(&self) -> redis::Client {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .clone()
+    }
+
+    /// After a failed command: a lost connection or a `READONLY` primary (demoted) means
+    /// the Sentinels may name another one; ask them in the background (once at a time).
+    fn after_error(&self, e: &redis::RedisError) {
+        let moved = e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_timeout()
+            || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+            || e.to_string().contains("READONLY");
+        if !moved || self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(this) = self.this.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            match this.resolve().await {
+                Ok((m, c)) => {
+                    let addr = c.get_connection_info().addr().to_string();
+                    *this.current.write().unwrap_or_else(|e| e.into_inner()) = (m, c);
+                    tracing::warn!(primary = %addr, "sentinel: connected to the primary");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "sentinel: no primary reachable yet; retrying on the next error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            this.refreshing.store(false, Ordering::Release);
+        });
+    }
+
+    async fn resolve(&self) -> Result<(ConnectionManager, redis::Client)> {
+        let client = {
+            let mut s = self.sentinel.lock().await;
+            tokio::time::timeout(self.timeouts.connect * 2, s.async_get_client())
+                .await
+                .map_err(|_| StoreError::timed_out("asking the sentinels for the primary"))??
+        };
+        let m = manager(client.clone(), self.timeouts, self.timeouts.response).await?;
+        Ok((m, client))
+    }
+}
+
+async fn manager(
+    client: redis::Client,
+    t: Timeouts,
+    response: Duration,
+) -> Result<ConnectionManager> {
+    let cfg = redis::aio::ConnectionManagerConfig::new()
+        .set_response_timeout(Some(response))
+        .set_connection_timeout(Some(t.connect))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    Ok(ConnectionManager::new_with_config(client, cfg).await?)
+}
+
+/// What a store holds to make connections: the shared ones and new ones of its own
+/// (pub/sub, blocking reads).
+pub(crate) struct Backend {
+    pub target: RedisTarget,
+    timeouts: Timeouts,
+    /// Standalone: the client; Cluster: one client per seed node (pub/sub on any node
+    /// sees every message); Sentinel: unused (the current primary's is asked for).
+    clients: Vec<redis::Client>,
+    sentinel: Option<Arc<SentinelConn>>,
+}
+
+impl Backend {
+    /// Connects to `target`: returns the backend and the shared connections (normal and
+    /// bulk, the latter with `bulk_timeout`).
+    pub async fn connect(
+        target: &RedisTarget,
+        t: Timeouts,
+        bulk_timeout: Duration,
+    ) -> Result<(Backend, Conn, Conn)> {
+        target.validate().map_err(StoreError::Unfit)?;
+        match target {
+            RedisTarget::Standalone(url) => {
+                let client = redis::Client::open(url.as_str())?;
+                let conn = manager(client.clone(), t, t.response).await?;
+                let bulk = manager(client.clone(), t, bulk_timeout).await?;
+                Ok((
+                    Backend {
+                        target: target.clone(),
+                        timeouts: t,
+                        clients: vec![client],
+                        sentinel: None,
+                    },
+                    Conn::new(Link::Single(conn)),
+                    Conn::new(Link::Single(bulk)),
+                ))
+            }
+            RedisTarget::Cluster(seeds) => {
+                let clients = seeds
+                    .iter()
+                    .map(|u| redis::Client::open(u.as_str()))
+                    .collect::<redis::RedisResult<Vec<_>>>()?;
+                let build = |response: Duration| {
+                    redis::cluster::ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+                        .connection_timeout(t.connect)
+                        .response_timeout(response)
+                        .retries(3)
+                        .build()
+                };
+                let conn = build(t.response)?.get_async_connection().await?;
+                let bulk = build(bulk_timeout)?.get_async_connection().await?;
+                Ok((
+                    Backend {
+                        target: target.clone(),
+                        timeouts: t,
+                        clients,
+                        sentinel: None,
+                    },
+                    Conn::new(Link::Cluster(conn)),
+                    Conn::new(Link::Cluster(bulk)),
+                ))
+            }
+            RedisTarget::Sentinel { sentinels, master } => {
+                let first = sentinels[0].as_str().into_connection_info()?;
+                let mut node = SentinelNodeConnectionInfo::default()
+                    .set_redis_connection_info(first.redis_settings().clone());
+                if let redis::ConnectionAddr::TcpTls { insecure, .. } = first.addr() {
+                    node = node.set_tls_mode(if *insecure {
+                        redis::TlsMode::Insecure
+                    } else {
+                        redis::TlsMode::Secure
+                    });
+                }
+                let sc = SentinelClient::build(
+                    sentinels.iter().map(String::as_str).collect(),
+                    master.clone(),
+                    Some(node),
+                    SentinelServerType::Master,
+                )?;
+                let make = |sc: SentinelClient, response: Duration| async move {
+                    let mut sc = sc;
+                    let client = tokio::time::timeout(t.connect * 2, sc.async_get_client())
+                        .await
+                        .map_err(|_| StoreError::timed_out("asking the sentinels for the primary"))??;
+                    let m = manager(client.clone(), t, response).await?;
+                    Ok::<_, StoreError>(Arc::new_cyclic(|this| SentinelConn {
+                        sentinel: tokio::sync::Mutex::new(sc),
+                        current: RwLock::new((m, client)),
+                        refreshing: AtomicBool::new(false),
+                        timeouts: Timeouts { response, ..t },
+                        this: this.clone(),
+                    }))
+                };
+                let again = || {
+                    SentinelClient::build(
+                        sentinels.iter().map(String::as_str).collect(),
+                        master.clone(),
+                        Some(
+                            SentinelNodeConnectionInfo::default()
+                                .set_redis_connection_info(first.redis_settings().clone()),
+                        ),
+                        SentinelServerType::Master,
+                    )
+                };
+                let conn = make(sc, t.response).await?;
+                let bulk = make(again()?, bulk_timeout).await?;
+                Ok((
+                    Backend {
+                        target: target.clone(),
+                        timeouts: t,
+                        clients: Vec::new(),
+                        sentinel: Some(conn.clone()),
+                    },
+                    Conn::new(Link::Sentinel(conn)),
+                    Conn::new(Link::Sentinel(bulk)),
+                ))
+            }
+        }
+    }
+
+    /// A client for a connection of its own: the server, the Sentinels' current
+    /// primary, or (Cluster) the first seed node that answers.
+    pub async fn client(&self) -> Result<redis::Client> {
+        if let Some(s) = &self.sentinel {
+            return Ok(s.client());
+        }
+        let mut last = None;
+        for c in &self.clients {
+            match tokio::time::timeout(self.timeouts.connect, c.get_multiplexed_async_connection())
+                .await
+            {
+                Ok(Ok(_)) => return Ok(c.clone()),
+                Ok(Err(e)) => last = Some(StoreError::Redis(e)),
+                Err(_) => last = Some(StoreError::timed_out("connecting to redis")),
+            }
+        }
+        Err(last.unwrap_or_else(|| StoreError::timed_out("no redis node to connect to")))
+    }
+
+    /// A pub/sub connection. On a Cluster, classic `PUBLISH` reaches every node, so
+    /// any one will do; when it dies the subscriber reconnects to another.
+    pub async fn pubsub(&self) -> Result<redis::aio::PubSub> {
+        Ok(self.client().await?.get_async_pubsub().await?)
+    }
+
+    /// A plain connection of its own, for a blocking command.
+    pub async fn own(&self, response: Duration) -> Result<Conn> {
+        let cfg = redis::AsyncConnectionConfig::new().set_response_timeout(Some(response));
+        Ok(Conn::new(Link::Plain(
+            self.client()
+                .await?
+                .get_multiplexed_async_connection_with_config(&cfg)
+                .await?,
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_tags_follow_redis_cluster_rules() {
+        assert_eq!(hash_tag(b"muster:{q1}:t:x"), b"q1");
+        assert_eq!(hash_tag(b"muster:queues"), b"muster:queues");
+        assert_eq!(hash_tag(b"a{}b{c}"), b"a{}b{c}");
+        assert_eq!(hash_tag(b"{~nodes}:all"), b"~nodes");
+    }
+
+    #[test]
+    fn command_tags_name_the_first_key() {
+        let mut e = redis::cmd("EVALSHA");
+        e.arg("abc").arg(1).arg("muster:{q}:").arg("x");
+        assert_eq!(cmd_tag(&e).as_deref(), Some(&b"q"[..]));
+        let mut x = redis::cmd("XREAD");
+        x.arg("COUNT").arg(5).arg("STREAMS").arg("m:{a}:events").arg("0");
+        assert_eq!(cmd_tag(&x).as_deref(), Some(&b"a"[..]));
+        let mut h = redis::cmd("HGET");
+        h.arg("m:{z}:t:1").arg("state");
+        assert_eq!(cmd_tag(&h).as_deref(), Some(&b"z"[..]));
+        assert_eq!(cmd_tag(&redis::cmd("PING")), None);
+        let mut p = redis::pipe();
+        p.cmd("HGET").arg("m:{a}:x").arg("f");
+        p.cmd("HGET").arg("m:{a}:y").arg("f");
+        assert!(single_tag(&p));
+        p.cmd("HGET").arg("m:{b}:y").arg("f");
+        assert!(!single_tag(&p));
+    }
+
+    #[test]
+    fn bad_targets_are_refused() {
+        assert!(
+            RedisTarget::Sentinel {
+                sentinels: vec!["redis://h:26379".into()],
+                master: " ".into()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(RedisTarget::Cluster(vec![]).validate().is_err());
+        assert!(RedisTarget::Standalone("nope://x".into()).validate().is_err());
+    }
+}

@@ -1,0 +1,390 @@
+//! Real Redis Clusters and Sentinel sets for tests: [`TestCluster`] (`redis-server
+//! --cluster-enabled yes` nodes joined by `redis-cli --cluster create`), [`shared_cluster`]
+//! (the one a test binary shares, for the suites run with `MUSTER_TEST_BACKEND=cluster`)
+//! and [`TestSentinels`] (a primary, its replica and three `redis-server --sentinel`).
+//! Every node is a child process that a test may kill -9.
+
+use super::redis_server::free_port;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Which Redis the end-to-end suites run on: `MUSTER_TEST_BACKEND=cluster` puts them
+/// on [`shared_cluster`] (3 primaries, 3 replicas); anything else on one server.
+pub fn on_cluster() -> bool {
+    std::env::var("MUSTER_TEST_BACKEND").is_ok_and(|v| v == "cluster")
+}
+
+/// One redis-server of a test topology.
+pub struct Node {
+    child: Option<Child>,
+    /// Its port.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn start(extra: &[String]) -> Node {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--dir", &dir.path().display().to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (apt-get install redis-server)");
+        wait_ping(port);
+        Node {
+            child: Some(child),
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// kill -9 (and reap).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether it was killed.
+    pub fn killed(&self) -> bool {
+        self.child.is_none()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn wait_ping(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("url");
+    while Instant::now() < deadline {
+        if let Ok(mut c) = client.get_connection()
+            && redis::cmd("PING").query::<String>(&mut c).is_ok()
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("redis-server did not answer PING on port {port}");
+}
+
+/// `redis-cli -p <port> <args…>` (its stdout).
+pub fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli on PATH");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A Redis Cluster of `primaries` primaries with `replicas` replicas each.
+pub struct TestCluster {
+    /// Every node (primaries first as created; roles change on failover).
+    pub nodes: Vec<Node>,
+}
+
+impl TestCluster {
+    /// Starts the nodes and joins them with `redis-cli --cluster create`; returns once
+    /// every node reports `cluster_state:ok`.
+    pub fn start(primaries: usize, replicas: usize) -> TestCluster {
+        let extra: Vec<String> = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "1500",
+            "--appendonly",
+            "no",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let nodes: Vec<Node> = (0..primaries * (1 + replicas))
+            .map(|_| Node::start(&extra))
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .output()
+            .expect("redis-cli on PATH");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let c = TestCluster { nodes };
+        c.wait_ok(Duration::from_secs(30));
+        c
+    }
+
+    /// Waits until every live node says `cluster_state:ok` and knows every slot.
+    pub fn wait_ok(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let ok = self.nodes.iter().filter(|n| !n.killed()).all(|n| {
+                let info = cli(n.port, &["cluster", "info"]);
+                info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
+            });
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the cluster did not become ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Seed URLs, comma-separated (`--redis-cluster`).
+    pub fn seeds(&self) -> String {
+        self.nodes
+            .iter()
+            .filter(|n| !n.killed())
+            .map(Node::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The muster target of this cluster.
+    pub fn target(&self) -> muster::store::RedisTarget {
+        muster::store::RedisTarget::Cluster(
+            self.nodes.iter().map(Node::url).collect(),
+        )
+    }
+
+    /// The index of the node serving `key`'s slot as primary.
+    pub fn primary_of(&self, key: &str) -> usize {
+        let live = self.nodes.iter().find(|n| !n.killed()).expect("a live node");
+        let slot: u16 = cli(live.port, &["cluster", "keyslot", key])
+            .trim()
+            .parse()
+            .expect("a slot");
+        let shards = cli(live.port, &["cluster", "nodes"]);
+        for line in shards.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+                continue;
+            }
+            let port: u16 = f[1]
+                .split('@')
+                .next()
+                .and_then(|a| a.rsplit_once(':'))
+                .and_then(|(_, p)| p.parse().ok())
+                .expect("a port");
+            let serves = f[8..].iter().any(|r| match r.split_once('-') {
+                Some((a, b)) => {
+                    let (a, b): (u16, u16) = (a.parse().unwrap_or(1), b.parse().unwrap_or(0));
+                    (a..=b).contains(&slot)
+                }
+                None => r.parse::<u16>().ok() == Some(slot),
+            });
+            if serves {
+                return self
+                    .nodes
+                    .iter()
+                    .position(|n| n.port == port)
+                    .expect("a known node");
+            }
+        }
+        panic!("no primary serves slot {slot}");
+    }
+
+    /// Ports of the live primaries.
+    pub fn primaries(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|n| !n.killed())
+            .filter(|n| cli(n.port, &["role"]).starts_with("master"))
+            .map(|n| n.port)
+            .collect()
+    }
+}
+
+/// The Cluster the end-to-end suites share under `MUSTER_TEST_BACKEND=cluster` (one
+/// per test binary, gone with it: see [`WatchedCluster`]).
+pub fn shared_cluster() -> &'static WatchedCluster {
+    static C: OnceLock<WatchedCluster> = OnceLock::new();
+    C.get_or_init(WatchedCluster::start)
+}
+
+/// A 3-primary/3-replica cluster run under one `sh` that kills every node when its
+/// stdin (a pipe this test binary holds) closes, so it cannot outlive the binary.
+pub struct WatchedCluster {
+    _sh: Child,
+    ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl WatchedCluster {
+    fn start() -> WatchedCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+        let mut script = String::new();
+        for p in &ports {
+            let d = dir.path().join(p.to_string());
+            std::fs::create_dir_all(&d).expect("node dir");
+            script.push_str(&format!(
+                "redis-server --port {p} --bind 127.0.0.1 --dir {} --save '' --appendonly no \
+                 --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 1500 & \
+                 pids=\"$pids $!\"; ",
+                d.display()
+            ));
+        }
+        script.push_str("read -r _; kill -9 $pids; wait");
+        let sh = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sh and redis-server on PATH");
+        for p in &ports {
+            wait_ping(*p);
+        }
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli on PATH");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ports.iter().all(|p| {
+            let i = cli(*p, &["cluster", "info"]);
+            i.contains("cluster_state:ok") && i.contains("cluster_slots_ok:16384")
+        }) {
+            assert!(Instant::now() < deadline, "the shared cluster did not become ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        WatchedCluster {
+            _sh: sh,
+            ports,
+            _dir: dir,
+        }
+    }
+
+    /// The muster target.
+    pub fn target(&self) -> muster::store::RedisTarget {
+        muster::store::RedisTarget::Cluster(
+            self.ports
+                .iter()
+                .map(|p| format!("redis://127.0.0.1:{p}"))
+                .collect(),
+        )
+    }
+
+    /// Seed URLs, comma-separated (`--redis-cluster`).
+    pub fn seeds(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// A primary, one replica and three Sentinels watching it under the name `mymaster`.
+pub struct TestSentinels {
+    /// The primary as started (index 0) and its replica (index 1).
+    pub data: Vec<Node>,
+    /// The Sentinels.
+    pub sentinels: Vec<Node>,
+}
+
+impl TestSentinels {
+    /// Starts them and waits until every Sentinel knows the replica.
+    pub fn start() -> TestSentinels {
+        let primary = Node::start(&[]);
+        let replica = Node::start(&[
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            primary.port.to_string(),
+        ]);
+        let mut sentinels = Vec::new();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let port = free_port();
+            let conf = dir.path().join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {}\n\
+                     sentinel monitor mymaster 127.0.0.1 {} 2\n\
+                     sentinel down-after-milliseconds mymaster 1000\n\
+                     sentinel failover-timeout mymaster 5000\n\
+                     sentinel parallel-syncs mymaster 1\n",
+                    dir.path().display(),
+                    primary.port
+                ),
+            )
+            .expect("sentinel.conf");
+            let child = Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server on PATH");
+            wait_ping(port);
+            sentinels.push(Node {
+                child: Some(child),
+                port,
+                _dir: dir,
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !sentinels.iter().all(|s| {
+            let r = cli(s.port, &["sentinel", "replicas", "mymaster"]);
+            r.contains(&replica.port.to_string())
+        }) {
+            assert!(Instant::now() < deadline, "sentinels never saw the replica");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        TestSentinels {
+            data: vec![primary, replica],
+            sentinels,
+        }
+    }
+
+    /// The muster target.
+    pub fn target(&self) -> muster::store::RedisTarget {
+        muster::store::RedisTarget::Sentinel {
+            sentinels: self.sentinels.iter().map(Node::url).collect(),
+            master: "mymaster".into(),
+        }
+    }
+
+    /// The port the Sentinels name as primary now.
+    pub fn primary_port(&self) -> Option<u16> {
+        let s = self.sentinels.iter().find(|s| !s.killed())?;
+        let out = cli(s.port, &["sentinel", "get-master-addr-by-name", "mymaster"]);
+        out.lines().nth(1)?.trim().parse().ok()
+    }
+}
