@@ -403,7 +403,7 @@ async fn unique_key_under_50_concurrent_identical_submissions_to_two_serve_proce
     assert_alive(&mut s1.proc);
     assert_alive(&mut s2.proc);
     drop(node);
-    assert_doctor_cli_clean(&e2e_redis().url(), &ns);
+    assert_doctor_cli_clean_e2e(&ns);
 }
 
 // ---------------------------------------------------------------------------------
@@ -608,7 +608,7 @@ async fn concurrency_limit_3_holds_for_200_tasks_on_4_agents_also_while_agents_a
         a.kill9();
     }
     // Killed agents leave their nodes behind; their slots must be gone all the same.
-    assert_doctor_cli_clean(&e2e_redis().url(), &ns);
+    assert_doctor_cli_clean_e2e(&ns);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -832,7 +832,7 @@ async fn queue_rate_limit_50_per_second_starts_500_tasks_in_10_seconds_across_tw
     for a in &mut agents {
         a.kill9();
     }
-    assert_doctor_cli_clean(&e2e_redis().url(), &ns);
+    assert_doctor_cli_clean_e2e(&ns);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -929,7 +929,7 @@ async fn queue_max_running_2_hands_out_two_tasks_until_one_completes_across_two_
     assert_alive(&mut s1.proc);
     assert_alive(&mut s2.proc);
     drop((na, nb));
-    assert_doctor_cli_clean(&e2e_redis().url(), &ns);
+    assert_doctor_cli_clean_e2e(&ns);
 }
 
 // ---------------------------------------------------------------------------------
@@ -1150,7 +1150,7 @@ async fn a_dag_of_1000_tasks_runs_each_task_only_after_its_dependencies_finished
     for a in &mut agents {
         a.kill9();
     }
-    assert_doctor_cli_clean(&e2e_redis().url(), &ns);
+    assert_doctor_cli_clean_e2e(&ns);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1655,7 +1655,7 @@ async fn a_big_batch_filled_in_chunks_completes_and_runs_then_once_with_a_serve_
         a.kill9();
     }
     s1.proc.kill9();
-    assert_doctor_cli_clean(&e2e_redis().url(), &ns);
+    assert_doctor_cli_clean_e2e(&ns);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1907,5 +1907,5 @@ async fn a_batch_with_a_failed_child_reports_failed_runs_then_once_and_pages_eve
     for a in &mut agents {
         a.kill9();
     }
-    assert_doctor_cli_clean(&e2e_redis().url(), &ns);
+    assert_doctor_cli_clean_e2e(&ns);
 }

@@ -215,7 +215,7 @@ async fn a_failing_command_is_retried_with_backoff_and_ends_failed_after_three_a
     assert!(err.contains("doomed"), "error {err:?} should carry stderr");
 
     // Two retries, each after a backoff: equal jitter makes the delays 50..100 ms then 100..200 ms.
-    let mut c = e2e_redis().conn();
+    let mut c = e2e_conn();
     let events: Vec<_> = stream_events(&mut c, &app.ns, "default")
         .into_iter()
         .filter(|e| e.1 == t.id)
@@ -556,7 +556,7 @@ async fn bad_inputs_get_a_problem_with_a_code_and_store_nothing() {
         .api
         .submit(json!({ "kind": "echo", "queue": "idle" }))
         .await;
-    let mut c = e2e_redis().conn();
+    let mut c = e2e_conn();
     let keys_before = ns_keys(&mut c, &app.ns);
     let events_before = stream_events(&mut c, &app.ns, "default").len()
         + stream_events(&mut c, &app.ns, "idle").len();

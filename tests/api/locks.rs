@@ -130,7 +130,7 @@ async fn extend_and_release_with_a_stale_or_wrong_token_change_nothing() {
         "lock_not_held"
     );
     // Nothing changed: still held by `cur`, with its own expiry.
-    let mut conn = crate::support::shared_redis().conn();
+    let mut conn = crate::support::e2e_conn();
     let holder: String = redis::cmd("GET")
         .arg(app.store.keys.lock_holder("db"))
         .query(&mut conn)
@@ -191,7 +191,7 @@ async fn bad_lock_requests_get_4xx_and_store_nothing() {
     }
     let r = app.api.post_raw("/v1/locks/ok", "{not json").await;
     r.problem(400);
-    let mut conn = crate::support::shared_redis().conn();
+    let mut conn = crate::support::e2e_conn();
     let keys = crate::support::ns_keys(&mut conn, &app.ns);
     assert!(
         keys.iter().all(|k| !k.contains("~lock")),

@@ -4,6 +4,7 @@
 //! restarted, exactly one task per tick and none missed.
 
 use crate::support::{
+    e2e_conn,
     ADMIN_TOKEN, Http, ServeProc, assert_doctor_clean, eventually, shared_redis, spawn_app,
     spawn_serve_process, unique_ns,
 };
@@ -287,7 +288,7 @@ async fn manual() -> (muster::store::Store, muster::workers::scheduler::Schedule
 }
 
 fn set_cursor(store: &muster::store::Store, name: &str, cursor: i64) {
-    let mut c = shared_redis().conn();
+    let mut c = e2e_conn();
     let _: () = redis::cmd("HSET")
         .arg(store.keys.schedule(name))
         .arg("cursor")
@@ -361,7 +362,7 @@ async fn a_fire_left_pending_by_a_dead_leader_is_completed_with_its_task_id() {
         .expect("new");
     // A leader recorded the fire, then died before storing the task.
     let id = muster::domain::validate::new_task_id("cron-pending");
-    let mut c = shared_redis().conn();
+    let mut c = e2e_conn();
     let _: () = redis::cmd("HSET")
         .arg(store.keys.schedule("p"))
         .arg("pending")

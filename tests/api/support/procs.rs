@@ -385,6 +385,23 @@ pub fn doctor_cli(redis_url: &str, ns: &str) -> (bool, String) {
     )
 }
 
+/// Asserts `muster doctor` on the end-to-end Redis (server or Cluster) exits 0 for `ns`.
+#[track_caller]
+pub fn assert_doctor_cli_clean_e2e(ns: &str) {
+    let out = Command::new(muster_bin())
+        .arg("doctor")
+        .args(super::e2e_redis_flags())
+        .args(["--namespace", ns])
+        .output()
+        .expect("run muster doctor");
+    assert!(
+        out.status.success(),
+        "muster doctor found violations:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Asserts `muster doctor --redis-url URL --namespace NS` exits 0.
 #[track_caller]
 pub fn assert_doctor_cli_clean(redis_url: &str, ns: &str) {

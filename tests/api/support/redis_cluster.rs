@@ -21,13 +21,33 @@ pub struct Node {
     /// Its port.
     pub port: u16,
     _dir: tempfile::TempDir,
+    args: Vec<String>,
 }
 
 impl Node {
     fn start(extra: &[String]) -> Node {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
-        let child = Command::new("redis-server")
+        let child = Self::spawn(&dir, port, extra);
+        wait_ping(port);
+        Node {
+            child: Some(child),
+            port,
+            _dir: dir,
+            args: extra.to_vec(),
+        }
+    }
+
+    /// Starts a killed node again on its port with its data dir (a Cluster node
+    /// rejoins from its nodes.conf; a Sentinel-watched one is made a replica).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart a killed node only");
+        self.child = Some(Self::spawn(&self._dir, self.port, &self.args));
+        wait_ping(self.port);
+    }
+
+    fn spawn(dir: &tempfile::TempDir, port: u16, extra: &[String]) -> Child {
+        Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--dir", &dir.path().display().to_string()])
             .args(["--save", "", "--appendonly", "no"])
@@ -35,13 +55,7 @@ impl Node {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server on PATH (apt-get install redis-server)");
-        wait_ping(port);
-        Node {
-            child: Some(child),
-            port,
-            _dir: dir,
-        }
+            .expect("redis-server on PATH (apt-get install redis-server)")
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -156,16 +170,6 @@ impl TestCluster {
         }
     }
 
-    /// Seed URLs, comma-separated (`--redis-cluster`).
-    pub fn seeds(&self) -> String {
-        self.nodes
-            .iter()
-            .filter(|n| !n.killed())
-            .map(Node::url)
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
     /// The muster target of this cluster.
     pub fn target(&self) -> muster::store::RedisTarget {
         muster::store::RedisTarget::Cluster(
@@ -208,16 +212,6 @@ impl TestCluster {
             }
         }
         panic!("no primary serves slot {slot}");
-    }
-
-    /// Ports of the live primaries.
-    pub fn primaries(&self) -> Vec<u16> {
-        self.nodes
-            .iter()
-            .filter(|n| !n.killed())
-            .filter(|n| cli(n.port, &["role"]).starts_with("master"))
-            .map(|n| n.port)
-            .collect()
     }
 }
 
@@ -357,6 +351,7 @@ impl TestSentinels {
                 child: Some(child),
                 port,
                 _dir: dir,
+                args: Vec::new(),
             });
         }
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -386,5 +381,145 @@ impl TestSentinels {
         let s = self.sentinels.iter().find(|s| !s.killed())?;
         let out = cli(s.port, &["sentinel", "get-master-addr-by-name", "mymaster"]);
         out.lines().nth(1)?.trim().parse().ok()
+    }
+}
+
+/// A blocking connection to the end-to-end Redis, for assertions: the shared server,
+/// or the shared Cluster (commands routed by slot) under `MUSTER_TEST_BACKEND=cluster`.
+pub enum E2eConn {
+    /// One server.
+    One(redis::Connection),
+    /// The Cluster, with its nodes' ports (for scans over every primary).
+    Cluster(redis::cluster::ClusterConnection, Vec<u16>),
+}
+
+/// The end-to-end Redis' blocking connection ([`E2eConn`]).
+pub fn e2e_conn() -> E2eConn {
+    if on_cluster() {
+        let c = shared_cluster();
+        let conn = redis::cluster::ClusterClient::new(RedisCluster::urls(c))
+            .expect("cluster client")
+            .get_connection()
+            .expect("cluster connection");
+        E2eConn::Cluster(conn, c.ports.clone())
+    } else {
+        E2eConn::One(super::redis_server::e2e_redis().conn())
+    }
+}
+
+/// Flags naming the end-to-end Redis for a `muster` child process.
+pub fn e2e_redis_flags() -> Vec<String> {
+    if on_cluster() {
+        vec!["--redis-cluster".into(), shared_cluster().seeds()]
+    } else {
+        vec!["--redis-url".into(), super::redis_server::e2e_redis().url()]
+    }
+}
+
+struct RedisCluster;
+impl RedisCluster {
+    fn urls(c: &WatchedCluster) -> Vec<String> {
+        c.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+}
+
+impl redis::ConnectionLike for E2eConn {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<redis::Value> {
+        match self {
+            E2eConn::One(c) => c.req_packed_command(cmd),
+            E2eConn::Cluster(c, _) => c.req_packed_command(cmd),
+        }
+    }
+    fn req_packed_commands(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisResult<Vec<redis::Value>> {
+        match self {
+            E2eConn::One(c) => c.req_packed_commands(cmd, offset, count),
+            E2eConn::Cluster(c, _) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+    fn req_command(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+        match self {
+            E2eConn::One(c) => c.req_command(cmd),
+            E2eConn::Cluster(c, _) => c.req_command(cmd),
+        }
+    }
+    fn get_db(&self) -> i64 {
+        0
+    }
+    fn supports_pipelining(&self) -> bool {
+        match self {
+            E2eConn::One(c) => c.supports_pipelining(),
+            E2eConn::Cluster(c, _) => c.supports_pipelining(),
+        }
+    }
+    fn check_connection(&mut self) -> bool {
+        match self {
+            E2eConn::One(c) => c.check_connection(),
+            E2eConn::Cluster(c, _) => c.check_connection(),
+        }
+    }
+    fn is_open(&self) -> bool {
+        match self {
+            E2eConn::One(c) => c.is_open(),
+            E2eConn::Cluster(c, _) => c.is_open(),
+        }
+    }
+}
+
+/// Key listing over whatever a connection reaches: one server, or every primary.
+pub trait Keyspace: redis::ConnectionLike {
+    /// Every key matching `pattern`, sorted, without duplicates.
+    fn keys_matching(&mut self, pattern: &str) -> Vec<String>;
+}
+
+fn scan_one(conn: &mut impl redis::ConnectionLike, pattern: &str) -> Vec<String> {
+    redis::cmd("SCAN")
+        .cursor_arg(0)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(1000)
+        .clone()
+        .iter::<String>(conn)
+        .expect("scan")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("scan")
+}
+
+impl Keyspace for redis::Connection {
+    fn keys_matching(&mut self, pattern: &str) -> Vec<String> {
+        let mut keys = scan_one(self, pattern);
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+}
+
+impl Keyspace for E2eConn {
+    fn keys_matching(&mut self, pattern: &str) -> Vec<String> {
+        let mut keys = match self {
+            E2eConn::One(c) => scan_one(c, pattern),
+            E2eConn::Cluster(_, ports) => ports
+                .iter()
+                .filter(|p| cli(**p, &["role"]).starts_with("master"))
+                .flat_map(|p| {
+                    let mut c = redis::Client::open(format!("redis://127.0.0.1:{p}"))
+                        .expect("url")
+                        .get_connection()
+                        .expect("node connection");
+                    scan_one(&mut c, pattern)
+                })
+                .collect(),
+        };
+        keys.sort();
+        keys.dedup();
+        keys
     }
 }

@@ -46,27 +46,14 @@ pub async fn assert_doctor_clean(store: &muster::store::Store) {
     );
 }
 
-/// Every key under `<ns>:` (SCAN), sorted.
-pub fn ns_keys(conn: &mut redis::Connection, ns: &str) -> Vec<String> {
-    let mut keys: Vec<String> = redis::cmd("SCAN")
-        .cursor_arg(0)
-        .arg("MATCH")
-        .arg(format!("{ns}:*"))
-        .arg("COUNT")
-        .arg(1000)
-        .clone()
-        .iter::<String>(conn)
-        .expect("scan")
-        .collect::<Result<Vec<_>, _>>()
-        .expect("scan");
-    keys.sort();
-    keys.dedup();
-    keys
+/// Every key under `<ns>:` (SCAN; on a Cluster over every primary), sorted.
+pub fn ns_keys(conn: &mut impl super::Keyspace, ns: &str) -> Vec<String> {
+    conn.keys_matching(&format!("{ns}:*"))
 }
 
 /// Events of a queue's stream as `(type, task, node)`, oldest first (XRANGE - +).
 pub fn stream_events(
-    conn: &mut redis::Connection,
+    conn: &mut impl redis::ConnectionLike,
     ns: &str,
     queue: &str,
 ) -> Vec<(String, String, String)> {
@@ -95,7 +82,7 @@ pub fn event_fields(e: &redis::streams::StreamId) -> Vec<(String, String, String
 }
 
 /// Every key under `ns:` with its content rendered as text (type-aware), for audits.
-pub fn dump_namespace(conn: &mut redis::Connection, ns: &str) -> Vec<(String, String)> {
+pub fn dump_namespace(conn: &mut impl super::Keyspace, ns: &str) -> Vec<(String, String)> {
     let keys = ns_keys(conn, ns);
     let mut out = Vec::new();
     for k in keys {
