@@ -1,7 +1,7 @@
 #!/bin/sh
 # Sets up (redis-server, chromium, the SDKs' toolchains from Debian when missing; Python
 # and npm packages from their registries) and runs the whole test suite: the Rust unit
-# and integration tests, the Python and TypeScript SDK suites against a real server,
+# and integration tests (the core flows on one server and on a Redis Cluster), the Python and TypeScript SDK suites against a real server,
 # third-party client generation from the OpenAPI document, and the OpenAPI fuzz run.
 set -eu
 cd "$(dirname "$0")/.."
@@ -10,6 +10,9 @@ sh scripts/ensure-chromium.sh
 sh scripts/ensure-sdk-tools.sh
 cargo build --quiet --bins
 cargo test --quiet "$@"
+# The core flow suites once more, on a real Redis Cluster (3 primaries, 3 replicas,
+# started by the suite): one parametrised suite, not a copy (tests/api/support).
+MUSTER_TEST_BACKEND=cluster cargo test --quiet --test api -- flow:: locks:: coord:: schedules:: events::
 MUSTER_BIN="$PWD/target/debug/muster" sh sdk/python/test.sh
 MUSTER_BIN="$PWD/target/debug/muster" sh sdk/typescript/test.sh
 sh scripts/openapi-generators.sh
