@@ -366,3 +366,81 @@ async fn sentinel_primary_killed_during_2000_submissions_with_replica_acks_1_los
         "the replica was promoted"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn muster_serve_and_doctor_take_a_cluster_by_its_seed_nodes_and_refuse_bad_flags() {
+    let cluster = TestCluster::start(3, 0);
+    let seeds = cluster
+        .nodes
+        .iter()
+        .map(|n| n.url())
+        .collect::<Vec<_>>()
+        .join(",");
+    let ns = unique_ns();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut serve = Proc::spawn(
+        "serve --redis-cluster",
+        &[
+            "serve".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--redis-cluster".into(),
+            seeds.clone(),
+            "--admin-token".into(),
+            ADMIN_TOKEN.into(),
+            "--namespace".into(),
+            ns.clone(),
+        ],
+    );
+    let api = Http::new(&url, Some(ADMIN_TOKEN));
+    eventually(Duration::from_secs(30), "serve ready on the cluster", || async {
+        let r = reqwest::get(format!("{url}/readyz")).await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    // Tasks on queues in different slots (and so, here, on different primaries).
+    let mut ids = Vec::new();
+    for q in ["alpha", "beta", "gamma", "delta"] {
+        ids.push(api.submit(json!({ "kind": "k", "queue": q })).await.id);
+    }
+    for id in &ids {
+        assert_eq!(api.task(id).await.state, muster::domain::TaskState::Pending);
+    }
+    let queues = api.get("/v1/queues").await.expect(200);
+    let names: Vec<String> = queues.json::<serde_json::Value>()["items"]
+        .as_array()
+        .expect("queues")
+        .iter()
+        .filter_map(|q| q["name"].as_str().map(str::to_string))
+        .collect();
+    for q in ["alpha", "beta", "gamma", "delta"] {
+        assert!(names.contains(&q.to_string()), "{q} in {names:?}");
+    }
+    serve.kill9();
+    let out = std::process::Command::new(muster_bin())
+        .args(["doctor", "--redis-cluster", &seeds, "--namespace", &ns])
+        .output()
+        .expect("doctor");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+
+    for (args, says) in [
+        (vec!["serve", "--redis-cluster", " , "], "no Redis URL"),
+        (vec!["doctor", "--redis-cluster", "nope://x"], "bad Redis URL"),
+        (vec!["serve", "--redis-sentinel", "redis://127.0.0.1:1"], "sentinel-master"),
+        (
+            vec!["serve", "--redis-cluster", "redis://127.0.0.1:1", "--redis-sentinel", "redis://127.0.0.1:2"],
+            "cannot be used with",
+        ),
+    ] {
+        let out = std::process::Command::new(muster_bin())
+            .args(&args)
+            .env("MUSTER_ADMIN_TOKEN", ADMIN_TOKEN)
+            .output()
+            .expect("muster");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
