@@ -170,6 +170,9 @@ impl Store {
         idem: Option<&str>,
         idem_ttl_ms: i64,
     ) -> Result<Submitted> {
+        if self.is_cluster() && tasks.iter().any(|t| t.queue != tasks[0].queue) {
+            return Box::pin(self.submit_per_queue(tasks, idem, idem_ttl_ms)).await;
+        }
         let mut prefixes: Vec<String> = Vec::new();
         let mut inv = self.scripts.submit.prepare_invoke();
         let mut args: Vec<String> = Vec::with_capacity(4 + tasks.len() * 14);
@@ -250,6 +253,99 @@ impl Store {
             }),
             c => Err(c.unexpected("submit")),
         }
+    }
+
+    /// A submission over several queues on a Redis Cluster, where one script cannot
+    /// reach several slots: one `submit.lua` call per queue, in order of first
+    /// appearance, each all-or-nothing. When a part fails, the parts stored before it
+    /// are rolled back (their tasks cancelled and deleted, their idempotency records
+    /// removed) and the error returned: the whole is all-or-nothing except for a task a
+    /// node already started in that moment (it is cancelled, not deleted).
+    async fn submit_per_queue(
+        &self,
+        tasks: &[PreparedTask],
+        idem: Option<&str>,
+        idem_ttl_ms: i64,
+    ) -> Result<Submitted> {
+        let mut order: Vec<&str> = Vec::new();
+        for t in tasks {
+            if !order.contains(&t.queue.as_str()) {
+                order.push(&t.queue);
+            }
+        }
+        let mut now = 0;
+        let mut existing = Vec::new();
+        let mut chosen = vec![None; tasks.len()];
+        let mut repeated: Vec<Option<String>> = vec![None; tasks.len()];
+        let mut stored: Vec<(String, Vec<String>)> = Vec::new();
+        for q in &order {
+            let idx: Vec<usize> = (0..tasks.len()).filter(|&i| tasks[i].queue == *q).collect();
+            let part: Vec<PreparedTask> = idx.iter().map(|&i| tasks[i].clone()).collect();
+            match self.submit(&part, idem, idem_ttl_ms).await {
+                Ok(Submitted::Created {
+                    now_ms,
+                    existing: held,
+                    chosen: ch,
+                }) => {
+                    now = now.max(now_ms);
+                    let ids = part
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| !held.iter().any(|(h, _)| h == j))
+                        .map(|(_, t)| t.id.clone())
+                        .collect();
+                    stored.push((q.to_string(), ids));
+                    existing.extend(held.into_iter().map(|(j, id)| (idx[j], id)));
+                    for (j, c) in ch.into_iter().enumerate() {
+                        chosen[idx[j]] = c;
+                    }
+                }
+                Ok(Submitted::Duplicate { ids }) => {
+                    for (j, id) in ids.into_iter().enumerate() {
+                        if let Some(&i) = idx.get(j) {
+                            repeated[i] = Some(id);
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.roll_back(&stored, idem).await;
+                    return Err(e);
+                }
+            }
+        }
+        if stored.is_empty() {
+            return Ok(Submitted::Duplicate {
+                ids: repeated.into_iter().flatten().collect(),
+            });
+        }
+        // A part that repeats an earlier submission answers its tasks as held.
+        existing.extend(
+            repeated
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, id)| Some((i, id?))),
+        );
+        Ok(Submitted::Created {
+            now_ms: now,
+            existing,
+            chosen,
+        })
+    }
+
+    /// Undoes the parts of a split submission stored before one failed (best effort:
+    /// Redis may be what failed).
+    async fn roll_back(&self, stored: &[(String, Vec<String>)], idem: Option<&str>) {
+        for (q, ids) in stored {
+            for id in ids {
+                let _ = self.cancel(id).await;
+                let _ = self.delete(id).await;
+            }
+            if let Some(k) = idem {
+                let mut c = self.conn();
+                let _: redis::RedisResult<()> = c.del(self.keys.idempotency(q, &sha256_hex(k))).await;
+            }
+        }
+        tracing::warn!(parts = stored.len(), "a submission over several queues failed midway; its stored parts were rolled back");
     }
 
     /// One task by id.

@@ -444,3 +444,57 @@ async fn muster_serve_and_doctor_take_a_cluster_by_its_seed_nodes_and_refuse_bad
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_over_queues_on_several_primaries_is_stored_per_queue_and_rolled_back_when_a_part_fails()
+ {
+    let mut cluster = TestCluster::start(3, 0);
+    let ns = unique_ns();
+    let app = spawn_app_target(cluster.target(), &ns, 0).await;
+    // Two queues whose slots live on different primaries.
+    let first = "q-first";
+    let p_first = cluster.primary_of(&format!("{ns}:{{{first}}}:pending"));
+    let second = (0..100)
+        .map(|i| format!("q-second-{i}"))
+        .find(|q| cluster.primary_of(&format!("{ns}:{{{q}}}:pending")) != p_first)
+        .expect("a queue on another primary");
+    let p_second = cluster.primary_of(&format!("{ns}:{{{second}}}:pending"));
+
+    let batch = |n: usize| -> serde_json::Value {
+        let tasks: Vec<serde_json::Value> = (0..n)
+            .map(|i| {
+                let q = if i % 2 == 0 { first } else { second.as_str() };
+                json!({ "kind": "k", "queue": q, "payload": { "i": i } })
+            })
+            .collect();
+        json!({ "tasks": tasks })
+    };
+    let ok = app.api.post("/v1/tasks/batch", &batch(10)).await;
+    assert!(ok.status == 200 || ok.status == 201, "{}", ok.text);
+    let ids: Vec<String> = ok.json::<serde_json::Value>()["ids"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    assert_eq!(ids.len(), 10, "{}", ok.text);
+    for id in &ids {
+        assert_eq!(app.api.task(id).await.state, muster::domain::TaskState::Pending);
+    }
+    assert_eq!(app.api.queue_counts(first).await.pending, 5);
+    assert_eq!(app.api.queue_counts(&second).await.pending, 5);
+
+    // The second queue's primary dies: the part stored on the first is rolled back.
+    cluster.nodes[p_second].kill9();
+    let failed = app.api.post("/v1/tasks/batch", &batch(10)).await;
+    assert_eq!(failed.status, 503, "{}", failed.text);
+    assert!(failed.header("retry-after").is_some());
+    // (Read from the store: the API's queue view also reads keys that may have lived on
+    // the dead primary, like the node directory.)
+    let info = app.store.queue_info(first).await.expect("the first queue is readable");
+    assert_eq!(info.counts.pending, 5, "the first queue's part was rolled back: {info:?}");
+    assert_eq!(info.counts.cancelled, 0, "rolled-back tasks are deleted: {info:?}");
+    for id in &ids {
+        if id.ends_with(first) {
+            assert_eq!(app.api.task(id).await.state, muster::domain::TaskState::Pending);
+        }
+    }
+}
