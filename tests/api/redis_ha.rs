@@ -498,3 +498,127 @@ async fn a_submission_over_queues_on_several_primaries_is_stored_per_queue_and_r
         }
     }
 }
+
+/// A CA and a certificate for 127.0.0.1 made with `openssl` in `dir`: (ca, cert, key).
+fn make_certs(dir: &std::path::Path) -> (String, String, String) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl on PATH (apt-get install openssl)");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=muster-test-ca"]);
+    run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1"]);
+    std::fs::write(dir.join("ext"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
+    run(&["x509", "-req", "-in", "srv.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "srv.crt", "-days", "2", "-extfile", "ext"]);
+    let p = |f: &str| dir.join(f).display().to_string();
+    (p("ca.crt"), p("srv.crt"), p("srv.key"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_an_acl_user_on_one_server_and_a_password_on_a_cluster() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (ca, cert, key) = make_certs(dir.path());
+    let tls_port = free_port();
+    let mut redis = std::process::Command::new("redis-server")
+        .args(["--port", "0", "--tls-port", &tls_port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--tls-cert-file", &cert, "--tls-key-file", &key, "--tls-ca-cert-file", &ca])
+        .args(["--tls-auth-clients", "no", "--save", "", "--appendonly", "no"])
+        .args(["--dir", &dir.path().display().to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let rcli = |args: &[&str]| {
+        std::process::Command::new("redis-cli")
+            .args(["--tls", "--cacert", &ca, "-p", &tls_port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli")
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&rcli(&["ping"]).stdout).contains("PONG") {
+        assert!(Instant::now() < deadline, "TLS redis-server did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // An ACL user that may do what muster does, and nothing about other users.
+    let setuser = rcli(&["ACL", "SETUSER", "muster", "on", ">a-long-password", "~*", "&*", "+@all", "-@dangerous", "+config|get", "+info", "+script", "+flushall"]);
+    assert!(String::from_utf8_lossy(&setuser.stdout).contains("OK"));
+    let _ = rcli(&["ACL", "SETUSER", "default", "off"]);
+
+    let url = format!("rediss://muster:a-long-password@127.0.0.1:{tls_port}/");
+    let port = free_port();
+    let mut serve = std::process::Command::new(muster_bin())
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--redis-url", &url])
+        .args(["--admin-token", ADMIN_TOKEN, "--namespace", &unique_ns()])
+        .env("SSL_CERT_FILE", &ca)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("muster serve");
+    let base = format!("http://127.0.0.1:{port}");
+    eventually(Duration::from_secs(30), "serve over TLS ready", || async {
+        let r = reqwest::get(format!("{base}/readyz")).await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    let api = Http::new(&base, Some(ADMIN_TOKEN));
+    let t = api.submit(json!({ "kind": "k", "payload": { "over": "tls" } })).await;
+    assert_eq!(api.task(&t.id).await.payload, json!({ "over": "tls" }));
+    let _ = serve.kill();
+    let _ = serve.wait();
+
+    // Untrusted certificate, wrong password: one line, exit 1, no retry loop.
+    for (env_ca, u, says) in [
+        (false, url.clone(), "certificate"),
+        (true, format!("rediss://muster:wrong@127.0.0.1:{tls_port}/"), "auth"),
+    ] {
+        let mut cmd = std::process::Command::new(muster_bin());
+        cmd.args(["doctor", "--redis-url", &u, "--namespace", "x"]);
+        cmd.env_remove("SSL_CERT_FILE");
+        if env_ca {
+            cmd.env("SSL_CERT_FILE", &ca);
+        }
+        let out = cmd.output().expect("doctor");
+        let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        assert_eq!(out.status.code(), Some(1), "{u}: {err}");
+        assert!(err.contains(says), "{u}: {err}");
+        assert!(!err.contains("a-long-password") && !err.contains("wrong@"), "the password is redacted: {err}");
+    }
+    let _ = redis.kill();
+    let _ = redis.wait();
+
+    // A cluster whose nodes require a password: the seed URLs carry it.
+    let extra: Vec<String> = ["--requirepass", "cluster-pass", "--masterauth", "cluster-pass"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let cluster = TestCluster::start_with(3, 0, &extra, Some("cluster-pass"));
+    let seeds = cluster
+        .nodes
+        .iter()
+        .map(|n| format!("redis://:cluster-pass@127.0.0.1:{}", n.port))
+        .collect::<Vec<_>>()
+        .join(",");
+    let ns = unique_ns();
+    let store = muster::store::Store::connect_to(
+        &muster::store::RedisTarget::Cluster(muster::store::RedisTarget::list(&seeds)),
+        &ns,
+        Duration::from_secs(3),
+    )
+    .await
+    .expect("cluster with a password");
+    store.prepare().await.expect("prepare on the cluster");
+    let out = std::process::Command::new(muster_bin())
+        .args(["doctor", "--redis-cluster", &seeds, "--namespace", &ns])
+        .output()
+        .expect("doctor");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bad = seeds.replace("cluster-pass", "nope");
+    let out = std::process::Command::new(muster_bin())
+        .args(["doctor", "--redis-cluster", &bad, "--namespace", &ns])
+        .output()
+        .expect("doctor");
+    assert_eq!(out.status.code(), Some(1));
+}

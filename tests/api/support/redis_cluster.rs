@@ -87,10 +87,13 @@ fn wait_ping(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("url");
     while Instant::now() < deadline {
-        if let Ok(mut c) = client.get_connection()
-            && redis::cmd("PING").query::<String>(&mut c).is_ok()
-        {
-            return;
+        if let Ok(mut c) = client.get_connection() {
+            match redis::cmd("PING").query::<String>(&mut c) {
+                // Up, and asking for the password it was started with.
+                Ok(_) => return,
+                Err(e) if e.code() == Some("NOAUTH") => return,
+                Err(_) => {}
+            }
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -111,13 +114,25 @@ pub fn cli(port: u16, args: &[&str]) -> String {
 pub struct TestCluster {
     /// Every node (primaries first as created; roles change on failover).
     pub nodes: Vec<Node>,
+    password: Option<String>,
 }
 
 impl TestCluster {
     /// Starts the nodes and joins them with `redis-cli --cluster create`; returns once
     /// every node reports `cluster_state:ok`.
     pub fn start(primaries: usize, replicas: usize) -> TestCluster {
-        let extra: Vec<String> = [
+        Self::start_with(primaries, replicas, &[], None)
+    }
+
+    /// [`TestCluster::start`] with more redis-server arguments, and the password the
+    /// nodes require (for `redis-cli`).
+    pub fn start_with(
+        primaries: usize,
+        replicas: usize,
+        more: &[String],
+        password: Option<&str>,
+    ) -> TestCluster {
+        let mut extra: Vec<String> = [
             "--cluster-enabled",
             "yes",
             "--cluster-config-file",
@@ -130,6 +145,7 @@ impl TestCluster {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        extra.extend(more.iter().cloned());
         let nodes: Vec<Node> = (0..primaries * (1 + replicas))
             .map(|_| Node::start(&extra))
             .collect();
@@ -137,7 +153,11 @@ impl TestCluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        let out = Command::new("redis-cli")
+        let mut create = Command::new("redis-cli");
+        if let Some(p) = password {
+            create.args(["-a", p, "--no-auth-warning"]);
+        }
+        let out = create
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
@@ -149,7 +169,10 @@ impl TestCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let c = TestCluster { nodes };
+        let c = TestCluster {
+            nodes,
+            password: password.map(str::to_string),
+        };
         c.wait_ok(Duration::from_secs(30));
         c
     }
@@ -159,7 +182,10 @@ impl TestCluster {
         let deadline = Instant::now() + within;
         loop {
             let ok = self.nodes.iter().filter(|n| !n.killed()).all(|n| {
-                let info = cli(n.port, &["cluster", "info"]);
+                let info = match &self.password {
+                    Some(p) => cli(n.port, &["-a", p, "--no-auth-warning", "cluster", "info"]),
+                    None => cli(n.port, &["cluster", "info"]),
+                };
                 info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
             });
             if ok {
