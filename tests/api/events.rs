@@ -1,7 +1,7 @@
 //! `GET /v1/events` (RELIABILITY.md R7, light): an SSE consumer killed and resumed with
 //! `Last-Event-ID` while tasks complete misses no completion; and `/metrics` counts them.
 
-use crate::support::{SecApp, shared_redis, spawn_sec_app};
+use crate::support::{SecApp, e2e_target, on_cluster, shared_redis, spawn_sec_app};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -173,7 +173,15 @@ async fn agent_loop(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_consumer_resumed_with_last_event_id_misses_no_completion() {
-    let app = Arc::new(spawn_sec_app(&shared_redis().url(), |_| {}).await);
+    // On the shared server, or the shared Cluster with MUSTER_TEST_BACKEND=cluster.
+    let app = Arc::new(
+        spawn_sec_app(&shared_redis().url(), |c| {
+            if on_cluster() {
+                c.redis_target = Some(e2e_target());
+            }
+        })
+        .await,
+    );
     let q = "sse-q".to_string();
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(Mutex::new(HashSet::new()));
