@@ -318,27 +318,35 @@ impl Conn {
             .await
             .and_then(|v| redis::from_redis_value(v).map_err(Into::into))?;
         let mut out = Vec::new();
-        for (host, port) in primaries(&nodes) {
-            let r = redis::cluster_routing::SingleNodeRoutingInfo::ByAddress { host, port };
+        for slot in primaries(&nodes) {
+            // Routed by one slot the primary serves (its connection is in the pool).
+            let route = redis::cluster_routing::Route::new(
+                slot,
+                redis::cluster_routing::SlotAddr::Master,
+            );
+            let r = redis::cluster_routing::SingleNodeRoutingInfo::SpecificNode(route);
             out.extend(scan_on(self, pattern, Some(r)).await?);
         }
         Ok(out)
     }
 }
 
-/// The reachable primaries' addresses in a `CLUSTER NODES` answer.
-fn primaries(nodes: &str) -> Vec<(String, u16)> {
+/// One slot of each primary serving slots in a `CLUSTER NODES` answer (the first of
+/// its ranges).
+fn primaries(nodes: &str) -> Vec<u16> {
     nodes
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             let flags = f.get(2)?;
-            if !flags.contains("master") || flags.contains("fail") || flags.contains("noaddr") {
+            if !flags.contains("master") || flags.contains("fail") {
                 return None;
             }
-            let addr = f.get(1)?.split('@').next()?;
-            let (h, p) = addr.rsplit_once(':')?;
-            Some((h.to_string(), p.parse().ok()?))
+            // Ranges `a-b` or single slots; `[…]` entries are slots being moved.
+            f.get(8..)?
+                .iter()
+                .find(|r| !r.starts_with('['))
+                .and_then(|r| r.split('-').next()?.parse().ok())
         })
         .collect()
 }
@@ -631,12 +639,14 @@ impl Backend {
                         redis::TlsMode::Secure
                     });
                 }
-                let sc = SentinelClient::build(
-                    sentinels.iter().map(String::as_str).collect(),
-                    master.clone(),
-                    Some(node),
-                    SentinelServerType::Master,
-                )?;
+                let build = || {
+                    SentinelClient::build(
+                        sentinels.iter().map(String::as_str).collect(),
+                        master.clone(),
+                        Some(node.clone()),
+                        SentinelServerType::Master,
+                    )
+                };
                 let make = |sc: SentinelClient, response: Duration| async move {
                     let mut sc = sc;
                     let client = tokio::time::timeout(t.connect * 2, sc.async_get_client())
@@ -651,19 +661,8 @@ impl Backend {
                         this: this.clone(),
                     }))
                 };
-                let again = || {
-                    SentinelClient::build(
-                        sentinels.iter().map(String::as_str).collect(),
-                        master.clone(),
-                        Some(
-                            SentinelNodeConnectionInfo::default()
-                                .set_redis_connection_info(first.redis_settings().clone()),
-                        ),
-                        SentinelServerType::Master,
-                    )
-                };
-                let conn = make(sc, t.response).await?;
-                let bulk = make(again()?, bulk_timeout).await?;
+                let conn = make(build()?, t.response).await?;
+                let bulk = make(build()?, bulk_timeout).await?;
                 Ok((
                     Backend {
                         target: target.clone(),
@@ -725,6 +724,16 @@ mod tests {
         assert_eq!(hash_tag(b"muster:queues"), b"muster:queues");
         assert_eq!(hash_tag(b"a{}b{c}"), b"a{}b{c}");
         assert_eq!(hash_tag(b"{~nodes}:all"), b"~nodes");
+    }
+
+    #[test]
+    fn every_primary_serving_slots_is_named_by_one_of_its_slots() {
+        let nodes = "a 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460\n\
+                     b 127.0.0.1:7001@17001 master - 0 0 2 connected [93->-c] 5461-10922\n\
+                     c 127.0.0.1:7002@17002 master,fail - 0 0 3 connected 10923-16383\n\
+                     d 127.0.0.1:7003@17003 slave a 0 0 1 connected\n\
+                     e 127.0.0.1:7004@17004 master - 0 0 4 connected\n";
+        assert_eq!(primaries(nodes), vec![0, 5461]);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! asserts every key it touches (task hash, state indexes, inboxes, load, cancels,
 //! events, stats), then runs the invariant checker, which must find nothing.
 
-use crate::support::{shared_redis, store, store_on, unique_ns};
+use crate::support::{E2eConn, e2e_conn, shared_redis, store, store_on, unique_ns};
 use muster::domain::validate::new_task_id;
 use muster::domain::{Backoff, Node, NodeKind, NodeStatus, QueueUpdate, TaskState};
 use muster::store::{Cancelled, Leased, PreparedTask, Store, StoreError, Submitted};
@@ -23,17 +23,18 @@ const INDEXES: [&str; 7] = [
     "cancelled",
 ];
 
-/// A store on the shared Redis plus a blocking connection to inspect its keys.
+/// A store on the shared Redis (or Cluster) plus a blocking connection to inspect its
+/// keys.
 struct Kit {
     store: Store,
-    r: redis::Connection,
+    r: E2eConn,
 }
 
 impl Kit {
     async fn new() -> Kit {
         Kit {
             store: store().await,
-            r: shared_redis().conn(),
+            r: e2e_conn(),
         }
     }
 
@@ -250,20 +251,35 @@ impl Kit {
             other => panic!("cannot seed state {other}"),
         };
         let tkey = keys.task(&q, &id);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hset(&tkey, "state", state)
-            .zrem(keys.state_index(&q, "pending"), &id)
-            .zadd(keys.state_index(&q, state), &id, score);
+        // One script (atomic, and routed by its first key on a Cluster).
+        let mut fields: Vec<(String, String)> =
+            fields.into_iter().map(|(f, v)| (f.to_string(), v)).collect();
+        let finished = matches!(state, "succeeded" | "failed" | "cancelled");
+        if finished {
+            fields.push(("finished_at".into(), now.to_string()));
+            fields.push(("lease_expires".into(), String::new()));
+        }
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(
+            "redis.call('HSET', KEYS[1], 'state', ARGV[1]) \
+             redis.call('ZREM', KEYS[2], ARGV[2]) \
+             redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2]) \
+             for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end \
+             if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[4], ARGV[1], 1) end",
+        )
+        .arg(4)
+        .arg(&tkey)
+        .arg(keys.state_index(&q, "pending"))
+        .arg(keys.state_index(&q, state))
+        .arg(keys.stats(&q))
+        .arg(state)
+        .arg(&id)
+        .arg(score)
+        .arg(if finished { "1" } else { "0" });
         for (f, v) in &fields {
-            pipe.hset(&tkey, *f, v);
+            cmd.arg(f).arg(v);
         }
-        if matches!(state, "succeeded" | "failed" | "cancelled") {
-            pipe.hset(&tkey, "finished_at", now)
-                .hset(&tkey, "lease_expires", "")
-                .hincr(keys.stats(&q), state, 1);
-        }
-        let () = pipe.query(&mut self.r).expect("seed");
+        let () = cmd.query(&mut self.r).expect("seed");
         assert_eq!(self.field(&q, &id, "state"), state, "seeded");
         id
     }
