@@ -184,7 +184,7 @@ async fn failover_run(
     queues: &[&str],
     kill: impl FnOnce() + Send + 'static,
     restart: impl FnOnce(),
-    conn: impl FnOnce() -> E2eLike,
+    conn: impl FnOnce() -> E2eConn,
     acks: u32,
 ) -> usize {
     let mut agents = vec![
@@ -225,47 +225,6 @@ async fn failover_run(
     lost.len()
 }
 
-/// A blocking connection for the audit: to a Cluster or to one server.
-enum E2eLike {
-    Cluster(redis::cluster::ClusterConnection),
-    One(redis::Connection),
-}
-
-impl redis::ConnectionLike for E2eLike {
-    fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<redis::Value> {
-        match self {
-            E2eLike::One(c) => c.req_packed_command(cmd),
-            E2eLike::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-    fn req_packed_commands(
-        &mut self,
-        cmd: &[u8],
-        offset: usize,
-        count: usize,
-    ) -> redis::RedisResult<Vec<redis::Value>> {
-        match self {
-            E2eLike::One(c) => c.req_packed_commands(cmd, offset, count),
-            E2eLike::Cluster(c) => c.req_packed_commands(cmd, offset, count),
-        }
-    }
-    fn req_command(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
-        match self {
-            E2eLike::One(c) => c.req_command(cmd),
-            E2eLike::Cluster(c) => c.req_command(cmd),
-        }
-    }
-    fn get_db(&self) -> i64 {
-        0
-    }
-    fn check_connection(&mut self) -> bool {
-        true
-    }
-    fn is_open(&self) -> bool {
-        true
-    }
-}
-
 async fn cluster_failover(acks: u32) -> usize {
     let cluster = TestCluster::start(3, 1);
     let ns = unique_ns();
@@ -298,11 +257,14 @@ async fn cluster_failover(acks: u32) -> usize {
         },
         move || {
             let live: Vec<String> = urls.into_iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, u)| u).collect();
-            E2eLike::Cluster(
-                redis::cluster::ClusterClient::new(live)
-                    .expect("client")
-                    .get_connection()
-                    .expect("cluster connection"),
+            E2eConn::Cluster(
+                Box::new(
+                    redis::cluster::ClusterClient::new(live)
+                        .expect("client")
+                        .get_connection()
+                        .expect("cluster connection"),
+                ),
+                Vec::new(),
             )
         },
         acks,
@@ -353,7 +315,7 @@ async fn sentinel_primary_killed_during_2000_submissions_with_replica_acks_1_los
         move || {
             let s = reader.lock().unwrap();
             let port = s.primary_port().expect("a primary");
-            E2eLike::One(connect(&format!("redis://127.0.0.1:{port}")))
+            E2eConn::One(connect(&format!("redis://127.0.0.1:{port}")))
         },
         1,
     )

@@ -27,7 +27,7 @@ const SUBMIT: &str = "router-submit-0123456789abcdef";
 #[tokio::test]
 async fn the_router_refuses_bad_requests_with_problem_json_and_stores_nothing() {
     let redis = shared_redis();
-    let mut cfg = muster::config::Config::new("127.0.0.1:0", &redis.url());
+    let mut cfg = muster::config::Config::new("127.0.0.1:0", redis.url());
     cfg.namespace = format!("router{}", std::process::id());
     cfg.admin_token = Some(ADMIN.into());
     cfg.tokens = vec![

@@ -416,7 +416,7 @@ pub enum E2eConn {
     /// One server.
     One(redis::Connection),
     /// The Cluster, with its nodes' ports (for scans over every primary).
-    Cluster(redis::cluster::ClusterConnection, Vec<u16>),
+    Cluster(Box<redis::cluster::ClusterConnection>, Vec<u16>),
 }
 
 /// The end-to-end Redis' blocking connection ([`E2eConn`]).
@@ -427,7 +427,7 @@ pub fn e2e_conn() -> E2eConn {
             .expect("cluster client")
             .get_connection()
             .expect("cluster connection");
-        E2eConn::Cluster(conn, c.ports.clone())
+        E2eConn::Cluster(Box::new(conn), c.ports.clone())
     } else {
         E2eConn::One(super::redis_server::e2e_redis().conn())
     }
