@@ -194,7 +194,9 @@ impl ConnectionLike for Conn {
                     return Err(redis::RedisError::from((
                         redis::ErrorKind::Io,
                         "not replicated",
-                        format!("{got} of {acks} replicas acknowledged the write within {timeout} ms"),
+                        format!(
+                            "{got} of {acks} replicas acknowledged the write within {timeout} ms"
+                        ),
                     )));
                 }
                 Ok(reply)
@@ -320,10 +322,8 @@ impl Conn {
         let mut out = Vec::new();
         for slot in primaries(&nodes) {
             // Routed by one slot the primary serves (its connection is in the pool).
-            let route = redis::cluster_routing::Route::new(
-                slot,
-                redis::cluster_routing::SlotAddr::Master,
-            );
+            let route =
+                redis::cluster_routing::Route::new(slot, redis::cluster_routing::SlotAddr::Master);
             let r = redis::cluster_routing::SingleNodeRoutingInfo::SpecificNode(route);
             out.extend(scan_on(self, pattern, Some(r)).await?);
         }
@@ -360,7 +360,11 @@ async fn scan_on(
     let mut out = Vec::new();
     loop {
         let mut cmd = redis::cmd("SCAN");
-        cmd.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000);
         let v: Value = match (&route, &mut c.link) {
             (Some(r), Link::Cluster(cc)) => {
                 cc.route_command(
@@ -417,8 +421,8 @@ fn cmd_tag(cmd: &Cmd) -> Option<Vec<u8>> {
                 .position(|a| a.eq_ignore_ascii_case(b"STREAMS"))?;
             args.get(at + 1)?
         }
-        b"PING" | b"TIME" | b"INFO" | b"SCRIPT" | b"CONFIG" | b"PUBLISH" | b"MULTI"
-        | b"EXEC" | b"WAIT" => return None,
+        b"PING" | b"TIME" | b"INFO" | b"SCRIPT" | b"CONFIG" | b"PUBLISH" | b"MULTI" | b"EXEC"
+        | b"WAIT" => return None,
         _ => args.get(1)?,
     };
     Some(hash_tag(key).to_vec())
@@ -651,7 +655,9 @@ impl Backend {
                     let mut sc = sc;
                     let client = tokio::time::timeout(t.connect * 2, sc.async_get_client())
                         .await
-                        .map_err(|_| StoreError::timed_out("asking the sentinels for the primary"))??;
+                        .map_err(|_| {
+                            StoreError::timed_out("asking the sentinels for the primary")
+                        })??;
                     let m = manager(client.clone(), t, response).await?;
                     Ok::<_, StoreError>(Arc::new_cyclic(|this| SentinelConn {
                         sentinel: tokio::sync::Mutex::new(sc),
@@ -742,7 +748,11 @@ mod tests {
         e.arg("abc").arg(1).arg("muster:{q}:").arg("x");
         assert_eq!(cmd_tag(&e).as_deref(), Some(&b"q"[..]));
         let mut x = redis::cmd("XREAD");
-        x.arg("COUNT").arg(5).arg("STREAMS").arg("m:{a}:events").arg("0");
+        x.arg("COUNT")
+            .arg(5)
+            .arg("STREAMS")
+            .arg("m:{a}:events")
+            .arg("0");
         assert_eq!(cmd_tag(&x).as_deref(), Some(&b"a"[..]));
         let mut h = redis::cmd("HGET");
         h.arg("m:{z}:t:1").arg("state");
@@ -767,6 +777,10 @@ mod tests {
             .is_err()
         );
         assert!(RedisTarget::Cluster(vec![]).validate().is_err());
-        assert!(RedisTarget::Standalone("nope://x".into()).validate().is_err());
+        assert!(
+            RedisTarget::Standalone("nope://x".into())
+                .validate()
+                .is_err()
+        );
     }
 }

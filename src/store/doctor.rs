@@ -336,10 +336,7 @@ impl Store {
 }
 
 /// Every key of `family` with its name (SCAN, so a key written meanwhile may be missed).
-pub(super) async fn scan(
-    c: &mut super::Conn,
-    family: &KeyFamily,
-) -> Result<Vec<(String, String)>> {
+pub(super) async fn scan(c: &mut super::Conn, family: &KeyFamily) -> Result<Vec<(String, String)>> {
     let keys = c.scan_match(&family.pattern()).await?;
     Ok(keys
         .into_iter()

@@ -198,9 +198,9 @@ impl Store {
         if self.is_cluster() {
             let until = block.map(|b| std::time::Instant::now() + b);
             loop {
-                let reads = after.iter().map(|one| {
-                    self.read_events_once(None, std::slice::from_ref(one), count, None)
-                });
+                let reads = after
+                    .iter()
+                    .map(|one| self.read_events_once(None, std::slice::from_ref(one), count, None));
                 let mut out: Vec<StreamEvent> = futures::future::try_join_all(reads)
                     .await?
                     .into_iter()

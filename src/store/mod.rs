@@ -80,7 +80,12 @@ impl Store {
     /// # Errors
     /// A bad URL or an unreachable Redis.
     pub async fn connect(url: &str, namespace: &str, timeout: Duration) -> Result<Store> {
-        Store::connect_to(&RedisTarget::Standalone(url.to_string()), namespace, timeout).await
+        Store::connect_to(
+            &RedisTarget::Standalone(url.to_string()),
+            namespace,
+            timeout,
+        )
+        .await
     }
 
     /// Connects to `target` (a server, a Cluster or Sentinels), with every command

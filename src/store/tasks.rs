@@ -342,10 +342,14 @@ impl Store {
             }
             if let Some(k) = idem {
                 let mut c = self.conn();
-                let _: redis::RedisResult<()> = c.del(self.keys.idempotency(q, &sha256_hex(k))).await;
+                let _: redis::RedisResult<()> =
+                    c.del(self.keys.idempotency(q, &sha256_hex(k))).await;
             }
         }
-        tracing::warn!(parts = stored.len(), "a submission over several queues failed midway; its stored parts were rolled back");
+        tracing::warn!(
+            parts = stored.len(),
+            "a submission over several queues failed midway; its stored parts were rolled back"
+        );
     }
 
     /// One task by id.

@@ -197,7 +197,11 @@ async fn failover_run(
         "answers other than 201/503: {:?}",
         &tally.other[..tally.other.len().min(5)]
     );
-    assert_eq!(tally.acked.len(), 2000, "every submission acknowledged in the end");
+    assert_eq!(
+        tally.acked.len(),
+        2000,
+        "every submission acknowledged in the end"
+    );
     eprintln!(
         "failover: {} answers were 503 while the primary was away",
         tally.unavailable
@@ -205,9 +209,16 @@ async fn failover_run(
     restart();
     let mut c = conn();
     let (lost, twice) = audit(app, &mut c, &tally.acked, queues).await;
-    eprintln!("failover with replica-acks {acks}: {} acknowledged submissions lost", lost.len());
+    eprintln!(
+        "failover with replica-acks {acks}: {} acknowledged submissions lost",
+        lost.len()
+    );
     if acks > 0 {
-        assert!(lost.is_empty(), "acknowledged submissions lost: {}", lost.len());
+        assert!(
+            lost.is_empty(),
+            "acknowledged submissions lost: {}",
+            lost.len()
+        );
     }
     let kept: Vec<String> = tally
         .acked
@@ -217,7 +228,10 @@ async fn failover_run(
         .collect();
     wait_all_terminal(app, &kept, Duration::from_secs(180)).await;
     let (_, twice_after) = audit(app, &mut c, &kept, queues).await;
-    assert!(twice.is_empty() && twice_after.is_empty(), "results accepted twice: {twice_after:?}");
+    assert!(
+        twice.is_empty() && twice_after.is_empty(),
+        "results accepted twice: {twice_after:?}"
+    );
     for a in &mut agents {
         a.kill9();
     }
@@ -256,7 +270,12 @@ async fn cluster_failover(acks: u32) -> usize {
             restarter.lock().unwrap().wait_ok(Duration::from_secs(30));
         },
         move || {
-            let live: Vec<String> = urls.into_iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, u)| u).collect();
+            let live: Vec<String> = urls
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| *i != victim)
+                .map(|(_, u)| u)
+                .collect();
             E2eConn::Cluster(
                 Box::new(
                     redis::cluster::ClusterClient::new(live)
@@ -356,10 +375,14 @@ async fn muster_serve_and_doctor_take_a_cluster_by_its_seed_nodes_and_refuse_bad
         ],
     );
     let api = Http::new(&url, Some(ADMIN_TOKEN));
-    eventually(Duration::from_secs(30), "serve ready on the cluster", || async {
-        let r = reqwest::get(format!("{url}/readyz")).await.ok()?;
-        (r.status() == 200).then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "serve ready on the cluster",
+        || async {
+            let r = reqwest::get(format!("{url}/readyz")).await.ok()?;
+            (r.status() == 200).then_some(())
+        },
+    )
     .await;
     // Tasks on queues in different slots (and so, here, on different primaries).
     let mut ids = Vec::new();
@@ -384,14 +407,30 @@ async fn muster_serve_and_doctor_take_a_cluster_by_its_seed_nodes_and_refuse_bad
         .args(["doctor", "--redis-cluster", &seeds, "--namespace", &ns])
         .output()
         .expect("doctor");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     for (args, says) in [
         (vec!["serve", "--redis-cluster", " , "], "no Redis URL"),
-        (vec!["doctor", "--redis-cluster", "nope://x"], "bad Redis URL"),
-        (vec!["serve", "--redis-sentinel", "redis://127.0.0.1:1"], "sentinel-master"),
         (
-            vec!["serve", "--redis-cluster", "redis://127.0.0.1:1", "--redis-sentinel", "redis://127.0.0.1:2"],
+            vec!["doctor", "--redis-cluster", "nope://x"],
+            "bad Redis URL",
+        ),
+        (
+            vec!["serve", "--redis-sentinel", "redis://127.0.0.1:1"],
+            "sentinel-master",
+        ),
+        (
+            vec![
+                "serve",
+                "--redis-cluster",
+                "redis://127.0.0.1:1",
+                "--redis-sentinel",
+                "redis://127.0.0.1:2",
+            ],
             "cannot be used with",
         ),
     ] {
@@ -435,11 +474,18 @@ async fn a_submission_over_queues_on_several_primaries_is_stored_per_queue_and_r
     assert!(ok.status == 200 || ok.status == 201, "{}", ok.text);
     let ids: Vec<String> = ok.json::<serde_json::Value>()["ids"]
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     assert_eq!(ids.len(), 10, "{}", ok.text);
     for id in &ids {
-        assert_eq!(app.api.task(id).await.state, muster::domain::TaskState::Pending);
+        assert_eq!(
+            app.api.task(id).await.state,
+            muster::domain::TaskState::Pending
+        );
     }
     assert_eq!(app.api.queue_counts(first).await.pending, 5);
     assert_eq!(app.api.queue_counts(&second).await.pending, 5);
@@ -451,12 +497,25 @@ async fn a_submission_over_queues_on_several_primaries_is_stored_per_queue_and_r
     assert!(failed.header("retry-after").is_some());
     // (Read from the store: the API's queue view also reads keys that may have lived on
     // the dead primary, like the node directory.)
-    let info = app.store.queue_info(first).await.expect("the first queue is readable");
-    assert_eq!(info.counts.pending, 5, "the first queue's part was rolled back: {info:?}");
-    assert_eq!(info.counts.cancelled, 0, "rolled-back tasks are deleted: {info:?}");
+    let info = app
+        .store
+        .queue_info(first)
+        .await
+        .expect("the first queue is readable");
+    assert_eq!(
+        info.counts.pending, 5,
+        "the first queue's part was rolled back: {info:?}"
+    );
+    assert_eq!(
+        info.counts.cancelled, 0,
+        "rolled-back tasks are deleted: {info:?}"
+    );
     for id in &ids {
         if id.ends_with(first) {
-            assert_eq!(app.api.task(id).await.state, muster::domain::TaskState::Pending);
+            assert_eq!(
+                app.api.task(id).await.state,
+                muster::domain::TaskState::Pending
+            );
         }
     }
 }
@@ -469,12 +528,57 @@ fn make_certs(dir: &std::path::Path) -> (String, String, String) {
             .current_dir(dir)
             .output()
             .expect("openssl on PATH (apt-get install openssl)");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
-    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=muster-test-ca"]);
-    run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1"]);
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=muster-test-ca",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "srv.key",
+        "-out",
+        "srv.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
     std::fs::write(dir.join("ext"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
-    run(&["x509", "-req", "-in", "srv.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "srv.crt", "-days", "2", "-extfile", "ext"]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "srv.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ]);
     let p = |f: &str| dir.join(f).display().to_string();
     (p("ca.crt"), p("srv.crt"), p("srv.key"))
 }
@@ -485,9 +589,30 @@ async fn tls_and_an_acl_user_on_one_server_and_a_password_on_a_cluster() {
     let (ca, cert, key) = make_certs(dir.path());
     let tls_port = free_port();
     let mut redis = std::process::Command::new("redis-server")
-        .args(["--port", "0", "--tls-port", &tls_port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--tls-cert-file", &cert, "--tls-key-file", &key, "--tls-ca-cert-file", &ca])
-        .args(["--tls-auth-clients", "no", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &tls_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+        ])
+        .args([
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .args(["--dir", &dir.path().display().to_string()])
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -501,18 +626,41 @@ async fn tls_and_an_acl_user_on_one_server_and_a_password_on_a_cluster() {
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     while !String::from_utf8_lossy(&rcli(&["ping"]).stdout).contains("PONG") {
-        assert!(Instant::now() < deadline, "TLS redis-server did not come up");
+        assert!(
+            Instant::now() < deadline,
+            "TLS redis-server did not come up"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // An ACL user that may do what muster does, and nothing about other users.
-    let setuser = rcli(&["ACL", "SETUSER", "muster", "on", ">a-long-password", "~*", "&*", "+@all", "-@dangerous", "+config|get", "+info", "+script", "+flushall"]);
+    let setuser = rcli(&[
+        "ACL",
+        "SETUSER",
+        "muster",
+        "on",
+        ">a-long-password",
+        "~*",
+        "&*",
+        "+@all",
+        "-@dangerous",
+        "+config|get",
+        "+info",
+        "+script",
+        "+flushall",
+    ]);
     assert!(String::from_utf8_lossy(&setuser.stdout).contains("OK"));
     let _ = rcli(&["ACL", "SETUSER", "default", "off"]);
 
     let url = format!("rediss://muster:a-long-password@127.0.0.1:{tls_port}/");
     let port = free_port();
     let mut serve = std::process::Command::new(muster_bin())
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--redis-url", &url])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--redis-url",
+            &url,
+        ])
         .args(["--admin-token", ADMIN_TOKEN, "--namespace", &unique_ns()])
         .env("SSL_CERT_FILE", &ca)
         .stdout(std::process::Stdio::null())
@@ -526,7 +674,9 @@ async fn tls_and_an_acl_user_on_one_server_and_a_password_on_a_cluster() {
     })
     .await;
     let api = Http::new(&base, Some(ADMIN_TOKEN));
-    let t = api.submit(json!({ "kind": "k", "payload": { "over": "tls" } })).await;
+    let t = api
+        .submit(json!({ "kind": "k", "payload": { "over": "tls" } }))
+        .await;
     assert_eq!(api.task(&t.id).await.payload, json!({ "over": "tls" }));
     let _ = serve.kill();
     let _ = serve.wait();
@@ -534,7 +684,11 @@ async fn tls_and_an_acl_user_on_one_server_and_a_password_on_a_cluster() {
     // Untrusted certificate, wrong password: one line, exit 1, no retry loop.
     for (env_ca, u, says) in [
         (false, url.clone(), "certificate"),
-        (true, format!("rediss://muster:wrong@127.0.0.1:{tls_port}/"), "auth"),
+        (
+            true,
+            format!("rediss://muster:wrong@127.0.0.1:{tls_port}/"),
+            "auth",
+        ),
     ] {
         let mut cmd = std::process::Command::new(muster_bin());
         cmd.args(["doctor", "--redis-url", &u, "--namespace", "x"]);
@@ -546,16 +700,24 @@ async fn tls_and_an_acl_user_on_one_server_and_a_password_on_a_cluster() {
         let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
         assert_eq!(out.status.code(), Some(1), "{u}: {err}");
         assert!(err.contains(says), "{u}: {err}");
-        assert!(!err.contains("a-long-password") && !err.contains("wrong@"), "the password is redacted: {err}");
+        assert!(
+            !err.contains("a-long-password") && !err.contains("wrong@"),
+            "the password is redacted: {err}"
+        );
     }
     let _ = redis.kill();
     let _ = redis.wait();
 
     // A cluster whose nodes require a password: the seed URLs carry it.
-    let extra: Vec<String> = ["--requirepass", "cluster-pass", "--masterauth", "cluster-pass"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let extra: Vec<String> = [
+        "--requirepass",
+        "cluster-pass",
+        "--masterauth",
+        "cluster-pass",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let cluster = TestCluster::start_with(3, 0, &extra, Some("cluster-pass"));
     let seeds = cluster
         .nodes
@@ -576,7 +738,11 @@ async fn tls_and_an_acl_user_on_one_server_and_a_password_on_a_cluster() {
         .args(["doctor", "--redis-cluster", &seeds, "--namespace", &ns])
         .output()
         .expect("doctor");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let bad = seeds.replace("cluster-pass", "nope");
     let out = std::process::Command::new(muster_bin())
         .args(["doctor", "--redis-cluster", &bad, "--namespace", &ns])

@@ -4,9 +4,8 @@
 //! restarted, exactly one task per tick and none missed.
 
 use crate::support::{
-    e2e_conn,
-    ADMIN_TOKEN, Http, ServeProc, assert_doctor_clean, eventually, shared_redis, spawn_app,
-    spawn_serve_process, unique_ns,
+    ADMIN_TOKEN, Http, ServeProc, assert_doctor_clean, e2e_conn, eventually, shared_redis,
+    spawn_app, spawn_serve_process, unique_ns,
 };
 use muster::domain::coord::{FireOutcome, Schedule};
 use muster::domain::{TaskState, parse_rfc3339_ms};

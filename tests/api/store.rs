@@ -252,8 +252,10 @@ impl Kit {
         };
         let tkey = keys.task(&q, &id);
         // One script (atomic, and routed by its first key on a Cluster).
-        let mut fields: Vec<(String, String)> =
-            fields.into_iter().map(|(f, v)| (f.to_string(), v)).collect();
+        let mut fields: Vec<(String, String)> = fields
+            .into_iter()
+            .map(|(f, v)| (f.to_string(), v))
+            .collect();
         let finished = matches!(state, "succeeded" | "failed" | "cancelled");
         if finished {
             fields.push(("finished_at".into(), now.to_string()));

@@ -198,14 +198,16 @@ impl TestCluster {
 
     /// The muster target of this cluster.
     pub fn target(&self) -> muster::store::RedisTarget {
-        muster::store::RedisTarget::Cluster(
-            self.nodes.iter().map(Node::url).collect(),
-        )
+        muster::store::RedisTarget::Cluster(self.nodes.iter().map(Node::url).collect())
     }
 
     /// The index of the node serving `key`'s slot as primary.
     pub fn primary_of(&self, key: &str) -> usize {
-        let live = self.nodes.iter().find(|n| !n.killed()).expect("a live node");
+        let live = self
+            .nodes
+            .iter()
+            .find(|n| !n.killed())
+            .expect("a live node");
         let slot: u16 = cli(live.port, &["cluster", "keyslot", key])
             .trim()
             .parse()
@@ -300,7 +302,10 @@ impl WatchedCluster {
             let i = cli(*p, &["cluster", "info"]);
             i.contains("cluster_state:ok") && i.contains("cluster_slots_ok:16384")
         }) {
-            assert!(Instant::now() < deadline, "the shared cluster did not become ok");
+            assert!(
+                Instant::now() < deadline,
+                "the shared cluster did not become ok"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         WatchedCluster {
