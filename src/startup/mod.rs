@@ -46,6 +46,16 @@ impl Application {
             })?
             .with_replica_acks(config.replica_acks);
         let persistence = store.prepare().await.context("redis is not usable")?;
+        if config.replica_acks > 0 {
+            match store.connected_replicas().await {
+                Ok(Some(n)) if n < config.replica_acks => tracing::warn!(
+                    replicas = n,
+                    replica_acks = config.replica_acks,
+                    "the redis primary has fewer replicas than --replica-acks: every write answers 503 until enough connect"
+                ),
+                _ => {}
+            }
+        }
         if !persistence {
             tracing::warn!(
                 "redis persistence is off (no AOF, no RDB): a redis restart loses every task; enable appendonly yes"

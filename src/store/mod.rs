@@ -121,6 +121,23 @@ impl Store {
         self
     }
 
+    /// Replicas connected to the primary this store writes to (`INFO replication`; on
+    /// a Cluster, one primary's). `None` when Redis does not say.
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn connected_replicas(&self) -> Result<Option<u32>> {
+        let mut c = self.conn();
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut c)
+            .await?;
+        Ok(info
+            .lines()
+            .find_map(|l| l.strip_prefix("connected_slaves:"))
+            .and_then(|v| v.trim().parse().ok()))
+    }
+
     /// Where this store's Redis is.
     pub fn target(&self) -> &RedisTarget {
         &self.backend.target

@@ -750,3 +750,72 @@ async fn tls_and_an_acl_user_on_one_server_and_a_password_on_a_cluster() {
         .expect("doctor");
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replica_acks_a_write_answers_only_once_a_replica_has_it_and_503_while_none_is_there()
+{
+    let primary = Node::start(&[]);
+    let mut replica = Node::start(&[
+        "--replicaof".into(),
+        "127.0.0.1".into(),
+        primary.port.to_string(),
+    ]);
+    // In sync: the replica's link is up and it acknowledges a write (WAIT 1).
+    eventually(Duration::from_secs(20), "the replica in sync", || async {
+        let link = cli(replica.port, &["info", "replication"]);
+        let acked = cli(primary.port, &["wait", "1", "200"]);
+        (link.contains("master_link_status:up") && acked.trim() == "1").then_some(())
+    })
+    .await;
+    let ns = unique_ns();
+    let app = spawn_app_target(
+        muster::store::RedisTarget::Standalone(primary.url()),
+        &ns,
+        1,
+    )
+    .await;
+    let t = app.api.submit(json!({ "kind": "k", "payload": 1 })).await;
+    // What the primary acknowledged, the replica has.
+    let on_replica = cli(
+        replica.port,
+        &["hget", &app.store.keys.task("default", &t.id), "state"],
+    );
+    assert_eq!(on_replica.trim(), "pending");
+
+    replica.kill9();
+    eventually(
+        Duration::from_secs(10),
+        "the primary sees no replica",
+        || async {
+            let info = cli(primary.port, &["info", "replication"]);
+            info.contains("connected_slaves:0").then_some(())
+        },
+    )
+    .await;
+    let r = app
+        .api
+        .post("/v1/tasks", &json!({ "kind": "k", "payload": 2 }))
+        .await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert!(r.header("retry-after").is_some());
+
+    replica.restart();
+    let ok = eventually(
+        Duration::from_secs(30),
+        "writes acknowledged again",
+        || async {
+            let r = app
+                .api
+                .post("/v1/tasks", &json!({ "kind": "k", "payload": 3 }))
+                .await;
+            (r.status == 201).then_some(r)
+        },
+    )
+    .await;
+    let id = ok.json::<muster::domain::Task>().id;
+    let on_replica = cli(
+        replica.port,
+        &["hget", &app.store.keys.task("default", &id), "state"],
+    );
+    assert_eq!(on_replica.trim(), "pending");
+}

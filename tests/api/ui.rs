@@ -263,6 +263,9 @@ fn keep_alive(app: &SecApp, node: &str, token: &str) -> KeepAlive {
 async fn app() -> SecApp {
     spawn_sec_app(&e2e_redis().url(), |c| {
         c.heartbeat_interval = Duration::from_millis(500);
+        if crate::support::on_cluster() {
+            c.redis_target = Some(crate::support::e2e_target());
+        }
     })
     .await
 }

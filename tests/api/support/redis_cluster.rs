@@ -25,7 +25,7 @@ pub struct Node {
 }
 
 impl Node {
-    fn start(extra: &[String]) -> Node {
+    pub fn start(extra: &[String]) -> Node {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let child = Self::spawn(&dir, port, extra);
