@@ -488,8 +488,12 @@ async fn split_by_tag(c: ClusterConnection, pipeline: &Pipeline) -> redis::Redis
     Ok(out.into_iter().map(|v| v.unwrap_or(Value::Nil)).collect())
 }
 
+/// How often the Sentinels are asked which primary they name.
+const SENTINEL_POLL: Duration = Duration::from_millis(500);
+
 /// The primary behind Sentinels: a reconnecting connection to the address they name,
-/// replaced when a command fails in a way that says the primary moved.
+/// replaced when a command fails in a way that says the primary moved, or when the
+/// Sentinels name another one ([`SENTINEL_POLL`]).
 pub struct SentinelConn {
     sentinel: tokio::sync::Mutex<SentinelClient>,
     current: RwLock<(ConnectionManager, redis::Client)>,
@@ -543,6 +547,44 @@ impl SentinelConn {
                 }
             }
             this.refreshing.store(false, Ordering::Release);
+        });
+    }
+
+    /// Asks the Sentinels every [`SENTINEL_POLL`] which primary they name and moves to
+    /// it when it changed: a planned failover leaves the old primary alive (as a replica
+    /// soon), so no error would tell. Stops when the connection is dropped.
+    fn watch(conn: &Arc<SentinelConn>) {
+        let weak = Arc::downgrade(conn);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SENTINEL_POLL).await;
+                let Some(this) = weak.upgrade() else { return };
+                if this.refreshing.load(Ordering::Acquire) {
+                    continue;
+                }
+                let named = {
+                    let mut s = this.sentinel.lock().await;
+                    tokio::time::timeout(this.timeouts.connect, s.async_get_client()).await
+                };
+                let Ok(Ok(client)) = named else { continue };
+                let now = client.get_connection_info().addr().to_string();
+                if now == this.client().get_connection_info().addr().to_string() {
+                    continue;
+                }
+                if this.refreshing.swap(true, Ordering::AcqRel) {
+                    continue;
+                }
+                match manager(client.clone(), this.timeouts, this.timeouts.response).await {
+                    Ok(m) => {
+                        *this.current.write().unwrap_or_else(|e| e.into_inner()) = (m, client);
+                        tracing::warn!(primary = %now, "sentinel: the primary moved; connected to it");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, primary = %now, "sentinel: cannot reach the new primary yet")
+                    }
+                }
+                this.refreshing.store(false, Ordering::Release);
+            }
         });
     }
 
@@ -669,6 +711,8 @@ impl Backend {
                 };
                 let conn = make(build()?, t.response).await?;
                 let bulk = make(build()?, bulk_timeout).await?;
+                SentinelConn::watch(&conn);
+                SentinelConn::watch(&bulk);
                 Ok((
                     Backend {
                         target: target.clone(),

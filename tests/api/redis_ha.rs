@@ -819,3 +819,67 @@ async fn with_replica_acks_a_write_answers_only_once_a_replica_has_it_and_503_wh
     );
     assert_eq!(on_replica.trim(), "pending");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_sentinel_failover_of_a_live_primary_muster_writes_to_the_new_one_without_a_restart()
+ {
+    let set = TestSentinels::start();
+    let app = spawn_app_target(set.target(), &unique_ns(), 0).await;
+    let before = app.api.submit(json!({ "kind": "k", "payload": 1 })).await;
+    let old = set.primary_port().expect("a primary");
+    let bkey = app.store.keys.task("default", &before.id);
+    // (Replication is asynchronous: the failover below would lose it unless the replica
+    // has it; that loss is --replica-acks' business, not this test's.)
+    eventually(
+        Duration::from_secs(20),
+        "the replica has the first task",
+        || async {
+            (cli(set.data[1].port, &["hget", &bkey, "state"]).trim() == "pending").then_some(())
+        },
+    )
+    .await;
+    // A planned failover: the old primary lives on as a replica (writes there: READONLY).
+    let out = cli(set.sentinels[0].port, &["sentinel", "failover", "mymaster"]);
+    assert!(out.contains("OK"), "{out}");
+    eventually(
+        Duration::from_secs(30),
+        "the sentinels name the replica",
+        || async { set.primary_port().filter(|p| *p != old) },
+    )
+    .await;
+    // Within a second or so of the Sentinels naming it, muster writes to the new one.
+    let new = set.primary_port().expect("a primary");
+    let named_at = Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "a submission on the new primary",
+        || async {
+            let r = app
+                .api
+                .post("/v1/tasks", &json!({ "kind": "k", "payload": 2 }))
+                .await;
+            assert!(
+                r.status == 201 || r.status == 503,
+                "{}: {}",
+                r.status,
+                r.text
+            );
+            if r.status != 201 {
+                return None;
+            }
+            let t = r.json::<muster::domain::Task>();
+            let key = app.store.keys.task("default", &t.id);
+            (cli(new, &["hget", &key, "state"]).trim() == "pending").then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "writes reached the new primary {:?} after the sentinels named it",
+        named_at.elapsed()
+    );
+    assert_eq!(
+        app.api.task(&before.id).await.payload,
+        json!(1),
+        "the earlier task is there"
+    );
+}
