@@ -173,12 +173,16 @@ impl Conn {
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let guarded = match &self.link {
+            Link::Cluster(_) => guarded(cmd),
+            _ => None,
+        };
         if self.acks > 0 && is_script(cmd) {
             let (acks, timeout) = (self.acks, self.ack_timeout_ms);
             let mut link = self.link.clone();
             return Box::pin(async move {
                 let mut p = redis::pipe();
-                p.add_command(cmd.clone());
+                p.add_command(guarded.unwrap_or_else(|| cmd.clone()));
                 p.cmd("WAIT").arg(acks).arg(timeout);
                 let mut vals = link.req_packed_commands(&p, 0, 2).await?.into_iter();
                 let reply = vals.next().unwrap_or(Value::Nil);
@@ -202,6 +206,12 @@ impl ConnectionLike for Conn {
                 Ok(reply)
             });
         }
+        if let Link::Cluster(c) = &mut self.link
+            && let Some(g) = guarded
+        {
+            let mut c = c.clone();
+            return Box::pin(async move { c.req_packed_command(&g).await });
+        }
         self.link.req_packed_command(cmd)
     }
 
@@ -217,6 +227,47 @@ impl ConnectionLike for Conn {
     fn get_db(&self) -> i64 {
         self.link.get_db()
     }
+}
+
+/// A script call on a Cluster with one more declared key, `<KEYS[1]>~guard`, which
+/// never exists and shares KEYS[1]'s hash tag (no script reads it: none looks past the
+/// keys it names). The scripts build most of their keys from their queue's prefix
+/// instead of declaring them, so Redis could not tell a script that its slot is being
+/// moved and would run it against whichever keys have moved. With two declared keys
+/// of which one is always missing, Redis answers `TRYAGAIN` to every call on a slot
+/// that is migrating (or `ASK`, then `TRYAGAIN` from the importing node): muster
+/// answers 503 and the caller retries until the move is done. On a stable slot the
+/// missing key changes nothing. `None` for anything else (or a first key without a
+/// hash tag).
+fn guarded(cmd: &Cmd) -> Option<Cmd> {
+    let args: Vec<&[u8]> = cmd
+        .args_iter()
+        .filter_map(|a| match a {
+            redis::Arg::Simple(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    let name = args.first()?;
+    if !(name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVAL")) {
+        return None;
+    }
+    let n: usize = std::str::from_utf8(args.get(2)?).ok()?.parse().ok()?;
+    let first = *args.get(3)?;
+    if n == 0 || args.len() < 3 + n || hash_tag(first).len() == first.len() {
+        return None;
+    }
+    let mut guard = first.to_vec();
+    guard.extend_from_slice(b"~guard");
+    let mut g = redis::cmd(std::str::from_utf8(name).ok()?);
+    g.arg(args[1]).arg(n + 1);
+    for k in &args[3..3 + n] {
+        g.arg(*k);
+    }
+    g.arg(guard);
+    for a in &args[3 + n..] {
+        g.arg(*a);
+    }
+    Some(g)
 }
 
 /// `EVAL`/`EVALSHA`: a script call, a write of muster's.
@@ -774,6 +825,44 @@ mod tests {
         assert_eq!(hash_tag(b"muster:queues"), b"muster:queues");
         assert_eq!(hash_tag(b"a{}b{c}"), b"a{}b{c}");
         assert_eq!(hash_tag(b"{~nodes}:all"), b"~nodes");
+    }
+
+    #[test]
+    fn cluster_script_calls_declare_a_guard_key_after_their_own() {
+        let mut e = redis::cmd("EVALSHA");
+        e.arg("abc")
+            .arg(2)
+            .arg("m:{q}:")
+            .arg("m:{q}:x")
+            .arg("a1")
+            .arg("a2");
+        let g = guarded(&e).expect("guarded");
+        let args: Vec<Vec<u8>> = g
+            .args_iter()
+            .filter_map(|a| match a {
+                redis::Arg::Simple(b) => Some(b.to_vec()),
+                _ => None,
+            })
+            .collect();
+        let want: Vec<&[u8]> = vec![
+            b"EVALSHA",
+            b"abc",
+            b"3",
+            b"m:{q}:",
+            b"m:{q}:x",
+            b"m:{q}:~guard",
+            b"a1",
+            b"a2",
+        ];
+        assert_eq!(args, want);
+        assert_eq!(cmd_tag(&g), cmd_tag(&e), "same slot");
+        let mut untagged = redis::cmd("EVALSHA");
+        untagged.arg("abc").arg(1).arg("plain").arg("a");
+        assert!(guarded(&untagged).is_none());
+        let mut keyless = redis::cmd("EVAL");
+        keyless.arg("return 1").arg(0);
+        assert!(guarded(&keyless).is_none());
+        assert!(guarded(&redis::cmd("PING")).is_none());
     }
 
     #[test]

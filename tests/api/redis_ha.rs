@@ -883,3 +883,113 @@ async fn after_a_sentinel_failover_of_a_live_primary_muster_writes_to_the_new_on
         "the earlier task is there"
     );
 }
+
+/// Moves `slot` from the primary on `src` to the one on `dst` the way `redis-cli
+/// --cluster reshard` does (IMPORTING/MIGRATING, MIGRATE in batches, SETSLOT NODE on
+/// every primary), pausing between batches so that traffic meets the half-moved slot.
+fn move_slot(slot: u16, src: u16, dst: u16, others: &[u16]) {
+    let id = |p: u16| cli(p, &["cluster", "myid"]).trim().to_string();
+    let (src_id, dst_id) = (id(src), id(dst));
+    let s = slot.to_string();
+    assert!(cli(dst, &["cluster", "setslot", &s, "importing", &src_id]).contains("OK"));
+    assert!(cli(src, &["cluster", "setslot", &s, "migrating", &dst_id]).contains("OK"));
+    loop {
+        let keys: Vec<String> = cli(src, &["cluster", "getkeysinslot", &s, "5"])
+            .lines()
+            .map(str::to_string)
+            .filter(|k| !k.is_empty())
+            .collect();
+        if keys.is_empty() {
+            break;
+        }
+        let mut args: Vec<&str> = vec!["migrate", "127.0.0.1"];
+        let dport = dst.to_string();
+        args.push(&dport);
+        args.extend(["", "0", "5000", "KEYS"]);
+        args.extend(keys.iter().map(String::as_str));
+        let out = cli(src, &args);
+        assert!(
+            out.contains("OK") || out.contains("NOKEY"),
+            "MIGRATE: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    for p in [dst, src].iter().chain(others) {
+        assert!(cli(*p, &["cluster", "setslot", &s, "node", &dst_id]).contains("OK"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resharding_a_queues_slot_while_tasks_flow_loses_nothing_and_leaves_nothing_stuck() {
+    let cluster = TestCluster::start(3, 0);
+    let ns = unique_ns();
+    let app = spawn_app_target(cluster.target(), &ns, 0).await;
+    let queue = "moving";
+    let src_i = cluster.primary_of(&format!("{ns}:{{{queue}}}:pending"));
+    let src = cluster.nodes[src_i].port;
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+    let dst = *ports.iter().find(|p| **p != src).expect("another primary");
+    let others: Vec<u16> = ports
+        .iter()
+        .copied()
+        .filter(|p| *p != src && *p != dst)
+        .collect();
+    let slot: u16 = cli(src, &["cluster", "keyslot", queue])
+        .trim()
+        .parse()
+        .expect("slot");
+    let mut agents = vec![
+        spawn_agent_process(&[&app.url], &agent_args("m1", &[queue])),
+        spawn_agent_process(&[&app.url], &agent_args("m2", &[queue])),
+    ];
+    let moved = Arc::new(std::sync::Mutex::new(false));
+    let m2 = moved.clone();
+    let tally = submit_through(&app.api, 1500, &[queue], move || {
+        // Half submitted (many done, some running, some pending): move the slot while
+        // the other half comes and the agents work.
+        std::thread::spawn(move || {
+            move_slot(slot, src, dst, &others);
+            *m2.lock().unwrap() = true;
+        });
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !*moved.lock().unwrap() {
+        assert!(Instant::now() < deadline, "the slot move did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        tally.other.is_empty(),
+        "answers other than 201/503: {:?}",
+        &tally.other[..tally.other.len().min(5)]
+    );
+    eprintln!(
+        "resharding: {} answers were 503 while the slot moved",
+        tally.unavailable
+    );
+    assert_eq!(tally.acked.len(), 1500);
+    wait_all_terminal(&app, &tally.acked, Duration::from_secs(120)).await;
+    assert_eq!(
+        cli(src, &["cluster", "countkeysinslot", &slot.to_string()]).trim(),
+        "0",
+        "every key of the queue left the old primary"
+    );
+    let mut c = E2eConn::Cluster(
+        Box::new(
+            redis::cluster::ClusterClient::new(
+                cluster.nodes.iter().map(|n| n.url()).collect::<Vec<_>>(),
+            )
+            .expect("client")
+            .get_connection()
+            .expect("cluster connection"),
+        ),
+        Vec::new(),
+    );
+    let (lost, twice) = audit(&app, &mut c, &tally.acked, &[queue]).await;
+    assert!(lost.is_empty(), "lost: {}", lost.len());
+    assert!(twice.is_empty(), "results accepted twice: {twice:?}");
+    for a in &mut agents {
+        a.kill9();
+    }
+    assert_doctor_clean(&app.store).await;
+}
