@@ -154,9 +154,28 @@ impl Hub {
         let len = |m: &Waiters| m.lock().unwrap_or_else(|e| e.into_inner()).len();
         (len(&self.tasks), len(&self.nodes))
     }
-    /// Wakes the lease long-polls of a node.
+    /// Wakes every lease long-poll of a node (it was drained or removed: each must
+    /// look again).
     pub fn wake_node(&self, id: &str) {
         wake(&self.nodes, id)
+    }
+
+    /// Wakes one lease long-poll of a node: its inbox got tasks. One is enough, since
+    /// a long-poll takes what it can at once; one that comes back full wakes the next
+    /// ([`Hub::wake_node_one`] again). Waking them all would send every long-poll of
+    /// the node to Redis for one task, all but one for nothing. When none waits, the
+    /// wake-up is kept for the next (a long-poll between two waits misses nothing; a
+    /// woken one that leaves without waiting passes it on: [`Notify::notify_one`]).
+    pub fn wake_node_one(&self, id: &str) {
+        let n = self
+            .nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned();
+        if let Some(n) = n {
+            n.notify_one();
+        }
     }
 
     /// Wakes every waiter (the periodic sweep).
@@ -274,6 +293,36 @@ mod tests {
         h.release_node("n", n);
         assert_eq!(h.waiting(), (0, 1));
         drop(m);
+        assert_eq!(h.waiting(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn wake_node_one_wakes_one_long_poll_and_a_leaver_passes_it_on() {
+        use std::future::Future;
+        use std::task::Context;
+        let h = Hub::new();
+        let (a, b) = (h.node("n"), h.node("n"));
+        let mut fa = Box::pin(a.notified());
+        let mut fb = Box::pin(b.notified());
+        fa.as_mut().enable();
+        fb.as_mut().enable();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        h.wake_node_one("n");
+        assert!(
+            fa.as_mut().poll(&mut cx).is_ready(),
+            "the longest waiting is woken"
+        );
+        assert!(fb.as_mut().poll(&mut cx).is_pending(), "and only it");
+        // A woken long-poll that leaves before taking its wake-up hands it on.
+        let mut fc = Box::pin(a.notified());
+        fc.as_mut().enable();
+        h.wake_node_one("n");
+        drop(fb);
+        assert!(fc.as_mut().poll(&mut cx).is_ready());
+        drop((fa, fc));
+        drop((a, b));
+        // Nobody waits: nothing to wake, nothing kept in the hub.
+        h.wake_node_one("n");
         assert_eq!(h.waiting(), (0, 0));
     }
 

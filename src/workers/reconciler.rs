@@ -82,7 +82,7 @@ impl Reconciler {
     pub fn handle(&self, msg: &str) {
         match Wakeup::parse(&self.store.keys, msg) {
             Some(Wakeup::New { queue }) => self.hub.mark_dirty(queue),
-            Some(Wakeup::Assigned { node, .. }) => self.hub.wake_node(node),
+            Some(Wakeup::Assigned { node, .. }) => self.hub.wake_node_one(node),
             Some(Wakeup::Done { queue, tasks, .. }) => {
                 for id in tasks {
                     self.hub.wake_task(id);
