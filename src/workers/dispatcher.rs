@@ -210,6 +210,8 @@ impl Dispatcher {
                 .inc_by(assigned as u64);
             // Only the nodes that got tasks, one long-poll each (see Hub::wake_node_one).
             for n in &d.nodes {
+                let hint = crate::store::Wakeup::Assigned { queue, node: n };
+                self.hub.expect_echo(hint.message(&self.store.keys));
                 self.hub.wake_node_one(n);
             }
             if left > 0 && assigned as usize == max {
