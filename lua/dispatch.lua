@@ -9,7 +9,8 @@
 -- with a concurrency key goes only when it gets a slot of its key's semaphore (others
 -- stay pending, in order, and go when a slot frees: finishing publishes a wake-up).
 -- Returns: {assigned, pending left, ms until the rate limit allows the next task (0:
--- not rate-limited)}. Paused queues assign nothing.
+-- not rate-limited), then the id of each node that got tasks}. Paused queues assign
+-- nothing.
 local p, channel, max, scan, m = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local conf = redis.call('HMGET', k_conf(p), 'paused', 'max_running', 'rate_limit')
 if conf[1] == '1' then
@@ -82,9 +83,11 @@ if max > 0 then
   end
 end
 -- One RPUSH, one load change and one wake-up per node that got tasks.
+local woken = {}
 for _, nd in ipairs(nodes) do
   local got = #nd.ids
   if got > 0 then
+    woken[#woken + 1] = nd.id
     local inbox = k_inbox(p, nd.id)
     for i = 1, got, 1000 do redis.call('RPUSH', inbox, unpack(nd.ids, i, math.min(i + 999, got))) end
     incr_load(p, nd.id, got)
@@ -99,4 +102,6 @@ if tokens and assigned > 0 and wait == 0 then
   if left < 1 then wait = math.ceil((1 - left) * 1000 / rate) end
 end
 flush_all()
-return {assigned, redis.call('ZCARD', pending), wait}
+local reply = {assigned, redis.call('ZCARD', pending), wait}
+for _, id in ipairs(woken) do reply[#reply + 1] = id end
+return reply

@@ -395,6 +395,11 @@ pub async fn nodes_lease(
     }
     .await;
     st.hub.release_node(&id, notify);
+    if res.as_ref().is_ok_and(|out| out.len() >= max) {
+        // Came back full: the inbox may hold more, for another long-poll of this node
+        // (the dispatcher woke only one).
+        st.hub.wake_node_one(&id);
+    }
     Ok(Json(LeaseReply { leases: res? }))
 }
 

@@ -98,7 +98,14 @@ pub struct Hub {
     pub dispatch: Notify,
     stats: Mutex<HashMap<String, NodeStats>>,
     confs: Mutex<HashMap<String, (Instant, QueueConf)>>,
+    /// Wake-ups this process acted on itself as its script published them (message →
+    /// when, oldest first): their echo from pub/sub is not acted on again.
+    echoes: Mutex<HashMap<String, VecDeque<Instant>>>,
 }
+
+/// How long an expected echo of this process's own wake-up is waited for (it comes back
+/// within a millisecond or so; one lost with the subscription is forgotten after this).
+pub const ECHO_WINDOW: Duration = Duration::from_millis(250);
 
 fn notify_of(map: &Waiters, key: &str) -> Waiter {
     let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
@@ -154,9 +161,28 @@ impl Hub {
         let len = |m: &Waiters| m.lock().unwrap_or_else(|e| e.into_inner()).len();
         (len(&self.tasks), len(&self.nodes))
     }
-    /// Wakes the lease long-polls of a node.
+    /// Wakes every lease long-poll of a node (it was drained or removed: each must
+    /// look again).
     pub fn wake_node(&self, id: &str) {
         wake(&self.nodes, id)
+    }
+
+    /// Wakes one lease long-poll of a node: its inbox got tasks. One is enough, since
+    /// a long-poll takes what it can at once; one that comes back full wakes the next
+    /// ([`Hub::wake_node_one`] again). Waking them all would send every long-poll of
+    /// the node to Redis for one task, all but one for nothing. When none waits, the
+    /// wake-up is kept for the next (a long-poll between two waits misses nothing; a
+    /// woken one that leaves without waiting passes it on: [`Notify::notify_one`]).
+    pub fn wake_node_one(&self, id: &str) {
+        let n = self
+            .nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned();
+        if let Some(n) = n {
+            n.notify_one();
+        }
     }
 
     /// Wakes every waiter (the periodic sweep).
@@ -194,6 +220,45 @@ impl Hub {
             self.dispatch.notify_one();
         }
         Some(q)
+    }
+
+    /// This process has acted on the wake-up `msg` (as published on the wake channel)
+    /// itself: the dispatcher woke the node, the submit marked the queue. Its echo from
+    /// pub/sub, when it comes within [`ECHO_WINDOW`], is then skipped
+    /// ([`Hub::take_echo`]) instead of sending a second dispatch or long-poll to Redis
+    /// for nothing. Skipping another replica's identical message in its place is as
+    /// good: this process's own, later in the subscription, is then acted on.
+    pub fn expect_echo(&self, msg: String) {
+        let now = Instant::now();
+        let mut m = self.echoes.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() > 10_000 {
+            m.retain(|_, q| {
+                q.retain(|t| now.duration_since(*t) < ECHO_WINDOW);
+                !q.is_empty()
+            });
+        }
+        m.entry(msg).or_default().push_back(now);
+    }
+
+    /// Whether `msg`, just read from pub/sub, is the echo of a wake-up this process
+    /// already acted on ([`Hub::expect_echo`]); it is then forgotten.
+    pub fn take_echo(&self, msg: &str) -> bool {
+        let now = Instant::now();
+        let mut m = self.echoes.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(q) = m.get_mut(msg) else {
+            return false;
+        };
+        while q
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= ECHO_WINDOW)
+        {
+            q.pop_front();
+        }
+        let hit = q.pop_front().is_some();
+        if q.is_empty() {
+            m.remove(msg);
+        }
+        hit
     }
 
     /// Adds to a node's pending statistics.
@@ -275,6 +340,56 @@ mod tests {
         assert_eq!(h.waiting(), (0, 1));
         drop(m);
         assert_eq!(h.waiting(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn wake_node_one_wakes_one_long_poll_and_a_leaver_passes_it_on() {
+        use std::future::Future;
+        use std::task::Context;
+        let h = Hub::new();
+        let (a, b) = (h.node("n"), h.node("n"));
+        let mut fa = Box::pin(a.notified());
+        let mut fb = Box::pin(b.notified());
+        fa.as_mut().enable();
+        fb.as_mut().enable();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        h.wake_node_one("n");
+        assert!(
+            fa.as_mut().poll(&mut cx).is_ready(),
+            "the longest waiting is woken"
+        );
+        assert!(fb.as_mut().poll(&mut cx).is_pending(), "and only it");
+        // A woken long-poll that leaves before taking its wake-up hands it on.
+        let mut fc = Box::pin(a.notified());
+        fc.as_mut().enable();
+        h.wake_node_one("n");
+        drop(fb);
+        assert!(fc.as_mut().poll(&mut cx).is_ready());
+        drop((fa, fc));
+        drop((a, b));
+        // Nobody waits: nothing to wake, nothing kept in the hub.
+        h.wake_node_one("n");
+        assert_eq!(h.waiting(), (0, 0));
+    }
+
+    #[test]
+    fn an_expected_echo_is_skipped_once_and_only_within_its_window() {
+        let h = Hub::new();
+        assert!(!h.take_echo("new q"), "nothing expected");
+        h.expect_echo("new q".into());
+        h.expect_echo("new q".into());
+        assert!(!h.take_echo("assigned q n"), "another message");
+        assert!(h.take_echo("new q"));
+        assert!(h.take_echo("new q"));
+        assert!(!h.take_echo("new q"), "each expected once");
+        h.echoes
+            .lock()
+            .unwrap()
+            .entry("new q".into())
+            .or_default()
+            .push_back(Instant::now() - ECHO_WINDOW);
+        assert!(!h.take_echo("new q"), "too late: acted on");
+        assert!(h.echoes.lock().unwrap().is_empty());
     }
 
     #[test]

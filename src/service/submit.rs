@@ -89,7 +89,18 @@ pub async fn submit(
     let mut queues: Vec<&str> = tasks.iter().map(|t| t.queue.as_str()).collect();
     queues.sort_unstable();
     queues.dedup();
+    // submit.lua published `new` for each queue where a task went pending: marked
+    // here, so its echo needs no second dispatch.
+    let published = |q: &str| match &out {
+        Submitted::Created { chosen, .. } => tasks.iter().zip(chosen).any(|(t, c)| {
+            t.queue == q && matches!(c, Some((crate::domain::TaskState::Pending, _)))
+        }),
+        Submitted::Duplicate { .. } => false,
+    };
     for q in queues {
+        if published(q) {
+            hub.expect_echo(crate::store::Wakeup::New { queue: q }.message(&store.keys));
+        }
         hub.mark_dirty(q);
     }
     Ok(out)

@@ -19,6 +19,19 @@ pub struct Leased {
     pub expires_ms: i64,
 }
 
+/// Outcome of [`Store::dispatch_to`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dispatched {
+    /// Tasks assigned.
+    pub assigned: i64,
+    /// Tasks left pending.
+    pub left: i64,
+    /// Ms until the queue's rate limit allows the next task (0: not rate-limited).
+    pub wait_ms: i64,
+    /// The nodes that got tasks, each once.
+    pub nodes: Vec<String>,
+}
+
 /// Outcome of [`Store::extend`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Extended {
@@ -76,7 +89,7 @@ impl Store {
     /// the budget is the node's capacity minus its load in other queues (the script
     /// subtracts this queue's load atomically), preferring the node with most free
     /// slots. Returns (assigned, pending left, ms until the queue's rate limit allows
-    /// the next task or 0).
+    /// the next task or 0); [`Store::dispatch_to`] also says which nodes got tasks.
     ///
     /// # Errors
     /// Redis errors.
@@ -87,6 +100,21 @@ impl Store {
         max: usize,
         scan: usize,
     ) -> Result<(i64, i64, i64)> {
+        let d = self.dispatch_to(queue, nodes, max, scan).await?;
+        Ok((d.assigned, d.left, d.wait_ms))
+    }
+
+    /// [`Store::dispatch`], with the nodes that got tasks (the ones to wake).
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn dispatch_to(
+        &self,
+        queue: &str,
+        nodes: &[(String, i64, String)],
+        max: usize,
+        scan: usize,
+    ) -> Result<Dispatched> {
         let mut inv = self.scripts.dispatch.key(self.keys.queue_prefix(queue));
         inv.arg(self.channel()).arg(max).arg(scan).arg(nodes.len());
         for (id, free, tags) in nodes {
@@ -94,11 +122,12 @@ impl Store {
         }
         let mut c = self.conn();
         let v = array(inv.invoke_async(&mut c).await?)?;
-        Ok((
-            v.first().and_then(int).unwrap_or(0),
-            v.get(1).and_then(int).unwrap_or(0),
-            v.get(2).and_then(int).unwrap_or(0),
-        ))
+        Ok(Dispatched {
+            assigned: v.first().and_then(int).unwrap_or(0),
+            left: v.get(1).and_then(int).unwrap_or(0),
+            wait_ms: v.get(2).and_then(int).unwrap_or(0),
+            nodes: v.iter().skip(3).filter_map(text).collect(),
+        })
     }
 
     /// Leases up to `max` tasks of `queue` to `node` from its inbox (and, with `pull`,

@@ -34,7 +34,7 @@ pub mod wakeups;
 
 pub use batches::{BatchBegin, BatchCheck};
 pub use connection::{Conn, RedisTarget};
-pub use dispatch::{Extended, Leased, parse_lease_token};
+pub use dispatch::{Dispatched, Extended, Leased, parse_lease_token};
 pub use error::{Missing, Result, StoreError};
 pub use nodes::NodeRecord;
 pub use reports::Reported;

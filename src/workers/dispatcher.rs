@@ -195,18 +195,24 @@ impl Dispatcher {
             .iter()
             .map(|r| (r.id.to_string(), r.budget, r.tags.clone()))
             .collect();
-        let (assigned, left, wait_ms) =
-            self.store.dispatch(queue, &args, max, max * 2 + 64).await?;
-        if wait_ms > 0 && left > 0 {
-            self.after_rate_limit(queue, wait_ms);
+        let d = self
+            .store
+            .dispatch_to(queue, &args, max, max * 2 + 64)
+            .await?;
+        let (assigned, left) = (d.assigned, d.left);
+        if d.wait_ms > 0 && left > 0 {
+            self.after_rate_limit(queue, d.wait_ms);
         }
         if assigned > 0 {
             crate::metrics::METRICS
                 .assigned
                 .with_label_values(&[queue])
                 .inc_by(assigned as u64);
-            for r in &rows {
-                self.hub.wake_node(r.id);
+            // Only the nodes that got tasks, one long-poll each (see Hub::wake_node_one).
+            for n in &d.nodes {
+                let hint = crate::store::Wakeup::Assigned { queue, node: n };
+                self.hub.expect_echo(hint.message(&self.store.keys));
+                self.hub.wake_node_one(n);
             }
             if left > 0 && assigned as usize == max {
                 self.hub.mark_dirty(queue);

@@ -80,9 +80,13 @@ impl Reconciler {
 
     /// Handles one wake-up message.
     pub fn handle(&self, msg: &str) {
+        if self.hub.take_echo(msg) {
+            // This process acted on it already (Hub::expect_echo).
+            return;
+        }
         match Wakeup::parse(&self.store.keys, msg) {
             Some(Wakeup::New { queue }) => self.hub.mark_dirty(queue),
-            Some(Wakeup::Assigned { node, .. }) => self.hub.wake_node(node),
+            Some(Wakeup::Assigned { node, .. }) => self.hub.wake_node_one(node),
             Some(Wakeup::Done { queue, tasks, .. }) => {
                 for id in tasks {
                     self.hub.wake_task(id);

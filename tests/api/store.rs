@@ -771,8 +771,16 @@ async fn dispatch_assigns_no_more_tasks_than_the_nodes_have_free_slots() {
             .iter()
             .map(|(n, f)| (n.to_string(), *f, String::new()))
             .collect();
-        let (assigned, left, _) = k.store.dispatch("q", &nodes, 100, 100).await.unwrap();
+        let d = k.store.dispatch_to("q", &nodes, 100, 100).await.unwrap();
+        let (assigned, left) = (d.assigned, d.left);
         let total: usize = c.want.iter().map(|(_, n)| n).sum();
+        let got: Vec<&str> = c
+            .want
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(id, _)| *id)
+            .collect();
+        assert_eq!(d.nodes, got, "{}: the nodes to wake", c.name);
         assert_eq!(
             (assigned, left),
             (total as i64, 5 - total as i64),
