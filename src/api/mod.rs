@@ -61,6 +61,8 @@ pub struct AppState {
     pub events: Arc<events::EventFeed>,
     /// Open event streams and long-polls.
     pub streams: Arc<limit::StreamLimits>,
+    /// Whether Redis may evict keys now (writes refused while it may).
+    pub fitness: Arc<crate::service::fitness::Fitness>,
 }
 
 /// `axum::Json` whose rejections come out as problem+json.
@@ -257,6 +259,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            system::fit_redis,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limit::stream_limit,

@@ -87,6 +87,7 @@ impl Application {
                 config.max_streams,
                 config.max_streams_per_caller,
             ),
+            fitness: crate::service::fitness::Fitness::new(),
             config: Arc::new(config),
         };
         Ok(Application {
@@ -129,7 +130,8 @@ impl Application {
             "dispatcher"
         });
         let reconciler = Reconciler::new(st.store.clone(), st.hub.clone(), st.directory.clone())
-            .with_dead_node_after(cfg.dead_node_after);
+            .with_dead_node_after(cfg.dead_node_after)
+            .with_fitness(st.fitness.clone());
         let sd = child.clone();
         set.spawn(async move {
             reconciler.run(sd).await;

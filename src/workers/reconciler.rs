@@ -4,6 +4,7 @@
 //! (pub/sub is lossy: nothing depends on it) and flushes node statistics.
 
 use crate::service::directory::Directory;
+use crate::service::fitness::{EVICTION_RECHECK, Fitness};
 use crate::service::hub::Hub;
 use crate::store::{Store, Wakeup};
 use futures::StreamExt;
@@ -25,6 +26,10 @@ pub struct Reconciler {
     dead_after: Duration,
     /// When dead nodes were last looked for.
     forgot_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Where the periodic `maxmemory-policy` recheck records its outcome.
+    fitness: Arc<Fitness>,
+    /// When the policy was last checked.
+    checked_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Reconciler {
@@ -36,6 +41,33 @@ impl Reconciler {
             directory,
             dead_after: DEAD_NODE_AFTER,
             forgot_at: std::sync::Mutex::new(None),
+            fitness: Fitness::new(),
+            checked_at: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Records the periodic eviction recheck in `f` (shared with the API).
+    pub fn with_fitness(mut self, f: Arc<Fitness>) -> Reconciler {
+        self.fitness = f;
+        self
+    }
+
+    /// Re-reads `maxmemory-policy` at most every [`EVICTION_RECHECK`]: a policy switched
+    /// to an evicting one at run time (`CONFIG SET`) makes this process refuse writes
+    /// and `/readyz` answer 503 until it is switched back. An unreachable Redis changes
+    /// nothing here (the API answers 503 for that by itself).
+    pub async fn recheck_eviction(&self) {
+        {
+            let mut at = self.checked_at.lock().unwrap_or_else(|e| e.into_inner());
+            if at.is_some_and(|t| t.elapsed() < EVICTION_RECHECK) {
+                return;
+            }
+            *at = Some(std::time::Instant::now());
+        }
+        match self.store.check_eviction().await {
+            Ok(()) => self.fitness.record(None),
+            Err(crate::store::StoreError::Unfit(why)) => self.fitness.record(Some(why)),
+            Err(e) => tracing::debug!(error = %e, "sweep: cannot read maxmemory-policy"),
         }
     }
 
@@ -129,6 +161,7 @@ impl Reconciler {
         self.directory.invalidate();
         self.flush_stats().await;
         self.forget_dead_nodes().await;
+        self.recheck_eviction().await;
     }
 
     /// Writes accumulated node statistics to the node hashes.

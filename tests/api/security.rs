@@ -1921,6 +1921,13 @@ async fn evicting_policies_are_refused_and_redis_oom_answers_503() {
 
     // Over maxmemory with noeviction, Redis refuses writes: 503 + Retry-After, not 500.
     config_set(&mut conn, "maxmemory-policy", "noeviction");
+    let ready = app
+        .http
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200, "ready again once the policy is safe");
     config_set(&mut conn, "maxmemory", "1");
     let r = app
         .http
@@ -1935,7 +1942,91 @@ async fn evicting_policies_are_refused_and_redis_oom_answers_503() {
     let text = r.text().await.unwrap_or_default();
     assert_eq!(status, 503, "{text}");
     assert!(retry_after, "503 without Retry-After");
+    assert!(!text.contains("unfit_redis"), "refused for the policy, not by redis: {text}");
     config_set(&mut conn, "maxmemory", "0");
+}
+
+/// Issue 16 item 4: the policy was only checked at start-up (and by whoever called
+/// `/readyz`); a `CONFIG SET maxmemory-policy allkeys-lru` at run time let writes go on
+/// into a Redis that may evict them. The reconciler now rechecks it periodically: within
+/// a bounded time every write answers 503 `unfit_redis` (nobody calls `/readyz` here),
+/// reads still work, and writes come back once the policy is safe again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicting_policy_set_at_run_time_stops_writes_within_seconds() {
+    let redis = RedisGuard::start();
+    let app = spawn_sec_app(&redis.url(), |_| {}).await;
+    let mut conn = app.redis();
+    let submit = |queue: &'static str| {
+        app.http
+            .post(app.url("/v1/tasks"))
+            .bearer_auth(&app.admin)
+            .json(&json!({"kind": "k", "queue": queue}))
+            .send()
+    };
+    assert_eq!(submit("before").await.expect("submit").status(), 201);
+    config_set(&mut conn, "maxmemory-policy", "allkeys-lru");
+    let set_at = Instant::now();
+    let mut refused = None;
+    while set_at.elapsed() < Duration::from_secs(8) {
+        let r = submit("during").await.expect("submit");
+        if r.status() == 503 {
+            let retry_after = r.headers().contains_key("retry-after");
+            let body: Value = r.json().await.expect("problem");
+            refused = Some((retry_after, body));
+            break;
+        }
+        assert_eq!(r.status(), 201);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = set_at.elapsed();
+    let (retry_after, body) = refused.expect("writes still accepted 8 s after allkeys-lru");
+    assert!(took <= Duration::from_secs(5), "noticed after {took:?}");
+    assert!(retry_after, "503 without Retry-After");
+    assert_eq!(body["code"], "unfit_redis", "{body}");
+    assert!(
+        body["detail"].as_str().unwrap_or("").contains("allkeys-lru"),
+        "{body}"
+    );
+    // Other writes too (a queue setting), while reads go on.
+    let put = app
+        .http
+        .put(app.url("/v1/queues/during"))
+        .bearer_auth(&app.admin)
+        .json(&json!({"paused": true}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(put.status(), 503);
+    let list = app
+        .http
+        .get(app.url("/v1/tasks?queue=before"))
+        .bearer_auth(&app.read)
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(list.status(), 200);
+    let ready = app
+        .http
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 503);
+    // Back to noeviction: writes are accepted again without a restart.
+    config_set(&mut conn, "maxmemory-policy", "noeviction");
+    let fixed_at = Instant::now();
+    loop {
+        let r = submit("after").await.expect("submit");
+        if r.status() == 201 {
+            break;
+        }
+        assert!(
+            fixed_at.elapsed() < Duration::from_secs(8),
+            "writes still refused 8 s after noeviction: {}",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Issue 16 item 5: `--exec` handlers inherited the agent's environment, MUSTER_TOKEN
