@@ -47,6 +47,8 @@ pub struct AppState {
     pub admin_sha: Option<String>,
     /// Role tokens: (SHA-256 hex, role).
     pub tokens: Arc<Vec<(String, auth::Role)>>,
+    /// Queue limits of role tokens, by SHA-256 hex (tokens absent reach every queue).
+    pub token_queues: Arc<std::collections::HashMap<String, Arc<auth::QueueScope>>>,
     /// Authentication off (loopback only).
     pub no_auth: bool,
     /// Per-token rate limit, when configured.

@@ -75,6 +75,13 @@ impl Application {
                     .map(|(r, t)| (token_sha(t), *r))
                     .collect(),
             ),
+            token_queues: Arc::new(
+                config
+                    .token_queues
+                    .iter()
+                    .map(|(t, q)| (token_sha(t), Arc::new(q.clone())))
+                    .collect(),
+            ),
             no_auth: config.no_auth,
             limiter: config
                 .rate_limit

@@ -160,7 +160,8 @@ pub fn task_from_hash(queue: &str, id: &str, h: &HashMap<String, String>) -> Opt
 
 impl Store {
     /// Stores tasks all or nothing (one script call). With `idem`, a repeat returns
-    /// the first submission's ids and stores nothing.
+    /// the first submission's ids and stores nothing (whoever repeats it: see
+    /// [`Store::submit_bound`] for keys bound to a caller and a body).
     ///
     /// # Errors
     /// Redis errors.
@@ -170,12 +171,33 @@ impl Store {
         idem: Option<&str>,
         idem_ttl_ms: i64,
     ) -> Result<Submitted> {
+        self.submit_bound(tasks, idem, "", idem_ttl_ms).await
+    }
+
+    /// [`Store::submit`] with the idempotency key bound to `binding`
+    /// (`<caller digest>:<body digest>`, no `|`): a repeat with another binding stores
+    /// nothing and fails with [`StoreError::IdempotencyReused`] (`caller` when the part
+    /// before `:` differs). An empty binding is [`Store::submit`].
+    ///
+    /// # Errors
+    /// [`StoreError::IdempotencyReused`]; Redis errors.
+    pub async fn submit_bound(
+        &self,
+        tasks: &[PreparedTask],
+        idem: Option<&str>,
+        binding: &str,
+        idem_ttl_ms: i64,
+    ) -> Result<Submitted> {
+        if binding.contains('|') {
+            return Err(StoreError::Protocol("an idempotency binding holds '|'".into()));
+        }
         let mut prefixes: Vec<String> = Vec::new();
         let mut inv = self.scripts.submit.prepare_invoke();
-        let mut args: Vec<String> = Vec::with_capacity(4 + tasks.len() * 14);
+        let mut args: Vec<String> = Vec::with_capacity(5 + tasks.len() * 14);
         args.push(self.channel());
         args.push(idem.map(sha256_hex).unwrap_or_default());
         args.push(idem_ttl_ms.to_string());
+        args.push(binding.to_string());
         args.push(tasks.len().to_string());
         for t in tasks {
             let p = self.keys.queue_prefix(&t.queue);
@@ -247,6 +269,9 @@ impl Store {
                     .and_then(text)
                     .map(|s| s.split(',').map(str::to_string).collect())
                     .unwrap_or_default(),
+            }),
+            Code::Conflict => Err(StoreError::IdempotencyReused {
+                by_another_caller: rest.get(1).and_then(text).as_deref() == Some("caller"),
             }),
             c => Err(c.unexpected("submit")),
         }

@@ -2404,3 +2404,272 @@ fn serve_refuses_a_tokens_file_others_can_read() {
     );
     assert!(err.contains("chmod 600"), "{err}");
 }
+
+// ----- issue 16 item 10: Idempotency-Key bound to the caller and the body -----
+
+/// Sends `body` (raw JSON text) to `path` with `token` and `Idempotency-Key: key`.
+async fn post_idem(app: &SecApp, token: &str, path: &str, key: &str, body: &str) -> (u16, Value) {
+    let r = app
+        .http
+        .post(app.url(path))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .header("idempotency-key", key)
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("send");
+    let status = r.status().as_u16();
+    let is_problem = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/problem+json"));
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    if status >= 400 {
+        assert!(is_problem, "{status} without problem+json: {v}");
+    }
+    (status, v)
+}
+
+/// Issue 16 item 10: an `Idempotency-Key` was bound to neither caller nor body: anyone
+/// repeating it with any body got the first caller's task back (and learned its id and
+/// payload). Now the same caller with the same body gets the original task; another
+/// body or another token gets 422 `idempotency_key_reused`, and nothing is stored.
+#[tokio::test]
+async fn an_idempotency_key_is_bound_to_its_caller_and_its_body() {
+    let app = spawn_sec_app(&shared_redis().url(), |_| {}).await;
+    let mut conn = app.redis();
+    let first = r#"{"kind": "k", "queue": "idem", "payload": {"a": 1, "b": [1, 2]}}"#;
+    let (s, t1) = post_idem(&app, &app.submit, "/v1/tasks", "order-1", first).await;
+    assert_eq!(s, 201, "{t1}");
+    // The same body, other spacing and key order: the same submission.
+    let same = r#"{"payload":{"b":[1,2],"a":1},"queue":"idem","kind":"k"}"#;
+    let (s, t2) = post_idem(&app, &app.submit, "/v1/tasks", "order-1", same).await;
+    assert_eq!(s, 201, "{t2}");
+    assert_eq!(t2["id"], t1["id"], "a repeat returns the original task");
+    let before = crate::support::ns_keys(&mut conn, &app.ns);
+    let pending = |conn: &mut redis::Connection| -> i64 {
+        redis::cmd("ZCARD")
+            .arg(format!("{}:{{idem}}:pending", app.ns))
+            .query(conn)
+            .expect("zcard")
+    };
+    assert_eq!(pending(&mut conn), 1);
+    let other_body = r#"{"kind": "k", "queue": "idem", "payload": {"a": 2, "b": [1, 2]}}"#;
+    let cases = [
+        (&app.submit, "/v1/tasks", other_body, "another body"),
+        (&app.admin, "/v1/tasks", first, "another caller (admin)"),
+        (
+            &app.submit,
+            "/v1/tasks/batch",
+            r#"{"tasks": [{"kind": "k", "queue": "idem", "payload": {"a": 1, "b": [1, 2]}}]}"#,
+            "another route",
+        ),
+    ];
+    for (token, path, body, what) in cases {
+        let (s, p) = post_idem(&app, token, path, "order-1", body).await;
+        assert_eq!(s, 422, "{what}: {p}");
+        assert_eq!(p["code"], "idempotency_key_reused", "{what}: {p}");
+        assert_eq!(
+            p["type"], "https://muster.dev/problems/idempotency_key_reused",
+            "{what}"
+        );
+        assert!(
+            !p.to_string().contains(t1["id"].as_str().unwrap_or("?")),
+            "{what}: the first caller's task id leaked: {p}"
+        );
+    }
+    assert_eq!(pending(&mut conn), 1, "a refused reuse stored a task");
+    assert_eq!(
+        crate::support::ns_keys(&mut conn, &app.ns),
+        before,
+        "a refused reuse wrote keys"
+    );
+    // The original caller still gets its task; batches are bound the same way.
+    let (s, t3) = post_idem(&app, &app.submit, "/v1/tasks", "order-1", first).await;
+    assert_eq!((s, &t3["id"]), (201, &t1["id"]));
+    let batch = r#"{"tasks": [{"kind": "k", "queue": "idem"}, {"kind": "k", "queue": "idem2"}]}"#;
+    let (s, b1) = post_idem(&app, &app.submit, "/v1/tasks/batch", "batch-1", batch).await;
+    assert_eq!(s, 201, "{b1}");
+    let (s, b2) = post_idem(&app, &app.submit, "/v1/tasks/batch", "batch-1", batch).await;
+    assert_eq!((s, &b2["ids"]), (201, &b1["ids"]));
+    let other = r#"{"tasks": [{"kind": "k", "queue": "idem"}]}"#;
+    let (s, p) = post_idem(&app, &app.submit, "/v1/tasks/batch", "batch-1", other).await;
+    assert_eq!((s, p["code"].as_str()), (422, Some("idempotency_key_reused")));
+    let (s, p) = post_idem(&app, &app.admin, "/v1/tasks/batch", "batch-1", batch).await;
+    assert_eq!((s, p["code"].as_str()), (422, Some("idempotency_key_reused")));
+    assert_eq!(pending(&mut conn), 2);
+}
+
+// ----- issue 16 item 7: queue-scoped tokens -----
+
+/// Tokens limited to `images.*` (submit, read, agent) on a server that also has
+/// unlimited ones.
+struct Scoped {
+    app: SecApp,
+    submit: String,
+    read: String,
+    agent: String,
+}
+
+async fn spawn_scoped_app() -> Scoped {
+    use muster::api::auth::{QueueScope, Role};
+    let tag = format!("{}-{}", std::process::id(), rand::random::<u32>());
+    let (submit, read, agent) = (
+        format!("scoped-submit-{tag}-0123456789"),
+        format!("scoped-read-{tag}-0123456789"),
+        format!("scoped-agent-{tag}-0123456789"),
+    );
+    let extra = [
+        (Role::Submit, submit.clone()),
+        (Role::Read, read.clone()),
+        (Role::Agent, agent.clone()),
+    ];
+    let app = spawn_sec_app(&shared_redis().url(), move |c| {
+        for (role, t) in extra {
+            c.token_queues
+                .push((t.clone(), QueueScope::parse("images.*").expect("scope")));
+            c.tokens.push((role, t));
+        }
+    })
+    .await;
+    Scoped {
+        app,
+        submit,
+        read,
+        agent,
+    }
+}
+
+async fn send_as(app: &SecApp, token: &str, method: &str, path: &str, body: Option<Value>) -> Answer {
+    let auth = format!("Bearer {token}");
+    let a = call_raw(app, method, path, Some(&auth), body.as_ref()).await;
+    if a.status >= 400 {
+        assert!(is_problem(&a), "{method} {path}: {} {}", a.status, a.body);
+    }
+    a
+}
+
+/// Issue 16 item 7: every token reached every queue. A token of the tokens file with
+/// `queues=images.*` now submits to, reads, lists, cancels and registers nodes on
+/// `images.*` queues only: anything else is 403 problem+json and changes nothing.
+#[tokio::test]
+async fn a_queue_scoped_token_reaches_only_its_queues() {
+    let s = spawn_scoped_app().await;
+    let app = &s.app;
+    let payroll = app.submit_task("payroll", json!({"salary": 1})).await;
+    let mut conn = app.redis();
+    let before = crate::support::ns_keys(&mut conn, &app.ns);
+
+    // Submitting: its own queues yes, others no (a batch with one other queue: none).
+    let ok = send_as(app, &s.submit, "POST", "/v1/tasks", Some(json!({"kind": "k", "queue": "images.small"}))).await;
+    assert_eq!(ok.status, 201, "{}", ok.body);
+    let mine: Value = serde_json::from_str(&ok.body).expect("task");
+    let mine = mine["id"].as_str().expect("id").to_string();
+    let refused: Vec<(&str, String, Option<Value>)> = vec![
+        ("POST", "/v1/tasks".into(), Some(json!({"kind": "k", "queue": "payroll"}))),
+        ("POST", "/v1/tasks".into(), Some(json!({"kind": "k"}))),
+        (
+            "POST",
+            "/v1/tasks/batch".into(),
+            Some(json!({"tasks": [{"kind": "k", "queue": "images.a"}, {"kind": "k", "queue": "payroll"}]})),
+        ),
+        (
+            "POST",
+            "/v1/batches".into(),
+            Some(json!({"tasks": [{"kind": "k", "queue": "images.a"}], "then": {"kind": "k", "queue": "payroll"}})),
+        ),
+        ("POST", format!("/v1/tasks/{payroll}/cancel"), None),
+        ("GET", format!("/v1/tasks/{payroll}"), None),
+        ("GET", format!("/v1/tasks/{payroll}/wait?timeout_ms=0"), None),
+        ("GET", "/v1/tasks?queue=payroll".into(), None),
+        ("GET", "/v1/tasks".into(), None),
+        ("GET", "/v1/queues/payroll".into(), None),
+        ("GET", "/v1/events?queue=payroll".into(), None),
+        ("GET", "/v1/events".into(), None),
+    ];
+    for (method, path, body) in &refused {
+        for token in [&s.submit, &s.read] {
+            if *method == "POST" && *token == s.read {
+                continue;
+            }
+            let a = send_as(app, token, method, path, body.clone()).await;
+            assert_eq!(a.status, 403, "{method} {path}: {}", a.body);
+        }
+    }
+    assert_eq!(app.task(&payroll).await["state"], "pending", "cancel went through");
+    let mut after = crate::support::ns_keys(&mut conn, &app.ns);
+    after.retain(|k| !k.contains("{images.small}"));
+    assert_eq!(after, before, "a refused call wrote keys outside images.*");
+
+    // Reading its own queues works; listings show only them.
+    for token in [&s.submit, &s.read] {
+        let a = send_as(app, token, "GET", &format!("/v1/tasks/{mine}"), None).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let a = send_as(app, token, "GET", "/v1/tasks?queue=images.small", None).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let a = send_as(app, token, "GET", "/v1/queues", None).await;
+        let page: Value = serde_json::from_str(&a.body).expect("page");
+        let names: Vec<&str> = page["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|q| q["name"].as_str())
+            .collect();
+        assert_eq!(names, vec!["images.small"], "{}", a.body);
+    }
+    // The unscoped read token still sees everything.
+    let a = send_as(app, &app.read, "GET", &format!("/v1/tasks/{payroll}"), None).await;
+    assert_eq!(a.status, 200);
+
+    // Nodes: a scoped agent token registers on its queues only.
+    let reg = |queues: Value, kind: &str| json!({"name": "n", "queues": queues, "capacity": 1, "kind": kind});
+    let a = send_as(app, &s.agent, "POST", "/v1/nodes", Some(reg(json!(["payroll"]), "machine"))).await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    let a = send_as(app, &s.agent, "POST", "/v1/nodes", Some(reg(json!(["images.small", "payroll"]), "machine"))).await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    let a = send_as(app, &s.agent, "POST", "/v1/nodes", Some(reg(json!(["images.small"]), "machine"))).await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    let node: Value = serde_json::from_str(&a.body).expect("node");
+    // Its node leases what its queues hold, never the payroll task.
+    let leases = app
+        .lease_n(
+            node["id"].as_str().expect("id"),
+            node["token"].as_str().expect("token"),
+            2,
+            Duration::from_secs(3),
+        )
+        .await;
+    let leased: Vec<&str> = leases.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(leased, vec![mine.as_str()]);
+    assert_eq!(app.task(&payroll).await["state"], "pending");
+}
+
+/// Issue 16 item 7: an agent token registered a `human` node on `payroll` (not
+/// human-only), pulled its task past the dispatcher and read the payload. A human node
+/// now serves human-only queues only (an admin may still do otherwise).
+#[tokio::test]
+async fn a_human_node_registers_only_on_human_only_queues() {
+    let app = spawn_sec_app(&shared_redis().url(), |_| {}).await;
+    let payroll = app.submit_task("payroll", json!({"salary": 1})).await;
+    let r = app
+        .http
+        .put(app.url("/v1/queues/labels"))
+        .bearer_auth(&app.admin)
+        .json(&json!({"human_only": true}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 200);
+    let human = |queues: Value| json!({"name": "Ada", "kind": "human", "queues": queues, "capacity": 1});
+    for queues in [json!(["payroll"]), json!(["labels", "payroll"]), json!(["fresh-queue"])] {
+        let a = send_as(&app, &app.agent, "POST", "/v1/nodes", Some(human(queues.clone()))).await;
+        assert_eq!(a.status, 403, "{queues}: {}", a.body);
+    }
+    let a = send_as(&app, &app.agent, "POST", "/v1/nodes", Some(human(json!(["labels"])))).await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    let a = send_as(&app, &app.admin, "POST", "/v1/nodes", Some(human(json!(["payroll"])))).await;
+    assert_eq!(a.status, 201, "admin may: {}", a.body);
+    assert_eq!(app.task(&payroll).await["state"], "pending");
+}
