@@ -11,8 +11,11 @@
 -- Written here: state, created_at, and run_at when it is not created_at. Per task one
 -- HSET (and one XADD); the sequence, the indexes and the statistics once per call.
 -- The idempotency record is "<binding>|id,id,..." (or "id,id,..." when unbound).
--- Returns: {OK, now, "i=id,..."} created, except the 1-based indexes listed, whose
--- unique key a live task holds (its id); {REPEAT, now, "id,id,..."} an earlier
+-- Returns: {OK, now, "i=id,...", chosen, "k,k,..."} created, except the 1-based
+-- indexes listed, whose unique key a live task holds (its id); `chosen` per task
+-- (below); the KEYS indexes of queues new to this script (no `stats` yet: never used,
+-- or just pruned by queue_prune.lua), which the caller adds to the `queues` set again
+-- after this script (the set has no hash tag); {REPEAT, now, "id,id,..."} an earlier
 -- submission with this idempotency key (nothing created); {CONFLICT, now, "caller" or
 -- "body"} the key was used by another caller or with another body (nothing created).
 local channel, idem, idem_ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
@@ -38,6 +41,11 @@ if idem ~= '' then
     end
     return {REPEAT, now, ids}
   end
+end
+-- Queues without counters are new (or were pruned while this submit was on its way).
+local fresh = {}
+for i = 1, #KEYS do
+  if redis.call('EXISTS', k_stats(KEYS[i])) == 0 then fresh[#fresh + 1] = i end
 end
 local ids = {}
 local dups = {}
@@ -127,4 +135,4 @@ if idem ~= '' then
   redis.call('SET', idem_key, record, 'PX', idem_ttl)
 end
 for p, _ in pairs(woken) do redis.call('PUBLISH', channel, wake_new(p)) end
-return {OK, now, table.concat(dups, ','), table.concat(chosen, ',')}
+return {OK, now, table.concat(dups, ','), table.concat(chosen, ','), table.concat(fresh, ',')}

@@ -192,6 +192,7 @@ impl Store {
             return Err(StoreError::Protocol("an idempotency binding holds '|'".into()));
         }
         let mut prefixes: Vec<String> = Vec::new();
+        let mut prefix_queues: Vec<&str> = Vec::new();
         let mut inv = self.scripts.submit.prepare_invoke();
         let mut args: Vec<String> = Vec::with_capacity(5 + tasks.len() * 14);
         args.push(self.channel());
@@ -205,6 +206,7 @@ impl Store {
                 Some(i) => i + 1,
                 None => {
                     prefixes.push(p);
+                    prefix_queues.push(&t.queue);
                     prefixes.len()
                 }
             };
@@ -235,6 +237,22 @@ impl Store {
         inv.arg(args);
         let mut c = self.conn_for(tasks.len());
         let (code, rest) = coded(inv.invoke_async(&mut c).await?)?;
+        if code == Code::Ok {
+            // Queues the script found new may have been pruned from the `queues` set
+            // while this submit was on its way (`queue_prune.lua`): add them again, now
+            // that their tasks exist.
+            let fresh: Vec<&str> = rest
+                .get(3)
+                .and_then(text)
+                .unwrap_or_default()
+                .split(',')
+                .filter_map(|i| prefix_queues.get(i.parse::<usize>().ok()?.checked_sub(1)?))
+                .copied()
+                .collect();
+            if !fresh.is_empty() {
+                self.add_queues(&fresh).await?;
+            }
+        }
         match code {
             Code::Ok => Ok(Submitted::Created {
                 now_ms: rest.first().and_then(int).unwrap_or(0),

@@ -2673,3 +2673,178 @@ async fn a_human_node_registers_only_on_human_only_queues() {
     assert_eq!(a.status, 201, "admin may: {}", a.body);
     assert_eq!(app.task(&payroll).await["state"], "pending");
 }
+
+// ----- issue 16 item 3: empty queues pruned -----
+
+/// A reconciler over `app`'s namespace that prunes empty queues at once.
+async fn pruner(app: &SecApp) -> (muster::store::Store, muster::workers::reconciler::Reconciler) {
+    let store = crate::support::store_on(&app.redis_url, &app.ns).await;
+    let r = muster::workers::reconciler::Reconciler::new(
+        store.clone(),
+        muster::service::hub::Hub::new(),
+        std::sync::Arc::new(muster::service::directory::Directory::new(
+            Duration::from_millis(100),
+        )),
+    )
+    .with_empty_queue_after(Duration::ZERO);
+    (store, r)
+}
+
+/// Issue 16 item 3: one batch of 10,000 tasks on `spam-00000…` left 10,001 entries in
+/// `<ns>:queues` for ever, after the tasks were cancelled and deleted too, and every
+/// background loop kept visiting them. Empty, idle queues are now pruned from the set
+/// (and their leftover keys deleted), while queues with tasks, settings, a node or a
+/// schedule stay. (3,000 queues here: the app's own timers visit every one of them
+/// four times a second until they are pruned, on a shared 2-core machine.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_spam_queues_are_pruned_and_real_queues_stay() {
+    let app = spawn_sec_app(&shared_redis().url(), |_| {}).await;
+    let (store, reconciler) = pruner(&app).await;
+    const SPAM: usize = 3_000;
+    let tasks: Vec<Value> = (0..SPAM)
+        .map(|i| json!({"kind": "spam", "queue": format!("spam-{i:05}")}))
+        .collect();
+    let r = app
+        .http
+        .post(app.url("/v1/tasks/batch"))
+        .bearer_auth(&app.submit)
+        .json(&json!({ "tasks": tasks }))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .expect("batch");
+    assert_eq!(r.status(), 201);
+    let ids: Vec<String> = r.json::<Value>().await.expect("ids")["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|v| v.as_str().expect("id").to_string())
+        .collect();
+    // The queues that are real: tasks waiting, a finished task kept, a setting, a node,
+    // a schedule.
+    let waiting = app.submit_task("real-work", json!(1)).await;
+    let done = app.submit_task("real-done", json!(1)).await;
+    store.cancel(&done).await.expect("cancel");
+    let put = app
+        .http
+        .put(app.url("/v1/queues/real-paused"))
+        .bearer_auth(&app.admin)
+        .json(&json!({"paused": true}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(put.status(), 200);
+    app.register_node("n", &["real-node"]).await;
+    let sched = app
+        .http
+        .post(app.url("/v1/schedules"))
+        .bearer_auth(&app.admin)
+        .json(&json!({"name": "nightly", "cron": "0 0 3 * * *", "task": {"kind": "k", "queue": "real-cron"}}))
+        .send()
+        .await
+        .expect("schedule");
+    assert_eq!(sched.status(), 201);
+    // The schedule's queue was used and is empty now: kept for the schedule.
+    let fired = app.submit_task("real-cron", json!(1)).await;
+    store.cancel(&fired).await.expect("cancel");
+    store.delete(&fired).await.expect("delete");
+    let mut before = store.queues().await.expect("queues");
+    before.retain(|q| !q.starts_with("spam-"));
+    // Nothing is pruned while the spam queues hold their tasks.
+    assert!(reconciler.prune_empty_queues().await.is_empty());
+    assert_eq!(store.queues().await.expect("queues").len(), SPAM + before.len());
+
+    // Cancelled and deleted (except one, which keeps its queue).
+    let spam = std::sync::Arc::new(store.clone());
+    let mut joins = Vec::new();
+    for chunk in ids[1..].chunks(500) {
+        let chunk = chunk.to_vec();
+        let s = spam.clone();
+        joins.push(tokio::spawn(async move {
+            for id in chunk {
+                s.cancel(&id).await.expect("cancel");
+                s.delete(&id).await.expect("delete");
+            }
+        }));
+    }
+    for j in joins {
+        j.await.expect("join");
+    }
+    let pruned = reconciler.prune_empty_queues().await;
+    assert_eq!(pruned.len(), SPAM - 1, "every emptied spam queue is pruned");
+    let mut want = before.clone();
+    want.push("spam-00000".into());
+    want.sort();
+    assert_eq!(store.queues().await.expect("queues"), want);
+    for q in ["real-work", "real-done", "real-paused", "real-node", "real-cron"] {
+        assert!(want.iter().any(|w| w == q), "{q} missing from {want:?}");
+    }
+    // Their leftovers (event streams, counters, sequences) are gone too.
+    let mut conn = app.redis();
+    let left: Vec<String> = crate::support::ns_keys(&mut conn, &app.ns)
+        .into_iter()
+        .filter(|k| k.contains("{spam-") && !k.contains("{spam-00000}"))
+        .collect();
+    assert!(left.is_empty(), "{} keys left, e.g. {:?}", left.len(), &left[..left.len().min(5)]);
+    // A real queue is intact; a pruned one comes back with its next task.
+    assert_eq!(app.task(&waiting).await["state"], "pending");
+    let again = app.submit_task("spam-00042", json!(1)).await;
+    assert!(store.queues().await.expect("queues").contains(&"spam-00042".to_string()));
+    assert_eq!(app.task(&again).await["state"], "pending");
+    crate::support::assert_doctor_clean(&store).await;
+}
+
+/// Pruning a queue races submits to it: the pruner removes the queue from the set and
+/// then checks it is still empty, while a submit adds the queue to the set before its
+/// script. A submit whose tasks land after the pruner's check finds the queue new and
+/// adds it again, so a queue holding tasks is never missing from the set. Each trial
+/// runs pruning passes back to back on an emptied queue while one task is submitted to
+/// it, then stops the passes and looks (a pass skips a queue with tasks, so it cannot
+/// repair what the race broke).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_submit_racing_the_pruner_never_leaves_its_queue_out_of_the_set() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let app = spawn_sec_app(&shared_redis().url(), |_| {}).await;
+    let (store, reconciler) = pruner(&app).await;
+    let reconciler = std::sync::Arc::new(reconciler);
+    let mut lost = Vec::new();
+    let mut pruned_total = 0;
+    for trial in 0..300 {
+        let q = format!("race-{trial:03}");
+        let id = app.submit_task(&q, json!(trial)).await;
+        store.cancel(&id).await.expect("cancel");
+        store.delete(&id).await.expect("delete");
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let passes = {
+            let (r, stop) = (reconciler.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += r.prune_empty_queues().await.len();
+                }
+                n
+            })
+        };
+        // From at once to 8 ms in: the submit lands anywhere in a pass.
+        tokio::time::sleep(Duration::from_micros(400 * (trial % 20))).await;
+        let t = muster::api::tasks::prepare(
+            serde_json::from_value(json!({"kind": "k", "queue": q})).expect("task"),
+            "",
+        )
+        .expect("valid");
+        let racing = t.id.clone();
+        store.submit(&[t], None, 0).await.expect("submit");
+        stop.store(true, Ordering::Relaxed);
+        pruned_total += passes.await.expect("passes");
+        if !store.queues().await.expect("queues").contains(&q) {
+            lost.push(q);
+        }
+        // Emptied and pruned again, so that each pass looks at one queue (a fast pass).
+        store.cancel(&racing).await.expect("cancel");
+        store.delete(&racing).await.expect("delete");
+        reconciler.prune_empty_queues().await;
+    }
+    assert!(pruned_total >= 50, "the passes pruned only {pruned_total} times: no race");
+    assert!(lost.is_empty(), "{} queues hold a task but left the set: {lost:?}", lost.len());
+    crate::support::assert_doctor_clean(&store).await;
+}
