@@ -29,6 +29,10 @@ pub fn prepare(t: NewTask, at: &str) -> ApiResult<PreparedTask> {
     Ok(TaskSpec::parse(t, at)?)
 }
 
+/// Prefixes of the idempotency keys muster derives for its own submissions
+/// (`schedule:<name>:<tick ms>`, `batch-then:<batch id>`), refused from callers.
+pub const RESERVED_IDEMPOTENCY_PREFIXES: [&str; 2] = ["schedule:", "batch-then:"];
+
 fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     match headers.get("idempotency-key") {
         None => Ok(None),
@@ -45,6 +49,20 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
                         "Idempotency-Key must be 1 to 256 visible ASCII characters",
                     )
                 })?;
+            // muster's own submissions (a schedule's fire, a batch's `then` task) use
+            // keys of these forms; a caller's key must not pre-empt them.
+            if RESERVED_IDEMPOTENCY_PREFIXES
+                .iter()
+                .any(|p| s.starts_with(p))
+            {
+                return Err(ApiError::bad(
+                    "bad_idempotency_key",
+                    format!(
+                        "Idempotency-Key may not start with {}: those are muster's own",
+                        RESERVED_IDEMPOTENCY_PREFIXES.join(" or ")
+                    ),
+                ));
+            }
             Ok(Some(s.to_string()))
         }
     }
@@ -126,7 +144,7 @@ fn created(t: PreparedTask, now_ms: i64, (state, run_at): (TaskState, i64)) -> T
     path = "/v1/tasks",
     tag = "tasks",
     summary = "Submit a task",
-    request_body = NewTask, params(("Idempotency-Key" = Option<String>, Header, description = "A repeat by the same caller with the same body returns the first answer and creates nothing; another caller or another body gets 422 idempotency_key_reused (kept 24 h)", pattern = r"^[!-~]{1,256}$")),
+    request_body = NewTask, params(("Idempotency-Key" = Option<String>, Header, description = "A repeat by the same caller with the same body returns the first answer and creates nothing; another caller or another body gets 422 idempotency_key_reused (kept 24 h). Keys starting with schedule: or batch-then: are muster's own (400)", pattern = r"^[!-~]{1,256}$")),
     responses(
         (status = 201, body = Task, description = "The task"),
         (status = 200, body = Task, description = "A live task of the queue holds the unique_key: that task; nothing created"),
@@ -179,7 +197,7 @@ pub async fn tasks_create(
     path = "/v1/tasks/batch",
     tag = "tasks",
     summary = "Submit up to 10,000 tasks, all or nothing",
-    request_body = NewTaskBatch, params(("Idempotency-Key" = Option<String>, Header, description = "A repeat by the same caller with the same body returns the first answer and creates nothing; another caller or another body gets 422 idempotency_key_reused (kept 24 h)", pattern = r"^[!-~]{1,256}$")),
+    request_body = NewTaskBatch, params(("Idempotency-Key" = Option<String>, Header, description = "A repeat by the same caller with the same body returns the first answer and creates nothing; another caller or another body gets 422 idempotency_key_reused (kept 24 h). Keys starting with schedule: or batch-then: are muster's own (400)", pattern = r"^[!-~]{1,256}$")),
     responses(
         (status = 201, body = BatchCreated, description = "Ids in request order"),
         JsonBody,

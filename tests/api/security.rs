@@ -2848,3 +2848,21 @@ async fn a_submit_racing_the_pruner_never_leaves_its_queue_out_of_the_set() {
     assert!(lost.is_empty(), "{} queues hold a task but left the set: {lost:?}", lost.len());
     crate::support::assert_doctor_clean(&store).await;
 }
+
+/// A caller's `Idempotency-Key` of the form muster derives for a schedule's fire
+/// (`schedule:<name>:<tick ms>`, predictable) or a batch's `then` task could pre-empt
+/// that submission: the fire would answer the caller's task and never run its own.
+/// Those prefixes are refused (400) and nothing is stored.
+#[tokio::test]
+async fn idempotency_keys_of_musters_own_form_are_refused() {
+    let app = spawn_sec_app(&shared_redis().url(), |_| {}).await;
+    let mut conn = app.redis();
+    let before = crate::support::ns_keys(&mut conn, &app.ns);
+    for key in ["schedule:nightly:1700000000000", "batch-then:01JD8XK2ZQ8M3V6T1XW0Q2E7AB"] {
+        let (s, p) = post_idem(&app, &app.submit, "/v1/tasks", key, r#"{"kind": "k", "queue": "cron"}"#).await;
+        assert_eq!((s, p["code"].as_str()), (400, Some("bad_idempotency_key")), "{key}: {p}");
+    }
+    assert_eq!(crate::support::ns_keys(&mut conn, &app.ns), before);
+    let (s, _) = post_idem(&app, &app.submit, "/v1/tasks", "my-schedule:1", r#"{"kind": "k", "queue": "cron"}"#).await;
+    assert_eq!(s, 201);
+}
