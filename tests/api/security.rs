@@ -2644,6 +2644,38 @@ async fn a_queue_scoped_token_reaches_only_its_queues() {
     let leased: Vec<&str> = leases.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(leased, vec![mine.as_str()]);
     assert_eq!(app.task(&payroll).await["state"], "pending");
+
+    // Schedules submit as their creator: a scoped token schedules its queues only, and
+    // sees, reads, pauses and deletes only the schedules of its queues.
+    let sched = |name: &str, queue: &str| {
+        json!({"name": name, "cron": "0 0 3 * * *", "task": {"kind": "k", "queue": queue}})
+    };
+    let a = send_as(app, &s.submit, "POST", "/v1/schedules", Some(sched("steal", "payroll"))).await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    let a = send_as(app, &s.submit, "POST", "/v1/schedules", Some(sched("thumbs", "images.small"))).await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    let a = send_as(app, &app.admin, "POST", "/v1/schedules", Some(sched("salaries", "payroll"))).await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    for (method, path) in [
+        ("GET", "/v1/schedules/salaries"),
+        ("POST", "/v1/schedules/salaries/pause"),
+        ("DELETE", "/v1/schedules/salaries"),
+    ] {
+        let a = send_as(app, &s.submit, method, path, None).await;
+        assert_eq!(a.status, 403, "{method} {path}: {}", a.body);
+    }
+    let a = send_as(app, &s.read, "GET", "/v1/schedules", None).await;
+    let list: Value = serde_json::from_str(&a.body).expect("list");
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|x| x["name"].as_str())
+        .collect();
+    assert_eq!(names, vec!["thumbs"]);
+    let a = send_as(app, &app.admin, "GET", "/v1/schedules/salaries", None).await;
+    let salaries: Value = serde_json::from_str(&a.body).expect("schedule");
+    assert_eq!(salaries["paused"], false, "a refused pause went through");
 }
 
 /// Issue 16 item 7: an agent token registered a `human` node on `payroll` (not
