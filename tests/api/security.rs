@@ -2898,3 +2898,59 @@ async fn idempotency_keys_of_musters_own_form_are_refused() {
     let (s, _) = post_idem(&app, &app.submit, "/v1/tasks", "my-schedule:1", r#"{"kind": "k", "queue": "cron"}"#).await;
     assert_eq!(s, 201);
 }
+
+/// Issue 16 item 3: a timer round ran two scripts per queue of the set, one after the
+/// other (10,000 junk queues: 20,000 script calls a second, and a `delay_ms=100` task
+/// pending after 1.5 s). It now reads what is due in pipelines and runs scripts only in
+/// queues with work: over 2,000 quiet queues and one due task, one script call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_round_runs_scripts_only_where_something_is_due() {
+    let redis = RedisGuard::start();
+    let store = crate::support::store_on(&redis.url(), "timers").await;
+    store.prepare().await.expect("prepare");
+    let task = |queue: String, delay_ms: i64| {
+        muster::api::tasks::prepare(
+            serde_json::from_value(json!({"kind": "k", "queue": queue, "delay_ms": delay_ms}))
+                .expect("task"),
+            "",
+        )
+        .expect("valid")
+    };
+    let quiet: Vec<_> = (0..2_000)
+        .map(|i| task(format!("quiet-{i:04}"), 86_400_000))
+        .collect();
+    store.submit(&quiet, None, 0).await.expect("quiet tasks");
+    let due = task("due".into(), 1);
+    let due_id = due.id.clone();
+    store.submit(&[due], None, 0).await.expect("due task");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let timers = muster::workers::timers::Timers::new(
+        store.clone(),
+        muster::service::hub::Hub::new(),
+        std::sync::Arc::new(muster::service::directory::Directory::new(
+            Duration::from_millis(100),
+        )),
+        Duration::from_millis(250),
+        Duration::from_millis(500),
+    );
+    let mut conn = redis::Client::open(redis.url().as_str())
+        .expect("url")
+        .get_connection()
+        .expect("conn");
+    let scripts_run = |conn: &mut redis::Connection| -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(conn)
+            .expect("info");
+        info.lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let before = scripts_run(&mut conn);
+    let round = timers.tick_once().await.expect("round");
+    let ran = scripts_run(&mut conn) - before;
+    assert_eq!(round.promoted, 1, "{round:?}");
+    assert_eq!(ran, 1, "a round over 2,001 queues ran {ran} scripts");
+    assert_eq!(store.task(&due_id).await.expect("task").state, muster::domain::TaskState::Pending);
+}
