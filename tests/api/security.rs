@@ -2839,6 +2839,15 @@ async fn a_submit_racing_the_pruner_never_leaves_its_queue_out_of_the_set() {
     let app = spawn_sec_app(&shared_redis().url(), |_| {}).await;
     let (store, reconciler) = pruner(&app).await;
     let reconciler = std::sync::Arc::new(reconciler);
+    // How long a pass takes here (a loaded machine is slower): the submits land from at
+    // once to two passes in, so that some meet a pass half-way.
+    let mut pass_time = Duration::ZERO;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        reconciler.prune_empty_queues().await;
+        pass_time += t0.elapsed();
+    }
+    let pass_time = pass_time / 5;
     let mut lost = Vec::new();
     let mut pruned_total = 0;
     for trial in 0..300 {
@@ -2857,8 +2866,7 @@ async fn a_submit_racing_the_pruner_never_leaves_its_queue_out_of_the_set() {
                 n
             })
         };
-        // From at once to 8 ms in: the submit lands anywhere in a pass.
-        tokio::time::sleep(Duration::from_micros(400 * (trial % 20))).await;
+        tokio::time::sleep(pass_time * (trial % 20) / 10).await;
         let t = muster::api::tasks::prepare(
             serde_json::from_value(json!({"kind": "k", "queue": q})).expect("task"),
             "",
@@ -2876,7 +2884,7 @@ async fn a_submit_racing_the_pruner_never_leaves_its_queue_out_of_the_set() {
         store.delete(&racing).await.expect("delete");
         reconciler.prune_empty_queues().await;
     }
-    assert!(pruned_total >= 50, "the passes pruned only {pruned_total} times: no race");
+    assert!(pruned_total >= 30, "the passes pruned only {pruned_total} times: no race");
     assert!(lost.is_empty(), "{} queues hold a task but left the set: {lost:?}", lost.len());
     crate::support::assert_doctor_clean(&store).await;
 }
