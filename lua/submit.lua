@@ -1,17 +1,25 @@
 -- submit.lua: store new tasks, all or nothing (single submit is a batch of one).
 -- KEYS[1..k]: queue prefixes "<ns>:{<queue>}:" (one per distinct queue in the batch)
 -- ARGV[1]: wake channel   ARGV[2]: idempotency key suffix or ""   ARGV[3]: its TTL ms
--- ARGV[4]: n, then n records: key index (into KEYS), id, priority, run_at ms or "",
+-- ARGV[4]: what the key is bound to, "<caller digest>:<body digest>", or "" (unbound:
+--   internal callers; a repeat then answers whatever the key holds)
+-- ARGV[5]: n, then n records: key index (into KEYS), id, priority, run_at ms or "",
 --   delay ms or "", k, then k field/value pairs stored as they are (kind, payload and
 --   every field not at its default: src/store/tasks.rs chooses). Among them, with
 --   deps_left the task starts blocked; with unique_key, a live holder of the key (same
 --   queue) is returned instead of a new task.
 -- Written here: state, created_at, and run_at when it is not created_at. Per task one
 -- HSET (and one XADD); the sequence, the indexes and the statistics once per call.
--- Returns: {OK, now, "i=id,..."} created, except the 1-based indexes listed, whose
--- unique key a live task holds (its id); {REPEAT, now, "id,id,..."} an earlier
--- submission with this idempotency key (nothing created).
-local channel, idem, idem_ttl, n = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+-- The idempotency record is "<binding>|id,id,..." (or "id,id,..." when unbound).
+-- Returns: {OK, now, "i=id,...", chosen, "k,k,..."} created, except the 1-based
+-- indexes listed, whose unique key a live task holds (its id); `chosen` per task
+-- (below); the KEYS indexes of queues new to this script (no `stats` yet: never used,
+-- or just pruned by queue_prune.lua), which the caller adds to the `queues` set again
+-- after this script (the set has no hash tag); {REPEAT, now, "id,id,..."} an earlier
+-- submission with this idempotency key (nothing created); {CONFLICT, now, "caller" or
+-- "body"} the key was used by another caller or with another body (nothing created).
+local channel, idem, idem_ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local binding, n = ARGV[4], tonumber(ARGV[5])
 -- Refuse before any write: Redis does not roll back a script that fails half-way.
 if idem ~= '' and not (idem_ttl and idem_ttl > 0) then
   return redis.error_reply('ERR idempotency key TTL must be a positive number of ms')
@@ -20,7 +28,24 @@ local now = now_ms()
 local idem_key = k_idempotency(KEYS[1], idem)
 if idem ~= '' then
   local prev = redis.call('GET', idem_key)
-  if prev then return {REPEAT, now, prev} end
+  if prev then
+    local bar = string.find(prev, '|', 1, true)
+    if not bar then return {REPEAT, now, prev} end
+    local was, ids = string.sub(prev, 1, bar - 1), string.sub(prev, bar + 1)
+    if binding ~= '' and was ~= binding then
+      local colon = string.find(binding, ':', 1, true) or 0
+      if string.sub(was, 1, colon) ~= string.sub(binding, 1, colon) then
+        return {CONFLICT, now, 'caller'}
+      end
+      return {CONFLICT, now, 'body'}
+    end
+    return {REPEAT, now, ids}
+  end
+end
+-- Queues without counters are new (or were pruned while this submit was on its way).
+local fresh = {}
+for i = 1, #KEYS do
+  if redis.call('EXISTS', k_stats(KEYS[i])) == 0 then fresh[#fresh + 1] = i end
 end
 local ids = {}
 local dups = {}
@@ -39,7 +64,7 @@ local function next_seq(p)
   s.next = s.next + 1
   return s.next - 1
 end
-local b = 5
+local b = 6
 for i = 1, n do
   local p = KEYS[tonumber(ARGV[b])]
   local id = ARGV[b + 1]
@@ -105,7 +130,9 @@ for i = 1, n do
   b = b + 6 + k * 2
 end
 if idem ~= '' then
-  redis.call('SET', idem_key, table.concat(ids, ','), 'PX', idem_ttl)
+  local record = table.concat(ids, ',')
+  if binding ~= '' then record = binding .. '|' .. record end
+  redis.call('SET', idem_key, record, 'PX', idem_ttl)
 end
 for p, _ in pairs(woken) do redis.call('PUBLISH', channel, wake_new(p)) end
-return {OK, now, table.concat(dups, ','), table.concat(chosen, ',')}
+return {OK, now, table.concat(dups, ','), table.concat(chosen, ','), table.concat(fresh, ',')}

@@ -3,7 +3,7 @@
 //! [`crate::startup::Application::build`] runs for every way of starting a server.
 
 use crate::domain::limits::{MAX_WAIT, MAX_WAIT_MS};
-use crate::domain::roles::{MIN_TOKEN_LEN, Role};
+use crate::domain::roles::{MIN_TOKEN_LEN, QueueScope, Role, TokenEntry};
 use std::time::Duration;
 
 /// Default HTTP listen address.
@@ -56,6 +56,9 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// More tokens with their roles (`read`, `submit`, `agent`, `admin`).
     pub tokens: Vec<(Role, String)>,
+    /// Queues some of those tokens are limited to (by token; from the tokens file's
+    /// `queues=`): such a token reaches only the queues its patterns match.
+    pub token_queues: Vec<(String, QueueScope)>,
     /// Serve without authentication (loopback only).
     pub no_auth: bool,
     /// Per-token rate limit: (requests per second, burst).
@@ -154,6 +157,7 @@ impl Config {
             namespace: DEFAULT_NAMESPACE.into(),
             admin_token: None,
             tokens: Vec::new(),
+            token_queues: Vec::new(),
             no_auth: false,
             rate_limit: None,
             dispatchers: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -225,6 +229,14 @@ impl std::fmt::Debug for Config {
             .field("namespace", &self.namespace)
             .field("admin_token", &self.admin_token.as_ref().map(|_| REDACTED))
             .field("tokens", &tokens)
+            .field(
+                "token_queues",
+                &self
+                    .token_queues
+                    .iter()
+                    .map(|(_, q)| (REDACTED, q.patterns()))
+                    .collect::<Vec<_>>(),
+            )
             .field("no_auth", &self.no_auth)
             .field("rate_limit", &self.rate_limit)
             .field("dispatchers", &self.dispatchers)
@@ -241,12 +253,41 @@ impl std::fmt::Debug for Config {
 }
 
 /// Reads a tokens file (`ROLE:TOKEN` per line, `#` comments), refusing one that the
-/// group or others may read: it holds every role token in clear.
+/// group or others may read: it holds every role token in clear. Queue limits
+/// (`queues=`) are dropped: [`read_token_entries`] keeps them.
+///
+/// # Errors
+/// As [`read_token_entries`].
+pub fn read_tokens_file(path: &std::path::Path) -> Result<Vec<(Role, String)>, ConfigError> {
+    Ok(read_token_entries(path)?
+        .into_iter()
+        .map(|e| (e.role, e.token))
+        .collect())
+}
+
+/// Adds the entries of a tokens file to `cfg`: their roles to `tokens`, their queue
+/// limits to `token_queues`.
+///
+/// # Errors
+/// As [`read_token_entries`].
+pub fn add_tokens_file(cfg: &mut Config, path: &std::path::Path) -> Result<(), ConfigError> {
+    for e in read_token_entries(path)? {
+        if let Some(q) = e.queues {
+            cfg.token_queues.push((e.token.clone(), q));
+        }
+        cfg.tokens.push((e.role, e.token));
+    }
+    Ok(())
+}
+
+/// Reads a tokens file: one `ROLE:TOKEN [queues=PATTERN,PATTERN...]` a line, `#`
+/// comments (see [`crate::domain::roles::parse_token_entry`]), refusing one that the
+/// group or others may read.
 ///
 /// # Errors
 /// [`ConfigError::TokensFileReadable`] (with the `chmod 600` to run), or
 /// [`ConfigError::TokensFile`] for an unreadable file or a bad line.
-pub fn read_tokens_file(path: &std::path::Path) -> Result<Vec<(Role, String)>, ConfigError> {
+pub fn read_token_entries(path: &std::path::Path) -> Result<Vec<TokenEntry>, ConfigError> {
     let shown = path.display().to_string();
     let fail = |reason: String| ConfigError::TokensFile {
         path: shown.clone(),
@@ -272,7 +313,7 @@ pub fn read_tokens_file(path: &std::path::Path) -> Result<Vec<(Role, String)>, C
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .enumerate()
         .map(|(i, l)| {
-            crate::domain::roles::parse_role_token(l)
+            crate::domain::roles::parse_token_entry(l)
                 .map_err(|e| fail(format!("entry {}: {e}", i + 1)))
         })
         .collect()
@@ -346,6 +387,31 @@ mod tests {
         std::fs::write(&path, "reader:x\n").expect("write");
         let e = read_tokens_file(&path).expect_err("bad role");
         assert!(e.to_string().contains("entry 1"), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_tokens_file_limits_tokens_to_queue_patterns() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("tokens");
+        std::fs::write(
+            &path,
+            "agent:agent-0123456789abcdef queues=images.*,ocr\nread:read-0123456789abcdef\n",
+        )
+        .expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let mut c = valid();
+        add_tokens_file(&mut c, &path).expect("reads");
+        assert_eq!(c.tokens.len(), 2);
+        assert_eq!(c.token_queues.len(), 1);
+        assert_eq!(c.token_queues[0].0, "agent-0123456789abcdef");
+        assert!(c.token_queues[0].1.allows("images.big"));
+        assert!(!c.token_queues[0].1.allows("payroll"));
+        assert!(!format!("{c:?}").contains("agent-0123456789abcdef"));
+        std::fs::write(&path, "submit:submit-0123456789abcdef queues=\n").expect("write");
+        let e = read_token_entries(&path).expect_err("empty pattern");
+        assert!(e.to_string().contains("entry 1: queues="), "{e}");
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub async fn role_header(mut req: Request, next: Next) -> Response {
     res
 }
 
-pub use crate::domain::roles::Role;
+pub use crate::domain::roles::{QueueScope, Role};
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,14 +139,78 @@ impl FromRequestParts<AppState> for Principal {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         // The rate limiter authenticated this request already (its result rides along).
-        let who = match parts.extensions.remove::<Authenticated>() {
-            Some(Authenticated(who, _)) => who,
-            None => authenticate(parts, state).await?.0,
+        let (who, identity) = match parts.extensions.remove::<Authenticated>() {
+            Some(Authenticated(who, identity)) => (who, identity),
+            None => authenticate(parts, state).await?,
         };
         if let Some(slot) = parts.extensions.get::<RoleSlot>() {
             let _ = slot.0.set(who.role_name());
         }
+        parts.extensions.insert(Identity(identity));
         Ok(who)
+    }
+}
+
+/// The authenticated identity (`admin`, `token:<sha>`, `node:<id>`), left by the
+/// [`Principal`] extractor for [`Caller`].
+#[derive(Clone)]
+struct Identity(String);
+
+/// Who is calling, by a stable identity, and the queues it may reach: what the
+/// queue-scoped routes check ([`Caller::allow`]) and what binds an `Idempotency-Key`.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// `admin`, `token:<sha256 of the token>` or `node:<id>` (never the token itself).
+    pub id: String,
+    /// The queues its token is limited to (`None`: every queue).
+    pub queues: Option<Arc<QueueScope>>,
+}
+
+impl Caller {
+    /// Allows `queue` when the caller's token reaches it.
+    ///
+    /// # Errors
+    /// 403 naming the queue.
+    pub fn allow(&self, queue: &str) -> Result<(), ApiError> {
+        match &self.queues {
+            Some(s) if !s.allows(queue) => Err(ApiError::Forbidden(format!(
+                "this token may not use queue {queue:?}; it is limited to {}",
+                s.patterns().join(", ")
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the caller reaches `queue`.
+    pub fn reaches(&self, queue: &str) -> bool {
+        self.queues.as_ref().is_none_or(|s| s.allows(queue))
+    }
+
+    /// Whether the caller's token is limited to some queues.
+    pub fn scoped(&self) -> bool {
+        self.queues.is_some()
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if parts.extensions.get::<Identity>().is_none() {
+            Principal::from_request_parts(parts, state).await?;
+        }
+        let id = parts
+            .extensions
+            .get::<Identity>()
+            .map(|i| i.0.clone())
+            .unwrap_or_else(|| "admin".into());
+        let queues = id
+            .strip_prefix("token:")
+            .and_then(|sha| state.token_queues.get(sha).cloned());
+        Ok(Caller { id, queues })
     }
 }
 

@@ -1,7 +1,7 @@
 //! Batch routes: fan-out (children in any queues) and fan-in (a `then` task submitted
 //! exactly once when every child ended). See `crate::workers::coordinator` for the follow-up side.
 
-use super::auth::{Authorized, NeedSubmit, Principal, Role};
+use super::auth::{Authorized, Caller, NeedSubmit, Principal, Role};
 use super::error::{ApiError, ApiResult};
 use super::openapi::parts::{BadRequest, Guarded, Invalid, JsonBody, NotFound, UnknownDependency};
 use super::tasks::{prepare, store_tasks};
@@ -115,15 +115,19 @@ async fn add_chunk(
 pub async fn batches_create(
     State(st): State<AppState>,
     who: Authorized<NeedSubmit>,
+    caller: Caller,
     Json(body): Json<NewBatch>,
 ) -> ApiResult<(StatusCode, Json<Batch>)> {
     who.require(Role::Submit)?;
     let id = ulid::Ulid::generate().to_string();
     let tasks = children(body.tasks, &id)?;
+    for t in &tasks {
+        caller.allow(&t.queue)?;
+    }
     let then_json = match body.then {
         Some(t) => {
             // Validated now, stored as submitted, prepared again when it fires.
-            prepare(t.clone(), "then.")?;
+            caller.allow(&prepare(t.clone(), "then.")?.queue)?;
             Some(
                 serde_json::to_string(&t)
                     .map_err(|e| ApiError::Internal(anyhow::anyhow!("then task: {e}")))?,
@@ -199,6 +203,7 @@ pub struct ResultsQuery {
 pub async fn batches_results(
     State(st): State<AppState>,
     who: Principal,
+    caller: Caller,
     Path(id): Path<String>,
     q: Result<Query<ResultsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<BatchResultPage>> {
@@ -216,9 +221,12 @@ pub async fn batches_results(
             .map_err(|_| ApiError::bad("bad_cursor", "cursor is not one this server handed out"))?
             as usize,
     };
-    Ok(Json(
-        st.store.batch_results(&id, cursor, limit as usize).await?,
-    ))
+    let mut page = st.store.batch_results(&id, cursor, limit as usize).await?;
+    // A token limited to some queues sees only its queues' children (the page keeps
+    // its cursor, so paging goes on past the ones left out).
+    page.items
+        .retain(|r| validate::task_queue(&r.id).is_none_or(|q| caller.reaches(q)));
+    Ok(Json(page))
 }
 
 #[utoipa::path(
@@ -243,12 +251,16 @@ pub async fn batches_results(
 pub async fn batches_add(
     State(st): State<AppState>,
     who: Authorized<NeedSubmit>,
+    caller: Caller,
     Path(id): Path<String>,
     Json(body): Json<BatchTasks>,
 ) -> ApiResult<(StatusCode, Json<BatchTasksAdded>)> {
     who.require(Role::Submit)?;
     batch_id(&id)?;
     let tasks = children(body.tasks, &id)?;
+    for t in &tasks {
+        caller.allow(&t.queue)?;
+    }
     match st.store.batch_begin(&id).await? {
         BatchBegin::Open => {}
         BatchBegin::NotFound => return Err(ApiError::NotFound(format!("no batch {id}"))),

@@ -206,6 +206,16 @@ impl From<StoreError> for ApiError {
                 format!("not allowed while the task is {from}"),
             ),
             e @ StoreError::Unavailable(_) => ApiError::Unavailable(e),
+            StoreError::IdempotencyReused { by_another_caller } => ApiError::invalid(
+                "idempotency_key_reused",
+                if by_another_caller {
+                    "this Idempotency-Key was used by another caller; use a key of your own \
+                     (a fresh random one per logical submission)"
+                } else {
+                    "this Idempotency-Key was used with a different body; a repeat must send \
+                     the same body, a new submission a new key"
+                },
+            ),
             other => ApiError::Internal(other.into()),
         }
     }

@@ -526,6 +526,7 @@ impl Cursor {
 pub async fn events(
     State(st): State<AppState>,
     who: Principal,
+    caller: super::auth::Caller,
     headers: HeaderMap,
     q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
@@ -542,6 +543,15 @@ pub async fn events(
             return Err(ApiError::bad("bad_query", "that task is not in that queue"));
         }
         fixed_queue = Some(tq.to_string());
+    }
+    match &fixed_queue {
+        Some(fq) => caller.allow(fq)?,
+        None if caller.scoped() => {
+            return Err(ApiError::Forbidden(
+                "this token is limited to some queues: name one with queue= or task=".into(),
+            ));
+        }
+        None => {}
     }
     let feed = st.events.clone();
     // Subscribe before reading the clock or catching up: see [`EventFeed`].

@@ -47,6 +47,8 @@ pub struct AppState {
     pub admin_sha: Option<String>,
     /// Role tokens: (SHA-256 hex, role).
     pub tokens: Arc<Vec<(String, auth::Role)>>,
+    /// Queue limits of role tokens, by SHA-256 hex (tokens absent reach every queue).
+    pub token_queues: Arc<std::collections::HashMap<String, Arc<auth::QueueScope>>>,
     /// Authentication off (loopback only).
     pub no_auth: bool,
     /// Per-token rate limit, when configured.
@@ -61,6 +63,8 @@ pub struct AppState {
     pub events: Arc<events::EventFeed>,
     /// Open event streams and long-polls.
     pub streams: Arc<limit::StreamLimits>,
+    /// Whether Redis may evict keys now (writes refused while it may).
+    pub fitness: Arc<crate::service::fitness::Fitness>,
 }
 
 /// `axum::Json` whose rejections come out as problem+json.
@@ -257,6 +261,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            system::fit_redis,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limit::stream_limit,

@@ -1,7 +1,7 @@
 //! Node routes and the agent protocol: register, list, heartbeat, drain, deregister,
 //! lease (long-poll), batched lease renewals and batched reports.
 
-use super::auth::{Authorized, NeedAgent, NeedPathNode, Principal, Role};
+use super::auth::{Authorized, Caller, NeedAgent, NeedPathNode, Principal, Role};
 use super::error::{ApiError, ApiResult};
 use super::openapi::parts::{BadRequest, Guarded, Invalid, JsonBody, NotFound};
 use super::tasks::{after_report, error_text, progress_json, result_json};
@@ -44,6 +44,7 @@ async fn node_or_404(st: &AppState, id: &str) -> ApiResult<NodeRecord> {
 pub async fn nodes_register(
     State(st): State<AppState>,
     who: Authorized<NeedAgent>,
+    caller: Caller,
     Json(body): Json<RegisterNode>,
 ) -> ApiResult<(StatusCode, Json<NodeRegistered>)> {
     who.require(Role::Agent)?;
@@ -71,6 +72,21 @@ pub async fn nodes_register(
         return Err(bad("capacity must be 1 to 10000".into()));
     }
     let kind = body.kind.unwrap_or_default();
+    for q in &queues {
+        caller.allow(q)?;
+    }
+    // A person (`human` node) pulls pending tasks itself, past the dispatcher: only
+    // from human-only queues, unless an admin says otherwise (issue 16 item 7).
+    if kind == NodeKind::Human && !who.0.eq(&Principal::Admin) {
+        for q in &queues {
+            if !st.store.queue_conf(q).await?.2 {
+                return Err(ApiError::Forbidden(format!(
+                    "a human node may only serve human-only queues; {q:?} is not \
+                     (an admin sets it with PUT /v1/queues/{q} {{\"human_only\": true}})"
+                )));
+            }
+        }
+    }
     let mut queues_dedup = queues;
     queues_dedup.sort();
     queues_dedup.dedup();
@@ -124,14 +140,20 @@ pub async fn nodes_register(
 ///
 /// # Errors
 /// 503 Redis down.
-pub async fn nodes_list(State(st): State<AppState>, who: Principal) -> ApiResult<Json<NodeList>> {
+pub async fn nodes_list(
+    State(st): State<AppState>,
+    who: Principal,
+    caller: Caller,
+) -> ApiResult<Json<NodeList>> {
     who.require(Role::Read)?;
+    // A token limited to some queues sees the nodes serving one of them.
     let items = st
         .store
         .nodes()
         .await?
         .into_iter()
         .map(|r| r.node)
+        .filter(|n| !caller.scoped() || n.queues.iter().any(|q| caller.reaches(q)))
         .collect();
     Ok(Json(NodeList { items }))
 }

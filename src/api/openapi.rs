@@ -216,9 +216,9 @@ pub mod parts {
 
     problems! {
         /// 401, 403, 429 and 503: every route that takes a token.
-        Guarded => ("401", "No or unknown token"), ("403", "The token may not do this"),
+        Guarded => ("401", "No or unknown token"), ("403", "The token may not do this (its role, or a queue outside the token's queues=)"),
             ("429", "Over the rate limit, a stream limit or a quota; retry after Retry-After"),
-            ("503", "Redis unavailable, or the server at a capacity limit; retry after Retry-After");
+            ("503", "Redis unavailable, Redis may evict keys (code unfit_redis: writes refused), or the server at a capacity limit; retry after Retry-After");
         /// 400: the request does not parse.
         BadRequest => ("400", "Malformed request");
         /// 400, 413, 415: a JSON body that is not one.
@@ -229,6 +229,8 @@ pub mod parts {
         Conflict => ("409", "Conflicts with the current state");
         /// 422.
         Invalid => ("422", "Invalid");
+        /// 422, with `idempotency_key_reused`: submissions that take an `Idempotency-Key`.
+        InvalidOrReused => ("422", "Invalid, or (code idempotency_key_reused) the Idempotency-Key was used by another caller or with another body: nothing stored");
         /// 409 `unknown_dependency`: a task named in depends_on does not exist (now).
         UnknownDependency => ("409", "A task named in depends_on does not exist (code unknown_dependency)");
     }

@@ -1,6 +1,6 @@
 //! Queue routes: list with counts, read, settings, pause and resume.
 
-use super::auth::{Authorized, NeedAdmin, Principal, Role};
+use super::auth::{Authorized, Caller, NeedAdmin, Principal, Role};
 use super::error::{ApiError, ApiResult};
 use super::openapi::parts::{BadRequest, Guarded, Invalid, JsonBody, NotFound};
 use super::{AppState, Json};
@@ -53,6 +53,7 @@ pub struct QueuePage {
 pub async fn queues_list(
     State(st): State<AppState>,
     who: Principal,
+    caller: Caller,
     q: Result<Query<QueuesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<QueuePage>> {
     who.require(Role::Read)?;
@@ -67,7 +68,9 @@ pub async fn queues_list(
     if let Some(c) = &q.cursor {
         validate::queue_name(c).map_err(|e| ApiError::bad("bad_query", format!("cursor: {e}")))?;
     }
-    let names = st.store.queues().await?;
+    let mut names = st.store.queues().await?;
+    // A token limited to some queues sees only those.
+    names.retain(|n| caller.reaches(n));
     let start = match &q.cursor {
         Some(c) => names.partition_point(|n| n <= c),
         None => 0,
@@ -112,9 +115,12 @@ async fn known(st: &AppState, name: &str) -> ApiResult<()> {
 pub async fn queues_get(
     State(st): State<AppState>,
     who: Principal,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<QueueInfo>> {
     who.require(Role::Read)?;
+    validate::queue_name(&name).map_err(|e| ApiError::bad("bad_queue_name", e))?;
+    caller.allow(&name)?;
     known(&st, &name).await?;
     Ok(Json(st.store.queue_info(&name).await?))
 }

@@ -2,7 +2,7 @@
 //! last fires), delete, pause and resume. Reading needs `read`; changing needs
 //! `submit` (a schedule submits tasks on the caller's behalf) or `admin`.
 
-use super::auth::{Authorized, NeedSubmit, Principal, Role};
+use super::auth::{Authorized, Caller, NeedSubmit, Principal, Role};
 use super::error::{ApiError, ApiResult};
 use super::openapi::parts::{BadRequest, Guarded, JsonBody, NotFound};
 use super::{AppState, Json};
@@ -65,6 +65,29 @@ async fn view(st: &AppState, rec: ScheduleRecord, fires: i64, now: i64) -> ApiRe
     })
 }
 
+/// The queue a schedule's fires submit to (`default` when its task names none).
+fn schedule_queue(task_json: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(task_json)
+        .ok()
+        .and_then(|v| v.get("queue").and_then(|q| q.as_str()).map(str::to_string))
+        .unwrap_or_else(|| "default".to_string())
+}
+
+/// Allows the schedule `name` when the caller reaches the queue it submits to; an
+/// unknown schedule is left to the route's 404.
+///
+/// # Errors
+/// 403 for a schedule of a queue outside the caller's token's queues.
+async fn allow_schedule(st: &AppState, caller: &Caller, name: &str) -> ApiResult<()> {
+    if !caller.scoped() {
+        return Ok(());
+    }
+    match st.store.schedule(name).await? {
+        Some(rec) => caller.allow(&schedule_queue(&rec.task)),
+        None => Ok(()),
+    }
+}
+
 async fn load(st: &AppState, name: &str, fires: i64) -> ApiResult<Schedule> {
     let rec = st
         .store
@@ -96,6 +119,7 @@ async fn load(st: &AppState, name: &str, fires: i64) -> ApiResult<Schedule> {
 pub async fn schedules_create(
     State(st): State<AppState>,
     who: Authorized<NeedSubmit>,
+    caller: Caller,
     Json(body): Json<NewSchedule>,
 ) -> ApiResult<(StatusCode, Json<Schedule>)> {
     who.require(Role::Submit)?;
@@ -122,7 +146,8 @@ pub async fn schedules_create(
         }
     })?;
     // Validated exactly like a submission, so every fire can be stored.
-    crate::api::tasks::prepare(body.task.clone(), "task.")?;
+    // Its fires submit as this caller would: only to queues its token reaches.
+    caller.allow(&crate::api::tasks::prepare(body.task.clone(), "task.")?.queue)?;
     let now = st.store.now_ms().await?;
     if spec.next_after(now).is_none() {
         return Err(invalid(format!(
@@ -170,12 +195,15 @@ pub async fn schedules_create(
 pub async fn schedules_list(
     State(st): State<AppState>,
     who: Principal,
+    caller: Caller,
 ) -> ApiResult<Json<ScheduleList>> {
     who.require(Role::Read)?;
     let now = st.store.now_ms().await?;
     let mut items = Vec::new();
     for name in st.store.schedule_names().await? {
         match st.store.schedule(&name).await {
+            // A token limited to some queues sees the schedules submitting to them.
+            Ok(Some(rec)) if !caller.reaches(&schedule_queue(&rec.task)) => {}
             Ok(Some(rec)) => items.push(view(&st, rec, 5, now).await?),
             Ok(None) => {}
             // A malformed record is the doctor's business; the list still answers.
@@ -218,11 +246,13 @@ pub struct GetQuery {
 pub async fn schedules_get(
     State(st): State<AppState>,
     who: Principal,
+    caller: Caller,
     Path(name): Path<String>,
     q: Result<Query<GetQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Schedule>> {
     who.require(Role::Read)?;
     schedule_name(&name)?;
+    allow_schedule(&st, &caller, &name).await?;
     let Query(q) = q.map_err(|e| ApiError::bad("bad_query", e.body_text()))?;
     let fires = q.fires.unwrap_or(FIRES_SHOWN);
     if !(0..=FIRES_KEPT).contains(&fires) {
@@ -253,10 +283,12 @@ pub async fn schedules_get(
 pub async fn schedules_delete(
     State(st): State<AppState>,
     who: Principal,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     who.require(Role::Submit)?;
     schedule_name(&name)?;
+    allow_schedule(&st, &caller, &name).await?;
     if st.store.schedule_delete(&name).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -267,11 +299,13 @@ pub async fn schedules_delete(
 async fn set_paused(
     st: &AppState,
     who: &Principal,
+    caller: &Caller,
     name: &str,
     paused: bool,
 ) -> ApiResult<Json<Schedule>> {
     who.require(Role::Submit)?;
     schedule_name(name)?;
+    allow_schedule(st, caller, name).await?;
     if !st.store.schedule_set_paused(name, paused).await? {
         return Err(no_such(name));
     }
@@ -297,9 +331,10 @@ async fn set_paused(
 pub async fn schedules_pause(
     State(st): State<AppState>,
     who: Principal,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Schedule>> {
-    set_paused(&st, &who, &name, true).await
+    set_paused(&st, &who, &caller, &name, true).await
 }
 
 #[utoipa::path(
@@ -321,9 +356,10 @@ pub async fn schedules_pause(
 pub async fn schedules_resume(
     State(st): State<AppState>,
     who: Principal,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Schedule>> {
-    set_paused(&st, &who, &name, false).await
+    set_paused(&st, &who, &caller, &name, false).await
 }
 
 #[cfg(test)]

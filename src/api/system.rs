@@ -62,10 +62,20 @@ pub struct Ready {
 pub async fn readyz(State(st): State<AppState>) -> Response {
     let persistence = st.persistence.load(Ordering::Relaxed);
     let ping = st.store.ping().await;
-    if ping.is_ok()
-        && let Err(crate::store::StoreError::Unfit(why)) = st.store.check_eviction().await
-    {
-        tracing::error!(%why, "not ready: redis may evict muster's keys");
+    let unfit = if ping.is_ok() {
+        match st.store.check_eviction().await {
+            Err(crate::store::StoreError::Unfit(why)) => Some(why),
+            Ok(()) => None,
+            // Cannot tell (a timeout): what the periodic recheck saw last.
+            Err(_) => st.fitness.unfit(),
+        }
+    } else {
+        None
+    };
+    if ping.is_ok() {
+        st.fitness.record(unfit.clone());
+    }
+    if let Some(why) = unfit {
         let mut r =
             ApiError::Unavailable(crate::store::StoreError::Unfit(why.clone())).into_response();
         if let Ok(v) = serde_json::to_vec(&Problem {
@@ -93,6 +103,31 @@ pub async fn readyz(State(st): State<AppState>) -> Response {
         .into_response(),
         Err(e) => ApiError::Unavailable(e).into_response(),
     }
+}
+
+/// Middleware: while Redis may evict keys ([`crate::service::fitness`], rechecked
+/// periodically and by `/readyz`), every write to `/v1` answers 503 `unfit_redis` with
+/// `Retry-After` and stores nothing; reads keep working.
+pub async fn fit_redis(
+    State(st): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let write = !matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    if write
+        && req.uri().path().starts_with("/v1/")
+        && let Some(why) = st.fitness.unfit()
+    {
+        return ApiError::Overloaded {
+            code: "unfit_redis",
+            detail: format!("writes are refused while {why}"),
+        }
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// Unknown route.

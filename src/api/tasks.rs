@@ -1,10 +1,10 @@
 //! Task routes: submit (single, batch), read, list, wait, cancel, retry, delete, and
 //! the lease operations of the agent protocol (extend, complete, fail).
 
-use super::auth::{Authorized, NeedLeaseHolder, NeedSubmit, Principal, Role};
+use super::auth::{Authorized, Caller, NeedLeaseHolder, NeedSubmit, Principal, Role};
 use super::error::{ApiError, ApiResult};
 use super::openapi::parts::{
-    BadRequest, Conflict, Guarded, Invalid, JsonBody, NotFound, UnknownDependency,
+    BadRequest, Conflict, Guarded, Invalid, InvalidOrReused, JsonBody, NotFound, UnknownDependency,
 };
 use super::{AppState, Json, MAX_BATCH, MAX_PAYLOAD, MAX_WAIT_MS};
 use crate::domain::spec::IDEMPOTENCY_TTL_MS;
@@ -29,6 +29,10 @@ pub fn prepare(t: NewTask, at: &str) -> ApiResult<PreparedTask> {
     Ok(TaskSpec::parse(t, at)?)
 }
 
+/// Prefixes of the idempotency keys muster derives for its own submissions
+/// (`schedule:<name>:<tick ms>`, `batch-then:<batch id>`), refused from callers.
+pub const RESERVED_IDEMPOTENCY_PREFIXES: [&str; 2] = ["schedule:", "batch-then:"];
+
 fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     match headers.get("idempotency-key") {
         None => Ok(None),
@@ -45,6 +49,20 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
                         "Idempotency-Key must be 1 to 256 visible ASCII characters",
                     )
                 })?;
+            // muster's own submissions (a schedule's fire, a batch's `then` task) use
+            // keys of these forms; a caller's key must not pre-empt them.
+            if RESERVED_IDEMPOTENCY_PREFIXES
+                .iter()
+                .any(|p| s.starts_with(p))
+            {
+                return Err(ApiError::bad(
+                    "bad_idempotency_key",
+                    format!(
+                        "Idempotency-Key may not start with {}: those are muster's own",
+                        RESERVED_IDEMPOTENCY_PREFIXES.join(" or ")
+                    ),
+                ));
+            }
             Ok(Some(s.to_string()))
         }
     }
@@ -56,11 +74,31 @@ pub(crate) async fn store_tasks(
     tasks: &[PreparedTask],
     idem: Option<&str>,
 ) -> ApiResult<Submitted> {
+    store_tasks_bound(st, tasks, idem, "").await
+}
+
+/// [`store_tasks`] with the idempotency key bound to a caller and body
+/// ([`submit::binding`]): reused by another caller or with another body, 422
+/// `idempotency_key_reused` and nothing stored.
+async fn store_tasks_bound(
+    st: &AppState,
+    tasks: &[PreparedTask],
+    idem: Option<&str>,
+    binding: &str,
+) -> ApiResult<Submitted> {
     let idem = idem.map(|key| Idempotency {
         key,
         ttl_ms: IDEMPOTENCY_TTL_MS,
+        binding,
     });
     Ok(submit::submit(&st.store, &st.hub, tasks, idem).await?)
+}
+
+/// The binding of a submission's `Idempotency-Key`: the caller and the body as parsed
+/// (canonical JSON: the same body sent with other spacing or key order binds the same).
+fn idem_binding<T: serde::Serialize>(caller: &Caller, route: &str, body: &T) -> ApiResult<String> {
+    let json = serde_json::to_vec(body).map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(submit::binding(&caller.id, route, &json))
 }
 
 /// The record `submit.lua` just wrote, built without reading it back: the fields as
@@ -106,12 +144,12 @@ fn created(t: PreparedTask, now_ms: i64, (state, run_at): (TaskState, i64)) -> T
     path = "/v1/tasks",
     tag = "tasks",
     summary = "Submit a task",
-    request_body = NewTask, params(("Idempotency-Key" = Option<String>, Header, description = "A repeat returns the first answer and creates nothing", pattern = r"^[!-~]{1,256}$")),
+    request_body = NewTask, params(("Idempotency-Key" = Option<String>, Header, description = "A repeat by the same caller with the same body returns the first answer and creates nothing; another caller or another body gets 422 idempotency_key_reused (kept 24 h). Keys starting with schedule: or batch-then: are muster's own (400)", pattern = r"^[!-~]{1,256}$")),
     responses(
         (status = 201, body = Task, description = "The task"),
         (status = 200, body = Task, description = "A live task of the queue holds the unique_key: that task; nothing created"),
         JsonBody,
-        Invalid,
+        InvalidOrReused,
         UnknownDependency,
         Guarded
     )
@@ -123,13 +161,19 @@ fn created(t: PreparedTask, now_ms: i64, (state, run_at): (TaskState, i64)) -> T
 pub async fn tasks_create(
     State(st): State<AppState>,
     who: Authorized<NeedSubmit>,
+    caller: Caller,
     headers: HeaderMap,
     Json(body): Json<NewTask>,
 ) -> ApiResult<(StatusCode, Json<Task>)> {
     who.require(Role::Submit)?;
     let idem = idempotency_key(&headers)?;
+    let binding = match idem {
+        Some(_) => idem_binding(&caller, "task", &body)?,
+        None => String::new(),
+    };
     let task = prepare(body, "")?;
-    match store_tasks(&st, std::slice::from_ref(&task), idem.as_deref()).await? {
+    caller.allow(&task.queue)?;
+    match store_tasks_bound(&st, std::slice::from_ref(&task), idem.as_deref(), &binding).await? {
         Submitted::Created { existing, .. } if !existing.is_empty() => {
             // A live task holds the unique key: that one, and nothing created.
             Ok((StatusCode::OK, Json(st.store.task(&existing[0].1).await?)))
@@ -153,11 +197,11 @@ pub async fn tasks_create(
     path = "/v1/tasks/batch",
     tag = "tasks",
     summary = "Submit up to 10,000 tasks, all or nothing",
-    request_body = NewTaskBatch, params(("Idempotency-Key" = Option<String>, Header, description = "A repeat returns the first answer and creates nothing", pattern = r"^[!-~]{1,256}$")),
+    request_body = NewTaskBatch, params(("Idempotency-Key" = Option<String>, Header, description = "A repeat by the same caller with the same body returns the first answer and creates nothing; another caller or another body gets 422 idempotency_key_reused (kept 24 h). Keys starting with schedule: or batch-then: are muster's own (400)", pattern = r"^[!-~]{1,256}$")),
     responses(
         (status = 201, body = BatchCreated, description = "Ids in request order"),
         JsonBody,
-        Invalid,
+        InvalidOrReused,
         UnknownDependency,
         Guarded
     )
@@ -169,11 +213,16 @@ pub async fn tasks_create(
 pub async fn tasks_batch(
     State(st): State<AppState>,
     who: Authorized<NeedSubmit>,
+    caller: Caller,
     headers: HeaderMap,
     Json(body): Json<NewTaskBatch>,
 ) -> ApiResult<(StatusCode, Json<BatchCreated>)> {
     who.require(Role::Submit)?;
     let idem = idempotency_key(&headers)?;
+    let binding = match idem {
+        Some(_) => idem_binding(&caller, "batch", &body)?,
+        None => String::new(),
+    };
     if body.tasks.is_empty() {
         return Err(ApiError::invalid(
             "empty_batch",
@@ -195,7 +244,10 @@ pub async fn tasks_batch(
         .enumerate()
         .map(|(i, t)| prepare(t, &format!("tasks[{i}].")))
         .collect::<ApiResult<Vec<_>>>()?;
-    let ids = match store_tasks(&st, &tasks, idem.as_deref()).await? {
+    for t in &tasks {
+        caller.allow(&t.queue)?;
+    }
+    let ids = match store_tasks_bound(&st, &tasks, idem.as_deref(), &binding).await? {
         Submitted::Created { existing, .. } => {
             let mut ids: Vec<String> = tasks.into_iter().map(|t| t.id).collect();
             for (i, id) in existing {
@@ -229,10 +281,24 @@ pub async fn tasks_batch(
 pub async fn tasks_get(
     State(st): State<AppState>,
     who: Principal,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Task>> {
     who.require(Role::Read)?;
+    allow_task(&caller, &id)?;
     Ok(Json(st.store.task(&id).await?))
+}
+
+/// Allows a task id when the caller reaches its queue (the queue is part of the id); a
+/// malformed id is left to the store's 404.
+///
+/// # Errors
+/// 403 for a task of a queue the caller's token is not limited to.
+pub(crate) fn allow_task(caller: &Caller, id: &str) -> ApiResult<()> {
+    match validate::task_queue(id) {
+        Some(q) => caller.allow(q),
+        None => Ok(()),
+    }
 }
 
 /// Query of `GET /v1/tasks`.
@@ -280,12 +346,18 @@ pub struct ListQuery {
 pub async fn tasks_list(
     State(st): State<AppState>,
     who: Principal,
+    caller: Caller,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<TaskPage>> {
     who.require(Role::Read)?;
     let Query(q) = q.map_err(|e| ApiError::bad("bad_query", e.body_text()))?;
     if let Some(queue) = &q.queue {
         validate::queue_name(queue).map_err(|e| ApiError::bad("bad_query", e))?;
+        caller.allow(queue)?;
+    } else if caller.scoped() {
+        return Err(ApiError::Forbidden(
+            "this token is limited to some queues: name one with queue=".into(),
+        ));
     }
     let state = match &q.state {
         Some(s) => Some(TaskState::parse(s).ok_or_else(|| {
@@ -350,10 +422,12 @@ pub struct WaitQuery {
 pub async fn tasks_wait(
     State(st): State<AppState>,
     who: Principal,
+    caller: Caller,
     Path(id): Path<String>,
     q: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Task>> {
     who.require(Role::Read)?;
+    allow_task(&caller, &id)?;
     let Query(q) = q.map_err(|e| ApiError::bad("bad_query", e.body_text()))?;
     let timeout = q.timeout_ms.unwrap_or(30_000);
     if !(0..=MAX_WAIT_MS).contains(&timeout) {
@@ -407,9 +481,11 @@ pub async fn tasks_wait(
 pub async fn tasks_cancel(
     State(st): State<AppState>,
     who: Principal,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Task>> {
     who.require(Role::Submit)?;
+    allow_task(&caller, &id)?;
     match st.store.cancel(&id).await? {
         Cancelled::Done => st.hub.wake_task(&id),
         Cancelled::Requested => {}

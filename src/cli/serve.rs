@@ -32,8 +32,8 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub tokens: Vec<String>,
-    /// File of tokens, one `ROLE:TOKEN` a line (`#` comments); keep it readable only by
-    /// the service user.
+    /// File of tokens, one `ROLE:TOKEN [queues=PATTERN,...]` a line (`#` comments);
+    /// keep it readable only by the service user.
     #[arg(long, env = "MUSTER_TOKENS_FILE")]
     pub tokens_file: Option<std::path::PathBuf>,
     /// Per-token rate limit in requests per second (off when absent); past it: 429.
@@ -91,7 +91,8 @@ fn config(args: ServeArgs) -> anyhow::Result<Config> {
         .map(|r| (r, args.rate_burst.unwrap_or(2.0 * r)));
     if let Some(path) = &args.tokens_file {
         // Refuses a file the group or others may read (it says `chmod 600`).
-        cfg.tokens.extend(crate::config::read_tokens_file(path)?);
+        // Keeps each token's `queues=` limit.
+        crate::config::add_tokens_file(&mut cfg, path)?;
     }
     for t in args.tokens.iter().filter(|t| !t.trim().is_empty()) {
         cfg.tokens

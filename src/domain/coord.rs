@@ -22,6 +22,11 @@ fn integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
 pub const MIN_LOCK_TTL_MS: i64 = 10;
 /// Longest lock TTL: one day.
 pub const MAX_LOCK_TTL_MS: i64 = 24 * 3600 * 1000;
+/// How long a lock's fence counter outlives the lock's last expiry: seven days, seven
+/// times the longest lock TTL. Fences of a name strictly increase across grants less
+/// than this apart; a name nobody took for that long leaves no key behind and starts
+/// again at 1 (docs/locks.md).
+pub const LOCK_FENCE_KEEP_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// Body of `POST /v1/locks/{name}`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

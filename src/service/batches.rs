@@ -64,6 +64,7 @@ pub async fn fire_then(
     let idem = Idempotency {
         key: &key,
         ttl_ms: THEN_IDEMPOTENCY_TTL_MS,
+        binding: "",
     };
     let id = match submit(store, hub, std::slice::from_ref(&t), Some(idem)).await {
         Ok(Submitted::Created { existing, .. }) => match existing.first() {

@@ -3,8 +3,10 @@
 //! - [`batches`]: a finished batch's `then` task, stored exactly once.
 //! - [`hub`]: in-process wake-ups and the queue-configuration cache.
 //! - [`directory`]: the short-lived node-record cache.
+//! - [`fitness`]: whether Redis may evict keys now (the periodic policy recheck).
 
 pub mod batches;
 pub mod directory;
+pub mod fitness;
 pub mod hub;
 pub mod submit;

@@ -15,6 +15,24 @@ pub struct Idempotency<'a> {
     pub key: &'a str,
     /// How long a repeat answers the first submission (ms).
     pub ttl_ms: i64,
+    /// What the key is bound to (`<caller digest>:<body digest>`, see
+    /// [`binding`]): a repeat with another binding is refused. Empty for derived keys.
+    pub binding: &'a str,
+}
+
+/// The binding of an `Idempotency-Key` sent by `caller` (its stable identity, never a
+/// token) with a body whose canonical JSON is `body`: 16 hex digits of the caller's
+/// SHA-256, `:`, 32 of the body's. `route` keeps one route's key from answering
+/// another's.
+pub fn binding(caller: &str, route: &str, body: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let c = hex::encode(Sha256::digest(caller.as_bytes()));
+    let mut h = Sha256::new();
+    h.update(route.as_bytes());
+    h.update(b"\n");
+    h.update(body);
+    let b = hex::encode(h.finalize());
+    format!("{}:{}", &c[..16], &b[..32])
 }
 
 /// Why a submission stored nothing.
@@ -70,11 +88,11 @@ pub async fn submit(
     idempotency: Option<Idempotency<'_>>,
 ) -> Result<Submitted, SubmitError> {
     let deps = check_dependencies(store, tasks).await?;
-    let (key, ttl) = match idempotency {
-        Some(i) => (Some(i.key), i.ttl_ms),
-        None => (None, 0),
+    let (key, ttl, bound) = match idempotency {
+        Some(i) => (Some(i.key), i.ttl_ms, i.binding),
+        None => (None, 0, ""),
     };
-    let out = store.submit(tasks, key, ttl).await?;
+    let out = store.submit_bound(tasks, key, bound, ttl).await?;
     if let Submitted::Created { existing, .. } = &out
         && !deps.is_empty()
     {

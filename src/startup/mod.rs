@@ -87,6 +87,13 @@ impl Application {
                     .map(|(r, t)| (token_sha(t), *r))
                     .collect(),
             ),
+            token_queues: Arc::new(
+                config
+                    .token_queues
+                    .iter()
+                    .map(|(t, q)| (token_sha(t), Arc::new(q.clone())))
+                    .collect(),
+            ),
             no_auth: config.no_auth,
             limiter: config
                 .rate_limit
@@ -99,6 +106,7 @@ impl Application {
                 config.max_streams,
                 config.max_streams_per_caller,
             ),
+            fitness: crate::service::fitness::Fitness::new(),
             config: Arc::new(config),
         };
         Ok(Application {
@@ -141,7 +149,8 @@ impl Application {
             "dispatcher"
         });
         let reconciler = Reconciler::new(st.store.clone(), st.hub.clone(), st.directory.clone())
-            .with_dead_node_after(cfg.dead_node_after);
+            .with_dead_node_after(cfg.dead_node_after)
+            .with_fitness(st.fitness.clone());
         let sd = child.clone();
         set.spawn(async move {
             reconciler.run(sd).await;

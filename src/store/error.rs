@@ -58,6 +58,12 @@ pub enum StoreError {
     /// The Redis instance is not fit for muster.
     #[error("{0}")]
     Unfit(String),
+    /// An idempotency key already used by another caller or with another body.
+    #[error("idempotency key already used {}", if *by_another_caller { "by another caller" } else { "with another body" })]
+    IdempotencyReused {
+        /// Another caller (else the same caller with another body).
+        by_another_caller: bool,
+    },
 }
 
 impl From<redis::RedisError> for StoreError {

@@ -204,7 +204,8 @@ impl Keys {
         format!("{}:{{~lock:{name}}}:holder", self.ns)
     }
 
-    /// STRING: the lock's fence counter; never deleted, so fences never repeat.
+    /// STRING with PX: the lock's fence counter; expires
+    /// [`crate::domain::coord::LOCK_FENCE_KEEP_MS`] after the lock's last expiry.
     pub fn lock_fence(&self, name: &str) -> String {
         format!("{}:{{~lock:{name}}}:fence", self.ns)
     }

@@ -1,9 +1,12 @@
 //! Fenced locks for handlers (`/v1/locks`): one holder key with a TTL and a fence
 //! counter per lock name, both under the lock's own hash tag `{~lock:<name>}`. The
-//! counter is never deleted, so fences strictly increase per name. Scripts:
+//! counter expires [`LOCK_FENCE_KEEP_MS`] after the lock's last expiry (every grant and
+//! extend pushes it on), so fences strictly increase per name while an earlier holder
+//! could still matter, and names nobody uses any more leave no key behind. Scripts:
 //! `lock_acquire.lua`, `lock_extend.lua`, `lock_release.lua`.
 
 use super::{Code, Result, Store, StoreError, coded, int, int_unless, ok_unless, text};
+pub use crate::domain::coord::LOCK_FENCE_KEEP_MS;
 
 /// Outcome of [`Store::lock_acquire`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +50,7 @@ impl Store {
             .key(self.keys.lock_fence(name))
             .arg(ttl_ms)
             .arg(nonce)
+            .arg(LOCK_FENCE_KEEP_MS)
             .invoke_async(&mut c)
             .await?;
         let (code, rest) = coded(v)?;
@@ -78,8 +82,10 @@ impl Store {
             .scripts
             .lock_extend
             .key(self.keys.lock_holder(name))
+            .key(self.keys.lock_fence(name))
             .arg(token)
             .arg(ttl_ms)
+            .arg(LOCK_FENCE_KEEP_MS)
             .invoke_async(&mut c)
             .await?;
         int_unless(coded(v)?, Code::Conflict, "lock_extend")

@@ -52,6 +52,8 @@ scripts! {
     retry, delete, requeue_inbox,
     // Nodes.
     heartbeat, node_forget,
+    // Queues.
+    queue_prune,
     // Dependencies and batches.
     dep_register, dep_resolved, batch_create, batch_begin, batch_add, batch_child, batch_then,
     // Cron schedules and handler locks.

@@ -160,7 +160,8 @@ pub fn task_from_hash(queue: &str, id: &str, h: &HashMap<String, String>) -> Opt
 
 impl Store {
     /// Stores tasks all or nothing (one script call). With `idem`, a repeat returns
-    /// the first submission's ids and stores nothing.
+    /// the first submission's ids and stores nothing (whoever repeats it: see
+    /// [`Store::submit_bound`] for keys bound to a caller and a body).
     ///
     /// # Errors
     /// Redis errors.
@@ -170,15 +171,37 @@ impl Store {
         idem: Option<&str>,
         idem_ttl_ms: i64,
     ) -> Result<Submitted> {
+        self.submit_bound(tasks, idem, "", idem_ttl_ms).await
+    }
+
+    /// [`Store::submit`] with the idempotency key bound to `binding`
+    /// (`<caller digest>:<body digest>`, no `|`): a repeat with another binding stores
+    /// nothing and fails with [`StoreError::IdempotencyReused`] (`caller` when the part
+    /// before `:` differs). An empty binding is [`Store::submit`].
+    ///
+    /// # Errors
+    /// [`StoreError::IdempotencyReused`]; Redis errors.
+    pub async fn submit_bound(
+        &self,
+        tasks: &[PreparedTask],
+        idem: Option<&str>,
+        binding: &str,
+        idem_ttl_ms: i64,
+    ) -> Result<Submitted> {
+        if binding.contains('|') {
+            return Err(StoreError::Protocol("an idempotency binding holds '|'".into()));
+        }
         if self.is_cluster() && tasks.iter().any(|t| t.queue != tasks[0].queue) {
-            return Box::pin(self.submit_per_queue(tasks, idem, idem_ttl_ms)).await;
+            return Box::pin(self.submit_per_queue(tasks, idem, binding, idem_ttl_ms)).await;
         }
         let mut prefixes: Vec<String> = Vec::new();
+        let mut prefix_queues: Vec<&str> = Vec::new();
         let mut inv = self.scripts.submit.prepare_invoke();
-        let mut args: Vec<String> = Vec::with_capacity(4 + tasks.len() * 14);
+        let mut args: Vec<String> = Vec::with_capacity(5 + tasks.len() * 14);
         args.push(self.channel());
         args.push(idem.map(sha256_hex).unwrap_or_default());
         args.push(idem_ttl_ms.to_string());
+        args.push(binding.to_string());
         args.push(tasks.len().to_string());
         for t in tasks {
             let p = self.keys.queue_prefix(&t.queue);
@@ -186,6 +209,7 @@ impl Store {
                 Some(i) => i + 1,
                 None => {
                     prefixes.push(p);
+                    prefix_queues.push(&t.queue);
                     prefixes.len()
                 }
             };
@@ -216,6 +240,22 @@ impl Store {
         inv.arg(args);
         let mut c = self.conn_for(tasks.len());
         let (code, rest) = coded(inv.invoke_async(&mut c).await?)?;
+        if code == Code::Ok {
+            // Queues the script found new may have been pruned from the `queues` set
+            // while this submit was on its way (`queue_prune.lua`): add them again, now
+            // that their tasks exist.
+            let fresh: Vec<&str> = rest
+                .get(3)
+                .and_then(text)
+                .unwrap_or_default()
+                .split(',')
+                .filter_map(|i| prefix_queues.get(i.parse::<usize>().ok()?.checked_sub(1)?))
+                .copied()
+                .collect();
+            if !fresh.is_empty() {
+                self.add_queues(&fresh).await?;
+            }
+        }
         match code {
             Code::Ok => Ok(Submitted::Created {
                 now_ms: rest.first().and_then(int).unwrap_or(0),
@@ -251,6 +291,9 @@ impl Store {
                     .map(|s| s.split(',').map(str::to_string).collect())
                     .unwrap_or_default(),
             }),
+            Code::Conflict => Err(StoreError::IdempotencyReused {
+                by_another_caller: rest.get(1).and_then(text).as_deref() == Some("caller"),
+            }),
             c => Err(c.unexpected("submit")),
         }
     }
@@ -265,6 +308,7 @@ impl Store {
         &self,
         tasks: &[PreparedTask],
         idem: Option<&str>,
+        binding: &str,
         idem_ttl_ms: i64,
     ) -> Result<Submitted> {
         let mut order: Vec<&str> = Vec::new();
@@ -281,7 +325,7 @@ impl Store {
         for q in &order {
             let idx: Vec<usize> = (0..tasks.len()).filter(|&i| tasks[i].queue == *q).collect();
             let part: Vec<PreparedTask> = idx.iter().map(|&i| tasks[i].clone()).collect();
-            match self.submit(&part, idem, idem_ttl_ms).await {
+            match self.submit_bound(&part, idem, binding, idem_ttl_ms).await {
                 Ok(Submitted::Created {
                     now_ms,
                     existing: held,

@@ -4,6 +4,7 @@
 //! (pub/sub is lossy: nothing depends on it) and flushes node statistics.
 
 use crate::service::directory::Directory;
+use crate::service::fitness::{EVICTION_RECHECK, Fitness};
 use crate::service::hub::Hub;
 use crate::store::{Store, Wakeup};
 use futures::StreamExt;
@@ -17,6 +18,10 @@ pub const SWEEP: Duration = Duration::from_millis(1000);
 /// Default time without a heartbeat after which a node holding no lease is removed.
 pub const DEAD_NODE_AFTER: Duration = crate::config::DEFAULT_DEAD_NODE_AFTER;
 
+/// Default time a queue must have been empty and idle before it is pruned from the
+/// `queues` set (and its leftover keys deleted).
+pub const EMPTY_QUEUE_AFTER: Duration = Duration::from_secs(3600);
+
 /// The reconciler component.
 pub struct Reconciler {
     store: Store,
@@ -25,6 +30,17 @@ pub struct Reconciler {
     dead_after: Duration,
     /// When dead nodes were last looked for.
     forgot_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Where the periodic `maxmemory-policy` recheck records its outcome.
+    fitness: Arc<Fitness>,
+    /// When the policy was last checked.
+    checked_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// How long a queue stays empty and idle before it is pruned.
+    empty_after: Duration,
+    /// When empty queues were last looked for.
+    pruned_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Empty queues that never had an event (their idle time cannot be read from their
+    /// stream), with when this process first saw them empty.
+    empty_since: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 impl Reconciler {
@@ -36,6 +52,117 @@ impl Reconciler {
             directory,
             dead_after: DEAD_NODE_AFTER,
             forgot_at: std::sync::Mutex::new(None),
+            fitness: Fitness::new(),
+            checked_at: std::sync::Mutex::new(None),
+            empty_after: EMPTY_QUEUE_AFTER,
+            pruned_at: std::sync::Mutex::new(None),
+            empty_since: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Prunes queues after `d` empty and idle (instead of [`EMPTY_QUEUE_AFTER`]).
+    pub fn with_empty_queue_after(mut self, d: Duration) -> Reconciler {
+        self.empty_after = d;
+        self
+    }
+
+    /// Prunes the queues that hold nothing (no task in any state, no settings, no
+    /// follow-up, no node's load), that no node serves and no schedule submits to, and
+    /// whose last event is older than the empty-queue time (a queue without events:
+    /// seen empty by this process for that long), at most every minute (a quarter of
+    /// that time when shorter). They leave the `queues` set, so timers, sweeps,
+    /// listings and `/metrics` stop visiting them; a submit brings a queue back.
+    /// Returns the queues pruned.
+    pub async fn prune_empty_queues(&self) -> Vec<String> {
+        let every = (self.empty_after / 4).min(Duration::from_secs(60));
+        {
+            let mut at = self.pruned_at.lock().unwrap_or_else(|e| e.into_inner());
+            if at.is_some_and(|t| t.elapsed() < every) {
+                return Vec::new();
+            }
+            *at = Some(std::time::Instant::now());
+        }
+        match self.prune_pass().await {
+            Ok(pruned) => {
+                if !pruned.is_empty() {
+                    tracing::info!(pruned = pruned.len(), "pruned empty, idle queues");
+                }
+                pruned
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "sweep: cannot prune empty queues");
+                Vec::new()
+            }
+        }
+    }
+
+    async fn prune_pass(&self) -> Result<Vec<String>, crate::store::StoreError> {
+        let kept = self.store.referenced_queues().await?;
+        let queues: Vec<String> = self
+            .store
+            .queues()
+            .await?
+            .into_iter()
+            .filter(|q| !kept.contains(q))
+            .collect();
+        let empty = self.store.empty_queues(&queues).await?;
+        let idle_ms = self.empty_after.as_millis() as i64;
+        let ready: Vec<String> = {
+            let mut since = self.empty_since.lock().unwrap_or_else(|e| e.into_inner());
+            let mut seen = std::collections::HashMap::new();
+            let mut ready = Vec::new();
+            for (q, last) in empty {
+                match last {
+                    // The script compares the last event with the Redis clock.
+                    Some(_) => ready.push(q),
+                    None => {
+                        let first = since
+                            .get(&q)
+                            .copied()
+                            .unwrap_or_else(std::time::Instant::now);
+                        if first.elapsed() >= self.empty_after {
+                            ready.push(q);
+                        } else {
+                            seen.insert(q, first);
+                        }
+                    }
+                }
+            }
+            // Only queues still empty and waiting are remembered.
+            *since = seen;
+            ready
+        };
+        let mut pruned = Vec::new();
+        for q in ready {
+            if self.store.prune_queue(&q, idle_ms).await? {
+                pruned.push(q);
+            }
+        }
+        Ok(pruned)
+    }
+
+    /// Records the periodic eviction recheck in `f` (shared with the API).
+    pub fn with_fitness(mut self, f: Arc<Fitness>) -> Reconciler {
+        self.fitness = f;
+        self
+    }
+
+    /// Re-reads `maxmemory-policy` at most every [`EVICTION_RECHECK`]: a policy switched
+    /// to an evicting one at run time (`CONFIG SET`) makes this process refuse writes
+    /// and `/readyz` answer 503 until it is switched back. An unreachable Redis changes
+    /// nothing here (the API answers 503 for that by itself).
+    pub async fn recheck_eviction(&self) {
+        {
+            let mut at = self.checked_at.lock().unwrap_or_else(|e| e.into_inner());
+            if at.is_some_and(|t| t.elapsed() < EVICTION_RECHECK) {
+                return;
+            }
+            *at = Some(std::time::Instant::now());
+        }
+        match self.store.check_eviction().await {
+            Ok(()) => self.fitness.record(None),
+            Err(crate::store::StoreError::Unfit(why)) => self.fitness.record(Some(why)),
+            Err(e) => tracing::debug!(error = %e, "sweep: cannot read maxmemory-policy"),
         }
     }
 
@@ -133,6 +260,8 @@ impl Reconciler {
         self.directory.invalidate();
         self.flush_stats().await;
         self.forget_dead_nodes().await;
+        self.recheck_eviction().await;
+        self.prune_empty_queues().await;
     }
 
     /// Writes accumulated node statistics to the node hashes.

@@ -320,6 +320,7 @@ impl Scheduler {
         let idem = Idempotency {
             key: &key,
             ttl_ms: ttl,
+            binding: "",
         };
         match submit(
             &self.store,

@@ -49,18 +49,28 @@ impl Timers {
         }
     }
 
-    /// One round over every queue and node.
+    /// One round over every queue and node. The queues are first read in pipelines
+    /// (what is due, by the Redis clock); the scripts then run only in queues with a
+    /// due task or an expired lease. What falls due between the read and the scripts
+    /// waits for the next round.
     ///
     /// # Errors
     /// Redis errors.
     pub async fn tick_once(&self) -> Result<Round, StoreError> {
         let mut round = Round::default();
         let queues = self.store.queues().await?;
-        for q in &queues {
-            let n = self.store.promote(q, 1000).await?;
-            if n > 0 {
-                round.promoted += n;
-                self.hub.mark_dirty(q);
+        let now = self.store.now_ms().await?;
+        for due in self.store.due_queues(&queues, now).await? {
+            let q = &due.queue;
+            if due.promote {
+                let n = self.store.promote(q, 1000).await?;
+                if n > 0 {
+                    round.promoted += n;
+                    self.hub.mark_dirty(q);
+                }
+            }
+            if !due.expire {
+                continue;
             }
             let expired = self.store.expire(q, 1000).await?;
             for (id, node, state) in &expired {
@@ -79,7 +89,6 @@ impl Timers {
                 self.hub.mark_dirty(q);
             }
         }
-        let now = self.store.now_ms().await?;
         let stale = self
             .store
             .stale_nodes(now - self.offline_after.as_millis() as i64)

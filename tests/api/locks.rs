@@ -215,3 +215,76 @@ async fn node_tokens_may_lock_and_read_tokens_may_not() {
         .await
         .problem(401);
 }
+
+/// Issue 16 item 3: a fence counter was a permanent key per lock name (500 names, 500
+/// keys for ever). It now expires `LOCK_FENCE_KEEP_MS` after the lock's last expiry;
+/// grants and extends push it on, so fences still increase while that matters.
+#[tokio::test]
+async fn fence_counters_expire_a_week_after_the_lock_and_grants_push_them_on() {
+    use muster::domain::coord::LOCK_FENCE_KEEP_MS as KEEP;
+    let app = spawn_app().await;
+    let mut conn = crate::support::shared_redis().conn();
+    let fence_key = app.store.keys.lock_fence("exp");
+    let pttl = |conn: &mut redis::Connection| -> i64 {
+        redis::cmd("PTTL")
+            .arg(&fence_key)
+            .query(conn)
+            .expect("pttl")
+    };
+    let a: Lock = app
+        .api
+        .post("/v1/locks/exp", &json!({ "ttl_ms": 10_000 }))
+        .await
+        .expect(201)
+        .json();
+    let t = pttl(&mut conn);
+    assert!(
+        t > KEEP && t <= KEEP + 10_000,
+        "fence counter PTTL {t}: expected the lock's TTL plus {KEEP}"
+    );
+    // An extend never leaves the counter expiring before the lock (plus the keep).
+    let _: () = redis::cmd("PEXPIRE")
+        .arg(&fence_key)
+        .arg(60_000)
+        .query(&mut conn)
+        .expect("pexpire");
+    app.api
+        .post(
+            "/v1/locks/exp/extend",
+            &json!({ "token": a.token, "ttl_ms": 3_600_000 }),
+        )
+        .await
+        .expect(200);
+    let t = pttl(&mut conn);
+    assert!(t > KEEP + 3_500_000, "extend did not push the counter on: {t}");
+    release(&app.api, "exp", &a.token).await.expect(204);
+    // Still counting while it lives: the next grant is fence 2.
+    let b: Lock = app
+        .api
+        .post("/v1/locks/exp", &json!({ "ttl_ms": 1_000 }))
+        .await
+        .expect(201)
+        .json();
+    assert_eq!(b.fence, 2);
+    release(&app.api, "exp", &b.token).await.expect(204);
+    assert_doctor_clean(&app.store).await;
+    // Once the counter ran out (simulated), the name leaves no key and starts again.
+    let _: () = redis::cmd("PEXPIRE")
+        .arg(&fence_key)
+        .arg(1)
+        .query(&mut conn)
+        .expect("pexpire");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let keys = crate::support::ns_keys(&mut conn, &app.ns);
+    assert!(
+        keys.iter().all(|k| !k.contains("~lock:exp")),
+        "a free lock whose counter expired left keys: {keys:?}"
+    );
+    let c: Lock = app
+        .api
+        .post("/v1/locks/exp", &json!({ "ttl_ms": 1_000 }))
+        .await
+        .expect(201)
+        .json();
+    assert_eq!(c.fence, 1);
+}

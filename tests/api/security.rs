@@ -1921,6 +1921,13 @@ async fn evicting_policies_are_refused_and_redis_oom_answers_503() {
 
     // Over maxmemory with noeviction, Redis refuses writes: 503 + Retry-After, not 500.
     config_set(&mut conn, "maxmemory-policy", "noeviction");
+    let ready = app
+        .http
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200, "ready again once the policy is safe");
     config_set(&mut conn, "maxmemory", "1");
     let r = app
         .http
@@ -1935,7 +1942,91 @@ async fn evicting_policies_are_refused_and_redis_oom_answers_503() {
     let text = r.text().await.unwrap_or_default();
     assert_eq!(status, 503, "{text}");
     assert!(retry_after, "503 without Retry-After");
+    assert!(!text.contains("unfit_redis"), "refused for the policy, not by redis: {text}");
     config_set(&mut conn, "maxmemory", "0");
+}
+
+/// Issue 16 item 4: the policy was only checked at start-up (and by whoever called
+/// `/readyz`); a `CONFIG SET maxmemory-policy allkeys-lru` at run time let writes go on
+/// into a Redis that may evict them. The reconciler now rechecks it periodically: within
+/// a bounded time every write answers 503 `unfit_redis` (nobody calls `/readyz` here),
+/// reads still work, and writes come back once the policy is safe again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicting_policy_set_at_run_time_stops_writes_within_seconds() {
+    let redis = RedisGuard::start();
+    let app = spawn_sec_app(&redis.url(), |_| {}).await;
+    let mut conn = app.redis();
+    let submit = |queue: &'static str| {
+        app.http
+            .post(app.url("/v1/tasks"))
+            .bearer_auth(&app.admin)
+            .json(&json!({"kind": "k", "queue": queue}))
+            .send()
+    };
+    assert_eq!(submit("before").await.expect("submit").status(), 201);
+    config_set(&mut conn, "maxmemory-policy", "allkeys-lru");
+    let set_at = Instant::now();
+    let mut refused = None;
+    while set_at.elapsed() < Duration::from_secs(8) {
+        let r = submit("during").await.expect("submit");
+        if r.status() == 503 {
+            let retry_after = r.headers().contains_key("retry-after");
+            let body: Value = r.json().await.expect("problem");
+            refused = Some((retry_after, body));
+            break;
+        }
+        assert_eq!(r.status(), 201);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = set_at.elapsed();
+    let (retry_after, body) = refused.expect("writes still accepted 8 s after allkeys-lru");
+    assert!(took <= Duration::from_secs(5), "noticed after {took:?}");
+    assert!(retry_after, "503 without Retry-After");
+    assert_eq!(body["code"], "unfit_redis", "{body}");
+    assert!(
+        body["detail"].as_str().unwrap_or("").contains("allkeys-lru"),
+        "{body}"
+    );
+    // Other writes too (a queue setting), while reads go on.
+    let put = app
+        .http
+        .put(app.url("/v1/queues/during"))
+        .bearer_auth(&app.admin)
+        .json(&json!({"paused": true}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(put.status(), 503);
+    let list = app
+        .http
+        .get(app.url("/v1/tasks?queue=before"))
+        .bearer_auth(&app.read)
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(list.status(), 200);
+    let ready = app
+        .http
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 503);
+    // Back to noeviction: writes are accepted again without a restart.
+    config_set(&mut conn, "maxmemory-policy", "noeviction");
+    let fixed_at = Instant::now();
+    loop {
+        let r = submit("after").await.expect("submit");
+        if r.status() == 201 {
+            break;
+        }
+        assert!(
+            fixed_at.elapsed() < Duration::from_secs(8),
+            "writes still refused 8 s after noeviction: {}",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Issue 16 item 5: `--exec` handlers inherited the agent's environment, MUSTER_TOKEN
@@ -2312,4 +2403,562 @@ fn serve_refuses_a_tokens_file_others_can_read() {
         "served with a world-readable tokens file"
     );
     assert!(err.contains("chmod 600"), "{err}");
+}
+
+// ----- issue 16 item 10: Idempotency-Key bound to the caller and the body -----
+
+/// Sends `body` (raw JSON text) to `path` with `token` and `Idempotency-Key: key`.
+async fn post_idem(app: &SecApp, token: &str, path: &str, key: &str, body: &str) -> (u16, Value) {
+    let r = app
+        .http
+        .post(app.url(path))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .header("idempotency-key", key)
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("send");
+    let status = r.status().as_u16();
+    let is_problem = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/problem+json"));
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    if status >= 400 {
+        assert!(is_problem, "{status} without problem+json: {v}");
+    }
+    (status, v)
+}
+
+/// Issue 16 item 10: an `Idempotency-Key` was bound to neither caller nor body: anyone
+/// repeating it with any body got the first caller's task back (and learned its id and
+/// payload). Now the same caller with the same body gets the original task; another
+/// body or another token gets 422 `idempotency_key_reused`, and nothing is stored.
+#[tokio::test]
+async fn an_idempotency_key_is_bound_to_its_caller_and_its_body() {
+    let app = spawn_sec_app(&shared_redis().url(), |_| {}).await;
+    let mut conn = app.redis();
+    let first = r#"{"kind": "k", "queue": "idem", "payload": {"a": 1, "b": [1, 2]}}"#;
+    let (s, t1) = post_idem(&app, &app.submit, "/v1/tasks", "order-1", first).await;
+    assert_eq!(s, 201, "{t1}");
+    // The same body, other spacing and key order: the same submission.
+    let same = r#"{"payload":{"b":[1,2],"a":1},"queue":"idem","kind":"k"}"#;
+    let (s, t2) = post_idem(&app, &app.submit, "/v1/tasks", "order-1", same).await;
+    assert_eq!(s, 201, "{t2}");
+    assert_eq!(t2["id"], t1["id"], "a repeat returns the original task");
+    let before = crate::support::ns_keys(&mut conn, &app.ns);
+    let pending = |conn: &mut redis::Connection| -> i64 {
+        redis::cmd("ZCARD")
+            .arg(format!("{}:{{idem}}:pending", app.ns))
+            .query(conn)
+            .expect("zcard")
+    };
+    assert_eq!(pending(&mut conn), 1);
+    let other_body = r#"{"kind": "k", "queue": "idem", "payload": {"a": 2, "b": [1, 2]}}"#;
+    let cases = [
+        (&app.submit, "/v1/tasks", other_body, "another body"),
+        (&app.admin, "/v1/tasks", first, "another caller (admin)"),
+        (
+            &app.submit,
+            "/v1/tasks/batch",
+            r#"{"tasks": [{"kind": "k", "queue": "idem", "payload": {"a": 1, "b": [1, 2]}}]}"#,
+            "another route",
+        ),
+    ];
+    for (token, path, body, what) in cases {
+        let (s, p) = post_idem(&app, token, path, "order-1", body).await;
+        assert_eq!(s, 422, "{what}: {p}");
+        assert_eq!(p["code"], "idempotency_key_reused", "{what}: {p}");
+        assert_eq!(
+            p["type"], "https://muster.dev/problems/idempotency_key_reused",
+            "{what}"
+        );
+        assert!(
+            !p.to_string().contains(t1["id"].as_str().unwrap_or("?")),
+            "{what}: the first caller's task id leaked: {p}"
+        );
+    }
+    assert_eq!(pending(&mut conn), 1, "a refused reuse stored a task");
+    assert_eq!(
+        crate::support::ns_keys(&mut conn, &app.ns),
+        before,
+        "a refused reuse wrote keys"
+    );
+    // The original caller still gets its task; batches are bound the same way.
+    let (s, t3) = post_idem(&app, &app.submit, "/v1/tasks", "order-1", first).await;
+    assert_eq!((s, &t3["id"]), (201, &t1["id"]));
+    let batch = r#"{"tasks": [{"kind": "k", "queue": "idem"}, {"kind": "k", "queue": "idem2"}]}"#;
+    let (s, b1) = post_idem(&app, &app.submit, "/v1/tasks/batch", "batch-1", batch).await;
+    assert_eq!(s, 201, "{b1}");
+    let (s, b2) = post_idem(&app, &app.submit, "/v1/tasks/batch", "batch-1", batch).await;
+    assert_eq!((s, &b2["ids"]), (201, &b1["ids"]));
+    let other = r#"{"tasks": [{"kind": "k", "queue": "idem"}]}"#;
+    let (s, p) = post_idem(&app, &app.submit, "/v1/tasks/batch", "batch-1", other).await;
+    assert_eq!((s, p["code"].as_str()), (422, Some("idempotency_key_reused")));
+    let (s, p) = post_idem(&app, &app.admin, "/v1/tasks/batch", "batch-1", batch).await;
+    assert_eq!((s, p["code"].as_str()), (422, Some("idempotency_key_reused")));
+    assert_eq!(pending(&mut conn), 2);
+}
+
+// ----- issue 16 item 7: queue-scoped tokens -----
+
+/// Tokens limited to `images.*` (submit, read, agent) on a server that also has
+/// unlimited ones.
+struct Scoped {
+    app: SecApp,
+    submit: String,
+    read: String,
+    agent: String,
+}
+
+async fn spawn_scoped_app() -> Scoped {
+    use muster::api::auth::{QueueScope, Role};
+    let tag = format!("{}-{}", std::process::id(), rand::random::<u32>());
+    let (submit, read, agent) = (
+        format!("scoped-submit-{tag}-0123456789"),
+        format!("scoped-read-{tag}-0123456789"),
+        format!("scoped-agent-{tag}-0123456789"),
+    );
+    let extra = [
+        (Role::Submit, submit.clone()),
+        (Role::Read, read.clone()),
+        (Role::Agent, agent.clone()),
+    ];
+    let app = spawn_sec_app(&shared_redis().url(), move |c| {
+        for (role, t) in extra {
+            c.token_queues
+                .push((t.clone(), QueueScope::parse("images.*").expect("scope")));
+            c.tokens.push((role, t));
+        }
+    })
+    .await;
+    Scoped {
+        app,
+        submit,
+        read,
+        agent,
+    }
+}
+
+async fn send_as(app: &SecApp, token: &str, method: &str, path: &str, body: Option<Value>) -> Answer {
+    let auth = format!("Bearer {token}");
+    let a = call_raw(app, method, path, Some(&auth), body.as_ref()).await;
+    if a.status >= 400 {
+        assert!(is_problem(&a), "{method} {path}: {} {}", a.status, a.body);
+    }
+    a
+}
+
+/// Issue 16 item 7: every token reached every queue. A token of the tokens file with
+/// `queues=images.*` now submits to, reads, lists, cancels and registers nodes on
+/// `images.*` queues only: anything else is 403 problem+json and changes nothing.
+#[tokio::test]
+async fn a_queue_scoped_token_reaches_only_its_queues() {
+    let s = spawn_scoped_app().await;
+    let app = &s.app;
+    let payroll = app.submit_task("payroll", json!({"salary": 1})).await;
+    let mut conn = app.redis();
+    let before = crate::support::ns_keys(&mut conn, &app.ns);
+
+    // Submitting: its own queues yes, others no (a batch with one other queue: none).
+    let ok = send_as(app, &s.submit, "POST", "/v1/tasks", Some(json!({"kind": "k", "queue": "images.small"}))).await;
+    assert_eq!(ok.status, 201, "{}", ok.body);
+    let mine: Value = serde_json::from_str(&ok.body).expect("task");
+    let mine = mine["id"].as_str().expect("id").to_string();
+    let refused: Vec<(&str, String, Option<Value>)> = vec![
+        ("POST", "/v1/tasks".into(), Some(json!({"kind": "k", "queue": "payroll"}))),
+        ("POST", "/v1/tasks".into(), Some(json!({"kind": "k"}))),
+        (
+            "POST",
+            "/v1/tasks/batch".into(),
+            Some(json!({"tasks": [{"kind": "k", "queue": "images.a"}, {"kind": "k", "queue": "payroll"}]})),
+        ),
+        (
+            "POST",
+            "/v1/batches".into(),
+            Some(json!({"tasks": [{"kind": "k", "queue": "images.a"}], "then": {"kind": "k", "queue": "payroll"}})),
+        ),
+        ("POST", format!("/v1/tasks/{payroll}/cancel"), None),
+        ("GET", format!("/v1/tasks/{payroll}"), None),
+        ("GET", format!("/v1/tasks/{payroll}/wait?timeout_ms=0"), None),
+        ("GET", "/v1/tasks?queue=payroll".into(), None),
+        ("GET", "/v1/tasks".into(), None),
+        ("GET", "/v1/queues/payroll".into(), None),
+        ("GET", "/v1/events?queue=payroll".into(), None),
+        ("GET", "/v1/events".into(), None),
+    ];
+    for (method, path, body) in &refused {
+        for token in [&s.submit, &s.read] {
+            if *method == "POST" && *token == s.read {
+                continue;
+            }
+            let a = send_as(app, token, method, path, body.clone()).await;
+            assert_eq!(a.status, 403, "{method} {path}: {}", a.body);
+        }
+    }
+    assert_eq!(app.task(&payroll).await["state"], "pending", "cancel went through");
+    let mut after = crate::support::ns_keys(&mut conn, &app.ns);
+    after.retain(|k| !k.contains("{images.small}"));
+    assert_eq!(after, before, "a refused call wrote keys outside images.*");
+
+    // Reading its own queues works; listings show only them.
+    for token in [&s.submit, &s.read] {
+        let a = send_as(app, token, "GET", &format!("/v1/tasks/{mine}"), None).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let a = send_as(app, token, "GET", "/v1/tasks?queue=images.small", None).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let a = send_as(app, token, "GET", "/v1/queues", None).await;
+        let page: Value = serde_json::from_str(&a.body).expect("page");
+        let names: Vec<&str> = page["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|q| q["name"].as_str())
+            .collect();
+        assert_eq!(names, vec!["images.small"], "{}", a.body);
+    }
+    // The unscoped read token still sees everything.
+    let a = send_as(app, &app.read, "GET", &format!("/v1/tasks/{payroll}"), None).await;
+    assert_eq!(a.status, 200);
+
+    // Nodes: a scoped agent token registers on its queues only.
+    let reg = |queues: Value, kind: &str| json!({"name": "n", "queues": queues, "capacity": 1, "kind": kind});
+    let a = send_as(app, &s.agent, "POST", "/v1/nodes", Some(reg(json!(["payroll"]), "machine"))).await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    let a = send_as(app, &s.agent, "POST", "/v1/nodes", Some(reg(json!(["images.small", "payroll"]), "machine"))).await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    let a = send_as(app, &s.agent, "POST", "/v1/nodes", Some(reg(json!(["images.small"]), "machine"))).await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    let node: Value = serde_json::from_str(&a.body).expect("node");
+    // Its node leases what its queues hold, never the payroll task.
+    let leases = app
+        .lease_n(
+            node["id"].as_str().expect("id"),
+            node["token"].as_str().expect("token"),
+            2,
+            Duration::from_secs(3),
+        )
+        .await;
+    let leased: Vec<&str> = leases.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(leased, vec![mine.as_str()]);
+    assert_eq!(app.task(&payroll).await["state"], "pending");
+
+    // Schedules submit as their creator: a scoped token schedules its queues only, and
+    // sees, reads, pauses and deletes only the schedules of its queues.
+    let sched = |name: &str, queue: &str| {
+        json!({"name": name, "cron": "0 0 3 * * *", "task": {"kind": "k", "queue": queue}})
+    };
+    let a = send_as(app, &s.submit, "POST", "/v1/schedules", Some(sched("steal", "payroll"))).await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    let a = send_as(app, &s.submit, "POST", "/v1/schedules", Some(sched("thumbs", "images.small"))).await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    let a = send_as(app, &app.admin, "POST", "/v1/schedules", Some(sched("salaries", "payroll"))).await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    for (method, path) in [
+        ("GET", "/v1/schedules/salaries"),
+        ("POST", "/v1/schedules/salaries/pause"),
+        ("DELETE", "/v1/schedules/salaries"),
+    ] {
+        let a = send_as(app, &s.submit, method, path, None).await;
+        assert_eq!(a.status, 403, "{method} {path}: {}", a.body);
+    }
+    let a = send_as(app, &s.read, "GET", "/v1/schedules", None).await;
+    let list: Value = serde_json::from_str(&a.body).expect("list");
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|x| x["name"].as_str())
+        .collect();
+    assert_eq!(names, vec!["thumbs"]);
+    let a = send_as(app, &app.admin, "GET", "/v1/schedules/salaries", None).await;
+    let salaries: Value = serde_json::from_str(&a.body).expect("schedule");
+    assert_eq!(salaries["paused"], false, "a refused pause went through");
+}
+
+/// Issue 16 item 7: an agent token registered a `human` node on `payroll` (not
+/// human-only), pulled its task past the dispatcher and read the payload. A human node
+/// now serves human-only queues only (an admin may still do otherwise).
+#[tokio::test]
+async fn a_human_node_registers_only_on_human_only_queues() {
+    let app = spawn_sec_app(&shared_redis().url(), |_| {}).await;
+    let payroll = app.submit_task("payroll", json!({"salary": 1})).await;
+    let r = app
+        .http
+        .put(app.url("/v1/queues/labels"))
+        .bearer_auth(&app.admin)
+        .json(&json!({"human_only": true}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 200);
+    let human = |queues: Value| json!({"name": "Ada", "kind": "human", "queues": queues, "capacity": 1});
+    for queues in [json!(["payroll"]), json!(["labels", "payroll"]), json!(["fresh-queue"])] {
+        let a = send_as(&app, &app.agent, "POST", "/v1/nodes", Some(human(queues.clone()))).await;
+        assert_eq!(a.status, 403, "{queues}: {}", a.body);
+    }
+    let a = send_as(&app, &app.agent, "POST", "/v1/nodes", Some(human(json!(["labels"])))).await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    let a = send_as(&app, &app.admin, "POST", "/v1/nodes", Some(human(json!(["payroll"])))).await;
+    assert_eq!(a.status, 201, "admin may: {}", a.body);
+    assert_eq!(app.task(&payroll).await["state"], "pending");
+}
+
+// ----- issue 16 item 3: empty queues pruned -----
+
+/// A reconciler over `app`'s namespace that prunes empty queues at once.
+async fn pruner(app: &SecApp) -> (muster::store::Store, muster::workers::reconciler::Reconciler) {
+    let store = crate::support::store_on(&app.redis_url, &app.ns).await;
+    let r = muster::workers::reconciler::Reconciler::new(
+        store.clone(),
+        muster::service::hub::Hub::new(),
+        std::sync::Arc::new(muster::service::directory::Directory::new(
+            Duration::from_millis(100),
+        )),
+    )
+    .with_empty_queue_after(Duration::ZERO);
+    (store, r)
+}
+
+/// Issue 16 item 3: one batch of 10,000 tasks on `spam-00000…` left 10,001 entries in
+/// `<ns>:queues` for ever, after the tasks were cancelled and deleted too, and every
+/// background loop kept visiting them. Empty, idle queues are now pruned from the set
+/// (and their leftover keys deleted), while queues with tasks, settings, a node or a
+/// schedule stay. (3,000 queues here: the app's own timers visit every one of them
+/// four times a second until they are pruned, on a shared 2-core machine.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_spam_queues_are_pruned_and_real_queues_stay() {
+    let app = spawn_sec_app(&shared_redis().url(), |_| {}).await;
+    let (store, reconciler) = pruner(&app).await;
+    const SPAM: usize = 3_000;
+    let tasks: Vec<Value> = (0..SPAM)
+        .map(|i| json!({"kind": "spam", "queue": format!("spam-{i:05}")}))
+        .collect();
+    let r = app
+        .http
+        .post(app.url("/v1/tasks/batch"))
+        .bearer_auth(&app.submit)
+        .json(&json!({ "tasks": tasks }))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .expect("batch");
+    assert_eq!(r.status(), 201);
+    let ids: Vec<String> = r.json::<Value>().await.expect("ids")["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|v| v.as_str().expect("id").to_string())
+        .collect();
+    // The queues that are real: tasks waiting, a finished task kept, a setting, a node,
+    // a schedule.
+    let waiting = app.submit_task("real-work", json!(1)).await;
+    let done = app.submit_task("real-done", json!(1)).await;
+    store.cancel(&done).await.expect("cancel");
+    let put = app
+        .http
+        .put(app.url("/v1/queues/real-paused"))
+        .bearer_auth(&app.admin)
+        .json(&json!({"paused": true}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(put.status(), 200);
+    app.register_node("n", &["real-node"]).await;
+    let sched = app
+        .http
+        .post(app.url("/v1/schedules"))
+        .bearer_auth(&app.admin)
+        .json(&json!({"name": "nightly", "cron": "0 0 3 * * *", "task": {"kind": "k", "queue": "real-cron"}}))
+        .send()
+        .await
+        .expect("schedule");
+    assert_eq!(sched.status(), 201);
+    // The schedule's queue was used and is empty now: kept for the schedule.
+    let fired = app.submit_task("real-cron", json!(1)).await;
+    store.cancel(&fired).await.expect("cancel");
+    store.delete(&fired).await.expect("delete");
+    let mut before = store.queues().await.expect("queues");
+    before.retain(|q| !q.starts_with("spam-"));
+    // Nothing is pruned while the spam queues hold their tasks.
+    assert!(reconciler.prune_empty_queues().await.is_empty());
+    assert_eq!(store.queues().await.expect("queues").len(), SPAM + before.len());
+
+    // Cancelled and deleted (except one, which keeps its queue).
+    let spam = std::sync::Arc::new(store.clone());
+    let mut joins = Vec::new();
+    for chunk in ids[1..].chunks(500) {
+        let chunk = chunk.to_vec();
+        let s = spam.clone();
+        joins.push(tokio::spawn(async move {
+            for id in chunk {
+                s.cancel(&id).await.expect("cancel");
+                s.delete(&id).await.expect("delete");
+            }
+        }));
+    }
+    for j in joins {
+        j.await.expect("join");
+    }
+    let pruned = reconciler.prune_empty_queues().await;
+    assert_eq!(pruned.len(), SPAM - 1, "every emptied spam queue is pruned");
+    let mut want = before.clone();
+    want.push("spam-00000".into());
+    want.sort();
+    assert_eq!(store.queues().await.expect("queues"), want);
+    for q in ["real-work", "real-done", "real-paused", "real-node", "real-cron"] {
+        assert!(want.iter().any(|w| w == q), "{q} missing from {want:?}");
+    }
+    // Their leftovers (event streams, counters, sequences) are gone too.
+    let mut conn = app.redis();
+    let left: Vec<String> = crate::support::ns_keys(&mut conn, &app.ns)
+        .into_iter()
+        .filter(|k| k.contains("{spam-") && !k.contains("{spam-00000}"))
+        .collect();
+    assert!(left.is_empty(), "{} keys left, e.g. {:?}", left.len(), &left[..left.len().min(5)]);
+    // A real queue is intact; a pruned one comes back with its next task.
+    assert_eq!(app.task(&waiting).await["state"], "pending");
+    let again = app.submit_task("spam-00042", json!(1)).await;
+    assert!(store.queues().await.expect("queues").contains(&"spam-00042".to_string()));
+    assert_eq!(app.task(&again).await["state"], "pending");
+    crate::support::assert_doctor_clean(&store).await;
+}
+
+/// Pruning a queue races submits to it: the pruner removes the queue from the set and
+/// then checks it is still empty, while a submit adds the queue to the set before its
+/// script. A submit whose tasks land after the pruner's check finds the queue new and
+/// adds it again, so a queue holding tasks is never missing from the set. Each trial
+/// runs pruning passes back to back on an emptied queue while one task is submitted to
+/// it, then stops the passes and looks (a pass skips a queue with tasks, so it cannot
+/// repair what the race broke).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_submit_racing_the_pruner_never_leaves_its_queue_out_of_the_set() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let app = spawn_sec_app(&shared_redis().url(), |_| {}).await;
+    let (store, reconciler) = pruner(&app).await;
+    let reconciler = std::sync::Arc::new(reconciler);
+    // How long a pass takes here (a loaded machine is slower): the submits land from at
+    // once to two passes in, so that some meet a pass half-way.
+    let mut pass_time = Duration::ZERO;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        reconciler.prune_empty_queues().await;
+        pass_time += t0.elapsed();
+    }
+    let pass_time = pass_time / 5;
+    let mut lost = Vec::new();
+    let mut pruned_total = 0;
+    for trial in 0..300 {
+        let q = format!("race-{trial:03}");
+        let id = app.submit_task(&q, json!(trial)).await;
+        store.cancel(&id).await.expect("cancel");
+        store.delete(&id).await.expect("delete");
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let passes = {
+            let (r, stop) = (reconciler.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += r.prune_empty_queues().await.len();
+                }
+                n
+            })
+        };
+        tokio::time::sleep(pass_time * (trial % 20) / 10).await;
+        let t = muster::api::tasks::prepare(
+            serde_json::from_value(json!({"kind": "k", "queue": q})).expect("task"),
+            "",
+        )
+        .expect("valid");
+        let racing = t.id.clone();
+        store.submit(&[t], None, 0).await.expect("submit");
+        stop.store(true, Ordering::Relaxed);
+        pruned_total += passes.await.expect("passes");
+        if !store.queues().await.expect("queues").contains(&q) {
+            lost.push(q);
+        }
+        // Emptied and pruned again, so that each pass looks at one queue (a fast pass).
+        store.cancel(&racing).await.expect("cancel");
+        store.delete(&racing).await.expect("delete");
+        reconciler.prune_empty_queues().await;
+    }
+    assert!(pruned_total >= 30, "the passes pruned only {pruned_total} times: no race");
+    assert!(lost.is_empty(), "{} queues hold a task but left the set: {lost:?}", lost.len());
+    crate::support::assert_doctor_clean(&store).await;
+}
+
+/// A caller's `Idempotency-Key` of the form muster derives for a schedule's fire
+/// (`schedule:<name>:<tick ms>`, predictable) or a batch's `then` task could pre-empt
+/// that submission: the fire would answer the caller's task and never run its own.
+/// Those prefixes are refused (400) and nothing is stored.
+#[tokio::test]
+async fn idempotency_keys_of_musters_own_form_are_refused() {
+    let app = spawn_sec_app(&shared_redis().url(), |_| {}).await;
+    let mut conn = app.redis();
+    let before = crate::support::ns_keys(&mut conn, &app.ns);
+    for key in ["schedule:nightly:1700000000000", "batch-then:01JD8XK2ZQ8M3V6T1XW0Q2E7AB"] {
+        let (s, p) = post_idem(&app, &app.submit, "/v1/tasks", key, r#"{"kind": "k", "queue": "cron"}"#).await;
+        assert_eq!((s, p["code"].as_str()), (400, Some("bad_idempotency_key")), "{key}: {p}");
+    }
+    assert_eq!(crate::support::ns_keys(&mut conn, &app.ns), before);
+    let (s, _) = post_idem(&app, &app.submit, "/v1/tasks", "my-schedule:1", r#"{"kind": "k", "queue": "cron"}"#).await;
+    assert_eq!(s, 201);
+}
+
+/// Issue 16 item 3: a timer round ran two scripts per queue of the set, one after the
+/// other (10,000 junk queues: 20,000 script calls a second, and a `delay_ms=100` task
+/// pending after 1.5 s). It now reads what is due in pipelines and runs scripts only in
+/// queues with work: over 2,000 quiet queues and one due task, one script call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_round_runs_scripts_only_where_something_is_due() {
+    let redis = RedisGuard::start();
+    let store = crate::support::store_on(&redis.url(), "timers").await;
+    store.prepare().await.expect("prepare");
+    let task = |queue: String, delay_ms: i64| {
+        muster::api::tasks::prepare(
+            serde_json::from_value(json!({"kind": "k", "queue": queue, "delay_ms": delay_ms}))
+                .expect("task"),
+            "",
+        )
+        .expect("valid")
+    };
+    let quiet: Vec<_> = (0..2_000)
+        .map(|i| task(format!("quiet-{i:04}"), 86_400_000))
+        .collect();
+    store.submit(&quiet, None, 0).await.expect("quiet tasks");
+    let due = task("due".into(), 1);
+    let due_id = due.id.clone();
+    store.submit(&[due], None, 0).await.expect("due task");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let timers = muster::workers::timers::Timers::new(
+        store.clone(),
+        muster::service::hub::Hub::new(),
+        std::sync::Arc::new(muster::service::directory::Directory::new(
+            Duration::from_millis(100),
+        )),
+        Duration::from_millis(250),
+        Duration::from_millis(500),
+    );
+    let mut conn = redis::Client::open(redis.url().as_str())
+        .expect("url")
+        .get_connection()
+        .expect("conn");
+    let scripts_run = |conn: &mut redis::Connection| -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(conn)
+            .expect("info");
+        info.lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let before = scripts_run(&mut conn);
+    let round = timers.tick_once().await.expect("round");
+    let ran = scripts_run(&mut conn) - before;
+    assert_eq!(round.promoted, 1, "{round:?}");
+    assert_eq!(ran, 1, "a round over 2,001 queues ran {ran} scripts");
+    assert_eq!(store.task(&due_id).await.expect("task").state, muster::domain::TaskState::Pending);
 }

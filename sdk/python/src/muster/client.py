@@ -313,8 +313,10 @@ class Client(_Base):
         RFC 3339), ``delay`` (seconds) or ``delay_ms``, ``timeout_ms`` (lease TTL),
         ``backoff`` ``{"initial_ms", "max_ms"}``, ``requires``, ``depends_on``,
         ``unique_key``, ``concurrency_key``/``concurrency_limit``, ``retention_ms``,
-        ``max_run_ms``... With ``idempotency_key`` a repeat creates nothing and answers
-        the first task (and the call is retried on transient errors)."""
+        ``max_run_ms``... With ``idempotency_key`` a repeat (same token, same body)
+        creates nothing and answers the first task (and the call is retried on transient
+        errors); the key reused with another body or token raises ``Invalid``
+        (``idempotency_key_reused``)."""
         body = task_body(kind, payload, queue=queue, priority=priority, max_attempts=max_attempts, **fields)
         h = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return Task(self.request("POST", "/v1/tasks", json=body, headers=h))
