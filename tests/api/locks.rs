@@ -223,9 +223,9 @@ async fn node_tokens_may_lock_and_read_tokens_may_not() {
 async fn fence_counters_expire_a_week_after_the_lock_and_grants_push_them_on() {
     use muster::domain::coord::LOCK_FENCE_KEEP_MS as KEEP;
     let app = spawn_app().await;
-    let mut conn = crate::support::shared_redis().conn();
+    let mut conn = crate::support::e2e_conn();
     let fence_key = app.store.keys.lock_fence("exp");
-    let pttl = |conn: &mut redis::Connection| -> i64 {
+    let pttl = |conn: &mut crate::support::E2eConn| -> i64 {
         redis::cmd("PTTL")
             .arg(&fence_key)
             .query(conn)
