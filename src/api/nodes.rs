@@ -458,6 +458,12 @@ pub async fn nodes_reports(
             format!("at most {MAX_BATCH} reports per call"),
         ));
     }
+    if body.reports.iter().any(|r| r.task_id.is_empty()) {
+        return Err(ApiError::invalid(
+            "invalid_task_id",
+            "every report names its task_id (an empty one names no task)",
+        ));
+    }
     node_or_404(&st, &id).await?;
     // Admin callers report on behalf of this node: the lease must be the node's.
     let node = Some(id.as_str());
@@ -561,6 +567,12 @@ pub async fn nodes_extend(
         return Err(ApiError::invalid(
             "batch_too_long",
             format!("1 to {MAX_EXTEND_BATCH} leases per call"),
+        ));
+    }
+    if body.leases.iter().any(|l| l.task_id.is_empty()) {
+        return Err(ApiError::invalid(
+            "invalid_task_id",
+            "every lease names its task_id (an empty one names no task)",
         ));
     }
     node_or_404(&st, &id).await?;

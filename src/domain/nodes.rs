@@ -212,6 +212,7 @@ pub const MAX_EXTEND_BATCH: usize = 1000;
 #[serde(deny_unknown_fields)]
 pub struct LeaseRenewal {
     /// Task id.
+    #[schema(min_length = 1)]
     pub task_id: String,
     /// The lease's token.
     pub lease_token: String,
@@ -309,6 +310,7 @@ pub enum ReportOutcome {
 #[serde(deny_unknown_fields)]
 pub struct Report {
     /// Task id.
+    #[schema(min_length = 1)]
     pub task_id: String,
     /// The lease's token.
     pub lease_token: String,

@@ -124,7 +124,9 @@ impl QueueScope {
 
     /// Whether `queue` matches one of the patterns.
     pub fn allows(&self, queue: &str) -> bool {
-        self.patterns.iter().any(|p| glob(p.as_bytes(), queue.as_bytes()))
+        self.patterns
+            .iter()
+            .any(|p| glob(p.as_bytes(), queue.as_bytes()))
     }
 }
 

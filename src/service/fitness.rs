@@ -37,7 +37,9 @@ impl Fitness {
             (None, Some(w)) => {
                 tracing::error!(why = %w, "redis may evict muster's keys: writes refused (503 unfit_redis) until it is fixed");
             }
-            (Some(_), None) => tracing::info!("redis maxmemory-policy is safe again: writes accepted"),
+            (Some(_), None) => {
+                tracing::info!("redis maxmemory-policy is safe again: writes accepted")
+            }
             _ => {}
         }
         *cur = why;

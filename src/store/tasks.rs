@@ -189,7 +189,9 @@ impl Store {
         idem_ttl_ms: i64,
     ) -> Result<Submitted> {
         if binding.contains('|') {
-            return Err(StoreError::Protocol("an idempotency binding holds '|'".into()));
+            return Err(StoreError::Protocol(
+                "an idempotency binding holds '|'".into(),
+            ));
         }
         if self.is_cluster() && tasks.iter().any(|t| t.queue != tasks[0].queue) {
             return Box::pin(self.submit_per_queue(tasks, idem, binding, idem_ttl_ms)).await;

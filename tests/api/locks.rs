@@ -256,7 +256,10 @@ async fn fence_counters_expire_a_week_after_the_lock_and_grants_push_them_on() {
         .await
         .expect(200);
     let t = pttl(&mut conn);
-    assert!(t > KEEP + 3_500_000, "extend did not push the counter on: {t}");
+    assert!(
+        t > KEEP + 3_500_000,
+        "extend did not push the counter on: {t}"
+    );
     release(&app.api, "exp", &a.token).await.expect(204);
     // Still counting while it lives: the next grant is fence 2.
     let b: Lock = app

@@ -1942,7 +1942,10 @@ async fn evicting_policies_are_refused_and_redis_oom_answers_503() {
     let text = r.text().await.unwrap_or_default();
     assert_eq!(status, 503, "{text}");
     assert!(retry_after, "503 without Retry-After");
-    assert!(!text.contains("unfit_redis"), "refused for the policy, not by redis: {text}");
+    assert!(
+        !text.contains("unfit_redis"),
+        "refused for the policy, not by redis: {text}"
+    );
     config_set(&mut conn, "maxmemory", "0");
 }
 
@@ -1984,7 +1987,10 @@ async fn an_evicting_policy_set_at_run_time_stops_writes_within_seconds() {
     assert!(retry_after, "503 without Retry-After");
     assert_eq!(body["code"], "unfit_redis", "{body}");
     assert!(
-        body["detail"].as_str().unwrap_or("").contains("allkeys-lru"),
+        body["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("allkeys-lru"),
         "{body}"
     );
     // Other writes too (a queue setting), while reads go on.
@@ -2496,9 +2502,15 @@ async fn an_idempotency_key_is_bound_to_its_caller_and_its_body() {
     assert_eq!((s, &b2["ids"]), (201, &b1["ids"]));
     let other = r#"{"tasks": [{"kind": "k", "queue": "idem"}]}"#;
     let (s, p) = post_idem(&app, &app.submit, "/v1/tasks/batch", "batch-1", other).await;
-    assert_eq!((s, p["code"].as_str()), (422, Some("idempotency_key_reused")));
+    assert_eq!(
+        (s, p["code"].as_str()),
+        (422, Some("idempotency_key_reused"))
+    );
     let (s, p) = post_idem(&app, &app.admin, "/v1/tasks/batch", "batch-1", batch).await;
-    assert_eq!((s, p["code"].as_str()), (422, Some("idempotency_key_reused")));
+    assert_eq!(
+        (s, p["code"].as_str()),
+        (422, Some("idempotency_key_reused"))
+    );
     assert_eq!(pending(&mut conn), 2);
 }
 
@@ -2542,7 +2554,13 @@ async fn spawn_scoped_app() -> Scoped {
     }
 }
 
-async fn send_as(app: &SecApp, token: &str, method: &str, path: &str, body: Option<Value>) -> Answer {
+async fn send_as(
+    app: &SecApp,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Answer {
     let auth = format!("Bearer {token}");
     let a = call_raw(app, method, path, Some(&auth), body.as_ref()).await;
     if a.status >= 400 {
@@ -2563,26 +2581,45 @@ async fn a_queue_scoped_token_reaches_only_its_queues() {
     let before = crate::support::ns_keys(&mut conn, &app.ns);
 
     // Submitting: its own queues yes, others no (a batch with one other queue: none).
-    let ok = send_as(app, &s.submit, "POST", "/v1/tasks", Some(json!({"kind": "k", "queue": "images.small"}))).await;
+    let ok = send_as(
+        app,
+        &s.submit,
+        "POST",
+        "/v1/tasks",
+        Some(json!({"kind": "k", "queue": "images.small"})),
+    )
+    .await;
     assert_eq!(ok.status, 201, "{}", ok.body);
     let mine: Value = serde_json::from_str(&ok.body).expect("task");
     let mine = mine["id"].as_str().expect("id").to_string();
     let refused: Vec<(&str, String, Option<Value>)> = vec![
-        ("POST", "/v1/tasks".into(), Some(json!({"kind": "k", "queue": "payroll"}))),
+        (
+            "POST",
+            "/v1/tasks".into(),
+            Some(json!({"kind": "k", "queue": "payroll"})),
+        ),
         ("POST", "/v1/tasks".into(), Some(json!({"kind": "k"}))),
         (
             "POST",
             "/v1/tasks/batch".into(),
-            Some(json!({"tasks": [{"kind": "k", "queue": "images.a"}, {"kind": "k", "queue": "payroll"}]})),
+            Some(
+                json!({"tasks": [{"kind": "k", "queue": "images.a"}, {"kind": "k", "queue": "payroll"}]}),
+            ),
         ),
         (
             "POST",
             "/v1/batches".into(),
-            Some(json!({"tasks": [{"kind": "k", "queue": "images.a"}], "then": {"kind": "k", "queue": "payroll"}})),
+            Some(
+                json!({"tasks": [{"kind": "k", "queue": "images.a"}], "then": {"kind": "k", "queue": "payroll"}}),
+            ),
         ),
         ("POST", format!("/v1/tasks/{payroll}/cancel"), None),
         ("GET", format!("/v1/tasks/{payroll}"), None),
-        ("GET", format!("/v1/tasks/{payroll}/wait?timeout_ms=0"), None),
+        (
+            "GET",
+            format!("/v1/tasks/{payroll}/wait?timeout_ms=0"),
+            None,
+        ),
         ("GET", "/v1/tasks?queue=payroll".into(), None),
         ("GET", "/v1/tasks".into(), None),
         ("GET", "/v1/queues/payroll".into(), None),
@@ -2598,7 +2635,11 @@ async fn a_queue_scoped_token_reaches_only_its_queues() {
             assert_eq!(a.status, 403, "{method} {path}: {}", a.body);
         }
     }
-    assert_eq!(app.task(&payroll).await["state"], "pending", "cancel went through");
+    assert_eq!(
+        app.task(&payroll).await["state"],
+        "pending",
+        "cancel went through"
+    );
     let mut after = crate::support::ns_keys(&mut conn, &app.ns);
     after.retain(|k| !k.contains("{images.small}"));
     assert_eq!(after, before, "a refused call wrote keys outside images.*");
@@ -2625,11 +2666,32 @@ async fn a_queue_scoped_token_reaches_only_its_queues() {
 
     // Nodes: a scoped agent token registers on its queues only.
     let reg = |queues: Value, kind: &str| json!({"name": "n", "queues": queues, "capacity": 1, "kind": kind});
-    let a = send_as(app, &s.agent, "POST", "/v1/nodes", Some(reg(json!(["payroll"]), "machine"))).await;
+    let a = send_as(
+        app,
+        &s.agent,
+        "POST",
+        "/v1/nodes",
+        Some(reg(json!(["payroll"]), "machine")),
+    )
+    .await;
     assert_eq!(a.status, 403, "{}", a.body);
-    let a = send_as(app, &s.agent, "POST", "/v1/nodes", Some(reg(json!(["images.small", "payroll"]), "machine"))).await;
+    let a = send_as(
+        app,
+        &s.agent,
+        "POST",
+        "/v1/nodes",
+        Some(reg(json!(["images.small", "payroll"]), "machine")),
+    )
+    .await;
     assert_eq!(a.status, 403, "{}", a.body);
-    let a = send_as(app, &s.agent, "POST", "/v1/nodes", Some(reg(json!(["images.small"]), "machine"))).await;
+    let a = send_as(
+        app,
+        &s.agent,
+        "POST",
+        "/v1/nodes",
+        Some(reg(json!(["images.small"]), "machine")),
+    )
+    .await;
     assert_eq!(a.status, 201, "{}", a.body);
     let node: Value = serde_json::from_str(&a.body).expect("node");
     // Its node leases what its queues hold, never the payroll task.
@@ -2647,14 +2709,33 @@ async fn a_queue_scoped_token_reaches_only_its_queues() {
 
     // Schedules submit as their creator: a scoped token schedules its queues only, and
     // sees, reads, pauses and deletes only the schedules of its queues.
-    let sched = |name: &str, queue: &str| {
-        json!({"name": name, "cron": "0 0 3 * * *", "task": {"kind": "k", "queue": queue}})
-    };
-    let a = send_as(app, &s.submit, "POST", "/v1/schedules", Some(sched("steal", "payroll"))).await;
+    let sched = |name: &str, queue: &str| json!({"name": name, "cron": "0 0 3 * * *", "task": {"kind": "k", "queue": queue}});
+    let a = send_as(
+        app,
+        &s.submit,
+        "POST",
+        "/v1/schedules",
+        Some(sched("steal", "payroll")),
+    )
+    .await;
     assert_eq!(a.status, 403, "{}", a.body);
-    let a = send_as(app, &s.submit, "POST", "/v1/schedules", Some(sched("thumbs", "images.small"))).await;
+    let a = send_as(
+        app,
+        &s.submit,
+        "POST",
+        "/v1/schedules",
+        Some(sched("thumbs", "images.small")),
+    )
+    .await;
     assert_eq!(a.status, 201, "{}", a.body);
-    let a = send_as(app, &app.admin, "POST", "/v1/schedules", Some(sched("salaries", "payroll"))).await;
+    let a = send_as(
+        app,
+        &app.admin,
+        "POST",
+        "/v1/schedules",
+        Some(sched("salaries", "payroll")),
+    )
+    .await;
     assert_eq!(a.status, 201, "{}", a.body);
     for (method, path) in [
         ("GET", "/v1/schedules/salaries"),
@@ -2694,14 +2775,40 @@ async fn a_human_node_registers_only_on_human_only_queues() {
         .await
         .expect("put");
     assert_eq!(r.status(), 200);
-    let human = |queues: Value| json!({"name": "Ada", "kind": "human", "queues": queues, "capacity": 1});
-    for queues in [json!(["payroll"]), json!(["labels", "payroll"]), json!(["fresh-queue"])] {
-        let a = send_as(&app, &app.agent, "POST", "/v1/nodes", Some(human(queues.clone()))).await;
+    let human =
+        |queues: Value| json!({"name": "Ada", "kind": "human", "queues": queues, "capacity": 1});
+    for queues in [
+        json!(["payroll"]),
+        json!(["labels", "payroll"]),
+        json!(["fresh-queue"]),
+    ] {
+        let a = send_as(
+            &app,
+            &app.agent,
+            "POST",
+            "/v1/nodes",
+            Some(human(queues.clone())),
+        )
+        .await;
         assert_eq!(a.status, 403, "{queues}: {}", a.body);
     }
-    let a = send_as(&app, &app.agent, "POST", "/v1/nodes", Some(human(json!(["labels"])))).await;
+    let a = send_as(
+        &app,
+        &app.agent,
+        "POST",
+        "/v1/nodes",
+        Some(human(json!(["labels"]))),
+    )
+    .await;
     assert_eq!(a.status, 201, "{}", a.body);
-    let a = send_as(&app, &app.admin, "POST", "/v1/nodes", Some(human(json!(["payroll"])))).await;
+    let a = send_as(
+        &app,
+        &app.admin,
+        "POST",
+        "/v1/nodes",
+        Some(human(json!(["payroll"]))),
+    )
+    .await;
     assert_eq!(a.status, 201, "admin may: {}", a.body);
     assert_eq!(app.task(&payroll).await["state"], "pending");
 }
@@ -2709,7 +2816,12 @@ async fn a_human_node_registers_only_on_human_only_queues() {
 // ----- issue 16 item 3: empty queues pruned -----
 
 /// A reconciler over `app`'s namespace that prunes empty queues at once.
-async fn pruner(app: &SecApp) -> (muster::store::Store, muster::workers::reconciler::Reconciler) {
+async fn pruner(
+    app: &SecApp,
+) -> (
+    muster::store::Store,
+    muster::workers::reconciler::Reconciler,
+) {
     let store = crate::support::store_on(&app.redis_url, &app.ns).await;
     let r = muster::workers::reconciler::Reconciler::new(
         store.clone(),
@@ -2784,7 +2896,10 @@ async fn empty_spam_queues_are_pruned_and_real_queues_stay() {
     before.retain(|q| !q.starts_with("spam-"));
     // Nothing is pruned while the spam queues hold their tasks.
     assert!(reconciler.prune_empty_queues().await.is_empty());
-    assert_eq!(store.queues().await.expect("queues").len(), SPAM + before.len());
+    assert_eq!(
+        store.queues().await.expect("queues").len(),
+        SPAM + before.len()
+    );
 
     // Cancelled and deleted (except one, which keeps its queue).
     let spam = std::sync::Arc::new(store.clone());
@@ -2808,7 +2923,13 @@ async fn empty_spam_queues_are_pruned_and_real_queues_stay() {
     want.push("spam-00000".into());
     want.sort();
     assert_eq!(store.queues().await.expect("queues"), want);
-    for q in ["real-work", "real-done", "real-paused", "real-node", "real-cron"] {
+    for q in [
+        "real-work",
+        "real-done",
+        "real-paused",
+        "real-node",
+        "real-cron",
+    ] {
         assert!(want.iter().any(|w| w == q), "{q} missing from {want:?}");
     }
     // Their leftovers (event streams, counters, sequences) are gone too.
@@ -2817,11 +2938,22 @@ async fn empty_spam_queues_are_pruned_and_real_queues_stay() {
         .into_iter()
         .filter(|k| k.contains("{spam-") && !k.contains("{spam-00000}"))
         .collect();
-    assert!(left.is_empty(), "{} keys left, e.g. {:?}", left.len(), &left[..left.len().min(5)]);
+    assert!(
+        left.is_empty(),
+        "{} keys left, e.g. {:?}",
+        left.len(),
+        &left[..left.len().min(5)]
+    );
     // A real queue is intact; a pruned one comes back with its next task.
     assert_eq!(app.task(&waiting).await["state"], "pending");
     let again = app.submit_task("spam-00042", json!(1)).await;
-    assert!(store.queues().await.expect("queues").contains(&"spam-00042".to_string()));
+    assert!(
+        store
+            .queues()
+            .await
+            .expect("queues")
+            .contains(&"spam-00042".to_string())
+    );
     assert_eq!(app.task(&again).await["state"], "pending");
     crate::support::assert_doctor_clean(&store).await;
 }
@@ -2884,8 +3016,15 @@ async fn a_submit_racing_the_pruner_never_leaves_its_queue_out_of_the_set() {
         store.delete(&racing).await.expect("delete");
         reconciler.prune_empty_queues().await;
     }
-    assert!(pruned_total >= 30, "the passes pruned only {pruned_total} times: no race");
-    assert!(lost.is_empty(), "{} queues hold a task but left the set: {lost:?}", lost.len());
+    assert!(
+        pruned_total >= 30,
+        "the passes pruned only {pruned_total} times: no race"
+    );
+    assert!(
+        lost.is_empty(),
+        "{} queues hold a task but left the set: {lost:?}",
+        lost.len()
+    );
     crate::support::assert_doctor_clean(&store).await;
 }
 
@@ -2898,12 +3037,33 @@ async fn idempotency_keys_of_musters_own_form_are_refused() {
     let app = spawn_sec_app(&shared_redis().url(), |_| {}).await;
     let mut conn = app.redis();
     let before = crate::support::ns_keys(&mut conn, &app.ns);
-    for key in ["schedule:nightly:1700000000000", "batch-then:01JD8XK2ZQ8M3V6T1XW0Q2E7AB"] {
-        let (s, p) = post_idem(&app, &app.submit, "/v1/tasks", key, r#"{"kind": "k", "queue": "cron"}"#).await;
-        assert_eq!((s, p["code"].as_str()), (400, Some("bad_idempotency_key")), "{key}: {p}");
+    for key in [
+        "schedule:nightly:1700000000000",
+        "batch-then:01JD8XK2ZQ8M3V6T1XW0Q2E7AB",
+    ] {
+        let (s, p) = post_idem(
+            &app,
+            &app.submit,
+            "/v1/tasks",
+            key,
+            r#"{"kind": "k", "queue": "cron"}"#,
+        )
+        .await;
+        assert_eq!(
+            (s, p["code"].as_str()),
+            (400, Some("bad_idempotency_key")),
+            "{key}: {p}"
+        );
     }
     assert_eq!(crate::support::ns_keys(&mut conn, &app.ns), before);
-    let (s, _) = post_idem(&app, &app.submit, "/v1/tasks", "my-schedule:1", r#"{"kind": "k", "queue": "cron"}"#).await;
+    let (s, _) = post_idem(
+        &app,
+        &app.submit,
+        "/v1/tasks",
+        "my-schedule:1",
+        r#"{"kind": "k", "queue": "cron"}"#,
+    )
+    .await;
     assert_eq!(s, 201);
 }
 
@@ -2952,7 +3112,14 @@ async fn a_timer_round_runs_scripts_only_where_something_is_due() {
             .expect("info");
         info.lines()
             .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-            .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
             .sum()
     };
     let before = scripts_run(&mut conn);
@@ -2960,5 +3127,8 @@ async fn a_timer_round_runs_scripts_only_where_something_is_due() {
     let ran = scripts_run(&mut conn) - before;
     assert_eq!(round.promoted, 1, "{round:?}");
     assert_eq!(ran, 1, "a round over 2,001 queues ran {ran} scripts");
-    assert_eq!(store.task(&due_id).await.expect("task").state, muster::domain::TaskState::Pending);
+    assert_eq!(
+        store.task(&due_id).await.expect("task").state,
+        muster::domain::TaskState::Pending
+    );
 }
