@@ -240,13 +240,7 @@ impl ConnectionLike for Conn {
 /// missing key changes nothing. `None` for anything else (or a first key without a
 /// hash tag).
 fn guarded(cmd: &Cmd) -> Option<Cmd> {
-    let args: Vec<&[u8]> = cmd
-        .args_iter()
-        .filter_map(|a| match a {
-            redis::Arg::Simple(b) => Some(b),
-            _ => None,
-        })
-        .collect();
+    let args = simple_args(cmd);
     let name = args.first()?;
     if !(name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVAL")) {
         return None;
@@ -268,6 +262,16 @@ fn guarded(cmd: &Cmd) -> Option<Cmd> {
         g.arg(*a);
     }
     Some(g)
+}
+
+/// A command's arguments, its name first (cursor placeholders left out).
+fn simple_args(cmd: &Cmd) -> Vec<&[u8]> {
+    cmd.args_iter()
+        .filter_map(|a| match a {
+            redis::Arg::Simple(b) => Some(b),
+            _ => None,
+        })
+        .collect()
 }
 
 /// `EVAL`/`EVALSHA`: a script call, a write of muster's.
@@ -450,13 +454,7 @@ fn hash_tag(key: &[u8]) -> &[u8] {
 /// `EVALSHA` name it after the key count, `XREAD` after `STREAMS`, the rest first.
 /// `None` for a command without a key (it may go anywhere).
 fn cmd_tag(cmd: &Cmd) -> Option<Vec<u8>> {
-    let args: Vec<&[u8]> = cmd
-        .args_iter()
-        .filter_map(|a| match a {
-            redis::Arg::Simple(b) => Some(b),
-            _ => None,
-        })
-        .collect();
+    let args = simple_args(cmd);
     let name = args.first()?.to_ascii_uppercase();
     let key = match name.as_slice() {
         b"EVAL" | b"EVALSHA" | b"EVAL_RO" | b"EVALSHA_RO" | b"FCALL" => {

@@ -11,6 +11,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+/// `muster doctor --redis-cluster <seeds> --namespace <ns>`.
+fn doctor_cluster(seeds: &str, ns: &str) -> std::process::Output {
+    std::process::Command::new(muster_bin())
+        .args(["doctor", "--redis-cluster", seeds, "--namespace", ns])
+        .output()
+        .expect("doctor")
+}
+
 /// What a stream of submissions saw.
 #[derive(Default, Debug)]
 struct Tally {
@@ -403,10 +411,7 @@ async fn muster_serve_and_doctor_take_a_cluster_by_its_seed_nodes_and_refuse_bad
         assert!(names.contains(&q.to_string()), "{q} in {names:?}");
     }
     serve.kill9();
-    let out = std::process::Command::new(muster_bin())
-        .args(["doctor", "--redis-cluster", &seeds, "--namespace", &ns])
-        .output()
-        .expect("doctor");
+    let out = doctor_cluster(&seeds, &ns);
     assert!(
         out.status.success(),
         "{}",
@@ -734,20 +739,14 @@ async fn tls_and_an_acl_user_on_one_server_and_a_password_on_a_cluster() {
     .await
     .expect("cluster with a password");
     store.prepare().await.expect("prepare on the cluster");
-    let out = std::process::Command::new(muster_bin())
-        .args(["doctor", "--redis-cluster", &seeds, "--namespace", &ns])
-        .output()
-        .expect("doctor");
+    let out = doctor_cluster(&seeds, &ns);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let bad = seeds.replace("cluster-pass", "nope");
-    let out = std::process::Command::new(muster_bin())
-        .args(["doctor", "--redis-cluster", &bad, "--namespace", &ns])
-        .output()
-        .expect("doctor");
+    let out = doctor_cluster(&bad, &ns);
     assert_eq!(out.status.code(), Some(1));
 }
 
