@@ -59,6 +59,9 @@ pub struct Config {
     /// Queues some of those tokens are limited to (by token; from the tokens file's
     /// `queues=`): such a token reaches only the queues its patterns match.
     pub token_queues: Vec<(String, QueueScope)>,
+    /// What some of those tokens may hold at once (by token; the tokens file's
+    /// `max_queues=`, `max_schedules=`, `max_locks=`, `max_streams=`).
+    pub token_quotas: Vec<(String, crate::domain::roles::TokenQuotas)>,
     /// Serve without authentication (loopback only).
     pub no_auth: bool,
     /// Per-token rate limit: (requests per second, burst).
@@ -158,6 +161,7 @@ impl Config {
             admin_token: None,
             tokens: Vec::new(),
             token_queues: Vec::new(),
+            token_quotas: Vec::new(),
             no_auth: false,
             rate_limit: None,
             dispatchers: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -266,7 +270,7 @@ pub fn read_tokens_file(path: &std::path::Path) -> Result<Vec<(Role, String)>, C
 }
 
 /// Adds the entries of a tokens file to `cfg`: their roles to `tokens`, their queue
-/// limits to `token_queues`.
+/// limits to `token_queues`, their quotas to `token_quotas`.
 ///
 /// # Errors
 /// As [`read_token_entries`].
@@ -274,6 +278,9 @@ pub fn add_tokens_file(cfg: &mut Config, path: &std::path::Path) -> Result<(), C
     for e in read_token_entries(path)? {
         if let Some(q) = e.queues {
             cfg.token_queues.push((e.token.clone(), q));
+        }
+        if !e.quotas.is_empty() {
+            cfg.token_quotas.push((e.token.clone(), e.quotas));
         }
         cfg.tokens.push((e.role, e.token));
     }
@@ -412,6 +419,34 @@ mod tests {
         std::fs::write(&path, "submit:submit-0123456789abcdef queues=\n").expect("write");
         let e = read_token_entries(&path).expect_err("empty pattern");
         assert!(e.to_string().contains("entry 1: queues="), "{e}");
+    }
+
+    #[test]
+    fn a_tokens_file_gives_tokens_their_quotas() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("tokens");
+        std::fs::write(
+            &path,
+            "submit:submit-0123456789abcdef max_queues=100 max_schedules=5
+             agent:agent-0123456789abcdef queues=ocr max_streams=4 max_locks=10
+             read:read-0123456789abcdef
+",
+        )
+        .expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let mut c = valid();
+        add_tokens_file(&mut c, &path).expect("reads");
+        assert_eq!(c.tokens.len(), 3);
+        assert_eq!(c.token_quotas.len(), 2, "the read token has none");
+        assert_eq!(c.token_quotas[0].1.queues, Some(100));
+        assert_eq!(c.token_quotas[0].1.schedules, Some(5));
+        assert_eq!(c.token_quotas[1].1.streams, Some(4));
+        assert_eq!(c.token_quotas[1].1.locks, Some(10));
+        assert_eq!(c.token_queues.len(), 1);
+        std::fs::write(&path, "submit:submit-0123456789abcdef max_queues=lots\n").expect("write");
+        let e = read_token_entries(&path).expect_err("bad quota");
+        assert!(e.to_string().contains("entry 1: max_queues"), "{e}");
     }
 
     #[test]

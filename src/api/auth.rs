@@ -40,7 +40,7 @@ pub async fn role_header(mut req: Request, next: Next) -> Response {
     res
 }
 
-pub use crate::domain::roles::{QueueScope, Role};
+pub use crate::domain::roles::{QueueScope, Role, TokenQuotas};
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,14 +156,20 @@ impl FromRequestParts<AppState> for Principal {
 #[derive(Clone)]
 struct Identity(String);
 
-/// Who is calling, by a stable identity, and the queues it may reach: what the
-/// queue-scoped routes check ([`Caller::allow`]) and what binds an `Idempotency-Key`.
+/// Who is calling, by a stable identity, the queues it may reach and its quotas: what
+/// the queue-scoped routes check ([`Caller::allow`]), what binds an `Idempotency-Key`
+/// and what [`super::quota`] counts against.
 #[derive(Debug, Clone)]
 pub struct Caller {
     /// `admin`, `token:<sha256 of the token>` or `node:<id>` (never the token itself).
     pub id: String,
     /// The queues its token is limited to (`None`: every queue).
     pub queues: Option<Arc<QueueScope>>,
+    /// SHA-256 (hex) of the role token whose quotas apply: the caller's own, or for a
+    /// node the token that registered it; `None` for the admin.
+    pub quota_owner: Option<String>,
+    /// Those quotas (empty: none).
+    pub quotas: TokenQuotas,
 }
 
 impl Caller {
@@ -210,8 +216,42 @@ impl FromRequestParts<AppState> for Caller {
         let queues = id
             .strip_prefix("token:")
             .and_then(|sha| state.token_queues.get(sha).cloned());
-        Ok(Caller { id, queues })
+        let quota_owner = match id.split_once(':') {
+            Some(("token", sha)) => Some(sha.to_string()),
+            Some(("node", node)) => quota_owner_of_node(state, node).await?,
+            _ => None,
+        };
+        let quotas = quota_owner
+            .as_deref()
+            .and_then(|sha| state.token_quotas.get(sha).copied())
+            .unwrap_or_default();
+        Ok(Caller {
+            id,
+            queues,
+            quota_owner,
+            quotas,
+        })
     }
+}
+
+/// The role token that registered `node` (its SHA-256), when it has quotas: a node's
+/// streams and locks count against them.
+///
+/// # Errors
+/// Redis errors.
+pub(crate) async fn quota_owner_of_node(
+    state: &AppState,
+    node: &str,
+) -> Result<Option<String>, ApiError> {
+    if state.token_quotas.is_empty() {
+        return Ok(None);
+    }
+    Ok(state
+        .directory
+        .get(&state.store, node)
+        .await?
+        .map(|r| r.owner)
+        .filter(|o| state.token_quotas.contains_key(o)))
 }
 
 /// What a route needs of its caller. Checked by [`Authorized`] while the request's head

@@ -4,6 +4,7 @@
 use super::auth::{Authorized, Caller, NeedSubmit, Principal, Role};
 use super::error::{ApiError, ApiResult};
 use super::openapi::parts::{BadRequest, Guarded, Invalid, JsonBody, NotFound, UnknownDependency};
+use super::quota;
 use super::tasks::{prepare, store_tasks};
 use super::{AppState, Json, MAX_BATCH};
 use crate::domain::batches::{Batch, BatchResultPage, BatchTasks, BatchTasksAdded, NewBatch};
@@ -127,13 +128,21 @@ pub async fn batches_create(
     let then_json = match body.then {
         Some(t) => {
             // Validated now, stored as submitted, prepared again when it fires.
-            caller.allow(&prepare(t.clone(), "then.")?.queue)?;
+            let then_queue = prepare(t.clone(), "then.")?.queue;
+            caller.allow(&then_queue)?;
+            let mut queues: Vec<&str> = tasks.iter().map(|t| t.queue.as_str()).collect();
+            queues.push(&then_queue);
+            quota::claim_queues(&st, &caller, &queues).await?;
             Some(
                 serde_json::to_string(&t)
                     .map_err(|e| ApiError::Internal(anyhow::anyhow!("then task: {e}")))?,
             )
         }
-        None => None,
+        None => {
+            let queues: Vec<&str> = tasks.iter().map(|t| t.queue.as_str()).collect();
+            quota::claim_queues(&st, &caller, &queues).await?;
+            None
+        }
     };
     // Refused before the batch exists: a batch left without children would finish.
     check_dependencies(&st.store, &tasks).await?;
@@ -261,6 +270,8 @@ pub async fn batches_add(
     for t in &tasks {
         caller.allow(&t.queue)?;
     }
+    let queues: Vec<&str> = tasks.iter().map(|t| t.queue.as_str()).collect();
+    quota::claim_queues(&st, &caller, &queues).await?;
     match st.store.batch_begin(&id).await? {
         BatchBegin::Open => {}
         BatchBegin::NotFound => return Err(ApiError::NotFound(format!("no batch {id}"))),

@@ -219,10 +219,30 @@ pub async fn stream_limit(State(st): State<AppState>, req: Request, next: Next) 
     let Some((who, identity)) = found else {
         return next.run(Request::from_parts(parts, body)).await;
     };
-    let per_caller = if who == super::auth::Principal::Admin {
-        Some(None)
-    } else {
-        None
+    // The admin has no per-caller limit; a token with `max_streams=` has its own, which
+    // its nodes' long-polls share (they count under the token that registered them).
+    let (identity, per_caller) = match &who {
+        super::auth::Principal::Role(super::auth::Role::Admin) => (identity, Some(None)),
+        super::auth::Principal::Node(node) => {
+            match super::auth::quota_owner_of_node(&st, node).await {
+                Ok(Some(owner)) => {
+                    let quota = st.token_quotas.get(&owner).and_then(|q| q.streams);
+                    match quota {
+                        Some(q) => (format!("token:{owner}"), Some(Some(q as usize))),
+                        None => (identity, None),
+                    }
+                }
+                Ok(None) => (identity, None),
+                Err(e) => return e.into_response(),
+            }
+        }
+        super::auth::Principal::Role(_) => {
+            let quota = identity
+                .strip_prefix("token:")
+                .and_then(|sha| st.token_quotas.get(sha))
+                .and_then(|q| q.streams);
+            (identity, quota.map(|q| Some(q as usize)))
+        }
     };
     let permit = match st.streams.admit(&identity, per_caller) {
         Ok(p) => p,

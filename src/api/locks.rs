@@ -2,15 +2,17 @@
 //! them: node tokens (handlers run on nodes), and the `agent`, `submit` and `admin`
 //! roles; a `read` token may not (taking a lock is a write).
 
-use super::auth::{Authorized, NeedLocker, Principal, Role};
+use super::auth::{Authorized, Caller, NeedLocker, Principal, Role};
 use super::error::{ApiError, ApiResult};
 use super::openapi::parts::{BadRequest, Guarded, Invalid};
+use super::quota;
 use super::{AppState, Json};
 use crate::domain::coord::{
     Lock, LockAcquire, LockExtend, LockRelease, MAX_LOCK_TTL_MS, MIN_LOCK_TTL_MS,
 };
 use crate::domain::{Problem, rfc3339_ms, validate};
 use crate::store::locks::{LockTaken, parse_lock_token};
+use crate::store::quota::QuotaKind;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -81,13 +83,21 @@ fn not_holder(name: &str) -> ApiError {
 pub async fn locks_acquire(
     State(st): State<AppState>,
     who: Authorized<NeedLocker>,
+    caller: Caller,
     Path(name): Path<String>,
     Json(body): Json<LockAcquire>,
 ) -> ApiResult<Response> {
     may_lock(&who)?;
     lock_name(&name)?;
     let ttl_ms = ttl(body.ttl_ms)?;
-    match st.store.lock_acquire(&name, ttl_ms).await? {
+    let claim = quota::claim_lock(&st, &caller, &name, ttl_ms).await?;
+    let taken = st.store.lock_acquire(&name, ttl_ms).await?;
+    if matches!(taken, LockTaken::Held { .. }) {
+        claim.keep();
+    } else {
+        claim.give_back(&st).await;
+    }
+    match taken {
         LockTaken::Held {
             token,
             fence,
@@ -139,6 +149,7 @@ pub async fn locks_acquire(
 pub async fn locks_extend(
     State(st): State<AppState>,
     who: Authorized<NeedLocker>,
+    caller: Caller,
     Path(name): Path<String>,
     Json(body): Json<LockExtend>,
 ) -> ApiResult<Json<Lock>> {
@@ -146,7 +157,14 @@ pub async fn locks_extend(
     lock_name(&name)?;
     let ttl_ms = ttl(body.ttl_ms)?;
     let fence = token_fence(&body.token)?;
-    match st.store.lock_extend(&name, &body.token, ttl_ms).await? {
+    let claim = quota::claim_lock(&st, &caller, &name, ttl_ms).await?;
+    let extended = st.store.lock_extend(&name, &body.token, ttl_ms).await?;
+    if extended.is_some() {
+        claim.keep();
+    } else {
+        claim.give_back(&st).await;
+    }
+    match extended {
         Some(expires_ms) => Ok(Json(Lock {
             name,
             token: body.token,
@@ -180,6 +198,7 @@ pub async fn locks_extend(
 pub async fn locks_release(
     State(st): State<AppState>,
     who: Authorized<NeedLocker>,
+    caller: Caller,
     Path(name): Path<String>,
     Json(body): Json<LockRelease>,
 ) -> ApiResult<StatusCode> {
@@ -187,6 +206,7 @@ pub async fn locks_release(
     lock_name(&name)?;
     token_fence(&body.token)?;
     if st.store.lock_release(&name, &body.token).await? {
+        quota::release(&st, &caller, QuotaKind::Locks, &name).await?;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(not_holder(&name))

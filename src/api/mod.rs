@@ -9,6 +9,7 @@ pub mod locks;
 pub mod nodes;
 pub mod openapi;
 pub mod queues;
+pub mod quota;
 pub mod schedules;
 pub mod system;
 pub mod tasks;
@@ -49,6 +50,8 @@ pub struct AppState {
     pub tokens: Arc<Vec<(String, auth::Role)>>,
     /// Queue limits of role tokens, by SHA-256 hex (tokens absent reach every queue).
     pub token_queues: Arc<std::collections::HashMap<String, Arc<auth::QueueScope>>>,
+    /// Quotas of role tokens, by SHA-256 hex (tokens absent have none).
+    pub token_quotas: Arc<std::collections::HashMap<String, crate::domain::roles::TokenQuotas>>,
     /// Authentication off (loopback only).
     pub no_auth: bool,
     /// Per-token rate limit, when configured.

@@ -75,6 +75,8 @@ pub async fn nodes_register(
     for q in &queues {
         caller.allow(q)?;
     }
+    let names: Vec<&str> = queues.iter().map(String::as_str).collect();
+    super::quota::claim_queues(&st, &caller, &names).await?;
     // A person (`human` node) pulls pending tasks itself, past the dispatcher: only
     // from human-only queues, unless an admin says otherwise (issue 16 item 7).
     if kind == NodeKind::Human && !who.0.eq(&Principal::Admin) {
@@ -107,7 +109,12 @@ pub async fn nodes_register(
         registered_at: String::new(),
         last_seen_at: String::new(),
     };
-    let now = st.store.register_node(&node, &token_sha(&token)).await?;
+    // The registering token's quotas hold for the node's streams and locks.
+    let owner = caller.id.strip_prefix("token:").unwrap_or("");
+    let now = st
+        .store
+        .register_node(&node, &token_sha(&token), owner)
+        .await?;
     node.registered_at = rfc3339_ms(now);
     node.last_seen_at = rfc3339_ms(now);
     st.directory.invalidate();

@@ -5,6 +5,7 @@
 use super::auth::{Authorized, Caller, NeedSubmit, Principal, Role};
 use super::error::{ApiError, ApiResult};
 use super::openapi::parts::{BadRequest, Guarded, JsonBody, NotFound};
+use super::quota;
 use super::{AppState, Json};
 use crate::domain::coord::{NewSchedule, Schedule, ScheduleList};
 use crate::domain::cron::CronSpec;
@@ -147,7 +148,8 @@ pub async fn schedules_create(
     })?;
     // Validated exactly like a submission, so every fire can be stored.
     // Its fires submit as this caller would: only to queues its token reaches.
-    caller.allow(&crate::api::tasks::prepare(body.task.clone(), "task.")?.queue)?;
+    let queue = crate::api::tasks::prepare(body.task.clone(), "task.")?.queue;
+    caller.allow(&queue)?;
     let now = st.store.now_ms().await?;
     if spec.next_after(now).is_none() {
         return Err(invalid(format!(
@@ -159,6 +161,10 @@ pub async fn schedules_create(
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("task to JSON: {e}")))?;
     let overlap = body.overlap.unwrap_or_default();
     let catch_up = body.catch_up.unwrap_or_default();
+    // Counted against the token's quotas before it exists: the schedule, and the queue
+    // its fires would bring into being.
+    quota::claim_queues(&st, &caller, &[queue.as_str()]).await?;
+    let claim = quota::claim_schedule(&st, &caller, &body.name).await?;
     if st
         .store
         .schedule_create(
@@ -167,11 +173,13 @@ pub async fn schedules_create(
         .await?
         .is_none()
     {
+        claim.give_back(&st).await;
         return Err(ApiError::conflict(
             "schedule_exists",
             format!("a schedule named {:?} exists; delete it first", body.name),
         ));
     }
+    claim.keep();
     Ok((
         StatusCode::CREATED,
         Json(load(&st, &body.name, FIRES_SHOWN).await?),
@@ -290,6 +298,13 @@ pub async fn schedules_delete(
     schedule_name(&name)?;
     allow_schedule(&st, &caller, &name).await?;
     if st.store.schedule_delete(&name).await? {
+        quota::release(
+            &st,
+            &caller,
+            crate::store::quota::QuotaKind::Schedules,
+            &name,
+        )
+        .await?;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(no_such(&name))

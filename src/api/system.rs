@@ -180,12 +180,16 @@ pub fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 pub async fn metrics(
     State(st): State<AppState>,
     who: super::auth::Principal,
+    caller: super::auth::Caller,
 ) -> Result<Response, ApiError> {
     use crate::metrics::{METRICS, label};
     use std::fmt::Write;
     who.require(super::auth::Role::Read)?;
     let mut out = String::new();
-    let queues = st.store.queues().await?;
+    // A token limited to some queues sees only their series (and only the nodes that
+    // serve one of them), as in `GET /v1/queues` and `GET /v1/nodes`.
+    let mut queues = st.store.queues().await?;
+    queues.retain(|q| caller.reaches(q));
     let mut depth = String::new();
     let mut counters = String::new();
     let mut oldest = String::new();
@@ -251,6 +255,7 @@ pub async fn metrics(
     let active = nodes
         .iter()
         .filter(|n| n.node.status == crate::domain::NodeStatus::Active)
+        .filter(|n| !caller.scoped() || n.node.queues.iter().any(|q| caller.reaches(q)))
         .count();
     let _ = writeln!(out, "# HELP muster_nodes_active Nodes with status active.");
     let _ = writeln!(out, "# TYPE muster_nodes_active gauge");

@@ -6,6 +6,7 @@ use super::error::{ApiError, ApiResult};
 use super::openapi::parts::{
     BadRequest, Conflict, Guarded, Invalid, InvalidOrReused, JsonBody, NotFound, UnknownDependency,
 };
+use super::quota;
 use super::{AppState, Json, MAX_BATCH, MAX_PAYLOAD, MAX_WAIT_MS};
 use crate::domain::spec::IDEMPOTENCY_TTL_MS;
 use crate::domain::{
@@ -173,6 +174,7 @@ pub async fn tasks_create(
     };
     let task = prepare(body, "")?;
     caller.allow(&task.queue)?;
+    quota::claim_queues(&st, &caller, &[task.queue.as_str()]).await?;
     match store_tasks_bound(&st, std::slice::from_ref(&task), idem.as_deref(), &binding).await? {
         Submitted::Created { existing, .. } if !existing.is_empty() => {
             // A live task holds the unique key: that one, and nothing created.
@@ -247,6 +249,8 @@ pub async fn tasks_batch(
     for t in &tasks {
         caller.allow(&t.queue)?;
     }
+    let queues: Vec<&str> = tasks.iter().map(|t| t.queue.as_str()).collect();
+    quota::claim_queues(&st, &caller, &queues).await?;
     let ids = match store_tasks_bound(&st, &tasks, idem.as_deref(), &binding).await? {
         Submitted::Created { existing, .. } => {
             let mut ids: Vec<String> = tasks.into_iter().map(|t| t.id).collect();

@@ -32,8 +32,9 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub tokens: Vec<String>,
-    /// File of tokens, one `ROLE:TOKEN [queues=PATTERN,...]` a line (`#` comments);
-    /// keep it readable only by the service user.
+    /// File of tokens, one `ROLE:TOKEN [queues=PATTERN,...] [max_queues=N]
+    /// [max_schedules=N] [max_locks=N] [max_streams=N]` a line (`#` comments); keep it
+    /// readable only by the service user (docs/security.md).
     #[arg(long, env = "MUSTER_TOKENS_FILE")]
     pub tokens_file: Option<std::path::PathBuf>,
     /// Per-token rate limit in requests per second (off when absent); past it: 429.

@@ -63,8 +63,14 @@ pub enum RoleTokenError {
     /// A bad `queues=` list.
     #[error("queues=: {0}")]
     Queues(String),
-    /// Something after the token other than `queues=...`.
-    #[error("unknown option {0:?} after the token: only queues=PATTERN,PATTERN is known")]
+    /// A bad `max_*=N` quota.
+    #[error("{0}")]
+    Quota(String),
+    /// Something after the token other than `queues=...` or a quota.
+    #[error(
+        "unknown option {0:?} after the token: known are queues=PATTERN,PATTERN and \
+         max_queues=N, max_schedules=N, max_locks=N, max_streams=N"
+    )]
     Option(String),
 }
 
@@ -153,8 +159,35 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
     p[pi..].iter().all(|&b| b == b'*')
 }
 
+/// How much of the shared deployment one token may hold at once, from the tokens
+/// file (`max_queues=100 max_schedules=10 max_locks=1000 max_streams=32`); `None`
+/// for no quota (the admin token has none). What each protects: docs/security.md.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenQuotas {
+    /// Queues this token's submissions brought into being that still exist (a queue
+    /// is pruned once it is empty and idle, and then no longer counts).
+    pub queues: Option<u32>,
+    /// Cron schedules it created that still exist.
+    pub schedules: Option<u32>,
+    /// Handler locks it holds (held and not yet expired).
+    pub locks: Option<u32>,
+    /// Event streams, task waits and its nodes' lease long-polls open at once (instead
+    /// of the server's `--max-streams-per-caller`).
+    pub streams: Option<u32>,
+}
+
+/// Largest quota a tokens file may give (beyond it a quota protects nothing).
+pub const MAX_QUOTA: u32 = 1_000_000;
+
+impl TokenQuotas {
+    /// Whether no quota is set.
+    pub fn is_empty(&self) -> bool {
+        *self == TokenQuotas::default()
+    }
+}
+
 /// One entry of a tokens file: `ROLE:TOKEN` and, for `submit`, `read` and `agent`
-/// tokens, optionally `queues=PATTERN[,PATTERN...]` after a space.
+/// tokens, optionally `queues=PATTERN[,PATTERN...]` and quotas after a space.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenEntry {
     /// The role.
@@ -163,34 +196,66 @@ pub struct TokenEntry {
     pub token: String,
     /// The queues it may reach (`None`: every queue).
     pub queues: Option<QueueScope>,
+    /// What it may hold at once.
+    pub quotas: TokenQuotas,
 }
 
-/// Parses a tokens-file entry: `ROLE:TOKEN [queues=PATTERN,PATTERN...]`.
+/// Parses a tokens-file entry: `ROLE:TOKEN [queues=PATTERN,PATTERN...] [max_queues=N]
+/// [max_schedules=N] [max_locks=N] [max_streams=N]`.
 ///
 /// # Errors
-/// What [`parse_role_token`] refuses; an unknown option; `queues=` on an admin token
-/// (it reaches everything) or with a bad pattern.
+/// What [`parse_role_token`] refuses; an unknown option; `queues=` or a quota on an
+/// admin token (it reaches everything); a bad pattern; a quota that is not 0 to
+/// [`MAX_QUOTA`] or given twice.
 pub fn parse_token_entry(line: &str) -> Result<TokenEntry, RoleTokenError> {
     let mut words = line.split_whitespace();
     let (role, token) = parse_role_token(words.next().unwrap_or(""))?;
     let mut queues = None;
+    let mut quotas = TokenQuotas::default();
     for w in words {
-        match w.split_once('=') {
-            Some(("queues", list)) => {
+        let (name, value) = w
+            .split_once('=')
+            .ok_or_else(|| RoleTokenError::Option(w.to_string()))?;
+        let slot = match name {
+            "queues" => {
                 if role == Role::Admin {
                     return Err(RoleTokenError::Queues(
                         "an admin token reaches every queue; give queues= to submit, read or agent tokens".into(),
                     ));
                 }
-                queues = Some(QueueScope::parse(list)?);
+                queues = Some(QueueScope::parse(value)?);
+                continue;
             }
+            "max_queues" => &mut quotas.queues,
+            "max_schedules" => &mut quotas.schedules,
+            "max_locks" => &mut quotas.locks,
+            "max_streams" => &mut quotas.streams,
             _ => return Err(RoleTokenError::Option(w.to_string())),
+        };
+        if role == Role::Admin {
+            return Err(RoleTokenError::Quota(format!(
+                "{name}: the admin token has no quotas; give them to submit, read or agent tokens"
+            )));
         }
+        if slot.is_some() {
+            return Err(RoleTokenError::Quota(format!("{name} is given twice")));
+        }
+        let n = value
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n <= MAX_QUOTA)
+            .ok_or_else(|| {
+                RoleTokenError::Quota(format!(
+                    "{name}={value:?}: a quota is a whole number from 0 to {MAX_QUOTA}"
+                ))
+            })?;
+        *slot = Some(n);
     }
     Ok(TokenEntry {
         role,
         token,
         queues,
+        quotas,
     })
 }
 
@@ -235,6 +300,46 @@ mod tests {
             Err(RoleTokenError::Option("quota=3".into()))
         );
         assert!(parse_token_entry("read:read-0123456789abcdef queues=a*{").is_err());
+    }
+
+    #[test]
+    fn token_entries_carry_their_quotas() {
+        let e = parse_token_entry(
+            "submit:submit-0123456789abcdef max_queues=100 queues=a.* max_schedules=0 max_locks=5 max_streams=7",
+        )
+        .expect("ok");
+        assert_eq!(
+            e.quotas,
+            TokenQuotas {
+                queues: Some(100),
+                schedules: Some(0),
+                locks: Some(5),
+                streams: Some(7),
+            }
+        );
+        assert!(e.queues.is_some());
+        assert!(
+            parse_token_entry("read:read-0123456789abcdef")
+                .expect("ok")
+                .quotas
+                .is_empty()
+        );
+        for bad in [
+            "submit:submit-0123456789abcdef max_queues=-1",
+            "submit:submit-0123456789abcdef max_queues=x",
+            "submit:submit-0123456789abcdef max_queues=1000001",
+            "submit:submit-0123456789abcdef max_queues=1 max_queues=2",
+            "admin:admin-0123456789abcdef max_locks=1",
+        ] {
+            assert!(
+                matches!(parse_token_entry(bad), Err(RoleTokenError::Quota(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            parse_token_entry("submit:submit-0123456789abcdef max_nodes=1"),
+            Err(RoleTokenError::Option(_))
+        ));
     }
 
     #[test]

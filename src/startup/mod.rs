@@ -94,6 +94,13 @@ impl Application {
                     .map(|(t, q)| (token_sha(t), Arc::new(q.clone())))
                     .collect(),
             ),
+            token_quotas: Arc::new(
+                config
+                    .token_quotas
+                    .iter()
+                    .map(|(t, q)| (token_sha(t), *q))
+                    .collect(),
+            ),
             no_auth: config.no_auth,
             limiter: config
                 .rate_limit

@@ -199,6 +199,13 @@ impl Keys {
         format!("{}:{{~sched}}:leader_fence", self.ns)
     }
 
+    /// ZSET: what the token `owner` (16 hex digits of its SHA-256) holds against its
+    /// quota of `kind` (`queues`, `schedules`, `locks`): member → expiry ms (`inf` for
+    /// none). Bounded by the quota.
+    pub fn quota(&self, owner: &str, kind: &str) -> String {
+        format!("{}:{{~quota:{owner}}}:{kind}", self.ns)
+    }
+
     /// STRING with PX: the token `<fence>.<hex>` of a lock's holder.
     pub fn lock_holder(&self, name: &str) -> String {
         format!("{}:{{~lock:{name}}}:holder", self.ns)

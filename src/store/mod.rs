@@ -23,6 +23,7 @@ pub mod locks;
 pub mod migrate;
 pub mod nodes;
 pub mod queues;
+pub mod quota;
 mod reply;
 pub mod reports;
 pub mod schedules;

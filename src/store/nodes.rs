@@ -15,6 +15,9 @@ pub struct NodeRecord {
     pub token_sha: String,
     /// Last heartbeat, ms (Redis clock).
     pub last_seen_ms: i64,
+    /// SHA-256 (hex) of the role token that registered it (empty for the admin
+    /// token): the node's streams and locks count against that token's quotas.
+    pub owner: String,
 }
 
 fn node_from_hash(h: &HashMap<String, String>, running: i64) -> Option<NodeRecord> {
@@ -49,6 +52,7 @@ fn node_from_hash(h: &HashMap<String, String>, running: i64) -> Option<NodeRecor
         },
         token_sha: get("token_sha"),
         last_seen_ms: num("last_seen"),
+        owner: get("owner"),
     })
 }
 
@@ -57,7 +61,7 @@ impl Store {
     ///
     /// # Errors
     /// Redis errors.
-    pub async fn register_node(&self, node: &Node, token_sha: &str) -> Result<i64> {
+    pub async fn register_node(&self, node: &Node, token_sha: &str, owner: &str) -> Result<i64> {
         let mut c = self.conn();
         let key = self.keys.node(&node.id);
         let _: () = c
@@ -72,6 +76,7 @@ impl Store {
                     ("tags", node.tags.join(",")),
                     ("capacity", node.capacity.to_string()),
                     ("token_sha", token_sha.to_string()),
+                    ("owner", owner.to_string()),
                 ],
             )
             .await?;

@@ -54,6 +54,8 @@ scripts! {
     heartbeat, node_forget,
     // Queues.
     queue_prune,
+    // Token quotas.
+    quota_claim,
     // Dependencies and batches.
     dep_register, dep_resolved, batch_create, batch_begin, batch_add, batch_child, batch_then,
     // Cron schedules and handler locks.

@@ -129,9 +129,7 @@ impl Timers {
             if rounds.is_multiple_of(60)
                 && let Ok(qs) = self.store.queues().await
             {
-                for q in qs {
-                    let _ = self.store.trim_finished(&q, 1000).await;
-                }
+                let _ = self.store.trim_finished_many(&qs, 1000).await;
             }
         }
     }

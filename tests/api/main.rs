@@ -10,6 +10,7 @@ mod faults;
 mod flow;
 mod helpers;
 mod locks;
+mod quotas;
 mod redis_ha;
 mod router;
 mod schedules;

@@ -2663,6 +2663,20 @@ async fn a_queue_scoped_token_reaches_only_its_queues() {
     // The unscoped read token still sees everything.
     let a = send_as(app, &app.read, "GET", &format!("/v1/tasks/{payroll}"), None).await;
     assert_eq!(a.status, 200);
+    // /metrics: its queues' series only; the unscoped token sees payroll's too.
+    let scoped = send_as(app, &s.read, "GET", "/metrics", None).await;
+    assert_eq!(scoped.status, 200, "{}", scoped.body);
+    assert!(
+        scoped.body.contains("queue=\"images.small\""),
+        "{}",
+        scoped.body
+    );
+    assert!(
+        !scoped.body.contains("payroll"),
+        "a scoped token saw payroll in /metrics"
+    );
+    let all = send_as(app, &app.read, "GET", "/metrics", None).await;
+    assert!(all.body.contains("queue=\"payroll\""), "{}", all.body);
 
     // Nodes: a scoped agent token registers on its queues only.
     let reg = |queues: Value, kind: &str| json!({"name": "n", "queues": queues, "capacity": 1, "kind": kind});
@@ -2822,16 +2836,7 @@ async fn pruner(
     muster::store::Store,
     muster::workers::reconciler::Reconciler,
 ) {
-    let store = crate::support::store_on(&app.redis_url, &app.ns).await;
-    let r = muster::workers::reconciler::Reconciler::new(
-        store.clone(),
-        muster::service::hub::Hub::new(),
-        std::sync::Arc::new(muster::service::directory::Directory::new(
-            Duration::from_millis(100),
-        )),
-    )
-    .with_empty_queue_after(Duration::ZERO);
-    (store, r)
+    crate::support::pruner_on(&app.redis_url, &app.ns).await
 }
 
 /// Issue 16 item 3: one batch of 10,000 tasks on `spam-00000…` left 10,001 entries in

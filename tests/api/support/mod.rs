@@ -52,6 +52,27 @@ pub async fn store_on(redis_url: &str, ns: &str) -> muster::store::Store {
         .expect("store connects")
 }
 
+/// A store on `redis_url` / `ns` and a reconciler that prunes empty queues at once
+/// (no idle time), for tests that empty queues and check they are forgotten.
+pub async fn pruner_on(
+    redis_url: &str,
+    ns: &str,
+) -> (
+    muster::store::Store,
+    muster::workers::reconciler::Reconciler,
+) {
+    let store = store_on(redis_url, ns).await;
+    let r = muster::workers::reconciler::Reconciler::new(
+        store.clone(),
+        muster::service::hub::Hub::new(),
+        std::sync::Arc::new(muster::service::directory::Directory::new(
+            Duration::from_millis(100),
+        )),
+    )
+    .with_empty_queue_after(Duration::ZERO);
+    (store, r)
+}
+
 /// The Redis the end-to-end suites run on: the shared server, or the shared Cluster
 /// under `MUSTER_TEST_BACKEND=cluster` ([`on_cluster`]).
 pub fn e2e_target() -> muster::store::RedisTarget {
