@@ -3,7 +3,7 @@
 //! until SIGTERM/SIGINT, like any worker; the harness measures it from outside.
 //!
 //! Env: `MUSTER_SERVER`, `MUSTER_TOKEN`, `QUEUE` (default `bench`), `CONCURRENCY`
-//! (default 64), `SLEEP_MS` (default 0). Build with
+//! (default 64), `PREFETCH` (default 0), `SLEEP_MS` (default 0). Build with
 //! `cargo build --release --example bench_worker`.
 
 use muster::worker::{Context, Error, Worker};
@@ -25,6 +25,7 @@ async fn main() -> Result<(), Error> {
     Worker::builder()
         .queue(queue)
         .concurrency(env_or("CONCURRENCY", 64u32))
+        .prefetch(env_or("PREFETCH", 0u32))
         .handler("noop", move |_p: Value, _ctx: Context| async move {
             if !sleep.is_zero() {
                 tokio::time::sleep(sleep).await;

@@ -24,7 +24,11 @@ pub(super) async fn lease_loop(
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(agent.config.capacity as usize));
+    // Leases are held to capacity + prefetch; handlers run at most `capacity` at once
+    // (a prefetched task waits for one of those slots, its lease renewed meanwhile).
+    let budget = agent.config.capacity as usize + agent.config.prefetch as usize;
+    let slots = Arc::new(Semaphore::new(budget));
+    let running = Arc::new(Semaphore::new(agent.config.capacity as usize));
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
     let mut last_leased = Instant::now() - super::reports::BUSY;
     loop {
@@ -39,9 +43,7 @@ pub(super) async fn lease_loop(
         };
         // Busy (the last lease brought tasks a moment ago, and most slots are taken): let
         // the slots freeing now join this call, one lease for many instead of one each.
-        if last_leased.elapsed() < super::reports::BUSY
-            && slots.available_permits() < agent.config.capacity as usize / 2
-        {
+        if last_leased.elapsed() < super::reports::BUSY && slots.available_permits() < budget / 2 {
             tokio::time::sleep(super::reports::LINGER).await;
         }
         let max = u32::try_from(slots.available_permits())
@@ -78,7 +80,7 @@ pub(super) async fn lease_loop(
                         .or_else(|| slots.clone().try_acquire_owned().ok());
                     match permit {
                         Some(p) => {
-                            tasks.spawn(run_task(agent.clone(), lease, p));
+                            tasks.spawn(run_task(agent.clone(), lease, p, running.clone()));
                         }
                         None => {
                             tracing::warn!(node_id = %s.id, task_id = %lease.task.id, "server granted more leases than asked; giving it back");
@@ -115,9 +117,15 @@ fn failed_report(lease: &Lease, error: &str, retryable: bool) -> Report {
     }
 }
 
-/// Runs one leased task: the executor raced against renewal and stop requests; the
-/// slot (`permit`) is freed once the outcome is queued for reporting.
-async fn run_task(agent: Arc<Agent>, lease: Lease, permit: OwnedSemaphorePermit) {
+/// Runs one leased task once one of the `running` slots is free (at once without
+/// prefetch): the executor raced against renewal and stop requests; the lease's slot
+/// (`permit`) is freed once the outcome is queued for reporting.
+async fn run_task(
+    agent: Arc<Agent>,
+    lease: Lease,
+    permit: OwnedSemaphorePermit,
+    running: Arc<Semaphore>,
+) {
     let handle = Arc::new(TaskHandle::new(
         lease.lease_token.clone(),
         exec::lease_ttl(&lease),
@@ -128,19 +136,29 @@ async fn run_task(agent: Arc<Agent>, lease: Lease, permit: OwnedSemaphorePermit)
     let span = tracing::info_span!("task", task_id = %task_id, node_id = %node_id, kind = %lease.task.kind);
     async {
         tracing::debug!(attempt = lease.task.attempts, fence = lease.fence, "task started");
-        let started = Instant::now();
-        let ctx = TaskContext::new(&lease, handle.stop.clone(), handle.progress.clone());
-        let run = agent.runner.run_with(&lease, ctx);
-        tokio::pin!(run);
-        let outcome = tokio::select! {
-            r = &mut run => Some(r),
+        // A prefetched task waits for a free slot; stopped meanwhile (cancelled, the
+        // shutdown, its lease lost) it never starts and is reported by the reason.
+        let slot = tokio::select! {
+            biased;
             _ = handle.stop.cancelled() => None,
+            s = running.acquire_owned() => s.ok(),
         };
-        if outcome.is_none() && agent.runner.in_process() {
-            // In-process handlers see the stop through their context: give them a
-            // moment to notice and clean up before the future is dropped. Whatever
-            // they return now is not reported (the stop reason decides).
-            let _ = tokio::time::timeout(STOP_GRACE, &mut run).await;
+        let started = Instant::now();
+        let mut outcome = None;
+        if slot.is_some() {
+            let ctx = TaskContext::new(&lease, handle.stop.clone(), handle.progress.clone());
+            let run = agent.runner.run_with(&lease, ctx);
+            tokio::pin!(run);
+            outcome = tokio::select! {
+                r = &mut run => Some(r),
+                _ = handle.stop.cancelled() => None,
+            };
+            if outcome.is_none() && agent.runner.in_process() {
+                // In-process handlers see the stop through their context: give them a
+                // moment to notice and clean up before the future is dropped. Whatever
+                // they return now is not reported (the stop reason decides).
+                let _ = tokio::time::timeout(STOP_GRACE, &mut run).await;
+            }
         }
         {
             let mut running = lock(&agent.running);
@@ -181,6 +199,7 @@ async fn run_task(agent: Arc<Agent>, lease: Lease, permit: OwnedSemaphorePermit)
         if let Some(r) = report {
             agent.send_report(r);
         }
+        drop(slot);
         drop(permit);
     }
     .instrument(span)

@@ -77,6 +77,11 @@ pub struct AgentConfig {
     pub queues: Vec<String>,
     /// Tasks run at once.
     pub capacity: u32,
+    /// Tasks leased beyond `capacity`, waiting here for a free slot (default 0): their
+    /// leases are renewed while they wait, so the next tasks are at hand the moment
+    /// slots free, at the cost of holding them away from other nodes meanwhile (as
+    /// Celery's prefetch). The node registers `capacity + prefetch`.
+    pub prefetch: u32,
     /// Node tags.
     pub tags: Vec<String>,
     /// Node name.
@@ -94,6 +99,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("queues", &self.queues)
             .field("capacity", &self.capacity)
+            .field("prefetch", &self.prefetch)
             .field("tags", &self.tags)
             .field("name", &self.name)
             .field("executor", &self.executor)
@@ -142,6 +148,9 @@ pub fn default_name() -> String {
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     if config.capacity == 0 {
         anyhow::bail!("capacity must be at least 1");
+    }
+    if config.capacity.saturating_add(config.prefetch) > 10_000 {
+        anyhow::bail!("capacity + prefetch must be at most 10000 (a node's capacity)");
     }
     let client = Client::builder(&config.servers)
         .connect_timeout(CONNECT_TIMEOUT)
@@ -300,6 +309,7 @@ pub(crate) mod tests {
             token: Some("admin".into()),
             queues: vec!["default".into()],
             capacity: 2,
+            prefetch: 0,
             tags: vec![],
             name: "test".into(),
             executor: Executor::Builtin,

@@ -154,7 +154,7 @@ pub(super) fn register_body(config: &AgentConfig) -> RegisterNode {
         name: config.name.clone(),
         queues: config.queues.clone(),
         tags: config.tags.clone(),
-        capacity: Some(i64::from(config.capacity)),
+        capacity: Some(i64::from(config.capacity) + i64::from(config.prefetch)),
         kind: Some(NodeKind::Machine),
     }
 }

@@ -25,6 +25,10 @@ pub struct AgentArgs {
     /// Tasks run at once.
     #[arg(long, default_value_t = 1)]
     pub capacity: u32,
+    /// Tasks leased beyond --capacity, waiting for a free slot (their leases renewed):
+    /// the next tasks are at hand when slots free, held from other nodes meanwhile.
+    #[arg(long, default_value_t = 0)]
+    pub prefetch: u32,
     /// Node tag; repeat for several.
     #[arg(long = "tag")]
     pub tags: Vec<String>,
@@ -76,6 +80,7 @@ fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
         token: args.token,
         queues: args.queues,
         capacity: args.capacity,
+        prefetch: args.prefetch,
         tags: args.tags,
         name: args
             .name

@@ -151,6 +151,7 @@ async fn run_stack(
             token: Some(token.to_string()),
             queues: args.queues.clone(),
             capacity: args.capacity,
+            prefetch: 0,
             tags: Vec::new(),
             name: format!("dev-agent-{i}"),
             executor: executor.clone(),

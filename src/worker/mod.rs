@@ -156,6 +156,7 @@ pub struct WorkerBuilder {
     token: Option<String>,
     queues: Vec<String>,
     concurrency: u32,
+    prefetch: u32,
     name: Option<String>,
     tags: Vec<String>,
     grace: Duration,
@@ -194,6 +195,16 @@ impl WorkerBuilder {
     /// Tasks run at once (the node's capacity).
     pub fn concurrency(mut self, n: u32) -> Self {
         self.concurrency = n;
+        self
+    }
+
+    /// Tasks leased beyond the concurrency, waiting in the worker for a free slot
+    /// (default 0: leases are sized to the free slots). Short tasks that end in waves
+    /// (many handlers awaiting the same kind of I/O) start the moment slots free
+    /// instead of after a round trip; the prefetched tasks are held away from other
+    /// workers meanwhile, so keep it small for long tasks. Their leases are renewed.
+    pub fn prefetch(mut self, n: u32) -> Self {
+        self.prefetch = n;
         self
     }
 
@@ -262,6 +273,11 @@ impl WorkerBuilder {
         if self.concurrency == 0 {
             return Err(Error::Config("concurrency must be at least 1".into()));
         }
+        if self.concurrency.saturating_add(self.prefetch) > 10_000 {
+            return Err(Error::Config(
+                "concurrency + prefetch must be at most 10000".into(),
+            ));
+        }
         if self.servers.is_empty() {
             return Err(Error::Config("no server URL".into()));
         }
@@ -284,6 +300,7 @@ impl WorkerBuilder {
                 token: self.token,
                 queues,
                 capacity: self.concurrency,
+                prefetch: self.prefetch,
                 tags: self.tags,
                 name: self.name.unwrap_or_else(agent::default_name),
                 executor: Executor::Handler(Arc::new(self.registry)),
@@ -322,6 +339,7 @@ impl Worker {
                 .filter(|t| !t.trim().is_empty()),
             queues: Vec::new(),
             concurrency: DEFAULT_CONCURRENCY,
+            prefetch: 0,
             name: None,
             tags: Vec::new(),
             grace: DEFAULT_GRACE,

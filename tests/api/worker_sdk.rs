@@ -350,3 +350,102 @@ async fn node_extend_is_for_the_nodes_own_token_and_checks_its_size() {
         .await
         .expect(422);
 }
+
+/// `prefetch(3)` at concurrency 2: the node registers capacity 5 and holds five
+/// leases, but never more than two handlers run at once; a prefetched task cancelled
+/// while it waits ends cancelled without its handler ever starting; the rest run as
+/// slots free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetched_tasks_wait_for_a_slot_and_a_cancel_reaches_them_before_they_start() {
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
+    let app = spawn_app().await;
+    let started: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let gate = Arc::new(AtomicBool::new(false));
+    let (s, n, m, g) = (started.clone(), now.clone(), most.clone(), gate.clone());
+    let w = Running::start(builder(&app).concurrency(2).prefetch(3).handler(
+        "hold",
+        move |_p: Value, ctx: Context| {
+            let (s, n, m, g) = (s.clone(), n.clone(), m.clone(), g.clone());
+            async move {
+                s.lock().expect("lock").push(ctx.task_id().to_string());
+                let at_once = n.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(at_once, Ordering::SeqCst);
+                while !g.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                n.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, Error>(Value::Null)
+            }
+        },
+    ));
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(submit(&app, "hold", json!({}), json!({})).await);
+    }
+    eventually(Duration::from_secs(20), "five leases held", || async {
+        (app.api.queue_counts("math").await.running == 5).then_some(())
+    })
+    .await;
+    let nodes = app.api.nodes().await;
+    let node = nodes
+        .iter()
+        .find(|n| n.name == "sdk-test")
+        .expect("the worker's node");
+    assert_eq!(node.capacity, 5, "concurrency + prefetch");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        started.lock().expect("lock").len(),
+        2,
+        "two handlers run, three wait"
+    );
+
+    // A prefetched (leased, not started) task, cancelled.
+    let mut waiting = None;
+    for id in &ids {
+        if app.api.task(id).await.state == TaskState::Running
+            && !started.lock().expect("lock").contains(id)
+        {
+            waiting = Some(id.clone());
+            break;
+        }
+    }
+    let waiting = waiting.expect("a prefetched task");
+    app.api
+        .post(&format!("/v1/tasks/{waiting}/cancel"), &json!({}))
+        .await
+        .expect(200);
+    let t = app
+        .api
+        .wait_terminal(&waiting, Duration::from_secs(15))
+        .await;
+    assert_eq!(t.state, TaskState::Cancelled, "{t:?}");
+
+    gate.store(true, Ordering::SeqCst);
+    for id in ids.iter().filter(|i| **i != waiting) {
+        let t = app.api.wait_terminal(id, Duration::from_secs(20)).await;
+        assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+    }
+    assert!(
+        !started.lock().expect("lock").contains(&waiting),
+        "the cancelled prefetched task's handler ran"
+    );
+    assert_eq!(started.lock().expect("lock").len(), 5);
+    assert_eq!(most.load(Ordering::SeqCst), 2, "handlers at once");
+    w.stop().await;
+}
+
+#[test]
+fn a_prefetch_past_a_nodes_capacity_is_refused() {
+    let e = Worker::builder()
+        .server("http://127.0.0.1:1")
+        .concurrency(9_000)
+        .prefetch(1_001)
+        .handler("k", |_p: Value, _c: Context| async {
+            Ok::<_, Error>(Value::Null)
+        })
+        .build()
+        .expect_err("too many");
+    assert!(e.to_string().contains("prefetch"), "{e}");
+}

@@ -93,6 +93,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=20000)
     ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--prefetch", type=int, default=0)
     ap.add_argument("--handler", choices=["async", "sync"], default="async")
     ap.add_argument("--server")
     ap.add_argument("--token")
@@ -122,7 +123,8 @@ def main() -> None:
                                   queue=q)
                 enqueue_s = time.perf_counter() - t0
 
-        w = Worker(queues=[q], concurrency=a.concurrency, server=url, token=token, handle_signals=False)
+        w = Worker(queues=[q], concurrency=a.concurrency, prefetch=a.prefetch, server=url, token=token,
+                   handle_signals=False)
         state = {"n": 0, "first": None, "last": None}
         n = a.n
 

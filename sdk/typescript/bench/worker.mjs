@@ -1,5 +1,5 @@
 // The worker process of bench/noop.mjs and scripts/bench-sdk: one Worker with a no-op
-// handler. Env: QUEUE, CONCURRENCY, N, SLEEP_MS (0: the handler returns at once; else it
+// handler. Env: QUEUE, CONCURRENCY, PREFETCH, N, SLEEP_MS (0: the handler returns at once; else it
 // awaits a timer of that many ms), SPAWNED_AT (epoch ms), plus MUSTER_SERVER /
 // MUSTER_TOKEN. Prints one JSON line when N reports were accepted, then exits.
 import { Worker } from "../dist/index.js";
@@ -11,6 +11,7 @@ const now = () => performance.timeOrigin + performance.now();
 const w = new Worker({
   queues: [process.env.QUEUE],
   concurrency: Number(process.env.CONCURRENCY || 64),
+  prefetch: Number(process.env.PREFETCH || 0),
   handleSignals: false,
   logger: null,
 });

@@ -50,6 +50,14 @@ export interface WorkerOptions {
     queues?: string[];
     /** Handlers run at once; the node's capacity (default 10, at most 10,000). */
     concurrency?: number;
+    /**
+     * Tasks leased beyond `concurrency`, waiting in the worker for a free slot (default
+     * 0: leases are sized to the free slots). Their leases are renewed while they wait,
+     * so short tasks that end in waves start at once; prefetched tasks are held from
+     * other workers meanwhile, so keep it small for long tasks. The node registers
+     * `concurrency + prefetch`.
+     */
+    prefetch?: number;
     /** Control-plane URL(s), tried in turn on connection errors. Default `MUSTER_SERVER`. */
     server?: string | string[];
     /** Token allowed to register nodes (role agent or admin). Default `MUSTER_TOKEN`. */
@@ -141,6 +149,8 @@ export declare class TaskContext<P = any> {
 export declare class Worker {
     readonly queues: readonly string[];
     readonly concurrency: number;
+    /** Tasks leased beyond `concurrency`, waiting for a slot. */
+    readonly prefetch: number;
     readonly name: string;
     readonly tags: readonly string[];
     readonly graceMs: number;
@@ -159,6 +169,10 @@ export declare class Worker {
     private readonly running;
     /** Handlers started and not settled: the slots in use (a stopped handler keeps its slot until it settles). */
     private busy;
+    /** Handlers running now (at most `concurrency`). */
+    private executing;
+    /** Prefetched tasks waiting for a slot, oldest first. */
+    private waiting;
     private slotWaiter;
     private idleWaiter;
     /** Pre-serialized report items waiting to be sent, and what each was about. */
@@ -219,6 +233,8 @@ export declare class Worker {
     private wakeLeaser;
     private leaseLoop;
     private start;
+    /** Runs a leased task's handler in a free slot. */
+    private execute;
     /** A handler settled: report its outcome (unless it was stopped) and free its slot. */
     private settle;
     /** The lease is done with: queue its report (if any) and stop renewing it. */

@@ -96,6 +96,8 @@ export class TaskContext {
     /** @internal */ _renewing = false;
     /** @internal */ _finished = false;
     /** @internal */ _settled = false;
+    /** @internal Prefetched, waiting for a free slot. */ _queued = false;
+    /** @internal Its handler was started. */ _ran = false;
     /** @internal */ _stop;
     /** @internal */ _controller;
     /** @internal */ _timer;
@@ -186,6 +188,8 @@ export class TaskContext {
 export class Worker {
     queues;
     concurrency;
+    /** Tasks leased beyond `concurrency`, waiting for a slot. */
+    prefetch;
     name;
     tags;
     graceMs;
@@ -212,6 +216,10 @@ export class Worker {
     running = new Map();
     /** Handlers started and not settled: the slots in use (a stopped handler keeps its slot until it settles). */
     busy = 0;
+    /** Handlers running now (at most `concurrency`). */
+    executing = 0;
+    /** Prefetched tasks waiting for a slot, oldest first. */
+    waiting = [];
     slotWaiter;
     idleWaiter;
     /** Pre-serialized report items waiting to be sent, and what each was about. */
@@ -241,6 +249,11 @@ export class Worker {
         if (!Number.isInteger(c) || c < 1 || c > 10_000)
             throw new RangeError("concurrency must be an integer from 1 to 10000");
         this.concurrency = c;
+        const p = options.prefetch ?? 0;
+        if (!Number.isInteger(p) || p < 0 || c + p > 10_000) {
+            throw new RangeError("prefetch must be an integer from 0, with concurrency + prefetch at most 10000");
+        }
+        this.prefetch = p;
         this.name = options.name?.trim() || `${hostname()}-${process.pid}`;
         this.tags = options.tags ? [...options.tags] : [];
         this.graceMs = Math.max(0, options.graceMs ?? 30_000);
@@ -367,7 +380,7 @@ export class Worker {
             name: this.name,
             queues: this.queues,
             tags: this.tags,
-            capacity: this.concurrency,
+            capacity: this.concurrency + this.prefetch,
             kind: "machine",
         });
     }
@@ -486,7 +499,7 @@ export class Worker {
         const backoff = new Backoff(250, 10_000);
         const halfWait = this.leaseWaitMs / 2;
         while (!this.stopping) {
-            const free = this.concurrency - this.busy;
+            const free = this.concurrency + this.prefetch - this.busy;
             if (free <= 0) {
                 await new Promise((r) => (this.slotWaiter = r));
                 continue;
@@ -535,7 +548,7 @@ export class Worker {
             const now = Date.now();
             for (let i = 0; i < leases.length; i++) {
                 const l = leases[i];
-                if (this.stopping || this.busy >= this.concurrency) {
+                if (this.stopping || this.busy >= this.concurrency + this.prefetch) {
                     // Granted while stopping (or more than asked): hand it back at once.
                     this.queueReport(l.task.id, l.lease_token, failedItem(l.task.id, l.lease_token, SHUTDOWN_ERROR, true), true);
                     continue;
@@ -555,6 +568,20 @@ export class Worker {
         this.stats.started++;
         if (ctx._ttlMs / 6 < this.tickMs)
             this.retick(ctx._ttlMs / 6);
+        if (this.executing >= this.concurrency) {
+            // Prefetched: it runs when a slot frees (its lease renewed meanwhile).
+            ctx._queued = true;
+            this.waiting.push(ctx);
+            return;
+        }
+        this.execute(ctx);
+    }
+    /** Runs a leased task's handler in a free slot. */
+    execute(ctx) {
+        const lease = ctx._raw;
+        ctx._queued = false;
+        ctx._ran = true;
+        this.executing++;
         const maxRun = lease.task.max_run_ms;
         if (typeof maxRun === "number" && maxRun > 0) {
             ctx._timer = setTimeout(() => this.stopTask(ctx, "timeout"), maxRun);
@@ -585,6 +612,12 @@ export class Worker {
         if (ctx._settled)
             return;
         ctx._settled = true;
+        if (ctx._ran) {
+            this.executing--;
+            const next = this.waiting.shift();
+            if (next)
+                this.execute(next);
+        }
         if (ctx._timer)
             clearTimeout(ctx._timer);
         if (!ctx._finished) {
@@ -637,6 +670,14 @@ export class Worker {
                 this.log.warn("lease lost: task stopped, not reported", { task_id: id });
                 this.finishTask(ctx, undefined, false);
                 break;
+        }
+        if (ctx._queued) {
+            // Stopped before it started: its slot in the prefetch frees now.
+            ctx._queued = false;
+            const i = this.waiting.indexOf(ctx);
+            if (i >= 0)
+                this.waiting.splice(i, 1);
+            this.settle(ctx, false, undefined);
         }
     }
     // ---- lease renewal -------------------------------------------------------------------

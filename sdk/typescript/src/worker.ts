@@ -99,6 +99,14 @@ export interface WorkerOptions {
   queues?: string[];
   /** Handlers run at once; the node's capacity (default 10, at most 10,000). */
   concurrency?: number;
+  /**
+   * Tasks leased beyond `concurrency`, waiting in the worker for a free slot (default
+   * 0: leases are sized to the free slots). Their leases are renewed while they wait,
+   * so short tasks that end in waves start at once; prefetched tasks are held from
+   * other workers meanwhile, so keep it small for long tasks. The node registers
+   * `concurrency + prefetch`.
+   */
+  prefetch?: number;
   /** Control-plane URL(s), tried in turn on connection errors. Default `MUSTER_SERVER`. */
   server?: string | string[];
   /** Token allowed to register nodes (role agent or admin). Default `MUSTER_TOKEN`. */
@@ -194,6 +202,8 @@ export class TaskContext<P = any> {
   /** @internal */ _renewing = false;
   /** @internal */ _finished = false;
   /** @internal */ _settled = false;
+  /** @internal Prefetched, waiting for a free slot. */ _queued = false;
+  /** @internal Its handler was started. */ _ran = false;
   /** @internal */ _stop: StopReason | undefined;
   /** @internal */ _controller: AbortController | undefined;
   /** @internal */ _timer: NodeJS.Timeout | undefined;
@@ -290,6 +300,8 @@ export class TaskContext<P = any> {
 export class Worker {
   readonly queues: readonly string[];
   readonly concurrency: number;
+  /** Tasks leased beyond `concurrency`, waiting for a slot. */
+  readonly prefetch: number;
   readonly name: string;
   readonly tags: readonly string[];
   readonly graceMs: number;
@@ -318,6 +330,10 @@ export class Worker {
   private readonly running = new Map<string, TaskContext>();
   /** Handlers started and not settled: the slots in use (a stopped handler keeps its slot until it settles). */
   private busy = 0;
+  /** Handlers running now (at most `concurrency`). */
+  private executing = 0;
+  /** Prefetched tasks waiting for a slot, oldest first. */
+  private waiting: TaskContext[] = [];
   private slotWaiter: (() => void) | undefined;
   private idleWaiter: (() => void) | undefined;
 
@@ -349,6 +365,11 @@ export class Worker {
     const c = options.concurrency ?? 10;
     if (!Number.isInteger(c) || c < 1 || c > 10_000) throw new RangeError("concurrency must be an integer from 1 to 10000");
     this.concurrency = c;
+    const p = options.prefetch ?? 0;
+    if (!Number.isInteger(p) || p < 0 || c + p > 10_000) {
+      throw new RangeError("prefetch must be an integer from 0, with concurrency + prefetch at most 10000");
+    }
+    this.prefetch = p;
     this.name = options.name?.trim() || `${hostname()}-${process.pid}`;
     this.tags = options.tags ? [...options.tags] : [];
     this.graceMs = Math.max(0, options.graceMs ?? 30_000);
@@ -474,7 +495,7 @@ export class Worker {
       name: this.name,
       queues: this.queues,
       tags: this.tags,
-      capacity: this.concurrency,
+      capacity: this.concurrency + this.prefetch,
       kind: "machine",
     });
   }
@@ -590,7 +611,7 @@ export class Worker {
     const backoff = new Backoff(250, 10_000);
     const halfWait = this.leaseWaitMs / 2;
     while (!this.stopping) {
-      const free = this.concurrency - this.busy;
+      const free = this.concurrency + this.prefetch - this.busy;
       if (free <= 0) {
         await new Promise<void>((r) => (this.slotWaiter = r));
         continue;
@@ -635,7 +656,7 @@ export class Worker {
       const now = Date.now();
       for (let i = 0; i < leases.length; i++) {
         const l = leases[i]!;
-        if (this.stopping || this.busy >= this.concurrency) {
+        if (this.stopping || this.busy >= this.concurrency + this.prefetch) {
           // Granted while stopping (or more than asked): hand it back at once.
           this.queueReport(l.task.id, l.lease_token, failedItem(l.task.id, l.lease_token, SHUTDOWN_ERROR, true), true);
           continue;
@@ -654,6 +675,21 @@ export class Worker {
     this.busy++;
     this.stats.started++;
     if (ctx._ttlMs / 6 < this.tickMs) this.retick(ctx._ttlMs / 6);
+    if (this.executing >= this.concurrency) {
+      // Prefetched: it runs when a slot frees (its lease renewed meanwhile).
+      ctx._queued = true;
+      this.waiting.push(ctx);
+      return;
+    }
+    this.execute(ctx);
+  }
+
+  /** Runs a leased task's handler in a free slot. */
+  private execute(ctx: TaskContext): void {
+    const lease = ctx._raw;
+    ctx._queued = false;
+    ctx._ran = true;
+    this.executing++;
     const maxRun = lease.task.max_run_ms;
     if (typeof maxRun === "number" && maxRun > 0) {
       ctx._timer = setTimeout(() => this.stopTask(ctx, "timeout"), maxRun);
@@ -685,6 +721,11 @@ export class Worker {
   private settle(ctx: TaskContext, ok: boolean, value: unknown): void {
     if (ctx._settled) return;
     ctx._settled = true;
+    if (ctx._ran) {
+      this.executing--;
+      const next = this.waiting.shift();
+      if (next) this.execute(next);
+    }
     if (ctx._timer) clearTimeout(ctx._timer);
     if (!ctx._finished) {
       if (ok) {
@@ -734,6 +775,13 @@ export class Worker {
         this.log.warn("lease lost: task stopped, not reported", { task_id: id });
         this.finishTask(ctx, undefined, false);
         break;
+    }
+    if (ctx._queued) {
+      // Stopped before it started: its slot in the prefetch frees now.
+      ctx._queued = false;
+      const i = this.waiting.indexOf(ctx);
+      if (i >= 0) this.waiting.splice(i, 1);
+      this.settle(ctx, false, undefined);
     }
   }
 

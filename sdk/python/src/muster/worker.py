@@ -315,11 +315,15 @@ class _Threads:
             if item is None:
                 return
             ctx, fn = item
-            try:
-                result = fn(ctx._t.get("payload"), ctx)
-                out = _success_item(ctx.task_id, ctx._token, result)
-            except BaseException as e:  # noqa: BLE001 - every failure is reported
-                out = _failure_item(ctx.task_id, ctx._token, e)
+            out: Optional[bytes]
+            if ctx._reason is not None:
+                out = None  # stopped while it waited for a thread: its report is queued
+            else:
+                try:
+                    result = fn(ctx._t.get("payload"), ctx)
+                    out = _success_item(ctx.task_id, ctx._token, result)
+                except BaseException as e:  # noqa: BLE001 - every failure is reported
+                    out = _failure_item(ctx.task_id, ctx._token, e)
             with self._lock:
                 self._done.append((ctx, out))
                 wake = not self._wake_pending
@@ -346,7 +350,11 @@ class Worker:
     ``server`` is one URL, a comma-separated list or a sequence (fail-over in turn),
     else ``MUSTER_SERVER``; ``token`` (else ``MUSTER_TOKEN``) must be allowed to
     register nodes (the ``agent`` or ``admin`` role). ``threads`` caps the threads of
-    sync handlers (default: ``concurrency``). ``grace`` is how long running tasks may
+    sync handlers (default: ``concurrency``). ``prefetch`` tasks may be leased beyond
+    ``concurrency`` and wait in the worker for a free slot (default 0: leases are sized
+    to the free slots); their leases are renewed while they wait, so short tasks that
+    end in waves start at once, but prefetched tasks are held from other workers
+    meanwhile (keep it small for long tasks). ``grace`` is how long running tasks may
     finish after a drain starts. ``register_timeout`` is how long the first
     registration retries a server that is away (None: forever); a refused token is
     never retried. ``http="httpx"`` sends the worker's calls through ``httpx`` (proxy
@@ -368,6 +376,7 @@ class Worker:
         queues: Union[str, Sequence[str]] = ("default",),
         concurrency: int = 64,
         *,
+        prefetch: int = 0,
         server: tr.ServerSpec = None,
         token: Optional[str] = None,
         tags: Sequence[str] = (),
@@ -383,6 +392,7 @@ class Worker:
             raise ValueError("http must be 'builtin' or 'httpx'")
         self.queues: List[str] = [queues] if isinstance(queues, str) else list(queues)
         self.concurrency = int(concurrency)
+        self.prefetch = int(prefetch)
         self.server = server
         self.token = token
         self.tags = list(tags)
@@ -463,6 +473,8 @@ class Worker:
         when it runs in the main thread)."""
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if self.prefetch < 0 or self.concurrency + self.prefetch > 10_000:
+            raise ValueError("prefetch must be 0 or more, and concurrency + prefetch at most 10000")
         if not self.queues:
             raise ValueError("give at least one queue")
         loop = asyncio.get_running_loop()
@@ -527,7 +539,10 @@ class _Run:
         self.loop_thread = threading.get_ident()
         self.renew_next = float("inf")  # when the renewal loop wakes next
         self.renew_wake = asyncio.Event()
-        self.free = worker.concurrency
+        # Leases held: up to concurrency + prefetch; handlers at once: concurrency (async
+        # ones wait on `running`; sync ones on the thread pool, sized to concurrency).
+        self.free = worker.concurrency + worker.prefetch
+        self.running = asyncio.Semaphore(worker.concurrency)
         self.slot_freed = asyncio.Event()
         self.idle = asyncio.Event()
         self.reports: List[bytes] = []
@@ -581,7 +596,7 @@ class _Run:
                 "name": self.name,
                 "queues": self.w.queues,
                 "tags": self.w.tags,
-                "capacity": self.w.concurrency,
+                "capacity": self.w.concurrency + self.w.prefetch,
                 "kind": "machine",
             }
         )
@@ -861,7 +876,8 @@ class _Run:
 
     async def run_async(self, ctx: Context, fn: Handler) -> None:
         try:
-            result = await fn(ctx._t.get("payload"), ctx)
+            async with self.running:
+                result = await fn(ctx._t.get("payload"), ctx)
         except asyncio.CancelledError:
             if ctx._reason is None:  # not our doing: the loop is going away
                 self.finish(ctx, _report_item(ctx.task_id, ctx._token, "failed", SHUTDOWN_ERROR, True))
