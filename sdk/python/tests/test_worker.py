@@ -351,3 +351,57 @@ def test_a_result_the_server_refuses_fails_the_task_for_good(client, queue, star
     done = client.wait(client.submit("big", queue=queue, max_attempts=3), timeout=30)
     assert done.state == "failed" and done.attempts == 1
     assert "the server refused the result (413" in done.error
+
+
+@pytest.mark.parametrize("flavour", ["async", "sync"])
+def test_prefetched_tasks_wait_for_a_slot_and_a_cancel_reaches_them_before_they_start(
+    client, server, queue, start_worker, flavour
+):
+    w = Worker(queues=[queue], concurrency=2, prefetch=3)
+    started = []
+    gate = threading.Event()
+    lock = threading.Lock()
+    at_once = {"now": 0, "most": 0}
+
+    def enter(task_id):
+        with lock:
+            started.append(task_id)
+            at_once["now"] += 1
+            at_once["most"] = max(at_once["most"], at_once["now"])
+
+    def leave():
+        with lock:
+            at_once["now"] -= 1
+
+    if flavour == "async":
+        @w.task("hold")
+        async def hold(payload, ctx):
+            enter(ctx.task_id)
+            while not gate.is_set():
+                await asyncio.sleep(0.02)
+            leave()
+    else:
+        @w.task("hold")
+        def hold(payload, ctx):
+            enter(ctx.task_id)
+            gate.wait(30)
+            leave()
+
+    start_worker(w)
+    ids = [client.submit("hold", queue=queue).id for _ in range(6)]
+    # Five leases held (two running, three prefetched), the sixth waits on the server.
+    wait_until(lambda: sum(client.get(i).state == "running" for i in ids) == 5, 20, what="five leases")
+    time.sleep(0.3)
+    assert len(started) == 2
+    nodes = httpx.get(server.url + "/v1/nodes", headers={"authorization": f"Bearer {ADMIN_TOKEN}"}).json()
+    mine = [n for n in nodes["items"] if n["id"] == w.node_id]
+    assert mine and mine[0]["capacity"] == 5
+    waiting = next(i for i in ids if client.get(i).state == "running" and i not in started)
+    client.cancel(waiting)
+    assert client.wait(waiting, timeout=15).state == "cancelled"
+    gate.set()
+    for i in ids:
+        if i != waiting:
+            assert client.wait(i, timeout=30).state == "succeeded"
+    assert waiting not in started
+    assert len(started) == 5 and at_once["most"] == 2

@@ -205,7 +205,7 @@ export declare class Worker {
     task<P = any, R = unknown>(kind: string, handler: Handler<P, R>): this;
     /** The node id, once registered. */
     get nodeId(): string | undefined;
-    /** Handlers running now. */
+    /** Handlers running now (prefetched tasks waiting for a slot not counted). */
     get active(): number;
     /**
      * Runs until {@link Worker.stop} or SIGTERM/SIGINT, then drains. Resolves after the

@@ -283,9 +283,9 @@ export class Worker {
     get nodeId() {
         return this.session?.id;
     }
-    /** Handlers running now. */
+    /** Handlers running now (prefetched tasks waiting for a slot not counted). */
     get active() {
-        return this.busy;
+        return this.executing;
     }
     /**
      * Runs until {@link Worker.stop} or SIGTERM/SIGINT, then drains. Resolves after the

@@ -399,9 +399,9 @@ export class Worker {
     return this.session?.id;
   }
 
-  /** Handlers running now. */
+  /** Handlers running now (prefetched tasks waiting for a slot not counted). */
   get active(): number {
-    return this.busy;
+    return this.executing;
   }
 
   /**

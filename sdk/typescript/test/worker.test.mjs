@@ -244,6 +244,55 @@ describe("Worker", () => {
     assert.ok(peak >= 2, `peak ${peak}`);
   });
 
+  test("prefetch: leases held to concurrency + prefetch, handlers to concurrency; a waiting one cancelled never starts", async () => {
+    const started = [];
+    let now = 0;
+    let most = 0;
+    let release;
+    const gate = new Promise((r) => (release = r));
+    const { w, q } = startWorker(
+      {
+        hold: async (_p, ctx) => {
+          started.push(ctx.taskId);
+          now++;
+          most = Math.max(most, now);
+          await gate;
+          now--;
+          return null;
+        },
+      },
+      { concurrency: 2, prefetch: 3 },
+    );
+    const ids = [];
+    for (let i = 0; i < 6; i++) ids.push((await client.submit("hold", {}, { queue: q })).id);
+    await until(async () => {
+      const states = await Promise.all(ids.map(async (id) => (await client.get(id)).state));
+      return states.filter((s) => s === "running").length === 5;
+    }, { ms: 20_000, what: "five leases held" });
+    await delay(300);
+    assert.equal(started.length, 2, "two handlers run, three wait");
+    const nodes = await (await fetch(`${stack.url}/v1/nodes`, { headers: { authorization: `Bearer ${stack.token}` } })).json();
+    assert.equal(nodes.items.find((n) => n.id === w.nodeId)?.capacity, 5);
+    let waiting;
+    for (const id of ids) {
+      if ((await client.get(id)).state === "running" && !started.includes(id)) {
+        waiting = id;
+        break;
+      }
+    }
+    assert.ok(waiting, "a prefetched task");
+    await client.cancel(waiting);
+    assert.equal((await client.wait(waiting, { timeoutMs: 15_000 })).state, "cancelled");
+    release();
+    for (const id of ids.filter((i) => i !== waiting)) {
+      assert.equal((await client.wait(id, { timeoutMs: 30_000 })).state, "succeeded");
+    }
+    assert.ok(!started.includes(waiting), "the cancelled prefetched task's handler ran");
+    assert.equal(started.length, 5);
+    assert.equal(most, 2);
+    assert.throws(() => new Worker({ concurrency: 9_000, prefetch: 1_001 }), RangeError);
+  });
+
   test("stop() drains: running handlers finish, then run() resolves and the node is gone", async () => {
     let release;
     const gate = new Promise((r) => (release = r));
