@@ -185,7 +185,7 @@ pub async fn metrics(
     use std::fmt::Write;
     who.require(super::auth::Role::Read)?;
     let mut out = String::new();
-    let queues = st.store.queues().await?;
+    let queues = st.store.queue_names().await?;
     let mut depth = String::new();
     let mut counters = String::new();
     let mut oldest = String::new();

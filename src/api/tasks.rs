@@ -71,7 +71,7 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
 /// Stores validated tasks through the one submit path ([`crate::service::submit`]).
 pub(crate) async fn store_tasks(
     st: &AppState,
-    tasks: &[PreparedTask],
+    tasks: &mut [PreparedTask],
     idem: Option<&str>,
 ) -> ApiResult<Submitted> {
     store_tasks_bound(st, tasks, idem, "").await
@@ -82,7 +82,7 @@ pub(crate) async fn store_tasks(
 /// `idempotency_key_reused` and nothing stored.
 async fn store_tasks_bound(
     st: &AppState,
-    tasks: &[PreparedTask],
+    tasks: &mut [PreparedTask],
     idem: Option<&str>,
     binding: &str,
 ) -> ApiResult<Submitted> {
@@ -171,9 +171,9 @@ pub async fn tasks_create(
         Some(_) => idem_binding(&caller, "task", &body)?,
         None => String::new(),
     };
-    let task = prepare(body, "")?;
+    let mut task = prepare(body, "")?;
     caller.allow(&task.queue)?;
-    match store_tasks_bound(&st, std::slice::from_ref(&task), idem.as_deref(), &binding).await? {
+    match store_tasks_bound(&st, std::slice::from_mut(&mut task), idem.as_deref(), &binding).await? {
         Submitted::Created { existing, .. } if !existing.is_empty() => {
             // A live task holds the unique key: that one, and nothing created.
             Ok((StatusCode::OK, Json(st.store.task(&existing[0].1).await?)))
@@ -238,7 +238,7 @@ pub async fn tasks_batch(
             ),
         ));
     }
-    let tasks = body
+    let mut tasks = body
         .tasks
         .into_iter()
         .enumerate()
@@ -247,7 +247,7 @@ pub async fn tasks_batch(
     for t in &tasks {
         caller.allow(&t.queue)?;
     }
-    let ids = match store_tasks_bound(&st, &tasks, idem.as_deref(), &binding).await? {
+    let ids = match store_tasks_bound(&st, &mut tasks, idem.as_deref(), &binding).await? {
         Submitted::Created { existing, .. } => {
             let mut ids: Vec<String> = tasks.into_iter().map(|t| t.id).collect();
             for (i, id) in existing {

@@ -47,7 +47,7 @@ pub struct Extended {
 /// [`StoreError::NotFound`] for a malformed id, [`StoreError::LeaseConflict`] for a
 /// malformed token.
 pub(super) fn claim<'a>(id: &'a str, token: &'a str) -> Result<(&'a str, i64, &'a str)> {
-    let queue = validate::task_queue(id).ok_or(StoreError::NotFound {
+    let queue = validate::task_shard(id).ok_or(StoreError::NotFound {
         what: Missing::Task,
     })?;
     let (fence, nonce) = parse_lease_token(token).ok_or(StoreError::LeaseConflict {
@@ -131,11 +131,35 @@ impl Store {
     }
 
     /// Leases up to `max` tasks of `queue` to `node` from its inbox (and, with `pull`,
-    /// straight from pending: human nodes).
+    /// straight from pending: human nodes). A sharded queue's shards are visited in
+    /// turn from a rotating one, until `max` are leased.
     ///
     /// # Errors
     /// Redis errors.
     pub async fn lease(
+        &self,
+        queue: &str,
+        node: &str,
+        max: usize,
+        pull: bool,
+        tags: &str,
+    ) -> Result<Vec<Leased>> {
+        let shards = self.shards_rotated(queue).await?;
+        let mut out = Vec::new();
+        for s in &shards {
+            if out.len() >= max {
+                break;
+            }
+            out.extend(
+                self.lease_shard(s, node, max - out.len(), pull, tags)
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// [`Store::lease`] from one shard (`queue` or `queue~k`).
+    async fn lease_shard(
         &self,
         queue: &str,
         node: &str,

@@ -27,6 +27,7 @@ mod reply;
 pub mod reports;
 pub mod schedules;
 pub mod scripts;
+pub mod shards;
 pub mod tasks;
 mod tokens;
 pub mod tuning;
@@ -61,6 +62,8 @@ pub struct Store {
     bulk: Conn,
     backend: Arc<connection::Backend>,
     scripts: Arc<Scripts>,
+    /// Cached shard counts and the shard rotation ([`shards`]).
+    shards: Arc<shards::ShardTable>,
     timeout: Duration,
 }
 
@@ -109,6 +112,7 @@ impl Store {
             bulk,
             backend: Arc::new(backend),
             scripts: Arc::new(Scripts::new()),
+            shards: Arc::default(),
             timeout,
         })
     }

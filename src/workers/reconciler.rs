@@ -212,14 +212,15 @@ impl Reconciler {
             return;
         }
         match Wakeup::parse(&self.store.keys, msg) {
-            Some(Wakeup::New { queue }) => self.hub.mark_dirty(queue),
+            // Hints name a shard (a queue's own keys are its shard 0).
+            Some(Wakeup::New { queue }) => self.hub.mark_shard_dirty(queue),
             Some(Wakeup::Assigned { node, .. }) => self.hub.wake_node_one(node),
             Some(Wakeup::Done { queue, tasks, .. }) => {
                 for id in tasks {
                     self.hub.wake_task(id);
                 }
                 // A slot freed on a node: this queue (and others) may dispatch more.
-                self.hub.mark_dirty(queue);
+                self.hub.mark_shard_dirty(queue);
             }
             None => tracing::debug!(msg, "unknown wake-up message"),
         }
@@ -250,7 +251,7 @@ impl Reconciler {
                         }
                     }
                 };
-                qs.iter().for_each(|q| self.hub.mark_dirty(q));
+                qs.iter().for_each(|q| self.hub.mark_shard_dirty(q));
             }
             Err(e) => tracing::debug!(error = %e, "sweep: cannot list queues"),
         }
