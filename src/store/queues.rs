@@ -237,9 +237,11 @@ impl Store {
         self.forget_shards(queue);
         // Again after the settings exist (see `update_queue`).
         self.add_queues(&refs).await?;
-        let _: i64 = c
-            .publish(self.channel(), Wakeup::New { queue }.message(&self.keys))
-            .await?;
+        for s in &names {
+            let _: i64 = c
+                .publish(self.channel(), Wakeup::New { queue: s }.message(&self.keys))
+                .await?;
+        }
         Ok(())
     }
 
