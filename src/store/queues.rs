@@ -503,3 +503,19 @@ pub fn max_running_share(m: i64, n: u32, k: u32) -> i64 {
     let n = i64::from(n.max(1));
     m / n + i64::from(i64::from(k) < m % n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::max_running_share;
+
+    #[test]
+    fn the_parts_of_max_running_add_up_to_it_and_none_is_zero() {
+        for (m, n) in [(7, 3), (3, 3), (16, 16), (100, 7), (1_000_000, 16)] {
+            let parts: Vec<i64> = (0..n).map(|k| max_running_share(m, n, k)).collect();
+            assert_eq!(parts.iter().sum::<i64>(), m, "{m} over {n}");
+            assert!(parts.iter().all(|p| *p >= 1), "{parts:?}");
+        }
+        assert_eq!(max_running_share(0, 3, 1), 0);
+        assert_eq!(max_running_share(7, 1, 0), 7);
+    }
+}
