@@ -173,7 +173,8 @@ pub async fn tasks_create(
     };
     let mut task = prepare(body, "")?;
     caller.allow(&task.queue)?;
-    match store_tasks_bound(&st, std::slice::from_mut(&mut task), idem.as_deref(), &binding).await? {
+    let one = std::slice::from_mut(&mut task);
+    match store_tasks_bound(&st, one, idem.as_deref(), &binding).await? {
         Submitted::Created { existing, .. } if !existing.is_empty() => {
             // A live task holds the unique key: that one, and nothing created.
             Ok((StatusCode::OK, Json(st.store.task(&existing[0].1).await?)))

@@ -100,7 +100,11 @@ impl Store {
             }
             let created: Vec<Option<i64>> = pipe.query_async(&mut c).await?;
             let now = self.now_ms().await?;
-            created.into_iter().flatten().min().map(|t| (now - t).max(0))
+            created
+                .into_iter()
+                .flatten()
+                .min()
+                .map(|t| (now - t).max(0))
         };
         let total = |f: &str| conf.get(&format!("q_{f}")).or_else(|| conf.get(f));
         Ok(QueueInfo {

@@ -238,7 +238,10 @@ impl Dispatcher {
                 .inc_by(assigned as u64);
             // Only the nodes that got tasks, one long-poll each (see Hub::wake_node_one).
             for n in &d.nodes {
-                let hint = crate::store::Wakeup::Assigned { queue: shard, node: n };
+                let hint = crate::store::Wakeup::Assigned {
+                    queue: shard,
+                    node: n,
+                };
                 self.hub.expect_echo(hint.message(&self.store.keys));
                 self.hub.wake_node_one(n);
             }

@@ -33,7 +33,11 @@ async fn run_one_by_one(node: &ManualNode, n: usize) -> Vec<Task> {
     let mut order = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while order.len() < n {
-        assert!(Instant::now() < deadline, "only {} of {n} leased", order.len());
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} leased",
+            order.len()
+        );
         for l in node.lease(1, 2000).await {
             node.api
                 .post(
@@ -156,7 +160,10 @@ async fn a_sharded_queue_spreads_its_tasks_over_its_shards_and_reads_as_one_queu
         .collect();
     let keyed_ids = api.submit_batch(keyed).await;
     let s0 = shard_of(&keyed_ids[0]);
-    assert!(keyed_ids.iter().all(|id| shard_of(id) == s0), "{keyed_ids:?}");
+    assert!(
+        keyed_ids.iter().all(|id| shard_of(id) == s0),
+        "{keyed_ids:?}"
+    );
     // A repeat with the same Idempotency-Key answers the same ids (it looks where the
     // first placed them).
     let body = json!({ "tasks": [{ "kind": "echo", "queue": q }, { "kind": "echo", "queue": q }] });
@@ -190,7 +197,10 @@ async fn a_sharded_queue_spreads_its_tasks_over_its_shards_and_reads_as_one_queu
     let info = queue(api, q).await;
     assert_eq!(info.counts.pending, all.len() as i64);
     let list: muster::api::queues::QueuePage = api.get("/v1/queues").await.expect(200).json();
-    assert_eq!(list.items.iter().filter(|i| i.name.starts_with(q)).count(), 1);
+    assert_eq!(
+        list.items.iter().filter(|i| i.name.starts_with(q)).count(),
+        1
+    );
     assert_eq!(api.all_tasks(q, Some("pending")).await.len(), all.len());
 
     // A capacity-1 node: every task exactly once, in priority order within its shard.
@@ -220,12 +230,23 @@ async fn a_sharded_queue_spreads_its_tasks_over_its_shards_and_reads_as_one_queu
     assert_eq!(stats.get("succeeded").copied(), Some(all.len() as i64));
 
     // Pause holds on every shard.
-    put_queue(api, q, json!({ "paused": true })).await.expect(200);
+    put_queue(api, q, json!({ "paused": true }))
+        .await
+        .expect(200);
     let more = api
-        .submit_batch((0..6).map(|_| json!({ "kind": "echo", "queue": q })).collect())
+        .submit_batch(
+            (0..6)
+                .map(|_| json!({ "kind": "echo", "queue": q }))
+                .collect(),
+        )
         .await;
-    assert!(node.lease(6, 800).await.is_empty(), "a paused shard dispatched");
-    put_queue(api, q, json!({ "paused": false })).await.expect(200);
+    assert!(
+        node.lease(6, 800).await.is_empty(),
+        "a paused shard dispatched"
+    );
+    put_queue(api, q, json!({ "paused": false }))
+        .await
+        .expect(200);
     let order = run_one_by_one(&node, more.len()).await;
     assert_eq!(order.len(), more.len());
     assert_doctor_clean(&app.store).await;
@@ -264,7 +285,10 @@ async fn a_sharded_queue_under_load_on_the_cluster_uses_three_primaries_and_runs
     let task = |i: usize| json!({ "kind": "echo", "queue": q, "payload": { "i": i }, "priority": i % 3, "timeout_ms": 20000 });
     let mut ids = Vec::new();
     for chunk in (0..N).collect::<Vec<_>>().chunks(500) {
-        ids.extend(api.submit_batch(chunk.iter().map(|&i| task(i)).collect()).await);
+        ids.extend(
+            api.submit_batch(chunk.iter().map(|&i| task(i)).collect())
+                .await,
+        );
     }
     let mut per_shard = [0usize; 3];
     for id in &ids {
@@ -285,11 +309,27 @@ async fn a_sharded_queue_under_load_on_the_cluster_uses_three_primaries_and_runs
     let mut agents = vec![
         spawn_agent_process(
             &[&app.url],
-            &["--builtin", "--capacity", "64", "--name", "s1", "--queue", &q],
+            &[
+                "--builtin",
+                "--capacity",
+                "64",
+                "--name",
+                "s1",
+                "--queue",
+                &q,
+            ],
         ),
         spawn_agent_process(
             &[&app.url],
-            &["--builtin", "--capacity", "64", "--name", "s2", "--queue", &q],
+            &[
+                "--builtin",
+                "--capacity",
+                "64",
+                "--name",
+                "s2",
+                "--queue",
+                &q,
+            ],
         ),
     ];
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -320,15 +360,21 @@ async fn a_sharded_queue_under_load_on_the_cluster_uses_three_primaries_and_runs
         let shard = validate::shard_name(&q, k);
         let p = cluster.primary_of(&format!("{ns}:{{{shard}}}:stats"));
         let port = cluster.nodes[p].port;
-        let ok: i64 = cli(port, &["hget", &format!("{ns}:{{{shard}}}:stats"), "succeeded"])
-            .trim()
-            .parse()
-            .unwrap_or(-1);
+        let ok: i64 = cli(
+            port,
+            &["hget", &format!("{ns}:{{{shard}}}:stats"), "succeeded"],
+        )
+        .trim()
+        .parse()
+        .unwrap_or(-1);
         assert_eq!(ok, (N / 3) as i64, "shard {k} on primary {p}");
     }
     let info = queue(api, &q).await;
     assert_eq!(info.counts.succeeded, N as i64);
-    assert_eq!(info.counts.running + info.counts.pending + info.counts.assigned, 0);
+    assert_eq!(
+        info.counts.running + info.counts.pending + info.counts.assigned,
+        0
+    );
     for a in &mut agents {
         a.kill9();
     }
