@@ -219,8 +219,10 @@ impl Reconciler {
                 for id in tasks {
                     self.hub.wake_task(id);
                 }
-                // A slot freed on a node: this queue (and others) may dispatch more.
-                self.hub.mark_shard_dirty(queue);
+                // A slot freed on a node: this queue (and others) may dispatch more; every
+                // shard of it (the node's slot may go to any), as after a report here.
+                self.hub
+                    .mark_dirty(crate::domain::validate::split_shard(queue).0);
             }
             None => tracing::debug!(msg, "unknown wake-up message"),
         }
