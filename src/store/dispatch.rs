@@ -2,6 +2,7 @@
 //! a node's inbox), lease (inbox → running), extend (renew a lease), expire (a lease
 //! past its deadline → a failed attempt), and requeue (an inbox → pending).
 
+use super::shards::Visit;
 use super::{
     Code, Missing, Result, Store, StoreError, array, coded, flat_map, int, state_of,
     task_from_hash, text,
@@ -132,7 +133,7 @@ impl Store {
 
     /// Leases up to `max` tasks of `queue` to `node` from its inbox (and, with `pull`,
     /// straight from pending: human nodes). A sharded queue's shards are visited in
-    /// turn from a rotating one, until `max` are leased.
+    /// turn, from the one after the shard that last gave a lease, until `max` are leased.
     ///
     /// # Errors
     /// Redis errors.
@@ -144,16 +145,19 @@ impl Store {
         pull: bool,
         tags: &str,
     ) -> Result<Vec<Leased>> {
-        let shards = self.shards_rotated(queue).await?;
+        let shards = self.shards_rotated(queue, Visit::Lease).await?;
         let mut out = Vec::new();
         for s in &shards {
             if out.len() >= max {
                 break;
             }
-            out.extend(
-                self.lease_shard(s, node, max - out.len(), pull, tags)
-                    .await?,
-            );
+            let got = self
+                .lease_shard(s, node, max - out.len(), pull, tags)
+                .await?;
+            if !got.is_empty() && shards.len() > 1 {
+                self.shard_gave(s, Visit::Lease);
+            }
+            out.extend(got);
         }
         Ok(out)
     }

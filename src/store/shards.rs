@@ -27,9 +27,22 @@ pub const SHARDS_TTL: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 pub(crate) struct ShardTable {
     counts: Mutex<HashMap<String, (Instant, u32)>>,
-    /// Round-robin position: where the next submission starts placing, and where a
-    /// dispatch or a lease over every shard starts (so no shard is always last).
+    /// Round-robin position of placement: where the next submission starts.
     turn: AtomicU64,
+    /// Per queue and purpose (dispatch, lease), the shard a visit of every shard starts
+    /// at: the one after the shard that last gave work, so that shards take turns even
+    /// when a node has room for one task at a time (a shared counter could advance by a
+    /// multiple of N per round and always start at the same shard).
+    starts: Mutex<HashMap<(String, Visit), u32>>,
+}
+
+/// What visits every shard of a queue in turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Visit {
+    /// The dispatcher.
+    Dispatch,
+    /// A node's lease.
+    Lease,
 }
 
 /// A stable 64-bit hash (FNV-1a) of a key, so every replica puts a key on one shard.
@@ -123,18 +136,38 @@ impl Store {
             .collect())
     }
 
-    /// The shards of `queue`, starting at a rotating one: what a dispatch or a lease
-    /// over the whole queue visits, so that no shard always comes last.
+    /// The shards of `queue` in the order a visit of every shard (`what`) goes: from
+    /// the one after the shard that last gave work ([`Store::shard_gave`]), so no shard
+    /// always comes last.
     ///
     /// # Errors
     /// Redis errors.
-    pub async fn shards_rotated(&self, queue: &str) -> Result<Vec<String>> {
+    pub async fn shards_rotated(&self, queue: &str, what: Visit) -> Result<Vec<String>> {
         let mut v = self.shards_of(queue).await?;
         if v.len() > 1 {
-            let start = (self.turn(1) % v.len() as u64) as usize;
-            v.rotate_left(start);
+            let start = self
+                .shards
+                .starts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&(queue.to_string(), what))
+                .copied()
+                .unwrap_or(0);
+            let len = v.len();
+            v.rotate_left(start as usize % len);
         }
         Ok(v)
+    }
+
+    /// Shard `shard` (a name from [`Store::shards_rotated`]) gave work to a visit
+    /// `what`: the next visit of its queue starts at the shard after it.
+    pub fn shard_gave(&self, shard: &str, what: Visit) {
+        let (queue, k) = validate::split_shard(shard);
+        self.shards
+            .starts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((queue.to_string(), what), k + 1);
     }
 
     /// Every shard of every queue given (a node's queues), in order.

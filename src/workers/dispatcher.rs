@@ -17,6 +17,7 @@
 use crate::domain::{NodeKind, NodeStatus, validate};
 use crate::service::directory::Directory;
 use crate::service::hub::{Hub, QueueConf};
+use crate::store::shards::Visit;
 use crate::store::{Store, StoreError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -124,8 +125,8 @@ impl Dispatcher {
     }
 
     /// Dispatches one batch of `name`; returns the number of tasks assigned. Marks it
-    /// dirty again when more could go. `name` is a queue, so every shard of it from a
-    /// rotating one ([`Hub::mark_dirty`]), or one shard, `<queue>~<k>` (shard 0 as
+    /// dirty again when more could go. `name` is a queue, so every shard of it, from the
+    /// one after the shard that last got tasks ([`Hub::mark_dirty`]), or one shard, `<queue>~<k>` (shard 0 as
     /// `<queue>~0`, [`Hub::mark_shard_dirty`]).
     ///
     /// # Errors
@@ -135,11 +136,15 @@ impl Dispatcher {
         let n = self.store.shard_count(queue).await?;
         let shards = match shard {
             Some(k) => vec![validate::shard_name(queue, k)],
-            None => self.store.shards_rotated(queue).await?,
+            None => self.store.shards_rotated(queue, Visit::Dispatch).await?,
         };
         let mut assigned = 0;
         for s in &shards {
-            assigned += self.dispatch_shard(queue, s, n).await?;
+            let got = self.dispatch_shard(queue, s, n).await?;
+            if got > 0 && n > 1 {
+                self.store.shard_gave(s, Visit::Dispatch);
+            }
+            assigned += got;
         }
         Ok(assigned)
     }
