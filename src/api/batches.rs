@@ -54,7 +54,7 @@ fn children(tasks: Vec<NewTask>, batch: &str) -> ApiResult<Vec<PreparedTask>> {
 async fn add_chunk(
     st: &AppState,
     batch: &str,
-    tasks: &[PreparedTask],
+    tasks: &mut [PreparedTask],
     close: bool,
 ) -> ApiResult<Vec<String>> {
     // A child whose unique key a live task holds is answered with that task's id but
@@ -121,7 +121,7 @@ pub async fn batches_create(
 ) -> ApiResult<(StatusCode, Json<Batch>)> {
     who.require(Role::Submit)?;
     let id = ulid::Ulid::generate().to_string();
-    let tasks = children(body.tasks, &id)?;
+    let mut tasks = children(body.tasks, &id)?;
     for t in &tasks {
         caller.allow(&t.queue)?;
     }
@@ -149,7 +149,7 @@ pub async fn batches_create(
     st.store
         .batch_create(&id, then_json.as_deref(), body.open)
         .await?;
-    add_chunk(&st, &id, &tasks, false).await?;
+    add_chunk(&st, &id, &mut tasks, false).await?;
     Ok((StatusCode::CREATED, Json(st.store.batch(&id).await?)))
 }
 
@@ -266,7 +266,7 @@ pub async fn batches_add(
 ) -> ApiResult<(StatusCode, Json<BatchTasksAdded>)> {
     who.require(Role::Submit)?;
     batch_id(&id)?;
-    let tasks = children(body.tasks, &id)?;
+    let mut tasks = children(body.tasks, &id)?;
     for t in &tasks {
         caller.allow(&t.queue)?;
     }
@@ -282,7 +282,7 @@ pub async fn batches_add(
             ));
         }
     }
-    let ids = add_chunk(&st, &id, &tasks, body.close).await?;
+    let ids = add_chunk(&st, &id, &mut tasks, body.close).await?;
     Ok((
         StatusCode::CREATED,
         Json(BatchTasksAdded {

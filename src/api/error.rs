@@ -206,6 +206,12 @@ impl From<StoreError> for ApiError {
                 format!("not allowed while the task is {from}"),
             ),
             e @ StoreError::Unavailable(_) => ApiError::Unavailable(e),
+            e @ StoreError::ShardsShrink { .. } => ApiError::conflict(
+                "shards_shrink",
+                format!(
+                    "{e}: a task id names its shard, so a shard cannot be taken away;                      keep the count, or move the work to a new queue"
+                ),
+            ),
             StoreError::IdempotencyReused { by_another_caller } => ApiError::invalid(
                 "idempotency_key_reused",
                 if by_another_caller {

@@ -66,7 +66,8 @@ impl From<&StreamEvent> for TaskEvent {
         TaskEvent {
             id: e.id(),
             type_: e.type_.clone(),
-            queue: e.queue.clone(),
+            // A shard's stream (`q~k`) shows its queue; the id keeps the shard.
+            queue: validate::split_shard(&e.queue).0.to_string(),
             task: e.task.clone(),
             node: e.node.clone(),
             state: e.state.clone(),
@@ -384,7 +385,11 @@ impl Cursor {
 
     /// Records `e` as seen; whether this client should get it.
     fn take(&mut self, e: &FeedEvent) -> bool {
-        if self.fixed_queue.as_ref().is_some_and(|q| *q != e.ev.queue) {
+        if self
+            .fixed_queue
+            .as_ref()
+            .is_some_and(|q| *q != validate::split_shard(&e.ev.queue).0)
+        {
             return false;
         }
         if e.pos <= self.after(&e.ev.queue) {
@@ -425,7 +430,7 @@ impl Cursor {
     async fn catch_up(&mut self) -> Result<(), crate::store::StoreError> {
         if self.pending.is_none() {
             self.pending = Some(match &self.fixed_queue {
-                Some(q) => vec![q.clone()],
+                Some(q) => self.feed.store.shards_of(q).await?,
                 None => self.feed.store.queues().await?,
             });
         }
@@ -566,7 +571,7 @@ pub async fn events(
                     "Last-Event-ID must be an id this server sent (<ms>-<seq>[.<n>]@<queue>)",
                 )
             })?;
-            if validate::queue_name(&queue).is_ok() {
+            if validate::queue_name(validate::split_shard(&queue).0).is_ok() {
                 seen.insert(queue, pos);
             }
             ((pos.0.saturating_sub(1000), 0, 0), true)

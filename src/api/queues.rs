@@ -2,7 +2,7 @@
 
 use super::auth::{Authorized, Caller, NeedAdmin, Principal, Role};
 use super::error::{ApiError, ApiResult};
-use super::openapi::parts::{BadRequest, Guarded, Invalid, JsonBody, NotFound};
+use super::openapi::parts::{BadRequest, Conflict, Guarded, Invalid, JsonBody, NotFound};
 use super::{AppState, Json};
 use crate::domain::{QueueInfo, QueueUpdate, validate};
 use axum::extract::{Path, Query, State};
@@ -68,7 +68,7 @@ pub async fn queues_list(
     if let Some(c) = &q.cursor {
         validate::queue_name(c).map_err(|e| ApiError::bad("bad_query", format!("cursor: {e}")))?;
     }
-    let mut names = st.store.queues().await?;
+    let mut names = st.store.queue_names().await?;
     // A token limited to some queues sees only those.
     names.retain(|n| caller.reaches(n));
     let start = match &q.cursor {
@@ -88,7 +88,7 @@ pub async fn queues_list(
 
 async fn known(st: &AppState, name: &str) -> ApiResult<()> {
     validate::queue_name(name).map_err(|e| ApiError::bad("bad_queue_name", e))?;
-    if !st.store.queues().await?.iter().any(|q| q == name) {
+    if !st.store.queue_names().await?.iter().any(|q| q == name) {
         return Err(ApiError::NotFound(format!(
             "no queue {name:?}; queues appear when a task or node uses them, or with PUT"
         )));
@@ -135,14 +135,15 @@ pub async fn queues_get(
         (status = 200, body = QueueInfo, description = "The queue"),
         JsonBody,
         Invalid,
+        Conflict,
         Guarded
     )
 )]
-/// `PUT /v1/queues/{name}`: set weight, paused, human_only, max_running, rate_limit
-/// (absent fields unchanged).
+/// `PUT /v1/queues/{name}`: set weight, paused, human_only, max_running, rate_limit,
+/// shards (absent fields unchanged). Every value is checked before anything is written.
 ///
 /// # Errors
-/// 400 bad name, 422 bad values.
+/// 400 bad name, 422 bad values, 409 `shards_shrink` for fewer shards than now.
 pub async fn queues_put(
     State(st): State<AppState>,
     who: Authorized<NeedAdmin>,
@@ -174,6 +175,30 @@ pub async fn queues_put(
             "invalid_queue",
             "rate_limit must be 0 (unlimited) to 1000000 tasks per second",
         ));
+    }
+    if let Some(n) = body.shards
+        && !(1..=i64::from(validate::MAX_SHARDS)).contains(&n)
+    {
+        return Err(ApiError::invalid(
+            "invalid_queue",
+            format!("shards must be 1 to {}", validate::MAX_SHARDS),
+        ));
+    }
+    if body.shards.is_some() || body.max_running.is_some() {
+        // Each shard holds a whole part of max_running: with fewer than one slot per
+        // shard some part would be 0, which means unlimited.
+        let info = st.store.queue_info(&name).await?;
+        let shards = body.shards.unwrap_or(info.shards);
+        let max_running = body.max_running.or(info.max_running).unwrap_or(0);
+        if shards > 1 && (1..shards).contains(&max_running) {
+            return Err(ApiError::invalid(
+                "invalid_queue",
+                format!(
+                    "max_running {max_running} is below shards {shards}: each shard holds a \
+                     part of it, at least 1; set max_running to 0 (unlimited) or at least {shards}"
+                ),
+            ));
+        }
     }
     st.store.update_queue(&name, &body).await?;
     st.hub.forget_conf(&name);

@@ -188,7 +188,7 @@ pub async fn metrics(
     let mut out = String::new();
     // A token limited to some queues sees only their series (and only the nodes that
     // serve one of them), as in `GET /v1/queues` and `GET /v1/nodes`.
-    let mut queues = st.store.queues().await?;
+    let mut queues = st.store.queue_names().await?;
     queues.retain(|q| caller.reaches(q));
     let mut depth = String::new();
     let mut counters = String::new();

@@ -72,7 +72,7 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
 /// Stores validated tasks through the one submit path ([`crate::service::submit`]).
 pub(crate) async fn store_tasks(
     st: &AppState,
-    tasks: &[PreparedTask],
+    tasks: &mut [PreparedTask],
     idem: Option<&str>,
 ) -> ApiResult<Submitted> {
     store_tasks_bound(st, tasks, idem, "").await
@@ -83,7 +83,7 @@ pub(crate) async fn store_tasks(
 /// `idempotency_key_reused` and nothing stored.
 async fn store_tasks_bound(
     st: &AppState,
-    tasks: &[PreparedTask],
+    tasks: &mut [PreparedTask],
     idem: Option<&str>,
     binding: &str,
 ) -> ApiResult<Submitted> {
@@ -172,10 +172,11 @@ pub async fn tasks_create(
         Some(_) => idem_binding(&caller, "task", &body)?,
         None => String::new(),
     };
-    let task = prepare(body, "")?;
+    let mut task = prepare(body, "")?;
     caller.allow(&task.queue)?;
     quota::claim_queues(&st, &caller, &[task.queue.as_str()]).await?;
-    match store_tasks_bound(&st, std::slice::from_ref(&task), idem.as_deref(), &binding).await? {
+    let one = std::slice::from_mut(&mut task);
+    match store_tasks_bound(&st, one, idem.as_deref(), &binding).await? {
         Submitted::Created { existing, .. } if !existing.is_empty() => {
             // A live task holds the unique key: that one, and nothing created.
             Ok((StatusCode::OK, Json(st.store.task(&existing[0].1).await?)))
@@ -240,7 +241,7 @@ pub async fn tasks_batch(
             ),
         ));
     }
-    let tasks = body
+    let mut tasks = body
         .tasks
         .into_iter()
         .enumerate()
@@ -251,7 +252,7 @@ pub async fn tasks_batch(
     }
     let queues: Vec<&str> = tasks.iter().map(|t| t.queue.as_str()).collect();
     quota::claim_queues(&st, &caller, &queues).await?;
-    let ids = match store_tasks_bound(&st, &tasks, idem.as_deref(), &binding).await? {
+    let ids = match store_tasks_bound(&st, &mut tasks, idem.as_deref(), &binding).await? {
         Submitted::Created { existing, .. } => {
             let mut ids: Vec<String> = tasks.into_iter().map(|t| t.id).collect();
             for (i, id) in existing {

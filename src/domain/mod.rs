@@ -141,9 +141,12 @@ impl Default for Backoff {
     }
 }
 
-/// A task id: `<ULID>.<queue>` (schema only).
+/// A task id: `<ULID>.<queue>`, or `<ULID>.<queue>~<shard>` in shard 1..15 of a
+/// sharded queue (schema only; [`validate::TASK_ID_PATTERN`]).
 #[derive(ToSchema)]
-#[schema(pattern = r"^[0-9A-HJKMNP-TV-Z]{26}\.(?!\.{1,2}$)[A-Za-z0-9._:-]{1,128}$")]
+#[schema(
+    pattern = r"^[0-9A-HJKMNP-TV-Z]{26}\.(?!\.{1,2}(?:~|$))[A-Za-z0-9._:-]{1,128}(?:~(?:[1-9]|1[0-5]))?$"
+)]
 pub struct TaskId(pub String);
 
 /// A queue name or node tag: `[A-Za-z0-9._:-]{1,128}`, not `.` or `..` (schema only).

@@ -48,6 +48,14 @@ pub struct QueueInfo {
     /// Most tasks started per second (null: unlimited).
     #[serde(default)]
     pub rate_limit: Option<f64>,
+    /// Hash tags the queue is spread over (1: not sharded); counts above are summed
+    /// over them.
+    #[serde(default = "one")]
+    pub shards: i64,
+}
+
+fn one() -> i64 {
+    1
 }
 
 /// Answer of `GET /v1/queues`.
@@ -81,4 +89,11 @@ pub struct QueueUpdate {
     #[serde(default)]
     #[schema(minimum = 0, maximum = 1_000_000)]
     pub rate_limit: Option<f64>,
+    /// Spread the queue over this many hash tags (Redis Cluster slots, so primaries),
+    /// 1..=16; priority and FIFO hold within a shard. Only grows: fewer than now is 409
+    /// `shards_shrink`. With shards, `max_running` must be 0 or at least `shards` (each
+    /// shard holds its share).
+    #[serde(default, deserialize_with = "int::opt")]
+    #[schema(minimum = 1, maximum = 16)]
+    pub shards: Option<i64>,
 }

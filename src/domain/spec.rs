@@ -84,9 +84,17 @@ pub struct TaskSpec {
     pub batch: Option<String>,
     /// What created the task (`batch:<id>`, `schedule:<name>`).
     pub origin: Option<String>,
+    /// The id already names the task's shard (`Store::place` chose it, or it was
+    /// restored from a record): placing it again leaves it.
+    pub placed: bool,
 }
 
 impl TaskSpec {
+    /// The shard holding the task: its queue, or `<queue>~<k>` (the id says which).
+    pub fn shard(&self) -> &str {
+        validate::task_shard(&self.id).unwrap_or(&self.queue)
+    }
+
     /// Validates a submission (`at` prefixes field names in errors: `tasks[3].`).
     ///
     /// # Errors
@@ -236,6 +244,7 @@ impl TaskSpec {
             result_schema,
             batch: None,
             origin: None,
+            placed: false,
         })
     }
 }

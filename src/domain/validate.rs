@@ -12,8 +12,13 @@ pub const ULID_LEN: usize = 26;
 pub const ULID_PATTERN: &str = r"^[0-9A-HJKMNP-TV-Z]{26}$";
 /// JSON Schema pattern of a queue, lock or schedule name: what [`queue_name`] accepts.
 pub const NAME_PATTERN: &str = r"^(?!\.{1,2}$)[A-Za-z0-9._:-]{1,128}$";
-/// JSON Schema pattern of a task id: what [`task_queue`] accepts.
-pub const TASK_ID_PATTERN: &str = r"^[0-9A-HJKMNP-TV-Z]{26}\.(?!\.{1,2}$)[A-Za-z0-9._:-]{1,128}$";
+/// JSON Schema pattern of a task id: what [`task_queue`] accepts (`~<shard>` only on a
+/// task of shard 1.. of a sharded queue).
+pub const TASK_ID_PATTERN: &str =
+    r"^[0-9A-HJKMNP-TV-Z]{26}\.(?!\.{1,2}(?:~|$))[A-Za-z0-9._:-]{1,128}(?:~(?:[1-9]|1[0-5]))?$";
+
+/// Most shards of one queue (`PUT /v1/queues/{name}` `{"shards": N}`, 1..=16).
+pub const MAX_SHARDS: u32 = 16;
 
 /// A queue name matches `[A-Za-z0-9._:-]{1,128}` and is neither `.` nor `..`.
 pub fn queue_name(s: &str) -> Result<(), String> {
@@ -87,17 +92,74 @@ pub fn is_ulid(s: &str) -> bool {
         })
 }
 
-/// A task id is `<ULID>.<queue>`; returns the queue.
+/// A task id is `<ULID>.<queue>`, or `<ULID>.<queue>~<k>` for a task of shard `k`
+/// (1..=15) of a sharded queue; returns the queue (without the shard).
 ///
 /// Carrying the queue in the id gives `GET /v1/tasks/{id}` an O(1) lookup that also
 /// works on Redis Cluster, where every key of a task carries the queue's hash tag.
 pub fn task_queue(id: &str) -> Option<&str> {
-    let (ulid, queue) = (id.get(..ULID_LEN)?, id.get(ULID_LEN..)?);
-    let queue = queue.strip_prefix('.')?;
-    (is_ulid(ulid) && queue_name(queue).is_ok()).then_some(queue)
+    task_shard(id).map(|s| split_shard(s).0)
 }
 
-/// Makes a new task id for `queue`.
+/// The shard holding task `id`, as named in its keys' hash tag: `<queue>` (shard 0,
+/// every task of an unsharded queue) or `<queue>~<k>`.
+pub fn task_shard(id: &str) -> Option<&str> {
+    let (ulid, home) = (id.get(..ULID_LEN)?, id.get(ULID_LEN..)?);
+    let home = home.strip_prefix('.')?;
+    let (queue, k) = match home.split_once('~') {
+        Some((q, k)) => (q, shard_number(k).filter(|k| *k > 0)?),
+        None => (home, 0),
+    };
+    (is_ulid(ulid) && queue_name(queue).is_ok() && k < MAX_SHARDS).then_some(home)
+}
+
+/// `k` in canonical decimal (no sign, no leading zero).
+fn shard_number(k: &str) -> Option<u32> {
+    (!k.is_empty() && k.len() <= 2 && k.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| k.parse().ok())
+        .flatten()
+        .filter(|n: &u32| n.to_string() == k)
+}
+
+/// The name of shard `k` of `queue` (the hash tag of its keys): `queue` itself for
+/// shard 0, so an unsharded queue is its own shard 0; `<queue>~<k>` otherwise (`~`
+/// cannot occur in a queue name).
+pub fn shard_name(queue: &str, k: u32) -> String {
+    if k == 0 {
+        queue.to_string()
+    } else {
+        format!("{queue}~{k}")
+    }
+}
+
+/// A shard's (or a dispatcher's "dirty" entry's) queue and shard number: `q~2` →
+/// (`q`, Some(2)), `q~0` → (`q`, Some(0)), `q` → (`q`, None).
+pub fn split_shard_opt(name: &str) -> (&str, Option<u32>) {
+    match name.split_once('~') {
+        Some((q, k)) => match shard_number(k) {
+            Some(k) => (q, Some(k)),
+            None => (name, None),
+        },
+        None => (name, None),
+    }
+}
+
+/// A shard's queue and number: `q~2` → (`q`, 2), `q` → (`q`, 0).
+pub fn split_shard(name: &str) -> (&str, u32) {
+    let (q, k) = split_shard_opt(name);
+    (q, k.unwrap_or(0))
+}
+
+/// Task `id` moved to shard `k` of its queue (the id of an unsharded queue's task is
+/// its shard 0's); a malformed id is returned as it is.
+pub fn with_shard(id: &str, k: u32) -> String {
+    match (task_queue(id), id.get(..ULID_LEN)) {
+        (Some(queue), Some(ulid)) => format!("{ulid}.{}", shard_name(queue, k)),
+        _ => id.to_string(),
+    }
+}
+
+/// Makes a new task id for `queue` (its shard 0; `Store::place` may move it).
 pub fn new_task_id(queue: &str) -> String {
     format!("{}.{queue}", ulid::Ulid::generate())
 }
@@ -142,6 +204,26 @@ mod tests {
     }
 
     #[test]
+    fn task_ids_of_a_shard_carry_it_and_old_ids_are_shard_zero() {
+        let id = "01ARZ3NDEKTSV4RRFFQ69G5FAV.q.a";
+        assert_eq!(task_shard(id), Some("q.a"));
+        let s3 = with_shard(id, 3);
+        assert_eq!(s3, "01ARZ3NDEKTSV4RRFFQ69G5FAV.q.a~3");
+        assert_eq!(task_queue(&s3), Some("q.a"));
+        assert_eq!(task_shard(&s3), Some("q.a~3"));
+        assert_eq!(with_shard(&s3, 0), id);
+        assert_eq!(with_shard(&s3, 15), format!("{id}~15"));
+        for bad in ["~0", "~16", "~03", "~", "~a", "~1~2", "~-1", "~+1"] {
+            assert_eq!(task_shard(&format!("{id}{bad}")), None, "{bad}");
+        }
+        assert_eq!(split_shard("q~2"), ("q", 2));
+        assert_eq!(split_shard("q"), ("q", 0));
+        assert_eq!(split_shard_opt("q~0"), ("q", Some(0)));
+        assert_eq!(shard_name("q", 0), "q");
+        assert_eq!(shard_name("q", 4), "q~4");
+    }
+
+    #[test]
     fn kinds_reject_control_characters_and_empty() {
         assert!(kind("resize").is_ok());
         assert!(kind("").is_err());
@@ -153,7 +235,13 @@ mod tests {
     /// look-ahead, so the `(?!\.{1,2}$)` part is checked by hand).
     #[test]
     fn schema_patterns_agree_with_the_validators() {
-        let plain = |p: &str| regex::Regex::new(&p.replace(r"(?!\.{1,2}$)", "")).unwrap();
+        let plain = |p: &str| {
+            regex::Regex::new(
+                &p.replace(r"(?!\.{1,2}$)", "")
+                    .replace(r"(?!\.{1,2}(?:~|$))", ""),
+            )
+            .unwrap()
+        };
         let (ulid, name, task) = (
             plain(ULID_PATTERN),
             plain(NAME_PATTERN),
@@ -172,9 +260,12 @@ mod tests {
             let pattern = name.is_match(s) && s != "." && s != "..";
             assert_eq!(pattern, queue_name(s).is_ok(), "{s:?}");
         }
-        for q in ["images", ".", "..", "...", "a b"] {
+        for q in [
+            "images", ".", "..", "...", "a b", "q~1", "q~15", "q~16", "q~0", "q~01", "..~1",
+        ] {
             let s = format!("{id}.{q}");
-            let pattern = task.is_match(&s) && q != "." && q != "..";
+            let base = q.split('~').next().unwrap_or(q);
+            let pattern = task.is_match(&s) && base != "." && base != "..";
             assert_eq!(pattern, task_queue(&s).is_some(), "{s:?}");
         }
     }

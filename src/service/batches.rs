@@ -66,7 +66,7 @@ pub async fn fire_then(
         ttl_ms: THEN_IDEMPOTENCY_TTL_MS,
         binding: "",
     };
-    let id = match submit(store, hub, std::slice::from_ref(&t), Some(idem)).await {
+    let id = match submit(store, hub, std::slice::from_mut(&mut t), Some(idem)).await {
         Ok(Submitted::Created { existing, .. }) => match existing.first() {
             Some((_, holder)) => holder.clone(),
             None => {

@@ -210,6 +210,17 @@ impl Hub {
         }
     }
 
+    /// Marks one shard dirty (`<queue>` is shard 0, `<queue>~<k>` shard k): the
+    /// dispatcher then dispatches that shard alone, where [`Hub::mark_dirty`] of a
+    /// sharded queue dispatches every shard. Shard 0 is entered as `<queue>~0`.
+    pub fn mark_shard_dirty(&self, shard: &str) {
+        if shard.contains('~') {
+            self.mark_dirty(shard);
+        } else {
+            self.mark_dirty(&format!("{shard}~0"));
+        }
+    }
+
     /// Takes the next queue with work, if any.
     pub fn take_dirty(&self) -> Option<String> {
         let mut d = self.dirty.lock().unwrap_or_else(|e| e.into_inner());

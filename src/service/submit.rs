@@ -77,14 +77,16 @@ pub async fn check_dependencies(
     Ok(deps)
 }
 
-/// Stores validated tasks, all or nothing per call (see [`Store::submit`]).
+/// Stores validated tasks, all or nothing per call (see [`Store::submit`]). Each task
+/// is first placed on a shard of its queue ([`Store::place`]: its id may change to
+/// name the shard), so callers read the ids from `tasks` afterwards.
 ///
 /// # Errors
 /// An unknown dependency (nothing stored); Redis errors.
 pub async fn submit(
     store: &Store,
     hub: &Hub,
-    tasks: &[TaskSpec],
+    tasks: &mut [TaskSpec],
     idempotency: Option<Idempotency<'_>>,
 ) -> Result<Submitted, SubmitError> {
     let deps = check_dependencies(store, tasks).await?;
@@ -92,6 +94,8 @@ pub async fn submit(
         Some(i) => (Some(i.key), i.ttl_ms, i.binding),
         None => (None, 0, ""),
     };
+    store.place(tasks, key).await?;
+    let tasks: &[TaskSpec] = tasks;
     let out = store.submit_bound(tasks, key, bound, ttl).await?;
     if let Submitted::Created { existing, .. } = &out
         && !deps.is_empty()
@@ -104,22 +108,28 @@ pub async fn submit(
             .collect();
         store.register_dependencies(&stored).await?;
     }
-    let mut queues: Vec<&str> = tasks.iter().map(|t| t.queue.as_str()).collect();
+    // Per shard (a queue's, unless it is sharded): the one that got the tasks.
+    let shards: Vec<&str> = tasks.iter().map(|t| t.shard()).collect();
+    // submit.lua published `new` for each shard where a task went pending: marked
+    // here, so its echo needs no second dispatch. (One pass: a batch may name 10,000
+    // queues.)
+    let published: std::collections::HashSet<&str> = match &out {
+        Submitted::Created { chosen, .. } => shards
+            .iter()
+            .zip(chosen)
+            .filter(|(_, c)| matches!(c, Some((crate::domain::TaskState::Pending, _))))
+            .map(|(q, _)| *q)
+            .collect(),
+        Submitted::Duplicate { .. } => std::collections::HashSet::new(),
+    };
+    let mut queues = shards.clone();
     queues.sort_unstable();
     queues.dedup();
-    // submit.lua published `new` for each queue where a task went pending: marked
-    // here, so its echo needs no second dispatch.
-    let published = |q: &str| match &out {
-        Submitted::Created { chosen, .. } => tasks.iter().zip(chosen).any(|(t, c)| {
-            t.queue == q && matches!(c, Some((crate::domain::TaskState::Pending, _)))
-        }),
-        Submitted::Duplicate { .. } => false,
-    };
     for q in queues {
-        if published(q) {
+        if published.contains(q) {
             hub.expect_echo(crate::store::Wakeup::New { queue: q }.message(&store.keys));
         }
-        hub.mark_dirty(q);
+        hub.mark_shard_dirty(q);
     }
     Ok(out)
 }

@@ -184,7 +184,7 @@ impl Store {
             .await?;
         let mut pipe = redis::pipe();
         for child in &ids {
-            let q = validate::task_queue(child).unwrap_or("default");
+            let q = validate::task_shard(child).unwrap_or("default");
             pipe.cmd("HMGET")
                 .arg(self.keys.task(q, child))
                 .arg("state")

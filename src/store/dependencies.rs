@@ -23,7 +23,7 @@ impl Store {
         let mut pipe = redis::pipe();
         let mut asked = Vec::new();
         for id in ids {
-            match validate::task_queue(id) {
+            match validate::task_shard(id) {
                 Some(q) => {
                     pipe.exists(self.keys.task(q, id));
                     asked.push(id.clone());
@@ -65,7 +65,7 @@ impl Store {
     /// Redis errors.
     pub async fn register_task_dependencies(&self, id: &str, deps: &[String]) -> Result<()> {
         for dep in deps {
-            let ended = match validate::task_queue(dep) {
+            let ended = match validate::task_shard(dep) {
                 None => Some("missing".to_string()),
                 Some(q) => {
                     let mut inv = self.scripts.dep_register.key(self.keys.queue_prefix(q));
@@ -94,7 +94,7 @@ impl Store {
     /// # Errors
     /// Redis errors.
     pub async fn resolve_dependency(&self, id: &str, dep: &str, state: &str) -> Result<()> {
-        let q = validate::task_queue(id).ok_or(StoreError::NotFound {
+        let q = validate::task_shard(id).ok_or(StoreError::NotFound {
             what: Missing::Task,
         })?;
         let mut inv = self.scripts.dep_resolved.key(self.keys.queue_prefix(q));

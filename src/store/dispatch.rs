@@ -2,6 +2,7 @@
 //! a node's inbox), lease (inbox → running), extend (renew a lease), expire (a lease
 //! past its deadline → a failed attempt), and requeue (an inbox → pending).
 
+use super::shards::Visit;
 use super::{
     Code, Missing, Result, Store, StoreError, array, coded, flat_map, int, state_of,
     task_from_hash, text,
@@ -47,7 +48,7 @@ pub struct Extended {
 /// [`StoreError::NotFound`] for a malformed id, [`StoreError::LeaseConflict`] for a
 /// malformed token.
 pub(super) fn claim<'a>(id: &'a str, token: &'a str) -> Result<(&'a str, i64, &'a str)> {
-    let queue = validate::task_queue(id).ok_or(StoreError::NotFound {
+    let queue = validate::task_shard(id).ok_or(StoreError::NotFound {
         what: Missing::Task,
     })?;
     let (fence, nonce) = parse_lease_token(token).ok_or(StoreError::LeaseConflict {
@@ -131,11 +132,38 @@ impl Store {
     }
 
     /// Leases up to `max` tasks of `queue` to `node` from its inbox (and, with `pull`,
-    /// straight from pending: human nodes).
+    /// straight from pending: human nodes). A sharded queue's shards are visited in
+    /// turn, from the one after the shard that last gave a lease, until `max` are leased.
     ///
     /// # Errors
     /// Redis errors.
     pub async fn lease(
+        &self,
+        queue: &str,
+        node: &str,
+        max: usize,
+        pull: bool,
+        tags: &str,
+    ) -> Result<Vec<Leased>> {
+        let shards = self.shards_rotated(queue, Visit::Lease).await?;
+        let mut out = Vec::new();
+        for s in &shards {
+            if out.len() >= max {
+                break;
+            }
+            let got = self
+                .lease_shard(s, node, max - out.len(), pull, tags)
+                .await?;
+            if !got.is_empty() && shards.len() > 1 {
+                self.shard_gave(s, Visit::Lease);
+            }
+            out.extend(got);
+        }
+        Ok(out)
+    }
+
+    /// [`Store::lease`] from one shard (`queue` or `queue~k`).
+    async fn lease_shard(
         &self,
         queue: &str,
         node: &str,

@@ -198,7 +198,7 @@ impl Store {
                 .collect();
             let mut all_ended = true;
             for d in &deps {
-                let Some(dq) = crate::domain::validate::task_queue(d) else {
+                let Some(dq) = crate::domain::validate::task_shard(d) else {
                     continue;
                 };
                 let st: Option<String> = c.hget(self.keys.task(dq, d), "state").await?;
@@ -233,7 +233,7 @@ impl Store {
             for chunk in children.chunks(1000) {
                 let mut pipe = redis::pipe();
                 for id in chunk {
-                    let q = crate::domain::validate::task_queue(id).unwrap_or("default");
+                    let q = crate::domain::validate::task_shard(id).unwrap_or("default");
                     pipe.hget(self.keys.task(q, id), "state");
                 }
                 let states: Vec<Option<String>> = pipe.query_async(&mut c).await?;

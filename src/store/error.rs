@@ -58,6 +58,16 @@ pub enum StoreError {
     /// The Redis instance is not fit for muster.
     #[error("{0}")]
     Unfit(String),
+    /// A queue's shards can only grow (a task id names its shard for good).
+    #[error("queue {queue:?} has {now} shards; shards only grow, {wanted} is fewer")]
+    ShardsShrink {
+        /// The queue.
+        queue: String,
+        /// Its shards now.
+        now: u32,
+        /// What was asked.
+        wanted: u32,
+    },
     /// An idempotency key already used by another caller or with another body.
     #[error("idempotency key already used {}", if *by_another_caller { "by another caller" } else { "with another body" })]
     IdempotencyReused {

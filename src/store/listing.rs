@@ -96,9 +96,10 @@ impl Store {
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<TaskPage> {
-        // Cursor: "<queue index>:<state index>:<offset>" over the sorted queue list.
+        // Cursor: "<queue index>:<state index>:<offset>" over the sorted shard list.
+        // Over shards: a sharded queue is listed shard after shard.
         let queues: Vec<String> = match queue {
-            Some(q) => vec![q.to_string()],
+            Some(q) => self.shards_of(q).await?,
             None => self.queues().await?,
         };
         let states: Vec<TaskState> = match state {

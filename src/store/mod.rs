@@ -28,6 +28,7 @@ mod reply;
 pub mod reports;
 pub mod schedules;
 pub mod scripts;
+pub mod shards;
 pub mod tasks;
 mod tokens;
 pub mod tuning;
@@ -62,6 +63,8 @@ pub struct Store {
     bulk: Conn,
     backend: Arc<connection::Backend>,
     scripts: Arc<Scripts>,
+    /// Cached shard counts and the shard rotation ([`shards`]).
+    shards: Arc<shards::ShardTable>,
     timeout: Duration,
 }
 
@@ -110,6 +113,7 @@ impl Store {
             bulk,
             backend: Arc::new(backend),
             scripts: Arc::new(Scripts::new()),
+            shards: Arc::default(),
             timeout,
         })
     }

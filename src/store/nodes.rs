@@ -177,13 +177,13 @@ impl Store {
         Ok(())
     }
 
-    /// Returns a node's inboxes to pending in every queue it serves.
+    /// Returns a node's inboxes to pending in every queue (every shard) it serves.
     ///
     /// # Errors
     /// Redis errors.
     pub async fn requeue_node(&self, node: &Node) -> Result<i64> {
         let mut n = 0;
-        for q in &node.queues {
+        for q in &self.expand_shards(&node.queues).await? {
             n += self.requeue_inbox(q, &node.id).await?;
         }
         Ok(n)
@@ -210,8 +210,9 @@ impl Store {
     /// # Errors
     /// Redis errors.
     pub async fn node_cancels(&self, node: &Node) -> Result<Vec<String>> {
+        let shards = self.expand_shards(&node.queues).await?;
         let v: Vec<Vec<String>> = self
-            .per_queue(&node.queues, |pipe, q| {
+            .per_queue(&shards, |pipe, q| {
                 pipe.smembers(self.keys.cancels(q, &node.id));
             })
             .await?;

@@ -2,7 +2,7 @@
 //! empty, idle queues from the set (`queue_prune.lua`).
 
 use super::{Code, Result, Store, Wakeup, coded, text};
-use crate::domain::{QueueCounts, QueueInfo, QueueUpdate};
+use crate::domain::{QueueCounts, QueueInfo, QueueUpdate, validate};
 use redis::AsyncCommands;
 use std::collections::HashMap;
 
@@ -17,7 +17,8 @@ impl Store {
         Ok(())
     }
 
-    /// Every queue name, sorted.
+    /// Every queue and shard name in the `queues` set (a sharded queue's shards are
+    /// there as `<queue>~<k>`), sorted: what timers, sweeps and the doctor go over.
     ///
     /// # Errors
     /// Redis errors.
@@ -28,14 +29,28 @@ impl Store {
         Ok(v)
     }
 
-    /// Counts, settings and oldest pending age of one queue.
+    /// Every queue name, sorted, a sharded queue once: what listings show.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn queue_names(&self) -> Result<Vec<String>> {
+        let mut v: Vec<String> = self
+            .queues()
+            .await?
+            .iter()
+            .map(|q| validate::split_shard(q).0.to_string())
+            .collect();
+        v.sort();
+        v.dedup();
+        Ok(v)
+    }
+
+    /// Counts, settings and oldest pending age of one queue, summed over its shards.
     ///
     /// # Errors
     /// Redis errors.
     pub async fn queue_info(&self, queue: &str) -> Result<QueueInfo> {
-        let k = &self.keys;
-        let mut pipe = redis::pipe();
-        for st in [
+        const STATES: [&str; 8] = [
             "blocked",
             "scheduled",
             "pending",
@@ -44,36 +59,54 @@ impl Store {
             "succeeded",
             "failed",
             "cancelled",
-        ] {
-            pipe.zcard(k.state_index(queue, st));
-        }
-        pipe.hgetall(k.load(queue));
+        ];
+        let k = &self.keys;
+        let shards = self.shards_of(queue).await?;
+        let mut pipe = redis::pipe();
         pipe.hgetall(k.conf(queue));
-        pipe.zrange(k.state_index(queue, "pending"), 0, 0);
-        let mut c = self.conn();
-        #[allow(clippy::type_complexity)]
-        let (bl, sc, pe, ru, re, su, fa, ca, load, conf, first): (
-            i64,
-            i64,
-            i64,
-            i64,
-            i64,
-            i64,
-            i64,
-            i64,
-            HashMap<String, i64>,
-            HashMap<String, String>,
-            Vec<String>,
-        ) = pipe.query_async(&mut c).await?;
-        let load_total: i64 = load.values().sum();
-        let oldest = match first.first() {
-            Some(id) => {
-                let created: Option<i64> = c.hget(k.task(queue, id), "created_at").await?;
-                let now = self.now_ms().await?;
-                created.map(|t| (now - t).max(0))
+        for s in &shards {
+            for st in STATES {
+                pipe.zcard(k.state_index(s, st));
             }
-            None => None,
+            pipe.hgetall(k.load(s));
+            pipe.zrange(k.state_index(s, "pending"), 0, 0);
+        }
+        let mut c = self.conn();
+        let v: Vec<redis::Value> = pipe.query_async(&mut c).await?;
+        let mut it = v.into_iter();
+        let mut next = || it.next().unwrap_or(redis::Value::Nil);
+        let conf: HashMap<String, String> = redis::from_redis_value(next())?;
+        let mut n = [0i64; 8];
+        let mut load_total = 0i64;
+        let mut heads: Vec<String> = Vec::new();
+        for s in &shards {
+            for slot in n.iter_mut() {
+                *slot += redis::from_redis_value::<i64>(next())?;
+            }
+            let load: HashMap<String, i64> = redis::from_redis_value(next())?;
+            load_total += load.values().sum::<i64>();
+            let first: Vec<String> = redis::from_redis_value(next())?;
+            if let Some(id) = first.first() {
+                heads.push(k.task(s, id));
+            }
+        }
+        let [bl, sc, pe, ru, re, su, fa, ca] = n;
+        let oldest = if heads.is_empty() {
+            None
+        } else {
+            let mut pipe = redis::pipe();
+            for h in &heads {
+                pipe.hget(h, "created_at");
+            }
+            let created: Vec<Option<i64>> = pipe.query_async(&mut c).await?;
+            let now = self.now_ms().await?;
+            created
+                .into_iter()
+                .flatten()
+                .min()
+                .map(|t| (now - t).max(0))
         };
+        let total = |f: &str| conf.get(&format!("q_{f}")).or_else(|| conf.get(f));
         Ok(QueueInfo {
             name: queue.to_string(),
             paused: conf.get("paused").is_some_and(|v| v == "1"),
@@ -91,22 +124,36 @@ impl Store {
                 cancelled: ca,
             },
             oldest_pending_age_ms: oldest,
-            max_running: conf
-                .get("max_running")
+            max_running: total("max_running")
                 .and_then(|v| v.parse().ok())
                 .filter(|v: &i64| *v > 0),
-            rate_limit: conf
-                .get("rate_limit")
+            rate_limit: total("rate_limit")
                 .and_then(|v| v.parse().ok())
                 .filter(|v: &f64| *v > 0.0),
+            shards: shards.len() as i64,
         })
     }
 
     /// Updates a queue's settings (absent fields unchanged) and remembers the queue.
     ///
+    /// On a sharded queue (or one being sharded: `shards` above 1) every shard's `conf`
+    /// holds the settings, since a script reads only its own shard's keys: `weight`,
+    /// `paused` and `human_only` as they are, `max_running` and `rate_limit` as that
+    /// shard's share (`max_running` split into whole parts adding up to it, `rate_limit`
+    /// into equal parts), and the queue's own values in shard 0's `q_max_running` and
+    /// `q_rate_limit`. The shard count only grows ([`StoreError::ShardsShrink`]).
+    ///
     /// # Errors
-    /// Redis errors.
+    /// [`StoreError::ShardsShrink`]; Redis errors.
     pub async fn update_queue(&self, queue: &str, u: &QueueUpdate) -> Result<()> {
+        let now = self.shard_count_fresh(queue).await?;
+        let wanted = u
+            .shards
+            .map_or(now, |n| n.clamp(1, i64::from(validate::MAX_SHARDS)) as u32);
+        super::shards::check_growth(queue, now, wanted)?;
+        if wanted > 1 {
+            return self.update_sharded(queue, u, wanted).await;
+        }
         let mut fields: Vec<(&str, String)> = Vec::new();
         if let Some(w) = u.weight {
             fields.push(("weight", w.to_string()));
@@ -123,6 +170,9 @@ impl Store {
         if let Some(r) = u.rate_limit {
             fields.push(("rate_limit", r.to_string()));
         }
+        if u.shards.is_some() {
+            fields.push(("shards", "1".into()));
+        }
         self.add_queues(&[queue]).await?;
         if !fields.is_empty() {
             let mut c = self.conn();
@@ -137,13 +187,87 @@ impl Store {
         Ok(())
     }
 
-    /// A queue's counters (`submitted`, `succeeded`, `failed`, `retried`, `cancelled`).
+    /// [`Store::update_queue`] of a queue with `n` > 1 shards: the settings as they will
+    /// be (shard 0's merged with `u`) written to every shard, each with its share of
+    /// the limits, in one pipeline (split per slot on a Cluster). The new shards join
+    /// the `queues` set before the count that sends tasks to them is written.
+    async fn update_sharded(&self, queue: &str, u: &QueueUpdate, n: u32) -> Result<()> {
+        let mut c = self.conn();
+        let conf: HashMap<String, String> = c.hgetall(self.keys.conf(queue)).await?;
+        let get = |f: &str| conf.get(f).cloned();
+        let total = |f: &str| get(&format!("q_{f}")).or_else(|| get(f));
+        let weight = u.weight.map(|w| w.to_string()).or_else(|| get("weight"));
+        let flag = |v: Option<bool>, f: &str| {
+            v.map(|b| if b { "1" } else { "0" }.to_string())
+                .or_else(|| get(f))
+        };
+        let paused = flag(u.paused, "paused");
+        let human_only = flag(u.human_only, "human_only");
+        let max_running: i64 = u
+            .max_running
+            .or_else(|| total("max_running").and_then(|v| v.parse().ok()))
+            .unwrap_or(0);
+        let rate: f64 = u
+            .rate_limit
+            .or_else(|| total("rate_limit").and_then(|v| v.parse().ok()))
+            .unwrap_or(0.0);
+        let names: Vec<String> = (0..n).map(|k| validate::shard_name(queue, k)).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.add_queues(&refs).await?;
+        let mut pipe = redis::pipe();
+        for (k, s) in names.iter().enumerate() {
+            let mut f: Vec<(&str, String)> = vec![("shards", n.to_string())];
+            for (name, v) in [
+                ("weight", &weight),
+                ("paused", &paused),
+                ("human_only", &human_only),
+            ] {
+                if let Some(v) = v {
+                    f.push((name, v.clone()));
+                }
+            }
+            f.push((
+                "max_running",
+                max_running_share(max_running, n, k as u32).to_string(),
+            ));
+            f.push(("rate_limit", (rate / f64::from(n)).to_string()));
+            if k == 0 {
+                f.push(("q_max_running", max_running.to_string()));
+                f.push(("q_rate_limit", rate.to_string()));
+            }
+            pipe.hset_multiple(self.keys.conf(s), &f).ignore();
+        }
+        let _: () = pipe.query_async(&mut c).await?;
+        self.forget_shards(queue);
+        // Again after the settings exist (see `update_queue`).
+        self.add_queues(&refs).await?;
+        for s in &names {
+            let _: i64 = c
+                .publish(self.channel(), Wakeup::New { queue: s }.message(&self.keys))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A queue's counters (`submitted`, `succeeded`, `failed`, `retried`, `cancelled`),
+    /// summed over its shards.
     ///
     /// # Errors
     /// Redis errors.
     pub async fn queue_stats(&self, queue: &str) -> Result<HashMap<String, i64>> {
-        let mut c = self.conn();
-        Ok(c.hgetall(self.keys.stats(queue)).await?)
+        let shards = self.shards_of(queue).await?;
+        let per: Vec<HashMap<String, i64>> = self
+            .per_queue(&shards, |pipe, q| {
+                pipe.hgetall(self.keys.stats(q));
+            })
+            .await?;
+        let mut out: HashMap<String, i64> = HashMap::new();
+        for m in per {
+            for (k, v) in m {
+                *out.entry(k).or_default() += v;
+            }
+        }
+        Ok(out)
     }
 
     /// Settings of a queue: (weight, paused, human_only).
@@ -371,4 +495,31 @@ fn last_event_ms(v: &redis::Value) -> Option<i64> {
     };
     let id: String = redis::from_redis_value(entry.first()?.clone()).ok()?;
     id.split('-').next()?.parse().ok()
+}
+
+/// Shard `k`'s part of a queue's `max_running` `m` over `n` shards: whole parts that
+/// add up to `m` (0 stays 0: unlimited). `m` is 0 or at least `n` (the API refuses
+/// less), so no shard gets a part of 0, which would mean unlimited.
+pub fn max_running_share(m: i64, n: u32, k: u32) -> i64 {
+    if m <= 0 {
+        return 0;
+    }
+    let n = i64::from(n.max(1));
+    m / n + i64::from(i64::from(k) < m % n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::max_running_share;
+
+    #[test]
+    fn the_parts_of_max_running_add_up_to_it_and_none_is_zero() {
+        for (m, n) in [(7, 3), (3, 3), (16, 16), (100, 7), (1_000_000, 16)] {
+            let parts: Vec<i64> = (0..n).map(|k| max_running_share(m, n, k)).collect();
+            assert_eq!(parts.iter().sum::<i64>(), m, "{m} over {n}");
+            assert!(parts.iter().all(|p| *p >= 1), "{parts:?}");
+        }
+        assert_eq!(max_running_share(0, 3, 1), 0);
+        assert_eq!(max_running_share(7, 1, 0), 7);
+    }
 }

@@ -107,8 +107,10 @@ pub enum Cancelled {
 }
 
 /// Builds the [`Task`] `id` from its hash (fields at their default are not stored);
-/// `None` when the hash is empty or malformed.
+/// `None` when the hash is empty or malformed. `queue` is the queue or the shard
+/// (`<queue>~<k>`) that holds it; the task shows the queue.
 pub fn task_from_hash(queue: &str, id: &str, h: &HashMap<String, String>) -> Option<Task> {
+    let queue = validate::split_shard(queue).0;
     let get = |k: &str| h.get(k).filter(|v| !v.is_empty());
     let num = |k: &str| get(k).and_then(|v| v.parse::<i64>().ok());
     let json = |k: &str| {
@@ -193,11 +195,14 @@ impl Store {
                 "an idempotency binding holds '|'".into(),
             ));
         }
-        if self.is_cluster() && tasks.iter().any(|t| t.queue != tasks[0].queue) {
+        // A task's keys are its shard's (its queue's, unless the queue is sharded).
+        if self.is_cluster() && tasks.iter().any(|t| t.shard() != tasks[0].shard()) {
             return Box::pin(self.submit_per_queue(tasks, idem, binding, idem_ttl_ms)).await;
         }
         let mut prefixes: Vec<String> = Vec::new();
         let mut prefix_queues: Vec<&str> = Vec::new();
+        // The idempotency record lives under the first prefix (KEYS[1]): a repeat places
+        // its tasks as the first time did (`Store::place`), so it looks there again.
         let mut inv = self.scripts.submit.prepare_invoke();
         let mut args: Vec<String> = Vec::with_capacity(5 + tasks.len() * 14);
         args.push(self.channel());
@@ -206,12 +211,12 @@ impl Store {
         args.push(binding.to_string());
         args.push(tasks.len().to_string());
         for t in tasks {
-            let p = self.keys.queue_prefix(&t.queue);
+            let p = self.keys.queue_prefix(t.shard());
             let idx = match prefixes.iter().position(|x| *x == p) {
                 Some(i) => i + 1,
                 None => {
                     prefixes.push(p);
-                    prefix_queues.push(&t.queue);
+                    prefix_queues.push(t.shard());
                     prefixes.len()
                 }
             };
@@ -232,7 +237,7 @@ impl Store {
         }
         // Before the tasks exist, so timers, listings and the doctor never miss a queue
         // that holds tasks (the `queues` set has no hash tag, so the script cannot add it).
-        let mut names: Vec<&str> = tasks.iter().map(|t| t.queue.as_str()).collect();
+        let mut names: Vec<&str> = tasks.iter().map(|t| t.shard()).collect();
         names.sort_unstable();
         names.dedup();
         self.add_queues(&names).await?;
@@ -313,10 +318,11 @@ impl Store {
         binding: &str,
         idem_ttl_ms: i64,
     ) -> Result<Submitted> {
+        // One part per shard (a queue's, unless it is sharded).
         let mut order: Vec<&str> = Vec::new();
         for t in tasks {
-            if !order.contains(&t.queue.as_str()) {
-                order.push(&t.queue);
+            if !order.contains(&t.shard()) {
+                order.push(t.shard());
             }
         }
         let mut now = 0;
@@ -325,7 +331,9 @@ impl Store {
         let mut repeated: Vec<Option<String>> = vec![None; tasks.len()];
         let mut stored: Vec<(String, Vec<String>)> = Vec::new();
         for q in &order {
-            let idx: Vec<usize> = (0..tasks.len()).filter(|&i| tasks[i].queue == *q).collect();
+            let idx: Vec<usize> = (0..tasks.len())
+                .filter(|&i| tasks[i].shard() == *q)
+                .collect();
             let part: Vec<PreparedTask> = idx.iter().map(|&i| tasks[i].clone()).collect();
             match self.submit_bound(&part, idem, binding, idem_ttl_ms).await {
                 Ok(Submitted::Created {
@@ -403,7 +411,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::NotFound`] for an unknown or malformed id.
     pub async fn task(&self, id: &str) -> Result<Task> {
-        let queue = validate::task_queue(id).ok_or(StoreError::NotFound {
+        let queue = validate::task_shard(id).ok_or(StoreError::NotFound {
             what: Missing::Task,
         })?;
         let mut c = self.conn();
@@ -413,7 +421,7 @@ impl Store {
         })
     }
 
-    /// Several tasks of one queue (missing ones skipped), in one pipeline.
+    /// Several tasks of one queue or shard (missing ones skipped), in one pipeline.
     ///
     /// # Errors
     /// Redis errors.
@@ -479,7 +487,7 @@ impl Store {
         id: &str,
         channel: bool,
     ) -> Result<Vec<Value>> {
-        let queue = validate::task_queue(id).ok_or(StoreError::NotFound {
+        let queue = validate::task_shard(id).ok_or(StoreError::NotFound {
             what: Missing::Task,
         })?;
         let mut inv = script.key(self.keys.queue_prefix(queue));

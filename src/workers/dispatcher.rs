@@ -14,9 +14,10 @@
 //! loads are read only when a candidate node also serves other queues (otherwise the
 //! script's own atomic read of this queue's load is all the budget needs).
 
-use crate::domain::{NodeKind, NodeStatus};
+use crate::domain::{NodeKind, NodeStatus, validate};
 use crate::service::directory::Directory;
 use crate::service::hub::{Hub, QueueConf};
+use crate::store::shards::Visit;
 use crate::store::{Store, StoreError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -123,12 +124,33 @@ impl Dispatcher {
         }
     }
 
-    /// Dispatches one batch of `queue`; returns the number of tasks assigned. Marks the
-    /// queue dirty again when more could go.
+    /// Dispatches one batch of `name`; returns the number of tasks assigned. Marks it
+    /// dirty again when more could go. `name` is a queue, so every shard of it, from the
+    /// one after the shard that last got tasks ([`Hub::mark_dirty`]), or one shard, `<queue>~<k>` (shard 0 as
+    /// `<queue>~0`, [`Hub::mark_shard_dirty`]).
     ///
     /// # Errors
     /// Redis errors.
-    pub async fn dispatch_once(&self, queue: &str) -> Result<i64, StoreError> {
+    pub async fn dispatch_once(&self, name: &str) -> Result<i64, StoreError> {
+        let (queue, shard) = validate::split_shard_opt(name);
+        let n = self.store.shard_count(queue).await?;
+        let shards = match shard {
+            Some(k) => vec![validate::shard_name(queue, k)],
+            None => self.store.shards_rotated(queue, Visit::Dispatch).await?,
+        };
+        let mut assigned = 0;
+        for s in &shards {
+            let got = self.dispatch_shard(queue, s, n).await?;
+            if got > 0 && n > 1 {
+                self.store.shard_gave(s, Visit::Dispatch);
+            }
+            assigned += got;
+        }
+        Ok(assigned)
+    }
+
+    /// Dispatches one batch of shard `shard` (of `n`) of `queue`.
+    async fn dispatch_shard(&self, queue: &str, shard: &str, n: u32) -> Result<i64, StoreError> {
         let QueueConf {
             weight,
             paused,
@@ -164,44 +186,55 @@ impl Dispatcher {
         if candidates.is_empty() {
             return Ok(0);
         }
+        // The shards of every queue a candidate serves: its load is kept per shard.
+        let mut served: Vec<Vec<String>> = Vec::with_capacity(candidates.len());
+        for c in &candidates {
+            served.push(self.store.expand_shards(&c.node.queues).await?);
+        }
         let views = || {
-            candidates.iter().map(|n| NodeView {
+            candidates.iter().zip(&served).map(|(n, queues)| NodeView {
                 id: &n.node.id,
-                queues: &n.node.queues,
+                queues,
                 capacity: n.node.capacity,
                 mean_run_ms: n.node.mean_run_ms.unwrap_or(0.0),
                 tags: &n.node.tags,
             })
         };
-        let mut rows = select_nodes(queue, views(), None);
+        let mut rows = select_nodes(shard, views(), None);
         if rows.iter().any(|r| r.shared) {
-            // Some candidate also serves other queues: its budget here depends on its
-            // load there (one pipelined read of those queues' loads).
-            let mut all_queues: Vec<String> = candidates
-                .iter()
-                .flat_map(|n| n.node.queues.iter().cloned())
-                .collect();
+            // Some candidate also serves other queues (or shards): its budget here
+            // depends on its load there (one pipelined read of those loads).
+            let mut all_queues: Vec<String> = served.iter().flatten().cloned().collect();
             all_queues.sort();
             all_queues.dedup();
             let loads = self.store.loads(&all_queues).await?;
-            rows = select_nodes(queue, views(), Some(&loads));
+            rows = select_nodes(shard, views(), Some(&loads));
         }
         if rows.is_empty() {
             return Ok(0);
         }
         let total_free: i64 = rows.iter().map(|r| r.free).sum();
-        let max = (BATCH * weight.max(1) as usize).min(total_free as usize);
+        // A queue's weight is shared by its shards: one round over a sharded queue
+        // assigns as much as one over an unsharded queue of the same weight.
+        let per_shard = (BATCH * weight.max(1) as usize).div_ceil(n.max(1) as usize);
+        let max = per_shard.min(total_free as usize);
         let args: Vec<(String, i64, String)> = rows
             .iter()
             .map(|r| (r.id.to_string(), r.budget, r.tags.clone()))
             .collect();
         let d = self
             .store
-            .dispatch_to(queue, &args, max, max * 2 + 64)
+            .dispatch_to(shard, &args, max, max * 2 + 64)
             .await?;
         let (assigned, left) = (d.assigned, d.left);
+        // This shard again, alone (shard 0 as `<queue>~0`).
+        let again = if shard.contains('~') {
+            shard.to_string()
+        } else {
+            format!("{shard}~0")
+        };
         if d.wait_ms > 0 && left > 0 {
-            self.after_rate_limit(queue, d.wait_ms);
+            self.after_rate_limit(&again, d.wait_ms);
         }
         if assigned > 0 {
             crate::metrics::METRICS
@@ -210,12 +243,15 @@ impl Dispatcher {
                 .inc_by(assigned as u64);
             // Only the nodes that got tasks, one long-poll each (see Hub::wake_node_one).
             for n in &d.nodes {
-                let hint = crate::store::Wakeup::Assigned { queue, node: n };
+                let hint = crate::store::Wakeup::Assigned {
+                    queue: shard,
+                    node: n,
+                };
                 self.hub.expect_echo(hint.message(&self.store.keys));
                 self.hub.wake_node_one(n);
             }
             if left > 0 && assigned as usize == max {
-                self.hub.mark_dirty(queue);
+                self.hub.mark_dirty(&again);
             }
         }
         Ok(assigned)

@@ -212,14 +212,17 @@ impl Reconciler {
             return;
         }
         match Wakeup::parse(&self.store.keys, msg) {
-            Some(Wakeup::New { queue }) => self.hub.mark_dirty(queue),
+            // Hints name a shard (a queue's own keys are its shard 0).
+            Some(Wakeup::New { queue }) => self.hub.mark_shard_dirty(queue),
             Some(Wakeup::Assigned { node, .. }) => self.hub.wake_node_one(node),
             Some(Wakeup::Done { queue, tasks, .. }) => {
                 for id in tasks {
                     self.hub.wake_task(id);
                 }
-                // A slot freed on a node: this queue (and others) may dispatch more.
-                self.hub.mark_dirty(queue);
+                // A slot freed on a node: this queue (and others) may dispatch more; every
+                // shard of it (the node's slot may go to any), as after a report here.
+                self.hub
+                    .mark_dirty(crate::domain::validate::split_shard(queue).0);
             }
             None => tracing::debug!(msg, "unknown wake-up message"),
         }
@@ -250,7 +253,7 @@ impl Reconciler {
                         }
                     }
                 };
-                qs.iter().for_each(|q| self.hub.mark_dirty(q));
+                qs.iter().for_each(|q| self.hub.mark_shard_dirty(q));
             }
             Err(e) => tracing::debug!(error = %e, "sweep: cannot list queues"),
         }

@@ -51,7 +51,9 @@ pub fn fire_task(task_json: &str, name: &str, id: Option<&str>) -> Result<Prepar
     let t: NewTask = serde_json::from_str(task_json).map_err(|e| format!("stored task: {e}"))?;
     let mut p = crate::domain::TaskSpec::parse(t, "task.").map_err(|e| e.to_string())?;
     if let Some(id) = id {
+        // The id recorded with the fire names its shard already.
         p.id = id.to_string();
+        p.placed = true;
     }
     // Shown as `origin` on the task: the link back to its schedule.
     p.origin = Some(format!("schedule:{name}"));
@@ -259,7 +261,9 @@ impl Scheduler {
                     (FireOutcome::Skipped, Some(prev.clone()), None)
                 } else {
                     match fire_task(&rec.task, &rec.name, None) {
-                        Ok(p) => {
+                        Ok(mut p) => {
+                            // Placed on its shard now: the fire records the final id.
+                            self.store.place(std::slice::from_mut(&mut p), None).await?;
                             let id = p.id.clone();
                             task = Some(p);
                             (FireOutcome::Fired, Some(id), None)
@@ -312,7 +316,7 @@ impl Scheduler {
         rec: &ScheduleRecord,
         spec: &CronSpec,
         tick: i64,
-        task: PreparedTask,
+        mut task: PreparedTask,
     ) -> Result<(), StoreError> {
         let ttl = spec.next_after(tick).map_or(0, |n| n - tick) + IDEM_MARGIN_MS;
         let id = task.id.clone();
@@ -325,7 +329,7 @@ impl Scheduler {
         match submit(
             &self.store,
             &self.hub,
-            std::slice::from_ref(&task),
+            std::slice::from_mut(&mut task),
             Some(idem),
         )
         .await

@@ -66,7 +66,8 @@ impl Timers {
                 let n = self.store.promote(q, 1000).await?;
                 if n > 0 {
                     round.promoted += n;
-                    self.hub.mark_dirty(q);
+                    // `queues` lists shards: this one.
+                    self.hub.mark_shard_dirty(q);
                 }
             }
             if !due.expire {
@@ -86,7 +87,7 @@ impl Timers {
             }
             if !expired.is_empty() {
                 round.expired += expired.len();
-                self.hub.mark_dirty(q);
+                self.hub.mark_shard_dirty(q);
             }
         }
         let stale = self

@@ -15,6 +15,7 @@ mod redis_ha;
 mod router;
 mod schedules;
 mod security;
+mod shards;
 mod store;
 mod support;
 mod ui;

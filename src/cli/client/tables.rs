@@ -186,6 +186,7 @@ mod tests {
                     max_running: None,
                     rate_limit: None,
                     oldest_pending_age_ms: Some(3_200),
+                    shards: 1,
                 },
                 QueueInfo {
                     name: "emails".into(),
@@ -196,6 +197,7 @@ mod tests {
                     max_running: None,
                     rate_limit: None,
                     oldest_pending_age_ms: None,
+                    shards: 1,
                 },
             ],
         }
