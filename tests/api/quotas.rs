@@ -193,10 +193,7 @@ async fn junk_queues_are_refused_past_the_tokens_queue_quota() {
     // Emptied and pruned, its queues no longer count.
     let (store, reconciler) = crate::support::pruner_on(&app.redis_url, &app.ns).await;
     assert_eq!(ids.len(), 101, "the token's tasks");
-    for id in &ids {
-        store.cancel(id).await.expect("cancel");
-        store.delete(id).await.expect("delete");
-    }
+    crate::support::cancel_and_delete(&store, &ids, 50).await;
     let pruned = reconciler.prune_empty_queues().await;
     assert_eq!(pruned.len(), 100, "{pruned:?}");
     let (s, p) = call(
@@ -561,20 +558,7 @@ async fn idle_load_after_ten_thousand_emptied_queues_is_back_to_an_empty_deploym
         .map(|v| v.as_str().expect("id").to_string())
         .collect();
     let (store, reconciler) = crate::support::pruner_on(&app.redis_url, &app.ns).await;
-    let store = std::sync::Arc::new(store);
-    let mut joins = Vec::new();
-    for chunk in ids.chunks(1_000) {
-        let (chunk, s) = (chunk.to_vec(), store.clone());
-        joins.push(tokio::spawn(async move {
-            for id in chunk {
-                s.cancel(&id).await.expect("cancel");
-                s.delete(&id).await.expect("delete");
-            }
-        }));
-    }
-    for j in joins {
-        j.await.expect("join");
-    }
+    crate::support::cancel_and_delete(&store, &ids, 1_000).await;
     let pruned = reconciler.prune_empty_queues().await;
     assert_eq!(pruned.len(), 10_000, "every emptied queue is pruned");
     // What was set going before the prune (a dispatch of every queue the submission

@@ -2907,21 +2907,7 @@ async fn empty_spam_queues_are_pruned_and_real_queues_stay() {
     );
 
     // Cancelled and deleted (except one, which keeps its queue).
-    let spam = std::sync::Arc::new(store.clone());
-    let mut joins = Vec::new();
-    for chunk in ids[1..].chunks(500) {
-        let chunk = chunk.to_vec();
-        let s = spam.clone();
-        joins.push(tokio::spawn(async move {
-            for id in chunk {
-                s.cancel(&id).await.expect("cancel");
-                s.delete(&id).await.expect("delete");
-            }
-        }));
-    }
-    for j in joins {
-        j.await.expect("join");
-    }
+    crate::support::cancel_and_delete(&store, &ids[1..], 500).await;
     let pruned = reconciler.prune_empty_queues().await;
     assert_eq!(pruned.len(), SPAM - 1, "every emptied spam queue is pruned");
     let mut want = before.clone();

@@ -73,6 +73,24 @@ pub async fn pruner_on(
     (store, r)
 }
 
+/// Cancels and deletes the tasks `ids` through `store`, `chunk` at a time in parallel
+/// (emptying junk queues so that they can be pruned).
+pub async fn cancel_and_delete(store: &muster::store::Store, ids: &[String], chunk: usize) {
+    let mut joins = Vec::new();
+    for part in ids.chunks(chunk.max(1)) {
+        let (part, s) = (part.to_vec(), store.clone());
+        joins.push(tokio::spawn(async move {
+            for id in part {
+                s.cancel(&id).await.expect("cancel");
+                s.delete(&id).await.expect("delete");
+            }
+        }));
+    }
+    for j in joins {
+        j.await.expect("join");
+    }
+}
+
 /// The Redis the end-to-end suites run on: the shared server, or the shared Cluster
 /// under `MUSTER_TEST_BACKEND=cluster` ([`on_cluster`]).
 pub fn e2e_target() -> muster::store::RedisTarget {
