@@ -329,8 +329,9 @@ fn last_log_line(log: &Path) -> Option<String> {
 pub struct LocalPlane {
     /// The private redis-server, when one was started.
     pub redis: Option<PrivateRedis>,
-    /// Redis URL and namespace to remove at shutdown (only with a given Redis).
-    cleanup_ns: Option<(String, String)>,
+    /// The servers (each primary) and namespace to remove at shutdown (only with a
+    /// given Redis).
+    cleanup_ns: Option<(Vec<redis::Client>, String)>,
     stop: CancellationToken,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -351,8 +352,7 @@ impl LocalPlane {
     ) -> anyhow::Result<(String, String)> {
         match redis_url {
             Some(url) => {
-                let ns = format!("{prefix}-{}", &random_hex_token()[..12]);
-                self.cleanup_ns = Some((url.to_string(), ns.clone()));
+                let ns = self.fresh_namespace(vec![redis::Client::open(url)?], prefix);
                 Ok((url.to_string(), ns))
             }
             None => {
@@ -362,6 +362,14 @@ impl LocalPlane {
                 Ok((url, crate::config::DEFAULT_NAMESPACE.to_string()))
             }
         }
+    }
+
+    /// A fresh namespace `<prefix>-<random>` on a given Redis whose primaries are
+    /// `primaries` (one, or each of a Cluster's), removed from each at shutdown.
+    pub fn fresh_namespace(&mut self, primaries: Vec<redis::Client>, prefix: &str) -> String {
+        let ns = format!("{prefix}-{}", &random_hex_token()[..12]);
+        self.cleanup_ns = Some((primaries, ns.clone()));
+        ns
     }
 
     /// Builds the control plane from `cfg` and runs it in the background; returns
@@ -387,10 +395,12 @@ impl LocalPlane {
         {
             h.abort();
         }
-        if let Some((url, ns)) = self.cleanup_ns.take()
-            && let Err(e) = delete_namespace(&url, &ns).await
-        {
-            tracing::warn!(error = %e, namespace = %ns, "could not remove the {what}'s keys");
+        if let Some((primaries, ns)) = self.cleanup_ns.take() {
+            for p in &primaries {
+                if let Err(e) = delete_namespace(p, &ns).await {
+                    tracing::warn!(error = %e, namespace = %ns, "could not remove the {what}'s keys");
+                }
+            }
         }
         if let Some(r) = self.redis.take() {
             r.stop().await;
@@ -398,14 +408,14 @@ impl LocalPlane {
     }
 }
 
-/// Deletes every key under `ns` (best effort, standalone Redis): what `muster demo`
-/// and `muster bench` leave in a Redis given with `--redis-url`.
+/// Deletes every key under `ns` on one server (best effort): what `muster demo` and
+/// `muster bench` leave in a Redis they were given. One key per `UNLINK`, pipelined,
+/// so a Cluster primary's keys of different slots go too.
 ///
 /// # Errors
 /// Redis unreachable or failing.
-pub async fn delete_namespace(url: &str, ns: &str) -> anyhow::Result<()> {
-    let client = redis::Client::open(url)?;
-    let mut c = client.get_multiplexed_async_connection().await?;
+pub async fn delete_namespace(server: &redis::Client, ns: &str) -> anyhow::Result<()> {
+    let mut c = server.get_multiplexed_async_connection().await?;
     let mut cursor: u64 = 0;
     loop {
         let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -417,7 +427,11 @@ pub async fn delete_namespace(url: &str, ns: &str) -> anyhow::Result<()> {
             .query_async(&mut c)
             .await?;
         if !keys.is_empty() {
-            let _: i64 = redis::cmd("UNLINK").arg(&keys).query_async(&mut c).await?;
+            let mut p = redis::pipe();
+            for k in &keys {
+                p.cmd("UNLINK").arg(k).ignore();
+            }
+            let () = p.query_async(&mut c).await?;
         }
         if next == 0 {
             return Ok(());

@@ -406,6 +406,24 @@ fn primaries(nodes: &str) -> Vec<u16> {
         .collect()
 }
 
+/// The address (`host`, `port`) of each primary serving slots in a `CLUSTER NODES`
+/// answer (`ip:port@cport[,hostname]`).
+fn primary_addrs(nodes: &str) -> Vec<(String, u16)> {
+    nodes
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let flags = f.get(2)?;
+            if !flags.contains("master") || flags.contains("fail") || f.len() < 9 {
+                return None;
+            }
+            let hostport = f.get(1)?.split(['@', ',']).next()?;
+            let (host, port) = hostport.rsplit_once(':')?;
+            Some((host.to_string(), port.parse().ok()?))
+        })
+        .collect()
+}
+
 async fn scan_on(
     c: &mut Conn,
     pattern: &str,
@@ -801,6 +819,47 @@ impl Backend {
         Ok(self.client().await?.get_async_pubsub().await?)
     }
 
+    /// A client for each primary holding the keyspace, for probes that read one server
+    /// at a time (`INFO`, `MONITOR`: `muster bench`): the server, the Sentinels' current
+    /// primary, or each Cluster primary serving slots (`CLUSTER NODES` of a seed node),
+    /// reached with that seed's user, password and TLS.
+    pub async fn primaries(&self) -> Result<Vec<redis::Client>> {
+        let seed = self.client().await?;
+        if !self.target.is_cluster() {
+            return Ok(vec![seed]);
+        }
+        let mut c = tokio::time::timeout(
+            self.timeouts.connect,
+            seed.get_multiplexed_async_connection(),
+        )
+        .await
+        .map_err(|_| StoreError::timed_out("connecting to a cluster seed node"))??;
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut c)
+            .await?;
+        let info = seed.get_connection_info().clone();
+        primary_addrs(&nodes)
+            .into_iter()
+            .map(|(host, port)| {
+                let addr = match info.addr() {
+                    redis::ConnectionAddr::TcpTls {
+                        insecure,
+                        tls_params,
+                        ..
+                    } => redis::ConnectionAddr::TcpTls {
+                        host,
+                        port,
+                        insecure: *insecure,
+                        tls_params: tls_params.clone(),
+                    },
+                    _ => redis::ConnectionAddr::Tcp(host, port),
+                };
+                Ok(redis::Client::open(info.clone().set_addr(addr))?)
+            })
+            .collect()
+    }
+
     /// A plain connection of its own, for a blocking command.
     pub async fn own(&self, response: Duration) -> Result<Conn> {
         let cfg = redis::AsyncConnectionConfig::new().set_response_timeout(Some(response));
@@ -871,6 +930,13 @@ mod tests {
                      d 127.0.0.1:7003@17003 slave a 0 0 1 connected\n\
                      e 127.0.0.1:7004@17004 master - 0 0 4 connected\n";
         assert_eq!(primaries(nodes), vec![0, 5461]);
+        assert_eq!(
+            primary_addrs(nodes),
+            vec![
+                ("127.0.0.1".to_string(), 7000),
+                ("127.0.0.1".to_string(), 7001)
+            ]
+        );
     }
 
     #[test]

@@ -154,6 +154,15 @@ impl Store {
         self.backend.target.is_cluster()
     }
 
+    /// A client for each primary holding the keyspace (one unless on a Cluster), for
+    /// probes that read each server's `INFO` or `MONITOR`.
+    ///
+    /// # Errors
+    /// Redis unreachable.
+    pub async fn primaries(&self) -> Result<Vec<redis::Client>> {
+        self.backend.primaries().await
+    }
+
     /// A pub/sub connection of its own.
     ///
     /// # Errors

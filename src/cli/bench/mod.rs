@@ -1,7 +1,8 @@
 //! `muster bench`: end-to-end benchmark on a private Redis.
 //!
 //! One process holds everything: a private `redis-server` (persistence off, for
-//! throughput) or `--redis-url` with a fresh key namespace, the control plane
+//! throughput) or a given Redis (`--redis-url`, `--redis-cluster` or `--redis-sentinel`)
+//! with a fresh key namespace, the control plane
 //! ([`crate::startup::Application`] on `127.0.0.1:0`) and K *bench agents*: lean in-process HTTP clients
 //! that register a node, long-poll `POST /v1/nodes/{id}/lease` (large `max`) in several
 //! loops and report every leased task as succeeded with one
@@ -42,8 +43,19 @@ pub struct BenchArgs {
     pub n: Option<u64>,
     /// Use this Redis instead of a private one (a fresh key namespace is used and
     /// removed afterwards; other clients' commands then count in the Redis figures).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["redis_cluster", "redis_sentinel"])]
     pub redis_url: Option<String>,
+    /// Use this Redis Cluster instead: seed node URLs, comma-separated (a fresh key
+    /// namespace as with --redis-url; the Redis figures are summed over its primaries).
+    #[arg(long, conflicts_with = "redis_sentinel")]
+    pub redis_cluster: Option<String>,
+    /// Use the primary these Sentinels name --sentinel-master instead: their URLs,
+    /// comma-separated (a fresh key namespace as with --redis-url).
+    #[arg(long, requires = "sentinel_master")]
+    pub redis_sentinel: Option<String>,
+    /// The primary's name in the Sentinels' configuration (`sentinel monitor NAME …`).
+    #[arg(long)]
+    pub sentinel_master: Option<String>,
     /// Print JSON (progress still goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -99,6 +111,29 @@ pub struct BenchArgs {
     pub backlog: u64,
 }
 
+impl BenchArgs {
+    /// The Redis the flags name (a server, a Cluster or Sentinels), or `None` for a
+    /// private redis-server. Unlike `serve`, the bench reads no `MUSTER_REDIS_*`
+    /// variables: it never writes to a shared Redis unless told on its command line.
+    ///
+    /// # Errors
+    /// An empty list or a URL that does not parse, in one line.
+    pub fn shared_redis(&self) -> anyhow::Result<Option<crate::store::RedisTarget>> {
+        use crate::store::RedisTarget;
+        let t = match (&self.redis_url, &self.redis_cluster, &self.redis_sentinel) {
+            (Some(u), _, _) => RedisTarget::Standalone(u.clone()),
+            (None, Some(c), _) => RedisTarget::Cluster(RedisTarget::list(c)),
+            (None, None, Some(s)) => RedisTarget::Sentinel {
+                sentinels: RedisTarget::list(s),
+                master: self.sentinel_master.clone().unwrap_or_default(),
+            },
+            (None, None, None) => return Ok(None),
+        };
+        t.validate().map_err(anyhow::Error::msg)?;
+        Ok(Some(t))
+    }
+}
+
 /// Latency samples excluded as warm-up (as the peers do).
 const LAT_SKIP: u64 = 100;
 /// A phase fails when nothing progresses for this long.
@@ -135,7 +170,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         args.rates.iter().flatten().all(|r| *r >= 1),
         "--rates must be at least 1 each"
     );
-    if args.redis_url.is_none() && local::find_on_path("redis-server").is_none() {
+    let shared = args.shared_redis()?;
+    if shared.is_none() && local::find_on_path("redis-server").is_none() {
         anyhow::bail!(local::NO_REDIS_SERVER);
     }
     let mut stack = Stack::default();

@@ -21,41 +21,73 @@ use std::time::{Duration, Instant};
 struct Setup {
     api: Api,
     probe: Probe,
-    redis_url: String,
+    /// Each primary holding the keyspace (one unless on a Cluster).
+    primaries: Vec<redis::Client>,
     redis_desc: String,
     redis_version: String,
     dispatchers: usize,
     base: String,
 }
 
-/// Starts Redis (unless `--redis-url`) and the control plane in-process.
+/// Starts Redis (unless one is given) and the control plane in-process.
 async fn start(args: &BenchArgs, stack: &mut Stack) -> anyhow::Result<Setup> {
     let token = local::random_hex_token();
     let dir =
         std::env::temp_dir().join(format!("muster-bench-{}", &local::random_hex_token()[..12]));
-    if args.redis_url.is_none() {
-        stack.dir = Some(dir.clone());
-    }
-    // Persistence off (no RDB snapshots, no AOF): throughput, not durability.
-    let (redis_url, namespace) = stack
-        .plane
-        .redis(
-            args.redis_url.as_deref(),
-            "muster-bench",
-            &dir,
-            &["--save", "", "--appendonly", "no"],
-        )
-        .await?;
-    let redis_desc = match &args.redis_url {
-        Some(url) => format!(
-            "{url} (namespace removed afterwards; other clients count in the Redis figures)"
+    let (mut cfg, primaries) = match args.shared_redis()? {
+        None => {
+            stack.dir = Some(dir.clone());
+            // Persistence off (no RDB snapshots, no AOF): throughput, not durability.
+            let (url, namespace) = stack
+                .plane
+                .redis(
+                    None,
+                    "muster-bench",
+                    &dir,
+                    &["--save", "", "--appendonly", "no"],
+                )
+                .await?;
+            let primaries = vec![redis::Client::open(url.as_str())?];
+            let mut cfg = Config::new("127.0.0.1:0", url);
+            cfg.namespace = namespace;
+            (cfg, primaries)
+        }
+        Some(target) => {
+            let primaries =
+                crate::store::Store::connect_to(&target, "muster-bench", Duration::from_secs(5))
+                    .await
+                    .with_context(|| {
+                        format!("cannot connect to {}; check it runs", target.describe())
+                    })?
+                    .primaries()
+                    .await
+                    .context("cannot list the Redis primaries")?;
+            let mut cfg = Config::new("127.0.0.1:0", crate::config::DEFAULT_REDIS_URL);
+            cfg.namespace = stack
+                .plane
+                .fresh_namespace(primaries.clone(), "muster-bench");
+            cfg.redis_target = Some(target);
+            (cfg, primaries)
+        }
+    };
+    let redis_desc = match &cfg.redis_target {
+        Some(t) if primaries.len() > 1 => format!(
+            "{} ({} primaries, their figures summed; namespace removed afterwards; other clients count in the Redis figures)",
+            t.describe(),
+            primaries.len()
+        ),
+        Some(t) => format!(
+            "{} (namespace removed afterwards; other clients count in the Redis figures)",
+            t.describe()
         ),
         None => "private redis-server, persistence off (--save '' --appendonly no)".to_string(),
     };
+    let mut conns = Vec::with_capacity(primaries.len());
+    for p in &primaries {
+        conns.push(p.get_multiplexed_async_connection().await?);
+    }
     let mut probe = Probe {
-        conn: redis::Client::open(redis_url.as_str())?
-            .get_multiplexed_async_connection()
-            .await?,
+        conns,
         tck: clk_tck(),
     };
     let redis_version = probe
@@ -69,8 +101,6 @@ async fn start(args: &BenchArgs, stack: &mut Stack) -> anyhow::Result<Setup> {
             })
         })
         .unwrap_or_default();
-    let mut cfg = Config::new("127.0.0.1:0", redis_url.clone());
-    cfg.namespace = namespace.clone();
     cfg.admin_token = Some(token.clone());
     let dispatchers = cfg.dispatchers;
     let base = stack.plane.serve(cfg).await?;
@@ -78,7 +108,7 @@ async fn start(args: &BenchArgs, stack: &mut Stack) -> anyhow::Result<Setup> {
     Ok(Setup {
         api,
         probe,
-        redis_url,
+        primaries,
         redis_desc,
         redis_version,
         dispatchers,
@@ -92,7 +122,7 @@ async fn calibrate(probe: &mut Probe, api: &Api) -> anyhow::Result<Value> {
     let mut ping = Vec::with_capacity(2000);
     for _ in 0..2000 {
         let t = Instant::now();
-        let _: String = redis::cmd("PING").query_async(&mut probe.conn).await?;
+        let _: String = redis::cmd("PING").query_async(&mut probe.conns[0]).await?;
         ping.push(t.elapsed().as_nanos() as u64);
     }
     let mut hz = Vec::with_capacity(2000);
@@ -143,7 +173,7 @@ pub(super) async fn bench(args: &BenchArgs, stack: &mut Stack) -> anyhow::Result
     let Setup {
         api,
         mut probe,
-        redis_url,
+        primaries,
         redis_desc,
         redis_version,
         dispatchers,
@@ -228,7 +258,7 @@ pub(super) async fn bench(args: &BenchArgs, stack: &mut Stack) -> anyhow::Result
         .unwrap_or(n.min(if args.quick { 1_000 } else { 5_000 }));
     let census = if census_n > 0 && local::find_on_path("redis-cli").is_some() {
         let pb = bar(census_n, "census: end-to-end under MONITOR");
-        let r = runs::census(&api, &redis_url, census_n, args, stack, t_base, &pb).await;
+        let r = runs::census(&api, &primaries, census_n, args, stack, t_base, &pb).await;
         pb.finish();
         match r {
             Ok(v) => v,
@@ -290,6 +320,7 @@ pub(super) async fn bench(args: &BenchArgs, stack: &mut Stack) -> anyhow::Result
             "latency_secs": lat_secs,
             "dispatchers": dispatchers,
             "redis": redis_desc,
+            "redis_primaries": primaries.len(),
             "redis_version": redis_version,
             "agents_note": "in-process no-op bench agents (HTTP lease + batched reports): measures muster, not process spawning",
             "build": if cfg!(debug_assertions) { "debug" } else { "release" },

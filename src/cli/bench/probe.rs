@@ -66,52 +66,36 @@ pub(super) struct Snap {
     pub(super) redis: RedisSnap,
 }
 
+/// Reads `INFO` of each primary holding the keyspace (one unless on a Cluster); the
+/// figures of a snapshot are their sums.
 pub(super) struct Probe {
-    pub(super) conn: redis::aio::MultiplexedConnection,
+    pub(super) conns: Vec<redis::aio::MultiplexedConnection>,
     pub(super) tck: f64,
 }
 
 impl Probe {
+    /// One `INFO` section of the first primary.
     pub(super) async fn info(&mut self, section: &str) -> anyhow::Result<String> {
         Ok(redis::cmd("INFO")
             .arg(section)
-            .query_async::<String>(&mut self.conn)
+            .query_async::<String>(&mut self.conns[0])
             .await?)
     }
 
     async fn redis(&mut self) -> anyhow::Result<RedisSnap> {
         let mut s = RedisSnap::default();
-        for line in self.info("commandstats").await?.lines() {
-            // cmdstat_evalsha:calls=1,usec=2,...
-            if let Some((name, rest)) = line
-                .trim()
-                .strip_prefix("cmdstat_")
-                .and_then(|l| l.split_once(':'))
-            {
-                let calls = rest
-                    .split(',')
-                    .find_map(|kv| kv.strip_prefix("calls="))
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                let usec = rest
-                    .split(',')
-                    .find_map(|kv| kv.strip_prefix("usec="))
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                s.calls.insert(name.to_string(), calls);
-                s.usec.insert(name.to_string(), usec);
+        for c in &mut self.conns {
+            let mut sections = Vec::with_capacity(3);
+            for section in ["commandstats", "cpu", "memory"] {
+                sections.push(
+                    redis::cmd("INFO")
+                        .arg(section)
+                        .query_async::<String>(c)
+                        .await?,
+                );
             }
+            add_server(&mut s, &sections[0], &sections[1], &sections[2]);
         }
-        let field = |text: &str, key: &str| -> f64 {
-            text.lines()
-                .find_map(|l| l.trim().strip_prefix(key).and_then(|v| v.strip_prefix(':')))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0.0)
-        };
-        let cpu = self.info("cpu").await?;
-        s.cpu_secs = field(&cpu, "used_cpu_sys") + field(&cpu, "used_cpu_user");
-        let mem = self.info("memory").await?;
-        s.used_memory = field(&mem, "used_memory") as u64;
         Ok(s)
     }
 
@@ -123,6 +107,35 @@ impl Probe {
             redis,
         })
     }
+}
+
+/// Adds one server's `INFO commandstats`, `cpu` and `memory` to `s`.
+fn add_server(s: &mut RedisSnap, stats: &str, cpu: &str, mem: &str) {
+    for line in stats.lines() {
+        // cmdstat_evalsha:calls=1,usec=2,...
+        if let Some((name, rest)) = line
+            .trim()
+            .strip_prefix("cmdstat_")
+            .and_then(|l| l.split_once(':'))
+        {
+            let num = |key: &str| -> u64 {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(key))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            };
+            *s.calls.entry(name.to_string()).or_default() += num("calls=");
+            *s.usec.entry(name.to_string()).or_default() += num("usec=");
+        }
+    }
+    let field = |text: &str, key: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(key).and_then(|v| v.strip_prefix(':')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    s.cpu_secs += field(cpu, "used_cpu_sys") + field(cpu, "used_cpu_user");
+    s.used_memory += field(mem, "used_memory") as u64;
 }
 
 /// Differences between two snapshots, per task where it says so.

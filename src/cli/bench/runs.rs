@@ -134,54 +134,66 @@ pub(super) async fn idle(
     })
 }
 
-/// Runs `n` tasks end to end (fresh agents, batch submit) while `redis-cli MONITOR`
-/// records every command; counts the commands muster sent (top level) and those its
-/// scripts ran (`[0 lua]` lines), per task.
+/// Runs `n` tasks end to end (fresh agents, batch submit) while `MONITOR` on each
+/// primary records every command; counts the commands muster sent (top level) and
+/// those its scripts ran (`[0 lua]` lines), per task.
 pub(super) async fn census(
     api: &Api,
-    redis_url: &str,
+    primaries: &[redis::Client],
     n: u64,
     args: &BenchArgs,
     stack: &mut Stack,
     t_base: Instant,
     pb: &ProgressBar,
 ) -> anyhow::Result<Value> {
-    use tokio::io::AsyncBufReadExt as _;
-    let mut child = tokio::process::Command::new("redis-cli")
-        .args(["-u", redis_url, "monitor"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start redis-cli monitor")?;
-    let stdout = child.stdout.take().context("no stdout from redis-cli")?;
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    // The first line is OK once MONITOR is on.
-    tokio::time::timeout(Duration::from_secs(5), lines.next_line())
-        .await
-        .context("redis-cli monitor did not answer")??;
-    let counting = tokio::spawn(async move {
-        let mut top: std::collections::BTreeMap<String, u64> = Default::default();
-        let mut inner: std::collections::BTreeMap<String, u64> = Default::default();
-        while let Ok(Some(l)) = lines.next_line().await {
-            // 1700000000.123456 [0 127.0.0.1:5555] "evalsha" "…"   or   [0 lua] "HSET" …
-            let Some((client, rest)) = l.split_once("] ") else {
-                continue;
+    use futures::StreamExt as _;
+    type Counts = std::collections::BTreeMap<String, u64>;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut readers = Vec::with_capacity(primaries.len());
+    for p in primaries {
+        let monitor = tokio::time::timeout(Duration::from_secs(5), p.get_async_monitor())
+            .await
+            .context("MONITOR did not answer")?
+            .context("cannot start MONITOR")?;
+        let stop = stop.clone();
+        readers.push(tokio::spawn(async move {
+            let mut top = Counts::new();
+            let mut inner = Counts::new();
+            let mut lines = monitor.into_on_message::<String>();
+            let mut count = |l: &str| {
+                // 1700000000.123456 [0 127.0.0.1:5555] "evalsha" "…"   or   [0 lua] "HSET" …
+                let Some((client, rest)) = l.split_once("] ") else {
+                    return;
+                };
+                let cmd = rest.split('"').nth(1).unwrap_or("").to_ascii_lowercase();
+                if cmd == "info" || cmd == "monitor" {
+                    return;
+                }
+                let map = if client.ends_with(" lua") {
+                    &mut inner
+                } else {
+                    &mut top
+                };
+                *map.entry(cmd).or_default() += 1;
             };
-            let cmd = rest.split('"').nth(1).unwrap_or("").to_ascii_lowercase();
-            if cmd == "info" || cmd == "monitor" {
-                continue;
+            loop {
+                tokio::select! {
+                    l = lines.next() => match l {
+                        Some(l) => count(&l),
+                        None => break,
+                    },
+                    () = stop.cancelled() => {
+                        // What arrived before the stop is still counted.
+                        while let Some(Some(l)) = futures::FutureExt::now_or_never(lines.next()) {
+                            count(&l);
+                        }
+                        break;
+                    }
+                }
             }
-            let map = if client.ends_with(" lua") {
-                &mut inner
-            } else {
-                &mut top
-            };
-            *map.entry(cmd).or_default() += 1;
-        }
-        (top, inner)
-    });
+            (top, inner)
+        }));
+    }
     let (c, agents) = Agents::start_phase(api, "bench-census", args, t_base, stack).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     submit_batches(
@@ -195,11 +207,19 @@ pub(super) async fn census(
     .await?;
     wait_done(&c, n, pb).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let _ = child.start_kill();
-    let _ = child.wait().await;
-    let (top, inner) = counting.await.context("the census reader panicked")?;
+    stop.cancel();
+    let (mut top, mut inner) = (Counts::new(), Counts::new());
+    for r in readers {
+        let (t, i) = r.await.context("a census reader panicked")?;
+        for (k, v) in t {
+            *top.entry(k).or_default() += v;
+        }
+        for (k, v) in i {
+            *inner.entry(k).or_default() += v;
+        }
+    }
     agents.stop(api).await;
-    let per = |m: &std::collections::BTreeMap<String, u64>| -> (f64, Value) {
+    let per = |m: &Counts| -> (f64, Value) {
         let total: u64 = m.values().sum();
         let by: serde_json::Map<String, Value> = m
             .iter()
@@ -215,7 +235,7 @@ pub(super) async fn census(
         "top_level_by_name": tb,
         "inside_scripts_per_task": i,
         "inside_scripts_by_name": ib,
-        "note": "redis-cli MONITOR over an untimed end-to-end run; top level = commands muster sent (EVALSHA counts 1), inside = commands its Lua scripts ran; includes the background loops (reconciler, timers, dispatcher) during the run",
+        "note": "MONITOR (on each primary) over an untimed end-to-end run; top level = commands muster sent (EVALSHA counts 1), inside = commands its Lua scripts ran; includes the background loops (reconciler, timers, dispatcher) during the run",
     }))
 }
 
