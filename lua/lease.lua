@@ -12,37 +12,9 @@
 local p, node, max, pull = KEYS[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
 local now = now_ms()
 local out = {}
-local running = k_state_index(p, 'running')
-
--- A flat HGETALL reply as a table.
-local function as_map(flat)
-  local h = {}
-  for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
-  return h
-end
 
 local function start(id, tkey, h)
-  local timeout = tonumber(h.timeout_ms) or DEFAULT_TIMEOUT_MS
-  -- The concurrency slot (taken at dispatch) now lives as long as the lease.
-  if h.ckey then redis.call('ZADD', k_semaphore(p, h.ckey), now + timeout, id) end
-  h.state = 'running'
-  h.node = node
-  h.nonce = ARGV[6] .. string.format('%04x', #out)
-  h.started_at = tostring(now)
-  h.lease_expires = tostring(now + timeout)
-  h.fence = tostring((tonumber(h.fence) or 0) + 1)
-  h.attempts = tostring((tonumber(h.attempts) or 0) + 1)
-  redis.call('HSET', tkey, 'state', 'running', 'node', node, 'nonce', h.nonce,
-    'started_at', now, 'lease_expires', h.lease_expires, 'fence', h.fence,
-    'attempts', h.attempts)
-  zadd_later(running, now + timeout, id)
-  emit(p, 'task.running', id, node, 'running')
-  local row = {'id', id}
-  for k, v in pairs(h) do
-    row[#row + 1] = k
-    row[#row + 1] = v
-  end
-  out[#out + 1] = row
+  lease_start(p, node, id, tkey, h, ARGV[6] .. string.format('%04x', #out), now, out)
 end
 
 local inbox = k_inbox(p, node)

@@ -324,6 +324,43 @@ local function batch_check(p, now)
     h[8] or ''}
 end
 
+-- ----- Leases (lease.lua, and dispatch.lua's direct hand-off) -----
+
+-- A flat HGETALL reply as a table.
+local function as_map(flat)
+  local h = {}
+  for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
+  return h
+end
+
+-- Starts the lease of task `id` (hash `h`, as read, updated here) for `node`: state
+-- running, a new nonce, fence and attempts + 1, the deadline in `running`, the
+-- concurrency slot held as long as the lease. Appends to `out` the task as a flat
+-- field/value row with 'id' first.
+local function lease_start(p, node, id, tkey, h, nonce, now, out)
+  local timeout = tonumber(h.timeout_ms) or DEFAULT_TIMEOUT_MS
+  -- The concurrency slot (taken at dispatch) now lives as long as the lease.
+  if h.ckey then redis.call('ZADD', k_semaphore(p, h.ckey), now + timeout, id) end
+  h.state = 'running'
+  h.node = node
+  h.nonce = nonce
+  h.started_at = tostring(now)
+  h.lease_expires = tostring(now + timeout)
+  h.fence = tostring((tonumber(h.fence) or 0) + 1)
+  h.attempts = tostring((tonumber(h.attempts) or 0) + 1)
+  redis.call('HSET', tkey, 'state', 'running', 'node', node, 'nonce', h.nonce,
+    'started_at', now, 'lease_expires', h.lease_expires, 'fence', h.fence,
+    'attempts', h.attempts)
+  zadd_later(k_state_index(p, 'running'), now + timeout, id)
+  emit(p, 'task.running', id, node, 'running')
+  local row = {'id', id}
+  for k, v in pairs(h) do
+    row[#row + 1] = k
+    row[#row + 1] = v
+  end
+  out[#out + 1] = row
+end
+
 -- ----- Reports (complete.lua, report_many.lua) -----
 -- A report batch defers what can be written once per call: the clock (one TIME), the
 -- ZREM from `running`, the load per node and the 'done' wake-up (one PUBLISH per node,

@@ -303,6 +303,32 @@ pub async fn nodes_heartbeat(
     Ok(Json(HeartbeatReply { status, cancel }))
 }
 
+/// A lease as the API answers it, its wait (due → started) observed in the metrics.
+fn as_lease(l: crate::store::Leased) -> Lease {
+    let due = l
+        .task
+        .run_at
+        .as_deref()
+        .and_then(crate::domain::parse_rfc3339_ms);
+    let started = l
+        .task
+        .started_at
+        .as_deref()
+        .and_then(crate::domain::parse_rfc3339_ms);
+    if let (Some(d), Some(s)) = (due, started) {
+        crate::metrics::METRICS
+            .wait
+            .with_label_values(&[l.task.queue.as_str()])
+            .observe((s - d).max(0) as f64 / 1000.0);
+    }
+    Lease {
+        fence: l.task.fence,
+        lease_expires_at: rfc3339_ms(l.expires_ms),
+        lease_token: l.token,
+        task: l.task,
+    }
+}
+
 #[utoipa::path(
     post,
     path = "/v1/nodes/{id}/lease",
@@ -376,6 +402,9 @@ pub async fn nodes_lease(
             tokio::pin!(notified);
             notified.as_mut().enable();
             if rec.node.status != NodeStatus::Draining {
+                // Direct leases whose long-poll had left before they came go first.
+                let handed = st.hub.take_handed(&id, max - out.len());
+                out.extend(handed.into_iter().map(as_lease));
                 for q in &rec.node.queues {
                     if out.len() >= max {
                         break;
@@ -384,30 +413,7 @@ pub async fn nodes_lease(
                         .store
                         .lease(q, &id, max - out.len(), human, &tags)
                         .await?;
-                    for l in &leased {
-                        let due = l
-                            .task
-                            .run_at
-                            .as_deref()
-                            .and_then(crate::domain::parse_rfc3339_ms);
-                        let started = l
-                            .task
-                            .started_at
-                            .as_deref()
-                            .and_then(crate::domain::parse_rfc3339_ms);
-                        if let (Some(d), Some(s)) = (due, started) {
-                            crate::metrics::METRICS
-                                .wait
-                                .with_label_values(&[q.as_str()])
-                                .observe((s - d).max(0) as f64 / 1000.0);
-                        }
-                    }
-                    out.extend(leased.into_iter().map(|l| Lease {
-                        fence: l.task.fence,
-                        lease_expires_at: rfc3339_ms(l.expires_ms),
-                        lease_token: l.token,
-                        task: l.task,
-                    }));
+                    out.extend(leased.into_iter().map(as_lease));
                 }
             }
             if !out.is_empty() || tokio::time::Instant::now() >= deadline {
@@ -416,9 +422,42 @@ pub async fn nodes_lease(
             // Woken by the dispatcher (or the `assigned` hint of another replica); the
             // jittered re-check only bounds what a lost hint costs.
             let nap = deadline.min(tokio::time::Instant::now() + crate::service::hub::recheck());
-            tokio::select! {
-                _ = notified => {}
-                _ = tokio::time::sleep_until(nap) => {}
+            if human || rec.node.status == NodeStatus::Draining {
+                tokio::select! {
+                    _ = notified => {}
+                    _ = tokio::time::sleep_until(nap) => {}
+                }
+                continue;
+            }
+            // Offered to this process's dispatcher, which may lease tasks to this
+            // long-poll directly (one script instead of inbox + lease).
+            let (offer, mut handed) = st.hub.offer(&id, max);
+            let got = tokio::select! {
+                r = &mut handed => r.ok(),
+                _ = notified => None,
+                _ = tokio::time::sleep_until(nap) => None,
+            };
+            let got = match got {
+                Some(l) => Some(l),
+                None => loop {
+                    if offer.withdraw() {
+                        break None;
+                    }
+                    // The dispatcher holds the offer for the one script it is running:
+                    // its leases come now, or the offer is put back.
+                    match tokio::time::timeout(Duration::from_millis(5), &mut handed).await {
+                        Ok(r) => break r.ok(),
+                        Err(_) => continue,
+                    }
+                },
+            };
+            drop(offer);
+            if let Some(leases) = got
+                && !leases.is_empty()
+            {
+                // Answered at once: another look would be a script for nothing.
+                out.extend(leases.into_iter().map(as_lease));
+                return Ok(out);
             }
         }
     }

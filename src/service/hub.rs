@@ -5,6 +5,7 @@
 //! one [`recheck`] interval for a lease long-poll). Also a short-lived cache of queue
 //! configurations for the dispatcher.
 
+use crate::store::Leased;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -87,11 +88,77 @@ impl Drop for Waiter {
     }
 }
 
+/// Lease long-polls waiting in this process, by node, in the order they came.
+type Offers = Arc<Mutex<HashMap<String, VecDeque<Offer>>>>;
+
+/// A lease long-poll waiting for work that the dispatcher may hand leases to directly
+/// (the direct hand-off: `dispatch.lua` leases them at once instead of putting them in
+/// the node's inbox for the long-poll to lease in a second script).
+#[derive(Debug)]
+pub struct Offer {
+    /// How many leases the long-poll still takes.
+    pub max: usize,
+    tx: tokio::sync::oneshot::Sender<Vec<Leased>>,
+    seq: u64,
+}
+
+impl Offer {
+    /// Hands `leases` over (possibly none: the long-poll then looks again itself).
+    /// Gives them back when the long-poll is gone meanwhile.
+    ///
+    /// # Errors
+    /// The leases, when nobody receives them.
+    pub fn hand(self, leases: Vec<Leased>) -> Result<(), Vec<Leased>> {
+        self.tx.send(leases)
+    }
+}
+
+/// A long-poll's [`Offer`], withdrawn from the hub when this is dropped (a long-poll
+/// whose client went away drops it with its future).
+#[derive(Debug)]
+pub struct OfferGuard {
+    offers: Offers,
+    node: String,
+    seq: u64,
+}
+
+impl OfferGuard {
+    /// Withdraws the offer; false when the dispatcher took it already (its leases, or
+    /// none, then come through the receiver).
+    pub fn withdraw(&self) -> bool {
+        let mut m = self.offers.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(q) = m.get_mut(&self.node) else {
+            return false;
+        };
+        let before = q.len();
+        q.retain(|o| o.seq != self.seq);
+        let found = q.len() < before;
+        if q.is_empty() {
+            m.remove(&self.node);
+        }
+        found
+    }
+}
+
+impl Drop for OfferGuard {
+    fn drop(&mut self) {
+        self.withdraw();
+    }
+}
+
+/// Most leases kept for a node whose long-poll left before its direct hand-off came
+/// (beyond that they are left to expire and be retried, as a lost reply would be).
+const HANDED_MAX: usize = 10_000;
+
 /// The wake-up registry shared by the API, the dispatcher and the reconciler.
 #[derive(Debug, Default)]
 pub struct Hub {
     tasks: Waiters,
     nodes: Waiters,
+    offers: Offers,
+    next_offer: std::sync::atomic::AtomicU64,
+    /// Direct leases whose long-poll had left: the node's next lease call takes them.
+    handed: Mutex<HashMap<String, Vec<Leased>>>,
     // Queues with possibly dispatchable work, in FIFO order without duplicates.
     dirty: Mutex<(VecDeque<String>, HashSet<String>)>,
     /// Woken when `dirty` gains a queue.
@@ -154,6 +221,90 @@ impl Hub {
     /// Done waiting on a node (the same as dropping the waiter).
     pub fn release_node(&self, _id: &str, n: Waiter) {
         drop(n)
+    }
+
+    /// Offers a lease long-poll of `node` that takes up to `max` more leases to the
+    /// dispatcher; the leases it hands over come through the returned receiver.
+    pub fn offer(
+        &self,
+        node: &str,
+        max: usize,
+    ) -> (OfferGuard, tokio::sync::oneshot::Receiver<Vec<Leased>>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let seq = self
+            .next_offer
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.offers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(node.to_string())
+            .or_default()
+            .push_back(Offer { max, tx, seq });
+        let guard = OfferGuard {
+            offers: self.offers.clone(),
+            node: node.to_string(),
+            seq,
+        };
+        (guard, rx)
+    }
+
+    /// The oldest offer of a long-poll of `node` still waiting, taken out of the hub.
+    pub fn take_offer(&self, node: &str) -> Option<Offer> {
+        let mut m = self.offers.lock().unwrap_or_else(|e| e.into_inner());
+        let q = m.get_mut(node)?;
+        let mut got = None;
+        while let Some(o) = q.pop_front() {
+            if !o.tx.is_closed() && o.max > 0 {
+                got = Some(o);
+                break;
+            }
+        }
+        if q.is_empty() {
+            m.remove(node);
+        }
+        got
+    }
+
+    /// Puts an offer the dispatcher took but had nothing for back, first in line.
+    pub fn restore(&self, node: &str, offer: Offer) {
+        if offer.tx.is_closed() {
+            return;
+        }
+        self.offers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(node.to_string())
+            .or_default()
+            .push_front(offer);
+    }
+
+    /// Direct leases of `node` whose long-poll left before they came: kept for its
+    /// next lease call (up to [`HANDED_MAX`]), and a waiting long-poll of it is woken.
+    pub fn hand_back(&self, node: &str, leases: Vec<Leased>) {
+        if leases.is_empty() {
+            return;
+        }
+        {
+            let mut m = self.handed.lock().unwrap_or_else(|e| e.into_inner());
+            let kept = m.entry(node.to_string()).or_default();
+            let room = HANDED_MAX.saturating_sub(kept.len());
+            kept.extend(leases.into_iter().take(room));
+        }
+        self.wake_node_one(node);
+    }
+
+    /// Up to `max` of the leases [`Hub::hand_back`] kept for `node`.
+    pub fn take_handed(&self, node: &str, max: usize) -> Vec<Leased> {
+        let mut m = self.handed.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(kept) = m.get_mut(node) else {
+            return Vec::new();
+        };
+        let n = max.min(kept.len());
+        let out: Vec<Leased> = kept.drain(..n).collect();
+        if kept.is_empty() {
+            m.remove(node);
+        }
+        out
     }
 
     /// Keys with a registered waiter: (tasks, nodes).
@@ -323,6 +474,37 @@ mod tests {
         assert_eq!(h.take_dirty().as_deref(), Some("a"));
         assert_eq!(h.take_dirty().as_deref(), Some("b"));
         assert_eq!(h.take_dirty(), None);
+    }
+
+    #[tokio::test]
+    async fn an_offer_is_taken_once_withdrawn_by_its_long_poll_and_skipped_once_it_left() {
+        let h = Hub::new();
+        let (first, _rx1) = h.offer("n", 5);
+        let (second, rx2) = h.offer("n", 7);
+        let o = h.take_offer("n").expect("an offer");
+        assert_eq!(o.max, 5, "the oldest long-poll first");
+        assert!(!first.withdraw(), "the dispatcher holds it");
+        h.restore("n", o);
+        assert!(
+            first.withdraw(),
+            "put back, then withdrawn by its long-poll"
+        );
+        drop(rx2);
+        assert!(
+            h.take_offer("n").is_none(),
+            "a long-poll that left is skipped"
+        );
+        drop(second);
+        let (_third, rx3) = h.offer("n", 1);
+        let o = h.take_offer("n").expect("the third");
+        assert!(o.hand(Vec::new()).is_ok());
+        assert!(rx3.await.expect("handed").is_empty());
+        let (gone, rx4) = h.offer("m", 1);
+        let o = h.take_offer("m").expect("taken before its long-poll left");
+        drop(rx4);
+        drop(gone);
+        assert!(o.hand(Vec::new()).is_err(), "nobody receives: given back");
+        assert!(h.take_handed("m", 10).is_empty());
     }
 
     #[tokio::test]

@@ -21,7 +21,7 @@ pub struct Leased {
 }
 
 /// Outcome of [`Store::dispatch_to`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Dispatched {
     /// Tasks assigned.
     pub assigned: i64,
@@ -29,8 +29,10 @@ pub struct Dispatched {
     pub left: i64,
     /// Ms until the queue's rate limit allows the next task (0: not rate-limited).
     pub wait_ms: i64,
-    /// The nodes that got tasks, each once.
+    /// The nodes whose inbox got tasks, each once (the ones to wake).
     pub nodes: Vec<String>,
+    /// Leases started at once for nodes given a direct count (node, its leases).
+    pub direct: Vec<(String, Vec<Leased>)>,
 }
 
 /// Outcome of [`Store::extend`].
@@ -66,6 +68,26 @@ pub fn parse_lease_token(token: &str) -> Option<(i64, &str)> {
         && nonce.len() <= 64
         && nonce.bytes().all(|b| b.is_ascii_hexdigit()))
     .then_some((fence, nonce))
+}
+
+/// One task row of `lease.lua` (or of `dispatch.lua`'s direct leases) as a lease.
+fn leased_from_row(queue: &str, row: redis::Value) -> Result<Leased> {
+    let h = flat_map(row)?;
+    let id = h
+        .get("id")
+        .ok_or_else(|| StoreError::Protocol("lease row without an id".into()))?;
+    let task = task_from_hash(queue, id, &h)
+        .ok_or_else(|| StoreError::Protocol("bad task hash".into()))?;
+    let nonce = h.get("nonce").cloned().unwrap_or_default();
+    let expires_ms = h
+        .get("lease_expires")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok(Leased {
+        token: format!("{}.{nonce}", task.fence),
+        task,
+        expires_ms,
+    })
 }
 
 impl Store {
@@ -116,19 +138,59 @@ impl Store {
         max: usize,
         scan: usize,
     ) -> Result<Dispatched> {
+        self.dispatch_direct(queue, nodes, &[], max, scan).await
+    }
+
+    /// [`Store::dispatch_to`], where the i-th node gets up to `direct[i]` of its tasks
+    /// leased at once (running, with a new fence and nonce, as [`Store::lease`] would
+    /// have leased them from its inbox) instead of put in its inbox: the direct hand-off
+    /// to a lease long-poll of that node waiting in this process. Missing entries are 0.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn dispatch_direct(
+        &self,
+        queue: &str,
+        nodes: &[(String, i64, String)],
+        direct: &[usize],
+        max: usize,
+        scan: usize,
+    ) -> Result<Dispatched> {
+        let seed = hex::encode(rand::random::<[u8; 12]>());
         let mut inv = self.scripts.dispatch.key(self.keys.queue_prefix(queue));
-        inv.arg(self.channel()).arg(max).arg(scan).arg(nodes.len());
-        for (id, free, tags) in nodes {
-            inv.arg(id).arg(*free).arg(tags);
+        inv.arg(self.channel())
+            .arg(max)
+            .arg(scan)
+            .arg(&seed)
+            .arg(nodes.len());
+        for (i, (id, free, tags)) in nodes.iter().enumerate() {
+            inv.arg(id)
+                .arg(*free)
+                .arg(tags)
+                .arg(direct.get(i).copied().unwrap_or(0));
         }
         let mut c = self.conn();
         let v = array(inv.invoke_async(&mut c).await?)?;
-        Ok(Dispatched {
+        let woken = v.get(3).and_then(int).unwrap_or(0).max(0) as usize;
+        let mut out = Dispatched {
             assigned: v.first().and_then(int).unwrap_or(0),
             left: v.get(1).and_then(int).unwrap_or(0),
             wait_ms: v.get(2).and_then(int).unwrap_or(0),
-            nodes: v.iter().skip(3).filter_map(text).collect(),
-        })
+            nodes: v.iter().skip(4).take(woken).filter_map(text).collect(),
+            direct: Vec::new(),
+        };
+        let mut rest = v.into_iter().skip(4 + woken);
+        while let Some(node) = rest.next() {
+            let node = text(&node)
+                .ok_or_else(|| StoreError::Protocol("dispatch reply: no node id".into()))?;
+            let k = rest.next().as_ref().and_then(int).unwrap_or(0).max(0) as usize;
+            let mut leases = Vec::with_capacity(k);
+            for row in rest.by_ref().take(k) {
+                leases.push(leased_from_row(queue, row)?);
+            }
+            out.direct.push((node, leases));
+        }
+        Ok(out)
     }
 
     /// Leases up to `max` tasks of `queue` to `node` from its inbox (and, with `pull`,
@@ -184,22 +246,7 @@ impl Store {
         let rows = array(inv.invoke_async(&mut c).await?)?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            let h = flat_map(row)?;
-            let id = h
-                .get("id")
-                .ok_or_else(|| StoreError::Protocol("lease row without an id".into()))?;
-            let task = task_from_hash(queue, id, &h)
-                .ok_or_else(|| StoreError::Protocol("bad task hash".into()))?;
-            let nonce = h.get("nonce").cloned().unwrap_or_default();
-            let expires_ms = h
-                .get("lease_expires")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            out.push(Leased {
-                token: format!("{}.{nonce}", task.fence),
-                task,
-                expires_ms,
-            });
+            out.push(leased_from_row(queue, row)?);
         }
         Ok(out)
     }

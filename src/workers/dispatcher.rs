@@ -222,10 +222,49 @@ impl Dispatcher {
             .iter()
             .map(|r| (r.id.to_string(), r.budget, r.tags.clone()))
             .collect();
+        // Long-polls of these nodes waiting in this process get their leases directly.
+        let mut offers: Vec<Option<crate::service::hub::Offer>> =
+            rows.iter().map(|r| self.hub.take_offer(r.id)).collect();
+        let direct: Vec<usize> = offers
+            .iter()
+            .map(|o| o.as_ref().map_or(0, |o| o.max))
+            .collect();
         let d = self
             .store
-            .dispatch_to(shard, &args, max, max * 2 + 64)
-            .await?;
+            .dispatch_direct(shard, &args, &direct, max, max * 2 + 64)
+            .await;
+        let d = match d {
+            Ok(d) => d,
+            Err(e) => {
+                // Nothing was leased: the offers go back to their long-polls.
+                for (r, o) in rows.iter().zip(offers) {
+                    if let Some(o) = o {
+                        self.hub.restore(r.id, o);
+                    }
+                }
+                return Err(e);
+            }
+        };
+        for (node, leases) in d.direct {
+            let Some(i) = rows.iter().position(|r| r.id == node) else {
+                continue;
+            };
+            match offers[i].take() {
+                Some(o) => {
+                    if let Err(back) = o.hand(leases) {
+                        // Its long-poll left meanwhile: its node's next lease call
+                        // takes them (or they expire and are retried).
+                        self.hub.hand_back(&node, back);
+                    }
+                }
+                None => self.hub.hand_back(&node, leases),
+            }
+        }
+        for (r, o) in rows.iter().zip(offers) {
+            if let Some(o) = o {
+                self.hub.restore(r.id, o);
+            }
+        }
         let (assigned, left) = (d.assigned, d.left);
         // This shard again, alone (shard 0 as `<queue>~0`).
         let again = if shard.contains('~') {

@@ -913,3 +913,68 @@ async fn a_handler_running_past_max_run_ms_is_killed_and_the_attempt_retried() {
         "{done:?}"
     );
 }
+
+/// The direct hand-off (issue 13): a task submitted while a lease long-poll of its node
+/// waits in the same process is leased by the dispatch itself and handed to that
+/// long-poll: no inbox, no second script (`lease.lua`, the only `LPOP`, never runs for
+/// it). The lease is a lease like any: it completes the task, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_long_poll_gets_its_leases_from_the_dispatch_directly() {
+    let redis = RedisGuard::start();
+    let app = spawn_app_on(&redis.url(), &unique_ns()).await;
+    let mut conn = redis.conn();
+    let node = register_node(&app.api, "direct", &["hand"], 8).await;
+    let lpops = |conn: &mut redis::Connection| -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(conn)
+            .expect("INFO");
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_lpop:calls="))
+            .and_then(|v| v.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let poll = {
+        let api = node.api.clone();
+        let path = format!("/v1/nodes/{}/lease", node.id);
+        tokio::spawn(async move {
+            api.post(&path, &json!({"max": 5, "wait_ms": 10_000}))
+                .await
+                .expect(200)
+                .json::<muster::domain::LeaseReply>()
+                .leases
+        })
+    };
+    // The long-poll has looked at its (empty) inbox once and waits.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = lpops(&mut conn);
+    let tasks: Vec<Value> = (0..3)
+        .map(|i| json!({"kind": "k", "queue": "hand", "payload": i}))
+        .collect();
+    app.api
+        .post("/v1/tasks/batch", &json!({ "tasks": tasks }))
+        .await
+        .expect(201);
+    let leases = tokio::time::timeout(Duration::from_secs(5), poll)
+        .await
+        .expect("the long-poll answered")
+        .expect("poll task");
+    assert_eq!(leases.len(), 3, "one dispatch leased all three");
+    assert_eq!(
+        lpops(&mut conn),
+        before,
+        "no lease.lua ran: nothing went through an inbox"
+    );
+    for l in &leases {
+        assert_eq!(l.fence, 1);
+        assert_eq!(l.task.state, TaskState::Running);
+        app.api
+            .post(
+                &format!("/v1/tasks/{}/complete", l.task.id),
+                &json!({"lease_token": l.lease_token, "result": {"ok": true}}),
+            )
+            .await
+            .expect(200);
+    }
+    assert_doctor_clean(&app.store).await;
+}

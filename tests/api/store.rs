@@ -819,6 +819,60 @@ async fn dispatch_assigns_no_more_tasks_than_the_nodes_have_free_slots() {
 }
 
 #[tokio::test]
+async fn a_direct_dispatch_leases_at_once_what_an_inbox_and_a_lease_would_have() {
+    let mut k = Kit::new().await;
+    let tasks: Vec<PreparedTask> = (0..5).map(|_| task("q")).collect();
+    k.submit(&tasks).await;
+    let nodes = vec![
+        ("n1".to_string(), 10, String::new()),
+        ("n2".to_string(), 10, String::new()),
+    ];
+    // n1's long-poll takes up to 2 directly; the rest of its share goes to its inbox.
+    let d = k
+        .store
+        .dispatch_direct("q", &nodes, &[2, 0], 100, 100)
+        .await
+        .expect("dispatch");
+    assert_eq!((d.assigned, d.left), (5, 0));
+    assert_eq!(d.direct.len(), 1, "{:?}", d.direct);
+    let (node, leases) = &d.direct[0];
+    assert_eq!(node, "n1");
+    assert_eq!(leases.len(), 2);
+    let mut tokens = std::collections::HashSet::new();
+    for l in leases {
+        let id = &l.task.id;
+        assert_eq!(l.task.state, TaskState::Running);
+        assert_eq!((l.task.fence, l.task.attempts), (1, 1));
+        assert!(l.token.starts_with("1."), "{}", l.token);
+        assert!(tokens.insert(l.token.clone()), "two leases share a token");
+        assert_eq!(k.field("q", id, "state"), "running");
+        assert_eq!(k.field("q", id, "node"), "n1");
+        assert_eq!(k.indexes("q", id), ["running".to_string()]);
+    }
+    // What went to inboxes is leased as before; loads count both.
+    let inboxed = k.inbox("q", "n1").len() + k.inbox("q", "n2").len();
+    assert_eq!(inboxed, 3);
+    assert_eq!(
+        k.load("q").values().sum::<i64>(),
+        5,
+        "the load counts direct leases too"
+    );
+    k.assert_doctor_clean(&["q"]).await;
+    // A direct lease is a lease: its token completes the task, once.
+    let l = &leases[0];
+    k.store
+        .complete(&l.task.id, Some("n1"), &l.token, "1")
+        .await
+        .expect("complete");
+    assert_eq!(k.field("q", &l.task.id, "state"), "succeeded");
+    assert_eq!(
+        k.load("q").get("n1").copied().unwrap_or(0) + k.load("q").get("n2").copied().unwrap_or(0),
+        4
+    );
+    k.assert_doctor_clean(&["q"]).await;
+}
+
+#[tokio::test]
 async fn dispatch_skips_nodes_lacking_a_required_tag_and_leaves_the_task_pending() {
     let mut k = Kit::new().await;
     let gpu = k
