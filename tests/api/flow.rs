@@ -924,16 +924,7 @@ async fn a_waiting_long_poll_gets_its_leases_from_the_dispatch_directly() {
     let app = spawn_app_on(&redis.url(), &unique_ns()).await;
     let mut conn = redis.conn();
     let node = register_node(&app.api, "direct", &["hand"], 8).await;
-    let lpops = |conn: &mut redis::Connection| -> u64 {
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query(conn)
-            .expect("INFO");
-        info.lines()
-            .find_map(|l| l.strip_prefix("cmdstat_lpop:calls="))
-            .and_then(|v| v.split(',').next()?.parse().ok())
-            .unwrap_or(0)
-    };
+    let lpops = |conn: &mut redis::Connection| command_calls(conn, &["lpop"]);
     let poll = {
         let api = node.api.clone();
         let path = format!("/v1/nodes/{}/lease", node.id);

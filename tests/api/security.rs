@@ -3096,23 +3096,8 @@ async fn a_timer_round_runs_scripts_only_where_something_is_due() {
         .expect("url")
         .get_connection()
         .expect("conn");
-    let scripts_run = |conn: &mut redis::Connection| -> u64 {
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query(conn)
-            .expect("info");
-        info.lines()
-            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-            .filter_map(|l| {
-                l.split("calls=")
-                    .nth(1)?
-                    .split(',')
-                    .next()?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .sum()
-    };
+    let scripts_run =
+        |conn: &mut redis::Connection| crate::support::command_calls(conn, &["evalsha", "eval"]);
     let before = scripts_run(&mut conn);
     let round = timers.tick_once().await.expect("round");
     let ran = scripts_run(&mut conn) - before;

@@ -27,6 +27,28 @@ pub fn connect(url: &str) -> redis::Connection {
         .expect("connection")
 }
 
+/// Calls of the commands `names` (lower case, as `INFO commandstats` names them: `lpop`,
+/// `evalsha`) the server has run, summed.
+pub fn command_calls(conn: &mut redis::Connection, names: &[&str]) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(conn)
+        .expect("INFO commandstats");
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            if !names.contains(&name) {
+                return None;
+            }
+            rest.strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
 /// Blocks until the server on `port` answers PING (10 s at most).
 fn wait_for_ping(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
