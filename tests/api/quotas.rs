@@ -230,11 +230,7 @@ async fn junk_queues_are_refused_past_the_tokens_queue_quota() {
         Some(reg(json!(["a1", "a2", "a3"]))),
     )
     .await;
-    assert_eq!(
-        (s, p["code"].as_str()),
-        (429, Some("quota_exceeded")),
-        "{p}"
-    );
+    assert_problem(s, &p, 429, "quota_exceeded");
     let (s, p) = call(
         &agent_app,
         &agent,
@@ -270,17 +266,9 @@ async fn a_token_holds_at_most_its_schedule_quota() {
         assert_eq!(s, 201, "{name}: {p}");
     }
     let (s, p) = call(&app, &token, "POST", "/v1/schedules", Some(sched("one"))).await;
-    assert_eq!(
-        (s, p["code"].as_str()),
-        (409, Some("schedule_exists")),
-        "{p}"
-    );
+    assert_problem(s, &p, 409, "schedule_exists");
     let (s, p) = call(&app, &token, "POST", "/v1/schedules", Some(sched("three"))).await;
-    assert_eq!(
-        (s, p["code"].as_str()),
-        (429, Some("quota_exceeded")),
-        "{p}"
-    );
+    assert_problem(s, &p, 429, "quota_exceeded");
     let (s, _) = call(&app, &token, "GET", "/v1/schedules/three", None).await;
     assert_eq!(s, 404, "a refused schedule was stored");
     // Another token's schedules are not counted against it.
@@ -329,11 +317,7 @@ async fn a_token_and_its_nodes_hold_at_most_its_lock_quota() {
     let (s, b) = call(&app, &node_token, "POST", "/v1/locks/l-b", take(300)).await;
     assert_eq!(s, 201, "{b}");
     let (s, p) = call(&app, &node_token, "POST", "/v1/locks/l-c", take(60_000)).await;
-    assert_eq!(
-        (s, p["code"].as_str()),
-        (429, Some("quota_exceeded")),
-        "{p}"
-    );
+    assert_problem(s, &p, 429, "quota_exceeded");
     // Nobody took it: the admin (no quotas) can, and lets it go.
     let (s, held) = call(&app, &app.admin, "POST", "/v1/locks/l-c", take(60_000)).await;
     assert_eq!(s, 201, "a refused lock was taken: {held}");
@@ -575,4 +559,9 @@ async fn idle_load_after_ten_thousand_emptied_queues_is_back_to_an_empty_deploym
         "idle Redis commands/s after 10,000 emptied queues, 3 s windows: {}; empty: {empty:.1} ({empty_by})",
         windows.join("; ")
     );
+}
+
+/// The answer was `status` with problem+json `code`.
+fn assert_problem(s: u16, p: &Value, status: u16, code: &str) {
+    assert_eq!((s, p["code"].as_str()), (status, Some(code)), "{p}");
 }
