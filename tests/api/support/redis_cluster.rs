@@ -5,6 +5,7 @@
 //! Every node is a child process that a test may kill -9.
 
 use super::redis_server::free_port;
+use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -25,17 +26,26 @@ pub struct Node {
 }
 
 impl Node {
+    /// Starts one on a port that is free with its Cluster bus port (port + 10000); a
+    /// node that exits at once (a port taken between the check and the bind) is
+    /// started again on another.
     pub fn start(extra: &[String]) -> Node {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let child = Self::spawn(&dir, port, extra);
-        wait_ping(port);
-        Node {
-            child: Some(child),
-            port,
-            _dir: dir,
-            args: extra.to_vec(),
+        for _ in 0..5 {
+            let port = node_port();
+            let mut child = Self::spawn(&dir, port, extra);
+            if wait_up(&mut child, port) {
+                return Node {
+                    child: Some(child),
+                    port,
+                    _dir: dir,
+                    args: extra.to_vec(),
+                };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
         }
+        panic!("redis-server did not start on five free ports in a row");
     }
 
     /// Starts a killed node again on its port with its data dir (a Cluster node
@@ -81,6 +91,44 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// A port for a node: below the kernel's ephemeral range (32768 and up here, so no
+/// outgoing connection takes it meanwhile) with its bus port (port + 10000) free too.
+/// A cluster node whose bus port is taken exits at start.
+pub fn node_port() -> u16 {
+    loop {
+        let port: u16 = rand::random_range(20_000..22_700);
+        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return port;
+        }
+    }
+}
+
+/// Waits for `child` to answer PING on `port`; false if it exited first.
+fn wait_up(child: &mut Child, port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("url");
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if let Ok(mut c) = client.get_connection() {
+            let answered = match redis::cmd("PING").query::<String>(&mut c) {
+                Ok(_) => true,
+                Err(e) => e.code() == Some("NOAUTH"),
+            };
+            if answered {
+                // The answer may have come from another test's node that won the
+                // port; ours then exits on its failed bind.
+                std::thread::sleep(Duration::from_millis(50));
+                return matches!(child.try_wait(), Ok(None));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("redis-server did not answer PING on port {port} in 10 s");
 }
 
 fn wait_ping(port: u16) {
@@ -261,7 +309,13 @@ pub struct WatchedCluster {
 impl WatchedCluster {
     fn start() -> WatchedCluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+        let mut ports: Vec<u16> = Vec::new();
+        while ports.len() < 6 {
+            let p = node_port();
+            if !ports.contains(&p) {
+                ports.push(p);
+            }
+        }
         let mut script = String::new();
         for p in &ports {
             let d = dir.path().join(p.to_string());
