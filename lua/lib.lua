@@ -85,10 +85,21 @@ local function emit(p, typ, id, node, state)
   e.ids[#e.ids + 1] = id
 end
 
+-- A task id in its own queue's stream is stored without its queue: `<ulid>.<queue>`
+-- (the stream's hash tag) as `<ulid>`; src/store/events.rs puts the queue back. Any
+-- other id is stored whole.
 local function flush_events()
   for _, key in ipairs(acc_event_keys) do
     local e = acc_events[key]
     local ids = e.ids
+    local tag = string.match(e.p, '{(.-)}')
+    if tag then
+      local suffix, cut = '.' .. tag, -#tag - 1
+      for i = 1, #ids do
+        local id = ids[i]
+        if string.sub(id, cut) == suffix and #id > #suffix then ids[i] = string.sub(id, 1, cut - 1) end
+      end
+    end
     for i = 1, #ids, 1000 do
       local last = math.min(i + 999, #ids)
       local field, value = 'tasks', table.concat(ids, ' ', i, last)

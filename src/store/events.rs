@@ -5,7 +5,10 @@
 //! `task` (one task) or `tasks` (several, ids separated by one space: one entry per
 //! script call and kind of event). Each task of an entry is one event; its id is
 //! `<stream id>@<queue>` when the entry holds one task, `<stream id>.<index>@<queue>`
-//! when it holds more.
+//! when it holds more. A task of the stream's own queue (or shard) is stored as its
+//! ULID alone (`<ulid>.<queue>` less `.<queue>`: a third of the bytes a batch's entry
+//! holds); [`parse_xread`] puts the queue back, and an id with a `.` is taken whole
+//! (entries written before, or a task of another queue).
 
 use super::{Conn, Result, Store};
 use redis::Value;
@@ -77,19 +80,22 @@ pub fn read_after(pos: Pos) -> String {
     }
 }
 
-/// The tasks of an entry, in order (removes `task`/`tasks` from `fields`).
-fn entry_tasks(fields: &mut HashMap<String, String>) -> Vec<String> {
+/// The tasks of an entry of `queue`'s stream, in order, with their queue (removes
+/// `task`/`tasks` from `fields`).
+fn entry_tasks(fields: &mut HashMap<String, String>, queue: &str) -> Vec<String> {
+    let whole = |t: &str| {
+        if t.contains('.') {
+            t.to_string()
+        } else {
+            format!("{t}.{queue}")
+        }
+    };
     if let Some(t) = fields.remove("task") {
-        return vec![t];
+        return vec![whole(&t)];
     }
     fields
         .remove("tasks")
-        .map(|ts| {
-            ts.split(' ')
-                .filter(|t| !t.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
+        .map(|ts| ts.split(' ').filter(|t| !t.is_empty()).map(whole).collect())
         .unwrap_or_default()
 }
 
@@ -137,7 +143,7 @@ pub fn parse_xread(v: Value, keys: &HashMap<String, String>) -> Vec<StreamEvent>
                 }
             }
             let ts = parse_stream_id(&sid).map(|(ms, _)| ms as i64).unwrap_or(0);
-            let tasks = entry_tasks(&mut f);
+            let tasks = entry_tasks(&mut f, queue);
             let type_ = f.remove("type").unwrap_or_default();
             let node = f.remove("node").filter(|n| !n.is_empty());
             let state = f.remove("state").unwrap_or_default();
@@ -290,7 +296,7 @@ mod tests {
         assert_eq!((evs[0].sid.as_str(), evs[0].queue.as_str()), ("3-1", "qb"));
         assert_eq!(evs[0].ts, 3);
         assert_eq!(evs[0].node, None);
-        assert_eq!(evs[1].task, "a");
+        assert_eq!(evs[1].task, "a.qa");
         assert_eq!(parse_xread(Value::Nil, &keys), vec![]);
     }
 
@@ -302,7 +308,7 @@ mod tests {
                 bulk("type"),
                 bulk("task.running"),
                 bulk("tasks"),
-                bulk("a.q b.q c.q"),
+                bulk("a.q b c.other"),
                 bulk("node"),
                 bulk("n1"),
                 bulk("state"),
@@ -317,7 +323,10 @@ mod tests {
         let evs = parse_xread(reply, &keys);
         let ids: Vec<String> = evs.iter().map(StreamEvent::id).collect();
         assert_eq!(ids, ["7-2.0@q", "7-2.1@q", "7-2.2@q"]);
-        assert_eq!(evs[2].task, "c.q");
+        // A bare id is of the stream's queue; one with a queue is taken whole.
+        assert_eq!(evs[0].task, "a.q");
+        assert_eq!(evs[1].task, "b.q");
+        assert_eq!(evs[2].task, "c.other");
         assert_eq!(evs[1].node.as_deref(), Some("n1"));
         assert_eq!(evs[1].pos(), (7, 2, 1));
         assert_eq!(parse_event_id("7-2.1@q"), Some(((7, 2, 1), "q".into())));

@@ -447,6 +447,32 @@ async fn submit_stores_one_pending_task_with_its_fields_index_stats_and_event() 
 }
 
 #[tokio::test]
+async fn a_batchs_event_lists_its_tasks_by_ulid_and_reads_back_with_their_queue() {
+    let mut k = Kit::new().await;
+    let tasks: Vec<PreparedTask> = (0..3).map(|_| task("q")).collect();
+    let ids: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
+    k.submit(&tasks).await;
+    // Stored: one entry, the ids without `.q` (the stream is q's).
+    let raw: redis::streams::StreamRangeReply = k
+        .r
+        .xrange_all(k.store.keys.events("q"))
+        .expect("xrange");
+    assert_eq!(raw.ids.len(), 1);
+    let listed: String = raw.ids[0].get("tasks").expect("a tasks field");
+    let ulids: Vec<&str> = ids.iter().map(|i| i.strip_suffix(".q").unwrap()).collect();
+    assert_eq!(listed, ulids.join(" "));
+    // Read: each with its queue again, as SSE shows it.
+    let evs = k
+        .store
+        .read_events(None, &[("q".to_string(), "0-0".to_string())], 100, None)
+        .await
+        .expect("read");
+    let read: Vec<&str> = evs.iter().map(|e| e.task.as_str()).collect();
+    assert_eq!(read, ids);
+    assert!(evs.iter().all(|e| e.type_ == "task.submitted"));
+}
+
+#[tokio::test]
 async fn submit_of_a_batch_across_two_queues_stores_every_task_in_its_own_queue() {
     let mut k = Kit::new().await;
     let batch = [

@@ -730,7 +730,7 @@ impl World {
         let reply: redis::streams::StreamRangeReply = c.xrange_all(&key).await.expect("xrange");
         let mut succeeded: HashMap<String, usize> = HashMap::new();
         for e in &reply.ids {
-            for (typ, task, _) in crate::support::event_fields(e) {
+            for (typ, task, _) in crate::support::event_fields(e, QUEUE) {
                 if typ == "task.succeeded" {
                     *succeeded.entry(task).or_default() += 1;
                 }

@@ -34,6 +34,7 @@ impl EventTail {
         let events: Arc<Mutex<Vec<Ev>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let key = format!("{ns}:{{{queue}}}:events");
+        let queue = queue.to_string();
         let client = redis::Client::open(redis_url).expect("url");
         let (ev, st) = (events.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
@@ -78,7 +79,7 @@ impl EventTail {
                                         .next()
                                         .and_then(|v| v.parse().ok())
                                         .unwrap_or(0);
-                                for (typ, task, node) in event_fields(&e) {
+                                for (typ, task, node) in event_fields(&e, &queue) {
                                     out.push(Ev {
                                         ms,
                                         typ,

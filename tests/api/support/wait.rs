@@ -64,12 +64,17 @@ pub fn stream_events(
         .arg("+")
         .query(conn)
         .expect("xrange");
-    reply.ids.iter().flat_map(event_fields).collect()
+    reply
+        .ids
+        .iter()
+        .flat_map(|e| event_fields(e, queue))
+        .collect()
 }
 
-/// `(type, task, node)` of each task of one stream entry: `task` (one) or `tasks`
-/// (several, separated by a space).
-pub fn event_fields(e: &redis::streams::StreamId) -> Vec<(String, String, String)> {
+/// `(type, task, node)` of each task of one entry of `queue`'s stream: `task` (one) or
+/// `tasks` (several, separated by a space); a task of the stream's own queue is stored
+/// as its ULID alone and comes back as `<ulid>.<queue>`.
+pub fn event_fields(e: &redis::streams::StreamId, queue: &str) -> Vec<(String, String, String)> {
     let f = |k: &str| e.get::<String>(k).unwrap_or_default();
     let tasks = match e.get::<String>("task") {
         Some(t) => vec![t],
@@ -77,7 +82,10 @@ pub fn event_fields(e: &redis::streams::StreamId) -> Vec<(String, String, String
     };
     tasks
         .into_iter()
-        .map(|t| (f("type"), t, f("node")))
+        .map(|t| {
+            let t = if t.contains('.') { t } else { format!("{t}.{queue}") };
+            (f("type"), t, f("node"))
+        })
         .collect()
 }
 
