@@ -1,5 +1,7 @@
 //! A short-lived cache of node records, shared by auth (token checks) and the
 //! dispatcher (who can take work). Invalidated on node changes; at most `max_age` old.
+//! Its records carry no running count (`node.running` is 0: the dispatcher reads the
+//! loads it needs itself; `GET /v1/nodes` reads [`Store::nodes`]).
 
 use crate::store::{NodeRecord, Store, StoreError};
 use std::sync::Mutex;
@@ -40,7 +42,7 @@ impl Directory {
         {
             return Ok(v.clone());
         }
-        let v = std::sync::Arc::new(store.nodes().await?);
+        let v = std::sync::Arc::new(store.nodes_without_loads().await?);
         *self.inner.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), v.clone()));
         Ok(v)
     }

@@ -65,6 +65,8 @@ pub struct Store {
     scripts: Arc<Scripts>,
     /// Cached shard counts and the shard rotation ([`shards`]).
     shards: Arc<shards::ShardTable>,
+    /// Queues this process's submissions put in the `queues` set lately ([`queues`]).
+    listed: Arc<queues::Listed>,
     timeout: Duration,
 }
 
@@ -114,6 +116,7 @@ impl Store {
             backend: Arc::new(backend),
             scripts: Arc::new(Scripts::new()),
             shards: Arc::default(),
+            listed: Arc::default(),
             timeout,
         })
     }

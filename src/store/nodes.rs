@@ -20,6 +20,16 @@ pub struct NodeRecord {
     pub owner: String,
 }
 
+/// The records of node hashes, newest first, `running(id)` each.
+fn records(hs: &[HashMap<String, String>], running: impl Fn(&str) -> i64) -> Vec<NodeRecord> {
+    let mut out: Vec<NodeRecord> = hs
+        .iter()
+        .filter_map(|h| node_from_hash(h, running(h.get("id")?)))
+        .collect();
+    out.sort_by(|a, b| b.node.id.cmp(&a.node.id));
+    out
+}
+
 fn node_from_hash(h: &HashMap<String, String>, running: i64) -> Option<NodeRecord> {
     let get = |k: &str| h.get(k).cloned().unwrap_or_default();
     let num = |k: &str| h.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
@@ -141,6 +151,29 @@ impl Store {
     /// # Errors
     /// Redis errors.
     pub async fn nodes(&self) -> Result<Vec<NodeRecord>> {
+        let hs = self.node_hashes().await?;
+        if hs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let queues = self.queues().await?;
+        let loads = self.loads(&queues).await?;
+        Ok(records(&hs, |id| {
+            loads.values().filter_map(|m| m.get(id)).sum()
+        }))
+    }
+
+    /// Every node, newest first, without loads (`node.running` is 0): two round trips
+    /// whatever the number of queues, for the in-process node directory (auth and the
+    /// dispatcher need a node's settings, token and heartbeat, not its running count).
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn nodes_without_loads(&self) -> Result<Vec<NodeRecord>> {
+        Ok(records(&self.node_hashes().await?, |_| 0))
+    }
+
+    /// The hash of every node in the directory.
+    async fn node_hashes(&self) -> Result<Vec<HashMap<String, String>>> {
         let mut c = self.conn();
         let ids: Vec<String> = c.zrange(self.keys.nodes(), 0, -1).await?;
         if ids.is_empty() {
@@ -150,19 +183,7 @@ impl Store {
         for id in &ids {
             pipe.hgetall(self.keys.node(id));
         }
-        let hs: Vec<HashMap<String, String>> = pipe.query_async(&mut c).await?;
-        let queues = self.queues().await?;
-        let loads = self.loads(&queues).await?;
-        let mut out: Vec<NodeRecord> = hs
-            .iter()
-            .filter_map(|h| {
-                let id = h.get("id")?;
-                let running = loads.values().filter_map(|m| m.get(id)).sum();
-                node_from_hash(h, running)
-            })
-            .collect();
-        out.sort_by(|a, b| b.node.id.cmp(&a.node.id));
-        Ok(out)
+        Ok(pipe.query_async(&mut c).await?)
     }
 
     /// Sets a node's status.

@@ -5,8 +5,65 @@ use super::{Code, Result, Store, Wakeup, coded, text};
 use crate::domain::{QueueCounts, QueueInfo, QueueUpdate, validate};
 use redis::AsyncCommands;
 use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a submission here trusts that its queue is still in the `queues` set after
+/// one of this process's submissions stored tasks there. Only an empty queue whose last
+/// event is older than the reconciler's idle time (an hour) is removed from the set
+/// (`queue_prune.lua`), and a submit that races a removal anyway sees its queue as new
+/// and adds it again (`submit.lua`'s `fresh`), so this only saves the `SADD` round trip
+/// before each submission.
+pub const LISTED_FOR: Duration = Duration::from_secs(10);
+
+/// Queues whose submission here stored tasks lately, with when.
+#[derive(Debug, Default)]
+pub(crate) struct Listed(Mutex<HashMap<String, Instant>>);
+
+impl Listed {
+    /// Of `names`, those not seen listed within [`LISTED_FOR`].
+    fn unlisted<'a>(&self, names: &[&'a str]) -> Vec<&'a str> {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        names
+            .iter()
+            .filter(|n| m.get(**n).is_none_or(|at| at.elapsed() >= LISTED_FOR))
+            .copied()
+            .collect()
+    }
+
+    /// `names` are in the set now.
+    fn listed(&self, names: &[&str]) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() > 10_000 {
+            // Many short-lived queue names must not grow this for ever.
+            m.retain(|_, at| at.elapsed() < LISTED_FOR);
+        }
+        let now = Instant::now();
+        for n in names {
+            m.insert((*n).to_string(), now);
+        }
+    }
+}
 
 impl Store {
+    /// Adds to the `queues` set the queues of a submission not listed by one of this
+    /// process's submissions within [`LISTED_FOR`] (usually none: no round trip).
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub(crate) async fn list_queues_for_submit(&self, names: &[&str]) -> Result<()> {
+        let unlisted = self.listed.unlisted(names);
+        if unlisted.is_empty() {
+            return Ok(());
+        }
+        self.add_queues(&unlisted).await
+    }
+
+    /// A submission stored tasks in `names`, which are in the `queues` set.
+    pub(crate) fn submitted_to(&self, names: &[&str]) {
+        self.listed.listed(names);
+    }
+
     /// Remembers queue names (the `queues` set) so timers and listings find them.
     ///
     /// # Errors

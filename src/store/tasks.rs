@@ -236,11 +236,12 @@ impl Store {
             return Err(StoreError::Protocol("empty submission".into()));
         }
         // Before the tasks exist, so timers, listings and the doctor never miss a queue
-        // that holds tasks (the `queues` set has no hash tag, so the script cannot add it).
+        // that holds tasks (the `queues` set has no hash tag, so the script cannot add
+        // it); skipped for queues this process submitted to a moment ago.
         let mut names: Vec<&str> = tasks.iter().map(|t| t.shard()).collect();
         names.sort_unstable();
         names.dedup();
-        self.add_queues(&names).await?;
+        self.list_queues_for_submit(&names).await?;
         for p in &prefixes {
             inv.key(p);
         }
@@ -262,6 +263,7 @@ impl Store {
             if !fresh.is_empty() {
                 self.add_queues(&fresh).await?;
             }
+            self.submitted_to(&names);
         }
         match code {
             Code::Ok => Ok(Submitted::Created {

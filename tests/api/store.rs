@@ -473,6 +473,44 @@ async fn a_batchs_event_lists_its_tasks_by_ulid_and_reads_back_with_their_queue(
 }
 
 #[tokio::test]
+async fn a_submit_lists_its_queue_once_and_again_after_the_queue_was_pruned() {
+    let redis = crate::support::RedisGuard::start();
+    let mut conn = redis.conn();
+    let (store, reconciler) = crate::support::pruner_on(&redis.url(), &unique_ns()).await;
+    let sadds = |c: &mut redis::Connection| crate::support::command_calls(c, &["sadd"]);
+    let submit = |t: PreparedTask| {
+        let store = store.clone();
+        async move {
+            let id = t.id.clone();
+            store.submit(&[t], None, 0).await.expect("submit");
+            id
+        }
+    };
+    let before = sadds(&mut conn);
+    let a = submit(task("lq")).await;
+    // Before its script, and after it, as the script found the queue new.
+    let first = sadds(&mut conn);
+    assert_eq!(first - before, 2, "the first submit lists its queue");
+    let b = submit(task("lq")).await;
+    assert_eq!(
+        sadds(&mut conn),
+        first,
+        "a submit a moment later has no SADD round trip"
+    );
+    // Emptied and pruned: the next submit, still trusting its cache, finds the queue
+    // new and lists it again after its script.
+    crate::support::cancel_and_delete(&store, &[a, b], 10).await;
+    let pruned = reconciler.prune_empty_queues().await;
+    assert_eq!(pruned, ["lq".to_string()]);
+    assert!(!store.queues().await.unwrap().contains(&"lq".to_string()));
+    submit(task("lq")).await;
+    assert!(
+        store.queues().await.unwrap().contains(&"lq".to_string()),
+        "a queue holding a task is in the queues set"
+    );
+}
+
+#[tokio::test]
 async fn submit_of_a_batch_across_two_queues_stores_every_task_in_its_own_queue() {
     let mut k = Kit::new().await;
     let batch = [
