@@ -260,7 +260,8 @@ impl Reconciler {
         if wake_all {
             self.hub.wake_all();
         }
-        self.directory.invalidate();
+        // Other replicas' node changes show within a sweep (refreshed in the background).
+        self.directory.mark_stale();
         self.flush_stats().await;
         self.forget_dead_nodes().await;
         self.recheck_eviction().await;

@@ -511,6 +511,57 @@ async fn a_submit_lists_its_queue_once_and_again_after_the_queue_was_pruned() {
 }
 
 #[tokio::test]
+async fn the_node_directory_serves_a_stale_snapshot_while_it_refreshes_and_rereads_after_invalidate()
+ {
+    use muster::service::directory::Directory;
+    let store = store().await;
+    let register = |name: &str| {
+        let node = Node {
+            id: ulid::Ulid::generate().to_string(),
+            name: name.to_string(),
+            kind: NodeKind::Machine,
+            status: NodeStatus::Active,
+            queues: vec!["dq".to_string()],
+            tags: vec![],
+            capacity: 1,
+            running: 0,
+            succeeded: 0,
+            failed: 0,
+            mean_run_ms: None,
+            registered_at: String::new(),
+            last_seen_at: String::new(),
+        };
+        let store = store.clone();
+        async move { store.register_node(&node, "sha", "").await.expect("register") }
+    };
+    let dir = Directory::new(Duration::from_millis(100));
+    let count = || async { dir.all(&store).await.expect("directory").len() };
+    assert_eq!(count().await, 0);
+    register("a").await;
+    assert_eq!(count().await, 0, "a fresh snapshot is served as it is");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(count().await, 0, "a stale one once more, while it is refreshed");
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while count().await != 1 {
+        assert!(std::time::Instant::now() < deadline, "the refresh never landed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    register("b").await;
+    dir.invalidate();
+    assert_eq!(count().await, 2, "after invalidate the next call reads Redis");
+    register("c").await;
+    dir.mark_stale();
+    assert_eq!(count().await, 2, "marked stale: served, and refreshed behind");
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while count().await != 3 {
+        assert!(std::time::Instant::now() < deadline, "the refresh never landed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The directory's records carry no running count; the store's listing does.
+    assert!(dir.all(&store).await.unwrap().iter().all(|n| n.node.running == 0));
+}
+
+#[tokio::test]
 async fn submit_of_a_batch_across_two_queues_stores_every_task_in_its_own_queue() {
     let mut k = Kit::new().await;
     let batch = [
