@@ -13,7 +13,11 @@ use std::time::{Duration, Instant};
 /// event is older than the reconciler's idle time (an hour) is removed from the set
 /// (`queue_prune.lua`), and a submit that races a removal anyway sees its queue as new
 /// and adds it again (`submit.lua`'s `fresh`), so this only saves the `SADD` round trip
-/// before each submission.
+/// before each submission. One server or Sentinel only: there the set and the queue's
+/// keys are on one primary, whose replica gets them in order, so a failover that loses
+/// the `SADD` loses the tasks after it too. On a Cluster they are on different primaries
+/// and a failover can lose the one without the other, so every submission adds its
+/// queues there (a failover test left tasks of a queue missing from the set unswept).
 pub const LISTED_FOR: Duration = Duration::from_secs(10);
 
 /// Queues whose submission here stored tasks lately, with when.
@@ -47,11 +51,15 @@ impl Listed {
 
 impl Store {
     /// Adds to the `queues` set the queues of a submission not listed by one of this
-    /// process's submissions within [`LISTED_FOR`] (usually none: no round trip).
+    /// process's submissions within [`LISTED_FOR`] (usually none: no round trip); on a
+    /// Cluster all of them, always.
     ///
     /// # Errors
     /// Redis errors.
     pub(crate) async fn list_queues_for_submit(&self, names: &[&str]) -> Result<()> {
+        if self.is_cluster() {
+            return self.add_queues(names).await;
+        }
         let unlisted = self.listed.unlisted(names);
         if unlisted.is_empty() {
             return Ok(());
