@@ -3,18 +3,30 @@
 
 use tokio_util::sync::CancellationToken;
 
-/// Resolves when SIGINT (Ctrl-C) or SIGTERM arrives; names the signal.
-pub async fn signal() -> &'static str {
-    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
-    match term {
-        Ok(mut term) => tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = tokio::signal::ctrl_c() => "SIGINT",
-        },
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
-            "SIGINT"
+/// Listens for SIGINT (Ctrl-C) and SIGTERM from the moment it is called (not from the
+/// first poll: a signal that arrives between a readiness message and the first poll
+/// would otherwise end the process with the default disposition); the future resolves
+/// when one arrives and names it.
+pub fn signal() -> impl std::future::Future<Output = &'static str> + Send {
+    use tokio::signal::unix::{SignalKind, signal as listen};
+    let int = listen(SignalKind::interrupt());
+    let term = listen(SignalKind::terminate());
+    async move {
+        match (int, term) {
+            (Ok(mut int), Ok(mut term)) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            },
+            (Ok(mut int), Err(e)) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
+                let _ = int.recv().await;
+                "SIGINT"
+            }
+            (Err(e), _) => {
+                tracing::warn!(error = %e, "cannot listen for SIGINT; trying Ctrl-C");
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
         }
     }
 }
@@ -23,8 +35,9 @@ pub async fn signal() -> &'static str {
 pub fn on_signals(what: &'static str) -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
+    let listening = signal();
     tokio::spawn(async move {
-        let sig = signal().await;
+        let sig = listening.await;
         tracing::info!("{sig}: {what}");
         t.cancel();
     });

@@ -165,6 +165,8 @@ async fn run_stack(
         });
     }
 
+    // Listening before the banner: whoever reads it may press Ctrl-C at once.
+    let first_signal = crate::shutdown::signal();
     print_banner(
         args,
         &server_url,
@@ -177,7 +179,7 @@ async fn run_stack(
 
     let mut server_done = None;
     tokio::select! {
-        sig = crate::shutdown::signal() => {
+        sig = first_signal => {
             eprintln!("{sig}: stopping muster dev (agents, then the control plane, then redis-server)");
         }
         r = &mut server => server_done = Some(r),
