@@ -453,10 +453,8 @@ async fn a_batchs_event_lists_its_tasks_by_ulid_and_reads_back_with_their_queue(
     let ids: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
     k.submit(&tasks).await;
     // Stored: one entry, the ids without `.q` (the stream is q's).
-    let raw: redis::streams::StreamRangeReply = k
-        .r
-        .xrange_all(k.store.keys.events("q"))
-        .expect("xrange");
+    let raw: redis::streams::StreamRangeReply =
+        k.r.xrange_all(k.store.keys.events("q")).expect("xrange");
     assert_eq!(raw.ids.len(), 1);
     let listed: String = raw.ids[0].get("tasks").expect("a tasks field");
     let ulids: Vec<&str> = ids.iter().map(|i| i.strip_suffix(".q").unwrap()).collect();
@@ -532,7 +530,12 @@ async fn the_node_directory_serves_a_stale_snapshot_while_it_refreshes_and_rerea
             last_seen_at: String::new(),
         };
         let store = store.clone();
-        async move { store.register_node(&node, "sha", "").await.expect("register") }
+        async move {
+            store
+                .register_node(&node, "sha", "")
+                .await
+                .expect("register")
+        }
     };
     let dir = Directory::new(Duration::from_millis(100));
     let count = || async { dir.all(&store).await.expect("directory").len() };
@@ -540,25 +543,49 @@ async fn the_node_directory_serves_a_stale_snapshot_while_it_refreshes_and_rerea
     register("a").await;
     assert_eq!(count().await, 0, "a fresh snapshot is served as it is");
     tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(count().await, 0, "a stale one once more, while it is refreshed");
+    assert_eq!(
+        count().await,
+        0,
+        "a stale one once more, while it is refreshed"
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     while count().await != 1 {
-        assert!(std::time::Instant::now() < deadline, "the refresh never landed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refresh never landed"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     register("b").await;
     dir.invalidate();
-    assert_eq!(count().await, 2, "after invalidate the next call reads Redis");
+    assert_eq!(
+        count().await,
+        2,
+        "after invalidate the next call reads Redis"
+    );
     register("c").await;
     dir.mark_stale();
-    assert_eq!(count().await, 2, "marked stale: served, and refreshed behind");
+    assert_eq!(
+        count().await,
+        2,
+        "marked stale: served, and refreshed behind"
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     while count().await != 3 {
-        assert!(std::time::Instant::now() < deadline, "the refresh never landed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refresh never landed"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // The directory's records carry no running count; the store's listing does.
-    assert!(dir.all(&store).await.unwrap().iter().all(|n| n.node.running == 0));
+    assert!(
+        dir.all(&store)
+            .await
+            .unwrap()
+            .iter()
+            .all(|n| n.node.running == 0)
+    );
 }
 
 #[tokio::test]

@@ -83,7 +83,11 @@ pub fn event_fields(e: &redis::streams::StreamId, queue: &str) -> Vec<(String, S
     tasks
         .into_iter()
         .map(|t| {
-            let t = if t.contains('.') { t } else { format!("{t}.{queue}") };
+            let t = if t.contains('.') {
+                t
+            } else {
+                format!("{t}.{queue}")
+            };
             (f("type"), t, f("node"))
         })
         .collect()
