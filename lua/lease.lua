@@ -1,7 +1,8 @@
 -- lease.lua: a node takes tasks from its inbox (or, for pull nodes, from pending).
 -- KEYS[1]: queue prefix
 -- ARGV[1]: wake channel   ARGV[2]: node id   ARGV[3]: most tasks
--- ARGV[4]: "1" when the node pulls from pending itself (human nodes), else "0"
+-- ARGV[4]: "1" when the node also pulls from pending itself (human nodes; any node's
+--   report call that asks for its next tasks), else "0"
 -- ARGV[5]: the node's tags (csv, for pull)   ARGV[6]: a fresh random hex seed; each
 --   lease's nonce is the seed followed by its index (unguessable, unique per lease)
 -- Returns: a list of task records, each a flat field/value array of the task hash as
@@ -30,14 +31,15 @@ while #out < max do
 end
 local conf = pull and redis.call('HMGET', k_conf(p), 'paused', 'max_running', 'rate_limit')
 if pull and #out < max and conf[1] ~= '1' then
-  -- People pull from pending themselves, under the same limits as dispatch.
+  -- People (and a busy node's report call) pull from pending themselves, under the same
+  -- limits as dispatch.
   local allowed, tokens = queue_budget(p, now, conf[2], conf[3])
   local room = max - #out
   if allowed and allowed < room then room = allowed end
   local taken = 0
   local tags = {}
   for tg in string.gmatch(ARGV[5], '[^,]+') do tags[tg] = true end
-  local ids = redis.call('ZRANGE', k_state_index(p, 'pending'), 0, 99)
+  local ids = redis.call('ZRANGE', k_state_index(p, 'pending'), 0, math.max(100, room) - 1)
   for _, id in ipairs(ids) do
     if taken >= room then break end
     local tkey = k_task(p, id)
@@ -45,7 +47,7 @@ if pull and #out < max and conf[1] ~= '1' then
     local ok = h.state ~= nil
     if not ok then
       -- An index entry without its hash: drop it, as dispatch does (never start a ghost).
-      redis.call('ZREM', k_state_index(p, 'pending'), id)
+      zrem_later(k_state_index(p, 'pending'), id)
     end
     for tg in string.gmatch(h.requires or '', '[^,]+') do
       if not tags[tg] then ok = false break end
@@ -54,7 +56,7 @@ if pull and #out < max and conf[1] ~= '1' then
       ok = take_slot(p, id, h.ckey, h.climit, now + (tonumber(h.timeout_ms) or DEFAULT_TIMEOUT_MS), now)
     end
     if ok then
-      redis.call('ZREM', k_state_index(p, 'pending'), id)
+      zrem_later(k_state_index(p, 'pending'), id)
       incr_load(p, node, 1)
       start(id, tkey, h)
       taken = taken + 1

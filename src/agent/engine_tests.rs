@@ -31,6 +31,11 @@ struct Mock {
     forgotten: Vec<String>,
     /// Node id of every lease call.
     lease_nodes: Vec<String>,
+    /// Tasks leased with reports (`lease_max`), and the most one call asked for.
+    leased_with_reports: usize,
+    lease_max_asked: u32,
+    /// Refuse `lease_max` as a server older than it does (422 invalid_body).
+    refuse_lease_max: bool,
 }
 
 type Shared = Arc<(Mutex<Mock>, tokio::sync::Notify)>;
@@ -157,12 +162,13 @@ async fn extend_many(
     Json(ExtendBatchReply { results })
 }
 
-async fn reports(
-    State(m): State<Shared>,
-    Json(batch): Json<ReportBatch>,
-) -> Json<ReportBatchReply> {
+async fn reports(State(m): State<Shared>, Json(batch): Json<ReportBatch>) -> Response {
     let mut g = lock(&m.0);
+    if g.refuse_lease_max && batch.lease_max.is_some() {
+        return problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
+    }
     g.report_calls += 1;
+
     let results = batch
         .reports
         .iter()
@@ -174,7 +180,13 @@ async fn reports(
         })
         .collect();
     g.reports.extend(batch.reports);
-    Json(ReportBatchReply { results })
+    let max = batch.lease_max.unwrap_or(0);
+    g.lease_max_asked = g.lease_max_asked.max(max);
+    let n = (max as usize).min(g.queue.len());
+    let leases: Vec<Lease> = g.queue.drain(..n).collect();
+    g.leased.extend(leases.iter().map(|l| l.task.id.clone()));
+    g.leased_with_reports += leases.len();
+    Json(ReportBatchReply { results, leases }).into_response()
 }
 
 async fn deregister(State(m): State<Shared>, Path(id): Path<String>) -> StatusCode {
@@ -369,4 +381,96 @@ async fn a_forgotten_node_registers_again() {
         .await
         .expect("agent stops");
     assert_eq!(lock(&m.0).deregistered, vec!["node2".to_string()]);
+}
+
+/// A handler that counts how many of its runs overlap (each takes a millisecond).
+#[derive(Default)]
+struct Overlap {
+    now: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+impl Handler for Overlap {
+    fn run<'a>(
+        &'a self,
+        _lease: &'a Lease,
+        _ctx: TaskContext,
+    ) -> futures::future::BoxFuture<'a, Result<Value, ExecError>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        Box::pin(async move {
+            let n = self.now.fetch_add(1, SeqCst) + 1;
+            self.most.fetch_max(n, SeqCst);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            self.now.fetch_sub(1, SeqCst);
+            Ok(Value::Null)
+        })
+    }
+}
+
+/// Runs an agent of `capacity` slots with an [`Overlap`] handler on `n` tasks and
+/// waits for their reports; `refuse` makes the mock refuse `lease_max`.
+async fn run_overlapping(capacity: u32, n: usize, refuse: bool) -> (Shared, Arc<Overlap>) {
+    let (url, m) = start_mock().await;
+    lock(&m.0).refuse_lease_max = refuse;
+    let handler = Arc::new(Overlap::default());
+    let mut c = config(url, capacity, Duration::from_secs(5));
+    c.executor = Executor::Handler(handler.clone());
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(run(c, shutdown.clone()));
+    let leases = (0..n)
+        .map(|i| lease(&format!("b{i}"), "any", Value::Null, 5000, 1))
+        .collect();
+    push(&m, leases);
+    wait_for(&m, "every report", |g| g.reports.len() == n).await;
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), agent)
+        .await
+        .expect("agent stops");
+    {
+        let g = lock(&m.0);
+        let mut ids: Vec<&str> = g.reports.iter().map(|r| r.task_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), n, "each task reported once");
+        // A lease granted beyond the free slots would be given back as a failure.
+        assert!(
+            g.reports
+                .iter()
+                .all(|r| r.outcome == ReportOutcome::Succeeded),
+            "every task ran: none was given back"
+        );
+    }
+    let most = handler.most.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        most <= capacity as usize,
+        "{most} handlers at once with {capacity} slots"
+    );
+    (m, handler)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_agent_takes_its_next_tasks_with_its_reports_and_never_runs_more_than_its_capacity()
+{
+    let (m, _) = run_overlapping(8, 400, false).await;
+    let g = lock(&m.0);
+    assert!(
+        g.leased_with_reports > 200,
+        "most tasks came with the answers to reports: {} of 400 ({} lease calls)",
+        g.leased_with_reports,
+        g.lease_nodes.len()
+    );
+    assert!(
+        g.lease_max_asked <= 8,
+        "asked {} with 8 slots",
+        g.lease_max_asked
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn against_a_server_that_refuses_lease_max_the_long_poll_alone_leases_and_no_report_is_lost()
+{
+    let (m, _) = run_overlapping(4, 50, true).await;
+    let g = lock(&m.0);
+    assert_eq!(g.leased_with_reports, 0);
+    assert_eq!(g.leased.len(), 50, "all through the long-poll");
 }

@@ -12,26 +12,39 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+
+/// A lease this soon after the previous one means a busy node ...
+const BUSY: Duration = Duration::from_millis(10);
+/// ... whose next long-poll waits this long for more free slots.
+const LINGER: Duration = Duration::from_millis(1);
 
 /// How long a stopped in-process handler may run on to see the stop and clean up.
 const STOP_GRACE: Duration = Duration::from_secs(1);
 use tracing::Instrument;
 
-/// Leases tasks while slots are free, until `shutdown`.
-pub(super) async fn lease_loop(
-    agent: &Arc<Agent>,
-    tasks: &TaskTracker,
-    shutdown: &CancellationToken,
-) {
-    // Leases are held to capacity + prefetch; handlers run at most `capacity` at once
-    // (a prefetched task waits for one of those slots, its lease renewed meanwhile).
+/// Leases tasks while slots are free, until `shutdown`. While outcomes wait to be
+/// reported, the report flusher leases for the free slots in its report call, and this
+/// loop waits: its long-poll is for a node with nothing to report.
+pub(super) async fn lease_loop(agent: &Arc<Agent>, shutdown: &CancellationToken) {
+    let slots = agent.slots.clone();
     let budget = agent.config.capacity as usize + agent.config.prefetch as usize;
-    let slots = Arc::new(Semaphore::new(budget));
-    let running = Arc::new(Semaphore::new(agent.config.capacity as usize));
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
-    let mut last_leased = Instant::now() - super::reports::BUSY;
+    let mut last_leased = Instant::now() - BUSY;
     loop {
+        // Busy: the flusher takes the next tasks with the reports it is about to send.
+        loop {
+            let flushed = agent.flushed.notified();
+            tokio::pin!(flushed);
+            flushed.as_mut().enable();
+            if !agent.flusher_leases() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                _ = flushed => {}
+            }
+        }
         // Wait for a free slot: no polling while the node is full.
         let first = tokio::select! {
             biased;
@@ -41,14 +54,26 @@ pub(super) async fn lease_loop(
                 Err(_) => return,
             },
         };
+        if agent.flusher_leases() {
+            // The slot freed with an outcome to report: the flusher leases for it.
+            drop(first);
+            continue;
+        }
         // Busy (the last lease brought tasks a moment ago, and most slots are taken): let
         // the slots freeing now join this call, one lease for many instead of one each.
-        if last_leased.elapsed() < super::reports::BUSY && slots.available_permits() < budget / 2 {
-            tokio::time::sleep(super::reports::LINGER).await;
+        if last_leased.elapsed() < BUSY && slots.available_permits() < budget / 2 {
+            tokio::time::sleep(LINGER).await;
         }
-        let max = u32::try_from(slots.available_permits())
-            .unwrap_or(u32::MAX)
-            .saturating_add(1);
+        // Every slot asked for is held, so a flush that leases meanwhile cannot be
+        // granted the same ones.
+        let mut held = first;
+        let more = slots.available_permits();
+        if more > 0
+            && let Ok(p) = slots.clone().try_acquire_many_owned(more as u32)
+        {
+            held.merge(p);
+        }
+        let max = u32::try_from(held.num_permits()).unwrap_or(u32::MAX);
         let s = agent.session();
         let asked = Instant::now();
         let res = tokio::select! {
@@ -59,7 +84,7 @@ pub(super) async fn lease_loop(
         match res {
             Ok(reply) => {
                 if reply.leases.is_empty() {
-                    drop(first);
+                    drop(held);
                     // A server that answers an empty long-poll at once (draining node,
                     // no long-poll support) must not turn this loop into a busy one.
                     if asked.elapsed() < Duration::from_millis(LEASE_WAIT_MS / 2) {
@@ -73,24 +98,10 @@ pub(super) async fn lease_loop(
                 }
                 backoff.reset();
                 last_leased = Instant::now();
-                let mut first = Some(first);
-                for lease in reply.leases {
-                    let permit = first
-                        .take()
-                        .or_else(|| slots.clone().try_acquire_owned().ok());
-                    match permit {
-                        Some(p) => {
-                            tasks.spawn(run_task(agent.clone(), lease, p, running.clone()));
-                        }
-                        None => {
-                            tracing::warn!(node_id = %s.id, task_id = %lease.task.id, "server granted more leases than asked; giving it back");
-                            agent.send_report(failed_report(&lease, "node at capacity", true));
-                        }
-                    }
-                }
+                start_leased(agent, reply.leases, held);
             }
             Err(e) => {
-                drop(first);
+                drop(held);
                 if node_forgotten(&e) {
                     agent.reregister(&s.id, shutdown).await;
                     continue;
@@ -101,6 +112,29 @@ pub(super) async fn lease_loop(
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(delay) => {}
                 }
+            }
+        }
+    }
+}
+
+/// Starts a runner for each lease, each with one of the `held` slots (the rest are
+/// freed). A lease beyond them (a server granting more than asked) is given back, as
+/// is every lease that comes after leasing stopped (the shutdown).
+pub(super) fn start_leased(agent: &Arc<Agent>, leases: Vec<Lease>, mut held: OwnedSemaphorePermit) {
+    for lease in leases {
+        if agent.leasing.is_cancelled() {
+            agent.send_report(failed_report(&lease, SHUTDOWN_ERROR, true));
+            continue;
+        }
+        match held.split(1) {
+            Some(p) => {
+                agent
+                    .tasks
+                    .spawn(run_task(agent.clone(), lease, p, agent.handlers.clone()));
+            }
+            None => {
+                tracing::warn!(task_id = %lease.task.id, "server granted more leases than asked; giving it back");
+                agent.send_report(failed_report(&lease, "node at capacity", true));
             }
         }
     }
@@ -196,11 +230,16 @@ async fn run_task(
                 None
             }
         };
-        if let Some(r) = report {
-            agent.send_report(r);
+        // Counted before the slots free, so that the lease loop woken by them leaves
+        // them to the flusher, which leases for them with this report.
+        if report.is_some() {
+            agent.report_coming();
         }
         drop(slot);
         drop(permit);
+        if let Some(r) = report {
+            agent.push_report(r);
+        }
     }
     .instrument(span)
     .await;

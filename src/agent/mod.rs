@@ -14,7 +14,10 @@
 //! - one renewal loop: every lease due (a third of its TTL) in one
 //!   `POST /v1/nodes/{id}/extend` per round: `renewals.rs`;
 //! - one report flusher: sends whatever outcomes are ready in one batch, so outcomes
-//!   arriving during a flush go out together in the next one: `reports.rs`;
+//!   arriving during a flush go out together in the next one, and asks in the same
+//!   call for as many new tasks as there are free slots (`lease_max`): a busy node
+//!   takes its next tasks with its reports, and the lease loop's long-poll is for the
+//!   moments nothing waits to be reported: `reports.rs`;
 //! - drain on shutdown: no more leases, `grace` for running tasks, then kill, report,
 //!   flush and `DELETE /v1/nodes/{id}`: [`run`].
 
@@ -36,9 +39,10 @@ use renewals::renew_loop;
 use reports::report_loop;
 use state::{Agent, StopReason, TaskHandle, heartbeat_loop, lock, register_first};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -162,6 +166,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         return Ok(());
     };
     let (report_tx, report_rx) = mpsc::unbounded_channel();
+    let tasks = TaskTracker::new();
+    // Leases are held to capacity + prefetch; handlers run at most `capacity` at once
+    // (a prefetched task waits for one of those slots, its lease renewed meanwhile).
+    let budget = config.capacity as usize + config.prefetch as usize;
+    let handlers = config.capacity as usize;
     let agent = Arc::new(Agent {
         config,
         client,
@@ -170,6 +179,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         reregister_lock: tokio::sync::Mutex::new(()),
         running: Mutex::new(HashMap::new()),
         reports: report_tx,
+        slots: Arc::new(Semaphore::new(budget)),
+        handlers: Arc::new(Semaphore::new(handlers)),
+        tasks: tasks.clone(),
+        leasing: shutdown.clone(),
+        unreported: AtomicUsize::new(0),
+        flushed: Notify::new(),
+        lease_with_reports: AtomicBool::new(true),
     });
 
     let heartbeat_stop = CancellationToken::new();
@@ -178,9 +194,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let renewer = tokio::spawn(renew_loop(agent.clone(), renewer_stop.clone()));
     let reporter_stop = CancellationToken::new();
     let reporter = tokio::spawn(report_loop(agent.clone(), report_rx, reporter_stop.clone()));
-    let tasks = TaskTracker::new();
 
-    lease_loop(&agent, &tasks, &shutdown).await;
+    lease_loop(&agent, &shutdown).await;
 
     // Drain.
     let node_id = agent.session().id.clone();

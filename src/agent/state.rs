@@ -8,10 +8,12 @@ use super::exec::Runner;
 use crate::client::{Client, ClientError};
 use crate::domain::{NodeKind, NodeStatus, RegisterNode, Report};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How long the first registration retries an unreachable or overloaded server.
 const REGISTER_RETRY_FOR: Duration = Duration::from_secs(30);
@@ -95,6 +97,23 @@ pub(super) struct Agent {
     /// Stop switches of the running tasks, by task id.
     pub(super) running: Mutex<HashMap<String, Arc<TaskHandle>>>,
     pub(super) reports: mpsc::UnboundedSender<Report>,
+    /// Lease slots: capacity + prefetch leases are held at once.
+    pub(super) slots: Arc<Semaphore>,
+    /// Handler slots: capacity handlers run at once (a prefetched task waits for one).
+    pub(super) handlers: Arc<Semaphore>,
+    /// The runners of leased tasks (the drain waits for them).
+    pub(super) tasks: TaskTracker,
+    /// Cancelled when leasing stops (the shutdown began).
+    pub(super) leasing: CancellationToken,
+    /// Outcomes queued and not yet sent (or given up). While there are any, the report
+    /// flusher leases for the free slots in its report call (`lease_max`) and the lease
+    /// loop's long-poll holds back: a busy node takes its next tasks with its reports.
+    pub(super) unreported: AtomicUsize,
+    /// Notified after every flush that settled its reports.
+    pub(super) flushed: Notify,
+    /// Cleared when the server refuses `lease_max` (one older than this agent): the lease
+    /// loop alone leases then.
+    pub(super) lease_with_reports: AtomicBool,
 }
 
 /// Locks a mutex, ignoring poisoning (the data stays consistent: every critical
@@ -142,10 +161,40 @@ impl Agent {
         }
     }
 
+    /// Queues an outcome for the report flusher.
     pub(super) fn send_report(&self, report: Report) {
+        self.report_coming();
+        self.push_report(report);
+    }
+
+    /// Counts an outcome about to be queued: done before its lease slot is freed, so that
+    /// the lease loop, woken by that slot, sees it and leaves the slot to the flusher.
+    pub(super) fn report_coming(&self) {
+        self.unreported.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Queues an outcome counted by [`Agent::report_coming`].
+    pub(super) fn push_report(&self, report: Report) {
         if self.reports.send(report).is_err() {
             tracing::error!("report flusher is gone; dropping a report");
+            self.reports_settled(1);
         }
+    }
+
+    /// `n` outcomes were sent (or given up).
+    pub(super) fn reports_settled(&self, n: usize) {
+        let _ = self
+            .unreported
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
+                Some(u.saturating_sub(n))
+            });
+        self.flushed.notify_waiters();
+    }
+
+    /// True while the report flusher leases for the free slots: outcomes are waiting
+    /// and the server takes `lease_max`.
+    pub(super) fn flusher_leases(&self) -> bool {
+        self.lease_with_reports.load(Ordering::SeqCst) && self.unreported.load(Ordering::SeqCst) > 0
     }
 }
 

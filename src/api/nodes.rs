@@ -401,21 +401,7 @@ pub async fn nodes_lease(
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if rec.node.status != NodeStatus::Draining {
-                // Direct leases whose long-poll had left before they came go first.
-                let handed = st.hub.take_handed(&id, max - out.len());
-                out.extend(handed.into_iter().map(as_lease));
-                for q in &rec.node.queues {
-                    if out.len() >= max {
-                        break;
-                    }
-                    let leased = st
-                        .store
-                        .lease(q, &id, max - out.len(), human, &tags)
-                        .await?;
-                    out.extend(leased.into_iter().map(as_lease));
-                }
-            }
+            lease_ready(&st, &id, &rec, max, human, &tags, &mut out).await?;
             if !out.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(out);
             }
@@ -471,6 +457,33 @@ pub async fn nodes_lease(
     Ok(Json(LeaseReply { leases: res? }))
 }
 
+/// Leases what node `id` can have at once, up to `max` in `out` (nothing for a draining
+/// node): direct leases whose long-poll had left before they came, then its inbox,
+/// queue by queue; with `pull` also the queue's pending tasks, under its limits.
+async fn lease_ready(
+    st: &AppState,
+    id: &str,
+    rec: &NodeRecord,
+    max: usize,
+    pull: bool,
+    tags: &str,
+    out: &mut Vec<Lease>,
+) -> ApiResult<()> {
+    if rec.node.status == NodeStatus::Draining {
+        return Ok(());
+    }
+    let handed = st.hub.take_handed(id, max - out.len());
+    out.extend(handed.into_iter().map(as_lease));
+    for q in &rec.node.queues {
+        if out.len() >= max {
+            break;
+        }
+        let leased = st.store.lease(q, id, max - out.len(), pull, tags).await?;
+        out.extend(leased.into_iter().map(as_lease));
+    }
+    Ok(())
+}
+
 #[utoipa::path(
     post,
     path = "/v1/nodes/{id}/reports",
@@ -510,7 +523,14 @@ pub async fn nodes_reports(
             "every report names its task_id (an empty one names no task)",
         ));
     }
-    node_or_404(&st, &id).await?;
+    let lease_max = body.lease_max.unwrap_or(0);
+    if lease_max > 1000 {
+        return Err(ApiError::invalid(
+            "invalid_lease",
+            "lease_max must be 0 to 1000",
+        ));
+    }
+    let rec = node_or_404(&st, &id).await?;
     // Admin callers report on behalf of this node: the lease must be the node's.
     let node = Some(id.as_str());
     // Results too large are refused per item, before any write; the rest go to Redis
@@ -576,7 +596,20 @@ pub async fn nodes_reports(
             }
         });
     }
-    Ok(Json(ReportBatchReply { results }))
+    // The slots these reports freed, filled in the same call: the node pulls its next
+    // tasks itself (a busy worker need not wait for the dispatcher's next pass).
+    let mut leases = Vec::new();
+    if lease_max > 0 {
+        let human = rec.node.kind == NodeKind::Human;
+        let max = if human {
+            1
+        } else {
+            (lease_max as usize).min(rec.node.capacity as usize)
+        };
+        let tags = rec.node.tags.join(",");
+        lease_ready(&st, &id, &rec, max, true, &tags, &mut leases).await?;
+    }
+    Ok(Json(ReportBatchReply { results, leases }))
 }
 
 #[utoipa::path(

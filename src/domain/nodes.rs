@@ -335,6 +335,15 @@ pub struct ReportBatch {
     /// Up to 10,000 reports.
     #[schema(max_items = 10_000)]
     pub reports: Vec<Report>,
+    /// Also lease up to this many tasks in the same call, answered in the reply's
+    /// `leases` at once (no waiting): a busy worker takes the next tasks for the slots
+    /// these reports free without a second call, as BullMQ's worker fetches its next
+    /// job when it finishes one. From the node's inbox first, then the queue's pending
+    /// tasks in order, under the queue's limits. 0 or absent: none; at most 1,000; a
+    /// draining node gets none, a person's node at most 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 1000)]
+    pub lease_max: Option<u32>,
 }
 
 /// Per-item answer of `POST /v1/nodes/{id}/reports`.
@@ -357,4 +366,8 @@ pub struct ReportResult {
 pub struct ReportBatchReply {
     /// One per report, same order.
     pub results: Vec<ReportResult>,
+    /// The tasks leased for `lease_max` (absent when none were asked or none were
+    /// ready); each is held exactly as a lease from `POST /v1/nodes/{id}/lease`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leases: Vec<Lease>,
 }

@@ -969,3 +969,106 @@ async fn a_waiting_long_poll_gets_its_leases_from_the_dispatch_directly() {
     }
     assert_doctor_clean(&app.store).await;
 }
+
+/// `POST /v1/nodes/{id}/reports` with `lease_max`: the reports' answer carries the next
+/// tasks, in queue order, under the queue's `max_running`; a bad `lease_max` changes
+/// nothing, a draining node gets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_call_with_lease_max_brings_the_next_tasks_in_order_under_the_queues_limits() {
+    let app = spawn_app().await;
+    app.api
+        .send(
+            app.api
+                .req(reqwest::Method::PUT, "/v1/queues/next")
+                .json(&json!({ "max_running": 2 })),
+        )
+        .await
+        .expect(200);
+    let node = register_node(&app.api, "puller", &["next"], 5).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            app.api
+                .submit(json!({ "kind": "k", "queue": "next", "payload": i }))
+                .await
+                .id,
+        );
+    }
+    let path = format!("/v1/nodes/{}/reports", node.id);
+    let report = |l: &muster::domain::Lease| json!({ "task_id": l.task.id, "lease_token": l.lease_token, "outcome": "succeeded", "result": l.task.payload });
+    let mut leases = node.lease(5, 5000).await;
+    assert_eq!(leases.len(), 2, "max_running 2");
+
+    // A lease_max over 1,000 is refused before anything is written.
+    let before = app.api.task(&leases[0].task.id).await;
+    let r = app
+        .api
+        .post(
+            &path,
+            &json!({ "reports": [report(&leases[0])], "lease_max": 1001 }),
+        )
+        .await;
+    assert_eq!(r.problem(422), "invalid_lease");
+    assert_eq!(app.api.task(&leases[0].task.id).await, before);
+
+    // Each report of one frees one place under max_running, and its answer fills it.
+    let mut started = Vec::new();
+    let mut done = Vec::new();
+    while !leases.is_empty() {
+        let first = leases.remove(0);
+        let r = node
+            .api
+            .post(
+                &path,
+                &json!({ "reports": [report(&first)], "lease_max": 5 }),
+            )
+            .await
+            .expect(200);
+        assert_eq!(r.body["results"][0]["status"], json!(200), "{}", r.text);
+        done.push(first.task.id.clone());
+        let reply: muster::domain::ReportBatchReply = r.json();
+        assert!(reply.leases.len() <= 1, "max_running 2: {}", r.text);
+        for l in reply.leases {
+            assert_eq!(l.task.state, TaskState::Running);
+            assert_eq!(l.task.node.as_deref(), Some(node.id.as_str()));
+            assert_eq!(l.fence, 1);
+            started.push(l.task.id.clone());
+            leases.push(l);
+        }
+        if leases.is_empty() {
+            // The last answer had nothing left to lease: `leases` is left out.
+            assert!(r.body.get("leases").is_none(), "{}", r.text);
+        }
+    }
+    assert_eq!(started, ids[2..], "the rest, in submission order");
+    assert_eq!(done.len(), 5);
+    for id in &ids {
+        assert_eq!(app.api.task(id).await.state, TaskState::Succeeded);
+    }
+
+    // A draining node reports, and gets nothing new.
+    app.api
+        .submit(json!({ "kind": "k", "queue": "next" }))
+        .await;
+    let l = node.lease(1, 5000).await;
+    assert_eq!(l.len(), 1);
+    app.api
+        .submit(json!({ "kind": "k", "queue": "next" }))
+        .await;
+    app.api
+        .post(&format!("/v1/nodes/{}/drain", node.id), &json!({}))
+        .await
+        .expect(200);
+    let r = node
+        .api
+        .post(
+            &path,
+            &json!({ "reports": [report(&l[0])], "lease_max": 5 }),
+        )
+        .await
+        .expect(200);
+    assert_eq!(r.body["results"][0]["status"], json!(200), "{}", r.text);
+    assert!(r.body.get("leases").is_none(), "draining: {}", r.text);
+    drop(node);
+    assert_doctor_clean(&app.store).await;
+}
