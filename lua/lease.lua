@@ -58,6 +58,8 @@ if pull and #out < max and conf[1] ~= '1' then
     if ok then
       zrem_later(k_state_index(p, 'pending'), id)
       incr_load(p, node, 1)
+      -- Assigned and started in one step, as dispatch's direct hand-off: both events.
+      emit(p, 'task.assigned', id, node, 'assigned')
       start(id, tkey, h)
       taken = taken + 1
     end

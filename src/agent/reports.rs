@@ -91,6 +91,8 @@ async fn flush(agent: Arc<Agent>, reports: Vec<Report>, _call: OwnedSemaphorePer
         // answer, so the lease loop and the other calls cannot ask for them too.
         let mut held = None;
         if agent.lease_with_reports.load(Ordering::SeqCst) && !agent.leasing.is_cancelled() {
+            // Every free slot: the first call out takes the next wave. (Each call asking
+            // only its share, so that waves overlap, measured slower in scripts/bench-sdk.)
             let free = agent.slots.available_permits().min(MAX_LEASE_WITH_REPORTS);
             if free > 0 {
                 held = agent.slots.clone().try_acquire_many_owned(free as u32).ok();

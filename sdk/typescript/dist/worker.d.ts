@@ -8,8 +8,11 @@
  *   `POST /v1/nodes/{id}/lease` for as many tasks as there are free slots;
  * - handlers start at once on the leased tasks; their outcomes are queued as
  *   pre-serialized report items;
- * - one report flusher: sends everything queued in one `POST /v1/nodes/{id}/reports`,
- *   one call in flight, so outcomes arriving during a flush go out together next;
+ * - the report flusher: sends what is queued in one `POST /v1/nodes/{id}/reports`
+ *   call at a time (outcomes arriving meanwhile go together in the next), and asks in
+ *   it for as many new tasks as there are free slots (`lease_max`): a busy worker
+ *   takes its next tasks with its reports. The long-poll is for the moments nothing
+ *   waits to be reported;
  * - one renewal ticker for all running tasks: a lease is renewed at a third of its
  *   TTL (`POST /v1/tasks/{id}/extend`, the only per-task call, and only for tasks that
  *   outlive a third of their TTL);
@@ -178,9 +181,15 @@ export declare class Worker {
     /** Pre-serialized report items waiting to be sent, and what each was about. */
     private reports;
     private reportMeta;
-    private flushing;
+    /** Report calls out now, and the reports they carry. */
+    private flushesOut;
+    private reportsOut;
     private flushScheduled;
     private flushIdle;
+    /** Slots held for the leases asked of calls out (report calls and the long-poll). */
+    private reserved;
+    /** Cleared when the server refuses `lease_max` (one older than this SDK). */
+    private leaseWithReports;
     private runPromise;
     private stopping;
     private forceStop;
@@ -232,6 +241,10 @@ export declare class Worker {
     private deregister;
     private wakeLeaser;
     private leaseLoop;
+    /** Slots neither in use nor held for a call out. */
+    private freeSlots;
+    /** Starts the leased tasks (those granted while stopping, or beyond the slots, go back). */
+    private startLeases;
     private start;
     /** Runs a leased task's handler in a free slot. */
     private execute;
@@ -245,7 +258,15 @@ export declare class Worker {
     private tick;
     private heartbeatLoop;
     private queueReport;
+    /** Most reports (and leases asked) of one report call: the slots' share of a call. */
+    private reportChunk;
+    /** Starts report calls for what is queued, while fewer than {@link REPORT_CALLS} are out. */
     private flush;
+    /**
+     * One report call (retried with backoff while the server or Redis is away), asking
+     * for as many new tasks as there are free slots. Never rejects.
+     */
+    private sendReports;
     private accountReports;
     private drain;
     /** Waits until every queued report was sent (or `ms` passed). */
