@@ -14,6 +14,9 @@ is the Rust agent in ``src/agent/mod.rs``:
   wake-up of the loop for however many finished meanwhile);
 - one report flusher: every outcome ready when a flush starts goes out in one
   ``POST /v1/nodes/{id}/reports``; outcomes arriving during a flush go in the next;
+  each call also asks for as many new tasks as there are free slots (``lease_max``),
+  so a busy worker takes its next tasks with its reports and the long-poll is for the
+  moments nothing waits to be reported;
 - renewals: one loop wakes at the earliest renewal due (a third of each lease's TTL)
   and calls ``POST /v1/tasks/{id}/extend`` for the tasks due (also how progress
   travels); a refused renewal (404, 409) stops the task and reports nothing, as the
@@ -548,6 +551,15 @@ class _Run:
         self.reports: List[bytes] = []
         self.report_wake = asyncio.Event()
         self.reports_closing = False
+        # Slots held for the leases asked of calls out (the report call's lease_max and
+        # the long-poll), the reports in the call out, and whether the server takes
+        # lease_max (cleared when one older than this SDK refuses it). While reports
+        # wait or are out, the report call leases for the free slots and the long-poll
+        # holds back: a busy worker takes its next tasks with its reports.
+        self.reserved = 0
+        self.reports_out = 0
+        self.lease_with_reports = True
+        self.leasing = True
         self.reregister_lock = asyncio.Lock()
         self.lease_fut: Optional[asyncio.Future] = None
         self.fatal: Optional[BaseException] = None
@@ -722,6 +734,7 @@ class _Run:
         await w._stop_requested.wait()  # type: ignore[union-attr]
 
         # Drain: no more leases, then grace for what runs.
+        self.leasing = False
         leaser.cancel()
         await asyncio.gather(leaser, return_exceptions=True)
         reg = self.reg
@@ -797,17 +810,20 @@ class _Run:
         wait_ms = int(max(0.0, min(w.lease_wait, tr.MAX_WAIT_MS / 1000)) * 1000)
         timeout = wait_ms / 1000 + LONG_POLL_SLACK
         while True:
-            while self.free <= 0:
+            while self.free - self.reserved <= 0 or self.reporter_leases():
                 self.slot_freed.clear()
                 await self.slot_freed.wait()
             reg = self.reg
             assert reg is not None
-            body = b'{"max":%d,"wait_ms":%d}' % (min(self.free, 1000), wait_ms)
+            ask = min(self.free - self.reserved, 1000)
+            body = b'{"max":%d,"wait_ms":%d}' % (ask, wait_ms)
             asked = self.loop.time()
             # The long-poll runs as its own future so that a re-registration can cut it
             # short (it would hold on to the forgotten node for up to lease_wait).
             fut = asyncio.ensure_future(self.call("POST", f"/v1/nodes/{reg.id}/lease", body, timeout=timeout))
             self.lease_fut = fut
+            # Held while the call is out, so the report call cannot ask for them too.
+            self.reserved += ask
             try:
                 await asyncio.wait({fut})
             except asyncio.CancelledError:
@@ -815,6 +831,7 @@ class _Run:
                 raise
             finally:
                 self.lease_fut = None
+                self.reserved -= ask
             if fut.cancelled():
                 continue
             try:
@@ -840,12 +857,21 @@ class _Run:
             for lease in leases:
                 self.start(lease)
 
+    def reporter_leases(self) -> bool:
+        """True while the report call leases for the free slots (reports wait or are
+        out, and the server takes lease_max)."""
+        return self.lease_with_reports and bool(self.reports or self.reports_out)
+
     def start(self, lease: Dict[str, Any]) -> None:
         task = lease["task"]
         now = self.loop.time()
         ctx = Context(self, lease, task, now, (task.get("timeout_ms") or 30000) / 1000)
         task_id = ctx.task_id
-        if self.free <= 0 or task_id in self.jobs:
+        if not self.leasing:
+            # Granted as the drain began: handed back at once.
+            self.queue_report(_report_item(task_id, ctx._token, "failed", SHUTDOWN_ERROR, True))
+            return
+        if self.free - self.reserved <= 0 or task_id in self.jobs:
             log.warning("task %s: leased beyond capacity or twice; handing it back", task_id)
             self.queue_report(_report_item(task_id, ctx._token, "failed", "worker at capacity", True))
             return
@@ -1029,10 +1055,30 @@ class _Run:
             del self.reports[:n]
             reg = self.reg
             assert reg is not None
-            body = b'{"reports":[' + b",".join(batch) + b"]}"
+            # The free slots (those these outcomes freed among them) are filled by the
+            # same call; held until its answer.
+            ask = 0
+            if self.lease_with_reports and self.leasing:
+                ask = max(0, min(self.free - self.reserved, 1000))
+            if ask:
+                body = b'{"reports":[' + b",".join(batch) + b'],"lease_max":%d}' % ask
+            else:
+                body = b'{"reports":[' + b",".join(batch) + b"]}"
+            self.reserved += ask
+            self.reports_out = len(batch)
             try:
                 reply = await self.call("POST", f"/v1/nodes/{reg.id}/reports", body)
             except MusterError as e:
+                self.reserved -= ask
+                self.reports_out = 0
+                self.slot_freed.set()
+                if ask and e.code == "invalid_body":
+                    # A server older than lease_max refuses the field: the long-poll
+                    # alone leases from now on, and the same reports go again without it.
+                    log.info("the server does not lease with reports; the long-poll alone leases")
+                    self.lease_with_reports = False
+                    self.reports[:0] = batch
+                    continue
                 if e.transient:
                     now = self.loop.time()
                     if failing_since is None:
@@ -1053,6 +1099,11 @@ class _Run:
                 failing_since = None
                 backoff.reset()
                 continue
+            self.reserved -= ask
+            self.reports_out = 0
+            for lease in (reply or {}).get("leases") or ():
+                self.start(lease)
+            self.slot_freed.set()
             failing_since = None
             backoff.reset()
             self.w.stats["report_calls"] += 1
