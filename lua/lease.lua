@@ -1,8 +1,9 @@
 -- lease.lua: a node takes tasks from its inbox (or, for pull nodes, from pending).
 -- KEYS[1]: queue prefix
 -- ARGV[1]: wake channel   ARGV[2]: node id   ARGV[3]: most tasks
--- ARGV[4]: "1" when the node also pulls from pending itself (human nodes; any node's
---   report call that asks for its next tasks), else "0"
+-- ARGV[4]: "1" when the node also pulls from pending itself (human nodes), "m" when a
+--   machine node does (its report call asks for its next tasks: never from a
+--   human-only queue), else "0"
 -- ARGV[5]: the node's tags (csv, for pull)   ARGV[6]: a fresh random hex seed; each
 --   lease's nonce is the seed followed by its index (unguessable, unique per lease)
 -- Returns: a list of task records, each a flat field/value array of the task hash as
@@ -10,7 +11,7 @@
 -- lease_expires = now + timeout_ms) with the field 'id' added.
 -- Per task: one HGETALL and one HSET; the inbox pop and the running index are one
 -- command per call.
-local p, node, max, pull = KEYS[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
+local p, node, max, pull = KEYS[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] ~= '0'
 local now = now_ms()
 local out = {}
 
@@ -29,8 +30,9 @@ while #out < max do
     if h.state == 'assigned' and h.node == node then start(id, tkey, h) end
   end
 end
-local conf = pull and redis.call('HMGET', k_conf(p), 'paused', 'max_running', 'rate_limit')
-if pull and #out < max and conf[1] ~= '1' then
+local conf = pull and redis.call('HMGET', k_conf(p), 'paused', 'max_running', 'rate_limit',
+  'human_only')
+if pull and #out < max and conf[1] ~= '1' and not (ARGV[4] == 'm' and conf[4] == '1') then
   -- People (and a busy node's report call) pull from pending themselves, under the same
   -- limits as dispatch.
   local allowed, tokens = queue_budget(p, now, conf[2], conf[3])

@@ -12,6 +12,7 @@ use crate::domain::{
     RenewalResult, RenewalStatus, ReportBatch, ReportBatchReply, ReportOutcome, ReportResult,
     rfc3339_ms, validate,
 };
+use crate::store::dispatch::Pull;
 use crate::store::reports::{Outcome, Report};
 use crate::store::{NodeRecord, StoreError, token_sha};
 use axum::extract::{Path, State};
@@ -401,7 +402,7 @@ pub async fn nodes_lease(
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            lease_ready(&st, &id, &rec, max, human, &tags, &mut out).await?;
+            lease_ready(&st, &id, &rec, max, human.into(), &tags, &mut out).await?;
             if !out.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(out);
             }
@@ -465,7 +466,7 @@ async fn lease_ready(
     id: &str,
     rec: &NodeRecord,
     max: usize,
-    pull: bool,
+    pull: Pull,
     tags: &str,
     out: &mut Vec<Lease>,
 ) -> ApiResult<()> {
@@ -607,7 +608,8 @@ pub async fn nodes_reports(
             (lease_max as usize).min(rec.node.capacity as usize)
         };
         let tags = rec.node.tags.join(",");
-        lease_ready(&st, &id, &rec, max, true, &tags, &mut leases).await?;
+        let pull = if human { Pull::Person } else { Pull::Machine };
+        lease_ready(&st, &id, &rec, max, pull, &tags, &mut leases).await?;
     }
     Ok(Json(ReportBatchReply { results, leases }))
 }

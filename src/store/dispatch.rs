@@ -90,6 +90,25 @@ fn leased_from_row(queue: &str, row: redis::Value) -> Result<Leased> {
     })
 }
 
+/// Where [`Store::lease`] takes tasks from besides the node's inbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pull {
+    /// The inbox only (what the dispatcher assigned): a machine node's long-poll.
+    Inbox,
+    /// Also pending tasks, under the queue's limits: a person's node, which the
+    /// dispatcher never pushes to.
+    Person,
+    /// As `Person`, for a machine node's report call that asks for its next tasks
+    /// (`lease_max`): never from a human-only queue, as the dispatcher would not.
+    Machine,
+}
+
+impl From<bool> for Pull {
+    fn from(pull: bool) -> Self {
+        if pull { Pull::Person } else { Pull::Inbox }
+    }
+}
+
 impl Store {
     /// Moves due scheduled and retrying tasks to pending.
     ///
@@ -194,8 +213,9 @@ impl Store {
     }
 
     /// Leases up to `max` tasks of `queue` to `node` from its inbox (and, with `pull`,
-    /// straight from pending: human nodes). A sharded queue's shards are visited in
-    /// turn, from the one after the shard that last gave a lease, until `max` are leased.
+    /// straight from pending: see [`Pull`]; `false` is [`Pull::Inbox`], `true`
+    /// [`Pull::Person`]). A sharded queue's shards are visited in turn, from the one
+    /// after the shard that last gave a lease, until `max` are leased.
     ///
     /// # Errors
     /// Redis errors.
@@ -204,9 +224,10 @@ impl Store {
         queue: &str,
         node: &str,
         max: usize,
-        pull: bool,
+        pull: impl Into<Pull>,
         tags: &str,
     ) -> Result<Vec<Leased>> {
+        let pull = pull.into();
         let shards = self.shards_rotated(queue, Visit::Lease).await?;
         let mut out = Vec::new();
         for s in &shards {
@@ -230,7 +251,7 @@ impl Store {
         queue: &str,
         node: &str,
         max: usize,
-        pull: bool,
+        pull: Pull,
         tags: &str,
     ) -> Result<Vec<Leased>> {
         // One seed per call, not one nonce per possible lease: most calls lease few.
@@ -239,7 +260,11 @@ impl Store {
         inv.arg(self.channel())
             .arg(node)
             .arg(max)
-            .arg(if pull { "1" } else { "0" })
+            .arg(match pull {
+                Pull::Inbox => "0",
+                Pull::Person => "1",
+                Pull::Machine => "m",
+            })
             .arg(tags);
         inv.arg(&seed);
         let mut c = self.conn();

@@ -1046,6 +1046,57 @@ async fn a_report_call_with_lease_max_brings_the_next_tasks_in_order_under_the_q
         assert_eq!(app.api.task(id).await.state, TaskState::Succeeded);
     }
 
+    // A machine's report call never pulls from a human-only queue (the dispatcher
+    // would not give it one either).
+    app.api
+        .send(
+            app.api
+                .req(reqwest::Method::PUT, "/v1/queues/people")
+                .json(&json!({ "human_only": true })),
+        )
+        .await
+        .expect(200);
+    let both = register_node(&app.api, "both", &["people", "mixed"], 5).await;
+    let person_task = app
+        .api
+        .submit(json!({ "kind": "k", "queue": "people" }))
+        .await;
+    app.api
+        .submit(json!({ "kind": "k", "queue": "mixed" }))
+        .await;
+    let l = both.lease(5, 5000).await;
+    assert_eq!(l.len(), 1, "the machine gets the next task only");
+    app.api
+        .submit(json!({ "kind": "k", "queue": "mixed" }))
+        .await;
+    let r = both
+        .api
+        .post(
+            &format!("/v1/nodes/{}/reports", both.id),
+            &json!({ "reports": [report(&l[0])], "lease_max": 5 }),
+        )
+        .await
+        .expect(200);
+    let reply: muster::domain::ReportBatchReply = r.json();
+    assert_eq!(reply.leases.len(), 1, "{}", r.text);
+    assert_eq!(reply.leases[0].task.queue, "mixed");
+    assert_eq!(
+        app.api.task(&person_task.id).await.state,
+        TaskState::Pending
+    );
+    app.api
+        .post(
+            &format!("/v1/tasks/{}/complete", reply.leases[0].task.id),
+            &json!({"lease_token": reply.leases[0].lease_token, "result": null}),
+        )
+        .await
+        .expect(200);
+    app.api
+        .post(&format!("/v1/tasks/{}/cancel", person_task.id), &json!({}))
+        .await
+        .expect(200);
+    drop(both);
+
     // A draining node reports, and gets nothing new.
     app.api
         .submit(json!({ "kind": "k", "queue": "next" }))
