@@ -539,6 +539,17 @@ async fn the_node_directory_serves_a_stale_snapshot_while_it_refreshes_and_rerea
     };
     let dir = Directory::new(Duration::from_millis(100));
     let count = || async { dir.all(&store).await.expect("directory").len() };
+    // The background refresh lands within 3 s with `n` nodes.
+    let refreshed_to = |n: usize| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while count().await != n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the refresh never landed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
     assert_eq!(count().await, 0);
     register("a").await;
     assert_eq!(count().await, 0, "a fresh snapshot is served as it is");
@@ -548,14 +559,7 @@ async fn the_node_directory_serves_a_stale_snapshot_while_it_refreshes_and_rerea
         0,
         "a stale one once more, while it is refreshed"
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while count().await != 1 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the refresh never landed"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    refreshed_to(1).await;
     register("b").await;
     dir.invalidate();
     assert_eq!(
@@ -570,14 +574,7 @@ async fn the_node_directory_serves_a_stale_snapshot_while_it_refreshes_and_rerea
         2,
         "marked stale: served, and refreshed behind"
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while count().await != 3 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the refresh never landed"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    refreshed_to(3).await;
     // The directory's records carry no running count; the store's listing does.
     assert!(
         dir.all(&store)
