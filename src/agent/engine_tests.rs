@@ -33,7 +33,7 @@ struct Mock {
     lease_nodes: Vec<String>,
     /// Tasks leased with reports (`lease_max`), and the most one call asked for.
     leased_with_reports: usize,
-    lease_max_asked: u32,
+    lease_max_asked: i64,
     /// Refuse `lease_max` as a server older than it does (422 invalid_body).
     refuse_lease_max: bool,
 }

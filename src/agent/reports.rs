@@ -98,7 +98,7 @@ async fn flush(agent: Arc<Agent>, reports: Vec<Report>, _call: OwnedSemaphorePer
                 held = agent.slots.clone().try_acquire_many_owned(free as u32).ok();
             }
         }
-        batch.lease_max = held.as_ref().map(|h| h.num_permits() as u32);
+        batch.lease_max = held.as_ref().map(|h| h.num_permits() as i64);
         let s = agent.session();
         match agent.client.nodes_reports(&s.id, &s.token, &batch).await {
             Ok(reply) => {

@@ -525,7 +525,7 @@ pub async fn nodes_reports(
         ));
     }
     let lease_max = body.lease_max.unwrap_or(0);
-    if lease_max > 1000 {
+    if !(0..=1000).contains(&lease_max) {
         return Err(ApiError::invalid(
             "invalid_lease",
             "lease_max must be 0 to 1000",

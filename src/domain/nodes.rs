@@ -341,9 +341,13 @@ pub struct ReportBatch {
     /// job when it finishes one. From the node's inbox first, then the queue's pending
     /// tasks in order, under the queue's limits. 0 or absent: none; at most 1,000; a
     /// draining node gets none, a person's node at most 1.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "int::opt"
+    )]
     #[schema(minimum = 0, maximum = 1000)]
-    pub lease_max: Option<u32>,
+    pub lease_max: Option<i64>,
 }
 
 /// Per-item answer of `POST /v1/nodes/{id}/reports`.

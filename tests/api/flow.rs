@@ -1010,6 +1010,15 @@ async fn a_report_call_with_lease_max_brings_the_next_tasks_in_order_under_the_q
         .await;
     assert_eq!(r.problem(422), "invalid_lease");
     assert_eq!(app.api.task(&leases[0].task.id).await, before);
+    let r = app
+        .api
+        .post(
+            &path,
+            &json!({ "reports": [report(&leases[0])], "lease_max": -1 }),
+        )
+        .await;
+    assert_eq!(r.problem(422), "invalid_lease");
+    assert_eq!(app.api.task(&leases[0].task.id).await, before);
 
     // Each report of one frees one place under max_running, and its answer fills it.
     let mut started = Vec::new();
@@ -1020,7 +1029,8 @@ async fn a_report_call_with_lease_max_brings_the_next_tasks_in_order_under_the_q
             .api
             .post(
                 &path,
-                &json!({ "reports": [report(&first)], "lease_max": 5 }),
+                // An integral float is an integer (JSON Schema): 5.0 is taken as 5.
+                &json!({ "reports": [report(&first)], "lease_max": 5.0 }),
             )
             .await
             .expect(200);
