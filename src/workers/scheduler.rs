@@ -89,6 +89,15 @@ impl Scheduler {
         }
     }
 
+    /// The same with a leader lease of `ttl_ms` (at least 100 ms): a longer one makes a
+    /// leader's crash cost more ticks, and keeps a replica stepped by hand (tests) the
+    /// leader between its steps.
+    #[must_use]
+    pub fn with_ttl_ms(mut self, ttl_ms: i64) -> Scheduler {
+        self.ttl_ms = ttl_ms.max(100);
+        self
+    }
+
     /// Whether this replica holds a valid leader lease now.
     pub fn is_leader(&self) -> bool {
         self.leader

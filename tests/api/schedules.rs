@@ -281,8 +281,11 @@ async fn a_paused_schedule_does_not_fire_and_resuming_does_not_catch_up() {
 /// A store and a scheduler stepped by hand (no background loop) on a fresh namespace.
 async fn manual() -> (muster::store::Store, muster::workers::scheduler::Scheduler) {
     let store = crate::support::store().await;
+    // A long leader lease: a slow machine between two steps must not lose the
+    // leadership these tests count on (the default is 600 ms).
     let sched =
-        muster::workers::scheduler::Scheduler::new(store.clone(), muster::service::hub::Hub::new());
+        muster::workers::scheduler::Scheduler::new(store.clone(), muster::service::hub::Hub::new())
+            .with_ttl_ms(30_000);
     (store, sched)
 }
 
@@ -396,7 +399,8 @@ async fn a_fire_left_pending_by_a_dead_leader_is_completed_with_its_task_id() {
         .query(&mut c)
         .expect("hset");
     let mut other =
-        muster::workers::scheduler::Scheduler::new(store.clone(), muster::service::hub::Hub::new());
+        muster::workers::scheduler::Scheduler::new(store.clone(), muster::service::hub::Hub::new())
+            .with_ttl_ms(30_000);
     other.step().await.expect("follower step");
     assert!(!other.is_leader(), "one leader at a time");
     sched.step().await.expect("step");

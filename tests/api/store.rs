@@ -85,6 +85,22 @@ impl Kit {
         s.map(|v| v as i64)
     }
 
+    /// Puts the lease of running task `id` past its deadline (its `lease_expires` and
+    /// its `running` score a second ago), as if its TTL had run out: a test with a long
+    /// TTL need not sleep through one, nor race a short one on a slow machine.
+    fn make_overdue(&mut self, q: &str, id: &str) {
+        let (secs, micros): (i64, i64) = redis::cmd("TIME").query(&mut self.r).unwrap();
+        let past = secs * 1000 + micros / 1000 - 1000;
+        let _: () = self
+            .r
+            .hset(self.store.keys.task(q, id), "lease_expires", past)
+            .unwrap();
+        let _: () = self
+            .r
+            .zadd(self.store.keys.state_index(q, "running"), id, past)
+            .unwrap();
+    }
+
     fn zcard(&mut self, q: &str, index: &str) -> usize {
         self.r.zcard(self.store.keys.state_index(q, index)).unwrap()
     }
@@ -537,7 +553,8 @@ async fn the_node_directory_serves_a_stale_snapshot_while_it_refreshes_and_rerea
                 .expect("register")
         }
     };
-    let dir = Directory::new(Duration::from_millis(100));
+    // A second of freshness: a slow machine between the first reads must not age it.
+    let dir = Directory::new(Duration::from_millis(1000));
     let count = || async { dir.all(&store).await.expect("directory").len() };
     // The background refresh lands within 3 s with `n` nodes.
     let refreshed_to = |n: usize| async move {
@@ -553,7 +570,7 @@ async fn the_node_directory_serves_a_stale_snapshot_while_it_refreshes_and_rerea
     assert_eq!(count().await, 0);
     register("a").await;
     assert_eq!(count().await, 0, "a fresh snapshot is served as it is");
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(
         count().await,
         0,
@@ -1343,7 +1360,7 @@ async fn extend_with_the_current_token_moves_the_deadline_and_stores_progress() 
     let l = k
         .running(
             PreparedTask {
-                timeout_ms: 200,
+                timeout_ms: 5_000,
                 ..task("q")
             },
             "n1",
@@ -1776,7 +1793,7 @@ async fn expire_treats_an_overdue_lease_as_a_failed_attempt() {
         let l = k
             .running(
                 PreparedTask {
-                    timeout_ms: 100,
+                    timeout_ms: 30_000,
                     max_attempts: c.max_attempts,
                     ..task("q")
                 },
@@ -1792,7 +1809,7 @@ async fn expire_treats_an_overdue_lease_as_a_failed_attempt() {
         );
         assert_eq!(k.snapshot(), before, "{}", c.name);
 
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        k.make_overdue("q", &id);
         let events = k.xlen("q");
         let out = k.store.expire("q", 10).await.unwrap();
         assert_eq!(
@@ -1925,7 +1942,7 @@ async fn cancel_of_a_running_task_asks_its_node_and_the_task_ends_cancelled_when
         let l = k
             .running(
                 PreparedTask {
-                    timeout_ms: 100,
+                    timeout_ms: 30_000,
                     ..task("q")
                 },
                 "n1",
@@ -1979,7 +1996,7 @@ async fn cancel_of_a_running_task_asks_its_node_and_the_task_ends_cancelled_when
                     .state
             }
             End::LeaseExpires => {
-                tokio::time::sleep(Duration::from_millis(150)).await;
+                k.make_overdue("q", &id);
                 let out = k.store.expire("q", 10).await.unwrap();
                 assert_eq!(out.len(), 1, "{end:?}");
                 TaskState::parse(&out[0].2).unwrap()
