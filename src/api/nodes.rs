@@ -561,7 +561,16 @@ pub async fn nodes_reports(
             });
         }
     }
-    let mut stored = st.store.report_many(node, &batch).await?.into_iter();
+    // A node that asks for its next tasks fills the slots its reports free itself: the
+    // dispatcher leaves it alone until its leases are granted.
+    let pulling =
+        (lease_max > 0 && rec.node.status != NodeStatus::Draining).then(|| st.hub.pulling(&id));
+    let (stored, echoes) = st.store.report_many_echoed(node, &batch).await?;
+    for msg in echoes {
+        // Acted on here (after_report below): the reconciler skips the echo.
+        st.hub.expect_echo(msg);
+    }
+    let mut stored = stored.into_iter();
     let mut idx = idx.into_iter().peekable();
     let mut results = Vec::with_capacity(body.reports.len());
     for (i, (r, t)) in body.reports.into_iter().zip(texts).enumerate() {
@@ -610,6 +619,13 @@ pub async fn nodes_reports(
         let tags = rec.node.tags.join(",");
         let pull = if human { Pull::Person } else { Pull::Machine };
         lease_ready(&st, &id, &rec, max, pull, &tags, &mut leases).await?;
+        if pulling.is_some() && leases.len() < max {
+            // Slots left free (or tasks that came meanwhile): the dispatcher's turn.
+            drop(pulling);
+            for q in &rec.node.queues {
+                st.hub.mark_dirty(q);
+            }
+        }
     }
     Ok(Json(ReportBatchReply { results, leases }))
 }

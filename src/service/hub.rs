@@ -168,6 +168,30 @@ pub struct Hub {
     /// Wake-ups this process acted on itself as its script published them (message →
     /// when, oldest first): their echo from pub/sub is not acted on again.
     echoes: Mutex<HashMap<String, VecDeque<Instant>>>,
+    /// Nodes whose report call is leasing their next tasks itself (`lease_max`), with
+    /// how many such calls are out: the dispatcher leaves them alone meanwhile, as the
+    /// slots their reports free are theirs to fill.
+    pulling: Mutex<HashMap<String, usize>>,
+}
+
+/// While alive, the dispatcher of this process assigns nothing to the node
+/// ([`Hub::pulling`]).
+#[derive(Debug)]
+pub struct Pulling<'a> {
+    hub: &'a Hub,
+    node: String,
+}
+
+impl Drop for Pulling<'_> {
+    fn drop(&mut self) {
+        let mut m = self.hub.pulling.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.node) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.node);
+            }
+        }
+    }
 }
 
 /// How long an expected echo of this process's own wake-up is waited for (it comes back
@@ -400,6 +424,31 @@ impl Hub {
             });
         }
         m.entry(msg).or_default().push_back(now);
+    }
+
+    /// Marks `node` as leasing for itself until the guard is dropped: a report call with
+    /// `lease_max` holds it from before its reports free the slots until its leases are
+    /// granted, so that the dispatcher does not push those slots' tasks to the node's
+    /// inbox meanwhile (a second hop, and a second script, for each of them).
+    pub fn pulling(&self, node: &str) -> Pulling<'_> {
+        *self
+            .pulling
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(node.to_string())
+            .or_default() += 1;
+        Pulling {
+            hub: self,
+            node: node.to_string(),
+        }
+    }
+
+    /// Whether a report call of `node` is leasing for it now ([`Hub::pulling`]).
+    pub fn is_pulling(&self, node: &str) -> bool {
+        self.pulling
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(node)
     }
 
     /// Whether `msg`, just read from pub/sub, is the echo of a wake-up this process

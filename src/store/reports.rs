@@ -158,6 +158,20 @@ impl Store {
         node: Option<&str>,
         reports: &[Report<'_>],
     ) -> Result<Vec<Result<Reported>>> {
+        Ok(self.report_many_echoed(node, reports).await?.0)
+    }
+
+    /// [`Store::report_many`], with the `done` wake-ups its scripts published (exactly
+    /// as published), so that this process can skip their echo from pub/sub
+    /// (`Hub::expect_echo`): it has acted on these reports itself.
+    ///
+    /// # Errors
+    /// As [`Store::report_many`].
+    pub async fn report_many_echoed(
+        &self,
+        node: Option<&str>,
+        reports: &[Report<'_>],
+    ) -> Result<(Vec<Result<Reported>>, Vec<String>)> {
         let mut out: Vec<Option<Result<Reported>>> = (0..reports.len()).map(|_| None).collect();
         // Valid reports grouped by queue, in order: (queue, [(index, fence, nonce)]).
         let mut groups: Vec<(&str, Vec<Item<'_>>)> = Vec::new();
@@ -177,12 +191,14 @@ impl Store {
         let calls = groups.iter().flat_map(|(queue, items)| {
             items.chunks(CHUNK).map(move |chunk| async move {
                 let replies = self.report_chunk(queue, node, reports, chunk).await;
-                (chunk, replies)
+                ((*queue, chunk), replies)
             })
         });
-        for (chunk, replies) in futures::future::join_all(calls).await {
+        let mut echoes = Vec::new();
+        for ((queue, chunk), replies) in futures::future::join_all(calls).await {
             match replies {
                 Ok(replies) => {
+                    echoes.extend(self.done_wakeups(queue, reports, chunk, &replies));
                     for (item, reply) in chunk.iter().zip(replies) {
                         out[item.0] = Some(reply);
                     }
@@ -196,10 +212,49 @@ impl Store {
                 }
             }
         }
-        Ok(out
+        let out = out
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(StoreError::Protocol("no reply".into()))))
-            .collect())
+            .collect();
+        Ok((out, echoes))
+    }
+
+    /// The `done` messages report_many.lua published for one chunk, as lib.lua's
+    /// report_flush builds them: per node (in order of its first accepted report), the
+    /// ids it accepted (not repeats), 1,000 per message.
+    fn done_wakeups(
+        &self,
+        queue: &str,
+        reports: &[Report<'_>],
+        chunk: &[Item<'_>],
+        replies: &[Result<Reported>],
+    ) -> Vec<String> {
+        let mut by_node: Vec<(&str, Vec<&str>)> = Vec::new();
+        for (item, reply) in chunk.iter().zip(replies) {
+            let Ok(Reported {
+                node: Some(node), ..
+            }) = reply
+            else {
+                continue;
+            };
+            let id = reports[item.0].id;
+            match by_node.iter_mut().find(|(n, _)| n == node) {
+                Some((_, ids)) => ids.push(id),
+                None => by_node.push((node.as_str(), vec![id])),
+            }
+        }
+        let mut out = Vec::new();
+        for (node, ids) in by_node {
+            for part in ids.chunks(1000) {
+                let w = super::Wakeup::Done {
+                    queue,
+                    node,
+                    tasks: part.to_vec(),
+                };
+                out.push(w.message(&self.keys));
+            }
+        }
+        out
     }
 
     async fn report_chunk(

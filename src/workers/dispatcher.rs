@@ -181,6 +181,8 @@ impl Dispatcher {
                     && n.node.status == NodeStatus::Active
                     && now - n.last_seen_ms <= fresh
                     && n.node.queues.iter().any(|q| q == queue)
+                    // Its report call is taking its next tasks itself (Hub::pulling).
+                    && !self.hub.is_pulling(&n.node.id)
             })
             .collect();
         if candidates.is_empty() {

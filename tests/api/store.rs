@@ -2548,3 +2548,137 @@ async fn tuning_advice_names_a_small_hash_max_listpack_value_and_changes_nothing
     let s2 = store_on(&r2.url(), &unique_ns()).await;
     assert_eq!(s2.tuning_advice().await.unwrap(), Vec::<String>::new());
 }
+
+// ----- report batches: their wake-ups -----
+
+/// The `done` wake-ups read within `wait`, sorted.
+async fn done_wakeups(msgs: &mut redis::aio::PubSubStream, wait: Duration) -> Vec<String> {
+    use futures::StreamExt;
+    let mut out = Vec::new();
+    let end = tokio::time::Instant::now() + wait;
+    while let Ok(Some(m)) = tokio::time::timeout_at(end, msgs.next()).await {
+        let s: String = m.get_payload().expect("text");
+        if s.starts_with("done ") {
+            out.push(s);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The `done` wake-ups `report_many_echoed` says its scripts published are exactly those
+/// that came over pub/sub (the API skips their echo, so a wrong one would hide another
+/// replica's wake-up or leave this one's acted on twice): one per queue and node, with
+/// the ids accepted in order; nothing for a repeat or a stale token.
+#[tokio::test]
+async fn report_many_names_the_done_wakeups_exactly_as_its_scripts_publish_them() {
+    use muster::store::reports::{Outcome, Report};
+    let k = Kit::new().await;
+    let a = k.running(task("q1"), "n1").await;
+    let b = k.running(task("q1"), "n1").await;
+    let c = k.running(task("q2"), "n1").await;
+    let stale = k.running(task("q2"), "n1").await;
+    let mut ps = k.store.pubsub().await.expect("pubsub");
+    ps.subscribe(k.store.keys.wake_channel())
+        .await
+        .expect("subscribe");
+    let mut msgs = ps.into_on_message();
+    let stale_token = format!("{}.x", stale.task.fence);
+    let reports = [
+        Report {
+            id: &a.task.id,
+            token: &a.token,
+            outcome: Outcome::Succeeded("1"),
+        },
+        Report {
+            id: &c.task.id,
+            token: &c.token,
+            outcome: Outcome::Succeeded("2"),
+        },
+        Report {
+            id: &stale.task.id,
+            token: &stale_token,
+            outcome: Outcome::Succeeded("3"),
+        },
+        Report {
+            id: &b.task.id,
+            token: &b.token,
+            outcome: Outcome::Failed {
+                error: "boom",
+                retryable: true,
+            },
+        },
+    ];
+    let (results, mut echoes) = k
+        .store
+        .report_many_echoed(Some("n1"), &reports)
+        .await
+        .expect("reports");
+    assert!(results[2].is_err(), "{results:?}");
+    echoes.sort();
+    let p1 = k.store.keys.queue_prefix("q1");
+    let p2 = k.store.keys.queue_prefix("q2");
+    let mut want = vec![
+        format!("done {p1} n1 {} {}", a.task.id, b.task.id),
+        format!("done {p2} n1 {}", c.task.id),
+    ];
+    want.sort();
+    assert_eq!(echoes, want);
+    assert_eq!(
+        done_wakeups(&mut msgs, Duration::from_millis(1500)).await,
+        want
+    );
+
+    // The same reports again: repeats (and the stale one) publish nothing.
+    let (again, echoes) = k
+        .store
+        .report_many_echoed(Some("n1"), &reports)
+        .await
+        .expect("reports");
+    assert!(again[0].is_ok() && again[3].is_ok(), "{again:?}");
+    assert_eq!(echoes, Vec::<String>::new());
+    assert_eq!(
+        done_wakeups(&mut msgs, Duration::from_millis(300)).await,
+        Vec::<String>::new()
+    );
+    k.assert_doctor_clean(&["q1", "q2"]).await;
+}
+
+/// While a node's report call leases for it (`Hub::pulling`), this process's dispatcher
+/// assigns it nothing: the slots its reports free are its own to fill, in the same
+/// call, without a trip through its inbox. Once the guard is gone, it assigns again.
+#[tokio::test]
+async fn the_dispatcher_leaves_a_node_alone_while_its_report_call_leases_for_it() {
+    use muster::service::directory::Directory;
+    use muster::service::hub::Hub;
+    use muster::workers::dispatcher::Dispatcher;
+    let mut k = Kit::new().await;
+    let node = machine("n1", &["q"]);
+    k.store
+        .register_node(&node, "sha", "")
+        .await
+        .expect("register");
+    for _ in 0..3 {
+        k.submit_one(task("q")).await;
+    }
+    let hub = Hub::new();
+    let d = Dispatcher::new(
+        k.store.clone(),
+        hub.clone(),
+        std::sync::Arc::new(Directory::new(Duration::from_millis(10))),
+        Duration::from_secs(5),
+    );
+    let guard = hub.pulling("n1");
+    let again = hub.pulling("n1");
+    assert!(hub.is_pulling("n1"));
+    assert_eq!(d.dispatch_once("q").await.expect("dispatch"), 0);
+    assert!(k.inbox("q", "n1").is_empty());
+    drop(guard);
+    assert!(hub.is_pulling("n1"), "two calls out: still pulling");
+    assert_eq!(d.dispatch_once("q").await.expect("dispatch"), 0);
+    drop(again);
+    assert!(!hub.is_pulling("n1"));
+    assert_eq!(d.dispatch_once("q").await.expect("dispatch"), 3);
+    assert_eq!(k.inbox("q", "n1").len(), 3);
+    k.assert_doctor_clean(&["q"]).await;
+}
