@@ -49,11 +49,16 @@ struct ReportOut<'a> {
 #[derive(Serialize)]
 struct ReportsOut<'a> {
     reports: Vec<ReportOut<'a>>,
+    /// The slots these reports free, asked back in the same call (as the SDK workers
+    /// and `muster agent` do).
+    lease_max: usize,
 }
 
 #[derive(Deserialize)]
 struct ReportsReply {
     results: Vec<ReportStatus>,
+    #[serde(default)]
+    leases: Vec<LeaseLean>,
 }
 
 #[derive(Deserialize)]
@@ -263,7 +268,9 @@ impl Agents {
     }
 }
 
-/// One lease loop of a bench agent: lease, "run" (nothing), report all in one call.
+/// One lease loop of a bench agent: lease, "run" (nothing), report all in one call that
+/// also asks for as many next tasks (`lease_max`); the long-poll only when that call
+/// brought none.
 async fn lease_loop(
     api: Api,
     id: String,
@@ -274,28 +281,36 @@ async fn lease_loop(
 ) {
     let lease_path = ["v1", "nodes", id.as_str(), "lease"];
     let report_path = ["v1", "nodes", id.as_str(), "reports"];
+    let mut next: Vec<LeaseLean> = Vec::new();
     loop {
-        let asked = Instant::now();
-        let reply = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = api.post_json::<LeaseReplyLean>(&lease_path, &token, body.clone()) => r,
-        };
-        let reply = match reply {
-            Ok(r) => r,
-            Err(e) => {
-                c.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(error = %e, "bench agent: lease failed");
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
-                }
-            }
+        let mut reply = LeaseReplyLean {
+            leases: std::mem::take(&mut next),
         };
         if reply.leases.is_empty() {
-            continue;
+            // What the report call brought back is run even while stopping (its leases
+            // are granted); a new long-poll is not.
+            let asked = Instant::now();
+            let r = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = api.post_json::<LeaseReplyLean>(&lease_path, &token, body.clone()) => r,
+            };
+            reply = match r {
+                Ok(r) => r,
+                Err(e) => {
+                    c.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %e, "bench agent: lease failed");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                    }
+                }
+            };
+            if reply.leases.is_empty() {
+                continue;
+            }
+            lock(&c.claims).push(asked.elapsed().as_nanos() as u64);
         }
         let now = Instant::now();
-        lock(&c.claims).push(now.duration_since(asked).as_nanos() as u64);
         lock(&c.first_lease).get_or_insert(now);
         c.leased
             .fetch_add(reply.leases.len() as u64, Ordering::Relaxed);
@@ -321,12 +336,18 @@ async fn lease_loop(
                     result: None,
                 })
                 .collect(),
+            lease_max: if stop.is_cancelled() {
+                0
+            } else {
+                reply.leases.len()
+            },
         };
         let Ok(bytes) = serde_json::to_vec(&reports) else {
             continue;
         };
         // Reports must not be lost: retry a few times, even while stopping.
         for attempt in 0..5 {
+            let asked = Instant::now();
             match api
                 .post_json::<ReportsReply>(&report_path, &token, bytes.clone())
                 .await
@@ -337,6 +358,11 @@ async fn lease_loop(
                     *lock(&c.last_done) = Some(Instant::now());
                     c.done.fetch_add(ok, Ordering::Relaxed);
                     c.rejected.fetch_add(bad, Ordering::Relaxed);
+                    if !r.leases.is_empty() {
+                        // A call that brought tasks is a claim too (its round trip).
+                        lock(&c.claims).push(asked.elapsed().as_nanos() as u64);
+                    }
+                    next = r.leases;
                     break;
                 }
                 Err(e) => {

@@ -322,7 +322,7 @@ pub(super) async fn bench(args: &BenchArgs, stack: &mut Stack) -> anyhow::Result
             "redis": redis_desc,
             "redis_primaries": primaries.len(),
             "redis_version": redis_version,
-            "agents_note": "in-process no-op bench agents (HTTP lease + batched reports): measures muster, not process spawning",
+            "agents_note": "in-process no-op bench agents (HTTP long-poll lease, then batched reports that lease the next batch with lease_max, as muster agent and the SDKs do): measures muster, not process spawning",
             "build": if cfg!(debug_assertions) { "debug" } else { "release" },
         }),
         submit_batch,
