@@ -193,7 +193,7 @@ export function queueName(prefix = "q") {
 export function memoryLogger() {
   const lines = [];
   const at = (level) => (msg, fields) => {
-    lines.push({ level, msg, fields });
+    lines.push({ at: new Date().toISOString(), level, msg, fields });
     if (process.env.MUSTER_TEST_VERBOSE) process.stderr.write(`[worker ${level}] ${msg} ${fields ? JSON.stringify(fields) : ""}\n`);
   };
   return { lines, debug: at("debug"), info: at("info"), warn: at("warn"), error: at("error") };

@@ -120,7 +120,8 @@ describe("outages", () => {
       // The server reconnects by itself; submissions work again once it has.
       const u = await until(() => client.submit("work", "after", { queue: q }), { ms: 30_000, every: 200, what: "the server back" });
       const d = await client.wait(u.id, { timeoutMs: 30_000 });
-      assert.equal(d.state, "succeeded", JSON.stringify(d));
+      // On failure the worker's log says where the task went.
+      assert.equal(d.state, "succeeded", [JSON.stringify(d), ...logger.lines.map((l) => JSON.stringify(l))].join("\n"));
       assert.equal(d.result, "after");
       assert.notEqual(w.nodeId, oldNode, "a new node id");
       assert.ok(logger.lines.some((l) => /registered again/.test(l.msg)));
