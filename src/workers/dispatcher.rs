@@ -112,6 +112,9 @@ impl Dispatcher {
                     Ok(_) => {}
                     Err(StoreError::Unavailable(e)) => {
                         tracing::debug!(worker = w, queue = %q, error = %e, "redis unavailable, dispatch later");
+                        // Redis may come back without the nodes it had (restarted empty):
+                        // no task goes to a node from before the outage unread.
+                        self.directory.invalidate();
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                     Err(e) => tracing::warn!(worker = w, queue = %q, error = %e, "dispatch failed"),

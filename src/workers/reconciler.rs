@@ -316,6 +316,10 @@ impl Reconciler {
                 Ok(Ok(ps)) => {
                     backoff = Duration::from_millis(100);
                     tracing::debug!("subscribed to wake-ups");
+                    // Subscribed anew (at start or after Redis was away, perhaps restarted
+                    // empty): the node snapshot is read again before anything is
+                    // dispatched to a node that Redis may have lost.
+                    this.directory.invalidate();
                     // Whatever was published while we were away is repaired now.
                     this.sweep_once(true).await;
                     let mut stream = ps.into_on_message();
@@ -333,6 +337,8 @@ impl Reconciler {
                         }
                     }
                     if !shutdown.is_cancelled() {
+                        // Redis went away: what it comes back with is read, not assumed.
+                        this.directory.invalidate();
                         tracing::warn!("wake-up subscription lost; reconnecting");
                     }
                 }
