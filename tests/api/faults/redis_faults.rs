@@ -419,3 +419,82 @@ async fn r6_redis_paused_for_twice_the_ttl_may_re_dispatch_but_accepts_one_compl
     let _serial = serial().await;
     r6(Duration::from_millis(TTL_MS * 2), "r6l", false, false).await;
 }
+
+/// A Redis restarted empty has forgotten every node, while the server's node snapshot
+/// (fresh for 500 ms, served up to 2 s stale) still lists them: nothing may be dispatched
+/// to such a node (its token is gone too, so its report would be refused and the task
+/// would wait out its lease TTL). The server reads the nodes again once Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_restarted_empty_gets_no_task_dispatched_to_a_node_it_forgot() {
+    let _serial = serial().await;
+    let redis = RedisGuard::start();
+    let ns = unique_ns();
+    let serve = Serve::start(&redis.url(), &ns).await;
+    let admin = serve.api();
+    let queue = "forgot";
+    let node = register_node(&admin, "forgotten", &[queue], 4).await;
+    // An idle worker's long-poll, parked in the server.
+    let (poll_api, path) = (node.api.clone(), format!("/v1/nodes/{}/lease", node.id));
+    let poll = tokio::spawn(async move {
+        poll_api
+            .post(&path, &json!({ "max": 4, "wait_ms": 20_000 }))
+            .await
+    });
+    // The node is in the snapshot the dispatcher reads.
+    let first = admin
+        .submit(json!({ "kind": "k", "queue": queue, "payload": 1 }))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin.task(&first.id).await.state != TaskState::Running {
+        assert!(
+            Instant::now() < deadline,
+            "the first task never reached the node"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = poll.await;
+    let poll_api = node.api.clone();
+    let path = format!("/v1/nodes/{}/lease", node.id);
+    let poll = tokio::spawn(async move {
+        poll_api
+            .post(&path, &json!({ "max": 4, "wait_ms": 20_000 }))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // kill -9, and a new redis-server on the same port with an empty data dir.
+    let (_old_dir, port) = redis.kill();
+    let _redis = RedisGuard::start_in(
+        tempfile::tempdir().expect("temp dir"),
+        port,
+        &["--save", "", "--appendonly", "no"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let task = loop {
+        let r = admin
+            .post(
+                "/v1/tasks",
+                &json!({ "kind": "k", "queue": queue, "payload": 2 }),
+            )
+            .await;
+        if r.status == 201 {
+            break r.json::<muster::domain::Task>();
+        }
+        assert!(
+            r.status == 503 && Instant::now() < deadline,
+            "submit after the restart: {} {}",
+            r.status,
+            r.text
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Longer than a dispatch pass takes; shorter than the stale snapshot would live.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let now = admin.task(&task.id).await;
+    assert_eq!(
+        now.state,
+        TaskState::Pending,
+        "no node is registered in this Redis: {now:?}"
+    );
+    assert_eq!(now.node, None, "{now:?}");
+    poll.abort();
+}
