@@ -434,12 +434,14 @@ async fn a_redis_restarted_empty_gets_no_task_dispatched_to_a_node_it_forgot() {
     let queue = "forgot";
     let node = register_node(&admin, "forgotten", &[queue], 4).await;
     // An idle worker's long-poll, parked in the server.
-    let (poll_api, path) = (node.api.clone(), format!("/v1/nodes/{}/lease", node.id));
-    let poll = tokio::spawn(async move {
-        poll_api
-            .post(&path, &json!({ "max": 4, "wait_ms": 20_000 }))
-            .await
-    });
+    let park = || {
+        let (api, path) = (node.api.clone(), format!("/v1/nodes/{}/lease", node.id));
+        tokio::spawn(async move {
+            api.post(&path, &json!({ "max": 4, "wait_ms": 20_000 }))
+                .await
+        })
+    };
+    let poll = park();
     // The node is in the snapshot the dispatcher reads.
     let first = admin
         .submit(json!({ "kind": "k", "queue": queue, "payload": 1 }))
@@ -453,13 +455,7 @@ async fn a_redis_restarted_empty_gets_no_task_dispatched_to_a_node_it_forgot() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = poll.await;
-    let poll_api = node.api.clone();
-    let path = format!("/v1/nodes/{}/lease", node.id);
-    let poll = tokio::spawn(async move {
-        poll_api
-            .post(&path, &json!({ "max": 4, "wait_ms": 20_000 }))
-            .await
-    });
+    let poll = park();
     tokio::time::sleep(Duration::from_millis(100)).await;
     // kill -9, and a new redis-server on the same port with an empty data dir.
     let (_old_dir, port) = redis.kill();
