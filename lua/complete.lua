@@ -9,6 +9,7 @@
 -- {CONFLICT, state} stale or foreign token: nothing written.
 local p, channel = KEYS[1], ARGV[1]
 local acc = report_acc()
-local r = complete_one(p, acc, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+local code, state, run_ms, node = complete_one(p, acc, ARGV[2], ARGV[3], ARGV[4], ARGV[5],
+  ARGV[6])
 report_flush(p, channel, acc)
-return r
+return {code, state, run_ms, node}

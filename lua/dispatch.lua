@@ -15,7 +15,7 @@
 -- stay pending, in order, and go when a slot frees: finishing publishes a wake-up).
 -- Returns: {assigned, pending left, ms until the rate limit allows the next task (0:
 -- not rate-limited), w, then the id of each of the w nodes whose inbox got tasks,
--- then per node that got direct leases: its id, k, and k task rows as lease.lua's}.
+-- then per node that got direct leases: its id, k, and the k task ids leased}.
 -- Paused queues assign nothing.
 local p, channel, max, scan = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local seed, m = ARGV[4], tonumber(ARGV[5])
@@ -52,7 +52,8 @@ if max > 0 then
   for _, id in ipairs(ids) do
     if assigned >= max then break end
     local tkey = k_task(p, id)
-    local t = redis.call('HMGET', tkey, 'state', 'requires', 'ckey', 'climit', 'timeout_ms')
+    local t = redis.call('HMGET', tkey, 'state', 'requires', 'ckey', 'climit', 'timeout_ms',
+      'fence', 'attempts')
     local requires = t[2] or ''
     if not t[1] then
       -- An index entry without its hash: drop it (doctor would flag it).
@@ -86,7 +87,7 @@ if max > 0 then
         if #best.rows < best.direct then
           now = now or now_ms()
           leased = leased + 1
-          lease_start(p, best.id, id, tkey, as_map(redis.call('HGETALL', tkey)),
+          lease_start(p, best.id, id, tkey, t[3], t[5], t[6], t[7],
             seed .. string.format('%04x', leased), now, best.rows)
         else
           best.ids[#best.ids + 1] = id

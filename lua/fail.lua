@@ -9,7 +9,7 @@
 -- task; {CONFLICT, state} stale or foreign token: nothing written.
 local p, channel = KEYS[1], ARGV[1]
 local acc = report_acc()
-local r = fail_one(p, acc, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7] == '1',
+local code, state, run_ms, node = fail_one(p, acc, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7] == '1',
   tonumber(ARGV[8]) or 0.5)
 report_flush(p, channel, acc)
-return r
+return {code, state, run_ms, node}

@@ -6,18 +6,14 @@
 --   human-only queue), else "0"
 -- ARGV[5]: the node's tags (csv, for pull)   ARGV[6]: a fresh random hex seed; each
 --   lease's nonce is the seed followed by its index (unguessable, unique per lease)
--- Returns: a list of task records, each a flat field/value array of the task hash as
--- written here (state running, fence and attempts incremented, a new nonce,
--- lease_expires = now + timeout_ms) with the field 'id' added.
--- Per task: one HGETALL and one HSET; the inbox pop and the running index are one
+-- Returns: the ids of the tasks leased (state running, fence and attempts incremented,
+-- a new nonce, lease_expires = now + timeout_ms); the caller reads their hashes.
+-- Per task: one HMGET and one HSET; the inbox pop and the running index are one
 -- command per call.
 local p, node, max, pull = KEYS[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] ~= '0'
 local now = now_ms()
 local out = {}
-
-local function start(id, tkey, h)
-  lease_start(p, node, id, tkey, h, ARGV[6] .. string.format('%04x', #out), now, out)
-end
+local seed = ARGV[6]
 
 local inbox = k_inbox(p, node)
 while #out < max do
@@ -25,9 +21,12 @@ while #out < max do
   if not ids then break end
   for _, id in ipairs(ids) do
     local tkey = k_task(p, id)
-    local h = as_map(redis.call('HGETALL', tkey))
+    local h = redis.call('HMGET', tkey, unpack(LEASE_FIELDS))
     -- Entries whose task moved on (cancelled, requeued) are dropped.
-    if h.state == 'assigned' and h.node == node then start(id, tkey, h) end
+    if h[1] == 'assigned' and h[2] == node then
+      lease_start(p, node, id, tkey, h[4], h[6], h[7], h[8],
+        seed .. string.format('%04x', #out), now, out)
+    end
   end
 end
 local conf = pull and redis.call('HMGET', k_conf(p), 'paused', 'max_running', 'rate_limit',
@@ -39,33 +38,49 @@ if pull and #out < max and conf[1] ~= '1' and not (ARGV[4] == 'm' and conf[4] ==
   local room = max - #out
   if allowed and allowed < room then room = allowed end
   local taken = 0
-  local tags = {}
-  for tg in string.gmatch(ARGV[5], '[^,]+') do tags[tg] = true end
-  local ids = redis.call('ZRANGE', k_state_index(p, 'pending'), 0, math.max(100, room) - 1)
-  for _, id in ipairs(ids) do
-    if taken >= room then break end
-    local tkey = k_task(p, id)
-    local h = as_map(redis.call('HGETALL', tkey))
-    local ok = h.state ~= nil
-    if not ok then
-      -- An index entry without its hash: drop it, as dispatch does (never start a ghost).
-      zrem_later(k_state_index(p, 'pending'), id)
+  local tags = nil
+  local pending = k_state_index(p, 'pending')
+  -- At most max(100, room) pending tasks are looked at, read `room` at a time (most
+  -- calls take the first `room`).
+  local limit = math.max(100, room)
+  local seen = 0
+  while taken < room and seen < limit do
+    local want = math.min(room - taken, limit - seen)
+    local ids = redis.call('ZRANGE', pending, seen, seen + want - 1)
+    seen = seen + want
+    for _, id in ipairs(ids) do
+      local tkey = k_task(p, id)
+      local h = redis.call('HMGET', tkey, unpack(LEASE_FIELDS))
+      local requires, ckey, timeout = h[3], h[4], h[6]
+      local ok = h[1] ~= false
+      if not ok then
+        -- An index entry without its hash: drop it, as dispatch does (never start a ghost).
+        zrem_later(pending, id)
+      end
+      if ok and requires then
+        if not tags then
+          tags = {}
+          for tg in string.gmatch(ARGV[5], '[^,]+') do tags[tg] = true end
+        end
+        for tg in string.gmatch(requires, '[^,]+') do
+          if not tags[tg] then ok = false break end
+        end
+      end
+      if ok and ckey then
+        ok = take_slot(p, id, ckey, h[5], now + (tonumber(timeout) or DEFAULT_TIMEOUT_MS), now)
+      end
+      if ok then
+        zrem_later(pending, id)
+        -- Assigned and started in one step, as dispatch's direct hand-off: both events.
+        emit(p, 'task.assigned', id, node, 'assigned')
+        lease_start(p, node, id, tkey, ckey, timeout, h[7], h[8],
+          seed .. string.format('%04x', #out), now, out)
+        taken = taken + 1
+      end
     end
-    for tg in string.gmatch(h.requires or '', '[^,]+') do
-      if not tags[tg] then ok = false break end
-    end
-    if ok and h.ckey then
-      ok = take_slot(p, id, h.ckey, h.climit, now + (tonumber(h.timeout_ms) or DEFAULT_TIMEOUT_MS), now)
-    end
-    if ok then
-      zrem_later(k_state_index(p, 'pending'), id)
-      incr_load(p, node, 1)
-      -- Assigned and started in one step, as dispatch's direct hand-off: both events.
-      emit(p, 'task.assigned', id, node, 'assigned')
-      start(id, tkey, h)
-      taken = taken + 1
-    end
+    if #ids < want then break end
   end
+  incr_load(p, node, taken)
   spend_tokens(p, tokens, taken, now)
 end
 return out

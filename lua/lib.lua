@@ -72,17 +72,25 @@ end
 -- call and kind (type, node, state): `task` when it is one task, else `tasks`, the ids
 -- separated by one space (src/store/event_entry.rs reads both). Written by flush_all.
 local acc_events, acc_event_keys = {}, {}
+-- The entry of the last emit: a call emits one kind many times in a row, and comparing
+-- four interned strings is cheaper than building the key.
+local last_e = nil
 
 local function emit(p, typ, id, node, state)
   node, state = node or '', state or ''
-  local key = p .. '|' .. typ .. '|' .. node .. '|' .. state
-  local e = acc_events[key]
-  if not e then
-    e = {p = p, typ = typ, node = node, state = state, ids = {}}
-    acc_events[key] = e
-    acc_event_keys[#acc_event_keys + 1] = key
+  local e = last_e
+  if not (e and e.p == p and e.typ == typ and e.node == node and e.state == state) then
+    local key = p .. '|' .. typ .. '|' .. node .. '|' .. state
+    e = acc_events[key]
+    if not e then
+      e = {p = p, typ = typ, node = node, state = state, ids = {}}
+      acc_events[key] = e
+      acc_event_keys[#acc_event_keys + 1] = key
+    end
+    last_e = e
   end
-  e.ids[#e.ids + 1] = id
+  local ids = e.ids
+  ids[#ids + 1] = id
 end
 
 -- A task id in its own queue's stream is stored without its queue: `<ulid>.<queue>`
@@ -108,7 +116,7 @@ local function flush_events()
         'type', e.typ, field, value, 'node', e.node, 'state', e.state)
     end
   end
-  acc_events, acc_event_keys = {}, {}
+  acc_events, acc_event_keys, last_e = {}, {}, nil
 end
 
 -- ----- Per-call counters -----
@@ -200,25 +208,25 @@ end
 -- Moves a task into a terminal state: its zset (by finish time) and its retention.
 -- Frees its unique key (unless it has its own TTL) and concurrency slot, and queues a
 -- follow-up (dependents, batch) for the coordinator when anything waits on it.
--- `f` holds the FINISH_FIELDS of the task (read here when nil); `more` is a list of
--- field/value pairs to write with the state (e.g. the result).
+-- `f` holds the FINISH_FIELDS of the task from index `o` + 1 on (read here when nil);
+-- `rk`, `rv` a field and value to write with the state (e.g. the result), or nil.
 local FINISH_FIELDS = {'retention_ms', 'unique_key', 'unique_ttl', 'ckey', 'followup', 'batch'}
-local function finish(p, id, tkey, state, now, f, more)
-  if not f then f = redis.call('HMGET', tkey, unpack(FINISH_FIELDS)) end
-  if more then
-    redis.call('HSET', tkey, 'state', state, 'finished_at', now, 'lease_expires', '', unpack(more))
+local function finish(p, id, tkey, state, now, f, o, rk, rv)
+  if not f then f, o = redis.call('HMGET', tkey, unpack(FINISH_FIELDS)), 0 end
+  if rk then
+    redis.call('HSET', tkey, 'state', state, 'finished_at', now, 'lease_expires', '', rk, rv)
   else
     redis.call('HSET', tkey, 'state', state, 'finished_at', now, 'lease_expires', '')
   end
   zadd_later(k_state_index(p, state), now, id)
-  local retention = tonumber(f[1] or '') or DEFAULT_RETENTION_MS
+  local retention = tonumber(f[o + 1] or '') or DEFAULT_RETENTION_MS
   if retention > 0 then redis.call('PEXPIRE', tkey, retention) end
-  if f[2] and not f[3] then
-    local ukey = k_unique(p, f[2])
+  if f[o + 2] and not f[o + 3] then
+    local ukey = k_unique(p, f[o + 2])
     if redis.call('GET', ukey) == id then redis.call('DEL', ukey) end
   end
-  release_slot(p, id, f[4])
-  if f[5] == '1' or f[6] then redis.call('RPUSH', k_followups(p), id) end
+  release_slot(p, id, f[o + 4])
+  if f[o + 5] == '1' or f[o + 6] then redis.call('RPUSH', k_followups(p), id) end
   stat(p, state)
 end
 
@@ -337,39 +345,28 @@ end
 
 -- ----- Leases (lease.lua, and dispatch.lua's direct hand-off) -----
 
--- A flat HGETALL reply as a table.
-local function as_map(flat)
-  local h = {}
-  for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
-  return h
-end
+-- What a lease reads of a task (HMGET in this order); missing fields read as nil, so a
+-- task at its defaults makes no Lua string but its state.
+local LEASE_FIELDS = {'state', 'node', 'requires', 'ckey', 'climit', 'timeout_ms', 'fence',
+  'attempts'}
 
--- Starts the lease of task `id` (hash `h`, as read, updated here) for `node`: state
--- running, a new nonce, fence and attempts + 1, the deadline in `running`, the
--- concurrency slot held as long as the lease. Appends to `out` the task as a flat
--- field/value row with 'id' first.
-local function lease_start(p, node, id, tkey, h, nonce, now, out)
-  local timeout = tonumber(h.timeout_ms) or DEFAULT_TIMEOUT_MS
+-- Starts the lease of task `id` (`ckey`, `timeout_ms`, `fence`, `attempts` as read) for
+-- `node`: state running, a new nonce, fence and attempts + 1, the deadline in `running`,
+-- the concurrency slot held as long as the lease. Appends the id to `out`: the caller
+-- reads the leased hashes after the script (src/store/dispatch.rs), so no hash is
+-- converted to Lua and back here.
+local function lease_start(p, node, id, tkey, ckey, timeout_ms, fence, attempts, nonce, now, out)
+  local timeout = tonumber(timeout_ms) or DEFAULT_TIMEOUT_MS
+  local deadline = now + timeout
   -- The concurrency slot (taken at dispatch) now lives as long as the lease.
-  if h.ckey then redis.call('ZADD', k_semaphore(p, h.ckey), now + timeout, id) end
-  h.state = 'running'
-  h.node = node
-  h.nonce = nonce
-  h.started_at = tostring(now)
-  h.lease_expires = tostring(now + timeout)
-  h.fence = tostring((tonumber(h.fence) or 0) + 1)
-  h.attempts = tostring((tonumber(h.attempts) or 0) + 1)
-  redis.call('HSET', tkey, 'state', 'running', 'node', node, 'nonce', h.nonce,
-    'started_at', now, 'lease_expires', h.lease_expires, 'fence', h.fence,
-    'attempts', h.attempts)
-  zadd_later(k_state_index(p, 'running'), now + timeout, id)
+  if ckey then redis.call('ZADD', k_semaphore(p, ckey), deadline, id) end
+  redis.call('HSET', tkey, 'state', 'running', 'node', node, 'nonce', nonce,
+    'started_at', tostring(now), 'lease_expires', tostring(deadline),
+    'fence', tostring((tonumber(fence) or 0) + 1),
+    'attempts', tostring((tonumber(attempts) or 0) + 1))
+  zadd_later(k_state_index(p, 'running'), deadline, id)
   emit(p, 'task.running', id, node, 'running')
-  local row = {'id', id}
-  for k, v in pairs(h) do
-    row[#row + 1] = k
-    row[#row + 1] = v
-  end
-  out[#out + 1] = row
+  out[#out + 1] = id
 end
 
 -- ----- Reports (complete.lua, report_many.lua) -----
@@ -397,7 +394,8 @@ local function report_done(acc, node, id)
 end
 
 -- Accepts a node's result for its current lease. node "" = any (admin).
--- Returns: {OK, state, run_ms, node} accepted (state succeeded, or cancelled when a
+-- Returns four values (a reply row, no table: false where a value is absent):
+-- {OK, state, run_ms, node} accepted (state succeeded, or cancelled when a
 -- cancel was pending); {REPEAT, state} a repeat of the completion already accepted for
 -- this very lease (answered like the first, nothing written); {NOT_FOUND} no such task;
 -- {CONFLICT, state} stale or foreign token: nothing written.
@@ -405,13 +403,13 @@ local function complete_one(p, acc, id, node, fence, nonce, result)
   local tkey = k_task(p, id)
   local h = redis.call('HMGET', tkey, 'state', 'node', 'fence', 'nonce', 'started_at',
     'cancel_requested', 'result', unpack(FINISH_FIELDS))
-  if not h[1] then return {NOT_FOUND} end
+  if not h[1] then return NOT_FOUND, false, false, false end
   local same_lease = h[3] == fence and h[4] == nonce and (node == '' or h[2] == node)
   -- A completion accepted while a cancel was pending ended the task cancelled (with its
   -- result kept; only a completion writes a result, and retry clears it): a repeat too.
   local completed = h[1] == 'succeeded' or (h[1] == 'cancelled' and h[7] ~= false)
-  if completed and same_lease then return {REPEAT, h[1]} end
-  if h[1] ~= 'running' or not same_lease then return {CONFLICT, h[1]} end
+  if completed and same_lease then return REPEAT, h[1], false, false end
+  if h[1] ~= 'running' or not same_lease then return CONFLICT, h[1], false, false end
   local now = report_now(acc)
   acc.running[#acc.running + 1] = id
   acc.load[h[2]] = (acc.load[h[2]] or 0) - 1
@@ -421,32 +419,32 @@ local function complete_one(p, acc, id, node, fence, nonce, result)
     -- Only a pending cancel puts the id in the node's cancels set.
     redis.call('SREM', k_cancels(p, h[2]), id)
   end
-  finish(p, id, tkey, state, now, {h[8], h[9], h[10], h[11], h[12], h[13]}, {'result', result})
+  finish(p, id, tkey, state, now, h, 7, 'result', result)
   emit(p, 'task.' .. state, id, h[2], state)
   report_done(acc, h[2], id)
-  return {OK, state, now - (tonumber(h[5]) or now), h[2]}
+  return OK, state, now - (tonumber(h[5]) or now), h[2]
 end
 
 -- A node reports that its current attempt failed (fail.lua's semantics).
--- Returns: {OK, state, run_ms, node} with state retrying, failed or cancelled;
+-- Returns four values as complete_one: {OK, state, run_ms, node} with state retrying, failed or cancelled;
 -- {REPEAT, state} a repeat for the same lease already recorded; {NOT_FOUND} no such
 -- task; {CONFLICT, state} stale or foreign token: nothing written.
 local function fail_one(p, acc, id, node, fence, nonce, err, retryable, jitter)
   local tkey = k_task(p, id)
   local h = redis.call('HMGET', tkey, 'state', 'node', 'fence', 'nonce', 'started_at')
-  if not h[1] then return {NOT_FOUND} end
+  if not h[1] then return NOT_FOUND, false, false, false end
   local same_lease = h[3] == fence and h[4] == nonce and (node == '' or h[2] == node)
   if h[1] ~= 'running' then
     if same_lease and (h[1] == 'retrying' or h[1] == 'failed' or h[1] == 'cancelled') then
-      return {REPEAT, h[1]}
+      return REPEAT, h[1], false, false
     end
-    return {CONFLICT, h[1]}
+    return CONFLICT, h[1], false, false
   end
-  if not same_lease then return {CONFLICT, h[1]} end
+  if not same_lease then return CONFLICT, h[1], false, false end
   local now = report_now(acc)
   local state = fail_attempt(p, id, tkey, now, err, retryable, jitter)
   report_done(acc, h[2], id)
-  return {OK, state, now - (tonumber(h[5]) or now), h[2]}
+  return OK, state, now - (tonumber(h[5]) or now), h[2]
 end
 
 -- Writes what a report batch deferred.

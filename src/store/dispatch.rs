@@ -4,10 +4,10 @@
 
 use super::shards::Visit;
 use super::{
-    Code, Missing, Result, Store, StoreError, array, coded, flat_map, int, state_of,
-    task_from_hash, text,
+    Code, Missing, Result, Store, StoreError, array, coded, int, state_of, task_from_hash, text,
 };
 use crate::domain::{Task, validate};
+use std::collections::HashMap;
 
 /// A lease handed out by [`Store::lease`].
 #[derive(Debug, Clone)]
@@ -70,24 +70,25 @@ pub fn parse_lease_token(token: &str) -> Option<(i64, &str)> {
     .then_some((fence, nonce))
 }
 
-/// One task row of `lease.lua` (or of `dispatch.lua`'s direct leases) as a lease.
-fn leased_from_row(queue: &str, row: redis::Value) -> Result<Leased> {
-    let h = flat_map(row)?;
-    let id = h
-        .get("id")
-        .ok_or_else(|| StoreError::Protocol("lease row without an id".into()))?;
-    let task = task_from_hash(queue, id, &h)
-        .ok_or_else(|| StoreError::Protocol("bad task hash".into()))?;
-    let nonce = h.get("nonce").cloned().unwrap_or_default();
+/// Task `id`'s hash, read just after `lease.lua` (or `dispatch.lua`) leased it, as a
+/// lease; `None` when the hash is gone (deleted in between: its lease is nobody's and
+/// ends at its deadline).
+fn leased_from_hash(queue: &str, id: &str, h: &HashMap<String, String>) -> Result<Option<Leased>> {
+    if h.is_empty() {
+        return Ok(None);
+    }
+    let task =
+        task_from_hash(queue, id, h).ok_or_else(|| StoreError::Protocol("bad task hash".into()))?;
+    let nonce = h.get("nonce").map(String::as_str).unwrap_or_default();
     let expires_ms = h
         .get("lease_expires")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    Ok(Leased {
+    Ok(Some(Leased {
         token: format!("{}.{nonce}", task.fence),
         task,
         expires_ms,
-    })
+    }))
 }
 
 /// Where [`Store::lease`] takes tasks from besides the node's inbox.
@@ -199,17 +200,42 @@ impl Store {
             direct: Vec::new(),
         };
         let mut rest = v.into_iter().skip(4 + woken);
+        let mut per_node: Vec<(String, usize)> = Vec::new();
+        let mut ids: Vec<String> = Vec::new();
         while let Some(node) = rest.next() {
             let node = text(&node)
                 .ok_or_else(|| StoreError::Protocol("dispatch reply: no node id".into()))?;
             let k = rest.next().as_ref().and_then(int).unwrap_or(0).max(0) as usize;
-            let mut leases = Vec::with_capacity(k);
-            for row in rest.by_ref().take(k) {
-                leases.push(leased_from_row(queue, row)?);
-            }
+            ids.extend(rest.by_ref().take(k).filter_map(|v| text(&v)));
+            per_node.push((node, k));
+        }
+        let mut leased = self.leased_tasks(queue, &ids).await?.into_iter();
+        for (node, k) in per_node {
+            let leases = leased.by_ref().take(k).flatten().collect();
             out.direct.push((node, leases));
         }
         Ok(out)
+    }
+
+    /// The tasks a lease script just leased (ids of one shard), read in one pipeline
+    /// after the script: the scripts hand back ids, not whole hashes, since Redis
+    /// converts a hash to Lua and back at a cost per field. Until its holder hears of the
+    /// lease, nothing writes a running task's hash but a cancel request or an admin, so
+    /// what is read is the lease as written. One entry per id, in order (`None`: gone).
+    async fn leased_tasks(&self, queue: &str, ids: &[String]) -> Result<Vec<Option<Leased>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.hgetall(self.keys.task(queue, id));
+        }
+        let mut c = self.conn();
+        let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut c).await?;
+        ids.iter()
+            .zip(&hashes)
+            .map(|(id, h)| leased_from_hash(queue, id, h))
+            .collect()
     }
 
     /// Leases up to `max` tasks of `queue` to `node` from its inbox (and, with `pull`,
@@ -268,12 +294,13 @@ impl Store {
             .arg(tags);
         inv.arg(&seed);
         let mut c = self.conn();
-        let rows = array(inv.invoke_async(&mut c).await?)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            out.push(leased_from_row(queue, row)?);
-        }
-        Ok(out)
+        let ids: Vec<String> = inv.invoke_async(&mut c).await?;
+        Ok(self
+            .leased_tasks(queue, &ids)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect())
     }
 
     /// Renews a lease. `node` is `None` for an admin caller.

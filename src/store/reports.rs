@@ -283,17 +283,18 @@ impl Store {
         }
         // Big batches on the bulk connection: a long script must not time out as 503.
         let mut c = self.conn_for(chunk.len());
-        let rows = array(inv.invoke_async::<Value>(&mut c).await?)?;
-        if rows.len() != chunk.len() {
+        // Four elements per report, flat (report_many.lua builds no table per report).
+        let flat = array(inv.invoke_async::<Value>(&mut c).await?)?;
+        if flat.len() != chunk.len() * 4 {
             return Err(StoreError::Protocol(format!(
-                "report_many answered {} of {} reports",
-                rows.len(),
+                "report_many answered {} values for {} reports",
+                flat.len(),
                 chunk.len()
             )));
         }
-        Ok(rows
-            .into_iter()
-            .map(|row| coded(row).and_then(Self::reported))
+        let mut flat = flat.into_iter();
+        Ok((0..chunk.len())
+            .map(|_| coded(Value::Array(flat.by_ref().take(4).collect())).and_then(Self::reported))
             .collect())
     }
 }
