@@ -25,6 +25,9 @@ if idem ~= '' and not (idem_ttl and idem_ttl > 0) then
   return redis.error_reply('ERR idempotency key TTL must be a positive number of ms')
 end
 local now = now_ms()
+local now_s = tostring(now)
+-- What `chosen` says of most tasks, made once.
+local pending_now = 'pending@' .. now_s
 local idem_key = k_idempotency(KEYS[1], idem)
 if idem ~= '' then
   local prev = redis.call('GET', idem_key)
@@ -72,17 +75,20 @@ for i = 1, n do
   local run_at = tonumber(ARGV[b + 3])
   local delay = tonumber(ARGV[b + 4])
   local k = tonumber(ARGV[b + 5])
-  local fields = {}
-  local extra = {}
-  for j = 0, k - 1 do
-    local name, value = ARGV[b + 6 + j * 2], ARGV[b + 7 + j * 2]
-    fields[#fields + 1] = name
-    fields[#fields + 1] = value
-    extra[name] = value
+  -- The fields are written straight from ARGV (b + 6 .. last); of them, only these three
+  -- are read here.
+  local first, last = b + 6, b + 5 + k * 2
+  local unique_key, unique_ttl, deps_left = nil, nil, nil
+  for j = first, last, 2 do
+    local name = ARGV[j]
+    if name == 'unique_key' then unique_key = ARGV[j + 1]
+    elseif name == 'unique_ttl' then unique_ttl = ARGV[j + 1]
+    elseif name == 'deps_left' then deps_left = ARGV[j + 1]
+    end
   end
   local holder = nil
-  if extra.unique_key then
-    local ukey = k_unique(p, extra.unique_key)
+  if unique_key then
+    local ukey = k_unique(p, unique_key)
     local prev = redis.call('GET', ukey)
     if prev then
       local st = redis.call('HGET', k_task(p, prev), 'state')
@@ -91,8 +97,8 @@ for i = 1, n do
       if live or redis.call('PTTL', ukey) > 0 then holder = prev end
     end
     if not holder then
-      if extra.unique_ttl then
-        redis.call('SET', ukey, id, 'PX', extra.unique_ttl)
+      if unique_ttl then
+        redis.call('SET', ukey, id, 'PX', unique_ttl)
       else
         redis.call('SET', ukey, id)
       end
@@ -108,11 +114,12 @@ for i = 1, n do
     local tkey = k_task(p, id)
     local state = 'pending'
     if run_at and run_at > now then state = 'scheduled' end
-    if tonumber(extra.deps_left or '0') > 0 then state = 'blocked' end
+    if tonumber(deps_left or '0') > 0 then state = 'blocked' end
     if run_at and run_at ~= now then
-      redis.call('HSET', tkey, 'state', state, 'created_at', now, 'run_at', run_at, unpack(fields))
+      redis.call('HSET', tkey, 'state', state, 'created_at', now_s, 'run_at', run_at,
+        unpack(ARGV, first, last))
     else
-      redis.call('HSET', tkey, 'state', state, 'created_at', now, unpack(fields))
+      redis.call('HSET', tkey, 'state', state, 'created_at', now_s, unpack(ARGV, first, last))
     end
     if state == 'scheduled' then
       zadd_later(k_state_index(p, 'scheduled'), run_at, id)
@@ -125,7 +132,11 @@ for i = 1, n do
     stat(p, 'submitted')
     emit(p, 'task.submitted', id, '', state)
     ids[#ids + 1] = id
-    chosen[i] = state .. '@' .. (run_at or now)
+    if run_at or state ~= 'pending' then
+      chosen[i] = state .. '@' .. (run_at or now)
+    else
+      chosen[i] = pending_now
+    end
   end
   b = b + 6 + k * 2
 end
