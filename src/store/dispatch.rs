@@ -223,15 +223,7 @@ impl Store {
     /// lease, nothing writes a running task's hash but a cancel request or an admin, so
     /// what is read is the lease as written. One entry per id, in order (`None`: gone).
     async fn leased_tasks(&self, queue: &str, ids: &[String]) -> Result<Vec<Option<Leased>>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for id in ids {
-            pipe.hgetall(self.keys.task(queue, id));
-        }
-        let mut c = self.conn();
-        let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut c).await?;
+        let hashes = self.task_hashes(queue, ids).await?;
         ids.iter()
             .zip(&hashes)
             .map(|(id, h)| leased_from_hash(queue, id, h))

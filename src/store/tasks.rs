@@ -428,6 +428,21 @@ impl Store {
     /// # Errors
     /// Redis errors.
     pub async fn tasks(&self, queue: &str, ids: &[String]) -> Result<Vec<Task>> {
+        let hs = self.task_hashes(queue, ids).await?;
+        Ok(ids
+            .iter()
+            .zip(&hs)
+            .filter_map(|(id, h)| task_from_hash(queue, id, h))
+            .collect())
+    }
+
+    /// The hashes of tasks of one queue or shard, in one pipeline, in order (empty:
+    /// no such task).
+    pub(super) async fn task_hashes(
+        &self,
+        queue: &str,
+        ids: &[String],
+    ) -> Result<Vec<HashMap<String, String>>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -436,12 +451,7 @@ impl Store {
             pipe.hgetall(self.keys.task(queue, id));
         }
         let mut c = self.conn();
-        let hs: Vec<HashMap<String, String>> = pipe.query_async(&mut c).await?;
-        Ok(ids
-            .iter()
-            .zip(&hs)
-            .filter_map(|(id, h)| task_from_hash(queue, id, h))
-            .collect())
+        Ok(pipe.query_async(&mut c).await?)
     }
 
     /// Cancels a task.
