@@ -50,13 +50,13 @@ const MAX_LEASE = 1_000;
 /**
  * Report calls out at once, each with at most 1/REPORT_CALLS of the slots' reports and
  * leases. `scripts/bench-sdk -n 30000 --cases typescript`, runs alternated on one
- * machine (2026-12-02): one call 7,866-8,165/s, two 9,396-10,635/s, three 8,139-8,860/s.
- * One until a lost answer can be asked for again: when Redis pauses, a report call's
- * leases can be lost with its 503 answer and come back only at their TTL (seen with
- * one call in CI, in 1 run of 3 with two in test/outage.test.mjs); two calls out make
- * that likelier. See docs/benchmarks.md.
+ * machine: 2026-12-02, one call 7,866-8,165/s, two 9,396-10,635/s, three 8,139-8,860/s;
+ * 2026-12-03 (after the lean lease), one 7,726-9,390/s, two 9,425-10,563/s (+12..22%),
+ * for about 15 µs more worker CPU per task. When Redis pauses, a report call's leases
+ * can be lost with its 503 answer and come back only at their TTL, with one call out
+ * as with two; test/outage.test.mjs passed 3 runs in 3 with two. See docs/benchmarks.md.
  */
-const REPORT_CALLS = 1;
+const REPORT_CALLS = 2;
 /** Most reports one call may carry (the server's limit). */
 const MAX_REPORT_BATCH = 10_000;
 /** Body size a report batch is kept under (the server takes 32 MiB). */
