@@ -522,32 +522,52 @@ impl Store {
     }
 
     /// Drops index entries of finished states whose task hash has expired (retention).
+    /// Each index is read from its oldest entry on, a window at a time (100 entries,
+    /// then 1,000), past the entries still alive, until a window holds none that are
+    /// gone or `max_windows` were read: one round keeps up with a queue finishing many
+    /// thousand tasks a second, while a queue with nothing to trim costs one small
+    /// window. (One window of 1,000 a round, as before, let the index of a queue
+    /// finishing more than about 17 tasks/s for longer than their retention grow for
+    /// good.)
     ///
     /// # Errors
     /// Redis errors.
-    pub async fn trim_finished(&self, queue: &str, limit: usize) -> Result<usize> {
+    pub async fn trim_finished(&self, queue: &str, max_windows: usize) -> Result<usize> {
+        const FIRST_WINDOW: usize = 100;
+        const WINDOW: usize = 1000;
         let mut c = self.conn();
         let mut removed = 0;
         for st in ["succeeded", "failed", "cancelled"] {
             let key = self.keys.state_index(queue, st);
-            let ids: Vec<String> = c.zrange(&key, 0, limit as isize - 1).await?;
-            if ids.is_empty() {
-                continue;
-            }
-            let mut pipe = redis::pipe();
-            for id in &ids {
-                pipe.exists(self.keys.task(queue, id));
-            }
-            let exists: Vec<bool> = pipe.query_async(&mut c).await?;
-            let gone: Vec<&String> = ids
-                .iter()
-                .zip(exists)
-                .filter(|(_, e)| !e)
-                .map(|(i, _)| i)
-                .collect();
-            if !gone.is_empty() {
-                let _: i64 = c.zrem(&key, gone.as_slice()).await?;
-                removed += gone.len();
+            // Offset of the first entry not yet read (entries before it are alive).
+            let mut from = 0usize;
+            for w in 0..max_windows.max(1) {
+                let size = if w == 0 { FIRST_WINDOW } else { WINDOW };
+                let ids: Vec<String> = c
+                    .zrange(&key, from as isize, (from + size) as isize - 1)
+                    .await?;
+                if ids.is_empty() {
+                    break;
+                }
+                let mut pipe = redis::pipe();
+                for id in &ids {
+                    pipe.exists(self.keys.task(queue, id));
+                }
+                let exists: Vec<bool> = pipe.query_async(&mut c).await?;
+                let gone: Vec<&String> = ids
+                    .iter()
+                    .zip(&exists)
+                    .filter(|(_, e)| !**e)
+                    .map(|(i, _)| i)
+                    .collect();
+                if !gone.is_empty() {
+                    let _: i64 = c.zrem(&key, gone.as_slice()).await?;
+                    removed += gone.len();
+                }
+                from += ids.len() - gone.len();
+                if gone.is_empty() || ids.len() < size {
+                    break;
+                }
             }
         }
         Ok(removed)
@@ -559,7 +579,7 @@ impl Store {
     ///
     /// # Errors
     /// Redis errors.
-    pub async fn trim_finished_many(&self, queues: &[String], limit: usize) -> Result<usize> {
+    pub async fn trim_finished_many(&self, queues: &[String], max_windows: usize) -> Result<usize> {
         const FINISHED: [&str; 3] = ["succeeded", "failed", "cancelled"];
         let mut c = self.conn();
         let mut removed = 0;
@@ -573,7 +593,7 @@ impl Store {
             let n: Vec<i64> = pipe.query_async(&mut c).await?;
             for (q, row) in chunk.iter().zip(n.chunks(FINISHED.len())) {
                 if row.iter().any(|n| *n > 0) {
-                    removed += self.trim_finished(q, limit).await?;
+                    removed += self.trim_finished(q, max_windows).await?;
                 }
             }
         }

@@ -11,6 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// Rounds between two trims of the finished indexes (entries whose task expired).
+const TRIM_EVERY: u64 = 10;
+/// Windows each trim may read per finished index and queue (`Store::trim_finished`).
+const TRIM_WINDOWS: usize = 100;
+
 /// The timers component.
 pub struct Timers {
     store: Store,
@@ -127,10 +132,12 @@ impl Timers {
                 tracing::debug!(error = %e, "timer round failed; next round retries");
             }
             rounds += 1;
-            if rounds.is_multiple_of(60)
+            // Every 10th round: at the default 1 s reaper interval, up to about 100,000
+            // expired entries per finished state and queue in 10 s (Store::trim_finished).
+            if rounds.is_multiple_of(TRIM_EVERY)
                 && let Ok(qs) = self.store.queues().await
             {
-                let _ = self.store.trim_finished_many(&qs, 1000).await;
+                let _ = self.store.trim_finished_many(&qs, TRIM_WINDOWS).await;
             }
         }
     }

@@ -2682,3 +2682,36 @@ async fn the_dispatcher_leaves_a_node_alone_while_its_report_call_leases_for_it(
     assert_eq!(k.inbox("q", "n1").len(), 3);
     k.assert_doctor_clean(&["q"]).await;
 }
+
+/// The finished indexes are trimmed past the entries still alive and beyond one window:
+/// 2,550 expired entries between 50 alive ones and 10 more go in one round (one window
+/// of 1,000 a round left the index of a busy queue growing for good).
+#[tokio::test]
+async fn trim_finished_removes_every_expired_entry_past_the_alive_ones_in_one_round() {
+    let mut k = Kit::new().await;
+    let key = k.store.keys.state_index("q", "succeeded");
+    let mut alive = Vec::new();
+    let mut members = Vec::new();
+    for i in 0..2_610u64 {
+        let id = new_task_id("q");
+        // The 50 oldest and the 10 newest still have their hash; the rest expired.
+        if !(50..2_600).contains(&i) {
+            let () =
+                k.r.hset(k.store.keys.task("q", &id), "state", "succeeded")
+                    .expect("seed hash");
+            alive.push(id.clone());
+        }
+        members.push((1_000 + i, id));
+    }
+    let _: i64 = k.r.zadd_multiple(&key, &members).expect("seed index");
+
+    // One window allowed: the first (100 entries, 50 of them expired), then it stops.
+    assert_eq!(k.store.trim_finished("q", 1).await.expect("trim"), 50);
+    // The rest in one round, past the alive head.
+    assert_eq!(k.store.trim_finished("q", 100).await.expect("trim"), 2_500);
+    let mut left: Vec<String> = k.r.zrange(&key, 0, -1).unwrap();
+    left.sort();
+    alive.sort();
+    assert_eq!(left, alive, "only the entries whose task is alive are left");
+    assert_eq!(k.store.trim_finished("q", 100).await.expect("trim"), 0);
+}
