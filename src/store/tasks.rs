@@ -528,58 +528,132 @@ impl Store {
     /// thousand tasks a second, while a queue with nothing to trim costs one small
     /// window. (One window of 1,000 a round, as before, let the index of a queue
     /// finishing more than about 17 tasks/s for longer than their retention grow for
-    /// good.)
+    /// good.) Entries expired behind a window of entries still alive (tasks with a
+    /// longer retention finished before them) are left to a probing round of
+    /// [`Store::trim_finished_many`].
     ///
     /// # Errors
     /// Redis errors.
     pub async fn trim_finished(&self, queue: &str, max_windows: usize) -> Result<usize> {
+        let mut budget = usize::MAX;
+        self.trim_queue(queue, max_windows, &mut budget, false)
+            .await
+    }
+
+    /// [`Store::trim_finished`] of one queue, each index reading at most `per_index`
+    /// windows and all of them together at most `budget` (decreased by the windows read).
+    /// With `probe`, an index whose oldest entries are alive is also read from a random
+    /// place behind them, so entries expired behind tasks of a longer retention are
+    /// found too, in time.
+    async fn trim_queue(
+        &self,
+        queue: &str,
+        per_index: usize,
+        budget: &mut usize,
+        probe: bool,
+    ) -> Result<usize> {
         const FIRST_WINDOW: usize = 100;
-        const WINDOW: usize = 1000;
         let mut c = self.conn();
         let mut removed = 0;
         for st in ["succeeded", "failed", "cancelled"] {
             let key = self.keys.state_index(queue, st);
-            // Offset of the first entry not yet read (entries before it are alive).
-            let mut from = 0usize;
-            for w in 0..max_windows.max(1) {
-                let size = if w == 0 { FIRST_WINDOW } else { WINDOW };
-                let ids: Vec<String> = c
-                    .zrange(&key, from as isize, (from + size) as isize - 1)
-                    .await?;
-                if ids.is_empty() {
-                    break;
-                }
-                let mut pipe = redis::pipe();
-                for id in &ids {
-                    pipe.exists(self.keys.task(queue, id));
-                }
-                let exists: Vec<bool> = pipe.query_async(&mut c).await?;
-                let gone: Vec<&String> = ids
-                    .iter()
-                    .zip(&exists)
-                    .filter(|(_, e)| !**e)
-                    .map(|(i, _)| i)
-                    .collect();
-                if !gone.is_empty() {
-                    let _: i64 = c.zrem(&key, gone.as_slice()).await?;
-                    removed += gone.len();
-                }
-                from += ids.len() - gone.len();
-                if gone.is_empty() || ids.len() < size {
-                    break;
+            let scan = self
+                .trim_scan(&mut c, queue, &key, 0, FIRST_WINDOW, per_index, budget)
+                .await?;
+            removed += scan.removed;
+            if probe && scan.alive_at.is_some() && *budget > 0 {
+                let from = scan.alive_at.unwrap_or(0);
+                let n: usize = c.zcard(&key).await?;
+                if n > from + FIRST_WINDOW {
+                    let start = rand::random_range(from..n);
+                    let left = per_index.saturating_sub(scan.windows).max(1);
+                    removed += self
+                        .trim_scan(&mut c, queue, &key, start, TRIM_WINDOW, left, budget)
+                        .await?
+                        .removed;
                 }
             }
         }
         Ok(removed)
     }
 
+    /// Reads index `key` of `queue` from offset `from`, a window at a time (`first`
+    /// entries, then [`TRIM_WINDOW`]), removing the entries whose task hash is gone,
+    /// until a window holds none that are gone, the index ends, or `windows` (or the
+    /// shared `budget`) were read.
+    #[allow(clippy::too_many_arguments)]
+    async fn trim_scan(
+        &self,
+        c: &mut super::Conn,
+        queue: &str,
+        key: &str,
+        from: usize,
+        first: usize,
+        windows: usize,
+        budget: &mut usize,
+    ) -> Result<TrimScan> {
+        let mut out = TrimScan::default();
+        // Offset of the first entry not yet read (entries before it, from `from` on,
+        // are alive).
+        let mut from = from;
+        for w in 0..windows.max(1) {
+            if *budget == 0 {
+                break;
+            }
+            *budget -= 1;
+            out.windows += 1;
+            let size = if w == 0 { first } else { TRIM_WINDOW };
+            let ids: Vec<String> = c
+                .zrange(key, from as isize, (from + size) as isize - 1)
+                .await?;
+            if ids.is_empty() {
+                break;
+            }
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                pipe.exists(self.keys.task(queue, id));
+            }
+            let exists: Vec<bool> = pipe.query_async(c).await?;
+            let gone: Vec<&String> = ids
+                .iter()
+                .zip(&exists)
+                .filter(|(_, e)| !**e)
+                .map(|(i, _)| i)
+                .collect();
+            if !gone.is_empty() {
+                let _: i64 = c.zrem(key, gone.as_slice()).await?;
+                out.removed += gone.len();
+            }
+            from += ids.len() - gone.len();
+            if ids.len() < size {
+                break;
+            }
+            if gone.is_empty() {
+                out.alive_at = Some(from);
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     /// [`Store::trim_finished`] over `queues`: which of them hold finished entries is
     /// read in pipelines of 500 queues, and only those are trimmed (a round over
-    /// thousands of queues takes a few round trips, not three per queue).
+    /// thousands of queues takes a few round trips, not three per queue). Each index
+    /// reads at most `per_index` windows and the round at most `budget` in all, so a
+    /// round after a long pile-up ends in bounded time; the next takes up the rest.
+    /// `probe`: also read behind alive oldest entries, from a random place (see
+    /// `trim_queue`).
     ///
     /// # Errors
     /// Redis errors.
-    pub async fn trim_finished_many(&self, queues: &[String], max_windows: usize) -> Result<usize> {
+    pub async fn trim_finished_many(
+        &self,
+        queues: &[String],
+        per_index: usize,
+        budget: usize,
+        probe: bool,
+    ) -> Result<usize> {
+        let mut budget = budget;
         const FINISHED: [&str; 3] = ["succeeded", "failed", "cancelled"];
         let mut c = self.conn();
         let mut removed = 0;
@@ -592,11 +666,28 @@ impl Store {
             }
             let n: Vec<i64> = pipe.query_async(&mut c).await?;
             for (q, row) in chunk.iter().zip(n.chunks(FINISHED.len())) {
+                if budget == 0 {
+                    return Ok(removed);
+                }
                 if row.iter().any(|n| *n > 0) {
-                    removed += self.trim_finished(q, max_windows).await?;
+                    removed += self.trim_queue(q, per_index, &mut budget, probe).await?;
                 }
             }
         }
         Ok(removed)
     }
+}
+
+/// Entries a trim window reads after the first.
+const TRIM_WINDOW: usize = 1000;
+
+/// What one [`Store::trim_scan`] did.
+#[derive(Debug, Default)]
+struct TrimScan {
+    /// Entries removed.
+    removed: usize,
+    /// Windows read.
+    windows: usize,
+    /// Where it stopped at a window of entries all alive (its offset after them).
+    alive_at: Option<usize>,
 }

@@ -12,9 +12,13 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Rounds between two trims of the finished indexes (entries whose task expired).
-const TRIM_EVERY: u64 = 10;
+const TRIM_EVERY: u32 = 10;
 /// Windows each trim may read per finished index and queue (`Store::trim_finished`).
 const TRIM_WINDOWS: usize = 100;
+/// Windows one trim round may read in all, over every queue.
+const TRIM_BUDGET: usize = 1000;
+/// Trim rounds between two that also probe behind alive oldest entries.
+const TRIM_PROBE_EVERY: u64 = 6;
 
 /// The timers component.
 pub struct Timers {
@@ -118,26 +122,57 @@ impl Timers {
         Ok(round)
     }
 
-    /// Ticks until `shutdown`.
+    /// Ticks until `shutdown`. The trim of the finished indexes runs in a task of its
+    /// own (one round at a time), so expiring leases and promoting due tasks never wait
+    /// for it.
     pub async fn run(self, shutdown: CancellationToken) {
+        let trim = tokio::spawn(trim_loop(
+            self.store.clone(),
+            self.interval * TRIM_EVERY,
+            shutdown.clone(),
+        ));
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut rounds: u64 = 0;
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
             }
             if let Err(e) = self.tick_once().await {
                 tracing::debug!(error = %e, "timer round failed; next round retries");
             }
-            rounds += 1;
-            // Every 10th round: at the default 1 s reaper interval, up to about 100,000
-            // expired entries per finished state and queue in 10 s (Store::trim_finished).
-            if rounds.is_multiple_of(TRIM_EVERY)
-                && let Ok(qs) = self.store.queues().await
-            {
-                let _ = self.store.trim_finished_many(&qs, TRIM_WINDOWS).await;
+        }
+        let _ = trim.await;
+    }
+}
+
+/// Trims the finished indexes every `every` (10 timer rounds: at the default 1 s
+/// reaper interval, up to about 100,000 expired entries per index and queue, and
+/// 1,000,000 in all, in 10 s; `Store::trim_finished_many`) until `shutdown`.
+async fn trim_loop(store: Store, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is at once: wait one period, as the rounds did.
+    tick.tick().await;
+    let mut rounds: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(qs) = store.queues().await else {
+            continue;
+        };
+        rounds += 1;
+        // Every 6th round (a minute at the default interval) also reads behind oldest
+        // entries still alive (tasks of a longer retention), from a random place.
+        let probe = rounds.is_multiple_of(TRIM_PROBE_EVERY);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = store.trim_finished_many(&qs, TRIM_WINDOWS, TRIM_BUDGET, probe) => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "trim of finished tasks failed; next round retries");
+                }
             }
         }
     }

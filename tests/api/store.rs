@@ -2705,8 +2705,24 @@ async fn trim_finished_removes_every_expired_entry_past_the_alive_ones_in_one_ro
     }
     let _: i64 = k.r.zadd_multiple(&key, &members).expect("seed index");
 
-    // One window allowed: the first (100 entries, 50 of them expired), then it stops.
+    // One window allowed (per index, or for the whole round): the first (100 entries,
+    // 50 of them expired), then it stops.
     assert_eq!(k.store.trim_finished("q", 1).await.expect("trim"), 50);
+    let queues = vec!["q".to_string()];
+    let mut members = Vec::new();
+    for i in 0..100u64 {
+        members.push((i, new_task_id("q")));
+    }
+    // 100 more expired entries, older than every other: a round of one window takes
+    // them and nothing else.
+    let _: i64 = k.r.zadd_multiple(&key, &members).expect("seed older");
+    assert_eq!(
+        k.store
+            .trim_finished_many(&queues, 100, 1, false)
+            .await
+            .expect("trim"),
+        100
+    );
     // The rest in one round, past the alive head.
     assert_eq!(k.store.trim_finished("q", 100).await.expect("trim"), 2_500);
     let mut left: Vec<String> = k.r.zrange(&key, 0, -1).unwrap();
@@ -2714,4 +2730,42 @@ async fn trim_finished_removes_every_expired_entry_past_the_alive_ones_in_one_ro
     alive.sort();
     assert_eq!(left, alive, "only the entries whose task is alive are left");
     assert_eq!(k.store.trim_finished("q", 100).await.expect("trim"), 0);
+}
+
+/// Entries expired behind a window of tasks still alive (finished first, with a longer
+/// retention) stop the plain trim; a probing round reads from a random place behind
+/// them and removes some.
+#[tokio::test]
+async fn a_probing_trim_finds_expired_entries_behind_alive_oldest_ones() {
+    let mut k = Kit::new().await;
+    let key = k.store.keys.state_index("q", "succeeded");
+    let mut members = Vec::new();
+    for i in 0..650u64 {
+        let id = new_task_id("q");
+        // The 150 oldest are alive (more than the first window); the 500 after expired.
+        if i < 150 {
+            let () =
+                k.r.hset(k.store.keys.task("q", &id), "state", "succeeded")
+                    .expect("seed hash");
+        }
+        members.push((1_000 + i, id));
+    }
+    let _: i64 = k.r.zadd_multiple(&key, &members).expect("seed index");
+    let queues = vec!["q".to_string()];
+    assert_eq!(
+        k.store
+            .trim_finished_many(&queues, 100, 1000, false)
+            .await
+            .expect("trim"),
+        0,
+        "the plain trim stops at the alive oldest entries"
+    );
+    let removed = k
+        .store
+        .trim_finished_many(&queues, 100, 1000, true)
+        .await
+        .expect("trim");
+    assert!((1..=500).contains(&removed), "probe removed {removed}");
+    let left: usize = k.r.zcard(&key).unwrap();
+    assert_eq!(left, 650 - removed);
 }

@@ -41,7 +41,8 @@ const MAX_LEASE = 1_000;
  * 2026-12-03 (after the lean lease), one 7,726-9,390/s, two 9,425-10,563/s (+12..22%),
  * for about 15 µs more worker CPU per task. When Redis pauses, a report call's leases
  * can be lost with its 503 answer and come back only at their TTL, with one call out
- * as with two; test/outage.test.mjs passed 3 runs in 3 with two. See docs/benchmarks.md.
+ * as with two; test/outage.test.mjs passed 6 runs of 6 with two (3 beside a full cargo test).
+ * See docs/benchmarks.md.
  */
 const REPORT_CALLS = 2;
 /** Most reports one call may carry (the server's limit). */
@@ -881,7 +882,8 @@ export class Worker {
             const s = this.session;
             let ask = 0;
             if (this.leaseWithReports && !this.stopping) {
-                // At most a call's share of the slots (all of them with one call out).
+                // At most a call's share of the slots (half of them with two calls out): a call
+                // alone leaves the other half to the next call or the long-poll.
                 ask = Math.min(MAX_LEASE, this.reportChunk(), Math.max(0, this.freeSlots()));
                 this.reserved += ask;
             }
