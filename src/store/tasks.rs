@@ -555,14 +555,16 @@ impl Store {
         const FIRST_WINDOW: usize = 100;
         let mut c = self.conn();
         let mut removed = 0;
-        for st in ["succeeded", "failed", "cancelled"] {
+        for st in FINISHED {
             let key = self.keys.state_index(queue, st);
             let scan = self
                 .trim_scan(&mut c, queue, &key, 0, FIRST_WINDOW, per_index, budget)
                 .await?;
             removed += scan.removed;
-            if probe && scan.alive_at.is_some() && *budget > 0 {
-                let from = scan.alive_at.unwrap_or(0);
+            if let Some(from) = scan.alive_at
+                && probe
+                && *budget > 0
+            {
                 let n: usize = c.zcard(&key).await?;
                 if n > from + FIRST_WINDOW {
                     let start = rand::random_range(from..n);
@@ -650,11 +652,9 @@ impl Store {
         &self,
         queues: &[String],
         per_index: usize,
-        budget: usize,
+        mut budget: usize,
         probe: bool,
     ) -> Result<usize> {
-        let mut budget = budget;
-        const FINISHED: [&str; 3] = ["succeeded", "failed", "cancelled"];
         let mut c = self.conn();
         let mut removed = 0;
         for chunk in queues.chunks(500) {
@@ -677,6 +677,9 @@ impl Store {
         Ok(removed)
     }
 }
+
+/// The finished states, whose indexes are trimmed.
+const FINISHED: [&str; 3] = ["succeeded", "failed", "cancelled"];
 
 /// Entries a trim window reads after the first.
 const TRIM_WINDOW: usize = 1000;
