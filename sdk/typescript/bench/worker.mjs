@@ -1,7 +1,9 @@
 // The worker process of bench/noop.mjs and scripts/bench-sdk: one Worker with a no-op
-// handler. Env: QUEUE, CONCURRENCY, PREFETCH, N, SLEEP_MS (0: the handler returns at once; else it
-// awaits a timer of that many ms), SPAWNED_AT (epoch ms), plus MUSTER_SERVER /
-// MUSTER_TOKEN. Prints one JSON line when N reports were accepted, then exits.
+// handler. Env: QUEUE, CONCURRENCY, PREFETCH, N, SLEEP_MS (0: the handler returns at
+// once; else it awaits a timer of that many ms), SPAWNED_AT (epoch ms), FETCH=1 (the
+// calls go through the global fetch instead of node:http, for an A/B), plus
+// MUSTER_SERVER / MUSTER_TOKEN. Prints one JSON line when N reports were accepted, then
+// exits.
 import { Worker } from "../dist/index.js";
 
 const n = Number(process.env.N);
@@ -14,6 +16,7 @@ const w = new Worker({
   prefetch: Number(process.env.PREFETCH || 0),
   handleSignals: false,
   logger: null,
+  ...(process.env.FETCH === "1" ? { fetch: globalThis.fetch } : {}),
 });
 let count = 0;
 let firstStart = 0;

@@ -1,7 +1,13 @@
 /**
- * The HTTP layer shared by Client and Worker: Node's built-in `fetch` (undici, which
- * keeps connections alive), bearer auth, a timeout per call, problem+json errors turned
- * into typed ones, and fail-over between control-plane URLs on connection errors.
+ * The HTTP layer shared by Client and Worker: Node's built-in `node:http` / `node:https`
+ * with a keep-alive agent per transport (or a `fetch` the caller passes), bearer auth, a
+ * timeout per call, problem+json errors turned into typed ones, and fail-over between
+ * control-plane URLs on connection errors.
+ *
+ * Why not the global `fetch` by default: undici's fetch builds a WHATWG Request,
+ * Response and ReadableStream per call, and a worker makes hundreds of calls a second;
+ * measured side by side (`bench/transport.mjs`), a call costs it about twice the CPU of
+ * `node:http`. Both are built into Node; neither is a dependency.
  * @module
  */
 /** Default control plane when neither the options nor `MUSTER_SERVER` name one. */
@@ -30,7 +36,12 @@ export declare class Transport {
     readonly servers: readonly string[];
     private index;
     private readonly fetchFn;
+    private readonly httpAgent;
+    private readonly httpsAgent;
+    /** `fetchFn`: a `fetch` to send every call with instead of `node:http`. */
     constructor(servers: string[], fetchFn?: typeof fetch);
+    /** Closes the idle keep-alive connections (calls still out finish). */
+    close(): void;
     /** The URL calls go to now. */
     get current(): string;
     /**
@@ -41,8 +52,10 @@ export declare class Transport {
      */
     call<T>(method: string, path: string, opts?: CallOptions): Promise<T>;
     private once;
+    /** One exchange over `node:http(s)`; rejects with the socket's error (its `code` kept). */
+    private viaNode;
 }
-/** True when the error (a fetch failure's cause chain) says the request was not sent. */
+/** True when the error (a socket's or a fetch failure's cause chain) says the request was not sent. */
 export declare function notSent(e: unknown): boolean;
 /** Exponential backoff with jitter: each delay is between half and all of the step. */
 export declare class Backoff {

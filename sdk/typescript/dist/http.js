@@ -1,9 +1,17 @@
 /**
- * The HTTP layer shared by Client and Worker: Node's built-in `fetch` (undici, which
- * keeps connections alive), bearer auth, a timeout per call, problem+json errors turned
- * into typed ones, and fail-over between control-plane URLs on connection errors.
+ * The HTTP layer shared by Client and Worker: Node's built-in `node:http` / `node:https`
+ * with a keep-alive agent per transport (or a `fetch` the caller passes), bearer auth, a
+ * timeout per call, problem+json errors turned into typed ones, and fail-over between
+ * control-plane URLs on connection errors.
+ *
+ * Why not the global `fetch` by default: undici's fetch builds a WHATWG Request,
+ * Response and ReadableStream per call, and a worker makes hundreds of calls a second;
+ * measured side by side (`bench/transport.mjs`), a call costs it about twice the CPU of
+ * `node:http`. Both are built into Node; neither is a dependency.
  * @module
  */
+import * as http from "node:http";
+import * as https from "node:https";
 import { ConnectionError, MusterError, TimeoutError, errorFromAnswer } from "./errors.js";
 /** Default control plane when neither the options nor `MUSTER_SERVER` name one. */
 export const DEFAULT_SERVER = "http://127.0.0.1:8080";
@@ -57,9 +65,19 @@ export class Transport {
     servers;
     index = 0;
     fetchFn;
+    // Keep-alive agents: a connection per concurrent call, reused. Idle sockets do not
+    // hold the process open (the agent unrefs them).
+    httpAgent = new http.Agent({ keepAlive: true });
+    httpsAgent = new https.Agent({ keepAlive: true });
+    /** `fetchFn`: a `fetch` to send every call with instead of `node:http`. */
     constructor(servers, fetchFn) {
         this.servers = servers;
-        this.fetchFn = fetchFn ?? globalThis.fetch;
+        this.fetchFn = fetchFn;
+    }
+    /** Closes the idle keep-alive connections (calls still out finish). */
+    close() {
+        this.httpAgent.destroy();
+        this.httpsAgent.destroy();
     }
     /** The URL calls go to now. */
     get current() {
@@ -119,10 +137,10 @@ export class Transport {
         if (opts.headers)
             Object.assign(headers, opts.headers);
         let res;
-        let text;
         try {
-            res = await this.fetchFn(url, { method, headers, body: opts.body, signal: ctl.signal });
-            text = await res.text();
+            res = this.fetchFn
+                ? await viaFetch(this.fetchFn, method, url, headers, opts.body, ctl.signal)
+                : await this.viaNode(method, url, headers, opts.body, ctl.signal);
         }
         catch (e) {
             if (outer?.aborted)
@@ -135,6 +153,7 @@ export class Transport {
             clearTimeout(timer);
             outer?.removeEventListener("abort", onAbort);
         }
+        const text = res.text;
         if (res.status >= 200 && res.status < 300) {
             if (text === "")
                 return null;
@@ -145,14 +164,55 @@ export class Transport {
                 throw new MusterError({ status: res.status, code: "bad_answer", detail: `the answer is not JSON: ${text.slice(0, 200)}` }, { method, path, cause: e });
             }
         }
-        const retryAfter = res.headers.get("retry-after");
+        const retryAfter = res.retryAfter;
         let retryAfterMs;
         if (retryAfter !== null && /^\s*\d+\s*$/.test(retryAfter))
             retryAfterMs = Number(retryAfter) * 1000;
         throw errorFromAnswer(res.status, text, { method, path, retryAfterMs });
     }
+    /** One exchange over `node:http(s)`; rejects with the socket's error (its `code` kept). */
+    async viaNode(method, url, headers, body, signal) {
+        // One turn of the event loop first: a kept-alive connection that its server closed
+        // in this turn (a server killed a moment ago) is then known closed and not reused, so
+        // the call connects afresh, and a dead server shows as "refused" (never sent: safe to
+        // send to the next server) instead of a reset that may have been processed.
+        await new Promise((r) => setImmediate(r));
+        return new Promise((resolve, reject) => {
+            const u = new URL(url);
+            const tls = u.protocol === "https:";
+            const payload = body === undefined ? undefined : Buffer.from(body, "utf8");
+            if (payload)
+                headers["content-length"] = String(payload.length);
+            const req = (tls ? https : http).request(u, { method, headers, agent: tls ? this.httpsAgent : this.httpAgent, signal }, (res) => {
+                const chunks = [];
+                res.on("data", (c) => chunks.push(c));
+                res.on("error", reject);
+                res.on("end", () => {
+                    const ra = res.headers["retry-after"];
+                    resolve({
+                        status: res.statusCode ?? 0,
+                        retryAfter: typeof ra === "string" ? ra : null,
+                        text: chunks.length === 1 ? chunks[0].toString("utf8") : Buffer.concat(chunks).toString("utf8"),
+                    });
+                });
+                // A connection lost mid-answer closes the response without "end".
+                res.on("close", () => {
+                    if (!res.complete)
+                        reject(Object.assign(new Error("the answer was cut off"), { code: "ECONNRESET" }));
+                });
+            });
+            req.on("error", reject);
+            req.end(payload);
+        });
+    }
 }
-/** True when the error (a fetch failure's cause chain) says the request was not sent. */
+/** One exchange through a `fetch`. */
+async function viaFetch(fetchFn, method, url, headers, body, signal) {
+    const res = await fetchFn(url, { method, headers, body, signal });
+    const text = await res.text();
+    return { status: res.status, retryAfter: res.headers.get("retry-after"), text };
+}
+/** True when the error (a socket's or a fetch failure's cause chain) says the request was not sent. */
 export function notSent(e) {
     for (let c = e, i = 0; c && i < 5; c = c.cause, i++) {
         const code = c.code;

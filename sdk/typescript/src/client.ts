@@ -41,7 +41,7 @@ export interface ClientOptions {
    * it never reached a server. Default 2.
    */
   retries?: number;
-  /** A `fetch` to use instead of the global one. */
+  /** A `fetch` to send every call with; by default calls go through `node:http(s)`. */
   fetch?: typeof fetch;
 }
 

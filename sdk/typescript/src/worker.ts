@@ -139,7 +139,7 @@ export interface WorkerOptions {
   startupTimeoutMs?: number;
   /** Where to log; `null` for nothing. Default: {@link consoleLogger}. */
   logger?: Logger | null;
-  /** A `fetch` to use instead of the global one. */
+  /** A `fetch` to send every call with; by default calls go through `node:http(s)`. */
   fetch?: typeof fetch;
 }
 
