@@ -479,7 +479,18 @@ async fn lease_ready(
         if out.len() >= max {
             break;
         }
-        let leased = st.store.lease(q, id, max - out.len(), pull, tags).await?;
+        let (queue, node, tags, n) = (q.clone(), id.to_string(), tags.to_string(), max - out.len());
+        let (hub, holder) = (st.hub.clone(), id.to_string());
+        // Leases granted after this call answered 503 (Redis slower than the timeout)
+        // reach the node through its next lease or report call.
+        let leased = st
+            .store
+            .lease_in_time(
+                "leasing tasks",
+                move |s| async move { s.lease(&queue, &node, n, pull, &tags).await },
+                move |late| hub.hand_back(&holder, late),
+            )
+            .await?;
         out.extend(leased.into_iter().map(as_lease));
     }
     Ok(())

@@ -28,6 +28,14 @@ pub fn recheck() -> Duration {
     RECHECK_MIN + Duration::from_millis(rand::random::<u64>() % span.max(1))
 }
 
+/// This machine's clock, ms since the epoch (lease deadlines are Redis `TIME`; the two
+/// agree to well under a lease's TTL).
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// What the dispatcher needs of a queue's configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueConf {
@@ -302,14 +310,22 @@ impl Hub {
             .push_front(offer);
     }
 
-    /// Direct leases of `node` whose long-poll left before they came: kept for its
-    /// next lease call (up to [`HANDED_MAX`]), and a waiting long-poll of it is woken.
+    /// Leases of `node` that did not reach it (its long-poll left before they came, or
+    /// Redis granted them after the call answered 503): kept for its next lease call (up
+    /// to [`HANDED_MAX`], until their deadline), and a waiting long-poll of it is woken.
     pub fn hand_back(&self, node: &str, leases: Vec<Leased>) {
         if leases.is_empty() {
             return;
         }
         {
             let mut m = self.handed.lock().unwrap_or_else(|e| e.into_inner());
+            // Leases past their deadline were reaped and retried meanwhile: a node that
+            // never came back leaves nothing here for long.
+            let now = wall_ms();
+            m.retain(|_, kept| {
+                kept.retain(|l| l.expires_ms > now);
+                !kept.is_empty()
+            });
             let kept = m.entry(node.to_string()).or_default();
             let room = HANDED_MAX.saturating_sub(kept.len());
             kept.extend(leases.into_iter().take(room));
@@ -323,6 +339,8 @@ impl Hub {
         let Some(kept) = m.get_mut(node) else {
             return Vec::new();
         };
+        let now = wall_ms();
+        kept.retain(|l| l.expires_ms > now);
         let n = max.min(kept.len());
         let out: Vec<Leased> = kept.drain(..n).collect();
         if kept.is_empty() {
@@ -554,6 +572,44 @@ mod tests {
         drop(gone);
         assert!(o.hand(Vec::new()).is_err(), "nobody receives: given back");
         assert!(h.take_handed("m", 10).is_empty());
+    }
+
+    fn leased(id: &str, expires_ms: i64) -> Leased {
+        let task = serde_json::from_value(serde_json::json!({"id": id, "queue": "q", "kind": "k",
+            "payload": null, "priority": 0, "state": "running", "attempts": 1, "max_attempts": 3,
+            "timeout_ms": 30000, "max_run_ms": null, "requires": [], "node": "n", "result": null,
+            "error": null, "progress": null, "fence": 1, "created_at": "2026-11-27T06:24:36.546Z",
+            "run_at": null, "started_at": null, "finished_at": null, "lease_expires_at": null,
+            "cancel_requested": false}))
+        .expect("a task");
+        Leased {
+            task,
+            token: "1.ab".into(),
+            expires_ms,
+        }
+    }
+
+    #[test]
+    fn handed_back_leases_are_taken_until_their_deadline_only() {
+        let h = Hub::new();
+        let now = wall_ms();
+        h.hand_back(
+            "n",
+            vec![leased("live", now + 60_000), leased("old", now - 1)],
+        );
+        h.hand_back("gone", vec![leased("gone-live", now + 60_000)]);
+        let got: Vec<String> = h
+            .take_handed("n", 10)
+            .into_iter()
+            .map(|l| l.task.id)
+            .collect();
+        assert_eq!(
+            got,
+            ["live"],
+            "a lease past its deadline was reaped meanwhile"
+        );
+        assert!(h.take_handed("n", 10).is_empty(), "taken once");
+        assert_eq!(h.take_handed("gone", 1).len(), 1);
     }
 
     #[tokio::test]

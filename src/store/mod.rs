@@ -202,6 +202,43 @@ impl Store {
         self.timeout
     }
 
+    /// Runs a call that hands out leases so that a slow Redis cannot lose them: `call`
+    /// gets this store on the bulk connection (ten times the timeout) and runs as a task
+    /// of its own, while this answers within the timeout as any call does. When Redis
+    /// only answers later (paused, or busy past the timeout), the script has leased the
+    /// tasks all the same; its result then goes to `late` (the hub keeps the leases for
+    /// the node's next call) instead of being dropped with the 503, which would leave
+    /// those tasks running unseen until their lease TTL and charge them an attempt.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] past the timeout; `call`'s own errors.
+    pub async fn lease_in_time<T, Fut>(
+        &self,
+        what: &'static str,
+        call: impl FnOnce(Store) -> Fut,
+        late: impl FnOnce(T) + Send + 'static,
+    ) -> Result<T>
+    where
+        Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let mut patient = self.clone();
+        patient.conn = self.bulk.clone();
+        let mut job = tokio::spawn(call(patient));
+        match tokio::time::timeout(self.timeout, &mut job).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(StoreError::Protocol(format!("{what}: {e}"))),
+            Err(_) => {
+                tokio::spawn(async move {
+                    if let Ok(Ok(v)) = job.await {
+                        late(v);
+                    }
+                });
+                Err(StoreError::timed_out(what))
+            }
+        }
+    }
+
     /// Checks the schema version (writing it on an empty keyspace), refuses an evicting
     /// `maxmemory-policy`, loads the scripts (checking each SHA1), and reports whether
     /// persistence is on.

@@ -234,14 +234,34 @@ impl Dispatcher {
             .iter()
             .map(|o| o.as_ref().map_or(0, |o| o.max))
             .collect();
-        let d = self
-            .store
-            .dispatch_direct(shard, &args, &direct, max, max * 2 + 64)
-            .await;
+        let d = {
+            let (queue, args, direct) = (shard.to_string(), args.clone(), direct.clone());
+            let hub = self.hub.clone();
+            self.store
+                .lease_in_time(
+                    "dispatching",
+                    move |s| async move {
+                        s.dispatch_direct(&queue, &args, &direct, max, max * 2 + 64)
+                            .await
+                    },
+                    // Redis answered after the timeout: the direct leases wait for their
+                    // nodes' next lease calls, and the inboxes' long-polls look again.
+                    move |late: crate::store::Dispatched| {
+                        for (node, leases) in late.direct {
+                            hub.hand_back(&node, leases);
+                        }
+                        for n in &late.nodes {
+                            hub.wake_node_one(n);
+                        }
+                    },
+                )
+                .await
+        };
         let d = match d {
             Ok(d) => d,
             Err(e) => {
-                // Nothing was leased: the offers go back to their long-polls.
+                // Nothing was leased in time (what Redis leases later reaches the nodes
+                // through the hub): the offers go back to their long-polls.
                 for (r, o) in rows.iter().zip(offers) {
                     if let Some(o) = o {
                         self.hub.restore(r.id, o);

@@ -2769,3 +2769,54 @@ async fn a_probing_trim_finds_expired_entries_behind_alive_oldest_ones() {
     let left: usize = k.r.zcard(&key).unwrap();
     assert_eq!(left, 650 - removed);
 }
+
+/// A lease that Redis runs only after the command timeout (here: paused meanwhile,
+/// the script waiting in its socket) is not lost with the timeout error: the call
+/// answers `Unavailable` in time, and when Redis resumes and runs the script, the
+/// leases it granted reach the `late` handler (the server's hub keeps them for the
+/// node's next call), the very lease Redis holds, instead of staying `running` unseen
+/// until their TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_redis_grants_after_the_timeout_reaches_the_late_handler() {
+    let redis = crate::support::RedisGuard::start();
+    let ns = unique_ns();
+    let store = Store::connect(&redis.url(), &ns, Duration::from_millis(500))
+        .await
+        .expect("store");
+    store.prepare().await.expect("prepare");
+    let t = task("late");
+    let id = t.id.clone();
+    store.submit(&[t], None, 0).await.expect("submit");
+    let pid = redis.pid().to_string();
+    crate::support::signal("STOP", &pid);
+    let (tx, rx) = tokio::sync::oneshot::channel::<Vec<Leased>>();
+    let started = std::time::Instant::now();
+    let answer = store
+        .lease_in_time(
+            "leasing",
+            |s| async move { s.lease("late", "n1", 4, true, "").await },
+            move |late| {
+                let _ = tx.send(late);
+            },
+        )
+        .await;
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    crate::support::signal("CONT", &pid);
+    assert!(
+        matches!(answer, Err(StoreError::Unavailable(_))),
+        "{answer:?}"
+    );
+    assert!(took < Duration::from_secs(2), "answered after {took:?}");
+    let late = tokio::time::timeout(Duration::from_secs(5), rx)
+        .await
+        .expect("the late leases came")
+        .expect("handed on");
+    assert_eq!(late.len(), 1, "{late:?}");
+    let now = store.task(&id).await.expect("task");
+    assert_eq!(late[0].task.id, id);
+    assert_eq!(now.state, TaskState::Running, "{now:?}");
+    assert_eq!(now.node.as_deref(), Some("n1"));
+    assert_eq!(late[0].task.fence, now.fence, "the lease Redis holds");
+    assert_eq!(now.attempts, 1);
+}
