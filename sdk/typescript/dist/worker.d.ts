@@ -13,9 +13,9 @@
  *   it for as many new tasks as there are free slots (`lease_max`): a busy worker
  *   takes its next tasks with its reports. The long-poll is for the moments nothing
  *   waits to be reported;
- * - one renewal ticker for all running tasks: a lease is renewed at a third of its
- *   TTL (`POST /v1/tasks/{id}/extend`, the only per-task call, and only for tasks that
- *   outlive a third of their TTL);
+ * - one renewal ticker for all running tasks: the leases past a third of their TTL
+ *   are renewed together, in one `POST /v1/nodes/{id}/extend` per tick (progress goes
+ *   with `POST /v1/tasks/{id}/extend`, the only per-task call);
  * - heartbeats, whose `cancel` list (and an extend's `cancel_requested`) aborts the
  *   handler's `ctx.signal` and reports the task cancelled;
  * - drain on SIGTERM/SIGINT or `stop()`: no more leases, the node's inbox handed back,
@@ -204,7 +204,8 @@ export declare class Worker {
     private readonly endCtl;
     private ticker;
     private tickMs;
-    private renewalsInFlight;
+    /** A `POST /v1/nodes/{id}/extend` is out (one at a time). */
+    private batchRenewing;
     constructor(options?: WorkerOptions);
     /**
      * Registers the handler of a kind. A handler returns the result (any JSON value;
@@ -256,6 +257,11 @@ export declare class Worker {
     private stopTask;
     private retick;
     private tick;
+    /**
+     * Renews many leases in one call (`POST /v1/nodes/{id}/extend`); each lease refused
+     * stops its task, a cancel requested stops its task. Never rejects.
+     */
+    private renewMany;
     private heartbeatLoop;
     private queueReport;
     /** Most reports (and leases asked) of one report call: the slots' share of a call. */

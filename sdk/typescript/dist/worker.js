@@ -13,9 +13,9 @@
  *   it for as many new tasks as there are free slots (`lease_max`): a busy worker
  *   takes its next tasks with its reports. The long-poll is for the moments nothing
  *   waits to be reported;
- * - one renewal ticker for all running tasks: a lease is renewed at a third of its
- *   TTL (`POST /v1/tasks/{id}/extend`, the only per-task call, and only for tasks that
- *   outlive a third of their TTL);
+ * - one renewal ticker for all running tasks: the leases past a third of their TTL
+ *   are renewed together, in one `POST /v1/nodes/{id}/extend` per tick (progress goes
+ *   with `POST /v1/tasks/{id}/extend`, the only per-task call);
  * - heartbeats, whose `cancel` list (and an extend's `cancel_requested`) aborts the
  *   handler's `ctx.signal` and reports the task cancelled;
  * - drain on SIGTERM/SIGINT or `stop()`: no more leases, the node's inbox handed back,
@@ -55,8 +55,8 @@ const MAX_RESULT_BYTES = 1024 * 1024;
 const REPORT_RETRY_FOR_MS = 300_000;
 /** How long the final flush of reports may take after the drain. */
 const FINAL_FLUSH_MS = 30_000;
-/** Lease renewals in flight at once. */
-const MAX_RENEWALS_IN_FLIGHT = 32;
+/** Most leases renewed by one `POST /v1/nodes/{id}/extend` (the route's limit). */
+const MAX_EXTEND_BATCH = 1_000;
 /** After a signal's drain, how long abandoned handlers may keep the process alive. */
 const EXIT_AFTER_DRAIN_MS = 1_000;
 /** Heartbeat interval when the server gives none. */
@@ -262,7 +262,8 @@ export class Worker {
     endCtl = new AbortController();
     ticker;
     tickMs = 1_000;
-    renewalsInFlight = 0;
+    /** A `POST /v1/nodes/{id}/extend` is out (one at a time). */
+    batchRenewing = false;
     constructor(options = {}) {
         this.queues = options.queues && options.queues.length > 0 ? [...options.queues] : ["default"];
         const c = options.concurrency ?? 10;
@@ -723,17 +724,83 @@ export class Worker {
         this.ticker.unref();
     }
     tick() {
-        if (this.running.size === 0)
+        if (this.running.size === 0 || this.batchRenewing)
             return;
         const now = Date.now();
+        const due = [];
         for (const ctx of this.running.values()) {
-            // One call per lease (the protocol has no bulk extend): bounded, so a node with
-            // thousands of long tasks does not open thousands of connections; the rest wait
-            // for the next tick, well inside their TTL.
-            if (this.renewalsInFlight >= MAX_RENEWALS_IN_FLIGHT)
+            // One `POST /v1/nodes/{id}/extend` for every lease due, up to the route's 1,000
+            // (the rest go with the next tick, well inside their TTL).
+            if (due.length >= MAX_EXTEND_BATCH)
                 break;
-            if (ctx._renewAt <= now && !ctx._renewing)
-                void this._renew(ctx, undefined, false);
+            if (ctx._renewAt <= now && !ctx._renewing && !ctx._finished)
+                due.push(ctx);
+        }
+        if (due.length > 0)
+            void this.renewMany(due);
+    }
+    /**
+     * Renews many leases in one call (`POST /v1/nodes/{id}/extend`); each lease refused
+     * stops its task, a cancel requested stops its task. Never rejects.
+     */
+    async renewMany(due) {
+        const s = this.session;
+        const sent = Date.now();
+        this.batchRenewing = true;
+        for (const ctx of due)
+            ctx._renewing = true;
+        this.stats.renewals += due.length;
+        const items = due.map((ctx) => `{"task_id":${JSON.stringify(ctx.taskId)},"lease_token":${JSON.stringify(ctx._raw.lease_token)}}`);
+        const ttl = Math.min(...due.map((ctx) => ctx._ttlMs));
+        try {
+            const reply = await this.transport.call("POST", `/v1/nodes/${s.id}/extend`, {
+                token: s.token,
+                body: `{"leases":[${items.join(",")}]}`,
+                timeoutMs: Math.min(CALL_TIMEOUT_MS, Math.max(1_000, ttl / 2)),
+            });
+            for (let i = 0; i < due.length; i++) {
+                const ctx = due[i];
+                const r = reply.results[i];
+                if (!r || r.task_id !== ctx.taskId)
+                    continue; // answered out of order: the next tick renews it
+                if (r.status === "extended") {
+                    ctx._deadline = sent + ctx._ttlMs;
+                    ctx._renewAt = sent + Math.max(ctx._ttlMs / 3, 20);
+                    if (r.cancel_requested)
+                        this.stopTask(ctx, "cancelled");
+                }
+                else {
+                    this.stopTask(ctx, "lease_lost");
+                }
+            }
+        }
+        catch (e) {
+            if (isForgotten(e)) {
+                // The node is gone from the server (its Redis restarted empty): so are its
+                // leases. Register again; these tasks' results would be refused.
+                for (const ctx of due)
+                    this.stopTask(ctx, "lease_lost");
+                void this.reregister(s.id);
+            }
+            else {
+                const now = Date.now();
+                for (const ctx of due) {
+                    if (now >= ctx._deadline) {
+                        this.log.warn("lease expired without a renewal", { task_id: ctx.taskId, error: String(e) });
+                        this.stopTask(ctx, "lease_lost");
+                    }
+                    else {
+                        // Retry soon, well inside what is left of the lease.
+                        ctx._renewAt = now + Math.min(200, (ctx._deadline - now) / 4);
+                    }
+                }
+                this.log.warn("lease renewal failed", { leases: due.length, error: e instanceof Error ? e.message : String(e) });
+            }
+        }
+        finally {
+            for (const ctx of due)
+                ctx._renewing = false;
+            this.batchRenewing = false;
         }
     }
     /**
@@ -747,7 +814,6 @@ export class Worker {
         const s = this.session;
         const sent = Date.now();
         ctx._renewing = true;
-        this.renewalsInFlight++;
         this.stats.renewals++;
         const body = withProgress
             ? `{"lease_token":${JSON.stringify(ctx._raw.lease_token)},"progress":${safeJson(progress)}}`
@@ -782,7 +848,6 @@ export class Worker {
         }
         finally {
             ctx._renewing = false;
-            this.renewalsInFlight--;
         }
     }
     // ---- heartbeats ----------------------------------------------------------------------
