@@ -18,9 +18,10 @@ is the Rust agent in ``src/agent/mod.rs``:
   so a busy worker takes its next tasks with its reports and the long-poll is for the
   moments nothing waits to be reported;
 - renewals: one loop wakes at the earliest renewal due (a third of each lease's TTL)
-  and calls ``POST /v1/tasks/{id}/extend`` for the tasks due (also how progress
-  travels); a refused renewal (404, 409) stops the task and reports nothing, as the
-  lease is someone else's now;
+  and renews the leases due together, in one ``POST /v1/nodes/{id}/extend``; progress
+  travels with ``POST /v1/tasks/{id}/extend`` of its task; a refused renewal (404,
+  409, or ``conflict`` / ``not_found`` in the batch) stops the task and reports
+  nothing, as the lease is someone else's now;
 - heartbeats at the interval the server gives; its ``cancel`` list (and an extend's
   ``cancel_requested``) stops the named tasks;
 - drain on SIGTERM/SIGINT or :meth:`Worker.stop`: no more leases, the node is marked
@@ -73,6 +74,8 @@ MAX_RESULT_BYTES = 1 << 20
 REPORT_RETRY_FOR = 300.0
 #: Shortest gap between two progress updates of one task sent to the server.
 PROGRESS_MIN_GAP = 0.25
+# Most leases renewed by one POST /v1/nodes/{id}/extend (the route's limit).
+MAX_EXTEND_BATCH = 1000
 #: Characters of traceback kept in the error of a failed attempt.
 TRACEBACK_CHARS = 4000
 
@@ -962,14 +965,22 @@ class _Run:
         while True:
             now = loop.time()
             nxt = inf
+            due: List[Context] = []
             for ctx in self.jobs.values():
                 if ctx._reported or ctx._extending:
                     continue  # an extend in flight reschedules when it ends
                 if ctx._renew_at <= now:
                     ctx._extending = True
-                    self.spawn(self.extend(ctx))
+                    if ctx._progress_dirty or len(due) >= MAX_EXTEND_BATCH:
+                        # Progress goes on its own (a refused value fails that call only).
+                        self.spawn(self.extend(ctx))
+                    else:
+                        due.append(ctx)
                 elif ctx._renew_at < nxt:
                     nxt = ctx._renew_at
+            if due:
+                # The leases due, renewed together: one POST /v1/nodes/{id}/extend.
+                self.spawn(self.extend_many(due))
             self.renew_next = nxt
             self.renew_wake.clear()
             try:
@@ -1021,6 +1032,59 @@ class _Run:
         if ctx._progress_dirty:
             nxt = min(nxt, self.loop.time() + PROGRESS_MIN_GAP)
         self.schedule_renew(ctx, nxt)
+
+    async def extend_many(self, ctxs: List[Context]) -> None:
+        """Renews many leases in one call; each refused lease stops its task, a cancel
+        requested stops its task."""
+        reg = self.reg
+        assert reg is not None
+        sent = self.loop.time()
+        items = []
+        for ctx in ctxs:
+            ctx._last_extend = sent
+            items.append({"task_id": ctx.task_id, "lease_token": ctx._token})
+        try:
+            reply = await self.call("POST", f"/v1/nodes/{reg.id}/extend", tr.dumps({"leases": items}))
+        except (NotFound, Unauthorized, Forbidden) as e:
+            # The node is unknown to the server (its Redis restarted empty): so are its
+            # leases; results sent for them would be refused.
+            for ctx in ctxs:
+                ctx._extending = False
+                self.stop_job(ctx, "lease_lost")
+            log.warning("lease renewal refused for %d leases (%s)", len(ctxs), e)
+            return
+        except MusterError as e:
+            now = self.loop.time()
+            for ctx in ctxs:
+                ctx._extending = False
+                if now >= ctx._deadline:
+                    log.warning("task %s: lease expired without a renewal (%s)", ctx.task_id, e)
+                    self.stop_job(ctx, "lease_lost")
+                else:
+                    # Retry soon, well inside what is left of the lease.
+                    self.schedule_renew(ctx, now + min(0.2, (ctx._deadline - now) / 4))
+            log.warning("renewal of %d leases failed (%s), retrying", len(ctxs), e)
+            return
+        results = (reply or {}).get("results") or []
+        now = self.loop.time()
+        for i, ctx in enumerate(ctxs):
+            ctx._extending = False
+            r = results[i] if i < len(results) else None
+            if r is None or r.get("task_id") != ctx.task_id:
+                self.schedule_renew(ctx, now + 0.2)  # not answered: the next round
+                continue
+            if r.get("status") != "extended":
+                log.warning("task %s: lease lost (%s)", ctx.task_id, r.get("code") or r.get("status"))
+                self.stop_job(ctx, "lease_lost")
+                continue
+            ctx._deadline = sent + ctx._ttl
+            if r.get("cancel_requested"):
+                self.stop_job(ctx, "cancelled")
+                continue
+            nxt = sent + ctx._ttl / 3
+            if ctx._progress_dirty:
+                nxt = min(nxt, now + PROGRESS_MIN_GAP)
+            self.schedule_renew(ctx, nxt)
 
     def progress(self, ctx: Context, data: Any) -> None:
         if ctx._finished or ctx._reported:
