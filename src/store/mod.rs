@@ -79,6 +79,29 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// [`Store::lease_in_time`]'s call still running when its caller stopped waiting: on
+/// drop, a task waits for it and gives its result to `late`.
+struct LateGuard<T: Send + 'static> {
+    job: Option<tokio::task::JoinHandle<Result<T>>>,
+    late: Option<Box<dyn FnOnce(T) + Send>>,
+}
+
+impl<T: Send + 'static> Drop for LateGuard<T> {
+    fn drop(&mut self) {
+        let (Some(job), Some(late)) = (self.job.take(), self.late.take()) else {
+            return;
+        };
+        // No runtime (the process is ending): the leases expire and are retried.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Ok(Ok(v)) = job.await {
+                    late(v);
+                }
+            });
+        }
+    }
+}
+
 impl Store {
     /// Connects to one server at `url`, with every command bounded by `timeout` (past
     /// it: [`StoreError::Unavailable`]).
@@ -208,7 +231,9 @@ impl Store {
     /// only answers later (paused, or busy past the timeout), the script has leased the
     /// tasks all the same; its result then goes to `late` (the hub keeps the leases for
     /// the node's next call) instead of being dropped with the 503, which would leave
-    /// those tasks running unseen until their lease TTL and charge them an attempt.
+    /// those tasks running unseen until their lease TTL and charge them an attempt. The
+    /// same when the caller stops waiting (its future dropped: a long-poll whose client
+    /// went away while the script ran).
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] past the timeout; `call`'s own errors.
@@ -224,18 +249,22 @@ impl Store {
     {
         let mut patient = self.clone();
         patient.conn = self.bulk.clone();
-        let mut job = tokio::spawn(call(patient));
-        match tokio::time::timeout(self.timeout, &mut job).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => Err(StoreError::Protocol(format!("{what}: {e}"))),
-            Err(_) => {
-                tokio::spawn(async move {
-                    if let Ok(Ok(v)) = job.await {
-                        late(v);
-                    }
-                });
-                Err(StoreError::timed_out(what))
+        // Also when the caller is dropped while it waits (a long-poll whose client left):
+        // the guard passes the outcome on.
+        let mut guard = LateGuard {
+            job: Some(tokio::spawn(call(patient))),
+            late: Some(Box::new(late)),
+        };
+        let job = guard.job.as_mut().expect("set above");
+        match tokio::time::timeout(self.timeout, job).await {
+            Ok(joined) => {
+                guard.job = None;
+                match joined {
+                    Ok(r) => r,
+                    Err(e) => Err(StoreError::Protocol(format!("{what}: {e}"))),
+                }
             }
+            Err(_) => Err(StoreError::timed_out(what)),
         }
     }
 

@@ -2820,3 +2820,45 @@ async fn a_lease_redis_grants_after_the_timeout_reaches_the_late_handler() {
     assert_eq!(late[0].task.fence, now.fence, "the lease Redis holds");
     assert_eq!(now.attempts, 1);
 }
+
+/// The same when the caller stops waiting first (its future dropped, as a long-poll's
+/// when its client goes away): the leases Redis grants reach the late handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_whose_caller_left_reaches_the_late_handler() {
+    let redis = crate::support::RedisGuard::start();
+    let ns = unique_ns();
+    let store = Store::connect(&redis.url(), &ns, Duration::from_millis(500))
+        .await
+        .expect("store");
+    store.prepare().await.expect("prepare");
+    let t = task("left");
+    let id = t.id.clone();
+    store.submit(&[t], None, 0).await.expect("submit");
+    let pid = redis.pid().to_string();
+    crate::support::signal("STOP", &pid);
+    let (tx, rx) = tokio::sync::oneshot::channel::<Vec<Leased>>();
+    let call = store.lease_in_time(
+        "leasing",
+        |s| async move { s.lease("left", "n1", 4, true, "").await },
+        move |late| {
+            let _ = tx.send(late);
+        },
+    );
+    // The caller gives up after 100 ms, long before the store's timeout.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), call)
+            .await
+            .is_err()
+    );
+    crate::support::signal("CONT", &pid);
+    let late = tokio::time::timeout(Duration::from_secs(5), rx)
+        .await
+        .expect("the late leases came")
+        .expect("handed on");
+    assert_eq!(late.len(), 1, "{late:?}");
+    assert_eq!(late[0].task.id, id);
+    assert_eq!(
+        store.task(&id).await.expect("task").state,
+        TaskState::Running
+    );
+}
