@@ -27,6 +27,10 @@ const REPORT_RETRY_FOR: Duration = Duration::from_secs(300);
 /// was no faster than two.
 pub(super) const IN_FLIGHT: usize = 2;
 
+/// Scheduler turns a free call waits for more outcomes of the same wave (each ends the
+/// wait when it brought none).
+const WAVE_YIELDS: usize = 4;
+
 /// Most tasks asked for with one report call (the server's limit of `lease_max`).
 const MAX_LEASE_WITH_REPORTS: usize = 1000;
 
@@ -72,6 +76,21 @@ pub(super) async fn report_loop(
         };
         while let Ok(r) = rx.try_recv() {
             pending.push(r);
+        }
+        // Handlers started together end together: a few turns of the scheduler (no
+        // timer) let the rest of their wave into this call instead of the next.
+        for _ in 0..WAVE_YIELDS {
+            if pending.len() >= chunk {
+                break;
+            }
+            let before = pending.len();
+            tokio::task::yield_now().await;
+            while let Ok(r) = rx.try_recv() {
+                pending.push(r);
+            }
+            if pending.len() == before {
+                break;
+            }
         }
         let n = pending.len().min(chunk);
         let batch: Vec<Report> = pending.drain(..n).collect();
