@@ -2770,6 +2770,21 @@ async fn a_probing_trim_finds_expired_entries_behind_alive_oldest_ones() {
     assert_eq!(left, 650 - removed);
 }
 
+/// A private redis-server holding one pending task of `queue` (its id), a store on it
+/// with a 500 ms timeout, and the server SIGSTOPped: a call made now waits in its socket.
+async fn paused_with_one_pending(queue: &str) -> (crate::support::RedisGuard, Store, String) {
+    let redis = crate::support::RedisGuard::start();
+    let store = Store::connect(&redis.url(), &unique_ns(), Duration::from_millis(500))
+        .await
+        .expect("store");
+    store.prepare().await.expect("prepare");
+    let t = task(queue);
+    let id = t.id.clone();
+    store.submit(&[t], None, 0).await.expect("submit");
+    crate::support::signal("STOP", &redis.pid().to_string());
+    (redis, store, id)
+}
+
 /// A lease that Redis runs only after the command timeout (here: paused meanwhile,
 /// the script waiting in its socket) is not lost with the timeout error: the call
 /// answers `Unavailable` in time, and when Redis resumes and runs the script, the
@@ -2778,17 +2793,8 @@ async fn a_probing_trim_finds_expired_entries_behind_alive_oldest_ones() {
 /// until their TTL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_redis_grants_after_the_timeout_reaches_the_late_handler() {
-    let redis = crate::support::RedisGuard::start();
-    let ns = unique_ns();
-    let store = Store::connect(&redis.url(), &ns, Duration::from_millis(500))
-        .await
-        .expect("store");
-    store.prepare().await.expect("prepare");
-    let t = task("late");
-    let id = t.id.clone();
-    store.submit(&[t], None, 0).await.expect("submit");
+    let (redis, store, id) = paused_with_one_pending("late").await;
     let pid = redis.pid().to_string();
-    crate::support::signal("STOP", &pid);
     let (tx, rx) = tokio::sync::oneshot::channel::<Vec<Leased>>();
     let started = std::time::Instant::now();
     let answer = store
@@ -2825,17 +2831,8 @@ async fn a_lease_redis_grants_after_the_timeout_reaches_the_late_handler() {
 /// when its client goes away): the leases Redis grants reach the late handler.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_whose_caller_left_reaches_the_late_handler() {
-    let redis = crate::support::RedisGuard::start();
-    let ns = unique_ns();
-    let store = Store::connect(&redis.url(), &ns, Duration::from_millis(500))
-        .await
-        .expect("store");
-    store.prepare().await.expect("prepare");
-    let t = task("left");
-    let id = t.id.clone();
-    store.submit(&[t], None, 0).await.expect("submit");
+    let (redis, store, id) = paused_with_one_pending("left").await;
     let pid = redis.pid().to_string();
-    crate::support::signal("STOP", &pid);
     let (tx, rx) = tokio::sync::oneshot::channel::<Vec<Leased>>();
     let call = store.lease_in_time(
         "leasing",

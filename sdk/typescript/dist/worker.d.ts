@@ -262,6 +262,13 @@ export declare class Worker {
      * stops its task, a cancel requested stops its task. Never rejects.
      */
     private renewMany;
+    /** A renewal sent at `sent` went through: the new deadline, the next renewal. */
+    private renewed;
+    /**
+     * A renewal got no answer (or a transient one): the task stops when its lease ran out,
+     * else the renewal is retried soon, well inside what is left. True when retried.
+     */
+    private renewalFailed;
     private heartbeatLoop;
     private queueReport;
     /** Most reports (and leases asked) of one report call: the slots' share of a call. */

@@ -764,10 +764,7 @@ export class Worker {
                 if (!r || r.task_id !== ctx.taskId)
                     continue; // answered out of order: the next tick renews it
                 if (r.status === "extended") {
-                    ctx._deadline = sent + ctx._ttlMs;
-                    ctx._renewAt = sent + Math.max(ctx._ttlMs / 3, 20);
-                    if (r.cancel_requested)
-                        this.stopTask(ctx, "cancelled");
+                    this.renewed(ctx, sent, r.cancel_requested === true);
                 }
                 else {
                     this.stopTask(ctx, "lease_lost");
@@ -783,17 +780,8 @@ export class Worker {
                 void this.reregister(s.id);
             }
             else {
-                const now = Date.now();
-                for (const ctx of due) {
-                    if (now >= ctx._deadline) {
-                        this.log.warn("lease expired without a renewal", { task_id: ctx.taskId, error: String(e) });
-                        this.stopTask(ctx, "lease_lost");
-                    }
-                    else {
-                        // Retry soon, well inside what is left of the lease.
-                        ctx._renewAt = now + Math.min(200, (ctx._deadline - now) / 4);
-                    }
-                }
+                for (const ctx of due)
+                    this.renewalFailed(ctx, e);
                 this.log.warn("lease renewal failed", { leases: due.length, error: e instanceof Error ? e.message : String(e) });
             }
         }
@@ -824,31 +812,40 @@ export class Worker {
                 body,
                 timeoutMs: Math.min(CALL_TIMEOUT_MS, Math.max(1_000, ctx._ttlMs / 2)),
             });
-            ctx._deadline = sent + ctx._ttlMs;
-            ctx._renewAt = sent + Math.max(ctx._ttlMs / 3, 20);
-            if (reply.cancel_requested)
-                this.stopTask(ctx, "cancelled");
+            this.renewed(ctx, sent, reply.cancel_requested);
         }
         catch (e) {
             if (e instanceof MusterError && (e.status === 404 || e.status === 409)) {
                 this.stopTask(ctx, "lease_lost");
             }
-            else {
-                const now = Date.now();
-                if (now >= ctx._deadline) {
-                    this.log.warn("lease expired without a renewal", { task_id: ctx.taskId, error: String(e) });
-                    this.stopTask(ctx, "lease_lost");
-                }
-                else {
-                    // Retry soon, well inside what is left of the lease.
-                    ctx._renewAt = now + Math.min(200, (ctx._deadline - now) / 4);
-                    this.log.warn("lease renewal failed", { task_id: ctx.taskId, error: e instanceof Error ? e.message : String(e) });
-                }
+            else if (this.renewalFailed(ctx, e)) {
+                this.log.warn("lease renewal failed", { task_id: ctx.taskId, error: e instanceof Error ? e.message : String(e) });
             }
         }
         finally {
             ctx._renewing = false;
         }
+    }
+    /** A renewal sent at `sent` went through: the new deadline, the next renewal. */
+    renewed(ctx, sent, cancelRequested) {
+        ctx._deadline = sent + ctx._ttlMs;
+        ctx._renewAt = sent + Math.max(ctx._ttlMs / 3, 20);
+        if (cancelRequested)
+            this.stopTask(ctx, "cancelled");
+    }
+    /**
+     * A renewal got no answer (or a transient one): the task stops when its lease ran out,
+     * else the renewal is retried soon, well inside what is left. True when retried.
+     */
+    renewalFailed(ctx, e) {
+        const now = Date.now();
+        if (now >= ctx._deadline) {
+            this.log.warn("lease expired without a renewal", { task_id: ctx.taskId, error: String(e) });
+            this.stopTask(ctx, "lease_lost");
+            return false;
+        }
+        ctx._renewAt = now + Math.min(200, (ctx._deadline - now) / 4);
+        return true;
     }
     // ---- heartbeats ----------------------------------------------------------------------
     async heartbeatLoop() {
